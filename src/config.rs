@@ -1,0 +1,26 @@
+//! Run-time configuration of the proxy, independent of how it was given (flags, env, file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `callrec run` needs to start.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Address for SIP over UDP and TCP.
+    pub listen: SocketAddr,
+    /// The PBX: requests from its address are outgoing calls.
+    pub pbx: SocketAddr,
+    /// The trunk: outgoing calls are sent there.
+    pub trunk: SocketAddr,
+    /// Address written into rewritten SDP.
+    pub media_ip: std::net::IpAddr,
+    /// First and last RTP port (inclusive).
+    pub rtp_ports: (u16, u16),
+    /// Folder for the instance's state.
+    pub data_dir: PathBuf,
+    /// A call whose media is silent this long in both directions is ended.
+    pub rtp_timeout: Duration,
+    /// Admin HTTP listener (health, metrics).
+    pub admin_listen: Option<SocketAddr>,
+}

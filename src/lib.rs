@@ -1,0 +1,13 @@
+//! callrec: a SIP back-to-back user agent that records calls and seals the recordings.
+//!
+//! The modules follow the flow of a call (see README, "Architecture"):
+//! `sip` (transport, messages, transactions) → `b2bua` (one task per call owning
+//! both legs) → `media` (RTP relay, fork) → `recorder` (timeline, WAV, metadata)
+//! → `seal` (checksums, signature, chain).
+
+pub mod b2bua;
+pub mod config;
+pub mod media;
+pub mod recorder;
+pub mod seal;
+pub mod sip;

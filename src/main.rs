@@ -1,0 +1,3 @@
+//! The `callrec` command line: parses flags and calls into the library.
+
+fn main() {}

@@ -5,9 +5,11 @@
 //! both legs) → `media` (RTP relay, fork) → `recorder` (timeline, WAV, metadata)
 //! → `seal` (checksums, signature, chain).
 
+pub mod admin;
 pub mod b2bua;
 pub mod config;
 pub mod media;
+pub mod proxy;
 pub mod recorder;
 pub mod seal;
 pub mod sip;

@@ -1,3 +1,139 @@
-//! The `callrec` command line: parses flags and calls into the library.
+//! The `callrec` command line: parses flags (each also as `CALLREC_<FLAG>`)
+//! and calls into the library. Exit codes: 0 ok, 1 failure found, 2 usage or setup error.
 
-fn main() {}
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use callrec::config::RunConfig;
+
+/// SIP call-recording proxy: records calls between a trunk and a PBX and seals the recordings.
+#[derive(Parser, Debug)]
+#[command(name = "callrec", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy between the trunk and the PBX.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Address for SIP over UDP and TCP (same port for both).
+    #[arg(long, env = "CALLREC_LISTEN", default_value = "0.0.0.0:5060")]
+    listen: SocketAddr,
+    /// The PBX (HOST:PORT): requests from its address are outgoing calls and go to the trunk.
+    #[arg(long, env = "CALLREC_PBX")]
+    pbx: String,
+    /// The trunk (HOST:PORT): outgoing calls are sent here; everything else goes to the PBX.
+    #[arg(long, env = "CALLREC_TRUNK")]
+    trunk: String,
+    /// IP address written into rewritten SDP; relay sockets bind to it (default: the listen address, or 127.0.0.1 if that is 0.0.0.0).
+    #[arg(long, env = "CALLREC_MEDIA_IP")]
+    media_ip: Option<IpAddr>,
+    /// Range of UDP ports for RTP and RTCP, as LO-HI.
+    #[arg(long, env = "CALLREC_RTP_PORTS", default_value = "20000-29999")]
+    rtp_ports: String,
+    /// Folder for the instance's state: instance id, keystore, database, spool.
+    #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data")]
+    data_dir: PathBuf,
+    /// Seconds without any RTP in either direction after which a call is hung up on both legs.
+    #[arg(long, env = "CALLREC_RTP_TIMEOUT", default_value_t = 60)]
+    rtp_timeout: u64,
+    /// Address of the admin HTTP API (health, metrics); "off" disables it.
+    #[arg(long, env = "CALLREC_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
+    admin_listen: String,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
+    #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn resolve(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {what} address {s:?}; give HOST:PORT"))?
+        .next()
+        .with_context(|| format!("{what} address {s:?} resolves to nothing"))
+}
+
+fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
+    let (lo, hi) = s
+        .split_once('-')
+        .with_context(|| format!("--rtp-ports {s:?}: expected LO-HI, e.g. 20000-29999"))?;
+    let lo: u16 = lo.trim().parse().context("--rtp-ports: LO is not a port number")?;
+    let hi: u16 = hi.trim().parse().context("--rtp-ports: HI is not a port number")?;
+    if lo >= hi || lo < 1024 {
+        bail!("--rtp-ports {s:?}: need 1024 <= LO < HI");
+    }
+    Ok((lo, hi))
+}
+
+impl RunArgs {
+    fn into_config(self) -> anyhow::Result<RunConfig> {
+        let media_ip = self.media_ip.unwrap_or_else(|| {
+            if self.listen.ip().is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                self.listen.ip()
+            }
+        });
+        let admin_listen = match self.admin_listen.as_str() {
+            "off" | "" => None,
+            a => Some(a.parse().with_context(|| {
+                format!("--admin-listen {a:?}: expected ADDR:PORT or \"off\"")
+            })?),
+        };
+        Ok(RunConfig {
+            listen: self.listen,
+            pbx: resolve("--pbx", &self.pbx)?,
+            trunk: resolve("--trunk", &self.trunk)?,
+            media_ip,
+            rtp_ports: parse_ports(&self.rtp_ports)?,
+            data_dir: self.data_dir,
+            rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
+            admin_listen,
+        })
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_level);
+    let cfg = args.into_config()?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!("cannot create data dir {}; check permissions", cfg.data_dir.display())
+    })?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(callrec::proxy::run(cfg))?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("callrec: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

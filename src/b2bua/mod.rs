@@ -1,1 +1,142 @@
-//! b2bua (placeholder)
+//! The back-to-back user agent: the router that turns datagrams and TCP frames
+//! into calls, and the `Call` task that owns both legs of one call. Calls share
+//! nothing mutable with each other; what they share (transport, port pool,
+//! counters) is behind `Core`.
+
+pub mod call;
+pub mod router;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::config::RunConfig;
+use crate::media::ports::PortPool;
+use crate::sip::{Flow, Proto, Transport};
+
+/// Which way a call goes through the proxy (R1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the trunk (or anyone but the PBX) to the PBX.
+    Incoming,
+    /// From the PBX to the trunk.
+    Outgoing,
+}
+
+/// Process-wide counters, exported as Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Calls whose dialog is not over yet.
+    pub calls_active: AtomicU64,
+    /// Call tasks alive (includes calls absorbing retransmissions after the end).
+    pub call_tasks: AtomicU64,
+    /// Calls started since launch.
+    pub calls_total: AtomicU64,
+    /// Calls that reached 200 OK.
+    pub calls_answered: AtomicU64,
+    /// SIP messages received.
+    pub sip_received: AtomicU64,
+    /// SIP messages that could not be parsed.
+    pub sip_malformed: AtomicU64,
+    /// RTP packets relayed (all calls, both directions), updated at call end.
+    pub rtp_packets: AtomicU64,
+    /// Calls ended because no RTP arrived for `--rtp-timeout`.
+    pub rtp_timeouts: AtomicU64,
+}
+
+/// What the admin API shows about a finished call.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallSummary {
+    /// Call-ID on the caller's leg.
+    pub caller_call_id: String,
+    /// Call-ID on the callee's leg.
+    pub callee_call_id: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Final status of the INVITE (0 if none).
+    pub status: u16,
+    /// Why the call ended.
+    pub end_reason: String,
+    /// Whether media was anchored.
+    pub anchored: bool,
+    /// RTP packets the caller sent that were relayed to the callee.
+    pub rtp_from_caller: u64,
+    /// RTP packets the callee sent that were relayed to the caller.
+    pub rtp_from_callee: u64,
+    /// RTCP packets relayed, both directions.
+    pub rtcp_packets: u64,
+}
+
+/// Shared services of all calls.
+pub struct Core {
+    /// Configuration.
+    pub cfg: RunConfig,
+    /// SIP transport.
+    pub transport: Arc<Transport>,
+    /// RTP ports.
+    pub ports: Arc<PortPool>,
+    /// Counters.
+    pub stats: Stats,
+    /// The last finished calls, newest last.
+    pub recent: Mutex<VecDeque<CallSummary>>,
+    /// Host part we put into Via and Contact.
+    pub advertised: SocketAddr,
+}
+
+/// How many finished calls `recent` keeps.
+pub const RECENT_CALLS: usize = 1000;
+
+impl Core {
+    /// Remembers a finished call for the admin API.
+    pub fn remember(&self, s: CallSummary) {
+        self.stats
+            .rtp_packets
+            .fetch_add(s.rtp_from_caller + s.rtp_from_callee, Ordering::Relaxed);
+        let mut r = self.recent.lock().expect("recent calls poisoned");
+        if r.len() == RECENT_CALLS {
+            r.pop_front();
+        }
+        r.push_back(s);
+    }
+
+    /// Via value for a request we send on `proto`.
+    pub fn via(&self, proto: Proto, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            proto.via_token(),
+            host_port(self.advertised)
+        )
+    }
+
+    /// Contact value for a leg on `proto`.
+    pub fn contact(&self, proto: Proto) -> String {
+        match proto {
+            Proto::Udp => format!("<sip:callrec@{}>", host_port(self.advertised)),
+            Proto::Tcp => format!("<sip:callrec@{};transport=tcp>", host_port(self.advertised)),
+        }
+    }
+
+    /// Where the next hop of a call in `dir` is.
+    pub fn next_hop(&self, dir: Direction) -> Flow {
+        let addr = match dir {
+            Direction::Incoming => self.cfg.pbx,
+            Direction::Outgoing => self.cfg.trunk,
+        };
+        Flow {
+            addr,
+            proto: Proto::Udp,
+        }
+    }
+}
+
+/// `host:port` with brackets for IPv6.
+pub fn host_port(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => v.to_string(),
+        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+    }
+}

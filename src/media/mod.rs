@@ -1,1 +1,150 @@
-//! media (placeholder)
+//! Media anchoring: the RTP port pool, one relay per stream, SDP rewriting, and
+//! the per-call `Session` that ties them to a call's offer/answer exchanges.
+
+pub mod ports;
+pub mod relay;
+pub mod sdp;
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ports::PortPool;
+use relay::{Stream, Tap};
+use sdp::Sdp;
+
+/// A party of a call. The caller is the side that sent the initial INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Sent the initial INVITE (leg A).
+    Caller,
+    /// Received the initial INVITE from us (leg B).
+    Callee,
+}
+
+impl Side {
+    /// 0 for the caller, 1 for the callee.
+    pub fn index(self) -> usize {
+        match self {
+            Side::Caller => 0,
+            Side::Callee => 1,
+        }
+    }
+
+    /// Inverse of `index`.
+    pub fn from_index(i: usize) -> Side {
+        if i == 0 {
+            Side::Caller
+        } else {
+            Side::Callee
+        }
+    }
+
+    /// The other party.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Caller => Side::Callee,
+            Side::Callee => Side::Caller,
+        }
+    }
+
+    /// Lower-case name for logs and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Caller => "caller",
+            Side::Callee => "callee",
+        }
+    }
+}
+
+/// Why media could not be anchored.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The SDP body was rejected.
+    #[error("bad SDP: {0}")]
+    Sdp(#[from] sdp::SdpError),
+    /// No port pair could be bound.
+    #[error("{0}")]
+    Ports(#[from] std::io::Error),
+}
+
+/// The anchored media of one call: a relay per `m=` line.
+pub struct Session {
+    pool: Arc<PortPool>,
+    ip: IpAddr,
+    tap: Option<Arc<dyn Tap>>,
+    streams: Vec<Stream>,
+    last: [Option<Sdp>; 2],
+}
+
+impl Session {
+    /// An empty session; streams are created by the first SDP.
+    pub fn new(pool: Arc<PortPool>, ip: IpAddr, tap: Option<Arc<dyn Tap>>) -> Session {
+        Session {
+            pool,
+            ip,
+            tap,
+            streams: Vec::new(),
+            last: [None, None],
+        }
+    }
+
+    /// Takes an SDP that `from` sent: points the relays at its addresses and
+    /// returns the body to send to the other side.
+    pub fn on_sdp(&mut self, from: Side, body: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let sdp = Sdp::parse(body)?;
+        while self.streams.len() < sdp.media.len() {
+            let a = self.pool.allocate()?;
+            let b = self.pool.allocate()?;
+            self.streams.push(Stream::start(a, b, self.tap.clone()));
+        }
+        let mut ports = Vec::with_capacity(sdp.media.len());
+        for (m, s) in sdp.media.iter().zip(&self.streams) {
+            s.set_peer(from, m.rtp, m.rtcp);
+            ports.push(s.port_facing(from.other()));
+        }
+        let out = sdp::rewrite(body, self.ip, &ports);
+        self.last[from.index()] = Some(sdp);
+        Ok(out)
+    }
+
+    /// The last SDP each side sent.
+    pub fn last_sdp(&self, side: Side) -> Option<&Sdp> {
+        self.last[side.index()].as_ref()
+    }
+
+    /// True when the latest SDP of either side puts every stream on hold both ways.
+    pub fn on_hold(&self) -> bool {
+        self.last.iter().flatten().any(|s| s.all_inactive())
+    }
+
+    /// RTP packets relayed that `side` sent.
+    pub fn rtp_packets(&self, side: Side) -> u64 {
+        self.streams
+            .iter()
+            .map(|s| s.stats.rtp_packets[side.index()].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// RTCP packets relayed that `side` sent.
+    pub fn rtcp_packets(&self, side: Side) -> u64 {
+        self.streams
+            .iter()
+            .map(|s| s.stats.rtcp_packets[side.index()].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Milliseconds (relay::now_ms clock) of the newest packet on any stream.
+    pub fn last_rx_ms(&self) -> u64 {
+        self.streams
+            .iter()
+            .map(|s| s.stats.last_rx_ms.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or_else(relay::now_ms)
+    }
+
+    /// Number of anchored streams.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+}

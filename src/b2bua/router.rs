@@ -1,0 +1,231 @@
+//! The router: the single owner of the Call-ID → call map. It parses what the
+//! transport received, answers malformed requests with 400 and out-of-dialog
+//! OPTIONS with 200, starts a `Call` task for each new INVITE and hands every
+//! other message to the call that owns its Call-ID.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::call::{Call, CallEvent};
+use super::{Core, Direction};
+use crate::sip::message::{Message, StartLine};
+use crate::sip::transport::Inbound;
+use crate::sip::{random_token, Flow};
+
+/// Messages from calls back to the router.
+#[derive(Debug)]
+pub enum RouterMsg {
+    /// The call with this serial has ended; forget its Call-IDs.
+    Gone {
+        /// Serial of the call.
+        serial: u64,
+        /// Its Call-IDs.
+        call_ids: Vec<String>,
+    },
+    /// A finished call received a new INVITE for its Call-ID (e.g. after a
+    /// 401): start a fresh call for it.
+    Reroute {
+        /// Serial of the call that gives it back.
+        serial: u64,
+        /// The request.
+        msg: Message,
+        /// Where it came from.
+        flow: Flow,
+    },
+}
+
+struct Entry {
+    serial: u64,
+    tx: mpsc::UnboundedSender<CallEvent>,
+}
+
+/// Runs the router until the transport closes.
+pub async fn run(core: Arc<Core>, mut inbound: mpsc::Receiver<Inbound>) {
+    let (back_tx, mut back_rx) = mpsc::unbounded_channel::<RouterMsg>();
+    let mut calls: HashMap<String, Entry> = HashMap::new();
+    let mut serial: u64 = 0;
+    loop {
+        tokio::select! {
+            biased;
+            m = back_rx.recv() => match m {
+                Some(RouterMsg::Gone { serial, call_ids }) => {
+                    for id in call_ids {
+                        if calls.get(&id).is_some_and(|e| e.serial == serial) {
+                            calls.remove(&id);
+                        }
+                    }
+                }
+                Some(RouterMsg::Reroute { serial: s, msg, flow }) => {
+                    if calls.get(msg.call_id().unwrap_or_default()).is_some_and(|e| e.serial == s) {
+                        serial += 1;
+                        start_call(&core, &mut calls, serial, msg, flow, &back_tx);
+                    }
+                }
+                None => return,
+            },
+            i = inbound.recv() => {
+                let Some(i) = i else { return };
+                core.stats.sip_received.fetch_add(1, Ordering::Relaxed);
+                route(&core, &mut calls, &mut serial, i, &back_tx).await;
+            }
+        }
+    }
+}
+
+async fn route(
+    core: &Arc<Core>,
+    calls: &mut HashMap<String, Entry>,
+    serial: &mut u64,
+    i: Inbound,
+    back_tx: &mpsc::UnboundedSender<RouterMsg>,
+) {
+    if i.data.iter().all(|b| b.is_ascii_whitespace()) {
+        return; // keep-alive
+    }
+    let msg = match Message::parse(&i.data) {
+        Ok(m) => m,
+        Err(e) => {
+            core.stats.sip_malformed.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %i.flow.addr, "malformed SIP message: {e}");
+            reject_malformed(core, &i, &e.to_string()).await;
+            return;
+        }
+    };
+    // A body that claims to be SDP must be SDP we can read, for every request
+    // we relay; the call checks it too, but a 400 here keeps calls untouched.
+    if let Some(id) = msg.call_id() {
+        if let Some(e) = calls.get(id) {
+            if e.tx.send(CallEvent::Sip { msg, flow: i.flow }).is_err() {
+                calls.remove(msg_call_id(&i.data).as_str());
+            }
+            return;
+        }
+    }
+    if !msg.is_request() {
+        debug!(peer = %i.flow.addr, "stray response {msg} dropped");
+        return;
+    }
+    let method = msg.method();
+    let has_tag = msg.to_tag().is_some();
+    match method.as_str() {
+        "INVITE" if !has_tag => {
+            if msg.max_forwards() == 0 {
+                respond_stateless(core, &msg, i.flow, 483, "Too Many Hops").await;
+                return;
+            }
+            *serial += 1;
+            start_call(core, calls, *serial, msg, i.flow, back_tx);
+        }
+        "ACK" => {}
+        "OPTIONS" if !has_tag => {
+            respond_stateless(core, &msg, i.flow, 200, "OK").await;
+        }
+        "CANCEL" => {
+            respond_stateless(core, &msg, i.flow, 481, "Call/Transaction Does Not Exist").await
+        }
+        _ if has_tag => {
+            respond_stateless(core, &msg, i.flow, 481, "Call/Transaction Does Not Exist").await
+        }
+        _ => respond_stateless(core, &msg, i.flow, 405, "Method Not Allowed").await,
+    }
+}
+
+fn msg_call_id(data: &[u8]) -> String {
+    Message::parse_lenient(data)
+        .ok()
+        .and_then(|m| m.call_id().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn start_call(
+    core: &Arc<Core>,
+    calls: &mut HashMap<String, Entry>,
+    serial: u64,
+    msg: Message,
+    flow: Flow,
+    back_tx: &mpsc::UnboundedSender<RouterMsg>,
+) {
+    let dir = if flow.addr.ip() == core.cfg.pbx.ip() {
+        Direction::Outgoing
+    } else {
+        Direction::Incoming
+    };
+    let a_id = msg.call_id().unwrap_or_default().to_string();
+    let b_id = format!("{}@callrec", random_token(24));
+    let (tx, rx) = mpsc::unbounded_channel();
+    calls.insert(
+        a_id.clone(),
+        Entry {
+            serial,
+            tx: tx.clone(),
+        },
+    );
+    calls.insert(b_id.clone(), Entry { serial, tx });
+    info!(call = %a_id, direction = ?dir, from = %flow.addr, "new call");
+    let call = Call::new(core.clone(), serial, dir, a_id, b_id, back_tx.clone());
+    tokio::spawn(call.run(msg, flow, rx));
+}
+
+/// Builds a response that copies the request's Via, From, To, Call-ID and CSeq.
+pub fn response_to(core: &Core, req: &Message, code: u16, reason: &str) -> Message {
+    let mut r = Message::response(code, reason);
+    for h in req.headers.iter().filter(|h| h.name == "Via") {
+        r.push("Via", h.value.clone());
+    }
+    for name in ["From", "To", "Call-ID", "CSeq"] {
+        if let Some(v) = req.header(name) {
+            r.push(name, v.to_string());
+        }
+    }
+    if code > 100 && req.to_tag().is_none() {
+        if let Some(to) = r.headers.iter_mut().find(|h| h.name == "To") {
+            to.value = format!("{};tag={}", to.value, random_token(10));
+        }
+    }
+    r.push("Server", concat!("callrec/", env!("CARGO_PKG_VERSION")));
+    if code == 200 || code == 405 {
+        r.push(
+            "Allow",
+            "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, NOTIFY, REFER, MESSAGE",
+        );
+    }
+    if code == 200 && req.method() == "OPTIONS" {
+        r.push("Accept", "application/sdp");
+        r.push("Supported", "100rel, timer");
+        r.push("Contact", core.contact(crate::sip::Proto::Udp));
+    }
+    r
+}
+
+async fn respond_stateless(core: &Arc<Core>, req: &Message, flow: Flow, code: u16, reason: &str) {
+    let r = response_to(core, req, code, reason);
+    if let Err(e) = core.transport.send(flow, r.to_bytes()).await {
+        debug!(peer = %flow.addr, "cannot send {code}: {e}");
+    }
+}
+
+/// Answers a message that failed to parse with 400, if enough of it can be
+/// read to address a response (RFC 3261 §8.2.2 / §21.4.1).
+async fn reject_malformed(core: &Arc<Core>, i: &Inbound, why: &str) {
+    let text = String::from_utf8_lossy(&i.data);
+    let Ok(m) = Message::parse_lenient(text.as_bytes()) else {
+        return;
+    };
+    if !matches!(m.start, StartLine::Request { .. }) || m.method() == "ACK" {
+        return;
+    }
+    if m.header("Via").is_none() || m.header("Call-ID").is_none() || m.header("CSeq").is_none()
+    {
+        return;
+    }
+    let reason = format!("Bad Request ({why})")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>();
+    let r = response_to(core, &m, 400, &reason);
+    let _ = core.transport.send(i.flow, r.to_bytes()).await;
+}

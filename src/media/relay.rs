@@ -1,0 +1,265 @@
+//! One anchored media stream (one `m=` line): four sockets (RTP and RTCP facing
+//! the caller, RTP and RTCP facing the callee) served by one task that owns all
+//! of the stream's state. Each socket latches onto the first source that sends
+//! to it (symmetric RTP, for NATed peers); a different source takes over only
+//! after the latched one has been quiet for a while, so a stray packet cannot
+//! hijack the stream. Counters are atomics the call reads; nothing on the
+//! packet path locks, logs or waits on anything but the sockets.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::ports::PortPair;
+use super::Side;
+
+/// How long a latched source must be silent before another source may take over.
+pub const RELATCH_QUIET: Duration = Duration::from_millis(1000);
+
+/// Receives a copy of every RTP packet for recording; must never block.
+pub trait Tap: Send + Sync {
+    /// Offers one RTP packet (whole, header included) that `from` sent.
+    fn offer(&self, from: Side, packet: Bytes, arrival: Instant);
+}
+
+/// Per-stream counters, readable while the stream runs.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// RTP packets relayed, index 0 = sent by the caller, 1 = by the callee.
+    pub rtp_packets: [AtomicU64; 2],
+    /// RTP bytes relayed, same indexing.
+    pub rtp_bytes: [AtomicU64; 2],
+    /// RTCP packets relayed, same indexing.
+    pub rtcp_packets: [AtomicU64; 2],
+    /// Packets from a source other than the latched one, dropped.
+    pub foreign_dropped: AtomicU64,
+    /// Milliseconds since `epoch()` of the last packet received on any socket.
+    pub last_rx_ms: AtomicU64,
+}
+
+/// Process-wide reference instant for `last_rx_ms`.
+pub fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since `epoch()`.
+pub fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// Changes sent to a running stream.
+#[derive(Debug)]
+pub enum Control {
+    /// New addresses from an offer or answer of `side`.
+    Peer {
+        /// Whose SDP it was.
+        side: Side,
+        /// RTP address (None: keep what was latched).
+        rtp: Option<SocketAddr>,
+        /// RTCP address.
+        rtcp: Option<SocketAddr>,
+    },
+}
+
+/// The call's handle on a running stream; dropping it stops the task and frees the ports.
+#[derive(Debug)]
+pub struct Stream {
+    /// Local RTP port facing the caller.
+    pub caller_port: u16,
+    /// Local RTP port facing the callee.
+    pub callee_port: u16,
+    /// Counters.
+    pub stats: Arc<StreamStats>,
+    control: mpsc::UnboundedSender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream {
+    /// Starts relaying between the two port pairs.
+    pub fn start(caller: PortPair, callee: PortPair, tap: Option<Arc<dyn Tap>>) -> Stream {
+        let stats = Arc::new(StreamStats::default());
+        stats.last_rx_ms.store(now_ms(), Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let caller_port = caller.port;
+        let callee_port = callee.port;
+        let task = tokio::spawn(run(caller, callee, rx, stats.clone(), tap));
+        Stream {
+            caller_port,
+            callee_port,
+            stats,
+            control: tx,
+            task,
+        }
+    }
+
+    /// Tells the stream where a side wants its media.
+    pub fn set_peer(&self, side: Side, rtp: Option<SocketAddr>, rtcp: Option<SocketAddr>) {
+        let _ = self.control.send(Control::Peer { side, rtp, rtcp });
+    }
+
+    /// Local RTP port facing `side`.
+    pub fn port_facing(&self, side: Side) -> u16 {
+        match side {
+            Side::Caller => self.caller_port,
+            Side::Callee => self.callee_port,
+        }
+    }
+}
+
+/// Latching state of one socket.
+#[derive(Debug, Default)]
+struct Latch {
+    signalled: Option<SocketAddr>,
+    latched: Option<SocketAddr>,
+    last_seen: Option<Instant>,
+}
+
+impl Latch {
+    /// Whether a packet from `src` is accepted (and latches if so).
+    fn accept(&mut self, src: SocketAddr, now: Instant) -> bool {
+        let ok = match (self.latched, self.last_seen) {
+            (None, _) => true,
+            (Some(l), _) if l == src => true,
+            (Some(_), Some(seen)) => now.duration_since(seen) >= RELATCH_QUIET,
+            (Some(_), None) => true,
+        };
+        if ok {
+            self.latched = Some(src);
+            self.last_seen = Some(now);
+        }
+        ok
+    }
+
+    /// Where to send packets for this peer.
+    fn target(&self) -> Option<SocketAddr> {
+        self.latched.or(self.signalled)
+    }
+}
+
+/// True for RTCP packet types (RFC 5761 §4) arriving on an RTP port (rtcp-mux).
+fn is_rtcp(pkt: &[u8]) -> bool {
+    pkt.len() >= 2 && (192..=223).contains(&pkt[1])
+}
+
+async fn run(
+    caller: PortPair,
+    callee: PortPair,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    stats: Arc<StreamStats>,
+    tap: Option<Arc<dyn Tap>>,
+) {
+    // Index 0 faces the caller, 1 the callee; [rtp, rtcp] latches per side.
+    let socks: [[&UdpSocket; 2]; 2] = [[&caller.rtp, &caller.rtcp], [&callee.rtp, &callee.rtcp]];
+    let mut latch: [[Latch; 2]; 2] = Default::default();
+    let mut bufs: [[BytesMut; 2]; 2] = Default::default();
+    for b in bufs.iter_mut().flatten() {
+        b.reserve(2048);
+    }
+    loop {
+        let [[b00, b01], [b10, b11]] = &mut bufs;
+        let (side, kind, res) = tokio::select! {
+            r = socks[0][0].recv_buf_from(b00) => (0, 0, r),
+            r = socks[1][0].recv_buf_from(b10) => (1, 0, r),
+            r = socks[0][1].recv_buf_from(b01) => (0, 1, r),
+            r = socks[1][1].recv_buf_from(b11) => (1, 1, r),
+            c = control.recv() => {
+                match c {
+                    Some(Control::Peer { side, rtp, rtcp }) => {
+                        let i = side.index();
+                        if rtp.is_some() { latch[i][0].signalled = rtp; }
+                        if rtcp.is_some() { latch[i][1].signalled = rtcp; }
+                        // A new address from signalling (re-INVITE) may move the peer.
+                        for l in latch[i].iter_mut() { l.last_seen = None; }
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+        };
+        let buf = &mut bufs[side][kind];
+        let src = match res {
+            Ok((_, src)) => src,
+            Err(_) => {
+                // ICMP errors surface as receive errors on Linux; skip them.
+                buf.clear();
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let pkt = buf.split().freeze();
+        if buf.capacity() < 2048 {
+            buf.reserve(2048);
+        }
+        stats.last_rx_ms.store(now_ms(), Ordering::Relaxed);
+        if !latch[side][kind].accept(src, now) {
+            stats.foreign_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let other = 1 - side;
+        let Some(dst) = latch[other][kind].target() else {
+            continue;
+        };
+        if socks[other][kind].send_to(&pkt, dst).await.is_err() {
+            continue;
+        }
+        let rtcp = kind == 1 || is_rtcp(&pkt);
+        if rtcp {
+            stats.rtcp_packets[side].fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.rtp_packets[side].fetch_add(1, Ordering::Relaxed);
+            stats.rtp_bytes[side].fetch_add(pkt.len() as u64, Ordering::Relaxed);
+            if let Some(tap) = &tap {
+                tap.offer(Side::from_index(side), pkt, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::ports::PortPool;
+
+    #[tokio::test]
+    async fn relays_and_latches() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32000, 32010);
+        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None);
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to_caller_side: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
+        let to_callee_side: SocketAddr = ([127, 0, 0, 1], s.callee_port).into();
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None);
+        let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5, 0xd5];
+        a.send_to(&pkt, to_caller_side).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = b.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &pkt);
+        assert_eq!(from, to_callee_side);
+        // The callee answers without signalling: it goes to the caller's latched source.
+        b.send_to(&pkt, to_callee_side).await.unwrap();
+        let (n, _) = a.recv_from(&mut buf).await.unwrap();
+        assert_eq!(n, pkt.len());
+        // A stranger sending to the caller-facing port right away is ignored.
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&pkt, to_caller_side).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(s.stats.foreign_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.rtp_packets[1].load(Ordering::Relaxed), 1);
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.in_use(), 0);
+    }
+}

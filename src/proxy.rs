@@ -1,0 +1,56 @@
+//! Starting the proxy: binds the SIP transport, the RTP port pool and the admin
+//! API, then runs the router until the process is stopped.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::b2bua::{router, Core, Stats};
+use crate::config::RunConfig;
+use crate::media::ports::PortPool;
+use crate::sip::Transport;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be bound.
+    #[error("{0}")]
+    Bind(#[from] std::io::Error),
+    /// The RTP port range is empty or inverted.
+    #[error("RTP port range {0}-{1} is empty; give --rtp-ports LO-HI with LO < HI")]
+    Ports(u16, u16),
+}
+
+/// Runs the proxy until the process ends.
+pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
+    let (lo, hi) = cfg.rtp_ports;
+    if lo >= hi {
+        return Err(StartError::Ports(lo, hi));
+    }
+    let (transport, inbound) = Transport::bind(cfg.listen).await?;
+    let local = transport.local_addr();
+    let advertised = if local.ip().is_unspecified() {
+        SocketAddr::new(cfg.media_ip, local.port())
+    } else {
+        local
+    };
+    let ports = PortPool::new(cfg.media_ip, lo, hi);
+    let core = Arc::new(Core {
+        cfg: cfg.clone(),
+        transport,
+        ports,
+        stats: Stats::default(),
+        recent: Mutex::new(Default::default()),
+        advertised,
+    });
+    if let Some(admin) = cfg.admin_listen {
+        crate::admin::serve(core.clone(), admin).await?;
+    }
+    tracing::info!(
+        "callrec listening on {local} (UDP and TCP); PBX {}, trunk {}; media on {} ports {lo}-{hi}",
+        cfg.pbx,
+        cfg.trunk,
+        cfg.media_ip
+    );
+    router::run(core, inbound).await;
+    Ok(())
+}

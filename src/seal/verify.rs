@@ -406,6 +406,7 @@ fn collect_sets(path: &Path) -> (Vec<PathBuf>, Vec<Problem>) {
 /// Checks one set: its signature first (it vouches for the checksum file), then each line.
 fn check_set(sums: &Path, certs: &mut Certs) -> Vec<Problem> {
     let mut problems = Vec::new();
+    let mut signed = false;
     let (folder, base) = split_set(sums);
     let sums_name = format!("{base}{CHECKSUM_SUFFIX}");
     let bytes = match std::fs::read(sums) {
@@ -446,6 +447,7 @@ fn check_set(sums: &Path, certs: &mut Certs) -> Vec<Problem> {
                                 v.verify(&sig)
                             })
                             .unwrap_or(false);
+                        signed = ok;
                         if !ok {
                             problems.push(Problem::new(
                                 &sig_path,
@@ -482,7 +484,11 @@ fn check_set(sums: &Path, certs: &mut Certs) -> Vec<Problem> {
             Err(e) => problems.push(Problem::new(&file, format!("cannot read: {e}"))),
             Ok(actual) if actual != entry.sha256 => problems.push(Problem::new(
                 &file,
-                format!("content differs from its SHA-256 in {sums_name}: the file was altered"),
+                if signed {
+                    format!("content differs from its SHA-256 in {sums_name}: the file was altered")
+                } else {
+                    format!("content differs from its SHA-256 in {sums_name}: the file or (unsigned) {sums_name} was altered")
+                },
             )),
             Ok(_) => {}
         }

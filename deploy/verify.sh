@@ -63,12 +63,20 @@ for sums in "$@"; do
     dir=$(dirname -- "$sums")
     name=$(basename -- "$sums")
     sig="$sums.SHA256withRSA.sig"
+    signed=no
     if [ ! -f "$sig" ]; then
         problem "$sig: signature missing (set incomplete or signature deleted)"
     elif ! b64d "$sig" > "$work/sig.bin" 2>/dev/null; then
         problem "$sig: signature is not valid base64 (signature file altered)"
     elif ! openssl dgst -sha256 -verify "$work/pub.pem" -signature "$work/sig.bin" "$sums" >/dev/null 2>&1; then
         problem "$sig: signature does not verify for $name with $cert ($name or the signature altered, or another instance signed it)"
+    else
+        signed=yes
+    fi
+    if [ "$signed" = yes ]; then
+        culprit="altered"
+    else
+        culprit="the file or the unsigned $name altered"
     fi
     # Checksum lines, run in the set's folder as the names are relative to it.
     before=$count
@@ -78,7 +86,7 @@ for sums in "$@"; do
         case "$line" in
             *": OK") ;;
             *": FAILED open or read") problem "$dir/${line%: FAILED open or read}: missing or unreadable (listed in $name)" ;;
-            *": FAILED") problem "$dir/${line%: FAILED}: content differs from its SHA-256 in $name (altered)" ;;
+            *": FAILED") problem "$dir/${line%: FAILED}: content differs from its SHA-256 in $name ($culprit)" ;;
             *) [ -n "$line" ] && problem "$sums: $line" ;;
         esac
     done < "$work/out"

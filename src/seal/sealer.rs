@@ -130,9 +130,12 @@ impl Sealer {
             } else {
                 file.as_path()
             };
+            let inside = rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
             let name = rel
                 .to_str()
-                .filter(|n| is_plain_name(n) && !n.starts_with("../"))
+                .filter(|n| inside && is_plain_name(n))
                 .ok_or_else(|| invalid(format!("{} is not a usable file name", rel.display())))?;
             if name == json_name || name == sums_name || name == sig_name || names.contains(&name) {
                 return Err(invalid(format!(

@@ -676,3 +676,45 @@ fn verify_sh_usage_errors_exit_2() {
     let out = verify_sh(&["--cert", "/nonexistent/cert.pem", "x.sha256"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn verify_sh_needs_only_openssl_base64_and_shasum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let folder = tmp.path().join("rec");
+    let mut s = sealer(&data);
+    seal_one(&mut s, &folder, "minimal");
+    // A PATH with openssl, base64, shasum and the POSIX basics, but no sha256sum.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in [
+        "openssl", "base64", "shasum", "dirname", "basename", "mktemp", "rm",
+    ] {
+        let out = run(tmp.path(), "sh", &["-c", &format!("command -v {tool}")]);
+        let found = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{tool} not installed");
+        std::os::unix::fs::symlink(found.trim(), bin.join(tool)).unwrap();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/verify.sh");
+    let cert = data.join("cert.pem");
+    let sums = folder.join("minimal.sha256");
+    let check = || {
+        Command::new("/bin/sh")
+            .arg(&script)
+            .arg("--cert")
+            .arg(&cert)
+            .arg(&sums)
+            .env("PATH", &bin)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    flip_middle_byte(&folder.join("minimal.txt"));
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("minimal.txt"),
+        "{out:?}"
+    );
+}

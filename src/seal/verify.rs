@@ -495,3 +495,67 @@ fn check_set(sums: &Path, certs: &mut Certs) -> Vec<Problem> {
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node whose previous is `prev` (with the hash that `prev`'s node carries).
+    fn node(id: &str, prev: Option<&str>) -> Node {
+        Node {
+            id: id.into(),
+            json: PathBuf::from(format!("{id}.json")),
+            instance: "i1".into(),
+            previous: prev.map(|p| ChainLink {
+                id: p.into(),
+                checksum_file: format!("{p}.sha256"),
+                sha256: format!("hash-{p}"),
+            }),
+            sums_sha256: format!("hash-{id}"),
+        }
+    }
+
+    #[test]
+    fn intact_chain_has_no_problems() {
+        let nodes = [node("a", None), node("b", Some("a")), node("c", Some("b"))];
+        assert_eq!(check_links(&nodes, Path::new("d")), vec![]);
+    }
+
+    #[test]
+    fn cycle_and_second_start_are_out_of_order() {
+        let nodes = [
+            node("a", None),
+            node("x", Some("y")),
+            node("y", Some("x")),
+            node("z", None),
+        ];
+        let problems = check_links(&nodes, Path::new("d"));
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|p| p.starts_with("x.json") && p.contains("cycle")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|p| p.starts_with("y.json") && p.contains("cycle")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(
+                |p| p.contains("several sets start the chain of instance i1")
+                    && p.contains(": a, z (")
+            ),
+            "{text:?}"
+        );
+        assert_eq!(problems.len(), 3, "{text:?}");
+    }
+
+    #[test]
+    fn instances_have_separate_chains() {
+        let mut other = node("o", None);
+        other.instance = "i2".into();
+        let nodes = [node("a", None), node("b", Some("a")), other];
+        assert_eq!(check_links(&nodes, Path::new("d")), vec![]);
+    }
+}

@@ -16,6 +16,9 @@ use super::{Identity, SealError, CHECKSUM_SUFFIX, SIGNATURE_SUFFIX};
 const LOCK_FILE: &str = "chain.lock";
 
 /// Single owner of the chain head; one per instance (enforced by a lock on `data_dir/chain.lock`).
+///
+/// `seal` blocks (hashing, fsync): run it off the media path, e.g. in
+/// `tokio::task::spawn_blocking` or a dedicated thread that owns the Sealer.
 #[derive(Debug)]
 pub struct Sealer {
     identity: Identity,

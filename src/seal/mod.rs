@@ -1,1 +1,34 @@
-//! seal (placeholder)
+//! Sealing of recording sets: instance identity (key, certificate, PKCS#12
+//! keystore), shasum-format checksum files, SHA256withRSA signatures, the hash
+//! chain between sets, and their verification.
+//!
+//! Layout of `data_dir` owned by this module:
+//! - `instance-id`: the instance id (16 lowercase hex characters).
+//! - `keystore.p12`: RSA-2048 key and self-signed certificate, PKCS#12 with the
+//!   OpenSSL 3 defaults (AES-256-CBC, PBKDF2, HMAC-SHA256).
+//! - `keystore.password`: only when no password was given; mode 0600.
+//! - `cert.pem`: the certificate, rewritten on every start, so that sets below
+//!   `data_dir` (the spool) verify without `--cert`.
+//! - `chain-head.json`: the last sealed set; its presence means sealed sets exist.
+//! - `chain.lock`: held locked by the one [`Sealer`] of the instance.
+
+mod chain;
+mod checksum;
+mod durable;
+mod error;
+mod identity;
+mod sealer;
+mod verify;
+
+pub use chain::ChainLink;
+pub use error::SealError;
+pub use identity::{Identity, PasswordSource};
+pub use sealer::{SealedSet, Sealer};
+pub use verify::{verify_chain, verify_set, Problem};
+
+/// Suffix of a set's checksum file, appended to the base name.
+pub const CHECKSUM_SUFFIX: &str = ".sha256";
+/// Suffix of a set's signature file, appended to the checksum file's name.
+pub const SIGNATURE_SUFFIX: &str = ".SHA256withRSA.sig";
+/// File name under which the certificate is exported and looked up by verification.
+pub const CERT_FILE_NAME: &str = "cert.pem";

@@ -40,18 +40,71 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
     let s = &core.stats;
     let mut out = String::new();
     let mut put = |name: &str, kind: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     };
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    put("callrec_calls_active", "gauge", "Calls whose dialog is not over.", l(&s.calls_active));
-    put("callrec_call_tasks", "gauge", "Call tasks alive, including those absorbing retransmissions.", l(&s.call_tasks));
-    put("callrec_calls_total", "counter", "Calls started.", l(&s.calls_total));
-    put("callrec_calls_answered_total", "counter", "Calls answered.", l(&s.calls_answered));
-    put("callrec_sip_received_total", "counter", "SIP messages received.", l(&s.sip_received));
-    put("callrec_sip_malformed_total", "counter", "SIP messages that could not be parsed.", l(&s.sip_malformed));
-    put("callrec_rtp_packets_total", "counter", "RTP packets relayed by finished calls.", l(&s.rtp_packets));
-    put("callrec_rtp_timeouts_total", "counter", "Calls ended for lack of RTP.", l(&s.rtp_timeouts));
-    put("callrec_media_ports_in_use", "gauge", "RTP port pairs bound.", core.ports.in_use() as u64);
-    put("callrec_media_ports_free", "gauge", "RTP port pairs free.", core.ports.available() as u64);
+    put(
+        "callrec_calls_active",
+        "gauge",
+        "Calls whose dialog is not over.",
+        l(&s.calls_active),
+    );
+    put(
+        "callrec_call_tasks",
+        "gauge",
+        "Call tasks alive, including those absorbing retransmissions.",
+        l(&s.call_tasks),
+    );
+    put(
+        "callrec_calls_total",
+        "counter",
+        "Calls started.",
+        l(&s.calls_total),
+    );
+    put(
+        "callrec_calls_answered_total",
+        "counter",
+        "Calls answered.",
+        l(&s.calls_answered),
+    );
+    put(
+        "callrec_sip_received_total",
+        "counter",
+        "SIP messages received.",
+        l(&s.sip_received),
+    );
+    put(
+        "callrec_sip_malformed_total",
+        "counter",
+        "SIP messages that could not be parsed.",
+        l(&s.sip_malformed),
+    );
+    put(
+        "callrec_rtp_packets_total",
+        "counter",
+        "RTP packets relayed by finished calls.",
+        l(&s.rtp_packets),
+    );
+    put(
+        "callrec_rtp_timeouts_total",
+        "counter",
+        "Calls ended for lack of RTP.",
+        l(&s.rtp_timeouts),
+    );
+    put(
+        "callrec_media_ports_in_use",
+        "gauge",
+        "RTP port pairs bound.",
+        core.ports.in_use() as u64,
+    );
+    put(
+        "callrec_media_ports_free",
+        "gauge",
+        "RTP port pairs free.",
+        core.ports.available() as u64,
+    );
     out
 }

@@ -23,4 +23,6 @@ pub struct RunConfig {
     pub rtp_timeout: Duration,
     /// Admin HTTP listener (health, metrics).
     pub admin_listen: Option<SocketAddr>,
+    /// Where the keystore password comes from.
+    pub keystore_password: crate::seal::PasswordSource,
 }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use callrec::config::RunConfig;
+use callrec::seal::{Identity, PasswordSource};
 
 /// SIP call-recording proxy: records calls between a trunk and a PBX and seals the recordings.
 #[derive(Parser, Debug)]
@@ -23,6 +24,55 @@ struct Cli {
 enum Command {
     /// Run the proxy between the trunk and the PBX.
     Run(RunArgs),
+    /// Print the instance's certificate (PEM), or a certificate signing request with --csr.
+    Cert(CertArgs),
+    /// Verify sealed recording sets (checksums and signature; with --chain the whole chain).
+    Verify(VerifyArgs),
+}
+
+/// Where the keystore password comes from (shared by run and cert).
+#[derive(Args, Debug)]
+struct KeystoreArgs {
+    /// File holding the keystore password (the value itself can be given as env CALLREC_KEYSTORE_PASSWORD; without either a random password is generated into the data dir).
+    #[arg(long, env = "CALLREC_KEYSTORE_PASSWORD_FILE")]
+    keystore_password_file: Option<PathBuf>,
+}
+
+impl KeystoreArgs {
+    fn source(&self) -> PasswordSource {
+        if let Some(f) = &self.keystore_password_file {
+            return PasswordSource::File(f.clone());
+        }
+        match std::env::var("CALLREC_KEYSTORE_PASSWORD") {
+            Ok(v) if !v.is_empty() => PasswordSource::Value(v),
+            _ => PasswordSource::None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct CertArgs {
+    /// Folder for the instance's state (as for `run`).
+    #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data")]
+    data_dir: PathBuf,
+    /// Print a PKCS#10 certificate signing request instead of the certificate.
+    #[arg(long)]
+    csr: bool,
+    #[command(flatten)]
+    keystore: KeystoreArgs,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// Checksum files (.sha256) or folders holding sealed sets.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Certificate (PEM) to check signatures against; default: cert.pem beside the sets or in a parent folder.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Also check that the sets form an unbroken chain (none missing, altered or out of order).
+    #[arg(long)]
+    chain: bool,
 }
 
 #[derive(Args, Debug)]
@@ -51,6 +101,8 @@ struct RunArgs {
     /// Address of the admin HTTP API (health, metrics); "off" disables it.
     #[arg(long, env = "CALLREC_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
     admin_listen: String,
+    #[command(flatten)]
+    keystore: KeystoreArgs,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -68,8 +120,14 @@ fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
     let (lo, hi) = s
         .split_once('-')
         .with_context(|| format!("--rtp-ports {s:?}: expected LO-HI, e.g. 20000-29999"))?;
-    let lo: u16 = lo.trim().parse().context("--rtp-ports: LO is not a port number")?;
-    let hi: u16 = hi.trim().parse().context("--rtp-ports: HI is not a port number")?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .context("--rtp-ports: LO is not a port number")?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .context("--rtp-ports: HI is not a port number")?;
     if lo >= hi || lo < 1024 {
         bail!("--rtp-ports {s:?}: need 1024 <= LO < HI");
     }
@@ -85,12 +143,13 @@ impl RunArgs {
                 self.listen.ip()
             }
         });
-        let admin_listen = match self.admin_listen.as_str() {
-            "off" | "" => None,
-            a => Some(a.parse().with_context(|| {
-                format!("--admin-listen {a:?}: expected ADDR:PORT or \"off\"")
-            })?),
-        };
+        let admin_listen =
+            match self.admin_listen.as_str() {
+                "off" | "" => None,
+                a => Some(a.parse().with_context(|| {
+                    format!("--admin-listen {a:?}: expected ADDR:PORT or \"off\"")
+                })?),
+            };
         Ok(RunConfig {
             listen: self.listen,
             pbx: resolve("--pbx", &self.pbx)?,
@@ -100,6 +159,7 @@ impl RunArgs {
             data_dir: self.data_dir,
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
             admin_listen,
+            keystore_password: self.keystore.source(),
         })
     }
 }
@@ -110,6 +170,7 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -117,17 +178,59 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level);
     let cfg = args.into_config()?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
-        format!("cannot create data dir {}; check permissions", cfg.data_dir.display())
+        format!(
+            "cannot create data dir {}; check permissions",
+            cfg.data_dir.display()
+        )
     })?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(callrec::proxy::run(cfg))?;
     Ok(())
 }
 
+fn cert(args: CertArgs) -> anyhow::Result<()> {
+    let id = Identity::load_or_create(&args.data_dir, args.keystore.source())
+        .context("cannot open the instance's keystore")?;
+    if args.csr {
+        print!("{}", id.csr_pem()?);
+    } else {
+        print!("{}", id.certificate_pem());
+    }
+    Ok(())
+}
+
+/// Returns whether every set verified.
+fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
+    let mut problems = Vec::new();
+    for p in &args.paths {
+        if !p.exists() {
+            bail!("{} does not exist", p.display());
+        }
+        problems.extend(if args.chain {
+            callrec::seal::verify_chain(p, args.cert.as_deref())
+        } else {
+            callrec::seal::verify_set(p, args.cert.as_deref())
+        });
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    if problems.is_empty() {
+        println!("OK: {} verified", args.paths.len());
+    }
+    Ok(problems.is_empty())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run(a),
+        Command::Cert(a) => cert(a),
+        Command::Verify(a) => match verify(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,9 @@ pub enum StartError {
     /// A socket could not be bound.
     #[error("{0}")]
     Bind(#[from] std::io::Error),
+    /// The sealing identity could not be opened or created.
+    #[error("cannot open the sealing identity: {0}")]
+    Seal(#[from] crate::seal::SealError),
     /// The RTP port range is empty or inverted.
     #[error("RTP port range {0}-{1} is empty; give --rtp-ports LO-HI with LO < HI")]
     Ports(u16, u16),
@@ -26,6 +29,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     if lo >= hi {
         return Err(StartError::Ports(lo, hi));
     }
+    // Open (or create) the identity first: a wrong keystore password must stop
+    // the start before any call is taken.
+    let identity =
+        crate::seal::Identity::load_or_create(&cfg.data_dir, cfg.keystore_password.clone())?;
+    let sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
     let (transport, inbound) = Transport::bind(cfg.listen).await?;
     let local = transport.local_addr();
     let advertised = if local.ip().is_unspecified() {
@@ -52,5 +60,6 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         cfg.media_ip
     );
     router::run(core, inbound).await;
+    drop(sealer);
     Ok(())
 }

@@ -187,7 +187,9 @@ impl Call {
             loop {
                 self.servers.retain(|t| !t.is_terminated());
                 self.clients.retain(|t| !t.is_terminated());
-                if self.state == State::Finished && self.servers.is_empty() && self.clients.is_empty()
+                if self.state == State::Finished
+                    && self.servers.is_empty()
+                    && self.clients.is_empty()
                 {
                     break;
                 }
@@ -403,8 +405,7 @@ impl Call {
             self.on_bye(side, id).await;
             return;
         }
-        if (method == "INVITE" || method == "UPDATE") && msg.has_sdp() && self.offer_in_progress()
-        {
+        if (method == "INVITE" || method == "UPDATE") && msg.has_sdp() && self.offer_in_progress() {
             self.respond_id(id, 491, "Request Pending").await;
             return;
         }
@@ -435,7 +436,10 @@ impl Call {
         let method = req.method();
         let to = side.other();
         let mut out = self.new_in_dialog_request(to, &method);
-        out.set("Max-Forwards", (req.max_forwards().saturating_sub(1)).to_string());
+        out.set(
+            "Max-Forwards",
+            (req.max_forwards().saturating_sub(1)).to_string(),
+        );
         copy_end_to_end(&req, &mut out);
         if method == "PRACK" {
             if let Some(rack) = req.header("RAck") {
@@ -444,7 +448,12 @@ impl Call {
                 if parts.len() == 3 {
                     out.push(
                         "RAck",
-                        format!("{} {} {}", parts[0], self.legs[to.index()].invite_cseq, parts[2]),
+                        format!(
+                            "{} {} {}",
+                            parts[0],
+                            self.legs[to.index()].invite_cseq,
+                            parts[2]
+                        ),
                     );
                 }
             }
@@ -466,7 +475,9 @@ impl Call {
 
     /// A request on leg `to` inside its dialog, with a fresh CSeq.
     fn new_in_dialog_request(&mut self, to: Side, method: &str) -> Message {
-        let via = self.core.via(self.legs[to.index()].flow.proto, &new_branch());
+        let via = self
+            .core
+            .via(self.legs[to.index()].flow.proto, &new_branch());
         let contact = self.core.contact(self.legs[to.index()].flow.proto);
         let leg = &mut self.legs[to.index()];
         leg.cseq += 1;
@@ -604,14 +615,18 @@ impl Call {
         if code < 300 {
             if caller_done || self.state == State::Finished {
                 // Answered after the caller gave up: ACK and hang up at once.
-                self.ack_2xx(Side::Callee, self.clients[ix].cseq, None).await;
+                self.ack_2xx(Side::Callee, self.clients[ix].cseq, None)
+                    .await;
                 let bye = self.new_in_dialog_request(Side::Callee, "BYE");
                 self.send_new_request(Side::Callee, bye, None).await;
                 return;
             }
             self.state = State::Answered;
             self.final_status = code;
-            self.core.stats.calls_answered.fetch_add(1, Ordering::Relaxed);
+            self.core
+                .stats
+                .calls_answered
+                .fetch_add(1, Ordering::Relaxed);
             info!("answered by callee ({code})");
             self.relay_response(Side::Callee, ix, self.initial, msg)
                 .await;
@@ -652,11 +667,9 @@ impl Call {
                 out.push("Contact", c.to_string());
             }
         }
-        if method == "INVITE" || method == "UPDATE" {
-            if (200..300).contains(&code) {
-                if let Some(c) = msg.header("Contact") {
-                    self.legs[side.index()].target = uri_of(c).to_string();
-                }
+        if (method == "INVITE" || method == "UPDATE") && (200..300).contains(&code) {
+            if let Some(c) = msg.header("Contact") {
+                self.legs[side.index()].target = uri_of(c).to_string();
             }
         }
         if msg.has_sdp() {
@@ -745,7 +758,9 @@ impl Call {
                     match self.rewrite_sdp(side, &msg.body) {
                         Ok(b) => Some((
                             b,
-                            msg.header("Content-Type").unwrap_or("application/sdp").to_string(),
+                            msg.header("Content-Type")
+                                .unwrap_or("application/sdp")
+                                .to_string(),
                         )),
                         Err((_, why)) => {
                             warn!("SDP answer in ACK rejected: {why}");
@@ -820,7 +835,8 @@ impl Call {
         if matches!(self.state, State::Calling | State::Early) {
             // A BYE before the answer ends the attempt like a CANCEL would.
             if side == Side::Caller {
-                self.respond_id(self.initial, 487, "Request Terminated").await;
+                self.respond_id(self.initial, 487, "Request Terminated")
+                    .await;
                 if let Some(ix) = self
                     .clients
                     .iter()
@@ -1011,7 +1027,10 @@ fn ack_for_failure(invite: &Message, resp: &Message) -> Message {
         ack.push("Route", r.to_string());
     }
     ack.push("Max-Forwards", "70");
-    ack.push("From", invite.header("From").unwrap_or_default().to_string());
+    ack.push(
+        "From",
+        invite.header("From").unwrap_or_default().to_string(),
+    );
     ack.push("To", resp.header("To").unwrap_or_default().to_string());
     ack.push("Call-ID", invite.call_id().unwrap_or_default().to_string());
     let n = invite.cseq().map(|c| c.0).unwrap_or(1);
@@ -1082,7 +1101,10 @@ mod tests {
             retarget("sip:+4930123@callrec.example;user=phone", hop),
             "sip:+4930123@127.0.0.2:5070;user=phone"
         );
-        assert_eq!(retarget("sip:100@1.2.3.4:5060", hop), "sip:100@127.0.0.2:5070");
+        assert_eq!(
+            retarget("sip:100@1.2.3.4:5060", hop),
+            "sip:100@127.0.0.2:5070"
+        );
     }
 
     #[test]

@@ -218,8 +218,7 @@ async fn reject_malformed(core: &Arc<Core>, i: &Inbound, why: &str) {
     if !matches!(m.start, StartLine::Request { .. }) || m.method() == "ACK" {
         return;
     }
-    if m.header("Via").is_none() || m.header("Call-ID").is_none() || m.header("CSeq").is_none()
-    {
+    if m.header("Via").is_none() || m.header("Call-ID").is_none() || m.header("CSeq").is_none() {
         return;
     }
     let reason = format!("Bad Request ({why})")

@@ -70,7 +70,11 @@ impl PortPool {
                         pool: self.clone(),
                     });
                 }
-                Err(_) => self.free.lock().expect("port pool poisoned").push_back(port),
+                Err(_) => self
+                    .free
+                    .lock()
+                    .expect("port pool poisoned")
+                    .push_back(port),
             }
         }
         Err(io::Error::new(

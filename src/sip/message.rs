@@ -323,7 +323,11 @@ impl Message {
         for name in ["From", "To"] {
             let v = self.header(name).unwrap_or_default();
             if !v.contains(':') {
-                return Err(ParseError::Malformed(if name == "From" { "From" } else { "To" }));
+                return Err(ParseError::Malformed(if name == "From" {
+                    "From"
+                } else {
+                    "To"
+                }));
             }
         }
         if self.header("Content-Type").is_none() && !self.body.is_empty() {
@@ -690,6 +694,9 @@ v=0\r\n";
             uri_hostport("sip:a@h:5070;transport=tcp"),
             Some(("h".into(), Some(5070)))
         );
-        assert_eq!(uri_hostport("sip:[::1]:5062"), Some(("::1".into(), Some(5062))));
+        assert_eq!(
+            uri_hostport("sip:[::1]:5062"),
+            Some(("::1".into(), Some(5062)))
+        );
     }
 }

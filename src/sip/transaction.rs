@@ -170,7 +170,11 @@ impl ClientTxn {
         }
         match self.next {
             Some(n) if now >= n => {
-                let cap = if self.method == "INVITE" { None } else { Some(T2) };
+                let cap = if self.method == "INVITE" {
+                    None
+                } else {
+                    Some(T2)
+                };
                 self.interval = match cap {
                     Some(c) => (self.interval * 2).min(c),
                     None => self.interval * 2,

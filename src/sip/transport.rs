@@ -62,13 +62,14 @@ pub struct Transport {
 impl Transport {
     /// Binds UDP and TCP on `addr` and starts receiving.
     pub async fn bind(addr: SocketAddr) -> io::Result<(Arc<Transport>, mpsc::Receiver<Inbound>)> {
-        let udp = Arc::new(UdpSocket::bind(addr).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot bind SIP UDP {addr}: {e}"))
-        })?);
+        let udp =
+            Arc::new(UdpSocket::bind(addr).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot bind SIP UDP {addr}: {e}"))
+            })?);
         let local = udp.local_addr()?;
-        let listener = TcpListener::bind(local).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot bind SIP TCP {local}: {e}"))
-        })?;
+        let listener = TcpListener::bind(local)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind SIP TCP {local}: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
         let t = Arc::new(Transport {
             udp: udp.clone(),
@@ -146,7 +147,10 @@ impl Transport {
                 buf.extend_from_slice(&chunk[..n]);
                 loop {
                     // Keep-alive CRLFs between messages (RFC 5626 §3.5.1).
-                    let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                    let skip = buf
+                        .iter()
+                        .take_while(|b| **b == b'\r' || **b == b'\n')
+                        .count();
                     buf.drain(..skip);
                     if buf.is_empty() {
                         break;
@@ -199,7 +203,9 @@ impl Transport {
                             TcpStream::connect(flow.addr),
                         )
                         .await
-                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
+                        .map_err(|_| {
+                            io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out")
+                        })??;
                         self.adopt(stream, flow.addr)
                     }
                 };

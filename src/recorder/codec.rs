@@ -208,14 +208,18 @@ mod tests {
 
     #[test]
     fn static_defaults_and_dynamic_entries() {
-        let map = PayloadMap::from_sdp_rtpmaps([(111u8, "opus/48000/2"), (101, "telephone-event/8000")]);
+        let map =
+            PayloadMap::from_sdp_rtpmaps([(111u8, "opus/48000/2"), (101, "telephone-event/8000")]);
         assert_eq!(map.get(8).unwrap().codec, Codec::Pcma);
         assert_eq!(map.get(0).unwrap().codec, Codec::Pcmu);
         assert_eq!(map.get(9).unwrap().clock_rate, 8000);
         assert_eq!(map.get(13).unwrap().codec, Codec::ComfortNoise);
         assert_eq!(
             map.get(111),
-            Some(PayloadType { codec: Codec::Opus, clock_rate: 48000 })
+            Some(PayloadType {
+                codec: Codec::Opus,
+                clock_rate: 48000
+            })
         );
         assert_eq!(map.get(101).unwrap().codec, Codec::TelephoneEvent);
         assert_eq!(map.get(96), None);
@@ -235,7 +239,9 @@ mod tests {
         use audio_codec::Encoder as _;
         let mut enc = audio_codec::g722::G722Encoder::new();
         let pcm: Vec<i16> = (0..3200)
-            .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 500.0 / 16000.0).sin() * 8000.0) as i16)
+            .map(|i| {
+                ((i as f64 * 2.0 * std::f64::consts::PI * 500.0 / 16000.0).sin() * 8000.0) as i16
+            })
             .collect();
         let bytes = enc.encode(&pcm);
         assert_eq!(bytes.len(), 1600);

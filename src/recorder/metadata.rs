@@ -222,9 +222,18 @@ mod tests {
             schema_version: SCHEMA_VERSION,
             recording_id: "abc123".into(),
             base_name: "20260301_110000_in_4930_200_abc123".into(),
-            call_ids: CallIds { caller_leg: "a@x".into(), callee_leg: "b@y".into() },
-            caller: PartyInfo { name: None, number: "+4930123".into() },
-            callee: PartyInfo { name: Some("Sales".into()), number: "200".into() },
+            call_ids: CallIds {
+                caller_leg: "a@x".into(),
+                callee_leg: "b@y".into(),
+            },
+            caller: PartyInfo {
+                name: None,
+                number: "+4930123".into(),
+            },
+            callee: PartyInfo {
+                name: Some("Sales".into()),
+                number: "200".into(),
+            },
             dialled_number: "200".into(),
             direction: Direction::Incoming,
             profile: "sales".into(),
@@ -237,7 +246,10 @@ mod tests {
                 0,
             ),
             ended_by: EndedBy::Callee,
-            announcement: Announcement { played: true, file: Some("in.wav".into()) },
+            announcement: Announcement {
+                played: true,
+                file: Some("in.wav".into()),
+            },
             audio: AudioInfo {
                 channel_layout: ChannelMode::Stereo,
                 files: vec!["x.wav".into()],
@@ -245,8 +257,14 @@ mod tests {
                 bits_per_sample: 16,
                 container: "wav".into(),
             },
-            codecs: PerParty { caller: vec!["PCMA/8000".into()], callee: vec![] },
-            media: PerParty { caller: MediaStats::default(), callee: MediaStats::default() },
+            codecs: PerParty {
+                caller: vec!["PCMA/8000".into()],
+                callee: vec![],
+            },
+            media: PerParty {
+                caller: MediaStats::default(),
+                callee: MediaStats::default(),
+            },
             instance_id: "inst-1".into(),
             software_version: "0.1.0".into(),
         }
@@ -257,9 +275,23 @@ mod tests {
         let m = sample();
         let v = m.to_json_value();
         for key in [
-            "schema_version", "recording_id", "call_ids", "caller", "callee", "dialled_number",
-            "direction", "profile", "matched_rule", "times", "ended_by", "announcement", "audio",
-            "codecs", "media", "instance_id", "software_version",
+            "schema_version",
+            "recording_id",
+            "call_ids",
+            "caller",
+            "callee",
+            "dialled_number",
+            "direction",
+            "profile",
+            "matched_rule",
+            "times",
+            "ended_by",
+            "announcement",
+            "audio",
+            "codecs",
+            "media",
+            "instance_id",
+            "software_version",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }

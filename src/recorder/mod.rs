@@ -112,7 +112,9 @@ pub enum RecorderError {
         source: std::io::Error,
     },
     /// Writing or finalising a WAV file failed.
-    #[error("writing recording file {path} failed: {source} (check free space and the disk's health)")]
+    #[error(
+        "writing recording file {path} failed: {source} (check free space and the disk's health)"
+    )]
     Write {
         /// The file.
         path: PathBuf,
@@ -123,7 +125,9 @@ pub enum RecorderError {
     #[error("cannot start the recorder worker thread: {0} (check the process's thread limit)")]
     Spawn(std::io::Error),
     /// The worker thread panicked; the files may be incomplete.
-    #[error("the recorder worker thread panicked; the recording files may be incomplete (see the log)")]
+    #[error(
+        "the recorder worker thread panicked; the recording files may be incomplete (see the log)"
+    )]
     WorkerPanicked,
 }
 
@@ -156,7 +160,11 @@ pub struct RecordingSpec {
 
 impl RecordingSpec {
     /// A spec with defaults, starting now.
-    pub fn new(dir: impl Into<PathBuf>, base_name: impl Into<String>, channels: ChannelMode) -> Self {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        base_name: impl Into<String>,
+        channels: ChannelMode,
+    ) -> Self {
         RecordingSpec {
             dir: dir.into(),
             base_name: base_name.into(),
@@ -274,7 +282,7 @@ struct Packet {
 
 /// Messages from the call's owner to the worker.
 enum Control {
-    PayloadMap(Party, PayloadMap),
+    PayloadMap(Party, Box<PayloadMap>),
     Finish,
 }
 
@@ -319,11 +327,11 @@ impl Fork {
     fn count_drop(&self, party: Party, arrival: Instant) {
         let s = &self.shared;
         let total = s.queue_dropped[party.index()].fetch_add(1, Ordering::Relaxed) + 1;
-        let now_ms = arrival.saturating_duration_since(s.epoch).as_millis() as u64 + DROP_LOG_INTERVAL_MS;
+        let now_ms =
+            arrival.saturating_duration_since(s.epoch).as_millis() as u64 + DROP_LOG_INTERVAL_MS;
         let last = s.last_drop_log_ms.load(Ordering::Relaxed);
         if (last == 0 || now_ms >= last + DROP_LOG_INTERVAL_MS)
-            && s
-                .last_drop_log_ms
+            && s.last_drop_log_ms
                 .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
@@ -359,7 +367,10 @@ impl Recorder {
         });
         let worker = worker::Worker::new(&spec, Arc::clone(&shared))?;
         let handle = std::thread::Builder::new()
-            .name(format!("recorder-{}", spec.base_name.chars().take(20).collect::<String>()))
+            .name(format!(
+                "recorder-{}",
+                spec.base_name.chars().take(20).collect::<String>()
+            ))
             .spawn(move || worker.run(rx, ctrl_rx))
             .map_err(RecorderError::Spawn)?;
         tracing::debug!(recording = %spec.base_name, channels = %spec.channels, "recorder started");
@@ -378,7 +389,7 @@ impl Recorder {
     /// Sets the payload-type map of one party (at start and after a re-INVITE).
     pub fn set_payload_map(&self, party: Party, map: PayloadMap) {
         // The worker lives as long as the Recorder: a send error cannot happen before finish.
-        let _ = self.ctrl.send(Control::PayloadMap(party, map));
+        let _ = self.ctrl.send(Control::PayloadMap(party, Box::new(map)));
     }
 
     /// Blocks until everything queued is written and the files are finalised.
@@ -423,7 +434,10 @@ mod tests {
         let s = RecordingSpec::new("/x", "b", ChannelMode::Separate);
         assert_eq!(
             s.file_paths(),
-            vec![PathBuf::from("/x/b_caller.wav"), PathBuf::from("/x/b_callee.wav")]
+            vec![
+                PathBuf::from("/x/b_caller.wav"),
+                PathBuf::from("/x/b_callee.wav")
+            ]
         );
         let s = RecordingSpec::new("/x", "b", ChannelMode::Callee);
         assert_eq!(s.file_paths(), vec![PathBuf::from("/x/b.wav")]);

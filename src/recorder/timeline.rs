@@ -18,6 +18,8 @@ pub(crate) struct Thresholds {
     pub drift: i64,
     /// Length of the window over which the minimum offset is measured.
     pub drift_window: i64,
+    /// Time after an anchor during which early packets correct it at once.
+    pub settle: i64,
 }
 
 const SEQ_WINDOW: i64 = 1024;
@@ -41,6 +43,9 @@ struct Segment {
     win_min: i64,
     win_start: i64,
     win_active: bool,
+    // Until this arrival position, packets arriving earlier than the anchor
+    // predicts move the anchor at once (the first packet may have been delayed).
+    settle_until: i64,
 }
 
 enum SeqResult {
@@ -66,6 +71,7 @@ impl Segment {
             win_min: 0,
             win_start: 0,
             win_active: false,
+            settle_until: 0,
         }
     }
 
@@ -127,11 +133,12 @@ impl Segment {
         self.anchor_pos + ((ts_ext - self.anchor_ts) * rate as i64).div_euclid(self.clock as i64)
     }
 
-    fn anchor(&mut self, ts_ext: i64, pos: i64, clock: u32) {
+    fn anchor(&mut self, ts_ext: i64, pos: i64, clock: u32, settle_until: i64) {
         self.anchor_ts = ts_ext;
         self.anchor_pos = pos;
         self.clock = clock;
         self.win_active = false;
+        self.settle_until = settle_until;
     }
 }
 
@@ -281,16 +288,21 @@ impl Timeline {
 
         let seg = &mut self.segments[idx];
         let ts_ext = seg.extend_ts(pkt.timestamp);
+        let settle_until = arrival_pos + th.settle;
         if seg.clock == 0 {
-            seg.anchor(ts_ext, arrival_start.max(base), clock);
+            seg.anchor(ts_ext, arrival_start.max(base), clock, settle_until);
         } else if seg.clock != clock {
-            seg.anchor(ts_ext, arrival_start.max(base), clock);
+            seg.anchor(ts_ext, arrival_start.max(base), clock, settle_until);
             self.stats.timestamp_jumps += 1;
         } else {
             let d = arrival_start - seg.position(ts_ext, rate);
             if d < -th.jump || (d > th.jump && newest) {
-                seg.anchor(ts_ext, arrival_start.max(base), clock);
+                seg.anchor(ts_ext, arrival_start.max(base), clock, settle_until);
                 self.stats.timestamp_jumps += 1;
+            } else if d < -th.drift && arrival_pos < seg.settle_until {
+                // Arrived earlier than the anchor allows: the anchoring packet was delayed.
+                seg.anchor_pos += d;
+                self.stats.drift_corrections += 1;
             } else {
                 if !seg.win_active {
                     seg.win_active = true;
@@ -367,10 +379,18 @@ fn resample_linear(src: &[i16], m: usize, out: &mut Vec<i16>) {
 mod tests {
     use super::*;
 
-    const TH: Thresholds = Thresholds { jump: 2000, drift: 80, drift_window: 40000 };
+    const TH: Thresholds = Thresholds {
+        jump: 2000,
+        drift: 80,
+        drift_window: 40000,
+        settle: 8000,
+    };
 
     fn pcma_info() -> Option<PayloadType> {
-        Some(PayloadType { codec: Codec::Pcma, clock_rate: 8000 })
+        Some(PayloadType {
+            codec: Codec::Pcma,
+            clock_rate: 8000,
+        })
     }
 
     /// 160 A-law bytes encoding a constant value.
@@ -379,7 +399,13 @@ mod tests {
     }
 
     fn push(t: &mut Timeline, seq: u16, ts: u32, ssrc: u32, payload: &[u8], arrival: i64) {
-        let pkt = RtpPacket { payload_type: 8, seq, timestamp: ts, ssrc, payload };
+        let pkt = RtpPacket {
+            payload_type: 8,
+            seq,
+            timestamp: ts,
+            ssrc,
+            payload,
+        };
         t.push(&pkt, pcma_info(), arrival, 8000, &TH);
     }
 
@@ -403,7 +429,10 @@ mod tests {
         let v = out[0];
         assert!(v > 900, "placed value {v}");
         assert!(out[..480].iter().all(|&s| s == v));
-        assert!(out[480..640].iter().all(|&s| s == 0), "lost packet is silence");
+        assert!(
+            out[480..640].iter().all(|&s| s == 0),
+            "lost packet is silence"
+        );
         assert!(out[640..800].iter().all(|&s| s == v));
     }
 
@@ -463,6 +492,55 @@ mod tests {
         }
         assert!(t.stats.drift_corrections > 0);
         assert!(max_err <= 160, "max error {max_err} samples");
+    }
+
+    #[test]
+    fn telephone_event_and_comfort_noise_are_never_audio() {
+        let mut t = Timeline::new();
+        let loud = frame(20000);
+        for (k, codec) in [
+            Codec::TelephoneEvent,
+            Codec::ComfortNoise,
+            Codec::Unsupported,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let pkt = RtpPacket {
+                payload_type: 101,
+                seq: k as u16,
+                timestamp: 0,
+                ssrc: 1,
+                payload: &loud,
+            };
+            t.push(
+                &pkt,
+                Some(PayloadType {
+                    codec,
+                    clock_rate: 8000,
+                }),
+                160,
+                8000,
+                &TH,
+            );
+        }
+        let pkt = RtpPacket {
+            payload_type: 99,
+            seq: 3,
+            timestamp: 0,
+            ssrc: 1,
+            payload: &loud,
+        };
+        t.push(&pkt, None, 160, 8000, &TH);
+        assert_eq!(t.stats.telephone_events, 1);
+        assert_eq!(t.stats.comfort_noise, 1);
+        assert_eq!(t.stats.undecodable, 2);
+        assert_eq!(t.placed_end, 0);
+        assert!(drain_all(&mut t, 400).iter().all(|&s| s == 0));
+        assert_eq!(
+            t.stats.codecs,
+            vec!["telephone-event/8000", "CN/8000", "PT101", "PT99"]
+        );
     }
 
     #[test]

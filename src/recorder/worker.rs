@@ -42,8 +42,15 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(spec: &RecordingSpec, shared: Arc<ForkShared>) -> Result<Worker, RecorderError> {
-        let channels = if spec.channels == ChannelMode::Stereo { 2 } else { 1 };
+    pub(crate) fn new(
+        spec: &RecordingSpec,
+        shared: Arc<ForkShared>,
+    ) -> Result<Worker, RecorderError> {
+        let channels = if spec.channels == ChannelMode::Stereo {
+            2
+        } else {
+            1
+        };
         let mut writers = Vec::new();
         for path in spec.file_paths() {
             let w = WavWriter::create(
@@ -64,7 +71,12 @@ impl Worker {
             drift: spec.drift_threshold,
             drift_window: spec.drift_window,
             rate: 0,
-            th: Thresholds { jump: 0, drift: 0, drift_window: 0 },
+            th: Thresholds {
+                jump: 0,
+                drift: 0,
+                drift_window: 0,
+                settle: 0,
+            },
             window_samples: 0,
             maps: [PayloadMap::default(), PayloadMap::default()],
             timelines: [Timeline::new(), Timeline::new()],
@@ -89,7 +101,7 @@ impl Worker {
             let mut finishing = false;
             loop {
                 match ctrl.try_recv() {
-                    Ok(Control::PayloadMap(party, map)) => self.maps[party.index()] = map,
+                    Ok(Control::PayloadMap(party, map)) => self.maps[party.index()] = *map,
                     Ok(Control::Finish) | Err(TryRecvError::Disconnected) => {
                         finishing = true;
                         break;
@@ -132,6 +144,7 @@ impl Worker {
             jump: self.samples(self.jump),
             drift: self.samples(self.drift),
             drift_window: self.samples(self.drift_window),
+            settle: self.rate as i64,
         };
         self.window_samples = self.samples(self.reorder_window);
         for i in 0..self.writers.len() {
@@ -239,7 +252,11 @@ impl Worker {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        let rate = if self.rate == 0 { DEFAULT_RATE } else { self.rate };
+        let rate = if self.rate == 0 {
+            DEFAULT_RATE
+        } else {
+            self.rate
+        };
         let mut stats = [Party::Caller, Party::Callee].map(|p| {
             let i = p.index();
             let mut s = self.timelines[i].stats.clone();
@@ -251,7 +268,11 @@ impl Worker {
         let frames = self.written.max(0) as u64;
         tracing::debug!(frames, rate, "recording finalised");
         Ok(RecordingOutput {
-            files: self.writers.iter().map(|w| w.path().to_path_buf()).collect(),
+            files: self
+                .writers
+                .iter()
+                .map(|w| w.path().to_path_buf())
+                .collect(),
             sample_rate: rate,
             channels: self.mode,
             duration: Duration::from_nanos(frames * 1_000_000_000 / rate as u64),

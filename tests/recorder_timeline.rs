@@ -650,3 +650,54 @@ fn callee_only_mode_ignores_the_caller() {
     assert_eq!(out.callee.duplicates, 0);
     assert_eq!(out.caller.packets, 100);
 }
+
+#[test]
+fn both_parties_on_hold_without_timestamp_advance_resume_at_wall_clock() {
+    let dir = tempdir("bothhold");
+    let t0 = Instant::now();
+    let mut spec = RecordingSpec::new(&dir, "hold", ChannelMode::Stereo);
+    spec.start = t0;
+    spec.queue_capacity = 10_000;
+    let rec = Recorder::start(spec).unwrap();
+    let fork = rec.fork();
+    let click_at = secs(12.5) + 40;
+    // 0–2 s talk, 2–12 s nobody sends, 12–14 s talk with timestamps continuing from 2 s.
+    let mut seq = 0u16;
+    for w in (0..secs(2.0)).chain(secs(12.0)..secs(14.0)).step_by(160) {
+        let ts = if w < secs(2.0) { w } else { w - secs(10.0) } as u32;
+        let arrival = t0 + Duration::from_secs_f64((w + 160) as f64 / RATE);
+        for (party, freq, ssrc) in [(Party::Caller, 440.0, 1), (Party::Callee, 1000.0, 2)] {
+            let payload: Vec<u8> = (w..w + 160)
+                .map(|n| {
+                    if party == Party::Callee && n >= click_at && n < click_at + 16 {
+                        encode_alaw(CLICK_AMP)
+                    } else {
+                        encode_alaw((TONE_AMP * (2.0 * PI * freq * n as f64 / RATE).sin()) as i16)
+                    }
+                })
+                .collect();
+            assert!(fork.offer(party, rtp(8, false, seq, ts, ssrc, &payload), arrival));
+        }
+        seq = seq.wrapping_add(1);
+    }
+    let out = rec.finish().unwrap();
+    let mut r = hound::WavReader::open(&out.files[0]).unwrap();
+    let s: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    let left: Vec<f64> = s.iter().step_by(2).map(|&v| v as f64).collect();
+    let right: Vec<f64> = s.iter().skip(1).step_by(2).map(|&v| v as f64).collect();
+    assert!(
+        (left.len() as f64 / RATE - 14.0).abs() < 0.1,
+        "duration {}",
+        left.len() as f64 / RATE
+    );
+    assert!(rms(slice(&left, 2.003, 11.997)) < 1.0 && rms(slice(&right, 2.003, 11.997)) < 1.0);
+    assert!((dominant(slice(&left, 12.1, 13.9)) - 440.0).abs() <= 10.0);
+    let expect = click_at as f64 / RATE;
+    let got = find_click(&right, expect).expect("click after resume");
+    assert!(
+        (got - expect).abs() <= 0.020,
+        "click sent at {expect} s found at {got} s"
+    );
+    assert_eq!(out.caller.timestamp_jumps, 1);
+    assert_eq!(out.callee.timestamp_jumps, 1);
+}

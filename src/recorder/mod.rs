@@ -173,7 +173,7 @@ impl RecordingSpec {
             rf64_threshold: u32::MAX as u64 - 64 * 1024 * 1024,
             header_interval: Duration::from_secs(2),
             start: Instant::now(),
-            reorder_window: Duration::from_millis(100),
+            reorder_window: Duration::from_millis(200),
             jump_threshold: Duration::from_millis(250),
             drift_threshold: Duration::from_millis(10),
             drift_window: Duration::from_secs(5),

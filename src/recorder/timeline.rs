@@ -20,6 +20,8 @@ pub(crate) struct Thresholds {
     pub drift_window: i64,
     /// Time after an anchor during which early packets correct it at once.
     pub settle: i64,
+    /// Total correction allowed during that time.
+    pub settle_budget: i64,
 }
 
 const SEQ_WINDOW: i64 = 1024;
@@ -46,6 +48,9 @@ struct Segment {
     // Until this arrival position, packets arriving earlier than the anchor
     // predicts move the anchor at once (the first packet may have been delayed).
     settle_until: i64,
+    // How much further the settling may still move the anchor earlier (bounds the audio
+    // a burst after a network stall can overwrite).
+    settle_budget: i64,
 }
 
 enum SeqResult {
@@ -72,6 +77,7 @@ impl Segment {
             win_start: 0,
             win_active: false,
             settle_until: 0,
+            settle_budget: 0,
         }
     }
 
@@ -133,12 +139,13 @@ impl Segment {
         self.anchor_pos + ((ts_ext - self.anchor_ts) * rate as i64).div_euclid(self.clock as i64)
     }
 
-    fn anchor(&mut self, ts_ext: i64, pos: i64, clock: u32, settle_until: i64) {
+    fn anchor(&mut self, ts_ext: i64, pos: i64, clock: u32, settle_until: i64, budget: i64) {
         self.anchor_ts = ts_ext;
         self.anchor_pos = pos;
         self.clock = clock;
         self.win_active = false;
         self.settle_until = settle_until;
+        self.settle_budget = budget;
     }
 }
 
@@ -290,18 +297,42 @@ impl Timeline {
         let ts_ext = seg.extend_ts(pkt.timestamp);
         let settle_until = arrival_pos + th.settle;
         if seg.clock == 0 {
-            seg.anchor(ts_ext, arrival_start.max(base), clock, settle_until);
+            seg.anchor(
+                ts_ext,
+                arrival_start.max(base),
+                clock,
+                settle_until,
+                th.settle_budget,
+            );
         } else if seg.clock != clock {
-            seg.anchor(ts_ext, arrival_start.max(base), clock, settle_until);
+            seg.anchor(
+                ts_ext,
+                arrival_start.max(base),
+                clock,
+                settle_until,
+                th.settle_budget,
+            );
             self.stats.timestamp_jumps += 1;
         } else {
-            let d = arrival_start - seg.position(ts_ext, rate);
-            if d < -th.jump || (d > th.jump && newest) {
-                seg.anchor(ts_ext, arrival_start.max(base), clock, settle_until);
+            let expected = seg.position(ts_ext, rate);
+            let d = arrival_start - expected;
+            // Far ahead of the wall clock: a timestamp jump. Far behind and no longer
+            // writable while being the newest packet: a resume whose timestamps did not
+            // advance (or a stall longer than the reorder window).
+            if d < -th.jump || (d > th.jump && newest && expected < base) {
+                seg.anchor(
+                    ts_ext,
+                    arrival_start.max(base),
+                    clock,
+                    settle_until,
+                    th.settle_budget,
+                );
                 self.stats.timestamp_jumps += 1;
-            } else if d < -th.drift && arrival_pos < seg.settle_until {
+            } else if d < -th.drift && arrival_pos < seg.settle_until && seg.settle_budget > 0 {
                 // Arrived earlier than the anchor allows: the anchoring packet was delayed.
-                seg.anchor_pos += d;
+                let shift = (-d).min(seg.settle_budget);
+                seg.anchor_pos -= shift;
+                seg.settle_budget -= shift;
                 self.stats.drift_corrections += 1;
             } else {
                 if !seg.win_active {
@@ -384,6 +415,7 @@ mod tests {
         drift: 80,
         drift_window: 40000,
         settle: 8000,
+        settle_budget: 1600,
     };
 
     fn pcma_info() -> Option<PayloadType> {
@@ -468,9 +500,11 @@ mod tests {
         let mut t = Timeline::new();
         let f = frame(1000);
         push(&mut t, 0, 0, 7, &f, 160);
-        // Resume 10 s later with timestamps continuing as if no time passed.
+        // Resume 10 s later with timestamps continuing as if no time passed; the
+        // worker has written up to the reorder window (200 ms) before it.
+        let mut out = drain_all(&mut t, 80320 - 1600);
         push(&mut t, 1, 160, 7, &f, 80320);
-        let out = drain_all(&mut t, 80320);
+        out.extend(drain_all(&mut t, 1600));
         assert!(out[159] != 0 && out[160] == 0 && out[80159] == 0);
         assert!(out[80160] != 0 && out[80319] != 0);
     }
@@ -541,6 +575,31 @@ mod tests {
             t.stats.codecs,
             vec!["telephone-event/8000", "CN/8000", "PT101", "PT99"]
         );
+    }
+
+    #[test]
+    fn stall_within_the_window_keeps_every_packet_in_place() {
+        let mut t = Timeline::new();
+        // Packets 0..5 on time, then 6..20 held up 150 ms and delivered at once.
+        for k in 0..20u16 {
+            let f = frame(100 * (k as i16 + 1));
+            let on_time = 160 * (k as i64 + 1);
+            let arrival = if k >= 6 {
+                on_time.max(160 * 7 + 1200)
+            } else {
+                on_time
+            };
+            push(&mut t, k, 160 * k as u32, 7, &f, arrival);
+        }
+        assert_eq!(t.stats.timestamp_jumps, 0);
+        assert_eq!(t.stats.late_dropped, 0);
+        let out = drain_all(&mut t, 3200);
+        for k in 0..20usize {
+            let v = out[160 * k + 80];
+            let want = super::super::g711::ALAW_TO_LINEAR
+                [super::super::g711::encode_alaw(100 * (k as i16 + 1)) as usize];
+            assert_eq!(v, want, "packet {k} in place");
+        }
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl Worker {
                 drift: 0,
                 drift_window: 0,
                 settle: 0,
+                settle_budget: 0,
             },
             window_samples: 0,
             maps: [PayloadMap::default(), PayloadMap::default()],
@@ -145,6 +146,7 @@ impl Worker {
             drift: self.samples(self.drift),
             drift_window: self.samples(self.drift_window),
             settle: self.rate as i64,
+            settle_budget: self.samples(self.reorder_window),
         };
         self.window_samples = self.samples(self.reorder_window);
         for i in 0..self.writers.len() {
@@ -179,11 +181,13 @@ impl Worker {
         }
         let arrival_pos = self.samples(p.arrival.saturating_duration_since(self.start));
         self.now_pos = self.now_pos.max(arrival_pos);
-        self.timelines[pi].push(&pkt, info, arrival_pos, self.rate, &self.th);
+        // Commit first: after a silence of both parties the write position must have
+        // caught up with the wall clock before this packet is judged.
         let target = self.now_pos - self.window_samples;
         if target - self.written >= (self.rate / 50) as i64 {
             self.commit(target);
         }
+        self.timelines[pi].push(&pkt, info, arrival_pos, self.rate, &self.th);
     }
 
     /// Writes all samples before `upto` from both timelines to the files.

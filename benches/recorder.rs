@@ -1,6 +1,8 @@
-//! Benchmark of the recorder alone: decode + timeline + WAV write for stereo
-//! PCMA calls, in packets per second of wall time and per CPU-second (core).
-//! Run: `cargo bench --bench recorder` (plain main, no harness).
+//! Benchmark of the recorder alone: decode + timeline + WAV write (with the
+//! final fsync) for stereo PCMA calls, in packets per second of wall time.
+//! For the per-core figure run it pinned to one core, under /usr/bin/time:
+//! `cargo bench --bench recorder --no-run`, then
+//! `taskset -c 0 /usr/bin/time -f '%U user %S sys %e wall' target/release/deps/recorder-*`.
 
 use std::f64::consts::PI;
 use std::time::{Duration, Instant};
@@ -8,21 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use callrec::recorder::{encode_alaw, ChannelMode, Party, Recorder, RecordingSpec};
 
-const CALLS: usize = 20;
+const CALLS: usize = 200;
 const CALL_SECONDS: usize = 60;
-
-/// CPU time (user + system) of this process, from /proc/self/stat (Linux).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // Fields after the command: state is not numeric, so utime/stime are at 11/12 here.
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
 
 fn tone(freq: f64, samples: usize) -> Vec<u8> {
     (0..samples)
@@ -61,7 +50,6 @@ fn main() {
     call.sort_by_key(|p| p.2);
     let per_call = call.len();
 
-    let cpu0 = cpu_time();
     let wall0 = Instant::now();
     let mut bytes_written = 0u64;
     for c in 0..CALLS {
@@ -85,22 +73,12 @@ fn main() {
         }
     }
     let wall = wall0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
     let total = (CALLS * per_call) as f64;
     println!("recorder alone: {CALLS} stereo PCMA calls of {CALL_SECONDS} s, {total} packets, {} MB written", bytes_written / 1_000_000);
     println!(
         "  wall {:.3} s  -> {:.0} packets/s",
         wall.as_secs_f64(),
         total / wall.as_secs_f64()
-    );
-    println!(
-        "  cpu  {:.3} s  -> {:.0} packets per CPU-second (per core)",
-        cpu.as_secs_f64(),
-        total / cpu.as_secs_f64().max(1e-9)
-    );
-    println!(
-        "  = {:.0} concurrent stereo calls per core at 100 packets/s each",
-        total / cpu.as_secs_f64().max(1e-9) / 100.0
     );
     let _ = std::fs::remove_dir(&dir);
 }

@@ -427,6 +427,8 @@ mod tests {
     fn fork_is_send_sync_and_clone() {
         fn check<T: Send + Sync + Clone>() {}
         check::<Fork>();
+        fn send<T: Send + 'static>() {}
+        send::<Recorder>();
     }
 
     #[test]

@@ -541,7 +541,10 @@ mod tests {
             }
             assert!(t.stats.drift_corrections > 0);
             assert_eq!(t.stats.late_dropped + t.stats.timestamp_jumps, 0);
-            eprintln!("{ppm} ppm: max error {max_err} samples, {} corrections", t.stats.drift_corrections);
+            eprintln!(
+                "{ppm} ppm: max error {max_err} samples, {} corrections",
+                t.stats.drift_corrections
+            );
             assert!(max_err <= 160, "{ppm} ppm: max error {max_err} samples");
         }
     }

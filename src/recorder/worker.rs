@@ -270,7 +270,22 @@ impl Worker {
             s
         });
         let frames = self.written.max(0) as u64;
-        tracing::debug!(frames, rate, "recording finalised");
+        let dropped = stats[0].queue_dropped + stats[1].queue_dropped;
+        if dropped > 0 {
+            tracing::warn!(
+                recording = %self.shared.base_name,
+                queue_dropped = dropped,
+                "recording finished with packets lost to a full queue (slow disk?)"
+            );
+        }
+        tracing::debug!(
+            recording = %self.shared.base_name,
+            frames,
+            rate,
+            caller_lost = stats[0].lost,
+            callee_lost = stats[1].lost,
+            "recording finalised"
+        );
         Ok(RecordingOutput {
             files: self
                 .writers

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 
 use super::codec::{AudioDecoder, Codec, PayloadType};
+use super::resample::resample;
 use super::rtp::RtpPacket;
 use super::MediaStats;
 
@@ -157,6 +158,7 @@ pub(crate) struct Timeline {
     decoders: Vec<(Codec, AudioDecoder)>,
     pcm: Vec<i16>,
     resampled: Vec<i16>,
+    resample_scratch: Vec<f64>,
     /// Highest position any audio was placed up to.
     pub placed_end: i64,
     /// Counters for this party.
@@ -174,6 +176,7 @@ impl Timeline {
             decoders: Vec::new(),
             pcm: Vec::with_capacity(1920),
             resampled: Vec::with_capacity(1920),
+            resample_scratch: Vec::new(),
             placed_end: 0,
             stats: MediaStats::default(),
             lost_retired: 0,
@@ -361,7 +364,12 @@ impl Timeline {
         let src: &[i16] = if m == self.pcm.len() {
             &self.pcm
         } else {
-            resample_linear(&self.pcm, m, &mut self.resampled);
+            resample(
+                &self.pcm,
+                m,
+                &mut self.resampled,
+                &mut self.resample_scratch,
+            );
             &self.resampled
         };
         let need = (pos_end - base) as usize;
@@ -384,25 +392,6 @@ impl Timeline {
         }
         out[n..].fill(0);
         self.base += out.len() as i64;
-    }
-}
-
-/// Linear interpolation of `src` to exactly `m` samples.
-fn resample_linear(src: &[i16], m: usize, out: &mut Vec<i16>) {
-    out.clear();
-    if src.is_empty() {
-        out.resize(m, 0);
-        return;
-    }
-    let step = src.len() as f64 / m.max(1) as f64;
-    let last = src.len() - 1;
-    for i in 0..m {
-        let x = i as f64 * step;
-        let j = (x as usize).min(last);
-        let frac = x - j as f64;
-        let a = src[j] as f64;
-        let b = src[(j + 1).min(last)] as f64;
-        out.push((a + (b - a) * frac).round() as i16);
     }
 }
 
@@ -621,15 +610,5 @@ mod tests {
                 [super::super::g711::encode_alaw(100 * (k as i16 + 1)) as usize];
             assert_eq!(v, want, "packet {k} in place");
         }
-    }
-
-    #[test]
-    fn resample_keeps_length_and_shape() {
-        let src: Vec<i16> = (0..320).map(|i| i as i16 * 10).collect();
-        let mut out = Vec::new();
-        resample_linear(&src, 160, &mut out);
-        assert_eq!(out.len(), 160);
-        assert_eq!(out[0], 0);
-        assert_eq!(out[80], 1600);
     }
 }

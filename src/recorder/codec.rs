@@ -1,10 +1,8 @@
 //! Codecs the recorder knows, the per-party payload-type map built from SDP
-//! rtpmap lines, and the audio decoders (G.711 own tables; G.722 and Opus
-//! through the pure-Rust `audio-codec` crate).
+//! rtpmap lines, and the audio decoders (G.711 own tables; G.722 through the
+//! pure-Rust `audio-codec` crate, Opus through the pure-Rust `opus-rs`).
 
 use std::fmt;
-
-use audio_codec::Decoder as _;
 
 use super::g711;
 
@@ -140,8 +138,11 @@ pub(crate) enum AudioDecoder {
     Alaw,
     Ulaw,
     G722(Box<audio_codec::g722::G722Decoder>),
-    Opus(Box<audio_codec::opus::OpusDecoder>, Vec<i16>),
+    Opus(Box<opus_rs::OpusDecoder>, Vec<f32>),
 }
+
+/// Longest Opus packet (120 ms) at 48 kHz, per channel.
+const OPUS_MAX_FRAME: usize = 5760;
 
 impl AudioDecoder {
     /// Creates a decoder for an audio codec; None for codecs without audio.
@@ -150,9 +151,11 @@ impl AudioDecoder {
             Codec::Pcma => AudioDecoder::Alaw,
             Codec::Pcmu => AudioDecoder::Ulaw,
             Codec::G722 => AudioDecoder::G722(Box::new(audio_codec::g722::G722Decoder::new())),
+            // Stereo output: mono packets come out on both channels, so the
+            // downmix below is right for either kind of packet.
             Codec::Opus => AudioDecoder::Opus(
-                Box::new(audio_codec::opus::OpusDecoder::new(48000, 1)),
-                vec![0; 1920],
+                Box::new(opus_rs::OpusDecoder::new(48000, 2).ok()?),
+                vec![0.0; 2 * OPUS_MAX_FRAME],
             ),
             _ => return None,
         })
@@ -211,21 +214,23 @@ impl AudioDecoder {
                     }
                 }
             }
-            AudioDecoder::Opus(dec, scratch) => match dec.decode_into(payload, scratch) {
-                Ok(n) => {
-                    if dec.channels() == 2 {
-                        out.extend(
-                            scratch[..n]
-                                .chunks_exact(2)
-                                .map(|c| ((c[0] as i32 + c[1] as i32) / 2) as i16),
-                        );
-                    } else {
-                        out.extend_from_slice(&scratch[..n]);
-                    }
-                    true
+            AudioDecoder::Opus(dec, scratch) => {
+                if payload.len() <= 1 {
+                    // Empty or TOC-only: a DTX frame, i.e. silence (no samples).
+                    return !payload.is_empty();
                 }
-                Err(_) => false,
-            },
+                match dec.decode(payload, OPUS_MAX_FRAME, scratch) {
+                    Ok(n) if n > 0 => {
+                        out.extend(scratch[..2 * n].chunks_exact(2).map(|c| {
+                            ((c[0] + c[1]) * 0.5 * 32768.0)
+                                .round()
+                                .clamp(-32768.0, 32767.0) as i16
+                        }));
+                        true
+                    }
+                    _ => false,
+                }
+            }
         }
     }
 }
@@ -276,7 +281,8 @@ mod tests {
                     .collect();
                 let mut out = Vec::new();
                 let _ = dec.decode(&payload, &mut out);
-                assert!(out.len() <= 1920, "{codec}: {} samples", out.len());
+                // At most 120 ms at 48 kHz (RFC 6716), downmixed to mono.
+                assert!(out.len() <= 5760, "{codec}: {} samples", out.len());
             }
         }
     }
@@ -301,6 +307,74 @@ mod tests {
         let rms =
             (tail.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
         assert!(rms > 3000.0, "decoded rms {rms}");
+    }
+
+    fn opus_tone(enc: &mut audio_codec::opus::OpusEncoder, k: usize, channels: usize) -> Vec<u8> {
+        use audio_codec::Encoder as _;
+        let pcm: Vec<i16> = (0..960 * channels)
+            .map(|i| {
+                let t = (k * 960 + i / channels) as f64 / 48000.0;
+                ((t * 2.0 * std::f64::consts::PI * 440.0).sin() * 8000.0) as i16
+            })
+            .collect();
+        // `encode_into` takes interleaved stereo as it is (`encode` would upmix mono).
+        let mut buf = vec![0u8; 1275];
+        let n = enc.encode_into(&pcm, &mut buf).expect("opus encode");
+        buf.truncate(n);
+        buf
+    }
+
+    fn rms(x: &[i16]) -> f64 {
+        (x.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+    }
+
+    #[test]
+    fn opus_stereo_and_40_ms_packets_decode() {
+        let mut enc = audio_codec::opus::OpusEncoder::new(48000, 2);
+        let mut dec = AudioDecoder::new(Codec::Opus).unwrap();
+        let mut out = Vec::new();
+        for k in 0..10 {
+            assert!(dec.decode(&opus_tone(&mut enc, k, 2), &mut out));
+        }
+        assert_eq!(out.len(), 10 * 960);
+        assert!(
+            rms(&out[5 * 960..]) > 3000.0,
+            "stereo rms {}",
+            rms(&out[5 * 960..])
+        );
+
+        // Two 20 ms frames joined into one code-3 (VBR) packet of 40 ms (RFC 6716 §3.2.5).
+        let mut enc = audio_codec::opus::OpusEncoder::new(48000, 1);
+        let mut dec = AudioDecoder::new(Codec::Opus).unwrap();
+        let mut out = Vec::new();
+        for k in (0..20).step_by(2) {
+            let a = opus_tone(&mut enc, k, 1);
+            let b = opus_tone(&mut enc, k + 1, 1);
+            assert_eq!(a[0] & 0xfc, b[0] & 0xfc, "same configuration");
+            let len = a.len() - 1;
+            let mut p = vec![(a[0] & 0xfc) | 3, 0x80 | 2];
+            if len < 252 {
+                p.push(len as u8);
+            } else {
+                let b0 = 252 + (len & 3);
+                p.push(b0 as u8);
+                p.push(((len - b0) >> 2) as u8);
+            }
+            p.extend_from_slice(&a[1..]);
+            p.extend_from_slice(&b[1..]);
+            assert!(dec.decode(&p, &mut out), "40 ms packet {k}");
+        }
+        assert_eq!(out.len(), 20 * 960);
+        assert!(
+            rms(&out[10 * 960..]) > 3000.0,
+            "40 ms rms {}",
+            rms(&out[10 * 960..])
+        );
+        let mut none = Vec::new();
+        assert!(
+            dec.decode(&[0x08], &mut none) && none.is_empty(),
+            "DTX frame is silence"
+        );
     }
 
     #[test]

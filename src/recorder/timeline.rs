@@ -286,8 +286,13 @@ impl Timeline {
             }
         };
         self.pcm.clear();
-        if !self.decoders[di].1.decode(pkt.payload, &mut self.pcm) || self.pcm.is_empty() {
+        if !self.decoders[di].1.decode(pkt.payload, &mut self.pcm) {
             self.stats.undecodable += 1;
+            return;
+        }
+        if self.pcm.is_empty() {
+            // A DTX frame: silence, like comfort noise.
+            self.stats.comfort_noise += 1;
             return;
         }
         let clock = info.clock_rate.max(1);

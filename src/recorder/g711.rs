@@ -68,28 +68,44 @@ pub fn decode_ulaw(payload: &[u8], out: &mut Vec<i16>) {
     out.extend(payload.iter().map(|&b| ULAW_TO_LINEAR[b as usize]));
 }
 
-/// Encodes one linear sample as A-law (used by tests and the benchmark to craft packets).
+/// Encodes one 16-bit linear sample as A-law (segment search per G.711).
 pub fn encode_alaw(sample: i16) -> u8 {
-    // Nearest table entry: a search is fine for test data generation.
-    nearest(&ALAW_TO_LINEAR, sample)
-}
-
-/// Encodes one linear sample as µ-law (used by tests to craft packets).
-pub fn encode_ulaw(sample: i16) -> u8 {
-    nearest(&ULAW_TO_LINEAR, sample)
-}
-
-fn nearest(table: &[i16; 256], sample: i16) -> u8 {
-    let mut best = 0usize;
-    let mut best_err = i32::MAX;
-    for (code, &v) in table.iter().enumerate() {
-        let err = (v as i32 - sample as i32).abs();
-        if err < best_err {
-            best_err = err;
-            best = code;
-        }
+    let mut v = (sample as i32) >> 3;
+    let mask = if v >= 0 {
+        0xd5
+    } else {
+        v = -v - 1;
+        0x55
+    };
+    // Segment = position of the highest set bit above bit 4, 0..=7.
+    let seg = (0..8).find(|&s| v < (0x20 << s)).unwrap_or(8);
+    if seg >= 8 {
+        return 0x7f ^ mask;
     }
-    best as u8
+    let mantissa = if seg < 2 {
+        (v >> 1) & 0x0f
+    } else {
+        (v >> seg) & 0x0f
+    };
+    (((seg << 4) | mantissa) as u8) ^ mask
+}
+
+/// Encodes one 16-bit linear sample as µ-law (biased segment search per G.711).
+pub fn encode_ulaw(sample: i16) -> u8 {
+    const CLIP: i32 = 8159;
+    let mut v = (sample as i32) >> 2;
+    let mask = if v < 0 {
+        v = -v;
+        0x7f
+    } else {
+        0xff
+    };
+    v = v.min(CLIP) + 0x21;
+    let seg = (0..8).find(|&s| v < (0x40 << s)).unwrap_or(8);
+    if seg >= 8 {
+        return 0x7f ^ mask;
+    }
+    (((seg << 4) | ((v >> (seg + 1)) & 0x0f)) as u8) ^ mask
 }
 
 #[cfg(test)]
@@ -165,9 +181,24 @@ mod tests {
     fn encode_round_trips_table_values() {
         for code in 0..=255u8 {
             let v = ALAW_TO_LINEAR[code as usize];
-            assert_eq!(ALAW_TO_LINEAR[encode_alaw(v) as usize], v);
+            assert_eq!(encode_alaw(v), code, "A-law {code:#04x}");
             let v = ULAW_TO_LINEAR[code as usize];
-            assert_eq!(ULAW_TO_LINEAR[encode_ulaw(v) as usize], v);
+            assert_eq!(
+                ULAW_TO_LINEAR[encode_ulaw(v) as usize],
+                v,
+                "µ-law {code:#04x}"
+            );
+        }
+    }
+
+    #[test]
+    fn encoders_pick_a_nearby_level_for_every_sample() {
+        for x in i16::MIN..=i16::MAX {
+            let bound = (x as i32).abs() / 16 + 16;
+            let a = ALAW_TO_LINEAR[encode_alaw(x) as usize] as i32;
+            assert!((a - x as i32).abs() <= bound, "A-law {x} -> {a}");
+            let u = ULAW_TO_LINEAR[encode_ulaw(x) as usize] as i32;
+            assert!((u - x as i32).abs() <= bound, "µ-law {x} -> {u}");
         }
     }
 }

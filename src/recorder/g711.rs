@@ -1,5 +1,5 @@
-//! G.711 A-law and µ-law decoding through our own 256-entry tables, built at
-//! compile time from the bit layout of ITU-T G.711.
+//! G.711 A-law and µ-law: decoding through our own 256-entry tables, built at
+//! compile time from the bit layout of ITU-T G.711, and encoding by segment search.
 
 /// A-law code → 16-bit linear sample.
 pub static ALAW_TO_LINEAR: [i16; 256] = build_alaw();

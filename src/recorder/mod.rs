@@ -1,1 +1,473 @@
-//! recorder (placeholder)
+//! Recorder: takes the RTP packets the media relay forks to it, places each
+//! party's audio on one wall clock (timeline), decodes it and writes WAV files
+//! on its own worker thread. The relay side (`Fork::offer`) never blocks.
+
+mod codec;
+mod g711;
+pub mod metadata;
+mod resample;
+mod rtp;
+mod timeline;
+mod wav;
+mod worker;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use codec::{Codec, PayloadMap, PayloadType};
+pub use g711::{encode_alaw, encode_ulaw, ALAW_TO_LINEAR, ULAW_TO_LINEAR};
+pub use wav::WavWriter;
+
+/// Which side of the call a packet comes from (never derived from the SSRC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Party {
+    /// The calling party (left channel in stereo).
+    Caller,
+    /// The called party (right channel in stereo).
+    Callee,
+}
+
+impl Party {
+    fn index(self) -> usize {
+        match self {
+            Party::Caller => 0,
+            Party::Callee => 1,
+        }
+    }
+}
+
+/// Which parties are recorded and how they are laid out in files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelMode {
+    /// Caller only, mono `<base>.wav`.
+    Caller,
+    /// Callee only, mono `<base>.wav`.
+    Callee,
+    /// Both in `<base>.wav`: left = caller, right = callee.
+    #[default]
+    Stereo,
+    /// Both as mono files `<base>_caller.wav` and `<base>_callee.wav`.
+    Separate,
+}
+
+impl ChannelMode {
+    /// Whether this mode records `party`.
+    pub fn records(self, party: Party) -> bool {
+        !matches!(
+            (self, party),
+            (ChannelMode::Caller, Party::Callee) | (ChannelMode::Callee, Party::Caller)
+        )
+    }
+}
+
+impl fmt::Display for ChannelMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChannelMode::Caller => "caller",
+            ChannelMode::Callee => "callee",
+            ChannelMode::Stereo => "stereo",
+            ChannelMode::Separate => "separate",
+        })
+    }
+}
+
+impl FromStr for ChannelMode {
+    type Err = RecorderError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "caller" => Ok(ChannelMode::Caller),
+            "callee" => Ok(ChannelMode::Callee),
+            "stereo" => Ok(ChannelMode::Stereo),
+            "separate" => Ok(ChannelMode::Separate),
+            _ => Err(RecorderError::InvalidChannelMode(s.to_string())),
+        }
+    }
+}
+
+/// What failed in the recorder.
+#[derive(Debug, thiserror::Error)]
+pub enum RecorderError {
+    /// A channel mode string was not recognised.
+    #[error("invalid channel mode {0:?}: expected caller, callee, stereo or separate")]
+    InvalidChannelMode(String),
+    /// The recording spec is unusable.
+    #[error("invalid recording spec: {0}")]
+    InvalidSpec(String),
+    /// A WAV file could not be created.
+    #[error("cannot create recording file {path}: {source} (check that the directory exists and is writable)")]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Writing or finalising a WAV file failed.
+    #[error(
+        "writing recording file {path} failed: {source} (check free space and the disk's health)"
+    )]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The worker thread could not be started.
+    #[error("cannot start the recorder worker thread: {0} (check the process's thread limit)")]
+    Spawn(std::io::Error),
+    /// The worker thread panicked; the files may be incomplete.
+    #[error(
+        "the recorder worker thread panicked; the recording files may be incomplete (see the log)"
+    )]
+    WorkerPanicked,
+}
+
+/// Parameters of one recording.
+#[derive(Debug, Clone)]
+pub struct RecordingSpec {
+    /// Folder the audio files are written to (must exist).
+    pub dir: PathBuf,
+    /// Base file name without extension (DESIGN §4).
+    pub base_name: String,
+    /// Which parties are written, and how.
+    pub channels: ChannelMode,
+    /// Capacity of the relay → recorder packet queue.
+    pub queue_capacity: usize,
+    /// Data size past which the file header switches to RF64.
+    pub rf64_threshold: u64,
+    /// How often the WAV header is rewritten while recording.
+    pub header_interval: Duration,
+    /// Time zero of the recording's wall clock (both parties).
+    pub start: Instant,
+    /// How long a packet may arrive late and still be placed (at least 60 ms).
+    pub reorder_window: Duration,
+    /// Offset between RTP time and arrival time that starts a new anchor (jump, hold).
+    pub jump_threshold: Duration,
+    /// Persistent offset between RTP clock and arrival clock that is corrected.
+    pub drift_threshold: Duration,
+    /// Period over which the drift offset is measured (its minimum ignores jitter).
+    pub drift_window: Duration,
+}
+
+impl RecordingSpec {
+    /// A spec with defaults, starting now.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        base_name: impl Into<String>,
+        channels: ChannelMode,
+    ) -> Self {
+        RecordingSpec {
+            dir: dir.into(),
+            base_name: base_name.into(),
+            channels,
+            queue_capacity: 2048,
+            rf64_threshold: u32::MAX as u64 - 64 * 1024 * 1024,
+            header_interval: Duration::from_secs(2),
+            start: Instant::now(),
+            reorder_window: Duration::from_millis(200),
+            jump_threshold: Duration::from_millis(250),
+            drift_threshold: Duration::from_millis(10),
+            drift_window: Duration::from_secs(5),
+        }
+    }
+
+    /// The audio files this spec produces (DESIGN §4 names).
+    pub fn file_paths(&self) -> Vec<PathBuf> {
+        match self.channels {
+            ChannelMode::Separate => vec![
+                self.dir.join(format!("{}_caller.wav", self.base_name)),
+                self.dir.join(format!("{}_callee.wav", self.base_name)),
+            ],
+            _ => vec![self.dir.join(format!("{}.wav", self.base_name))],
+        }
+    }
+
+    fn validate(&self) -> Result<(), RecorderError> {
+        let bad = |m: &str| Err(RecorderError::InvalidSpec(m.to_string()));
+        if self.base_name.is_empty() || self.base_name.contains(['/', '\\']) {
+            return bad("base_name must be a non-empty file name without path separators");
+        }
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity must be at least 1");
+        }
+        if self.reorder_window < Duration::from_millis(60) {
+            return bad("reorder_window must be at least 60 ms");
+        }
+        if self.jump_threshold <= Duration::from_millis(20) {
+            return bad("jump_threshold must be above 20 ms");
+        }
+        Ok(())
+    }
+}
+
+/// Counters for one party's media.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MediaStats {
+    /// RTP packets that reached the recorder (including duplicates).
+    pub packets: u64,
+    /// Payload bytes of those packets.
+    pub bytes: u64,
+    /// Packets never received (sequence gaps).
+    pub lost: u64,
+    /// Packets that arrived after their place was written (beyond the reorder window).
+    pub late_dropped: u64,
+    /// Duplicate packets dropped.
+    pub duplicates: u64,
+    /// Packets dropped because the recorder's queue was full (slow disk).
+    pub queue_dropped: u64,
+    /// Changes of the RTP stream (SSRC).
+    pub ssrc_changes: u64,
+    /// Timestamp jumps and resumes that were re-anchored on the wall clock.
+    pub timestamp_jumps: u64,
+    /// Small corrections of RTP-clock drift against the arrival clock.
+    pub drift_corrections: u64,
+    /// Audio packets that could not be decoded (recorded as silence).
+    pub undecodable: u64,
+    /// RFC 4733 telephone-event packets (not written as audio).
+    pub telephone_events: u64,
+    /// Comfort-noise packets (recorded as silence).
+    pub comfort_noise: u64,
+    /// Packets that were not valid RTP.
+    pub malformed: u64,
+    /// Codecs seen, as "NAME/clock" (or "PTn" when unknown).
+    pub codecs: Vec<String>,
+}
+
+/// What a finished recording produced.
+#[derive(Debug, Clone)]
+pub struct RecordingOutput {
+    /// Audio files written (DESIGN §4 names).
+    pub files: Vec<PathBuf>,
+    /// Sample rate of the files.
+    pub sample_rate: u32,
+    /// Channel layout.
+    pub channels: ChannelMode,
+    /// Media time of the recording (sample frames / rate).
+    pub duration: Duration,
+    /// Sample frames per file.
+    pub frames: u64,
+    /// Whether the files switched to RF64.
+    pub rf64: bool,
+    /// Caller's media counters.
+    pub caller: MediaStats,
+    /// Callee's media counters.
+    pub callee: MediaStats,
+}
+
+impl RecordingOutput {
+    /// The counters of one party.
+    pub fn stats(&self, party: Party) -> &MediaStats {
+        match party {
+            Party::Caller => &self.caller,
+            Party::Callee => &self.callee,
+        }
+    }
+}
+
+/// A packet on its way from the relay to the worker.
+struct Packet {
+    party: Party,
+    data: Bytes,
+    arrival: Instant,
+}
+
+/// Messages from the call's owner to the worker.
+enum Control {
+    PayloadMap(Party, Box<PayloadMap>),
+    Finish,
+}
+
+/// State shared by the forks and the worker.
+struct ForkShared {
+    closed: AtomicBool,
+    queue_dropped: [AtomicU64; 2],
+    last_drop_log_ms: AtomicU64,
+    epoch: Instant,
+    base_name: String,
+}
+
+const DROP_LOG_INTERVAL_MS: u64 = 5000;
+
+/// Cheap handle for the relay to offer packets; never blocks.
+#[derive(Clone)]
+pub struct Fork {
+    tx: SyncSender<Packet>,
+    shared: Arc<ForkShared>,
+}
+
+impl Fork {
+    /// Offers a whole RTP packet; false when it was dropped (queue full) or the recording has finished.
+    pub fn offer(&self, party: Party, packet: Bytes, arrival: Instant) -> bool {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.tx.try_send(Packet {
+            party,
+            data: packet,
+            arrival,
+        }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.count_drop(party, arrival);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    fn count_drop(&self, party: Party, arrival: Instant) {
+        let s = &self.shared;
+        let total = s.queue_dropped[party.index()].fetch_add(1, Ordering::Relaxed) + 1;
+        let now_ms =
+            arrival.saturating_duration_since(s.epoch).as_millis() as u64 + DROP_LOG_INTERVAL_MS;
+        let last = s.last_drop_log_ms.load(Ordering::Relaxed);
+        if (last == 0 || now_ms >= last + DROP_LOG_INTERVAL_MS)
+            && s.last_drop_log_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                recording = %s.base_name,
+                ?party,
+                dropped_total = total,
+                "recorder queue full (disk too slow?): packets are dropped from the recording"
+            );
+        }
+    }
+}
+
+/// A running recording: owns the worker thread that writes the files.
+pub struct Recorder {
+    fork: Fork,
+    ctrl: mpsc::Sender<Control>,
+    handle: Option<JoinHandle<Result<RecordingOutput, RecorderError>>>,
+}
+
+impl Recorder {
+    /// Creates the files and starts the worker thread.
+    pub fn start(spec: RecordingSpec) -> Result<Recorder, RecorderError> {
+        spec.validate()?;
+        let (tx, rx) = mpsc::sync_channel(spec.queue_capacity);
+        let (ctrl, ctrl_rx) = mpsc::channel();
+        let shared = Arc::new(ForkShared {
+            closed: AtomicBool::new(false),
+            queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
+            last_drop_log_ms: AtomicU64::new(0),
+            epoch: spec.start,
+            base_name: spec.base_name.clone(),
+        });
+        let worker = worker::Worker::new(&spec, Arc::clone(&shared))?;
+        let handle = std::thread::Builder::new()
+            .name(format!(
+                "recorder-{}",
+                spec.base_name.chars().take(20).collect::<String>()
+            ))
+            .spawn(move || worker.run(rx, ctrl_rx))
+            .map_err(RecorderError::Spawn)?;
+        tracing::debug!(recording = %spec.base_name, channels = %spec.channels, "recorder started");
+        Ok(Recorder {
+            fork: Fork { tx, shared },
+            ctrl,
+            handle: Some(handle),
+        })
+    }
+
+    /// A handle for the relay to offer packets.
+    pub fn fork(&self) -> Fork {
+        self.fork.clone()
+    }
+
+    /// Sets the payload-type map of one party (at start and after a re-INVITE).
+    pub fn set_payload_map(&self, party: Party, map: PayloadMap) {
+        // The worker lives as long as the Recorder: a send error cannot happen before finish.
+        let _ = self.ctrl.send(Control::PayloadMap(party, Box::new(map)));
+    }
+
+    /// Blocks until everything queued is written and the files are finalised.
+    pub fn finish(mut self) -> Result<RecordingOutput, RecorderError> {
+        self.fork.shared.closed.store(true, Ordering::Relaxed);
+        let _ = self.ctrl.send(Control::Finish);
+        let handle = self.handle.take().ok_or(RecorderError::WorkerPanicked)?;
+        handle.join().map_err(|_| RecorderError::WorkerPanicked)?
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            // Not finished explicitly: the worker finalises the files on its own.
+            self.fork.shared.closed.store(true, Ordering::Relaxed);
+            let _ = self.ctrl.send(Control::Finish);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_mode_round_trips() {
+        for m in ["caller", "callee", "stereo", "separate"] {
+            assert_eq!(m.parse::<ChannelMode>().unwrap().to_string(), m);
+        }
+        assert!("both".parse::<ChannelMode>().is_err());
+    }
+
+    #[test]
+    fn fork_is_send_sync_and_clone() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<Fork>();
+        fn send<T: Send + 'static>() {}
+        send::<Recorder>();
+    }
+
+    #[test]
+    fn file_names_follow_design() {
+        let s = RecordingSpec::new("/x", "b", ChannelMode::Separate);
+        assert_eq!(
+            s.file_paths(),
+            vec![
+                PathBuf::from("/x/b_caller.wav"),
+                PathBuf::from("/x/b_callee.wav")
+            ]
+        );
+        let s = RecordingSpec::new("/x", "b", ChannelMode::Callee);
+        assert_eq!(s.file_paths(), vec![PathBuf::from("/x/b.wav")]);
+    }
+
+    #[test]
+    fn full_queue_drops_and_counts_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("callrec-q-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut spec = RecordingSpec::new(&dir, "q", ChannelMode::Stereo);
+        spec.queue_capacity = 1;
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let fork = Fork {
+            tx,
+            shared: Arc::new(ForkShared {
+                closed: AtomicBool::new(false),
+                queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
+                last_drop_log_ms: AtomicU64::new(0),
+                epoch: spec.start,
+                base_name: "q".into(),
+            }),
+        };
+        let p = Bytes::from_static(&[0x80, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert!(fork.offer(Party::Caller, p.clone(), Instant::now()));
+        assert!(!fork.offer(Party::Caller, p.clone(), Instant::now()));
+        assert!(!fork.offer(Party::Callee, p, Instant::now()));
+        assert_eq!(fork.shared.queue_dropped[0].load(Ordering::Relaxed), 1);
+        assert_eq!(fork.shared.queue_dropped[1].load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,245 @@
+//! Our own 16-bit PCM WAV writer: the header is rewritten periodically so a
+//! crash leaves a playable file, and past a size threshold the file becomes
+//! RF64 (a JUNK chunk reserved at the start turns into 'ds64').
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Byte offset where the sample data starts.
+pub const DATA_OFFSET: u64 = 80;
+const JUNK_PAYLOAD: u32 = 28;
+
+/// A WAV file being written.
+pub struct WavWriter {
+    path: PathBuf,
+    file: File,
+    channels: u16,
+    sample_rate: u32,
+    data_bytes: u64,
+    buf: Vec<u8>,
+    rf64_threshold: u64,
+    rf64: bool,
+    header_interval: Duration,
+    last_header: Instant,
+}
+
+impl WavWriter {
+    /// Creates the file and writes a provisional header.
+    pub fn create(
+        path: &Path,
+        channels: u16,
+        sample_rate: u32,
+        rf64_threshold: u64,
+        header_interval: Duration,
+    ) -> io::Result<WavWriter> {
+        let file = File::create(path)?;
+        let mut w = WavWriter {
+            path: path.to_path_buf(),
+            file,
+            channels,
+            sample_rate,
+            data_bytes: 0,
+            buf: Vec::with_capacity(64 * 1024),
+            rf64_threshold,
+            rf64: false,
+            header_interval,
+            last_header: Instant::now(),
+        };
+        w.write_header()?;
+        Ok(w)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Changes the sample rate; only meaningful before any sample is written.
+    pub fn set_sample_rate(&mut self, rate: u32) -> io::Result<()> {
+        self.sample_rate = rate;
+        self.write_header()
+    }
+
+    /// True once the file has switched to RF64.
+    pub fn is_rf64(&self) -> bool {
+        self.rf64
+    }
+
+    /// Sample frames written so far.
+    pub fn frames(&self) -> u64 {
+        self.data_bytes / (2 * self.channels as u64)
+    }
+
+    /// Appends interleaved samples; rewrites the header when the interval is due.
+    pub fn write_samples(&mut self, samples: &[i16]) -> io::Result<()> {
+        for &s in samples {
+            self.buf.extend_from_slice(&s.to_le_bytes());
+        }
+        if self.buf.len() >= 32 * 1024 {
+            self.flush_buf()?;
+        }
+        if self.last_header.elapsed() >= self.header_interval {
+            self.flush_buf()?;
+            self.write_header()?;
+        }
+        Ok(())
+    }
+
+    fn flush_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&self.buf, DATA_OFFSET + self.data_bytes)?;
+        self.data_bytes += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes everything buffered, a final header, and syncs the file.
+    pub fn finalize(&mut self) -> io::Result<()> {
+        self.flush_buf()?;
+        self.write_header()?;
+        self.file.flush()?;
+        self.file.sync_all()
+    }
+
+    fn write_header(&mut self) -> io::Result<()> {
+        self.last_header = Instant::now();
+        let riff_size = DATA_OFFSET - 8 + self.data_bytes;
+        if riff_size > self.rf64_threshold || riff_size > u32::MAX as u64 {
+            self.rf64 = true;
+        }
+        let mut h = Vec::with_capacity(DATA_OFFSET as usize);
+        let block_align = self.channels * 2;
+        if self.rf64 {
+            h.extend_from_slice(b"RF64");
+            h.extend_from_slice(&u32::MAX.to_le_bytes());
+            h.extend_from_slice(b"WAVE");
+            h.extend_from_slice(b"ds64");
+            h.extend_from_slice(&JUNK_PAYLOAD.to_le_bytes());
+            h.extend_from_slice(&riff_size.to_le_bytes());
+            h.extend_from_slice(&self.data_bytes.to_le_bytes());
+            h.extend_from_slice(&self.frames().to_le_bytes());
+            h.extend_from_slice(&0u32.to_le_bytes()); // table length
+        } else {
+            h.extend_from_slice(b"RIFF");
+            h.extend_from_slice(&(riff_size as u32).to_le_bytes());
+            h.extend_from_slice(b"WAVE");
+            h.extend_from_slice(b"JUNK");
+            h.extend_from_slice(&JUNK_PAYLOAD.to_le_bytes());
+            h.extend_from_slice(&[0u8; JUNK_PAYLOAD as usize]);
+        }
+        h.extend_from_slice(b"fmt ");
+        h.extend_from_slice(&16u32.to_le_bytes());
+        h.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        h.extend_from_slice(&self.channels.to_le_bytes());
+        h.extend_from_slice(&self.sample_rate.to_le_bytes());
+        h.extend_from_slice(&(self.sample_rate * block_align as u32).to_le_bytes());
+        h.extend_from_slice(&block_align.to_le_bytes());
+        h.extend_from_slice(&16u16.to_le_bytes());
+        h.extend_from_slice(b"data");
+        let data_size = if self.rf64 {
+            u32::MAX
+        } else {
+            self.data_bytes as u32
+        };
+        h.extend_from_slice(&data_size.to_le_bytes());
+        debug_assert_eq!(h.len() as u64, DATA_OFFSET);
+        self.file.write_all_at(&h, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn riff_file_reads_back_with_hound() {
+        let dir = tempdir();
+        let path = dir.join("a.wav");
+        let mut w = WavWriter::create(&path, 2, 8000, u64::MAX, Duration::from_secs(3600)).unwrap();
+        w.set_sample_rate(16000).unwrap();
+        let samples: Vec<i16> = (0..2000).map(|i| (i * 7 - 3000) as i16).collect();
+        w.write_samples(&samples).unwrap();
+        w.finalize().unwrap();
+        let mut r = hound::WavReader::open(&path).unwrap();
+        assert_eq!(r.spec().channels, 2);
+        assert_eq!(r.spec().sample_rate, 16000);
+        let back: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+        assert_eq!(back, samples);
+    }
+
+    #[test]
+    fn header_is_current_after_interval_without_finalize() {
+        let dir = tempdir();
+        let path = dir.join("b.wav");
+        let mut w = WavWriter::create(&path, 1, 8000, u64::MAX, Duration::ZERO).unwrap();
+        w.write_samples(&[1, 2, 3, 4]).unwrap();
+        // No finalize: simulate a crash by reading the file as it is now.
+        let r = hound::WavReader::open(&path).unwrap();
+        assert_eq!(r.len(), 4);
+        drop(w);
+    }
+
+    #[test]
+    fn switches_to_rf64_past_threshold() {
+        let dir = tempdir();
+        let path = dir.join("c.wav");
+        let mut w = WavWriter::create(&path, 1, 8000, 1000, Duration::from_secs(3600)).unwrap();
+        let samples: Vec<i16> = (0..1500).map(|i| i as i16).collect();
+        w.write_samples(&samples[..100]).unwrap();
+        w.finalize().unwrap();
+        assert!(!w.is_rf64());
+        w.write_samples(&samples[100..]).unwrap();
+        w.finalize().unwrap();
+        assert!(w.is_rf64());
+        let b = std::fs::read(&path).unwrap();
+        // Own minimal RF64 reader.
+        assert_eq!(&b[0..4], b"RF64");
+        assert_eq!(u32_at(&b, 4), u32::MAX);
+        assert_eq!(&b[8..12], b"WAVE");
+        assert_eq!(&b[12..16], b"ds64");
+        assert_eq!(u32_at(&b, 16), 28);
+        let riff_size = u64_at(&b, 20);
+        let data_size = u64_at(&b, 28);
+        let frames = u64_at(&b, 36);
+        assert_eq!(riff_size, b.len() as u64 - 8);
+        assert_eq!(data_size, 3000);
+        assert_eq!(frames, 1500);
+        assert_eq!(&b[48..52], b"fmt ");
+        assert_eq!(u32_at(&b, 56), 1 | (1 << 16)); // PCM, mono
+        assert_eq!(u32_at(&b, 60), 8000);
+        assert_eq!(&b[72..76], b"data");
+        assert_eq!(u32_at(&b, 76), u32::MAX);
+        let data = &b[80..80 + data_size as usize];
+        let back: Vec<i16> = data
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(back, samples);
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "callrec-wav-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

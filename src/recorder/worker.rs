@@ -1,0 +1,304 @@
+//! The recorder's worker thread: takes packets off the queue, feeds the two
+//! party timelines, commits samples older than the reorder window to the WAV
+//! writers, and finalises the files on finish.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::timeline::{Thresholds, Timeline};
+use super::wav::WavWriter;
+use super::{
+    rtp, ChannelMode, Control, ForkShared, Packet, Party, PayloadMap, RecorderError,
+    RecordingOutput, RecordingSpec,
+};
+
+/// Samples committed to the files in one go at most.
+const COMMIT_CHUNK: usize = 4096;
+/// Rate used for the header when no audio ever arrived.
+const DEFAULT_RATE: u32 = 8000;
+
+pub(crate) struct Worker {
+    mode: ChannelMode,
+    start: Instant,
+    reorder_window: Duration,
+    jump: Duration,
+    drift: Duration,
+    drift_window: Duration,
+    rate: u32,
+    th: Thresholds,
+    window_samples: i64,
+    maps: [PayloadMap; 2],
+    timelines: [Timeline; 2],
+    writers: Vec<WavWriter>,
+    written: i64,
+    now_pos: i64,
+    chunk: [Vec<i16>; 2],
+    interleaved: Vec<i16>,
+    error: Option<RecorderError>,
+    shared: Arc<ForkShared>,
+    malformed: [u64; 2],
+}
+
+impl Worker {
+    pub(crate) fn new(
+        spec: &RecordingSpec,
+        shared: Arc<ForkShared>,
+    ) -> Result<Worker, RecorderError> {
+        let channels = if spec.channels == ChannelMode::Stereo {
+            2
+        } else {
+            1
+        };
+        let mut writers = Vec::new();
+        for path in spec.file_paths() {
+            let w = WavWriter::create(
+                &path,
+                channels,
+                DEFAULT_RATE,
+                spec.rf64_threshold,
+                spec.header_interval,
+            )
+            .map_err(|source| RecorderError::Create { path, source })?;
+            writers.push(w);
+        }
+        Ok(Worker {
+            mode: spec.channels,
+            start: spec.start,
+            reorder_window: spec.reorder_window,
+            jump: spec.jump_threshold,
+            drift: spec.drift_threshold,
+            drift_window: spec.drift_window,
+            rate: 0,
+            th: Thresholds {
+                jump: 0,
+                drift: 0,
+                drift_window: 0,
+                settle: 0,
+                settle_budget: 0,
+            },
+            window_samples: 0,
+            maps: [PayloadMap::default(), PayloadMap::default()],
+            timelines: [Timeline::new(), Timeline::new()],
+            writers,
+            written: 0,
+            now_pos: 0,
+            chunk: [vec![0; COMMIT_CHUNK], vec![0; COMMIT_CHUNK]],
+            interleaved: Vec::with_capacity(2 * COMMIT_CHUNK),
+            error: None,
+            shared,
+            malformed: [0; 2],
+        })
+    }
+
+    /// The thread's body: runs until Finish (or the Recorder is dropped), then finalises.
+    pub(crate) fn run(
+        mut self,
+        rx: Receiver<Packet>,
+        ctrl: Receiver<Control>,
+    ) -> Result<RecordingOutput, RecorderError> {
+        loop {
+            let mut finishing = false;
+            loop {
+                match ctrl.try_recv() {
+                    Ok(Control::PayloadMap(party, map)) => self.maps[party.index()] = *map,
+                    Ok(Control::Finish) | Err(TryRecvError::Disconnected) => {
+                        finishing = true;
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            if finishing {
+                while let Ok(p) = rx.try_recv() {
+                    self.on_packet(&p);
+                }
+                return self.finish();
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(p) => {
+                    self.on_packet(&p);
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(p) => self.on_packet(&p),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Only the Recorder and its forks hold senders; wait for Finish.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    fn samples(&self, d: Duration) -> i64 {
+        (d.as_nanos() * self.rate as u128 / 1_000_000_000) as i64
+    }
+
+    fn set_rate(&mut self, rate: u32) {
+        self.rate = rate;
+        self.th = Thresholds {
+            jump: self.samples(self.jump),
+            drift: self.samples(self.drift),
+            drift_window: self.samples(self.drift_window),
+            settle: self.rate as i64,
+            settle_budget: self.samples(self.reorder_window),
+        };
+        self.window_samples = self.samples(self.reorder_window);
+        for i in 0..self.writers.len() {
+            if let Err(source) = self.writers[i].set_sample_rate(rate) {
+                self.fail(i, source);
+            }
+        }
+    }
+
+    fn on_packet(&mut self, p: &Packet) {
+        let pi = p.party.index();
+        let Some(pkt) = rtp::parse(&p.data) else {
+            self.malformed[pi] += 1;
+            return;
+        };
+        let tl = &mut self.timelines[pi];
+        tl.stats.packets += 1;
+        tl.stats.bytes += pkt.payload.len() as u64;
+        if !self.mode.records(p.party) {
+            return;
+        }
+        let info = self.maps[pi].get(pkt.payload_type);
+        if self.rate == 0 {
+            match info.and_then(|i| i.codec.audio_rate()) {
+                Some(r) => self.set_rate(r),
+                None => {
+                    // Not audio yet: track sequence numbers only.
+                    self.timelines[pi].push(&pkt, info, 0, 0, &self.th);
+                    return;
+                }
+            }
+        }
+        let arrival_pos = self.samples(p.arrival.saturating_duration_since(self.start));
+        self.now_pos = self.now_pos.max(arrival_pos);
+        // Commit first: after a silence of both parties the write position must have
+        // caught up with the wall clock before this packet is judged.
+        let target = self.now_pos - self.window_samples;
+        if target - self.written >= (self.rate / 50) as i64 {
+            self.commit(target);
+        }
+        self.timelines[pi].push(&pkt, info, arrival_pos, self.rate, &self.th);
+    }
+
+    /// Writes all samples before `upto` from both timelines to the files.
+    fn commit(&mut self, upto: i64) {
+        while self.written < upto {
+            let n = ((upto - self.written) as usize).min(COMMIT_CHUNK);
+            for (tl, chunk) in self.timelines.iter_mut().zip(self.chunk.iter_mut()) {
+                tl.drain_into(&mut chunk[..n]);
+            }
+            self.written += n as i64;
+            if self.error.is_some() {
+                continue;
+            }
+            let res = match self.mode {
+                ChannelMode::Caller => self.writers[0].write_samples(&self.chunk[0][..n]),
+                ChannelMode::Callee => self.writers[0].write_samples(&self.chunk[1][..n]),
+                ChannelMode::Stereo => {
+                    self.interleaved.clear();
+                    for (&l, &r) in self.chunk[0][..n].iter().zip(&self.chunk[1][..n]) {
+                        self.interleaved.push(l);
+                        self.interleaved.push(r);
+                    }
+                    self.writers[0].write_samples(&self.interleaved)
+                }
+                ChannelMode::Separate => {
+                    if let Err(e) = self.writers[0].write_samples(&self.chunk[0][..n]) {
+                        Err(e)
+                    } else if let Err(e) = self.writers[1].write_samples(&self.chunk[1][..n]) {
+                        self.fail(1, e);
+                        Ok(())
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(e) = res {
+                self.fail(0, e);
+            }
+        }
+    }
+
+    fn fail(&mut self, writer: usize, source: std::io::Error) {
+        if self.error.is_none() {
+            let path = self.writers[writer].path().to_path_buf();
+            tracing::error!(file = %path.display(), error = %source, "recording write failed; further audio of this call is discarded");
+            self.error = Some(RecorderError::Write { path, source });
+        }
+    }
+
+    fn finish(mut self) -> Result<RecordingOutput, RecorderError> {
+        if self.rate != 0 {
+            let end = self
+                .timelines
+                .iter()
+                .map(|t| t.placed_end)
+                .max()
+                .unwrap_or(0)
+                .max(self.now_pos);
+            self.commit(end);
+        }
+        for i in 0..self.writers.len() {
+            if let Err(e) = self.writers[i].finalize() {
+                self.fail(i, e);
+            }
+        }
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let rate = if self.rate == 0 {
+            DEFAULT_RATE
+        } else {
+            self.rate
+        };
+        let mut stats = [Party::Caller, Party::Callee].map(|p| {
+            let i = p.index();
+            let mut s = self.timelines[i].stats.clone();
+            s.lost = self.timelines[i].lost();
+            s.malformed = self.malformed[i];
+            s.queue_dropped = self.shared.queue_dropped[i].load(Ordering::Relaxed);
+            s
+        });
+        let frames = self.written.max(0) as u64;
+        let dropped = stats[0].queue_dropped + stats[1].queue_dropped;
+        if dropped > 0 {
+            tracing::warn!(
+                recording = %self.shared.base_name,
+                queue_dropped = dropped,
+                "recording finished with packets lost to a full queue (slow disk?)"
+            );
+        }
+        tracing::debug!(
+            recording = %self.shared.base_name,
+            frames,
+            rate,
+            caller_lost = stats[0].lost,
+            callee_lost = stats[1].lost,
+            "recording finalised"
+        );
+        Ok(RecordingOutput {
+            files: self
+                .writers
+                .iter()
+                .map(|w| w.path().to_path_buf())
+                .collect(),
+            sample_rate: rate,
+            channels: self.mode,
+            duration: Duration::from_nanos(frames * 1_000_000_000 / rate as u64),
+            frames,
+            rf64: self.writers.iter().any(WavWriter::is_rf64),
+            caller: std::mem::take(&mut stats[0]),
+            callee: std::mem::take(&mut stats[1]),
+        })
+    }
+}

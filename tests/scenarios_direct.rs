@@ -146,3 +146,10 @@ fn http_get_reads_chunked_and_plain_bodies() {
     assert_eq!((status, body.as_str()), (404, "nope"));
     server.join().unwrap();
 }
+
+#[test]
+fn direct_basic_over_tcp() {
+    let out = CallRun::direct(pair("basic")).transport("t1").run();
+    out.assert_success();
+    out.assert_media_both_ways();
+}

@@ -886,7 +886,9 @@ pub struct CallRun {
     pub rate: Option<f64>,
     pub limit: Option<u32>,
     pub timeout: Duration,
-    pub transport: String,
+    /// sipp `-t` of the caller and of the callee: `u1` (UDP) or `t1` (TCP).
+    pub caller_transport: String,
+    pub callee_transport: String,
     pub caller_number: String,
     pub dialled: String,
 }
@@ -911,7 +913,8 @@ impl CallRun {
             rate: if load { Some(20.0) } else { None },
             limit: None,
             timeout: Duration::from_secs(if load { 90 } else { 30 }),
-            transport: "u1".into(),
+            caller_transport: "u1".into(),
+            callee_transport: "u1".into(),
             caller_number: caller_number.into(),
             dialled: dialled.into(),
         }
@@ -955,7 +958,14 @@ impl CallRun {
 
     /// `u1` (UDP) or `t1` (TCP), for both sides.
     pub fn transport(mut self, t: &str) -> CallRun {
-        self.transport = t.into();
+        self.caller_transport = t.into();
+        self.callee_transport = t.into();
+        self
+    }
+
+    /// `u1` or `t1` for the caller only (e.g. TCP from the trunk, UDP to the PBX).
+    pub fn caller_transport(mut self, t: &str) -> CallRun {
+        self.caller_transport = t.into();
         self
     }
 
@@ -986,7 +996,7 @@ impl CallRun {
         )
         .calls(self.calls)
         .timeout(self.timeout)
-        .transport(&self.transport)
+        .transport(&self.callee_transport)
         .trace_messages(self.calls <= 20)
         .trace_dir(dir)
     }
@@ -1005,7 +1015,7 @@ impl CallRun {
         )
         .calls(self.calls)
         .timeout(self.timeout)
-        .transport(&self.transport)
+        .transport(&self.caller_transport)
         .key("caller", &self.caller_number)
         .service(&self.dialled)
         .trace_messages(self.calls <= 20)

@@ -2,7 +2,7 @@
 # callrec's test entry point (also what .ci/run calls): installs the real
 # peers the integration tests start (SIPp, sox, openssl, ...) when they are
 # missing, checks the loopback addresses the tests use, then runs
-# `cargo test --all-targets` with any arguments passed through, e.g.
+# `cargo test --all-targets` (any arguments are passed through), e.g.
 #   ./deploy/test.sh                  # everything
 #   ./deploy/test.sh direct_basic     # tests whose name contains direct_basic
 set -euo pipefail
@@ -65,4 +65,11 @@ done
 
 # --- tests ------------------------------------------------------------------
 echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --version)"
+if (($# == 0)); then
+    # Every target, as `cargo test --all-targets`, but benches first: a bench
+    # with `harness = false` prints its own last line, and the closing line
+    # of this script must be cargo's test summary.
+    cargo test --benches
+    exec cargo test --lib --bins --tests --examples
+fi
 exec cargo test --all-targets "$@"

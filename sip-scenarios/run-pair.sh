@@ -6,7 +6,8 @@
 #
 #   sip-scenarios/run-pair.sh PAIR PROXY [options]
 #
-# PAIR:  basic callee-bye cancel busy early-media hold late-offer outgoing load
+# PAIR:  basic callee-bye cancel busy early-media hold callee-hold late-offer
+#        outgoing load
 # PROXY: where the caller sends, e.g. 127.0.0.1:5060 for
 #        callrec run --listen 127.0.0.1:5060 --pbx 127.0.0.2:5060 --trunk 127.0.0.3:5060
 # Options:
@@ -21,14 +22,14 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 (($# >= 2)) || usage
 pair="$1" proxy="$2"
 shift 2
 
 dir="$pair" direction=incoming calls=1 rate="" timeout=30
 case "$pair" in
-    basic | callee-bye | cancel | busy | early-media | hold | late-offer) ;;
+    basic | callee-bye | cancel | busy | early-media | hold | callee-hold | late-offer) ;;
     outgoing) dir=basic direction=outgoing ;;
     load) calls=200 rate=20 timeout=90 ;;
     *) echo "unknown pair: $pair" >&2; usage ;;

@@ -53,6 +53,11 @@ fn direct_hold() {
 }
 
 #[test]
+fn direct_callee_hold() {
+    direct("callee-hold");
+}
+
+#[test]
 fn direct_late_offer() {
     direct("late-offer");
 }

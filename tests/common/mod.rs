@@ -834,6 +834,12 @@ pub const PAIRS: &[Pair] = &[
         direction: Direction::Incoming,
     },
     Pair {
+        name: "callee-hold",
+        dir: "callee-hold",
+        media: true,
+        direction: Direction::Incoming,
+    },
+    Pair {
         name: "late-offer",
         dir: "late-offer",
         media: true,

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# callrec's test entry point (also what .ci/run calls): installs the real
+# peers the integration tests start (SIPp, sox, openssl, ...) when they are
+# missing, checks the loopback addresses the tests use, then runs
+# `cargo test --all-targets` (any arguments are passed through), e.g.
+#   ./deploy/test.sh                  # everything
+#   ./deploy/test.sh direct_basic     # tests whose name contains direct_basic
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# --- packages ---------------------------------------------------------------
+# One line per need: "command-or-path-that-proves-it  debian-package".
+# A path starting with / is checked with -e, anything else with command -v.
+needs=(
+    "sipp                        sip-tester"   # SIP peers (both call sides, RTP)
+    "sox                         sox"          # makes/checks test tones
+    "openssl                     openssl"      # independent signature checks
+    "pkg-config                  pkg-config"   # for the openssl crate's build
+    "/usr/include/openssl/ssl.h  libssl-dev"   # openssl headers
+    "shasum                      perl"         # checksum file verification
+    # Later issues add their peers here, for example:
+    # "/usr/sbin/sshd              openssh-server"   # SFTP target
+    # "smbd                        samba"            # SMB target
+    # "smbclient                   smbclient"        # SMB checks
+    # "aiosmtpd                    python3-aiosmtpd" # SMTP sink
+)
+
+missing=()
+for line in "${needs[@]}"; do
+    read -r probe package <<<"$line"
+    if [[ $probe == /* ]]; then
+        [[ -e $probe ]] && continue
+    else
+        command -v "$probe" >/dev/null 2>&1 && continue
+    fi
+    missing+=("$package")
+done
+
+if ((${#missing[@]})); then
+    echo "test.sh: installing ${missing[*]}"
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || {
+            echo "test.sh: need root (or sudo) to install: ${missing[*]}" >&2
+            exit 2
+        }
+        sudo="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- loopback addresses -----------------------------------------------------
+# The proxy listens on 127.0.0.1, the PBX side is 127.0.0.2, the trunk side
+# 127.0.0.3. Linux routes all of 127.0.0.0/8 to lo; make sure they bind.
+for ip in 127.0.0.1 127.0.0.2 127.0.0.3; do
+    if ! perl -MIO::Socket::INET -e \
+        'IO::Socket::INET->new(Proto=>"udp", LocalAddr=>$ARGV[0], LocalPort=>0) or exit 1' "$ip"; then
+        echo "test.sh: cannot bind $ip; adding it to lo" >&2
+        ip addr add "$ip/8" dev lo 2>/dev/null || true
+    fi
+done
+
+# --- tests ------------------------------------------------------------------
+echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --version)"
+if (($# == 0)); then
+    # Every target, as `cargo test --all-targets`, but benches first: a bench
+    # with `harness = false` prints its own last line, and the closing line
+    # of this script must be cargo's test summary.
+    cargo test --benches
+    exec cargo test --lib --bins --tests --examples
+fi
+exec cargo test --all-targets "$@"

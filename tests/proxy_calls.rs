@@ -98,6 +98,11 @@ fn proxy_hold() {
 }
 
 #[test]
+fn proxy_callee_hold() {
+    incoming("callee-hold");
+}
+
+#[test]
 fn proxy_late_offer() {
     incoming("late-offer");
 }
@@ -130,6 +135,11 @@ fn proxy_outgoing_early_media() {
 #[test]
 fn proxy_outgoing_hold() {
     reversed("hold");
+}
+
+#[test]
+fn proxy_outgoing_callee_hold() {
+    reversed("callee-hold");
 }
 
 #[test]

@@ -23,6 +23,8 @@ pub struct RunConfig {
     pub rtp_timeout: Duration,
     /// Admin HTTP listener (health, metrics).
     pub admin_listen: Option<SocketAddr>,
+    /// Channel layout of recordings.
+    pub channels: crate::recorder::ChannelMode,
     /// Where the keystore password comes from.
     pub keystore_password: crate::seal::PasswordSource,
 }

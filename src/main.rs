@@ -101,6 +101,9 @@ struct RunArgs {
     /// Address of the admin HTTP API (health, metrics); "off" disables it.
     #[arg(long, env = "CALLREC_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
     admin_listen: String,
+    /// Channel layout of recordings: caller, callee, stereo (left = caller, right = callee) or separate (two mono files).
+    #[arg(long, env = "CALLREC_CHANNELS", default_value = "stereo")]
+    channels: callrec::recorder::ChannelMode,
     #[command(flatten)]
     keystore: KeystoreArgs,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
@@ -160,6 +163,7 @@ impl RunArgs {
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
             admin_listen,
             keystore_password: self.keystore.source(),
+            channels: self.channels,
         })
     }
 }

@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::b2bua::recording::RecordingSettings;
 use crate::b2bua::{router, Core, Stats};
 use crate::config::RunConfig;
 use crate::media::ports::PortPool;
+use crate::seal::service::SealService;
 use crate::sip::Transport;
 
 /// Why the proxy could not start.
@@ -33,7 +35,20 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     // the start before any call is taken.
     let identity =
         crate::seal::Identity::load_or_create(&cfg.data_dir, cfg.keystore_password.clone())?;
+    let instance_id = identity.instance_id().to_string();
     let sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
+    let seal = SealService::start(
+        sealer,
+        Box::new(
+            |set| tracing::info!(set = %set.base_name, "sealed set stored in {}", set.folder.display()),
+        ),
+    );
+    let recording = RecordingSettings {
+        dir: cfg.data_dir.join("recordings"),
+        channels: cfg.channels,
+        instance_id,
+        seal: seal.sender(),
+    };
     let (transport, inbound) = Transport::bind(cfg.listen).await?;
     let local = transport.local_addr();
     let advertised = if local.ip().is_unspecified() {
@@ -49,6 +64,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         stats: Stats::default(),
         recent: Mutex::new(Default::default()),
         advertised,
+        recording: Some(recording),
     });
     if let Some(admin) = cfg.admin_listen {
         crate::admin::serve(core.clone(), admin).await?;
@@ -60,6 +76,6 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         cfg.media_ip
     );
     router::run(core, inbound).await;
-    drop(sealer);
+    drop(seal);
     Ok(())
 }

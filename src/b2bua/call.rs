@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::recording::{CallFacts, CallRecording};
 use super::router::RouterMsg;
 use super::{CallSummary, Core, Direction};
 use crate::media::{Session, Side};
-use crate::sip::message::{tag_of, uri_hostport, uri_of, Message, StartLine};
+use crate::recorder::metadata::{EndedBy, PartyInfo};
+use crate::sip::message::{tag_of, uri_hostport, uri_of, uri_user, Message, StartLine};
 use crate::sip::transaction::{ClientTxn, ResponseVerdict, ServerTxn, TimerAction};
 use crate::sip::{new_branch, random_token, Flow};
 
@@ -122,6 +124,10 @@ pub struct Call {
     final_status: u16,
     end_reason: Option<String>,
     back: mpsc::UnboundedSender<RouterMsg>,
+    recording: Option<CallRecording>,
+    ended_by: EndedBy,
+    /// Caller and callee as the caller's INVITE named them, and the dialled number.
+    parties: (PartyInfo, PartyInfo, String),
 }
 
 impl Call {
@@ -166,6 +172,19 @@ impl Call {
             final_status: 0,
             end_reason: None,
             back,
+            recording: None,
+            ended_by: EndedBy::Proxy,
+            parties: (
+                PartyInfo {
+                    name: None,
+                    number: String::new(),
+                },
+                PartyInfo {
+                    name: None,
+                    number: String::new(),
+                },
+                String::new(),
+            ),
         }
     }
 
@@ -278,6 +297,24 @@ impl Call {
         let (cseq, _) = invite.cseq().unwrap_or((1, "INVITE".into()));
         a.invite_cseq = cseq;
 
+        let from = invite.header("From").unwrap_or_default();
+        let to = invite.header("To").unwrap_or_default();
+        let dialled = uri_user(invite.uri().unwrap_or_default())
+            .or_else(|| uri_user(uri_of(to)))
+            .unwrap_or_default()
+            .to_string();
+        self.parties = (
+            PartyInfo {
+                name: display_name(from),
+                number: uri_user(uri_of(from)).unwrap_or_default().to_string(),
+            },
+            PartyInfo {
+                name: display_name(to),
+                number: uri_user(uri_of(to)).unwrap_or(&dialled).to_string(),
+            },
+            dialled,
+        );
+
         // Leg B: we are the UAC.
         let hop = self.core.next_hop(self.dir);
         let ruri = retarget(invite.uri().unwrap_or_default(), hop.addr);
@@ -327,13 +364,17 @@ impl Call {
 
     /// Rewrites an SDP body that `from` sent, for the other side.
     fn rewrite_sdp(&mut self, from: Side, body: &[u8]) -> Result<Vec<u8>, (u16, String)> {
-        match self.media.as_mut() {
+        let out = match self.media.as_mut() {
             Some(m) => m.on_sdp(from, body).map_err(|e| match e {
                 crate::media::MediaError::Sdp(e) => (488, format!("Not Acceptable Here ({e})")),
                 crate::media::MediaError::Ports(e) => (503, format!("Service Unavailable ({e})")),
             }),
             None => Ok(body.to_vec()),
+        };
+        if let (Some(r), Some(m)) = (&self.recording, &self.media) {
+            r.update_payload_maps(m);
         }
+        out
     }
 
     // ----- dispatch --------------------------------------------------------------
@@ -630,6 +671,7 @@ impl Call {
             info!("answered by callee ({code})");
             self.relay_response(Side::Callee, ix, self.initial, msg)
                 .await;
+            self.start_recording();
             return;
         }
         self.final_status = code;
@@ -832,6 +874,10 @@ impl Call {
 
     async fn on_bye(&mut self, side: Side, id: u64) {
         self.respond_id(id, 200, "OK").await;
+        self.ended_by = match side {
+            Side::Caller => EndedBy::Caller,
+            Side::Callee => EndedBy::Callee,
+        };
         if matches!(self.state, State::Calling | State::Early) {
             // A BYE before the answer ends the attempt like a CANCEL would.
             if side == Side::Caller {
@@ -995,6 +1041,20 @@ impl Call {
             None => (0, 0, 0, false),
         };
         drop(media);
+        if let (Some(rec), Some(settings)) = (self.recording.take(), &self.core.recording) {
+            let facts = CallFacts {
+                caller_call_id: self.legs[0].call_id.clone(),
+                callee_call_id: self.legs[1].call_id.clone(),
+                caller: self.parties.0.clone(),
+                callee: self.parties.1.clone(),
+                dialled: self.parties.2.clone(),
+                direction: self.dir,
+                profile: "default".into(),
+                rule: "record-all".into(),
+                ended_by: self.ended_by,
+            };
+            rec.finish(settings.clone(), facts);
+        }
         self.core.stats.calls_active.fetch_sub(1, Ordering::Relaxed);
         info!(
             reason,
@@ -1015,6 +1075,36 @@ impl Call {
             rtcp_packets: rtcp,
         });
     }
+}
+
+impl Call {
+    /// Starts the recording at the answer and forks the media into it.
+    fn start_recording(&mut self) {
+        let (Some(settings), Some(media)) = (&self.core.recording, self.media.as_mut()) else {
+            return;
+        };
+        match CallRecording::start(
+            settings,
+            self.dir,
+            &self.parties.0.number,
+            &self.parties.1.number,
+        ) {
+            Ok(rec) => {
+                media.set_tap(Some(rec.tap()));
+                rec.update_payload_maps(media);
+                self.recording = Some(rec);
+            }
+            // The call goes on unrecorded; the operator sees why.
+            Err(e) => tracing::error!("cannot start recording: {e}"),
+        }
+    }
+}
+
+/// The display name of a From/To value, without quotes.
+fn display_name(value: &str) -> Option<String> {
+    let lt = value.find('<')?;
+    let name = value[..lt].trim().trim_matches('"').trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// The ACK for a non-2xx final response (RFC 3261 §17.1.1.3).

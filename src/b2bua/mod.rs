@@ -4,6 +4,7 @@
 //! counters) is behind `Core`.
 
 pub mod call;
+pub mod recording;
 pub mod router;
 
 use std::collections::VecDeque;
@@ -85,6 +86,8 @@ pub struct Core {
     pub recent: Mutex<VecDeque<CallSummary>>,
     /// Host part we put into Via and Contact.
     pub advertised: SocketAddr,
+    /// How calls are recorded (None: proxy only).
+    pub recording: Option<recording::RecordingSettings>,
 }
 
 /// How many finished calls `recent` keeps.

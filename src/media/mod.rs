@@ -75,6 +75,7 @@ pub struct Session {
     tap: Option<Arc<dyn Tap>>,
     streams: Vec<Stream>,
     last: [Option<Sdp>; 2],
+    last_text: [Option<String>; 2],
 }
 
 impl Session {
@@ -86,6 +87,7 @@ impl Session {
             tap,
             streams: Vec::new(),
             last: [None, None],
+            last_text: [None, None],
         }
     }
 
@@ -105,7 +107,21 @@ impl Session {
         }
         let out = sdp::rewrite(body, self.ip, &ports);
         self.last[from.index()] = Some(sdp);
+        self.last_text[from.index()] = Some(String::from_utf8_lossy(body).into_owned());
         Ok(out)
+    }
+
+    /// Forks every stream's RTP into `tap` from now on (None stops it).
+    pub fn set_tap(&mut self, tap: Option<Arc<dyn Tap>>) {
+        for s in &self.streams {
+            s.set_tap(tap.clone());
+        }
+        self.tap = tap;
+    }
+
+    /// The last SDP body text each side sent, for payload maps.
+    pub fn last_sdp_text(&self, side: Side) -> Option<&str> {
+        self.last_text[side.index()].as_deref()
     }
 
     /// The last SDP each side sent.

@@ -54,7 +54,6 @@ pub fn now_ms() -> u64 {
 }
 
 /// Changes sent to a running stream.
-#[derive(Debug)]
 pub enum Control {
     /// New addresses from an offer or answer of `side`.
     Peer {
@@ -65,6 +64,8 @@ pub enum Control {
         /// RTCP address.
         rtcp: Option<SocketAddr>,
     },
+    /// Start (or stop, with None) forking RTP to a recorder.
+    Tap(Option<Arc<dyn Tap>>),
 }
 
 /// The call's handle on a running stream; dropping it stops the task and frees the ports.
@@ -107,6 +108,11 @@ impl Stream {
     /// Tells the stream where a side wants its media.
     pub fn set_peer(&self, side: Side, rtp: Option<SocketAddr>, rtcp: Option<SocketAddr>) {
         let _ = self.control.send(Control::Peer { side, rtp, rtcp });
+    }
+
+    /// Starts or stops forking this stream's RTP into a recorder.
+    pub fn set_tap(&self, tap: Option<Arc<dyn Tap>>) {
+        let _ = self.control.send(Control::Tap(tap));
     }
 
     /// Local RTP port facing `side`.
@@ -158,7 +164,7 @@ async fn run(
     callee: PortPair,
     mut control: mpsc::UnboundedReceiver<Control>,
     stats: Arc<StreamStats>,
-    tap: Option<Arc<dyn Tap>>,
+    mut tap: Option<Arc<dyn Tap>>,
 ) {
     // Index 0 faces the caller, 1 the callee; [rtp, rtcp] latches per side.
     let socks: [[&UdpSocket; 2]; 2] = [[&caller.rtp, &caller.rtcp], [&callee.rtp, &callee.rtcp]];
@@ -184,6 +190,7 @@ async fn run(
                         for l in latch[i].iter_mut() { l.last_seen = None; }
                         continue;
                     }
+                    Some(Control::Tap(t)) => { tap = t; continue; }
                     None => return,
                 }
             }

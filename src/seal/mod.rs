@@ -18,6 +18,7 @@ mod durable;
 mod error;
 mod identity;
 mod sealer;
+pub mod service;
 mod verify;
 
 pub use chain::ChainLink;

@@ -1,0 +1,217 @@
+//! A call's recording: started when the call is answered, fed by the relay's
+//! tap, and on the call's end finished off the call's task (the recorder
+//! drains and closes its files on a blocking thread), described by the
+//! metadata, and handed to the sealing service.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Local, Utc};
+use tracing::{error, info};
+
+use super::Direction;
+use crate::media::relay::Tap;
+use crate::media::{Session, Side};
+use crate::recorder::metadata::{
+    local_offset_at, Announcement, AudioInfo, CallIds, EndedBy, Metadata, PartyInfo, PerParty,
+    Times, SCHEMA_VERSION,
+};
+use crate::recorder::{ChannelMode, Fork, Party, PayloadMap, Recorder, RecordingSpec};
+use crate::seal::service::SealJob;
+
+/// How recordings are made on this instance.
+#[derive(Clone)]
+pub struct RecordingSettings {
+    /// Folder the audio files are written to and sealed in (the spool).
+    pub dir: PathBuf,
+    /// Channel layout.
+    pub channels: ChannelMode,
+    /// This instance's id (from the sealing identity).
+    pub instance_id: String,
+    /// Where finished recordings go to be sealed.
+    pub seal: Sender<SealJob>,
+}
+
+/// What the call knows about itself when its recording ends.
+#[derive(Debug, Clone)]
+pub struct CallFacts {
+    /// Call-ID of the caller's leg.
+    pub caller_call_id: String,
+    /// Call-ID of the callee's leg.
+    pub callee_call_id: String,
+    /// Caller's display name and number.
+    pub caller: PartyInfo,
+    /// Callee's display name and number.
+    pub callee: PartyInfo,
+    /// Number the caller dialled (Request-URI user).
+    pub dialled: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Profile that decided to record.
+    pub profile: String,
+    /// Rule of that profile that matched.
+    pub rule: String,
+    /// Who ended the call.
+    pub ended_by: EndedBy,
+}
+
+struct ForkTap(Fork);
+
+impl Tap for ForkTap {
+    fn offer(&self, from: Side, packet: Bytes, arrival: Instant) {
+        let party = match from {
+            Side::Caller => Party::Caller,
+            Side::Callee => Party::Callee,
+        };
+        self.0.offer(party, packet, arrival);
+    }
+}
+
+/// A running recording of one call.
+pub struct CallRecording {
+    recorder: Recorder,
+    base_name: String,
+    start: DateTime<Utc>,
+}
+
+/// Keeps what is safe in a file name: digits, letters and `+`.
+fn name_part(s: &str) -> String {
+    let p: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '+')
+        .take(32)
+        .collect();
+    if p.is_empty() {
+        "anonymous".into()
+    } else {
+        p
+    }
+}
+
+impl CallRecording {
+    /// Starts recording now (the answer), naming the set as DESIGN §4 says.
+    pub fn start(
+        settings: &RecordingSettings,
+        direction: Direction,
+        caller: &str,
+        callee: &str,
+    ) -> Result<CallRecording, crate::recorder::RecorderError> {
+        let start = Utc::now();
+        let local = start.with_timezone(&Local);
+        let dir = match direction {
+            Direction::Incoming => "in",
+            Direction::Outgoing => "out",
+        };
+        let base_name = format!(
+            "{}_{dir}_{}_{}_{}",
+            local.format("%Y%m%d_%H%M%S"),
+            name_part(caller),
+            name_part(callee),
+            crate::sip::random_token(8)
+        );
+        std::fs::create_dir_all(&settings.dir).map_err(|e| {
+            crate::recorder::RecorderError::Create {
+                path: settings.dir.clone(),
+                source: e,
+            }
+        })?;
+        let spec = RecordingSpec::new(&settings.dir, &base_name, settings.channels);
+        let recorder = Recorder::start(spec)?;
+        info!(set = %base_name, "recording started");
+        Ok(CallRecording {
+            recorder,
+            base_name,
+            start,
+        })
+    }
+
+    /// The tap to give the media session.
+    pub fn tap(&self) -> Arc<dyn Tap> {
+        Arc::new(ForkTap(self.recorder.fork()))
+    }
+
+    /// Tells the recorder which codecs each party sends: a party sends with the
+    /// payload numbers the *other* party's SDP declared (RFC 3264 §5.1).
+    pub fn update_payload_maps(&self, media: &Session) {
+        for (party, receiver) in [(Party::Caller, Side::Callee), (Party::Callee, Side::Caller)] {
+            if let Some(text) = media
+                .last_sdp_text(receiver)
+                .or_else(|| media.last_sdp_text(receiver.other()))
+            {
+                self.recorder
+                    .set_payload_map(party, PayloadMap::from_sdp(text));
+            }
+        }
+    }
+
+    /// Finishes the files, writes the metadata and queues the set for sealing,
+    /// off the call's task.
+    pub fn finish(self, settings: RecordingSettings, facts: CallFacts) {
+        let end = Utc::now();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _g = span.enter();
+            let out = match self.recorder.finish() {
+                Ok(o) => o,
+                Err(e) => {
+                    error!(set = %self.base_name, "recording failed: {e}");
+                    return;
+                }
+            };
+            let mut meta = Metadata {
+                schema_version: SCHEMA_VERSION,
+                recording_id: self.base_name.clone(),
+                base_name: self.base_name.clone(),
+                call_ids: CallIds {
+                    caller_leg: facts.caller_call_id,
+                    callee_leg: facts.callee_call_id,
+                },
+                caller: facts.caller,
+                callee: facts.callee,
+                dialled_number: facts.dialled,
+                direction: match facts.direction {
+                    Direction::Incoming => crate::recorder::metadata::Direction::Incoming,
+                    Direction::Outgoing => crate::recorder::metadata::Direction::Outgoing,
+                },
+                profile: facts.profile,
+                matched_rule: facts.rule,
+                times: Times::new(
+                    self.start,
+                    Some(self.start),
+                    end,
+                    local_offset_at(self.start),
+                    0,
+                ),
+                ended_by: facts.ended_by,
+                announcement: Announcement {
+                    played: false,
+                    file: None,
+                },
+                audio: AudioInfo::from_output(&out),
+                codecs: PerParty {
+                    caller: Vec::new(),
+                    callee: Vec::new(),
+                },
+                media: PerParty {
+                    caller: out.caller.clone(),
+                    callee: out.callee.clone(),
+                },
+                instance_id: settings.instance_id.clone(),
+                software_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            meta.set_recording_output(&out);
+            let job = SealJob {
+                folder: settings.dir.clone(),
+                base_name: self.base_name.clone(),
+                metadata: meta.to_json_value(),
+                files: out.files.clone(),
+            };
+            if settings.seal.send(job).is_err() {
+                error!(set = %self.base_name, "sealing service is gone; the set stays unsealed in {}", settings.dir.display());
+            }
+        });
+    }
+}

@@ -2,7 +2,8 @@
 # callrec's test entry point (also what .ci/run calls): installs the real
 # peers the integration tests start (SIPp, sox, openssl, ...) when they are
 # missing, checks the loopback addresses the tests use, then runs
-# `cargo test --all-targets` (any arguments are passed through), e.g.
+# `cargo test` on the library, binary and integration tests (any arguments
+# are passed through), e.g.
 #   ./deploy/test.sh                  # everything
 #   ./deploy/test.sh direct_basic     # tests whose name contains direct_basic
 set -euo pipefail
@@ -65,11 +66,5 @@ done
 
 # --- tests ------------------------------------------------------------------
 echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --version)"
-if (($# == 0)); then
-    # Every target, as `cargo test --all-targets`, but benches first: a bench
-    # with `harness = false` prints its own last line, and the closing line
-    # of this script must be cargo's test summary.
-    cargo test --benches
-    exec cargo test --lib --bins --tests --examples
-fi
-exec cargo test --all-targets "$@"
+# Benchmarks are measurements, not tests (see BENCHMARKS.md); they are not run here.
+exec cargo test --lib --bins --tests --examples "$@"

@@ -1,6 +1,7 @@
 //! Media anchoring: the RTP port pool, one relay per stream, SDP rewriting, and
 //! the per-call `Session` that ties them to a call's offer/answer exchanges.
 
+pub mod announce;
 pub mod ports;
 pub mod relay;
 pub mod sdp;
@@ -117,6 +118,19 @@ impl Session {
             s.set_tap(tap.clone());
         }
         self.tap = tap;
+    }
+
+    /// Plays packets to the caller on the first stream; resolves when done
+    /// (at once when there is no stream).
+    pub fn play_to_caller(&self, packets: Vec<bytes::Bytes>) -> tokio::sync::oneshot::Receiver<()> {
+        match self.streams.first() {
+            Some(s) => s.play(packets),
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(());
+                rx
+            }
+        }
     }
 
     /// The last SDP body text each side sent, for payload maps.

@@ -66,6 +66,8 @@ pub enum Control {
     },
     /// Start (or stop, with None) forking RTP to a recorder.
     Tap(Option<Arc<dyn Tap>>),
+    /// Play these RTP packets to the caller, one every 20 ms; `done` fires after the last.
+    Play(Vec<Bytes>, tokio::sync::oneshot::Sender<()>),
 }
 
 /// The call's handle on a running stream; dropping it stops the task and frees the ports.
@@ -113,6 +115,13 @@ impl Stream {
     /// Starts or stops forking this stream's RTP into a recorder.
     pub fn set_tap(&self, tap: Option<Arc<dyn Tap>>) {
         let _ = self.control.send(Control::Tap(tap));
+    }
+
+    /// Plays RTP packets to the caller from the caller-facing port.
+    pub fn play(&self, packets: Vec<Bytes>) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.control.send(Control::Play(packets, tx));
+        rx
     }
 
     /// Local RTP port facing `side`.
@@ -173,13 +182,30 @@ async fn run(
     for b in bufs.iter_mut().flatten() {
         b.reserve(2048);
     }
+    // An announcement being played to the caller: packets left, next send time.
+    let mut player: Option<(std::collections::VecDeque<Bytes>, tokio::time::Instant, tokio::sync::oneshot::Sender<()>)> = None;
     loop {
+        let next_play = player.as_ref().map(|p| p.1);
         let [[b00, b01], [b10, b11]] = &mut bufs;
         let (side, kind, res) = tokio::select! {
             r = socks[0][0].recv_buf_from(b00) => (0, 0, r),
             r = socks[1][0].recv_buf_from(b10) => (1, 0, r),
             r = socks[0][1].recv_buf_from(b01) => (0, 1, r),
             r = socks[1][1].recv_buf_from(b11) => (1, 1, r),
+            _ = tokio::time::sleep_until(next_play.unwrap_or_else(tokio::time::Instant::now)), if next_play.is_some() => {
+                if let Some((queue, next, _)) = player.as_mut() {
+                    if let (Some(pkt), Some(dst)) = (queue.pop_front(), latch[0][0].target()) {
+                        let _ = socks[0][0].send_to(&pkt, dst).await;
+                    }
+                    *next += Duration::from_millis(20);
+                    if queue.is_empty() {
+                        if let Some((_, _, done)) = player.take() {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+                continue;
+            }
             c = control.recv() => {
                 match c {
                     Some(Control::Peer { side, rtp, rtcp }) => {
@@ -191,6 +217,10 @@ async fn run(
                         continue;
                     }
                     Some(Control::Tap(t)) => { tap = t; continue; }
+                    Some(Control::Play(packets, done)) => {
+                        player = Some((packets.into(), tokio::time::Instant::now(), done));
+                        continue;
+                    }
                     None => return,
                 }
             }

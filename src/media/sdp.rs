@@ -268,6 +268,88 @@ pub fn rewrite(body: &[u8], ip: IpAddr, ports: &[u16]) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Our own answer to `offer` for playing an announcement: the first audio
+/// stream with one G.711 format (and telephone-event, if offered) at `ports[0]`
+/// on `ip`; every other stream rejected (port 0), as RFC 3264 §6 asks.
+pub fn answer_for_announcement(offer: &Sdp, ip: IpAddr, port: u16, pt: u8, name: &str) -> Vec<u8> {
+    let ipver = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let session: u32 = rand::random::<u32>() >> 1;
+    let mut out = format!(
+        "v=0\r\no=callrec {session} 1 IN {ipver} {ip}\r\ns=callrec\r\nc=IN {ipver} {ip}\r\nt=0 0\r\n"
+    );
+    let mut audio_done = false;
+    for m in &offer.media {
+        if m.kind == "audio" && m.port != 0 && !audio_done {
+            audio_done = true;
+            let te = m
+                .rtpmaps
+                .iter()
+                .find(|(_, n)| n.to_ascii_lowercase().starts_with("telephone-event/8000"))
+                .map(|(p, _)| *p);
+            let fmts = match te {
+                Some(t) => format!("{pt} {t}"),
+                None => pt.to_string(),
+            };
+            out.push_str(&format!("m=audio {port} RTP/AVP {fmts}\r\na=rtpmap:{pt} {name}/8000\r\n"));
+            if let Some(t) = te {
+                out.push_str(&format!("a=rtpmap:{t} telephone-event/8000\r\na=fmtp:{t} 0-15\r\n"));
+            }
+            out.push_str("a=ptime:20\r\na=sendrecv\r\n");
+        } else {
+            let proto = "RTP/AVP";
+            let fmt = m.formats.first().cloned().unwrap_or_else(|| "0".into());
+            out.push_str(&format!("m={} 0 {proto} {fmt}\r\n", m.kind));
+        }
+    }
+    out.into_bytes()
+}
+
+/// Keeps only the payload types in `keep` on the first audio `m=` line (and
+/// their rtpmap/fmtp lines), so that the callee answers with a codec the
+/// caller already uses.
+pub fn restrict_audio_formats(body: &[u8], keep: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::with_capacity(text.len());
+    let mut in_first_audio = false;
+    let mut seen_audio = false;
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("m=") {
+            in_first_audio = v.starts_with("audio ") && !seen_audio;
+            seen_audio |= in_first_audio;
+            if in_first_audio {
+                let parts: Vec<&str> = v.split(' ').collect();
+                if parts.len() >= 4 {
+                    let fmts: Vec<&str> = parts[3..]
+                        .iter()
+                        .copied()
+                        .filter(|f| f.parse::<u8>().is_ok_and(|p| keep.contains(&p)))
+                        .collect();
+                    if !fmts.is_empty() {
+                        out.push_str(&format!("m={} {} {} {}\r\n", parts[0], parts[1], parts[2], fmts.join(" ")));
+                        continue;
+                    }
+                }
+            }
+        } else if in_first_audio {
+            let pt = line
+                .strip_prefix("a=rtpmap:")
+                .or_else(|| line.strip_prefix("a=fmtp:"))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|p| p.parse::<u8>().ok());
+            if pt.is_some_and(|p| !keep.contains(&p)) {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +377,21 @@ a=sendonly\r\na=candidate:1 1 UDP 1 10.0.0.5 4000 typ host\r\n";
         assert!(!text.contains("candidate"));
         assert!(text.contains("a=rtpmap:101 telephone-event/8000"));
         assert!(text.contains("o=- 1 1 IN IP4 127.0.0.1"));
+    }
+
+    #[test]
+    fn announcement_answer_and_restriction() {
+        let offer = Sdp::parse(OFFER.as_bytes()).unwrap();
+        let ans = answer_for_announcement(&offer, "127.0.0.1".parse().unwrap(), 20000, 8, "PCMA");
+        let a = Sdp::parse(&ans).unwrap();
+        assert_eq!(a.media[0].formats, vec!["8", "101"]);
+        assert_eq!(a.media[0].rtp, Some("127.0.0.1:20000".parse().unwrap()));
+        let r = restrict_audio_formats(OFFER.as_bytes(), &[8, 101]);
+        let r = Sdp::parse(&r).unwrap();
+        assert_eq!(r.media[0].formats, vec!["8", "101"]);
+        let only_pcmu = restrict_audio_formats(OFFER.as_bytes(), &[0]);
+        assert!(!String::from_utf8_lossy(&only_pcmu).contains("rtpmap:8"));
+        assert_eq!(Sdp::parse(&only_pcmu).unwrap().media[0].formats, vec!["0"]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 mod codec;
 mod g711;
 pub mod metadata;
-mod resample;
+pub(crate) mod resample;
 mod rtp;
 mod timeline;
 mod wav;

@@ -359,6 +359,59 @@ fn internal_call_seen_on_both_legs_is_recorded_once() {
 }
 
 #[test]
+fn dedup_apply_marks_the_second_leg() {
+    let dir = fixture();
+    let out = LoggedOut::new();
+    let p = profiles(Set::Main);
+    let dedup = LegDedup::new(Duration::from_secs(5));
+    let t0 = Instant::now();
+    let leg1 = dedup.apply(&dir, decide(&p, &dir, &out, Outgoing, "206", "201"), t0);
+    assert!(leg1.record);
+    assert_eq!(leg1.rule, Rule::DirectCallToActiveMember);
+    let leg2 = dedup.apply(
+        &dir,
+        decide(&p, &dir, &out, Incoming, "206", "+493012345201"),
+        t0 + Duration::from_secs(1),
+    );
+    assert!(!leg2.record);
+    assert_eq!(leg2.rule, Rule::DuplicateLeg);
+    assert_eq!(leg2.announcement, None);
+    assert!(leg2.reason.contains("other leg"), "{}", leg2.reason);
+    // External calls are never touched, even when repeated at once.
+    let ext = decide(&p, &dir, &out, Incoming, STRANGER, "+493012345600");
+    assert!(dedup.apply(&dir, ext.clone(), t0).record);
+    assert!(dedup.apply(&dir, ext, t0).record);
+}
+
+#[test]
+fn profile_entries_are_not_taken_as_ids() {
+    // "100" is Sales' id but not a number of any group: as a profile's group it is
+    // the plain number 100, not the group with id 100.
+    let dir = fixture();
+    let p = [Profile {
+        name: "by-number".into(),
+        group: Some("100".into()),
+        ..Profile::default()
+    }];
+    let d = decide(&p, &dir, &LoggedOut::new(), Outgoing, "201", "0089555123");
+    assert!(!d.record, "{}", d.reason);
+    let d = decide(&p, &dir, &LoggedOut::new(), Incoming, STRANGER, "100");
+    assert!(d.record && d.rule == Rule::GroupNumber);
+}
+
+#[test]
+fn active_members_exclude_logged_out() {
+    let dir = fixture();
+    let mut out = LoggedOut::new();
+    out.logout(100, 2);
+    let sales = dir.find_group("Sales").unwrap();
+    assert_eq!(sales.active_members(&out).collect::<Vec<_>>(), vec![1, 3]);
+    assert!(sales.is_active_member(1, &out));
+    assert!(!sales.is_active_member(2, &out));
+    assert!(!sales.is_active_member(4, &out));
+}
+
+#[test]
 fn fixture_numbers_are_normalised() {
     let dir = fixture();
     assert_eq!(dir.users().len(), 6);

@@ -51,6 +51,8 @@ pub enum Rule {
     NoRulesConfigured,
     /// Rules exist but none matched: not recorded.
     NoRuleMatched,
+    /// The other leg of this internal call is already recorded (R2.8; set by `LegDedup::apply`).
+    DuplicateLeg,
 }
 
 impl fmt::Display for Rule {
@@ -64,6 +66,7 @@ impl fmt::Display for Rule {
             Rule::RecordAll => "record_all",
             Rule::NoRulesConfigured => "no_rules_configured",
             Rule::NoRuleMatched => "no_rule_matched",
+            Rule::DuplicateLeg => "duplicate_leg",
         };
         f.write_str(s)
     }
@@ -105,7 +108,7 @@ pub fn unresolved_entries(profiles: &[Profile], dir: &Directory) -> Vec<String> 
     let mut out = Vec::new();
     for p in profiles {
         if let Some(g) = p.group.as_deref() {
-            if dir.find_group(g).is_none() && !plan.normalise(g).is_dialable() {
+            if dir.group_by_name_or_number(g).is_none() && !plan.normalise(g).is_dialable() {
                 out.push(format!(
                     "profile {:?}: group {g:?} is not in the directory ({}) and is not a number",
                     p.name,
@@ -114,7 +117,7 @@ pub fn unresolved_entries(profiles: &[Profile], dir: &Directory) -> Vec<String> 
             }
         }
         for u in &p.users {
-            if dir.find_user(u).is_none() && !plan.normalise(u).is_dialable() {
+            if dir.user_by_login_or_number(u).is_none() && !plan.normalise(u).is_dialable() {
                 out.push(format!(
                     "profile {:?}: user {u:?} is not in the directory ({}) and is not a number",
                     p.name,
@@ -256,7 +259,7 @@ impl<'a> ProfileView<'a> {
         let mut group = None;
         let mut group_numbers = Vec::new();
         if let Some(g) = profile.group.as_deref().filter(|g| !g.trim().is_empty()) {
-            group = dir.find_group(g);
+            group = dir.group_by_name_or_number(g);
             if let Some(found) = group {
                 group_numbers.extend(found.numbers().cloned());
             }
@@ -268,7 +271,7 @@ impl<'a> ProfileView<'a> {
         let mut selected_numbers = Vec::new();
         let mut selected_ids = Vec::new();
         for u in profile.users.iter().filter(|u| !u.trim().is_empty()) {
-            if let Some(user) = dir.find_user(u) {
+            if let Some(user) = dir.user_by_login_or_number(u) {
                 selected_ids.push(user.id);
                 selected_numbers.extend(user.numbers().cloned());
             }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::decide::{Decision, Rule};
 use super::directory::Directory;
 use super::numbers::Number;
 
@@ -64,6 +65,28 @@ impl LegDedup {
                 inner.seen.insert(key, now);
                 true
             }
+        }
+    }
+
+    /// Turn a recorded internal call whose other leg is already recorded into a
+    /// not-recorded decision with rule `DuplicateLeg`; other decisions pass unchanged.
+    pub fn apply(&self, dir: &Directory, decision: Decision, now: Instant) -> Decision {
+        if !decision.record
+            || !decision.internal
+            || self.first_leg(dir, &decision.caller, &decision.dialled, now)
+        {
+            return decision;
+        }
+        let reason = format!(
+            "internal call from {} to {} is already recorded on its other leg (would have been: {})",
+            decision.caller, decision.dialled, decision.reason
+        );
+        Decision {
+            record: false,
+            rule: Rule::DuplicateLeg,
+            reason,
+            announcement: None,
+            ..decision
         }
     }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::error::DirectoryError;
+use super::membership::LoggedOut;
 use super::numbers::{Number, NumberPlan};
 
 /// Identifier of a PBX user account.
@@ -72,6 +73,22 @@ impl Group {
     /// True when `user` is an assigned member.
     pub fn has_member(&self, user: UserId) -> bool {
         self.members.binary_search(&user).is_ok()
+    }
+
+    /// True when `user` is an assigned member and not logged out (an active member).
+    pub fn is_active_member(&self, user: UserId, logged_out: &LoggedOut) -> bool {
+        self.has_member(user) && !logged_out.is_logged_out(self.id, user)
+    }
+
+    /// The active members: assigned and not logged out.
+    pub fn active_members<'a>(
+        &'a self,
+        logged_out: &'a LoggedOut,
+    ) -> impl Iterator<Item = UserId> + 'a {
+        self.members
+            .iter()
+            .copied()
+            .filter(move |&u| !logged_out.is_logged_out(self.id, u))
     }
 }
 
@@ -288,24 +305,36 @@ impl Directory {
         self.group_by_number.get(n).map(|&i| &self.groups[i])
     }
 
-    /// A user named by login, any spelling of one of their numbers, or id (in that order).
-    pub fn find_user(&self, key: &str) -> Option<&User> {
+    /// A user named by login or any spelling of one of their numbers (as in a profile).
+    pub fn user_by_login_or_number(&self, key: &str) -> Option<&User> {
         let key = key.trim();
         self.users
             .iter()
             .find(|u| u.login.eq_ignore_ascii_case(key))
             .or_else(|| self.user_by_number(&self.plan.normalise(key)))
-            .or_else(|| key.parse().ok().and_then(|id| self.user(id)))
     }
 
-    /// A group named by name, any spelling of one of its numbers, or id (in that order).
-    pub fn find_group(&self, key: &str) -> Option<&Group> {
+    /// A group named by name or any spelling of one of its numbers (as in a profile).
+    pub fn group_by_name_or_number(&self, key: &str) -> Option<&Group> {
         let key = key.trim();
         self.groups
             .iter()
             .find(|g| g.name.eq_ignore_ascii_case(key))
             .or_else(|| self.group_by_number(&self.plan.normalise(key)))
-            .or_else(|| key.parse().ok().and_then(|id| self.group(id)))
+    }
+
+    /// A user named by login, any spelling of one of their numbers, or id (in that
+    /// order), e.g. from the admin API's URL.
+    pub fn find_user(&self, key: &str) -> Option<&User> {
+        self.user_by_login_or_number(key)
+            .or_else(|| key.trim().parse().ok().and_then(|id| self.user(id)))
+    }
+
+    /// A group named by name, any spelling of one of its numbers, or id (in that
+    /// order), e.g. from the admin API's URL.
+    pub fn find_group(&self, key: &str) -> Option<&Group> {
+        self.group_by_name_or_number(key)
+            .or_else(|| key.trim().parse().ok().and_then(|id| self.group(id)))
     }
 
     /// True for a party inside the PBX: an extension, or a number of a known user or group.

@@ -105,7 +105,9 @@ impl NumberPlan {
                 return Number::Extension(ext.to_string());
             }
         }
-        let cleaned: String = user
+        // "+49 (0)30 …": the national prefix in brackets is not dialled internationally.
+        let user_no_trunk = user.replace("(0)", "");
+        let cleaned: String = user_no_trunk
             .chars()
             .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '/' | '\t'))
             .collect();
@@ -203,6 +205,7 @@ mod tests {
             "1234567",
             "sip:+49 30 123-4567@pbx.example;user=phone",
             "\"Anna\" <tel:+49-30-1234567;phone-context=x>",
+            "+49 (0)30 123 45 67",
         ] {
             assert_eq!(p.normalise(raw), want, "{raw}");
         }

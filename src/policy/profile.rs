@@ -33,7 +33,7 @@
 //! [[profiles]]                    # evaluated in this order, first match wins
 //! name = "sales"                  # unique
 //! group = "600"                   # group number or group name; optional
-//! users = ["201", "anna"]         # selected users: number, login or id; optional
+//! users = ["201", "anna"]         # selected users: number or login; optional
 //! record_direct_calls = true      # R2.4; default false
 //! record_all = false              # record every call; default false
 //! channels = "stereo"             # caller | callee | stereo | separate; default stereo
@@ -105,7 +105,7 @@ pub struct Profile {
     pub name: String,
     /// The recorded group: a group number (works without a directory) or a group name.
     pub group: Option<String>,
-    /// Selected users: a number (works without a directory), a login or a user id.
+    /// Selected users: a number (works without a directory) or a login.
     pub users: Vec<String>,
     /// Also record incoming calls to the personal number of an active group member (R2.4).
     pub record_direct_calls: bool,
@@ -271,7 +271,15 @@ impl PolicyConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        PolicyConfig::parse(&text, path)
+        let cfg = PolicyConfig::parse(&text, path)?;
+        tracing::info!(
+            path = %path.display(),
+            profiles = cfg.profiles.len(),
+            targets = cfg.targets.len(),
+            directory = cfg.directory.as_ref().map(|d| d.source.as_str()).unwrap_or("none"),
+            "config loaded"
+        );
+        Ok(cfg)
     }
 
     /// Parse and validate config text; `path` is only used in error messages.

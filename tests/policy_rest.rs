@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use callrec::policy::{
-    decide, spawn_refresher, Direction, Directory, DirectoryConfig, DirectoryHandle,
-    DirectorySource, LoggedOut, NumberPlan, PbxClient, Profile, RestError, Rule,
+    decide, spawn_refresher, start_directory, Direction, Directory, DirectoryConfig,
+    DirectoryHandle, DirectorySource, LoggedOut, NumberPlan, PbxClient, Profile, RestError, Rule,
 };
 use rand::Rng;
 use serde_json::{json, Value};
@@ -380,6 +380,50 @@ async fn refresher_keeps_the_last_snapshot_while_the_pbx_is_down() {
     assert!(st.last_error.is_none());
     assert_eq!(*handle.current(), fixture_directory());
     refresher.abort();
+}
+
+#[tokio::test]
+async fn start_loads_a_file_at_once_and_a_pbx_in_the_background() {
+    // No directory: empty, no task.
+    let (h, task) = start_directory(None, plan()).await.unwrap();
+    assert!(h.current().is_empty() && task.is_none());
+    // A static file is there before start returns.
+    let file = DirectoryConfig {
+        source: testdata().join("directory.toml").display().to_string(),
+        login_id: None,
+        password: None,
+        refresh_secs: 60,
+        accept_invalid_certs: false,
+    };
+    let (h, task) = start_directory(Some(&file), plan()).await.unwrap();
+    assert_eq!(*h.current(), fixture_directory());
+    task.unwrap().abort();
+    // A broken file is a setup error.
+    let broken = DirectoryConfig {
+        source: "/nonexistent/directory.toml".into(),
+        ..file.clone()
+    };
+    let err = start_directory(Some(&broken), plan()).await.unwrap_err();
+    assert!(err.to_string().contains("--directory"), "{err}");
+    // An unreachable PBX: start returns at once with an empty snapshot.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let rest = DirectoryConfig {
+        source: format!("http://{addr}/rest"),
+        login_id: Some(LOGIN_ID.into()),
+        password: Some(PASSWORD.into()),
+        ..file
+    };
+    let (h, task) = start_directory(Some(&rest), plan()).await.unwrap();
+    assert!(h.current().is_empty());
+    wait_for("the background fetch to fail", || {
+        h.status().consecutive_failures >= 1
+    })
+    .await;
+    assert!(h.current().is_empty());
+    task.unwrap().abort();
 }
 
 #[tokio::test]

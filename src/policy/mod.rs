@@ -5,11 +5,18 @@
 //!
 //! Typical use by the call flow:
 //! ```ignore
-//! let dir = directory_handle.current();          // Arc<Directory>, never waits
-//! let out = membership.snapshot();               // Arc<LoggedOut>
-//! let d = policy::decide(&profiles, &dir, &out, Direction::Incoming, from_uri, request_uri);
-//! if d.rule == Rule::NoRulesConfigured { tracing::warn!("{}", d.reason) }
-//! let record = d.record && (!d.internal || dedup.first_leg(&dir, &d.caller, &d.dialled, Instant::now()));
+//! // at start
+//! let cfg = PolicyConfig::load(path)?;                       // or profiles from flags
+//! let (directory, _task) = policy::refresh::start(cfg.directory.as_ref(), cfg.numbers.clone()).await?;
+//! let membership = MembershipStore::open(&data_dir)?;
+//! let dedup = LegDedup::new(Duration::from_secs(5));
+//! if has_no_rules(&cfg.profiles) { tracing::warn!("no recording rule: every call is recorded") }
+//! // per call
+//! let dir = directory.current();                             // Arc<Directory>, never waits
+//! let out = membership.snapshot();                           // Arc<LoggedOut>
+//! let d = policy::decide(&cfg.profiles, &dir, &out, Direction::Incoming, from_uri, request_uri);
+//! let d = dedup.apply(&dir, d, Instant::now());              // R2.8: second leg not recorded
+//! tracing::info!(record = d.record, profile = ?d.profile_name, rule = %d.rule, "{}", d.reason);
 //! ```
 
 pub mod decide;
@@ -29,5 +36,8 @@ pub use error::{ConfigError, DirectoryError, MembershipError, RestError};
 pub use membership::{LoggedOut, MembershipStore};
 pub use numbers::{Number, NumberPlan, NumberRole};
 pub use profile::{Channels, DirectoryConfig, PolicyConfig, Profile, SmtpConfig, TargetConfig};
-pub use refresh::{spawn_refresher, DirectoryHandle, DirectorySource, RefreshError, RefreshStatus};
+pub use refresh::{
+    spawn_refresher, start as start_directory, DirectoryHandle, DirectorySource, RefreshError,
+    RefreshStatus,
+};
 pub use rest::PbxClient;

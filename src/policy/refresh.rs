@@ -183,6 +183,30 @@ impl DirectoryHandle {
     }
 }
 
+/// Set up the directory for `callrec run`: no source → an empty snapshot and no task;
+/// a static file → loaded now (a broken file is a setup error) and re-read every
+/// `refresh_secs`; a REST URL → an empty snapshot now and a refresher that fetches
+/// at once in the background (an unreachable PBX only logs an error).
+pub async fn start(
+    cfg: Option<&DirectoryConfig>,
+    plan: NumberPlan,
+) -> Result<(Arc<DirectoryHandle>, Option<tokio::task::JoinHandle<()>>), RefreshError> {
+    let handle = DirectoryHandle::new(Directory::empty(plan.clone()));
+    let Some(cfg) = cfg else {
+        tracing::info!("no directory configured: profiles match plain numbers only");
+        return Ok((handle, None));
+    };
+    let source = DirectorySource::from_config(cfg)?;
+    let interval = Duration::from_secs(cfg.refresh_secs.max(1));
+    let mut tick_now = true;
+    if let DirectorySource::File(_) = source {
+        handle.refresh_once(&source, &plan).await?;
+        tick_now = false;
+    }
+    let task = spawn_refresher_inner(handle.clone(), source, plan, interval, tick_now);
+    Ok((handle, Some(task)))
+}
+
 /// Start the background refresher: fetch at once, then every `interval`, forever.
 pub fn spawn_refresher(
     handle: Arc<DirectoryHandle>,
@@ -190,8 +214,23 @@ pub fn spawn_refresher(
     plan: NumberPlan,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_refresher_inner(handle, source, plan, interval, true)
+}
+
+fn spawn_refresher_inner(
+    handle: Arc<DirectoryHandle>,
+    source: DirectorySource,
+    plan: NumberPlan,
+    interval: Duration,
+    fetch_now: bool,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        let start = if fetch_now {
+            tokio::time::Instant::now()
+        } else {
+            tokio::time::Instant::now() + interval
+        };
+        let mut tick = tokio::time::interval_at(start, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

@@ -272,6 +272,11 @@ fn announcement_follows_the_judged_direction() {
     assert!(d.internal);
     assert_eq!(d.judged_as, Incoming);
     assert_eq!(d.announcement, Some(PathBuf::from("in.wav")));
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["judged_as"], "incoming");
+    assert_eq!(json["rule"], "direct_call_to_active_member");
+    assert_eq!(json["caller"], "ext:206");
+    assert_eq!(json["dialled"], "ext:201");
     // Not recorded: no announcement.
     let d = decide(&p, &dir, &out, Outgoing, "206", "0089555123");
     assert!(!d.record);

@@ -72,8 +72,8 @@ impl fmt::Display for Rule {
     }
 }
 
-/// The outcome of `decide` for one call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The outcome of `decide` for one call (serialises for the protocol database).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     /// Record the call.
     pub record: bool,

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod b2bua;
 pub mod config;
 pub mod media;
+pub mod policy;
 pub mod proxy;
 pub mod recorder;
 pub mod seal;

@@ -1,0 +1,43 @@
+//! Which calls are recorded (SPEC R2, DESIGN §1 `policy`): number normalisation,
+//! the directory snapshot and its sources (static file, PBX REST), recording
+//! profiles from the config file, the persisted group login/logout state, and the
+//! pure decision function the call flow asks for every new call.
+//!
+//! Typical use by the call flow:
+//! ```ignore
+//! // at start
+//! let cfg = PolicyConfig::load(path)?;                       // or profiles from flags
+//! let (directory, _task) = policy::refresh::start(cfg.directory.as_ref(), cfg.numbers.clone()).await?;
+//! let membership = MembershipStore::open(&data_dir)?;
+//! let dedup = LegDedup::new(Duration::from_secs(5));
+//! if has_no_rules(&cfg.profiles) { tracing::warn!("no recording rule: every call is recorded") }
+//! // per call
+//! let dir = directory.current();                             // Arc<Directory>, never waits
+//! let out = membership.snapshot();                           // Arc<LoggedOut>
+//! let d = policy::decide(&cfg.profiles, &dir, &out, Direction::Incoming, from_uri, request_uri);
+//! let d = dedup.apply(&dir, d, Instant::now());              // R2.8: second leg not recorded
+//! tracing::info!(record = d.record, profile = ?d.profile_name, rule = %d.rule, "{}", d.reason);
+//! ```
+
+pub mod decide;
+pub mod dedup;
+pub mod directory;
+pub mod error;
+pub mod membership;
+pub mod numbers;
+pub mod profile;
+pub mod refresh;
+pub mod rest;
+
+pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Direction, Rule};
+pub use dedup::LegDedup;
+pub use directory::{Directory, Group, GroupId, User, UserId};
+pub use error::{ConfigError, DirectoryError, MembershipError, RestError};
+pub use membership::{LoggedOut, MembershipStore};
+pub use numbers::{Number, NumberPlan, NumberRole};
+pub use profile::{Channels, DirectoryConfig, PolicyConfig, Profile, SmtpConfig, TargetConfig};
+pub use refresh::{
+    spawn_refresher, start as start_directory, DirectoryHandle, DirectorySource, RefreshError,
+    RefreshStatus,
+};
+pub use rest::PbxClient;

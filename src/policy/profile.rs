@@ -1,0 +1,351 @@
+//! Recording profiles ("module configurations", SPEC R2.1) and the config file that
+//! defines several of them together with targets, SMTP, the number plan and the
+//! directory source.
+//!
+//! # Config file format (TOML, `--config FILE`)
+//!
+//! ```toml
+//! [numbers]                       # dialling plan for normalisation (R2.6); all optional
+//! country_code = "49"             # default 49
+//! area_code = "30"                # for local numbers without prefix; default none
+//! international_prefix = "00"     # default 00
+//! national_prefix = "0"           # default 0
+//! exit_code = "0"                 # outside-line digit of the PBX; default none
+//! max_extension_len = 4           # up to this many digits = internal extension; default 4
+//!
+//! [directory]                     # optional; without it profiles use plain numbers
+//! source = "https://pbx.example.com/rest"   # or a path to a TOML/JSON file
+//! login_id = "0001"               # REST login id of the PBX user
+//! password = "…"                  # or env CALLREC_DIRECTORY_PASSWORD
+//! refresh_secs = 300              # default 300
+//! accept_invalid_certs = false    # PBX with a self-signed certificate; default false
+//!
+//! [smtp]                          # optional, for failure notifications
+//! url = "smtp+starttls://mail.example.com:587"
+//! from = "callrec@example.com"
+//! user = "callrec"                # optional
+//! password = "…"                  # optional, or env CALLREC_SMTP_PASSWORD
+//!
+//! [targets.archive]               # named storage target; keys besides `url` are
+//! url = "sftp://rec@nas.example.com/recordings/$Y-$M"   # options/secrets for it
+//! password = "…"
+//!
+//! [[profiles]]                    # evaluated in this order, first match wins
+//! name = "sales"                  # unique
+//! group = "600"                   # group number or group name; optional
+//! users = ["201", "anna"]         # selected users: number or login; optional
+//! record_direct_calls = true      # R2.4; default false
+//! record_all = false              # record every call; default false
+//! channels = "stereo"             # caller | callee | stereo | separate; default stereo
+//! announce_incoming = "/etc/callrec/incoming.wav"   # optional
+//! announce_outgoing = "/etc/callrec/beep.wav"       # optional
+//! targets = ["archive", "file:///var/lib/callrec/recordings/$Y/$M"]  # names or URLs
+//! language = "de"                 # speech recognition; default de
+//! notify_email = "ops@example.com"  # optional
+//! ```
+//!
+//! A full example is in `testdata/callrec.toml`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ConfigError;
+use super::numbers::NumberPlan;
+
+/// Which parties a recording holds (SPEC R4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channels {
+    /// The caller only.
+    Caller,
+    /// The callee only.
+    Callee,
+    /// Both in one stereo WAV (left caller, right callee).
+    #[default]
+    Stereo,
+    /// Both, one file each.
+    Separate,
+}
+
+impl FromStr for Channels {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "caller" => Ok(Channels::Caller),
+            "callee" => Ok(Channels::Callee),
+            "stereo" => Ok(Channels::Stereo),
+            "separate" => Ok(Channels::Separate),
+            other => Err(format!(
+                "unknown channels {other:?}: use caller, callee, stereo or separate"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Channels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Channels::Caller => "caller",
+            Channels::Callee => "callee",
+            Channels::Stereo => "stereo",
+            Channels::Separate => "separate",
+        })
+    }
+}
+
+/// One recording profile: which calls it records and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Profile {
+    /// Unique name, used in logs, metadata and the database.
+    pub name: String,
+    /// The recorded group: a group number (works without a directory) or a group name.
+    pub group: Option<String>,
+    /// Selected users: a number (works without a directory) or a login.
+    pub users: Vec<String>,
+    /// Also record incoming calls to the personal number of an active group member (R2.4).
+    pub record_direct_calls: bool,
+    /// Record every call.
+    pub record_all: bool,
+    /// Channel layout of the recording.
+    pub channels: Channels,
+    /// Announcement played to the caller of a recorded incoming call.
+    pub announce_incoming: Option<PathBuf>,
+    /// Announcement played to the caller of a recorded outgoing call.
+    pub announce_outgoing: Option<PathBuf>,
+    /// Storage targets: names from `[targets]` or target URLs.
+    pub targets: Vec<String>,
+    /// Language for speech recognition.
+    pub language: String,
+    /// Where failed uploads are reported.
+    pub notify_email: Option<String>,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            name: "default".into(),
+            group: None,
+            users: Vec::new(),
+            record_direct_calls: false,
+            record_all: false,
+            channels: Channels::Stereo,
+            announce_incoming: None,
+            announce_outgoing: None,
+            targets: Vec::new(),
+            language: "de".into(),
+            notify_email: None,
+        }
+    }
+}
+
+impl Profile {
+    /// True when the profile has at least one recording rule (group, users or record_all).
+    pub fn has_rules(&self) -> bool {
+        self.record_all
+            || self.group.as_deref().is_some_and(|g| !g.trim().is_empty())
+            || self.users.iter().any(|u| !u.trim().is_empty())
+    }
+}
+
+/// Where the directory comes from and how to log in (config section `[directory]`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// A path to a static TOML/JSON file, or the PBX REST base URL (`https://pbx/rest`).
+    pub source: String,
+    /// REST login id.
+    #[serde(default)]
+    pub login_id: Option<String>,
+    /// REST password (falls back to env `CALLREC_DIRECTORY_PASSWORD`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Seconds between refreshes.
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// Accept a self-signed PBX certificate.
+    #[serde(default)]
+    pub accept_invalid_certs: bool,
+}
+
+fn default_refresh_secs() -> u64 {
+    300
+}
+
+impl fmt::Debug for DirectoryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectoryConfig")
+            .field("source", &self.source)
+            .field("login_id", &self.login_id)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("refresh_secs", &self.refresh_secs)
+            .field("accept_invalid_certs", &self.accept_invalid_certs)
+            .finish()
+    }
+}
+
+impl DirectoryConfig {
+    /// True when `source` is a REST URL rather than a file.
+    pub fn is_rest(&self) -> bool {
+        self.source.starts_with("https://") || self.source.starts_with("http://")
+    }
+
+    /// The REST password: from the file, else from env `CALLREC_DIRECTORY_PASSWORD`.
+    pub fn password(&self) -> Option<String> {
+        self.password
+            .clone()
+            .or_else(|| std::env::var("CALLREC_DIRECTORY_PASSWORD").ok())
+    }
+}
+
+/// SMTP settings for notifications (config section `[smtp]`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `smtp://`, `smtp+starttls://` or `smtps://` URL with host and port.
+    pub url: String,
+    /// Sender address.
+    pub from: String,
+    /// Login user, if the server wants one.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Login password (falls back to env `CALLREC_SMTP_PASSWORD`).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("url", &self.url)
+            .field("from", &self.from)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A named storage target: its URL plus kind-specific options and secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetConfig {
+    /// Target URL (DESIGN §3: `file://`, `sftp://`, `smb://`, `onedrive://`, `s3://`, `webdav://`).
+    pub url: String,
+    /// Everything else (password, domain, key_file, tenant_id, client_id, client_secret, …).
+    #[serde(flatten)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for TargetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TargetConfig")
+            .field("url", &self.url)
+            .field("option_keys", &self.options.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The whole config file (see the module docs for the format).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Dialling plan.
+    pub numbers: NumberPlan,
+    /// Directory source, if any.
+    pub directory: Option<DirectoryConfig>,
+    /// SMTP for notifications, if any.
+    pub smtp: Option<SmtpConfig>,
+    /// Named storage targets.
+    pub targets: BTreeMap<String, TargetConfig>,
+    /// Recording profiles in evaluation order.
+    pub profiles: Vec<Profile>,
+}
+
+impl PolicyConfig {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<PolicyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg = PolicyConfig::parse(&text, path)?;
+        tracing::info!(
+            path = %path.display(),
+            profiles = cfg.profiles.len(),
+            targets = cfg.targets.len(),
+            directory = cfg.directory.as_ref().map(|d| d.source.as_str()).unwrap_or("none"),
+            "config loaded"
+        );
+        Ok(cfg)
+    }
+
+    /// Parse and validate config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<PolicyConfig, ConfigError> {
+        let cfg: PolicyConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        cfg.validate().map_err(|detail| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut names = HashSet::new();
+        for (i, p) in self.profiles.iter().enumerate() {
+            if p.name.trim().is_empty() {
+                return Err(format!("profile #{} has an empty name", i + 1));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(format!("profile name {:?} is used twice", p.name));
+            }
+            for t in &p.targets {
+                if !t.contains("://") && !self.targets.contains_key(t) {
+                    return Err(format!(
+                        "profile {:?} names target {t:?}, which is neither a URL nor defined under [targets.{t}]",
+                        p.name
+                    ));
+                }
+            }
+        }
+        for (name, t) in &self.targets {
+            if !t.url.contains("://") {
+                return Err(format!("target {name:?}: url {:?} has no scheme", t.url));
+            }
+        }
+        if let Some(d) = &self.directory {
+            if d.refresh_secs == 0 {
+                return Err("[directory] refresh_secs must be at least 1".into());
+            }
+            if d.is_rest() && d.login_id.as_deref().unwrap_or("").is_empty() {
+                return Err("[directory] a REST source needs login_id".into());
+            }
+        }
+        if self.numbers.country_code.is_empty()
+            || !self
+                .numbers
+                .country_code
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        {
+            return Err("[numbers] country_code must be digits, e.g. \"49\"".into());
+        }
+        Ok(())
+    }
+
+    /// The URL and options of a profile's target entry (a name or a URL).
+    pub fn resolve_target(&self, entry: &str) -> Option<TargetConfig> {
+        if let Some(t) = self.targets.get(entry) {
+            return Some(t.clone());
+        }
+        entry.contains("://").then(|| TargetConfig {
+            url: entry.to_string(),
+            options: BTreeMap::new(),
+        })
+    }
+}

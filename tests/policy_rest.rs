@@ -1,0 +1,443 @@
+//! The directory over the PBX REST API (DESIGN §5) against an in-test axum server
+//! that speaks the STARFACE shape exactly: nonce login checked with SHA-512 (a wrong
+//! password gets 400), `authToken` required (401 when missing or expired),
+//! `X-Version: 2` required, fixtures from testdata/rest/. Also the background
+//! refresher: last good snapshot kept while the PBX is down.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use callrec::policy::{
+    decide, spawn_refresher, start_directory, Direction, Directory, DirectoryConfig,
+    DirectoryHandle, DirectorySource, LoggedOut, NumberPlan, PbxClient, Profile, RestError, Rule,
+};
+use rand::Rng;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha512};
+
+const LOGIN_ID: &str = "0001";
+const PASSWORD: &str = "s3cret-Pbx";
+
+fn plan() -> NumberPlan {
+    NumberPlan {
+        country_code: "49".into(),
+        area_code: "30".into(),
+        exit_code: "0".into(),
+        ..NumberPlan::default()
+    }
+}
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+}
+
+fn fixture_directory() -> Directory {
+    Directory::load_file(&testdata().join("directory.toml"), plan()).unwrap()
+}
+
+/// State of the fake PBX.
+#[derive(Default)]
+struct Pbx {
+    nonces: Mutex<HashSet<String>>,
+    tokens: Mutex<HashSet<String>>,
+    /// Successful logins.
+    logins: AtomicU32,
+    /// Requests that carried a valid token.
+    authorized: AtomicU32,
+    /// Revoke every token when the authorized request counter reaches this (0 = never).
+    expire_at: AtomicU32,
+}
+
+fn sha512_hex(s: &str) -> String {
+    hex::encode(Sha512::digest(s.as_bytes()))
+}
+
+fn random_hex() -> String {
+    let bytes: [u8; 16] = rand::thread_rng().gen();
+    hex::encode(bytes)
+}
+
+fn error(status: StatusCode, msg: &str) -> Response {
+    (
+        status,
+        Json(json!({ "code": status.as_u16(), "message": msg })),
+    )
+        .into_response()
+}
+
+/// The rejection for a request without `X-Version: 2`, if any.
+fn check_version(h: &HeaderMap) -> Option<Response> {
+    match h.get("X-Version").and_then(|v| v.to_str().ok()) {
+        Some("2") => None,
+        _ => Some(error(StatusCode::BAD_REQUEST, "X-Version: 2 required")),
+    }
+}
+
+impl Pbx {
+    /// The rejection (400 or 401) for a request without version or valid token, if any.
+    fn authorize(&self, h: &HeaderMap) -> Option<Response> {
+        if let Some(r) = check_version(h) {
+            return Some(r);
+        }
+        let n = self.authorized.load(Ordering::SeqCst) + 1;
+        if self.expire_at.load(Ordering::SeqCst) == n {
+            self.expire_at.store(0, Ordering::SeqCst);
+            self.tokens.lock().unwrap().clear();
+        }
+        let token = h.get("authToken").and_then(|v| v.to_str().ok());
+        match token {
+            Some(t) if self.tokens.lock().unwrap().contains(t) => {
+                self.authorized.fetch_add(1, Ordering::SeqCst);
+                None
+            }
+            _ => Some(error(
+                StatusCode::UNAUTHORIZED,
+                "authToken missing or expired",
+            )),
+        }
+    }
+}
+
+async fn login_get(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
+    if let Some(r) = check_version(&h) {
+        return r;
+    }
+    let nonce = random_hex();
+    pbx.nonces.lock().unwrap().insert(nonce.clone());
+    Json(json!({ "loginType": "Internal", "nonce": nonce, "secret": null })).into_response()
+}
+
+async fn login_post(
+    State(pbx): State<Arc<Pbx>>,
+    h: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = check_version(&h) {
+        return r;
+    }
+    let nonce = body["nonce"].as_str().unwrap_or_default().to_string();
+    if body["loginType"] != "Internal" || !pbx.nonces.lock().unwrap().remove(&nonce) {
+        return error(StatusCode::BAD_REQUEST, "unknown nonce");
+    }
+    let want = format!(
+        "{LOGIN_ID}:{}",
+        sha512_hex(&format!("{LOGIN_ID}{nonce}{}", sha512_hex(PASSWORD)))
+    );
+    if body["secret"].as_str() != Some(want.as_str()) {
+        return error(StatusCode::BAD_REQUEST, "login failed");
+    }
+    let token = random_hex();
+    pbx.tokens.lock().unwrap().insert(token.clone());
+    pbx.logins.fetch_add(1, Ordering::SeqCst);
+    Json(json!({ "token": token })).into_response()
+}
+
+async fn login_delete(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
+    if let Some(r) = pbx.authorize(&h) {
+        return r;
+    }
+    if let Some(t) = h.get("authToken").and_then(|v| v.to_str().ok()) {
+        pbx.tokens.lock().unwrap().remove(t);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn fixture(name: &str) -> Response {
+    let text = std::fs::read_to_string(testdata().join("rest").join(name)).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    Json(v).into_response()
+}
+
+async fn users(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
+    pbx.authorize(&h).unwrap_or_else(|| fixture("users.json"))
+}
+
+async fn groups(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
+    pbx.authorize(&h).unwrap_or_else(|| fixture("groups.json"))
+}
+
+async fn group(State(pbx): State<Arc<Pbx>>, h: HeaderMap, UrlPath(id): UrlPath<u64>) -> Response {
+    if let Some(r) = pbx.authorize(&h) {
+        return r;
+    }
+    if testdata()
+        .join("rest")
+        .join(format!("group_{id}.json"))
+        .exists()
+    {
+        fixture(&format!("group_{id}.json"))
+    } else {
+        error(StatusCode::NOT_FOUND, "no such group")
+    }
+}
+
+async fn phonenumbers(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
+    pbx.authorize(&h)
+        .unwrap_or_else(|| fixture("phonenumbers.json"))
+}
+
+fn app(pbx: Arc<Pbx>) -> Router {
+    Router::new()
+        .route(
+            "/rest/login",
+            get(login_get).post(login_post).delete(login_delete),
+        )
+        .route("/rest/users", get(users))
+        .route("/rest/groups", get(groups))
+        .route("/rest/groups/{id}", get(group))
+        .route("/rest/phonenumbers", get(phonenumbers))
+        .with_state(pbx)
+}
+
+/// Serve the fake PBX on `addr` (port 0: any); returns the address and the server task.
+async fn serve(pbx: Arc<Pbx>, addr: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app(pbx)).await.unwrap();
+    });
+    (addr, task)
+}
+
+fn client(addr: SocketAddr, password: &str) -> PbxClient {
+    PbxClient::new(
+        &format!("http://{addr}/rest"),
+        LOGIN_ID,
+        password,
+        false,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn fetched_directory_equals_the_fixture() {
+    let pbx = Arc::new(Pbx::default());
+    let (addr, _server) = serve(pbx.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let c = client(addr, PASSWORD);
+    let dir = c.fetch_directory(&plan()).await.unwrap();
+    assert_eq!(dir, fixture_directory());
+    assert_eq!(dir.users().len(), 6);
+    assert_eq!(dir.find_group("Sales").unwrap().members, vec![1, 2, 3]);
+    // The token is reused: a second fetch needs no new login.
+    let again = c.fetch_directory(&plan()).await.unwrap();
+    assert_eq!(again, dir);
+    assert_eq!(pbx.logins.load(Ordering::SeqCst), 1);
+    // 2 × (users, groups, 2 groups, phonenumbers).
+    assert_eq!(pbx.authorized.load(Ordering::SeqCst), 10);
+    c.logout().await.unwrap();
+    assert!(pbx.tokens.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_clear_error() {
+    let pbx = Arc::new(Pbx::default());
+    let (addr, _server) = serve(pbx.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let err = client(addr, "wrong")
+        .fetch_directory(&plan())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RestError::LoginRejected { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("HTTP 400") && msg.contains("password") && msg.contains(LOGIN_ID),
+        "{msg}"
+    );
+    assert_eq!(pbx.logins.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn server_checks_token_and_version() {
+    let pbx = Arc::new(Pbx::default());
+    let (addr, _server) = serve(pbx.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/rest/users");
+    let no_token = http
+        .get(&url)
+        .header("X-Version", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status().as_u16(), 401);
+    let no_version = http
+        .get(format!("http://{addr}/rest/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_version.status().as_u16(), 400);
+}
+
+#[tokio::test]
+async fn a_401_mid_session_triggers_one_relogin() {
+    let pbx = Arc::new(Pbx::default());
+    let (addr, _server) = serve(pbx.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    // The token expires at the third authorized request (the first group's detail).
+    pbx.expire_at.store(3, Ordering::SeqCst);
+    let dir = client(addr, PASSWORD)
+        .fetch_directory(&plan())
+        .await
+        .unwrap();
+    assert_eq!(dir, fixture_directory());
+    assert_eq!(pbx.logins.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn unreachable_pbx_at_start_leaves_an_empty_snapshot() {
+    // Bind and release a port so nothing listens there.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let handle = DirectoryHandle::new(Directory::empty(plan()));
+    let source = DirectorySource::Rest(Arc::new(client(addr, PASSWORD)));
+    let err = handle.refresh_once(&source, &plan()).await.unwrap_err();
+    assert!(err.to_string().contains("unreachable"), "{err}");
+    let dir = handle.current();
+    assert!(dir.is_empty());
+    assert_eq!(handle.status().consecutive_failures, 1);
+    // Rules that need no directory still work.
+    let profiles = [Profile {
+        name: "cli".into(),
+        group: Some("+493012345600".into()),
+        ..Profile::default()
+    }];
+    let d = decide(
+        &profiles,
+        &dir,
+        &LoggedOut::new(),
+        Direction::Incoming,
+        "+4989555123",
+        "030 12345600",
+    );
+    assert!(d.record);
+    assert_eq!(d.rule, Rule::GroupNumber);
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn refresher_keeps_the_last_snapshot_while_the_pbx_is_down() {
+    let pbx = Arc::new(Pbx::default());
+    let (addr, server) = serve(pbx.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let cfg = DirectoryConfig {
+        source: format!("http://{addr}/rest"),
+        login_id: Some(LOGIN_ID.into()),
+        password: Some(PASSWORD.into()),
+        refresh_secs: 1,
+        accept_invalid_certs: false,
+    };
+    let source = DirectorySource::from_config(&cfg).unwrap();
+    let handle = DirectoryHandle::new(Directory::empty(plan()));
+    let refresher = spawn_refresher(handle.clone(), source, plan(), Duration::from_millis(100));
+
+    wait_for("first snapshot", || handle.status().generation >= 1).await;
+    assert_eq!(*handle.current(), fixture_directory());
+
+    // The PBX goes down.
+    server.abort();
+    let _ = server.await;
+    wait_for("two failed refreshes", || {
+        handle.status().consecutive_failures >= 2
+    })
+    .await;
+    let st = handle.status();
+    assert!(
+        st.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("unreachable"),
+        "{st:?}"
+    );
+    assert_eq!(
+        *handle.current(),
+        fixture_directory(),
+        "last good snapshot kept"
+    );
+
+    // It comes back on the same address: the next refresh swaps in a new snapshot.
+    let generation = st.generation;
+    let (_, _server) = serve(pbx.clone(), addr).await;
+    wait_for("recovery", || handle.status().generation > generation).await;
+    let st = handle.status();
+    assert_eq!(st.consecutive_failures, 0);
+    assert!(st.last_error.is_none());
+    assert_eq!(*handle.current(), fixture_directory());
+    refresher.abort();
+}
+
+#[tokio::test]
+async fn start_loads_a_file_at_once_and_a_pbx_in_the_background() {
+    // No directory: empty, no task.
+    let (h, task) = start_directory(None, plan()).await.unwrap();
+    assert!(h.current().is_empty() && task.is_none());
+    // A static file is there before start returns.
+    let file = DirectoryConfig {
+        source: testdata().join("directory.toml").display().to_string(),
+        login_id: None,
+        password: None,
+        refresh_secs: 60,
+        accept_invalid_certs: false,
+    };
+    let (h, task) = start_directory(Some(&file), plan()).await.unwrap();
+    assert_eq!(*h.current(), fixture_directory());
+    task.unwrap().abort();
+    // A broken file is a setup error.
+    let broken = DirectoryConfig {
+        source: "/nonexistent/directory.toml".into(),
+        ..file.clone()
+    };
+    let err = start_directory(Some(&broken), plan()).await.unwrap_err();
+    assert!(err.to_string().contains("--directory"), "{err}");
+    // An unreachable PBX: start returns at once with an empty snapshot.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let rest = DirectoryConfig {
+        source: format!("http://{addr}/rest"),
+        login_id: Some(LOGIN_ID.into()),
+        password: Some(PASSWORD.into()),
+        ..file
+    };
+    let (h, task) = start_directory(Some(&rest), plan()).await.unwrap();
+    assert!(h.current().is_empty());
+    wait_for("the background fetch to fail", || {
+        h.status().consecutive_failures >= 1
+    })
+    .await;
+    assert!(h.current().is_empty());
+    task.unwrap().abort();
+}
+
+#[tokio::test]
+async fn static_file_source_refreshes_and_keeps_last_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("directory.toml");
+    std::fs::copy(testdata().join("directory.toml"), &path).unwrap();
+    let handle = DirectoryHandle::new(Directory::empty(plan()));
+    let source = DirectorySource::File(path.clone());
+    handle.refresh_once(&source, &plan()).await.unwrap();
+    assert_eq!(*handle.current(), fixture_directory());
+    std::fs::write(&path, "[[users]]\nid = \"not a number\"\n").unwrap();
+    let err = handle.refresh_once(&source, &plan()).await.unwrap_err();
+    assert!(err.to_string().contains("not a valid directory"), "{err}");
+    assert_eq!(*handle.current(), fixture_directory());
+    assert_eq!(handle.status().generation, 1);
+}

@@ -25,6 +25,8 @@ pub struct RunConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Channel layout of recordings.
     pub channels: crate::recorder::ChannelMode,
+    /// Profiles, dialling plan, directory, targets and SMTP (from --config or the single-profile flags).
+    pub policy: crate::policy::PolicyConfig,
     /// Where the keystore password comes from.
     pub keystore_password: crate::seal::PasswordSource,
 }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use callrec::config::RunConfig;
+use callrec::policy::{Channels, DirectoryConfig, PolicyConfig, Profile};
 use callrec::seal::{Identity, PasswordSource};
 
 /// SIP call-recording proxy: records calls between a trunk and a PBX and seals the recordings.
@@ -23,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the proxy between the trunk and the PBX.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the instance's certificate (PEM), or a certificate signing request with --csr.
     Cert(CertArgs),
     /// Verify sealed recording sets (checksums and signature; with --chain the whole chain).
@@ -101,9 +102,39 @@ struct RunArgs {
     /// Address of the admin HTTP API (health, metrics); "off" disables it.
     #[arg(long, env = "CALLREC_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
     admin_listen: String,
+    /// TOML file with several recording profiles, number plan, directory, targets, SMTP and secrets (see README); its profiles replace the single-profile flags below.
+    #[arg(long, env = "CALLREC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Record incoming calls to this group number, and outgoing calls of its active members.
+    #[arg(long, env = "CALLREC_GROUP")]
+    group: Option<String>,
+    /// Record calls to and from this user (login or number); repeat for several users.
+    #[arg(long = "user", env = "CALLREC_USER", value_delimiter = ',')]
+    users: Vec<String>,
+    /// Also record incoming calls to the personal number of an active member of the group.
+    #[arg(long, env = "CALLREC_RECORD_DIRECT_CALLS")]
+    record_direct_calls: bool,
+    /// Record every call of the profile regardless of the rules.
+    #[arg(long, env = "CALLREC_RECORD_ALL")]
+    record_all: bool,
     /// Channel layout of recordings: caller, callee, stereo (left = caller, right = callee) or separate (two mono files).
     #[arg(long, env = "CALLREC_CHANNELS", default_value = "stereo")]
     channels: callrec::recorder::ChannelMode,
+    /// WAV file played to callers of recorded incoming calls before the call is put through.
+    #[arg(long, env = "CALLREC_ANNOUNCE_INCOMING")]
+    announce_incoming: Option<PathBuf>,
+    /// WAV file played to internal callers of recorded outgoing calls before the call is put through.
+    #[arg(long, env = "CALLREC_ANNOUNCE_OUTGOING")]
+    announce_outgoing: Option<PathBuf>,
+    /// Storage target URL for recordings (repeatable); default file://<data-dir>/recordings.
+    #[arg(long = "target", env = "CALLREC_TARGET", value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Language of the recordings for speech recognition (e.g. de, en).
+    #[arg(long, env = "CALLREC_LANGUAGE", default_value = "de")]
+    language: String,
+    /// Directory of users and groups: a TOML/JSON file, or the PBX's REST API as https://pbx/rest (credentials in the config file or env CALLREC_DIRECTORY_PASSWORD).
+    #[arg(long, env = "CALLREC_DIRECTORY")]
+    directory: Option<String>,
     #[command(flatten)]
     keystore: KeystoreArgs,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
@@ -138,7 +169,49 @@ fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
 }
 
 impl RunArgs {
+    /// The profiles: from --config if it defines any, else one from the flags.
+    fn policy(&self) -> anyhow::Result<PolicyConfig> {
+        let mut policy = match &self.config {
+            Some(path) => PolicyConfig::load(path)
+                .with_context(|| format!("cannot use config file {}", path.display()))?,
+            None => PolicyConfig::default(),
+        };
+        if policy.profiles.is_empty() {
+            let channels: Channels = self
+                .channels
+                .to_string()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--channels: {e}"))?;
+            policy.profiles.push(Profile {
+                name: "default".into(),
+                group: self.group.clone(),
+                users: self.users.clone(),
+                record_direct_calls: self.record_direct_calls,
+                record_all: self.record_all,
+                channels,
+                announce_incoming: self.announce_incoming.clone(),
+                announce_outgoing: self.announce_outgoing.clone(),
+                targets: self.targets.clone(),
+                language: self.language.clone(),
+                notify_email: None,
+            });
+        }
+        if let Some(src) = &self.directory {
+            let mut d = policy.directory.take().unwrap_or(DirectoryConfig {
+                source: String::new(),
+                login_id: None,
+                password: None,
+                refresh_secs: 300,
+                accept_invalid_certs: false,
+            });
+            d.source = src.clone();
+            policy.directory = Some(d);
+        }
+        Ok(policy)
+    }
+
     fn into_config(self) -> anyhow::Result<RunConfig> {
+        let policy = self.policy()?;
         let media_ip = self.media_ip.unwrap_or_else(|| {
             if self.listen.ip().is_unspecified() {
                 IpAddr::from([127, 0, 0, 1])
@@ -164,6 +237,7 @@ impl RunArgs {
             admin_listen,
             keystore_password: self.keystore.source(),
             channels: self.channels,
+            policy,
         })
     }
 }
@@ -228,7 +302,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => run(a),
+        Command::Run(a) => run(*a),
         Command::Cert(a) => cert(a),
         Command::Verify(a) => match verify(a) {
             Ok(true) => Ok(()),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::b2bua::plan::Planner;
 use crate::b2bua::recording::RecordingSettings;
 use crate::b2bua::{router, Core, Stats};
 use crate::config::RunConfig;
@@ -20,6 +21,15 @@ pub enum StartError {
     /// The sealing identity could not be opened or created.
     #[error("cannot open the sealing identity: {0}")]
     Seal(#[from] crate::seal::SealError),
+    /// The recording policy could not be set up.
+    #[error("{0}")]
+    Plan(#[from] crate::b2bua::plan::PlanError),
+    /// The directory could not be set up.
+    #[error("{0}")]
+    Directory(#[from] crate::policy::RefreshError),
+    /// The group membership state could not be opened.
+    #[error("{0}")]
+    Membership(#[from] crate::policy::MembershipError),
     /// The RTP port range is empty or inverted.
     #[error("RTP port range {0}-{1} is empty; give --rtp-ports LO-HI with LO < HI")]
     Ports(u16, u16),
@@ -57,6 +67,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         local
     };
     let ports = PortPool::new(cfg.media_ip, lo, hi);
+    let (directory, _refresher) =
+        crate::policy::start_directory(cfg.policy.directory.as_ref(), cfg.policy.numbers.clone())
+            .await?;
+    let membership = Arc::new(crate::policy::MembershipStore::open(&cfg.data_dir)?);
+    let planner = Planner::new(cfg.policy.profiles.clone(), directory, membership)?;
     let core = Arc::new(Core {
         cfg: cfg.clone(),
         transport,
@@ -65,6 +80,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         recent: Mutex::new(Default::default()),
         advertised,
         recording: Some(recording),
+        planner: Some(planner),
     });
     if let Some(admin) = cfg.admin_listen {
         crate::admin::serve(core.clone(), admin).await?;

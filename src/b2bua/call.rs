@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::plan::CallPlan;
 use super::recording::{CallFacts, CallRecording};
 use super::router::RouterMsg;
 use super::{CallSummary, Core, Direction};
@@ -126,6 +127,14 @@ pub struct Call {
     back: mpsc::UnboundedSender<RouterMsg>,
     recording: Option<CallRecording>,
     ended_by: EndedBy,
+    /// What the policy decided for this call.
+    plan: Option<CallPlan>,
+    /// The announcement being played; fires when it has finished.
+    announcing: Option<oneshot::Receiver<()>>,
+    /// The INVITE for the callee, held back while the announcement plays.
+    held_invite: Option<Message>,
+    /// The SDP answer the caller got with the announcement (reused in the 200).
+    announce_sdp: Option<Vec<u8>>,
     /// Caller and callee as the caller's INVITE named them, and the dialled number.
     parties: (PartyInfo, PartyInfo, String),
 }
@@ -152,7 +161,6 @@ impl Call {
             cseq: 0,
             invite_cseq: 0,
         };
-        let media = Session::new(core.ports.clone(), core.cfg.media_ip, None);
         Call {
             legs: [empty(caller_call_id, hop), empty(callee_call_id, hop)],
             core,
@@ -162,7 +170,7 @@ impl Call {
             servers: Vec::new(),
             clients: Vec::new(),
             next_id: 1,
-            media: Some(media),
+            media: None,
             initial: 0,
             caller_offered: false,
             provisional_from_callee: false,
@@ -174,6 +182,10 @@ impl Call {
             back,
             recording: None,
             ended_by: EndedBy::Proxy,
+            plan: None,
+            announcing: None,
+            held_invite: None,
+            announce_sdp: None,
             parties: (
                 PartyInfo {
                     name: None,
@@ -220,6 +232,10 @@ impl Call {
                     },
                     _ = tokio::time::sleep_until(deadline.into()) => self.on_timers().await,
                     _ = media_check.tick() => self.check_media().await,
+                    _ = async { self.announcing.as_mut().expect("guarded").await }, if self.announcing.is_some() => {
+                        self.announcing = None;
+                        self.on_announcement_done().await;
+                    }
                 }
             }
             self.finish("task ended");
@@ -315,6 +331,32 @@ impl Call {
             dialled,
         );
 
+        let plan = match &self.core.planner {
+            Some(p) => p.plan(self.dir, uri_of(from), invite.uri().unwrap_or_default()),
+            None => CallPlan {
+                record: self.core.recording.is_some(),
+                anchor: true,
+                announcement: None,
+                channels: self
+                    .core
+                    .recording
+                    .as_ref()
+                    .map(|r| r.channels)
+                    .unwrap_or_default(),
+                profile: "default".into(),
+                rule: "RecordAll".into(),
+                reason: "no policy configured".into(),
+            },
+        };
+        if plan.anchor {
+            self.media = Some(Session::new(
+                self.core.ports.clone(),
+                self.core.cfg.media_ip,
+                None,
+            ));
+        }
+        self.plan = Some(plan);
+
         // Leg B: we are the UAC.
         let hop = self.core.next_hop(self.dir);
         let ruri = retarget(invite.uri().unwrap_or_default(), hop.addr);
@@ -351,6 +393,10 @@ impl Call {
                     return;
                 }
             }
+        }
+        if self.start_announcement(&invite, &mut out).await {
+            self.held_invite = Some(out);
+            return;
         }
         info!(
             direction = ?self.dir,
@@ -716,7 +762,14 @@ impl Call {
         }
         if msg.has_sdp() {
             match self.rewrite_sdp(side, &msg.body) {
-                Ok(body) => set_body(&mut out, &msg, body),
+                Ok(body) => {
+                    // After an announcement the caller keeps the answer it already has.
+                    let body = match (&self.announce_sdp, server_id == self.initial) {
+                        (Some(a), true) => a.clone(),
+                        _ => body,
+                    };
+                    set_body(&mut out, &msg, body)
+                }
                 Err((_, why)) => {
                     warn!("cannot anchor media of {code} from {}: {why}", side.name());
                     set_body(&mut out, &msg, msg.body.clone());
@@ -1041,6 +1094,8 @@ impl Call {
             None => (0, 0, 0, false),
         };
         drop(media);
+        self.held_invite = None;
+        self.announcing = None;
         if let (Some(rec), Some(settings)) = (self.recording.take(), &self.core.recording) {
             let facts = CallFacts {
                 caller_call_id: self.legs[0].call_id.clone(),
@@ -1049,9 +1104,24 @@ impl Call {
                 callee: self.parties.1.clone(),
                 dialled: self.parties.2.clone(),
                 direction: self.dir,
-                profile: "default".into(),
-                rule: "record-all".into(),
+                profile: self
+                    .plan
+                    .as_ref()
+                    .map(|p| p.profile.clone())
+                    .unwrap_or_default(),
+                rule: self
+                    .plan
+                    .as_ref()
+                    .map(|p| p.rule.clone())
+                    .unwrap_or_default(),
                 ended_by: self.ended_by,
+                announcement: self
+                    .plan
+                    .as_ref()
+                    .and_then(|p| p.announcement.as_ref())
+                    .filter(|_| self.announce_sdp.is_some())
+                    .map(|a| a.path().display().to_string()),
+                channels: self.plan.as_ref().map(|p| p.channels).unwrap_or_default(),
             };
             rec.finish(settings.clone(), facts);
         }
@@ -1078,13 +1148,104 @@ impl Call {
 }
 
 impl Call {
-    /// Starts the recording at the answer and forks the media into it.
-    fn start_recording(&mut self) {
-        let (Some(settings), Some(media)) = (&self.core.recording, self.media.as_mut()) else {
+    /// Plays the plan's announcement to the caller as early media (183 with
+    /// our own SDP answer) if there is one and the caller offers G.711; the
+    /// callee's INVITE is restricted to the same codec and held back. Returns
+    /// whether it started.
+    async fn start_announcement(&mut self, invite: &Message, out: &mut Message) -> bool {
+        use crate::media::announce::{choose_codec, G711};
+        use crate::media::sdp::{answer_for_announcement, restrict_audio_formats, Sdp};
+        let Some(ann) = self.plan.as_ref().and_then(|p| p.announcement.clone()) else {
+            return false;
+        };
+        let offer = match Sdp::parse(&invite.body) {
+            Ok(o) if invite.has_sdp() => o,
+            _ => {
+                warn!("announcement skipped: the caller's INVITE has no SDP offer");
+                return false;
+            }
+        };
+        let Some((codec, pt)) = choose_codec(&offer) else {
+            warn!("announcement skipped: the caller offers neither PCMA nor PCMU");
+            return false;
+        };
+        let Some(media) = self.media.as_ref() else {
+            return false;
+        };
+        let Some(port) = media.caller_port(0) else {
+            return false;
+        };
+        let te: Vec<u8> = offer
+            .media
+            .iter()
+            .find(|m| m.kind == "audio")
+            .map(|m| {
+                m.rtpmaps
+                    .iter()
+                    .filter(|(_, n)| n.to_ascii_lowercase().starts_with("telephone-event/8000"))
+                    .map(|(p, _)| *p)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut keep = vec![pt];
+        keep.extend(te);
+        out.body = restrict_audio_formats(&out.body, &keep);
+        let name = match codec {
+            G711::Alaw => "PCMA",
+            G711::Ulaw => "PCMU",
+        };
+        let answer = answer_for_announcement(&offer, self.core.cfg.media_ip, port, pt, name);
+        let Some(txn) = self.server(self.initial) else {
+            return false;
+        };
+        let mut progress = self.response_for(txn, 183, "Session Progress");
+        progress.push("Content-Type", "application/sdp");
+        progress.body = answer.clone();
+        self.respond_msg(self.initial, progress).await;
+        self.announce_sdp = Some(answer);
+        self.state = State::Early;
+        let Some(media) = self.media.as_ref() else {
+            return false;
+        };
+        self.announcing = Some(media.play_to_caller(ann.rtp_packets(codec, pt)));
+        info!(
+            file = %ann.path().display(),
+            seconds = ann.duration().as_secs_f64(),
+            "playing announcement to the caller"
+        );
+        true
+    }
+
+    /// The announcement has ended: now the call is offered to the callee.
+    async fn on_announcement_done(&mut self) {
+        let Some(out) = self.held_invite.take() else {
             return;
         };
+        if self.state == State::Finished {
+            return;
+        }
+        info!(
+            "announcement finished; offering call to {}",
+            self.legs[1].flow.addr
+        );
+        self.send_new_request(Side::Callee, out, Some(self.initial))
+            .await;
+    }
+
+    /// Starts the recording at the answer and forks the media into it.
+    fn start_recording(&mut self) {
+        let (Some(settings), Some(media), Some(plan)) =
+            (&self.core.recording, self.media.as_mut(), &self.plan)
+        else {
+            return;
+        };
+        if !plan.record {
+            return;
+        }
+        let mut settings = settings.clone();
+        settings.channels = plan.channels;
         match CallRecording::start(
-            settings,
+            &settings,
             self.dir,
             &self.parties.0.number,
             &self.parties.1.number,

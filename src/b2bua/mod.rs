@@ -4,6 +4,7 @@
 //! counters) is behind `Core`.
 
 pub mod call;
+pub mod plan;
 pub mod recording;
 pub mod router;
 
@@ -88,6 +89,8 @@ pub struct Core {
     pub advertised: SocketAddr,
     /// How calls are recorded (None: proxy only).
     pub recording: Option<recording::RecordingSettings>,
+    /// The recording policy (None: record every call).
+    pub planner: Option<plan::Planner>,
 }
 
 /// How many finished calls `recent` keeps.

@@ -56,6 +56,10 @@ pub struct CallFacts {
     pub rule: String,
     /// Who ended the call.
     pub ended_by: EndedBy,
+    /// The announcement played to the caller, if any.
+    pub announcement: Option<String>,
+    /// Channel layout.
+    pub channels: ChannelMode,
 }
 
 struct ForkTap(Fork);
@@ -187,8 +191,8 @@ impl CallRecording {
                 ),
                 ended_by: facts.ended_by,
                 announcement: Announcement {
-                    played: false,
-                    file: None,
+                    played: facts.announcement.is_some(),
+                    file: facts.announcement.clone(),
                 },
                 audio: AudioInfo::from_output(&out),
                 codecs: PerParty {

@@ -133,7 +133,10 @@ impl Announcement {
 /// The G.711 codec and payload type to play in, from the caller's offer: the
 /// first PCMA or PCMU format of the first audio stream.
 pub fn choose_codec(offer: &Sdp) -> Option<(G711, u8)> {
-    let m = offer.media.iter().find(|m| m.kind == "audio" && m.port != 0)?;
+    let m = offer
+        .media
+        .iter()
+        .find(|m| m.kind == "audio" && m.port != 0)?;
     m.formats.iter().find_map(|f| {
         let pt: u8 = f.parse().ok()?;
         let name = m
@@ -181,7 +184,10 @@ mod tests {
             let p = dir.join(format!("a{rate}-{bits}-{ch}.wav"));
             write_wav(&p, rate, bits, ch, 1.0);
             let a = Announcement::load(&p).unwrap();
-            assert!((a.duration().as_millis() as i64 - 1000).abs() <= 1, "{rate}/{bits}");
+            assert!(
+                (a.duration().as_millis() as i64 - 1000).abs() <= 1,
+                "{rate}/{bits}"
+            );
             let pk = a.rtp_packets(G711::Alaw, 8);
             assert_eq!(pk.len(), 50, "{rate}/{bits}");
             assert_eq!(pk[0][1], 0x80 | 8);

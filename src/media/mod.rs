@@ -173,6 +173,11 @@ impl Session {
             .unwrap_or_else(relay::now_ms)
     }
 
+    /// Local port facing the caller of stream `i`.
+    pub fn caller_port(&self, i: usize) -> Option<u16> {
+        self.streams.get(i).map(|s| s.port_facing(Side::Caller))
+    }
+
     /// Number of anchored streams.
     pub fn stream_count(&self) -> usize {
         self.streams.len()

@@ -183,7 +183,11 @@ async fn run(
         b.reserve(2048);
     }
     // An announcement being played to the caller: packets left, next send time.
-    let mut player: Option<(std::collections::VecDeque<Bytes>, tokio::time::Instant, tokio::sync::oneshot::Sender<()>)> = None;
+    let mut player: Option<(
+        std::collections::VecDeque<Bytes>,
+        tokio::time::Instant,
+        tokio::sync::oneshot::Sender<()>,
+    )> = None;
     loop {
         let next_play = player.as_ref().map(|p| p.1);
         let [[b00, b01], [b10, b11]] = &mut bufs;

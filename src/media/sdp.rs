@@ -290,9 +290,13 @@ pub fn answer_for_announcement(offer: &Sdp, ip: IpAddr, port: u16, pt: u8, name:
                 Some(t) => format!("{pt} {t}"),
                 None => pt.to_string(),
             };
-            out.push_str(&format!("m=audio {port} RTP/AVP {fmts}\r\na=rtpmap:{pt} {name}/8000\r\n"));
+            out.push_str(&format!(
+                "m=audio {port} RTP/AVP {fmts}\r\na=rtpmap:{pt} {name}/8000\r\n"
+            ));
             if let Some(t) = te {
-                out.push_str(&format!("a=rtpmap:{t} telephone-event/8000\r\na=fmtp:{t} 0-15\r\n"));
+                out.push_str(&format!(
+                    "a=rtpmap:{t} telephone-event/8000\r\na=fmtp:{t} 0-15\r\n"
+                ));
             }
             out.push_str("a=ptime:20\r\na=sendrecv\r\n");
         } else {
@@ -329,7 +333,13 @@ pub fn restrict_audio_formats(body: &[u8], keep: &[u8]) -> Vec<u8> {
                         .filter(|f| f.parse::<u8>().is_ok_and(|p| keep.contains(&p)))
                         .collect();
                     if !fmts.is_empty() {
-                        out.push_str(&format!("m={} {} {} {}\r\n", parts[0], parts[1], parts[2], fmts.join(" ")));
+                        out.push_str(&format!(
+                            "m={} {} {} {}\r\n",
+                            parts[0],
+                            parts[1],
+                            parts[2],
+                            fmts.join(" ")
+                        ));
                         continue;
                     }
                 }

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod ua;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};

@@ -1,0 +1,143 @@
+//! What a new call needs from the recording policy, decided at once when its
+//! INVITE arrives: record or not, by which profile and rule, the channel
+//! layout and the announcement. The decision reads the last directory
+//! snapshot and never waits on the network (R2.5); every decision is logged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::Direction;
+use crate::media::announce::Announcement;
+use crate::policy::{self, Channels, DirectoryHandle, LegDedup, MembershipStore, Profile};
+use crate::recorder::ChannelMode;
+
+/// What to do with one call.
+#[derive(Debug, Clone)]
+pub struct CallPlan {
+    /// Record the call.
+    pub record: bool,
+    /// Anchor its media (recorded or announced); otherwise SDP passes untouched (R1.5).
+    pub anchor: bool,
+    /// Announcement to play to the caller before the callee is called.
+    pub announcement: Option<Arc<Announcement>>,
+    /// Channel layout of the recording.
+    pub channels: ChannelMode,
+    /// Profile that took the call.
+    pub profile: String,
+    /// Rule that matched, or why none did.
+    pub rule: String,
+    /// The sentence logged and stored for the decision.
+    pub reason: String,
+}
+
+/// The policy state every call consults: profiles, directory snapshot,
+/// logged-out members, the internal-call de-duplicator and loaded announcements.
+pub struct Planner {
+    profiles: Vec<Profile>,
+    directory: Arc<DirectoryHandle>,
+    membership: Arc<MembershipStore>,
+    dedup: LegDedup,
+    announcements: HashMap<PathBuf, Arc<Announcement>>,
+}
+
+/// Why the policy could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// An announcement file is unusable.
+    #[error("{0}")]
+    Announcement(#[from] crate::media::announce::AnnounceError),
+}
+
+fn channel_mode(c: Channels) -> ChannelMode {
+    match c {
+        Channels::Caller => ChannelMode::Caller,
+        Channels::Callee => ChannelMode::Callee,
+        Channels::Stereo => ChannelMode::Stereo,
+        Channels::Separate => ChannelMode::Separate,
+    }
+}
+
+impl Planner {
+    /// Loads every announcement the profiles name (a bad file stops the start).
+    pub fn new(
+        profiles: Vec<Profile>,
+        directory: Arc<DirectoryHandle>,
+        membership: Arc<MembershipStore>,
+    ) -> Result<Planner, PlanError> {
+        let mut announcements = HashMap::new();
+        for p in &profiles {
+            for path in [&p.announce_incoming, &p.announce_outgoing]
+                .into_iter()
+                .flatten()
+            {
+                if !announcements.contains_key(path) {
+                    let a = Announcement::load(path)?;
+                    info!(file = %path.display(), seconds = a.duration().as_secs_f64(), "announcement loaded");
+                    announcements.insert(path.clone(), Arc::new(a));
+                }
+            }
+        }
+        if policy::has_no_rules(&profiles) {
+            warn!("no recording rule is configured (no --group, --user, --record-all or profile): every call is recorded");
+        }
+        Ok(Planner {
+            profiles,
+            directory,
+            membership,
+            dedup: LegDedup::new(Duration::from_secs(5)),
+            announcements,
+        })
+    }
+
+    /// The membership store (for the admin API's login/logout).
+    pub fn membership(&self) -> &Arc<MembershipStore> {
+        &self.membership
+    }
+
+    /// The directory handle (for the admin API).
+    pub fn directory(&self) -> &Arc<DirectoryHandle> {
+        &self.directory
+    }
+
+    /// Decides for a new call from `caller` (From URI) to `dialled` (Request-URI).
+    pub fn plan(&self, dir: Direction, caller: &str, dialled: &str) -> CallPlan {
+        let d = self.directory.current();
+        let pdir = match dir {
+            Direction::Incoming => policy::Direction::Incoming,
+            Direction::Outgoing => policy::Direction::Outgoing,
+        };
+        let logged_out = self.membership.snapshot();
+        let decision = policy::decide(&self.profiles, &d, &logged_out, pdir, caller, dialled);
+        let decision = self.dedup.apply(&d, decision, Instant::now());
+        let profile = decision.profile.and_then(|i| self.profiles.get(i));
+        let announcement = decision
+            .announcement
+            .as_ref()
+            .and_then(|p| self.announcements.get(p).cloned());
+        let plan = CallPlan {
+            record: decision.record,
+            anchor: decision.record || announcement.is_some(),
+            announcement,
+            channels: profile
+                .map(|p| channel_mode(p.channels))
+                .unwrap_or_default(),
+            profile: decision.profile_name.clone().unwrap_or_default(),
+            rule: format!("{:?}", decision.rule),
+            reason: decision.reason.clone(),
+        };
+        info!(
+            record = plan.record,
+            profile = %plan.profile,
+            rule = %plan.rule,
+            caller = %decision.caller,
+            dialled = %decision.dialled,
+            "decision: {}",
+            plan.reason
+        );
+        plan
+    }
+}

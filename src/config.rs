@@ -23,6 +23,8 @@ pub struct RunConfig {
     pub rtp_timeout: Duration,
     /// Admin HTTP listener (health, metrics).
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token for the admin API's /api/ paths (None: generated into the data dir).
+    pub admin_token: Option<String>,
     /// Channel layout of recordings.
     pub channels: crate::recorder::ChannelMode,
     /// Profiles, dialling plan, directory, targets and SMTP (from --config or the single-profile flags).

@@ -137,6 +137,9 @@ struct RunArgs {
     directory: Option<String>,
     #[command(flatten)]
     keystore: KeystoreArgs,
+    /// File holding the bearer token for the admin API's /api/ paths (or the value in env CALLREC_ADMIN_TOKEN); default: generated into <data-dir>/admin.token.
+    #[arg(long, env = "CALLREC_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -235,6 +238,17 @@ impl RunArgs {
             data_dir: self.data_dir,
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
             admin_listen,
+            admin_token: match &self.admin_token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read --admin-token-file {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => std::env::var("CALLREC_ADMIN_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+            },
             keystore_password: self.keystore.source(),
             channels: self.channels,
             policy,

@@ -83,7 +83,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         planner: Some(planner),
     });
     if let Some(admin) = cfg.admin_listen {
-        crate::admin::serve(core.clone(), admin).await?;
+        let token = match &cfg.admin_token {
+            Some(t) => t.clone(),
+            None => admin_token_file(&cfg.data_dir)?,
+        };
+        crate::admin::serve(core.clone(), admin, token).await?;
     }
     tracing::info!(
         "callrec listening on {local} (UDP and TCP); PBX {}, trunk {}; media on {} ports {lo}-{hi}",
@@ -94,4 +98,25 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     router::run(core, inbound).await;
     drop(seal);
     Ok(())
+}
+
+/// Reads `<data-dir>/admin.token`, creating it (mode 0600) with a random token
+/// on first start.
+fn admin_token_file(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("admin.token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let token = crate::sip::random_token(32);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(&path)?, format!("{token}\n").as_bytes())?;
+    tracing::warn!(
+        "no admin token given: generated one into {} (mode 0600); the /api/ paths need it as a bearer token",
+        path.display()
+    );
+    Ok(token)
 }

@@ -1226,6 +1226,7 @@ impl ProxyBuilder {
                 cmd.env_remove(k);
             }
         }
+        cmd.env("CALLREC_ADMIN_TOKEN", TEST_ADMIN_TOKEN);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -1437,12 +1438,28 @@ impl Drop for Proxy {
 
 /// A plain HTTP/1.1 GET over a TcpStream: (status, body). Handles
 /// Content-Length, chunked and close-delimited bodies.
+/// The admin token every test proxy is started with (env CALLREC_ADMIN_TOKEN).
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, Some(TEST_ADMIN_TOKEN))
+}
+
+/// One HTTP/1.1 request with an optional bearer token; returns status and body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];

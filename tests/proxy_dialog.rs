@@ -477,3 +477,49 @@ fn proxy_compact_headers_and_two_vias() {
     sdp_points_at_proxy(&got.body(), "the INVITE the callee received");
     logs.response(true, 200, "BYE");
 }
+
+/// UPDATE from the callee in the early dialog (after a reliable 183 and
+/// PRACK), before the 200 to the INVITE.
+fn early_update(reversed: bool) {
+    let logs = through_proxy("early-update", reversed, "caller hung up");
+    let p183 = logs.response(true, 183, "INVITE");
+    let update = logs.request(true, true, "UPDATE");
+    let tag = |v: String| -> String {
+        v.split(';')
+            .find_map(|p| p.trim().strip_prefix("tag=").map(str::to_string))
+            .unwrap_or_else(|| panic!("no tag in {v:?}"))
+    };
+    assert_eq!(
+        tag(update.header("From")),
+        tag(p183.header("To")),
+        "the UPDATE must belong to the early dialog the 183 created\n{}",
+        logs.report
+    );
+    let pos = |m: &Logged| logs.caller.iter().position(|x| std::ptr::eq(x, m));
+    let answer = logs.response(true, 200, "INVITE");
+    assert!(
+        pos(update) < pos(answer),
+        "the UPDATE reached the caller only after the 200 to the INVITE\n{}",
+        logs.report
+    );
+    assert!(update.body().contains("a=sendonly"), "{}", update.text);
+    sdp_points_at_proxy(&update.body(), "the early UPDATE the caller received");
+    let update_answer = logs.response(false, 200, "UPDATE");
+    assert!(
+        update_answer.body().contains("a=recvonly"),
+        "{}",
+        update_answer.text
+    );
+    sdp_points_at_proxy(&update_answer.body(), "the 200 to the early UPDATE");
+    logs.response(true, 200, "PRACK");
+}
+
+#[test]
+fn proxy_early_update_from_callee() {
+    early_update(false);
+}
+
+#[test]
+fn proxy_outgoing_early_update_from_callee() {
+    early_update(true);
+}

@@ -888,6 +888,13 @@ pub const PAIRS: &[Pair] = &[
         media: false,
         direction: Direction::Incoming,
     },
+    // Reliable 183 + PRACK, then an UPDATE (hold) from the callee in the early dialog.
+    Pair {
+        name: "early-update",
+        dir: "early-update",
+        media: false,
+        direction: Direction::Incoming,
+    },
 ];
 
 /// The pair called `name` (panics on an unknown name).

@@ -1,9 +1,9 @@
 //! In-dialog signalling through a running callrec (issue 2, item 3; SPEC
 //! R1.2, R1.3): INFO, MESSAGE, NOTIFY, UPDATE and REFER relayed both ways,
 //! 100rel with PRACK, UPDATE in the early dialog, and a caller that writes
-//! compact headers with two Via values in one line. Each test runs one SIPp pair from sip-scenarios/ (the
-//! receiving scenario checks what arrives with `ereg ... check_it`) and
-//! asserts here, from outside:
+//! compact headers with two Via values in one line. Each test runs one SIPp
+//! pair from sip-scenarios/ (the receiving scenario checks what arrives with
+//! `ereg ... check_it`) and asserts here, from outside:
 //! - both sipp exit codes 0 with the call counted successful on both sides;
 //! - from the two sipp message logs, that each request and its response
 //!   crossed the proxy with the right content (bodies byte for byte, the

@@ -368,9 +368,8 @@ fn proxy_outgoing_dialog_info_message_notify_update() {
 
 /// REFER from the callee, 202 from the caller, the NOTIFY with the sipfrag
 /// back, and the callee (the transferor) hangs up.
-#[test]
-fn proxy_refer_from_callee() {
-    let logs = through_proxy("refer", false, "callee hung up");
+fn refer(reversed: bool) {
+    let logs = through_proxy("refer", reversed, "callee hung up");
     let (sent, _) = logs.crossed(false, "REFER", &["Refer-To", "Referred-By"], 202);
     assert_eq!(sent.header("Refer-To"), "<sip:300@example>");
     let (sent, _) = logs.crossed(
@@ -381,6 +380,16 @@ fn proxy_refer_from_callee() {
     );
     assert_eq!(sent.body(), "SIP/2.0 200 OK\r\n");
     logs.request(true, true, "BYE");
+}
+
+#[test]
+fn proxy_refer_from_callee() {
+    refer(false);
+}
+
+#[test]
+fn proxy_outgoing_refer_from_callee() {
+    refer(true);
 }
 
 /// 100rel: the reliable 183 reaches the caller; the PRACK reaches the callee
@@ -444,9 +453,8 @@ fn proxy_outgoing_prack_100rel() {
 
 /// Compact headers, two Via values in one line: every response to the INVITE
 /// carries both, in order; the callee's leg carries only the proxy's own Via.
-#[test]
-fn proxy_compact_headers_and_two_vias() {
-    let logs = through_proxy("compact", false, "caller hung up");
+fn compact(reversed: bool) {
+    let logs = through_proxy("compact", reversed, "caller hung up");
     let invite = logs.request(true, false, "INVITE");
     assert!(
         invite.head().contains("\r\nv: ") && invite.head().contains("\r\ni: "),
@@ -476,6 +484,16 @@ fn proxy_compact_headers_and_two_vias() {
     );
     sdp_points_at_proxy(&got.body(), "the INVITE the callee received");
     logs.response(true, 200, "BYE");
+}
+
+#[test]
+fn proxy_compact_headers_and_two_vias() {
+    compact(false);
+}
+
+#[test]
+fn proxy_outgoing_compact_headers_and_two_vias() {
+    compact(true);
 }
 
 /// UPDATE from the callee in the early dialog (after a reliable 183 and

@@ -214,6 +214,25 @@ impl Logs {
             sent.header("Call-ID"),
             "the relayed {method} must use the receiving leg's own Call-ID"
         );
+        let max_forwards = |m: &Logged| -> u32 {
+            m.header("Max-Forwards")
+                .parse()
+                .unwrap_or_else(|_| panic!("bad Max-Forwards in\n{}", m.text))
+        };
+        assert_eq!(
+            max_forwards(got),
+            max_forwards(sent) - 1,
+            "Max-Forwards of the relayed {method}"
+        );
+        // Target refresh and subscription requests name a Contact; on the
+        // receiving leg it is the proxy's own.
+        if matches!(method, "UPDATE" | "NOTIFY" | "REFER") {
+            let contact = got.header("Contact");
+            assert!(
+                contact.contains(&PROXY_IP.to_string()),
+                "the relayed {method} must carry the proxy's Contact, not {contact:?}"
+            );
+        }
         assert_eq!(
             got.body(),
             sent.body(),
@@ -234,6 +253,13 @@ impl Logs {
             sent.header("Call-ID"),
             "the {code} to the {method} came back on another Call-ID"
         );
+        if matches!(method, "UPDATE" | "NOTIFY" | "REFER") {
+            let contact = answer.header("Contact");
+            assert!(
+                contact.contains(&PROXY_IP.to_string()),
+                "the relayed {code} to {method} must carry the proxy's Contact, not {contact:?}"
+            );
+        }
         assert_eq!(
             answer.cseq().0,
             sent.cseq().0,
@@ -347,6 +373,7 @@ fn dialog(reversed: bool) {
         offer.text
     );
     sdp_points_at_proxy(&offer.body(), "the UPDATE the caller received");
+    assert!(offer.header("Contact").contains(&PROXY_IP.to_string()));
     let answer = logs.response(false, 200, "UPDATE");
     assert!(
         answer.body().contains("a=recvonly"),
@@ -354,6 +381,7 @@ fn dialog(reversed: bool) {
         answer.text
     );
     sdp_points_at_proxy(&answer.body(), "the 200 to UPDATE the callee received");
+    assert!(answer.header("Contact").contains(&PROXY_IP.to_string()));
 }
 
 #[test]
@@ -522,6 +550,7 @@ fn early_update(reversed: bool) {
     );
     assert!(update.body().contains("a=sendonly"), "{}", update.text);
     sdp_points_at_proxy(&update.body(), "the early UPDATE the caller received");
+    assert!(update.header("Contact").contains(&PROXY_IP.to_string()));
     let update_answer = logs.response(false, 200, "UPDATE");
     assert!(
         update_answer.body().contains("a=recvonly"),

@@ -7,7 +7,7 @@
 #   sip-scenarios/run-pair.sh PAIR PROXY [options]
 #
 # PAIR:  basic callee-bye cancel busy early-media hold callee-hold late-offer
-#        outgoing load
+#        outgoing load dialog refer prack compact early-update
 # PROXY: where the caller sends, e.g. 127.0.0.1:5060 for
 #        callrec run --listen 127.0.0.1:5060 --pbx 127.0.0.2:5060 --trunk 127.0.0.3:5060
 # Options:
@@ -30,6 +30,7 @@ shift 2
 dir="$pair" direction=incoming calls=1 rate="" timeout=30
 case "$pair" in
     basic | callee-bye | cancel | busy | early-media | hold | callee-hold | late-offer) ;;
+    dialog | refer | prack | compact | early-update) ;;
     outgoing) dir=basic direction=outgoing ;;
     load) calls=200 rate=20 timeout=90 ;;
     *) echo "unknown pair: $pair" >&2; usage ;;

@@ -861,6 +861,42 @@ pub const PAIRS: &[Pair] = &[
         media: true,
         direction: Direction::Incoming,
     },
+    // In-dialog INFO, MESSAGE, NOTIFY from the caller; INFO and UPDATE (hold)
+    // from the callee. Signalling only.
+    Pair {
+        name: "dialog",
+        dir: "dialog",
+        media: false,
+        direction: Direction::Incoming,
+    },
+    // REFER from the callee, 202, NOTIFY (sipfrag) back, the callee hangs up.
+    Pair {
+        name: "refer",
+        dir: "refer",
+        media: false,
+        direction: Direction::Incoming,
+    },
+    // 100rel: reliable 183, PRACK whose RAck must name the callee leg's CSeq.
+    Pair {
+        name: "prack",
+        dir: "prack",
+        media: false,
+        direction: Direction::Incoming,
+    },
+    // Compact header forms and two Via values in one line from the caller.
+    Pair {
+        name: "compact",
+        dir: "compact",
+        media: false,
+        direction: Direction::Incoming,
+    },
+    // Reliable 183 + PRACK, then an UPDATE (hold) from the callee in the early dialog.
+    Pair {
+        name: "early-update",
+        dir: "early-update",
+        media: false,
+        direction: Direction::Incoming,
+    },
 ];
 
 /// The pair called `name` (panics on an unknown name).

@@ -21,6 +21,8 @@ pub struct RunConfig {
     pub data_dir: PathBuf,
     /// A call whose media is silent this long in both directions is ended.
     pub rtp_timeout: Duration,
+    /// How long running calls may go on after SIGTERM before they are hung up.
+    pub shutdown_grace: Duration,
     /// Admin HTTP listener (health, metrics).
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token for the admin API's /api/ paths (None: generated into the data dir).

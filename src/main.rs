@@ -99,6 +99,9 @@ struct RunArgs {
     /// Seconds without any RTP in either direction after which a call is hung up on both legs.
     #[arg(long, env = "CALLREC_RTP_TIMEOUT", default_value_t = 60)]
     rtp_timeout: u64,
+    /// Seconds running calls may go on after SIGTERM (new calls get 503) before they are hung up and their recordings sealed.
+    #[arg(long, env = "CALLREC_SHUTDOWN_GRACE", default_value_t = 30)]
+    shutdown_grace: u64,
     /// Address of the admin HTTP API (health, metrics); "off" disables it.
     #[arg(long, env = "CALLREC_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
     admin_listen: String,
@@ -237,6 +240,7 @@ impl RunArgs {
             rtp_ports: parse_ports(&self.rtp_ports)?,
             data_dir: self.data_dir,
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
             admin_listen,
             admin_token: match &self.admin_token_file {
                 Some(f) => Some(
@@ -276,7 +280,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         )
     })?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    rt.block_on(callrec::proxy::run(cfg))?;
+    let result = rt.block_on(callrec::proxy::run(cfg));
+    // Call tasks still absorbing retransmissions are not waited for.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result?;
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 //! API, then runs the router until the process is stopped.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::b2bua::plan::Planner;
 use crate::b2bua::recording::RecordingSettings;
@@ -81,6 +83,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         advertised,
         recording: Some(recording),
         planner: Some(planner),
+        draining: AtomicBool::new(false),
+        hang_up_all: tokio::sync::watch::channel(false).0,
     });
     if let Some(admin) = cfg.admin_listen {
         let token = match &cfg.admin_token {
@@ -95,8 +99,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         cfg.trunk,
         cfg.media_ip
     );
-    router::run(core, inbound).await;
+    let router = tokio::spawn(router::run(core.clone(), inbound));
+    wait_for_stop_signal().await;
+    drain(&core, cfg.shutdown_grace).await;
+    router.abort();
+    drop(core);
+    // Joins the sealing thread: every queued recording is sealed before we exit.
     drop(seal);
+    tracing::info!("callrec stopped; every recording is sealed");
     Ok(())
 }
 
@@ -119,4 +129,49 @@ fn admin_token_file(data_dir: &std::path::Path) -> std::io::Result<String> {
         path.display()
     );
     Ok(token)
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
+    let mut int = signal(SignalKind::interrupt()).expect("cannot watch SIGINT");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Refuses new calls, lets running calls end within `grace`, then hangs up the
+/// rest, and waits until every recording has been handed to the sealer.
+async fn drain(core: &Arc<Core>, grace: Duration) {
+    core.draining.store(true, Ordering::SeqCst);
+    let active = || core.stats.calls_active.load(Ordering::SeqCst);
+    tracing::info!(
+        calls = active(),
+        "refusing new calls; waiting up to {grace:?} for running calls to end"
+    );
+    let deadline = Instant::now() + grace;
+    while active() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if active() > 0 {
+        tracing::warn!(
+            calls = active(),
+            "grace period over: hanging up the remaining calls"
+        );
+        let _ = core.hang_up_all.send(true);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while active() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let pending = || core.stats.recordings_pending.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pending() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if pending() > 0 {
+        tracing::error!(recordings = pending(), "recordings still being finished at exit; their files stay unsealed in the recordings folder");
+    }
 }

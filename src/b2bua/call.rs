@@ -215,6 +215,7 @@ impl Call {
             stats.calls_total.fetch_add(1, Ordering::Relaxed);
             self.on_initial_invite(invite, flow).await;
             let mut media_check = tokio::time::interval(Duration::from_secs(1));
+            let mut hang_up = self.core.hang_up_all.subscribe();
             loop {
                 self.servers.retain(|t| !t.is_terminated());
                 self.clients.retain(|t| !t.is_terminated());
@@ -232,6 +233,11 @@ impl Call {
                     },
                     _ = tokio::time::sleep_until(deadline.into()) => self.on_timers().await,
                     _ = media_check.tick() => self.check_media().await,
+                    Ok(()) = hang_up.changed() => {
+                        if *hang_up.borrow() {
+                            self.shut_down().await;
+                        }
+                    }
                     _ = async { self.announcing.as_mut().expect("guarded").await }, if self.announcing.is_some() => {
                         self.announcing = None;
                         self.on_announcement_done().await;
@@ -1015,6 +1021,28 @@ impl Call {
         }
     }
 
+    /// The proxy is stopping and the grace period is over: end the call now.
+    async fn shut_down(&mut self) {
+        match self.state {
+            State::Answered | State::Confirmed => self.hang_up_both("proxy shutting down").await,
+            State::Calling | State::Early => {
+                self.respond_id(self.initial, 503, "Service Unavailable")
+                    .await;
+                if let Some(ix) = self
+                    .clients
+                    .iter()
+                    .position(|c| c.relays == Some(self.initial))
+                {
+                    if self.provisional_from_callee {
+                        self.send_cancel(ix).await;
+                    }
+                }
+                self.finish("proxy shutting down");
+            }
+            State::Finished => {}
+        }
+    }
+
     async fn check_media(&mut self) {
         if self.state != State::Confirmed {
             return;
@@ -1123,7 +1151,7 @@ impl Call {
                     .map(|a| a.path().display().to_string()),
                 channels: self.plan.as_ref().map(|p| p.channels).unwrap_or_default(),
             };
-            rec.finish(settings.clone(), facts);
+            rec.finish(settings.clone(), facts, self.core.clone());
         }
         self.core.stats.calls_active.fetch_sub(1, Ordering::Relaxed);
         info!(

@@ -48,6 +48,12 @@ pub struct Stats {
     pub rtp_packets: AtomicU64,
     /// Calls ended because no RTP arrived for `--rtp-timeout`.
     pub rtp_timeouts: AtomicU64,
+    /// Recordings whose files are being finished and not yet queued for sealing.
+    pub recordings_pending: AtomicU64,
+    /// Recordings queued for sealing.
+    pub recordings_finished: AtomicU64,
+    /// New calls refused while shutting down.
+    pub calls_refused: AtomicU64,
 }
 
 /// What the admin API shows about a finished call.
@@ -91,6 +97,10 @@ pub struct Core {
     pub recording: Option<recording::RecordingSettings>,
     /// The recording policy (None: record every call).
     pub planner: Option<plan::Planner>,
+    /// Set when the proxy is shutting down: new calls get 503.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Flips to true when running calls must be hung up (grace period over).
+    pub hang_up_all: tokio::sync::watch::Sender<bool>,
 }
 
 /// How many finished calls `recent` keeps.

@@ -4,7 +4,7 @@
 //! metadata, and handed to the sealing service.
 
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ use crate::recorder::metadata::{
     Times, SCHEMA_VERSION,
 };
 use crate::recorder::{ChannelMode, Fork, Party, PayloadMap, Recorder, RecordingSpec};
-use crate::seal::service::SealJob;
+use crate::seal::service::{SealJob, SealSender};
 
 /// How recordings are made on this instance.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ pub struct RecordingSettings {
     /// This instance's id (from the sealing identity).
     pub instance_id: String,
     /// Where finished recordings go to be sealed.
-    pub seal: Sender<SealJob>,
+    pub seal: SealSender,
 }
 
 /// What the call knows about itself when its recording ends.
@@ -153,11 +153,26 @@ impl CallRecording {
 
     /// Finishes the files, writes the metadata and queues the set for sealing,
     /// off the call's task.
-    pub fn finish(self, settings: RecordingSettings, facts: CallFacts) {
+    pub fn finish(self, settings: RecordingSettings, facts: CallFacts, stats: Arc<super::Core>) {
         let end = Utc::now();
         let span = tracing::Span::current();
+        stats
+            .stats
+            .recordings_pending
+            .fetch_add(1, Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
             let _g = span.enter();
+            // Counted down however this ends, so a shutdown never waits forever.
+            struct Pending(Arc<super::Core>);
+            impl Drop for Pending {
+                fn drop(&mut self) {
+                    self.0
+                        .stats
+                        .recordings_pending
+                        .fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let _pending = Pending(stats.clone());
             let out = match self.recorder.finish() {
                 Ok(o) => o,
                 Err(e) => {
@@ -213,6 +228,10 @@ impl CallRecording {
                 metadata: meta.to_json_value(),
                 files: out.files.clone(),
             };
+            stats
+                .stats
+                .recordings_finished
+                .fetch_add(1, Ordering::Relaxed);
             if settings.seal.send(job).is_err() {
                 error!(set = %self.base_name, "sealing service is gone; the set stays unsealed in {}", settings.dir.display());
             }

@@ -113,6 +113,13 @@ async fn route(
     let has_tag = msg.to_tag().is_some();
     match method.as_str() {
         "INVITE" if !has_tag => {
+            if core.draining.load(Ordering::Relaxed) {
+                core.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
+                let mut r = response_to(core, &msg, 503, "Service Unavailable (shutting down)");
+                r.push("Retry-After", "30");
+                let _ = core.transport.send(i.flow, r.to_bytes()).await;
+                return;
+            }
             if msg.max_forwards() == 0 {
                 respond_stateless(core, &msg, i.flow, 483, "Too Many Hops").await;
                 return;

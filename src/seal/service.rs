@@ -22,23 +22,49 @@ pub struct SealJob {
     pub files: Vec<PathBuf>,
 }
 
+/// What the sealing thread receives.
+enum Msg {
+    /// Seal this.
+    Job(SealJob),
+    /// Everything sent before has been sealed: stop.
+    Stop,
+}
+
+/// Hands jobs to the sealing thread; cheap to clone.
+#[derive(Clone)]
+pub struct SealSender(mpsc::Sender<Msg>);
+
+impl SealSender {
+    /// Queues a finished recording; fails only when the sealing thread is gone.
+    pub fn send(&self, job: SealJob) -> Result<(), SealJob> {
+        self.0.send(Msg::Job(job)).map_err(|e| match e.0 {
+            Msg::Job(j) => j,
+            Msg::Stop => unreachable!("only jobs are sent through SealSender"),
+        })
+    }
+}
+
 /// What happens to a set once it is sealed (the spool, or a test's collector).
 pub type SealedSink = Box<dyn FnMut(SealedSet) + Send>;
 
 /// Handle to the sealing thread.
 pub struct SealService {
-    tx: Option<mpsc::Sender<SealJob>>,
+    tx: Option<mpsc::Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl SealService {
     /// Starts the sealing thread; `sink` receives every sealed set.
     pub fn start(mut sealer: Sealer, mut sink: SealedSink) -> SealService {
-        let (tx, rx) = mpsc::channel::<SealJob>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         let thread = std::thread::Builder::new()
             .name("callrec-seal".into())
             .spawn(move || {
-                for job in rx {
+                for msg in rx {
+                    let job = match msg {
+                        Msg::Job(j) => j,
+                        Msg::Stop => break,
+                    };
                     match sealer.seal(&job.folder, &job.base_name, job.metadata, &job.files) {
                         Ok(set) => {
                             tracing::info!(set = %set.base_name, sha256 = %set.checksum_sha256, "recording sealed");
@@ -60,14 +86,18 @@ impl SealService {
     }
 
     /// A sender for jobs; cheap to clone.
-    pub fn sender(&self) -> mpsc::Sender<SealJob> {
-        self.tx.clone().expect("seal service running")
+    pub fn sender(&self) -> SealSender {
+        SealSender(self.tx.clone().expect("seal service running"))
     }
 }
 
 impl Drop for SealService {
+    /// Seals everything queued so far, then stops the thread (other senders
+    /// may still exist; jobs they send later are refused).
     fn drop(&mut self) {
-        self.tx.take();
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -1610,3 +1610,25 @@ pub fn metric_sum(m: &BTreeMap<String, f64>, name: &str) -> f64 {
 pub fn metric(m: &BTreeMap<String, f64>, series: &str) -> Option<f64> {
     m.get(series).copied()
 }
+
+impl Proxy {
+    /// The proxy's process id.
+    pub fn process_id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `wait` for the exit; returns the exit code.
+    pub fn terminate(&mut self, wait: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let end = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}

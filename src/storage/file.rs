@@ -3,7 +3,7 @@
 //! Each file is copied to `.<name>.part`, fsynced, renamed to its name, and its
 //! SHA-256 re-read and compared before it counts; the folder is fsynced at the end.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{expand_template, file_name_of, sha256_file, Target, TargetError, UploadSet};
@@ -77,7 +77,15 @@ impl FileTarget {
             let copy = || -> std::io::Result<()> {
                 let mut input = std::fs::File::open(src)?;
                 let mut out = std::fs::File::create(&tmp)?;
-                std::io::copy(&mut input, &mut out)?;
+                // A plain read/write loop: every write's error is seen (no splice tricks).
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = input.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&buf[..n])?;
+                }
                 out.sync_all()
             };
             if let Err(e) = copy() {

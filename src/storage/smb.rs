@@ -144,7 +144,7 @@ impl SmbTarget {
         })?;
         // The first call on the share tells apart login, share and network problems.
         client
-            .list_dir("/")
+            .stat("/")
             .map_err(|e| self.errno_error("open share", "/", e, true))?;
         let folder = self.folder_for(set);
         let mut prefix = String::new();

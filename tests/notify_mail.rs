@@ -21,6 +21,7 @@ fn mail_config(sink: &MailSink, interval: Duration) -> MailConfig {
         from: "callrec@test.example".into(),
         to: vec!["ops@test.example".into()],
         interval,
+        ca_file: None,
     }
 }
 
@@ -137,6 +138,7 @@ async fn an_unreachable_smtp_server_is_a_clear_error() {
         from: "callrec@test.example".into(),
         to: vec!["ops@test.example".into()],
         interval: Duration::from_secs(60),
+        ca_file: None,
     })
     .unwrap();
     let err = notifier.send("s", "b").await.unwrap_err().to_string();
@@ -144,4 +146,147 @@ async fn an_unreachable_smtp_server_is_a_clear_error() {
         err.contains(&format!("127.0.0.1:{port}")) && err.contains("check"),
         "{err}"
     );
+}
+
+/// A private CA and a server certificate for `localhost` / 127.0.0.1 signed by it:
+/// (ca.pem, cert.pem, key.pem).
+fn tls_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let openssl = storage_support::require("openssl", "openssl");
+    let p = |n: &str| dir.join(n);
+    let openssl_run = |args: &[&std::ffi::OsStr]| {
+        storage_support::run(std::process::Command::new(&openssl).args(args));
+    };
+    openssl_run(&[
+        "req".as_ref(),
+        "-x509".as_ref(),
+        "-newkey".as_ref(),
+        "rsa:2048".as_ref(),
+        "-nodes".as_ref(),
+        "-days".as_ref(),
+        "1".as_ref(),
+        "-subj".as_ref(),
+        "/CN=callrec test CA".as_ref(),
+        "-keyout".as_ref(),
+        p("ca.key").as_os_str(),
+        "-out".as_ref(),
+        p("ca.pem").as_os_str(),
+    ]);
+    openssl_run(&[
+        "req".as_ref(),
+        "-newkey".as_ref(),
+        "rsa:2048".as_ref(),
+        "-nodes".as_ref(),
+        "-subj".as_ref(),
+        "/CN=localhost".as_ref(),
+        "-keyout".as_ref(),
+        p("key.pem").as_os_str(),
+        "-out".as_ref(),
+        p("leaf.csr").as_os_str(),
+    ]);
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl_run(&[
+        "x509".as_ref(),
+        "-req".as_ref(),
+        "-in".as_ref(),
+        p("leaf.csr").as_os_str(),
+        "-CA".as_ref(),
+        p("ca.pem").as_os_str(),
+        "-CAkey".as_ref(),
+        p("ca.key").as_os_str(),
+        "-CAcreateserial".as_ref(),
+        "-days".as_ref(),
+        "1".as_ref(),
+        "-extfile".as_ref(),
+        p("ext.cnf").as_os_str(),
+        "-out".as_ref(),
+        p("cert.pem").as_os_str(),
+    ]);
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_and_implicit_tls_with_a_private_ca() {
+    let work = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_cert(work.path());
+    // STARTTLS (required by the server too).
+    let starttls = MailSink::start_with(
+        &work.path().join("starttls"),
+        &[
+            "--tlscert".as_ref(),
+            cert.as_os_str(),
+            "--tlskey".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    let mut config = MailConfig::new(
+        &format!("smtp+starttls://localhost:{}", starttls.daemon.port),
+        "callrec@test.example",
+        &["ops@test.example"],
+    );
+    config.ca_file = Some(ca.clone());
+    Notifier::new(config.clone())
+        .unwrap()
+        .send("starttls check", "body over STARTTLS")
+        .await
+        .unwrap_or_else(|e| panic!("{e}; aiosmtpd: {}", starttls.daemon.log_text()));
+    assert!(starttls.mails()[0].contains("body over STARTTLS"));
+    // Without the CA the server's certificate is refused.
+    config.ca_file = None;
+    let err = Notifier::new(config)
+        .unwrap()
+        .send("s", "b")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("failed"), "{err}");
+    assert_eq!(starttls.mails().len(), 1);
+
+    // Implicit TLS.
+    let smtps = MailSink::start_with(
+        &work.path().join("smtps"),
+        &[
+            "--smtpscert".as_ref(),
+            cert.as_os_str(),
+            "--smtpskey".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    let mut config = MailConfig::new(
+        &format!("smtps://localhost:{}", smtps.daemon.port),
+        "callrec@test.example",
+        &["ops@test.example"],
+    );
+    config.ca_file = Some(ca);
+    Notifier::new(config)
+        .unwrap()
+        .send("smtps check", "body over implicit TLS")
+        .await
+        .unwrap_or_else(|e| panic!("{e}; aiosmtpd: {}", smtps.daemon.log_text()));
+    assert!(smtps.mails()[0].contains("body over implicit TLS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_spool_disk_sends_a_warning_mail() {
+    let work = tempfile::tempdir().unwrap();
+    let sink = MailSink::start(work.path());
+    let made = make_sets(work.path(), 2);
+    let data = work.path().join("data");
+    let mut spool_config = fast_spool(&data);
+    spool_config.low_disk_bytes = u64::MAX;
+    let notifier = Notifier::new(mail_config(&sink, Duration::from_secs(3600))).unwrap();
+    let db = Db::open_in(&data).unwrap();
+    let spool = Spool::start(spool_config, db, Secrets::new(), Some(notifier)).unwrap();
+    let url = format!("file://{}", work.path().join("out").display());
+    for m in &made {
+        spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
+    }
+    assert!(eventually(Duration::from_secs(10), || !sink.mails().is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 1, "one warning per interval");
+    assert!(mails[0].contains("spool disk low on space"), "{}", mails[0]);
+    assert!(spool.wait_empty(Duration::from_secs(10)).await);
 }

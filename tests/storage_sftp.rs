@@ -284,6 +284,7 @@ async fn wrong_password_is_a_clear_error_the_set_stays_and_a_fixed_restart_deliv
         from: "callrec@test.example".into(),
         to: vec!["ops@test.example".into()],
         interval: Duration::from_secs(3600),
+        ca_file: None,
     })
     .unwrap();
     {

@@ -9,11 +9,13 @@
 //! config file or env, never from the URL.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 /// Settings for failure mails.
@@ -31,6 +33,23 @@ pub struct MailConfig {
     pub to: Vec<String>,
     /// At most one mail per target within this interval; the rest goes into a digest.
     pub interval: Duration,
+    /// Extra CA certificate (PEM) to trust for the relay's TLS certificate, e.g. an internal CA.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl MailConfig {
+    /// Settings without SMTP login or extra CA, with a 15-minute interval.
+    pub fn new(smtp_url: &str, from: &str, to: &[&str]) -> MailConfig {
+        MailConfig {
+            smtp_url: smtp_url.to_string(),
+            username: None,
+            password: None,
+            from: from.to_string(),
+            to: to.iter().map(|s| s.to_string()).collect(),
+            interval: Duration::from_secs(15 * 60),
+            ca_file: None,
+        }
+    }
 }
 
 /// One failed upload attempt.
@@ -111,16 +130,42 @@ fn transport(config: &MailConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, 
     };
     let tls_err =
         |e: lettre::transport::smtp::Error| NotifyError::Config(format!("TLS for {host}: {e}"));
+    let tls_params = || -> Result<Option<TlsParameters>, NotifyError> {
+        let Some(ca) = &config.ca_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(ca)
+            .map_err(|e| NotifyError::Config(format!("CA file {}: {e}", ca.display())))?;
+        let cert = Certificate::from_pem(&pem)
+            .map_err(|e| NotifyError::Config(format!("CA file {}: {e}", ca.display())))?;
+        TlsParameters::builder(host.clone())
+            .add_root_certificate(cert)
+            .build_rustls()
+            .map(Some)
+            .map_err(tls_err)
+    };
     let builder = match scheme {
         "smtp" => {
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host).port(port.unwrap_or(25))
         }
-        "smtp+starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
-            .map_err(tls_err)?
-            .port(port.unwrap_or(587)),
-        "smtps" => AsyncSmtpTransport::<Tokio1Executor>::relay(&host)
-            .map_err(tls_err)?
-            .port(port.unwrap_or(465)),
+        "smtp+starttls" => {
+            let b = AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
+                .map_err(tls_err)?
+                .port(port.unwrap_or(587));
+            match tls_params()? {
+                Some(p) => b.tls(Tls::Required(p)),
+                None => b,
+            }
+        }
+        "smtps" => {
+            let b = AsyncSmtpTransport::<Tokio1Executor>::relay(&host)
+                .map_err(tls_err)?
+                .port(port.unwrap_or(465));
+            match tls_params()? {
+                Some(p) => b.tls(Tls::Wrapper(p)),
+                None => b,
+            }
+        }
         other => {
             return Err(NotifyError::Config(format!(
                 "unknown scheme {other:?}; use smtp://, smtp+starttls:// or smtps://"
@@ -308,6 +353,7 @@ mod tests {
             from: "callrec@example.org".into(),
             to: vec!["ops@example.org".into()],
             interval: Duration::from_secs(60),
+            ca_file: None,
         }
     }
 

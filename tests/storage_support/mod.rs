@@ -237,18 +237,20 @@ pub struct MailSink {
 impl MailSink {
     /// Starts `aiosmtpd -n -c aiosmtpd.handlers.Mailbox <maildir>` on a free port.
     pub fn start(work: &Path) -> MailSink {
+        MailSink::start_with(work, &[])
+    }
+
+    /// Like [`MailSink::start`], with extra aiosmtpd options (e.g. TLS certificates).
+    pub fn start_with(work: &Path, extra: &[&std::ffi::OsStr]) -> MailSink {
         let aiosmtpd = require("aiosmtpd", "python3-aiosmtpd");
+        std::fs::create_dir_all(work).unwrap();
         let port = free_port();
         let maildir = work.join("maildir");
         let mut cmd = Command::new(aiosmtpd);
-        cmd.args([
-            "-n",
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "-c",
-            "aiosmtpd.handlers.Mailbox",
-        ])
-        .arg(&maildir);
+        cmd.args(["-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir);
         let daemon = Daemon::start("aiosmtpd", cmd, work.join("aiosmtpd.log"), port);
         MailSink { daemon, maildir }
     }

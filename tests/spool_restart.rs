@@ -128,3 +128,51 @@ async fn an_interrupted_entry_keeps_the_originals() {
     assert!(spool.wait_empty(Duration::from_secs(20)).await);
     assert_delivered(&dest, m);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_retry_skips_the_back_off_and_status_lists_the_queue() {
+    let work = tempfile::tempdir().unwrap();
+    let made = make_sets(work.path(), 1);
+    let m = &made[0];
+    let data = work.path().join("data");
+    let out = work.path().join("out");
+    std::fs::write(&out, b"blocks the folder").unwrap();
+    let url = format!("file://{}", out.display());
+    let mut config = fast_spool(&data);
+    config.initial_backoff = Duration::from_secs(3600);
+    config.max_backoff = Duration::from_secs(3600);
+    let db = Db::open_in(&data).unwrap();
+    let spool = Spool::start(config, db.clone(), Secrets::new(), None).unwrap();
+    spool.add_targets(std::slice::from_ref(&url));
+    spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            db.flush();
+            !db.attempts(&m.set.base_name).unwrap().is_empty()
+        })
+        .await
+    );
+    let status = callrec::spool::status_text(&db.uploads().unwrap());
+    assert!(
+        status.contains("pending") && status.contains(&m.set.base_name) && status.contains(&url),
+        "{status}"
+    );
+    assert!(status.contains("1 of 1 uploads pending"), "{status}");
+    // Repaired, but the next retry is an hour away: `callrec uploads retry` asks for it now.
+    std::fs::remove_file(&out).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        spool.pending().len(),
+        1,
+        "back-off holds without a retry request"
+    );
+    callrec::spool::request_retry(spool.dir()).unwrap();
+    assert!(
+        spool.wait_empty(Duration::from_secs(10)).await,
+        "retry request not acted on"
+    );
+    assert_delivered(&out, m);
+    db.flush();
+    let status = callrec::spool::status_text(&db.uploads().unwrap());
+    assert!(status.contains("0 of 1 uploads pending"), "{status}");
+}

@@ -162,13 +162,22 @@ async fn a_set_already_in_the_spool_folder_stays_in_place() {
 
     let dest = work.path().join("archive");
     let url = format!("file://{}", dest.display());
+    // The target is blocked at first, so the set is certainly still spooled below.
+    std::fs::write(&dest, b"blocks the folder").unwrap();
     let db = Db::open_in(&data).unwrap();
     let spool = Spool::start(fast_spool(&data), db.clone(), Secrets::new(), None).unwrap();
     spool.enqueue(&set, std::slice::from_ref(&url)).unwrap();
-    assert!(matches!(
-        spool.enqueue(&set, std::slice::from_ref(&url)),
-        Err(callrec::spool::SpoolError::AlreadySpooled { .. }) | Ok(_)
-    ));
+    assert!(spool_set.join(callrec::spool::MANIFEST).exists());
+    let again = spool.enqueue(&set, std::slice::from_ref(&url));
+    assert!(
+        matches!(
+            again,
+            Err(callrec::spool::SpoolError::AlreadySpooled { .. })
+        ),
+        "{again:?}"
+    );
+    std::fs::remove_file(&dest).unwrap();
+    spool.retry_now();
     assert!(spool.wait_empty(Duration::from_secs(20)).await);
     assert_delivered(&dest, m);
     assert!(!spool_set.exists());

@@ -30,6 +30,12 @@ use crate::storage::{open_target, Secrets, Target, TargetError, UploadSet};
 pub const MANIFEST: &str = "spool.json";
 /// Prefix of a set's folder while it enters the spool.
 const INCOMING_PREFIX: &str = ".incoming-";
+/// Prefix of a delivered set's folder while it is being removed.
+const DELIVERED_PREFIX: &str = ".delivered-";
+/// File whose presence asks a running spool to retry every waiting upload now.
+pub const RETRY_TRIGGER: &str = ".retry-now";
+/// How often a running spool looks for [`RETRY_TRIGGER`].
+const TRIGGER_POLL: Duration = Duration::from_secs(1);
 
 /// Settings of the spool.
 #[derive(Debug, Clone)]
@@ -273,7 +279,26 @@ impl Spool {
             }),
         };
         spool.recover()?;
+        let watcher = tokio::spawn(watch_retry_trigger(spool.inner.clone()));
+        spool
+            .guard
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(watcher);
         Ok(spool)
+    }
+
+    /// Starts the workers of `targets` now (instead of at their first set) and logs each
+    /// target's state at INFO (R8.2).
+    pub fn add_targets(&self, targets: &[String]) {
+        for url in targets {
+            let worker = self.worker(url);
+            match &worker.target {
+                Ok(t) => tracing::info!(target_url = %t.describe(), "storage target configured"),
+                Err(e) => tracing::error!(error = %e, "storage target unusable"),
+            }
+        }
     }
 
     /// The spool folder.
@@ -291,6 +316,11 @@ impl Spool {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().to_string();
             if !path.is_dir() {
+                continue;
+            }
+            if name.starts_with(DELIVERED_PREFIX) {
+                // Every target had confirmed this set; only the removal was interrupted.
+                let _ = std::fs::remove_dir_all(&path);
                 continue;
             }
             if name.starts_with(INCOMING_PREFIX) {
@@ -322,7 +352,7 @@ impl Spool {
             Ok(rows) => {
                 for row in rows.iter().filter(|r| !in_spool.contains(&r.base_name)) {
                     let message = format!(
-                        "set {} is pending for {} in the database but missing from the spool {}; it cannot be uploaded",
+                        "set {} is pending for {} in the database but not in the spool {} (delivered just before a restart, or removed by hand); it is not uploaded again",
                         row.base_name,
                         row.target,
                         dir.display()
@@ -492,25 +522,28 @@ impl Spool {
 
     /// Retries every waiting upload now, without waiting for its back-off (`callrec uploads retry`).
     pub fn retry_now(&self) {
-        let workers: Vec<_> = self
-            .inner
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for w in workers {
-            for job in w.queue.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
-                job.not_before = Instant::now();
-            }
-            w.wake.notify_one();
-        }
+        retry_all(&self.inner);
     }
 
     /// Puts a set on a target's queue, starting the target's worker if needed.
     fn queue(&self, url: &str, base_name: &str) {
-        let worker = {
+        let worker = self.worker(url);
+        {
+            let mut q = worker.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if !q.iter().any(|j| j.base_name == base_name) {
+                q.push_back(Job {
+                    base_name: base_name.to_string(),
+                    attempts: 0,
+                    not_before: Instant::now(),
+                });
+            }
+        }
+        worker.wake.notify_one();
+    }
+
+    /// The worker of a target URL, started on first use.
+    fn worker(&self, url: &str) -> Arc<Worker> {
+        {
             let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
             match workers.get(url) {
                 Some(w) => w.clone(),
@@ -535,18 +568,65 @@ impl Spool {
                     w
                 }
             }
-        };
-        {
-            let mut q = worker.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if !q.iter().any(|j| j.base_name == base_name) {
-                q.push_back(Job {
-                    base_name: base_name.to_string(),
-                    attempts: 0,
-                    not_before: Instant::now(),
-                });
-            }
         }
-        worker.wake.notify_one();
+    }
+}
+
+/// Asks the spool running on `spool_dir` (in another process) to retry every waiting
+/// upload now, without waiting for its back-off: `callrec uploads retry`.
+pub fn request_retry(spool_dir: &Path) -> Result<(), SpoolError> {
+    let path = spool_dir.join(RETRY_TRIGGER);
+    std::fs::write(&path, b"retry\n").map_err(io("write", &path))
+}
+
+/// The upload queue as text for `callrec uploads status`: one line per set and target.
+pub fn status_text(rows: &[crate::db::UploadRow]) -> String {
+    let mut out = String::from("STATE    ATTEMPTS  SET  TARGET  LAST ERROR\n");
+    for r in rows {
+        out.push_str(&format!(
+            "{:<8} {:>8}  {}  {}  {}\n",
+            r.state,
+            r.attempts,
+            r.base_name,
+            r.target,
+            r.last_error.as_deref().unwrap_or("-")
+        ));
+    }
+    let pending = rows.iter().filter(|r| r.state != "done").count();
+    out.push_str(&format!("{pending} of {} uploads pending\n", rows.len()));
+    out
+}
+
+/// Retries everything when [`RETRY_TRIGGER`] appears in the spool folder.
+async fn watch_retry_trigger(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    let path = inner.config.dir.join(RETRY_TRIGGER);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TRIGGER_POLL) => {}
+            _ = stop.changed() => return,
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            tracing::info!("spool: retry requested; retrying every waiting upload now");
+            retry_all(&inner);
+        }
+    }
+}
+
+/// Makes every queued job due now and wakes the workers.
+fn retry_all(inner: &Inner) {
+    let workers: Vec<_> = inner
+        .workers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for w in workers {
+        for job in w.queue.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+            job.not_before = Instant::now();
+        }
+        w.wake.notify_one();
     }
 }
 
@@ -562,11 +642,14 @@ fn mark_done(inner: &Inner, base_name: &str, url: &str) -> Result<bool, SpoolErr
         t.done = true;
     }
     if m.targets.iter().all(|t| t.done) {
-        // Remove the manifest first: a crash mid-way leaves no half set that looks pending.
-        let manifest = folder.join(MANIFEST);
-        std::fs::remove_file(&manifest).map_err(io("remove", &manifest))?;
-        std::fs::remove_dir_all(&folder).map_err(io("remove", &folder))?;
+        // Rename first: a crash mid-way leaves no half set that looks pending.
+        let gone = inner
+            .config
+            .dir
+            .join(format!("{DELIVERED_PREFIX}{base_name}"));
+        std::fs::rename(&folder, &gone).map_err(io("rename", &folder))?;
         sync_dir(&inner.config.dir);
+        std::fs::remove_dir_all(&gone).map_err(io("remove", &gone))?;
         Ok(true)
     } else {
         write_manifest(&folder, &m)?;

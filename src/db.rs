@@ -510,6 +510,13 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
 impl Db {
     /// Opens (creating and migrating) the database at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| DbError::Open {
+                path: path.to_path_buf(),
+                op: "create the data directory",
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        }
         let mut conn = open_rw(path)?;
         migrate(&mut conn, path)?;
         let (tx, rx) = mpsc::channel();

@@ -18,8 +18,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-/// Settings for failure mails.
-#[derive(Debug, Clone)]
+/// Settings for failure mails. Its `Debug` output hides the password.
+#[derive(Clone)]
 pub struct MailConfig {
     /// `smtp://`, `smtp+starttls://` or `smtps://` URL of the relay (no credentials in it).
     pub smtp_url: String,
@@ -35,6 +35,20 @@ pub struct MailConfig {
     pub interval: Duration,
     /// Extra CA certificate (PEM) to trust for the relay's TLS certificate, e.g. an internal CA.
     pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for MailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailConfig")
+            .field("smtp_url", &self.smtp_url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("interval", &self.interval)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 impl MailConfig {
@@ -90,7 +104,6 @@ struct TargetState {
     digest_scheduled: bool,
 }
 
-#[derive(Debug)]
 struct Inner {
     config: MailConfig,
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -101,9 +114,17 @@ struct Inner {
 }
 
 /// Sends failure mails; cheap to clone. Needs a tokio runtime.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Notifier {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("config", &self.inner.config)
+            .finish()
+    }
 }
 
 /// Builds the lettre transport for an SMTP URL.

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// Secrets of one target.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Secrets of one target. Its `Debug` output hides the password and passphrase.
+#[derive(Clone, Default, Deserialize)]
 pub struct TargetSecret {
     /// The target URL these secrets belong to.
     #[serde(default)]
@@ -38,6 +38,21 @@ pub struct TargetSecret {
     /// Pinned host key fingerprint, e.g. `SHA256:abc…` as `ssh-keygen -lf` prints it (SFTP).
     #[serde(default)]
     pub host_key_sha256: Option<String>,
+}
+
+impl std::fmt::Debug for TargetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<hidden>");
+        f.debug_struct("TargetSecret")
+            .field("url", &self.url)
+            .field("password", &hidden(&self.password))
+            .field("password_env", &self.password_env)
+            .field("key_file", &self.key_file)
+            .field("key_passphrase", &hidden(&self.key_passphrase))
+            .field("known_hosts", &self.known_hosts)
+            .field("host_key_sha256", &self.host_key_sha256)
+            .finish()
+    }
 }
 
 impl TargetSecret {
@@ -123,5 +138,9 @@ mod tests {
         assert_eq!(t.resolved_password().as_deref(), Some("pw"));
         assert_eq!(t.host_key_sha256.as_deref(), Some("SHA256:abc"));
         assert!(s.for_target("smb://other").password.is_none());
+        assert!(
+            !format!("{t:?}").contains("pw\""),
+            "Debug hides the password"
+        );
     }
 }

@@ -13,8 +13,8 @@ use super::{
     expand_template, file_name_of, split_authority, Target, TargetError, TargetSecret, UploadSet,
 };
 
-/// An SMB share target.
-#[derive(Debug, Clone)]
+/// An SMB share target. Its `Debug` output hides the password.
+#[derive(Clone)]
 pub struct SmbTarget {
     url: String,
     domain: Option<String>,
@@ -24,6 +24,16 @@ pub struct SmbTarget {
     share: String,
     template: String,
     password: String,
+}
+
+impl std::fmt::Debug for SmbTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmbTarget")
+            .field("url", &self.url)
+            .field("domain", &self.domain)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 impl SmbTarget {

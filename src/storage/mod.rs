@@ -264,13 +264,25 @@ fn split_authority(
             "the URL contains a password; put it in the config file's secrets or env instead",
         ));
     }
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
-            h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            p.parse::<u16>()
-                .map_err(|_| bad(&format!("bad port {p:?}")))?,
-        ),
-        _ => (hostport.to_string(), default_port),
+    let parse_port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| bad(&format!("bad port {p:?}")))
+    };
+    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        // [IPv6 literal] with an optional :port
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| bad("unclosed [ in the host"))?;
+        match after.strip_prefix(':') {
+            Some(p) => (h.to_string(), parse_port(p)?),
+            None if after.is_empty() => (h.to_string(), default_port),
+            None => return Err(bad("unexpected text after ]")),
+        }
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h.to_string(), parse_port(p)?),
+            None => (hostport.to_string(), default_port),
+        }
     };
     if host.is_empty() || user.is_empty() {
         return Err(bad("empty user or host"));
@@ -332,6 +344,12 @@ mod tests {
             split_authority("t", "rec@10.0.0.1", 22).unwrap(),
             ("rec".into(), "10.0.0.1".into(), 22)
         );
+        assert_eq!(
+            split_authority("t", "rec@[::1]:2222", 22).unwrap(),
+            ("rec".into(), "::1".into(), 2222)
+        );
+        assert_eq!(split_authority("t", "rec@[::1]", 22).unwrap().1, "::1");
+        assert!(split_authority("t", "rec@host:x", 22).is_err());
         assert!(split_authority("t", "rec:pw@host", 22).is_err());
         assert!(split_authority("t", "host", 22).is_err());
     }

@@ -131,10 +131,15 @@ impl SmbTarget {
     }
 
     fn put_blocking(&self, set: &UploadSet) -> Result<(), TargetError> {
-        let server = if self.port == 445 {
-            format!("smb://{}", self.host)
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
         } else {
-            format!("smb://{}:{}", self.host, self.port)
+            self.host.clone()
+        };
+        let server = if self.port == 445 {
+            format!("smb://{host}")
+        } else {
+            format!("smb://{host}:{}", self.port)
         };
         let mut creds = SmbCredentials::default()
             .server(server)

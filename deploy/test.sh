@@ -20,11 +20,13 @@ needs=(
     "pkg-config                  pkg-config"   # for the openssl crate's build
     "/usr/include/openssl/ssl.h  libssl-dev"   # openssl headers
     "shasum                      perl"         # checksum file verification
-    # Later issues add their peers here, for example:
-    # "/usr/sbin/sshd              openssh-server"   # SFTP target
-    # "smbd                        samba"            # SMB target
-    # "smbclient                   smbclient"        # SMB checks
-    # "aiosmtpd                    python3-aiosmtpd" # SMTP sink
+    "/usr/sbin/sshd              openssh-server"   # SFTP target (tests start their own sshd)
+    "ssh-keygen                  openssh-client"   # host and client keys for the SFTP tests
+    "/usr/sbin/useradd           passwd"           # the SFTP tests' local user
+    "/usr/sbin/smbd              samba"            # SMB target (tests start their own smbd)
+    "smbclient                   smbclient"        # SMB checks
+    "/usr/include/samba-4.0/libsmbclient.h libsmbclient-dev" # pavao (SMB client) links libsmbclient
+    "/usr/bin/aiosmtpd           python3-aiosmtpd" # SMTP sink for the failure-mail tests
 )
 
 missing=()

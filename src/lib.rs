@@ -8,9 +8,13 @@
 pub mod admin;
 pub mod b2bua;
 pub mod config;
+pub mod db;
 pub mod media;
 pub mod policy;
+pub mod notify;
 pub mod proxy;
 pub mod recorder;
 pub mod seal;
 pub mod sip;
+pub mod spool;
+pub mod storage;

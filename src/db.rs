@@ -1,0 +1,765 @@
+//! The protocol database (R7.1): SQLite in WAL mode, written by one thread fed by a channel.
+//!
+//! Callers never wait on the database: [`Db::send`] only queues a [`Record`]; the
+//! writer thread inserts it (in batches, one transaction per batch). Reads open their
+//! own connection, which WAL lets run beside the writer. The schema version is kept
+//! in `PRAGMA user_version`; [`MIGRATIONS`] brings an older file up to date.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags};
+
+/// File name of the database below the data directory.
+pub const DB_FILE_NAME: &str = "callrec.sqlite";
+
+/// The schema, one entry per version; entry `i` brings version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE calls (
+    id INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    direction TEXT,
+    caller TEXT,
+    callee TEXT,
+    detail TEXT
+);
+CREATE INDEX calls_call_id ON calls(call_id);
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    recorded INTEGER NOT NULL,
+    profile TEXT,
+    reason TEXT NOT NULL
+);
+CREATE INDEX decisions_call_id ON decisions(call_id);
+CREATE TABLE recordings (
+    id INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    base_name TEXT NOT NULL,
+    profile TEXT,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER,
+    caller TEXT,
+    callee TEXT
+);
+CREATE INDEX recordings_base_name ON recordings(base_name);
+CREATE INDEX recordings_caller ON recordings(caller, start_ms);
+CREATE INDEX recordings_callee ON recordings(callee, start_ms);
+CREATE TABLE seals (
+    id INTEGER PRIMARY KEY,
+    base_name TEXT NOT NULL UNIQUE,
+    at_ms INTEGER NOT NULL,
+    checksum_sha256 TEXT NOT NULL,
+    files INTEGER NOT NULL
+);
+CREATE TABLE uploads (
+    id INTEGER PRIMARY KEY,
+    base_name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    queued_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    done_ms INTEGER,
+    UNIQUE(base_name, target)
+);
+CREATE TABLE upload_attempts (
+    id INTEGER PRIMARY KEY,
+    base_name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    error TEXT
+);
+CREATE INDEX upload_attempts_set ON upload_attempts(base_name, target);
+CREATE TABLE errors (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    component TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE TABLE group_logouts (
+    group_number TEXT NOT NULL,
+    user_number TEXT NOT NULL,
+    logged_out INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_number, user_number)
+);
+"#];
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// One thing to write into the protocol database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A call event (started, answered, ended, …).
+    Call {
+        /// Call-ID of the caller leg.
+        call_id: String,
+        /// When it happened (ms since epoch).
+        at_ms: i64,
+        /// What happened, e.g. "start", "answer", "end".
+        event: String,
+        /// "in" or "out".
+        direction: Option<String>,
+        /// Calling number.
+        caller: Option<String>,
+        /// Called number.
+        callee: Option<String>,
+        /// Free text (e.g. who hung up, final status).
+        detail: Option<String>,
+    },
+    /// A recording decision (R2.7).
+    Decision {
+        /// Call-ID of the caller leg.
+        call_id: String,
+        /// When (ms since epoch).
+        at_ms: i64,
+        /// Whether the call is recorded.
+        recorded: bool,
+        /// The profile that took it.
+        profile: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// A recording (its set's base name).
+    Recording {
+        /// Call-ID of the caller leg.
+        call_id: String,
+        /// Base name of the set.
+        base_name: String,
+        /// The profile.
+        profile: Option<String>,
+        /// Start (ms since epoch).
+        start_ms: i64,
+        /// End (ms since epoch).
+        end_ms: Option<i64>,
+        /// Calling number.
+        caller: Option<String>,
+        /// Called number.
+        callee: Option<String>,
+    },
+    /// A sealed set.
+    Seal {
+        /// Base name of the set.
+        base_name: String,
+        /// When (ms since epoch).
+        at_ms: i64,
+        /// SHA-256 of the checksum file.
+        checksum_sha256: String,
+        /// Number of files in the set.
+        files: u32,
+    },
+    /// A set was queued for a target (idempotent).
+    UploadQueued {
+        /// Base name of the set.
+        base_name: String,
+        /// Target URL.
+        target: String,
+        /// When (ms since epoch).
+        at_ms: i64,
+    },
+    /// One upload attempt of a set to a target; also updates the upload's state.
+    UploadAttempt {
+        /// Base name of the set.
+        base_name: String,
+        /// Target URL.
+        target: String,
+        /// Start of the attempt (ms since epoch).
+        started_ms: i64,
+        /// End of the attempt (ms since epoch).
+        ended_ms: i64,
+        /// Number of files in the set.
+        files: u32,
+        /// Bytes in the set.
+        bytes: u64,
+        /// `None` when every file was confirmed, else what failed.
+        error: Option<String>,
+    },
+    /// An error worth keeping.
+    Error {
+        /// When (ms since epoch).
+        at_ms: i64,
+        /// Where it came from, e.g. "spool".
+        component: String,
+        /// What happened.
+        message: String,
+    },
+    /// A group member logged out of (or back into) a group.
+    GroupLogout {
+        /// Group number.
+        group_number: String,
+        /// User number.
+        user_number: String,
+        /// True when logged out.
+        logged_out: bool,
+        /// When (ms since epoch).
+        at_ms: i64,
+    },
+}
+
+/// What went wrong with the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Opening or migrating the file failed.
+    #[error("protocol database {path}: {op} failed: {source}; check that the data directory is writable and the file is not corrupt or from a newer callrec")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The file has a newer schema than this build knows.
+    #[error("protocol database {path} has schema version {found}, this callrec knows up to {known}; use a newer callrec")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Version in the file.
+        found: i64,
+        /// Highest known version.
+        known: i64,
+    },
+    /// A read query failed.
+    #[error(
+        "protocol database {path}: query failed: {source}; check the file and free disk space"
+    )]
+    Query {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+}
+
+/// The state of one set on one target, as `callrec uploads status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRow {
+    /// Base name of the set.
+    pub base_name: String,
+    /// Target URL.
+    pub target: String,
+    /// "pending" or "done".
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// The last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was queued (ms since epoch).
+    pub queued_ms: i64,
+    /// When it was confirmed (ms since epoch).
+    pub done_ms: Option<i64>,
+}
+
+/// One upload attempt, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    /// Base name of the set.
+    pub base_name: String,
+    /// Target URL.
+    pub target: String,
+    /// Start (ms since epoch).
+    pub started_ms: i64,
+    /// Whether every file was confirmed.
+    pub ok: bool,
+    /// The error of a failed attempt.
+    pub error: Option<String>,
+}
+
+enum Msg {
+    Write(Record),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Handle to the protocol database; cheap to clone, sending never blocks.
+#[derive(Debug, Clone)]
+pub struct Db {
+    path: PathBuf,
+    tx: mpsc::Sender<Msg>,
+    _writer: std::sync::Arc<WriterGuard>,
+}
+
+#[derive(Debug)]
+struct WriterGuard {
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        // The channel's last sender is gone by now; the writer drains and ends.
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Write(r) => write!(f, "Write({r:?})"),
+            Msg::Flush(_) => write!(f, "Flush"),
+        }
+    }
+}
+
+fn open_rw(path: &Path) -> Result<Connection, DbError> {
+    let err = |op| {
+        move |source| DbError::Open {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    let conn = Connection::open(path).map_err(err("open"))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(err("set busy timeout"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err("enable WAL"))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err("set synchronous"))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
+    let err = |op| {
+        move |source| DbError::Open {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err("read schema version"))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(DbError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(err("begin migration"))?;
+        tx.execute_batch(sql).map_err(err("migrate"))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(err("store schema version"))?;
+        tx.commit().map_err(err("commit migration"))?;
+        tracing::info!(path = %path.display(), version = i + 1, "protocol database migrated");
+    }
+    Ok(())
+}
+
+fn write(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
+    match r {
+        Record::Call {
+            call_id,
+            at_ms,
+            event,
+            direction,
+            caller,
+            callee,
+            detail,
+        } => {
+            tx.execute(
+                "INSERT INTO calls (call_id, at_ms, event, direction, caller, callee, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![call_id, at_ms, event, direction, caller, callee, detail],
+            )?;
+        }
+        Record::Decision {
+            call_id,
+            at_ms,
+            recorded,
+            profile,
+            reason,
+        } => {
+            tx.execute(
+                "INSERT INTO decisions (call_id, at_ms, recorded, profile, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![call_id, at_ms, recorded, profile, reason],
+            )?;
+        }
+        Record::Recording {
+            call_id,
+            base_name,
+            profile,
+            start_ms,
+            end_ms,
+            caller,
+            callee,
+        } => {
+            tx.execute(
+                "INSERT INTO recordings (call_id, base_name, profile, start_ms, end_ms, caller, callee) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![call_id, base_name, profile, start_ms, end_ms, caller, callee],
+            )?;
+        }
+        Record::Seal {
+            base_name,
+            at_ms,
+            checksum_sha256,
+            files,
+        } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO seals (base_name, at_ms, checksum_sha256, files) VALUES (?1, ?2, ?3, ?4)",
+                params![base_name, at_ms, checksum_sha256, files],
+            )?;
+        }
+        Record::UploadQueued {
+            base_name,
+            target,
+            at_ms,
+        } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, 'pending')",
+                params![base_name, target, at_ms],
+            )?;
+        }
+        Record::UploadAttempt {
+            base_name,
+            target,
+            started_ms,
+            ended_ms,
+            files,
+            bytes,
+            error,
+        } => {
+            tx.execute(
+                "INSERT INTO upload_attempts (base_name, target, started_ms, ended_ms, ok, files, bytes, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![base_name, target, started_ms, ended_ms, error.is_none(), files, *bytes as i64, error],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, 'pending')",
+                params![base_name, target, started_ms],
+            )?;
+            let state = if error.is_none() { "done" } else { "pending" };
+            let done_ms = error.is_none().then_some(*ended_ms);
+            tx.execute(
+                "UPDATE uploads SET attempts = attempts + 1, state = ?3, last_error = ?4, done_ms = ?5 WHERE base_name = ?1 AND target = ?2",
+                params![base_name, target, state, error, done_ms],
+            )?;
+        }
+        Record::Error {
+            at_ms,
+            component,
+            message,
+        } => {
+            tx.execute(
+                "INSERT INTO errors (at_ms, component, message) VALUES (?1, ?2, ?3)",
+                params![at_ms, component, message],
+            )?;
+        }
+        Record::GroupLogout {
+            group_number,
+            user_number,
+            logged_out,
+            at_ms,
+        } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO group_logouts (group_number, user_number, logged_out, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![group_number, user_number, logged_out, at_ms],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut flushes = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for m in &batch {
+                match m {
+                    Msg::Write(r) => {
+                        if let Err(e) = write(&tx, r) {
+                            tracing::error!(path = %path.display(), record = ?r, error = %e, "protocol database: record not written");
+                        }
+                    }
+                    Msg::Flush(done) => flushes.push(done.clone()),
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, records = batch.len(), "protocol database: batch not committed; check disk space and the file");
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+impl Db {
+    /// Opens (creating and migrating) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| DbError::Open {
+                path: path.to_path_buf(),
+                op: "create the data directory",
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        }
+        let mut conn = open_rw(path)?;
+        migrate(&mut conn, path)?;
+        let (tx, rx) = mpsc::channel();
+        let p = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || writer_loop(conn, rx, p))
+            .map_err(|e| DbError::Open {
+                path: path.to_path_buf(),
+                op: "start writer thread",
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok(Db {
+            path: path.to_path_buf(),
+            tx,
+            _writer: std::sync::Arc::new(WriterGuard {
+                thread: std::sync::Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Opens `data_dir/callrec.sqlite`.
+    pub fn open_in(data_dir: &Path) -> Result<Db, DbError> {
+        Db::open(&data_dir.join(DB_FILE_NAME))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a record for the writer thread; never blocks.
+    pub fn send(&self, record: Record) {
+        if self.tx.send(Msg::Write(record)).is_err() {
+            tracing::error!("protocol database writer has stopped; record lost");
+        }
+    }
+
+    /// Waits (blocking) until every record sent before this call is committed.
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    fn reader(&self) -> Result<Connection, DbError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        })?;
+        let _ = conn.busy_timeout(Duration::from_secs(10));
+        Ok(conn)
+    }
+
+    fn query_uploads(&self, filter: &str) -> Result<Vec<UploadRow>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let sql = format!(
+            "SELECT base_name, target, state, attempts, last_error, queued_ms, done_ms FROM uploads {filter} ORDER BY queued_ms, base_name, target"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(q)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(UploadRow {
+                    base_name: r.get(0)?,
+                    target: r.get(1)?,
+                    state: r.get(2)?,
+                    attempts: r.get(3)?,
+                    last_error: r.get(4)?,
+                    queued_ms: r.get(5)?,
+                    done_ms: r.get(6)?,
+                })
+            })
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
+    /// Every upload (set × target) with its state, oldest first (`callrec uploads status`).
+    pub fn uploads(&self) -> Result<Vec<UploadRow>, DbError> {
+        self.query_uploads("")
+    }
+
+    /// Uploads not yet confirmed, oldest first (spool recovery).
+    pub fn pending_uploads(&self) -> Result<Vec<UploadRow>, DbError> {
+        self.query_uploads("WHERE state = 'pending'")
+    }
+
+    /// Every attempt for a set, oldest first.
+    pub fn attempts(&self, base_name: &str) -> Result<Vec<AttemptRow>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT base_name, target, started_ms, ok, error FROM upload_attempts WHERE base_name = ?1 ORDER BY id")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([base_name], |r| {
+                Ok(AttemptRow {
+                    base_name: r.get(0)?,
+                    target: r.get(1)?,
+                    started_ms: r.get(2)?,
+                    ok: r.get(3)?,
+                    error: r.get(4)?,
+                })
+            })
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
+    /// Number of rows in `table` (one of the schema's tables), for checks and status.
+    pub fn count(&self, table: &str) -> Result<i64, DbError> {
+        const TABLES: &[&str] = &[
+            "calls",
+            "decisions",
+            "recordings",
+            "seals",
+            "uploads",
+            "upload_attempts",
+            "errors",
+            "group_logouts",
+        ];
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        if !TABLES.contains(&table) {
+            return Err(q(rusqlite::Error::InvalidParameterName(table.to_string())));
+        }
+        let conn = self.reader()?;
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .map_err(q)
+    }
+
+    /// Group memberships switched off (logged out), as (group, user) pairs.
+    pub fn group_logouts(&self) -> Result<Vec<(String, String)>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT group_number, user_number FROM group_logouts WHERE logged_out = 1 ORDER BY 1, 2")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_land_in_their_tables_and_uploads_track_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        db.send(Record::Decision {
+            call_id: "c1".into(),
+            at_ms: 1,
+            recorded: true,
+            profile: Some("sales".into()),
+            reason: "group 200".into(),
+        });
+        db.send(Record::UploadQueued {
+            base_name: "s1".into(),
+            target: "file:///x".into(),
+            at_ms: 2,
+        });
+        db.send(Record::UploadAttempt {
+            base_name: "s1".into(),
+            target: "file:///x".into(),
+            started_ms: 3,
+            ended_ms: 4,
+            files: 4,
+            bytes: 10,
+            error: Some("disk full".into()),
+        });
+        db.flush();
+        assert_eq!(db.count("decisions").unwrap(), 1);
+        let pending = db.pending_uploads().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].attempts, 1);
+        assert_eq!(pending[0].last_error.as_deref(), Some("disk full"));
+        db.send(Record::UploadAttempt {
+            base_name: "s1".into(),
+            target: "file:///x".into(),
+            started_ms: 5,
+            ended_ms: 6,
+            files: 4,
+            bytes: 10,
+            error: None,
+        });
+        db.flush();
+        assert!(db.pending_uploads().unwrap().is_empty());
+        let all = db.uploads().unwrap();
+        assert_eq!((all[0].state.as_str(), all[0].attempts), ("done", 2));
+        assert_eq!(db.attempts("s1").unwrap().len(), 2);
+        assert!(db.count("nope").is_err());
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open_in(dir.path()).unwrap();
+            db.send(Record::Error {
+                at_ms: 1,
+                component: "t".into(),
+                message: "m".into(),
+            });
+            db.flush();
+        }
+        let db = Db::open_in(dir.path()).unwrap();
+        assert_eq!(db.count("errors").unwrap(), 1);
+        let conn = Connection::open(db.path()).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        drop(db);
+        assert!(matches!(
+            Db::open_in(dir.path()),
+            Err(DbError::TooNew { .. })
+        ));
+    }
+}

@@ -12,9 +12,9 @@ use tracing::{debug, info, warn};
 
 use super::call::{Call, CallEvent};
 use super::{Core, Direction};
-use crate::sip::message::Message;
+use crate::sip::message::{Message, ParseError};
 use crate::sip::transport::Inbound;
-use crate::sip::{random_token, Flow};
+use crate::sip::{random_token, Flow, Proto};
 
 /// Messages from calls back to the router.
 #[derive(Debug)]
@@ -86,7 +86,15 @@ async fn route(
     if i.data.iter().all(|b| b.is_ascii_whitespace()) {
         return; // keep-alive
     }
-    let msg = match Message::parse(&i.data) {
+    let parsed = Message::parse(&i.data).and_then(|m| {
+        // RFC 3261 §18.3: on a stream a message without Content-Length cannot
+        // be framed (the transport hands it over only to have it answered).
+        if i.flow.proto == Proto::Tcp && m.header("Content-Length").is_none() {
+            return Err(ParseError::Missing("Content-Length"));
+        }
+        Ok(m)
+    });
+    let msg = match parsed {
         Ok(m) => m,
         Err(e) => {
             core.stats.sip_malformed.fetch_add(1, Ordering::Relaxed);

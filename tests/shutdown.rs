@@ -53,7 +53,7 @@ fn running_call_finishes_new_calls_get_503_and_the_recording_is_sealed() {
     let dir = TestDir::new("shutdown-graceful");
     let (mut ua, callee, to) = confirmed_call(&proxy, &dir);
     ua.send_tone(to, 440.0, Duration::from_secs(1));
-    let pid = proxy.process_id();
+    let pid = proxy.pid();
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();

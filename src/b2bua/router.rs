@@ -12,9 +12,9 @@ use tracing::{debug, info, warn};
 
 use super::call::{Call, CallEvent};
 use super::{Core, Direction};
-use crate::sip::message::{Message, StartLine};
+use crate::sip::message::{Message, ParseError};
 use crate::sip::transport::Inbound;
-use crate::sip::{random_token, Flow};
+use crate::sip::{random_token, Flow, Proto};
 
 /// Messages from calls back to the router.
 #[derive(Debug)]
@@ -86,7 +86,15 @@ async fn route(
     if i.data.iter().all(|b| b.is_ascii_whitespace()) {
         return; // keep-alive
     }
-    let msg = match Message::parse(&i.data) {
+    let parsed = Message::parse(&i.data).and_then(|m| {
+        // RFC 3261 §18.3: on a stream a message without Content-Length cannot
+        // be framed (the transport hands it over only to have it answered).
+        if i.flow.proto == Proto::Tcp && m.header("Content-Length").is_none() {
+            return Err(ParseError::Missing("Content-Length"));
+        }
+        Ok(m)
+    });
+    let msg = match parsed {
         Ok(m) => m,
         Err(e) => {
             core.stats.sip_malformed.fetch_add(1, Ordering::Relaxed);
@@ -215,23 +223,34 @@ async fn respond_stateless(core: &Arc<Core>, req: &Message, flow: Flow, code: u1
     }
 }
 
-/// Answers a message that failed to parse with 400, if enough of it can be
-/// read to address a response (RFC 3261 §8.2.2 / §21.4.1).
+/// Answers a request that failed to parse with 400 (505 for an unknown SIP
+/// version) when enough of it can be read to address a response the sender
+/// can match: a readable top Via and a CSeq (RFC 3261 §8.2.2, §17.1.3, §21.4.1;
+/// RFC 4475 §3.1.2, §3.4.1). From, To and Call-ID are echoed when present.
+/// Responses, ACKs and unreadable bytes get no answer.
 async fn reject_malformed(core: &Arc<Core>, i: &Inbound, why: &str) {
-    let text = String::from_utf8_lossy(&i.data);
-    let Ok(m) = Message::parse_lenient(text.as_bytes()) else {
+    let Some(s) = Message::salvage_request(&i.data) else {
         return;
     };
-    if !matches!(m.start, StartLine::Request { .. }) || m.method() == "ACK" {
+    let m = &s.request;
+    if m.method() == "ACK" || m.via(0).is_none() || m.header("CSeq").is_none() {
         return;
     }
-    if m.header("Via").is_none() || m.header("Call-ID").is_none() || m.header("CSeq").is_none() {
-        return;
+    let r = match s.version.as_deref() {
+        Some(v)
+            if v.to_ascii_uppercase().starts_with("SIP/") && !v.eq_ignore_ascii_case("SIP/2.0") =>
+        {
+            response_to(core, m, 505, "Version Not Supported")
+        }
+        _ => {
+            let reason = format!("Bad Request ({why})")
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>();
+            response_to(core, m, 400, &reason)
+        }
+    };
+    if let Err(e) = core.transport.send(i.flow, r.to_bytes()).await {
+        debug!(peer = %i.flow.addr, "cannot send {}: {e}", r.code());
     }
-    let reason = format!("Bad Request ({why})")
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect::<String>();
-    let r = response_to(core, &m, 400, &reason);
-    let _ = core.transport.send(i.flow, r.to_bytes()).await;
 }

@@ -83,6 +83,15 @@ pub struct Message {
     pub body: Vec<u8>,
 }
 
+/// What `Message::salvage_request` could read from a malformed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Salvaged {
+    /// Request line and the readable Via, From, To, Call-ID and CSeq headers.
+    pub request: Message,
+    /// The third token of the request line (`SIP/2.0` when well-formed).
+    pub version: Option<String>,
+}
+
 /// Expands a compact header name (RFC 3261 §7.3.3 and later RFCs) and
 /// canonicalises the case of the common ones.
 fn canonical_name(name: &str) -> String {
@@ -247,6 +256,10 @@ impl Message {
             }
             let name = canonical_name(name);
             let value = value.trim();
+            // RFC 3261 §25.1: no control characters in header values (HTAB is LWS).
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(ParseError::BadHeader);
+            }
             if name == "Via" {
                 for v in split_commas(value) {
                     headers.push(Header {
@@ -284,6 +297,71 @@ impl Message {
         };
         msg.body = body.to_vec();
         Ok(msg)
+    }
+
+    /// Reads what a response needs from a request that failed to parse, so
+    /// that it can still be answered (RFC 3261 §21.4.1, RFC 4475 §3.1.2):
+    /// the request line's method, URI and version, and the Via, From, To,
+    /// Call-ID and CSeq headers that are readable. The header section ends at
+    /// the first blank line or, for a truncated datagram, at the end of the
+    /// data; Content-Length and the body are ignored. Other headers, including
+    /// over-long or undecodable ones, are skipped. None when the first line is
+    /// not a request line (a status line, or garbage).
+    pub fn salvage_request(data: &[u8]) -> Option<Salvaged> {
+        const KEPT: [&str; 5] = ["Via", "From", "To", "Call-ID", "CSeq"];
+        /// Most Via values echoed back: a response must not amplify.
+        const MAX_VIAS: usize = 16;
+        let data = &data[..data.len().min(MAX_MESSAGE)];
+        let start_at = data.iter().position(|b| !b.is_ascii_whitespace())?;
+        let data = &data[start_at..];
+        let end = header_end(data).map(|(e, _)| e).unwrap_or(data.len());
+        let head = String::from_utf8_lossy(&data[..end]);
+        let mut lines: Vec<String> = Vec::new();
+        for raw in head.split('\n') {
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            match lines.last_mut() {
+                Some(last) if line.starts_with([' ', '\t']) => {
+                    if last.len() + line.len() < MAX_HEADER_LINE {
+                        last.push(' ');
+                        last.push_str(line.trim());
+                    }
+                }
+                _ => lines.push(line.to_string()),
+            }
+        }
+        let mut first = lines.first()?.split(' ').filter(|p| !p.is_empty());
+        let method = first.next()?;
+        if !method.chars().all(is_token_char) || method.to_ascii_uppercase().starts_with("SIP/") {
+            return None;
+        }
+        let uri = first.next().unwrap_or_default();
+        let version = first.next().map(str::to_string);
+        let mut request = Message::request(method, uri);
+        let mut vias = 0;
+        for line in &lines[1..] {
+            if line.len() > MAX_HEADER_LINE {
+                continue;
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let name = canonical_name(name.trim());
+            let value = value.trim();
+            if !KEPT.contains(&name.as_str()) || value.chars().any(char::is_control) {
+                continue;
+            }
+            if name == "Via" {
+                for v in split_commas(value) {
+                    if vias < MAX_VIAS {
+                        request.push("Via", v);
+                        vias += 1;
+                    }
+                }
+            } else if request.header(&name).is_none() {
+                request.push(&name, value);
+            }
+        }
+        Some(Salvaged { request, version })
     }
 
     fn validate(&self) -> Result<(), ParseError> {
@@ -685,6 +763,38 @@ v=0\r\n";
         // The body declares 4 bytes; the fifth belongs to the next message.
         assert_eq!(frame_len(&bytes[..bytes.len() - 2]).unwrap(), None);
         assert_eq!(frame_len(bytes).unwrap(), Some(bytes.len() - 1));
+    }
+
+    #[test]
+    fn control_characters_in_values_are_rejected() {
+        let bad = INVITE.replace("i: call1@x", "i: call1\0@x");
+        assert_eq!(Message::parse(bad.as_bytes()), Err(ParseError::BadHeader));
+    }
+
+    #[test]
+    fn salvage_reads_what_a_400_needs() {
+        // Content-Length beyond the body, a bad version and an over-long line.
+        let huge = format!("X-Huge: {}", "a".repeat(MAX_HEADER_LINE + 1));
+        let text = INVITE
+            .replace("l: 4", "l: 400")
+            .replace("SIP/2.0\r\n", "SIP/3.0\r\n")
+            .replace("CSeq: 1 INVITE", &format!("{huge}\r\nCSeq: 1 INVITE"));
+        assert!(Message::parse(text.as_bytes()).is_err());
+        let s = Message::salvage_request(text.as_bytes()).unwrap();
+        assert_eq!(s.version.as_deref(), Some("SIP/3.0"));
+        assert_eq!(s.request.method(), "INVITE");
+        assert_eq!(s.request.branch().as_deref(), Some("z9hG4bK1"));
+        assert_eq!(s.request.header_all("Via").len(), 2);
+        assert_eq!(s.request.call_id(), Some("call1@x"));
+        assert_eq!(s.request.header("CSeq"), Some("1 INVITE"));
+        assert_eq!(s.request.header("X-Huge"), None);
+        // Truncated: no blank line at all.
+        let cut = &INVITE[..INVITE.find("m: ").unwrap()];
+        let s = Message::salvage_request(cut.as_bytes()).unwrap();
+        assert_eq!(s.request.header("CSeq"), Some("1 INVITE"));
+        // Status lines and garbage are never answered.
+        assert!(Message::salvage_request(b"SIP/2.0 999 Odd\r\nCSeq: 1 INVITE\r\n\r\n").is_none());
+        assert!(Message::salvage_request(b"\x16\x03\x01\x02\x00").is_none());
     }
 
     #[test]

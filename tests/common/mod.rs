@@ -1611,10 +1611,35 @@ pub fn metric(m: &BTreeMap<String, f64>, series: &str) -> Option<f64> {
     m.get(series).copied()
 }
 
+// ---------------------------------------------------------------------------
+// Process and call-history probes (robustness and leak tests)
+// ---------------------------------------------------------------------------
+
 impl Proxy {
     /// The proxy's process id.
-    pub fn process_id(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The proxy's resident set size in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
+    }
+
+    /// `GET /api/calls/recent`: the finished calls, oldest first.
+    pub fn recent_calls(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(self.admin, "/api/calls/recent")
+            .unwrap_or_else(|e| panic!("GET http://{}/api/calls/recent: {e}", self.admin));
+        assert_eq!(status, 200, "GET /api/calls/recent → {status}\n{body}");
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET /api/calls/recent is not a JSON list ({e}): {body}"))
     }
 
     /// Sends SIGTERM and waits up to `wait` for the exit; returns the exit code.

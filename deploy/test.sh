@@ -20,6 +20,7 @@ needs=(
     "pkg-config                  pkg-config"   # for the openssl crate's build
     "/usr/include/openssl/ssl.h  libssl-dev"   # openssl headers
     "shasum                      perl"         # checksum file verification
+    "/usr/sbin/kamailio          kamailio"     # SIP load balancer (scale-out test)
     # Later issues add their peers here, for example:
     # "/usr/sbin/sshd              openssh-server"   # SFTP target
     # "smbd                        samba"            # SMB target

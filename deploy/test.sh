@@ -21,6 +21,7 @@ needs=(
     "/usr/include/openssl/ssl.h  libssl-dev"   # openssl headers
     "shasum                      perl"         # checksum file verification
     "/usr/sbin/kamailio          kamailio"     # SIP load balancer (scale-out test)
+    "systemd-analyze             systemd"      # checks deploy/callrec.service
     # Later issues add their peers here, for example:
     # "/usr/sbin/sshd              openssh-server"   # SFTP target
     # "smbd                        samba"            # SMB target

@@ -29,6 +29,11 @@
 //!    succeed, all land on A (5 more answered calls and 5 more sealed sets
 //!    there), Kamailio sent none of them to B first (no failover line), and
 //!    their ACKs and BYEs passed Kamailio too.
+//! 4. Failover before the keepalives notice (a second test): the set holds
+//!    A and an address where nothing answers, keepalives every 30 s. The one
+//!    call round robin sends to the silent address is retried on A after the
+//!    1 s timer (one "retrying INVITE … after 408" line, the address logged
+//!    down); all 4 calls succeed and are recorded on A.
 //!
 //! The test installs nothing: `deploy/test.sh` installs the Debian package
 //! `kamailio` (and SIPp) before running the tests.
@@ -289,11 +294,11 @@ struct Kamailio {
 }
 
 /// The `-A` defines that adapt the shipped config to the test.
-fn test_defines(sip: SocketAddr, list: &Path, run_dir: &Path) -> Vec<String> {
+fn test_defines(sip: SocketAddr, list: &Path, run_dir: &Path, ping_interval: u32) -> Vec<String> {
     [
         format!("LISTEN_UDP=udp:{sip}"),
         format!("DS_LIST_FILE=\"{}\"", list.display()),
-        "DS_PING_INTERVAL=1".to_string(),
+        format!("DS_PING_INTERVAL={ping_interval}"),
         "FR_TIMER_MS=1000".to_string(),
         format!(
             "CTL_SOCKET=\"unix:{}\"",
@@ -328,7 +333,9 @@ fn kamailio_check(cfg: &Path, extra: &[String]) -> (bool, String) {
 }
 
 impl Kamailio {
-    fn start(dir: &TestDir, destinations: &[SocketAddr]) -> Kamailio {
+    /// Kamailio with the shipped config dispatching to `destinations`, which
+    /// it probes every `ping_interval` seconds.
+    fn start(dir: &TestDir, destinations: &[SocketAddr], ping_interval: u32) -> Kamailio {
         let sip = SocketAddr::from((PROXY_IP, free_port()));
         let run_dir = dir.join("run");
         fs::create_dir_all(&run_dir).expect("kamailio runtime dir");
@@ -339,7 +346,7 @@ impl Kamailio {
         }
         fs::write(&list, text).expect("write dispatcher.list");
         let cfg = kamailio_dir().join("kamailio.cfg");
-        let defines = test_defines(sip, &list, &run_dir);
+        let defines = test_defines(sip, &list, &run_dir, ping_interval);
 
         let (ok, out) = kamailio_check(&cfg, &defines);
         assert!(
@@ -511,8 +518,11 @@ fn assert_dialogs_passed(kamailio: &Kamailio) -> usize {
     invites.len()
 }
 
+/// Calls Kamailio retried on another instance.
 fn failovers(log: &str) -> usize {
-    log.lines().filter(|l| l.contains("retrying ")).count()
+    log.lines()
+        .filter(|l| l.contains("retrying INVITE "))
+        .count()
 }
 
 #[test]
@@ -565,7 +575,7 @@ fn deploy_kamailio_dispatches_to_two_instances_and_fails_over() {
     let trunk = SocketAddr::from((TRUNK_IP, free_port()));
     let a = Instance::start("A", pbx, trunk);
     let mut b = Instance::start("B", pbx, trunk);
-    let kamailio = Kamailio::start(&dir, &[a.sip, b.sip]);
+    let kamailio = Kamailio::start(&dir, &[a.sip, b.sip], 1);
 
     // --- 10 calls over both instances -----------------------------------
     calls_through(&kamailio, pbx, 10);
@@ -645,4 +655,48 @@ fn deploy_kamailio_dispatches_to_two_instances_and_fails_over() {
         !is_bound(SocketAddrV4::new(*b4.ip(), b4.port()), false),
         "B's SIP port is still bound"
     );
+}
+
+/// Failover before the keepalives notice: the dispatcher set holds A and an
+/// address where nothing listens, and keepalives are only every 30 s. Round
+/// robin sends one of the first two calls to the silent address; after
+/// FR_TIMER_MS without a reply the config marks it inactive and retries the
+/// call on A. All calls succeed and are recorded on A; Kamailio logs exactly
+/// one retry.
+#[test]
+fn deploy_kamailio_fails_over_when_an_instance_does_not_answer() {
+    let dir = TestDir::new("failover");
+    let pbx = SocketAddr::from((PBX_IP, free_port()));
+    let trunk = SocketAddr::from((TRUNK_IP, free_port()));
+    let a = Instance::start("A", pbx, trunk);
+    let silent = SocketAddr::from((PROXY_IP, free_port()));
+    let kamailio = Kamailio::start(&dir, &[a.sip, silent], 30);
+
+    let out = calls_through(&kamailio, pbx, 4);
+    let counts = settle(&[&a], 4);
+    assert_eq!(counts[0], (4, 4), "all 4 calls answered and sealed on A");
+    let log = kamailio.log();
+    let retries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("retrying INVITE "))
+        .collect();
+    assert_eq!(
+        retries.len(),
+        1,
+        "exactly one call should have been retried after the silent destination\n{}",
+        kamailio.log_tail(60)
+    );
+    assert!(
+        retries[0].contains(&format!("on sip:{}", a.sip)) && retries[0].contains("after 408"),
+        "the retry should go to A after the local timeout (408): {}",
+        retries[0]
+    );
+    let down = format!("callrec instance down: sip:{silent}");
+    assert!(
+        log.contains(&down),
+        "the silent destination should be logged down ({down:?})\n{}",
+        kamailio.log_tail(60)
+    );
+    assert_eq!(assert_dialogs_passed(&kamailio), 4);
+    assert_eq!(out.caller.successful_calls(), Some(4));
 }

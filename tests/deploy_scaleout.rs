@@ -34,6 +34,9 @@
 //!    call round robin sends to the silent address is retried on A after the
 //!    1 s timer (one "retrying INVITE … after 408" line, the address logged
 //!    down); all 4 calls succeed and are recorded on A.
+//! 5. The other direction of the route set (a third test): when the PBX side
+//!    hangs up, the instance's BYE to the caller follows the Record-Route
+//!    Kamailio put into the INVITE (a "along the route set" line per call).
 //!
 //! The test installs nothing: `deploy/test.sh` installs the Debian package
 //! `kamailio` (and SIPp) before running the tests.
@@ -445,7 +448,12 @@ impl Drop for Kamailio {
 /// `n` basic calls: SIPp caller on the trunk side sends to Kamailio, the
 /// SIPp callee listens on the instances' `--pbx` address.
 fn calls_through(kamailio: &Kamailio, pbx: SocketAddr, n: u32) -> CallOutcome {
-    let run = CallRun::direct(pair("basic"))
+    pair_through(kamailio, pbx, "basic", n)
+}
+
+/// `n` calls of scenario pair `name`, as `calls_through`.
+fn pair_through(kamailio: &Kamailio, pbx: SocketAddr, name: &str, n: u32) -> CallOutcome {
+    let run = CallRun::direct(pair(name))
         .caller_at(SocketAddr::from((TRUNK_IP, free_port())))
         .callee_at(pbx)
         .via(kamailio.sip)
@@ -699,4 +707,34 @@ fn deploy_kamailio_fails_over_when_an_instance_does_not_answer() {
     );
     assert_eq!(assert_dialogs_passed(&kamailio), 4);
     assert_eq!(out.caller.successful_calls(), Some(4));
+}
+
+/// When the callee hangs up, the instance sends its BYE to the caller along
+/// the route set it learnt from the INVITE's Record-Route, i.e. through
+/// Kamailio, whose loose_route() relays it to the caller.
+#[test]
+fn deploy_kamailio_relays_the_instances_bye_along_the_route_set() {
+    let dir = TestDir::new("callee-bye");
+    let pbx = SocketAddr::from((PBX_IP, free_port()));
+    let trunk = SocketAddr::from((TRUNK_IP, free_port()));
+    let a = Instance::start("A", pbx, trunk);
+    let kamailio = Kamailio::start(&dir, &[a.sip], 5);
+
+    pair_through(&kamailio, pbx, "callee-bye", 2);
+    assert_eq!(
+        settle(&[&a], 2)[0],
+        (2, 2),
+        "both calls answered and sealed"
+    );
+    let log = kamailio.log();
+    let routed_byes = log
+        .lines()
+        .filter(|l| l.contains("<script>: in-dialog BYE along the route set"))
+        .count();
+    assert_eq!(
+        routed_byes,
+        2,
+        "each call's BYE from the instance should pass Kamailio by its Record-Route\n{}",
+        kamailio.log_tail(60)
+    );
 }

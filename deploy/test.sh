@@ -27,6 +27,8 @@ needs=(
     "smbclient                   smbclient"        # SMB checks
     "/usr/include/samba-4.0/libsmbclient.h libsmbclient-dev" # pavao (SMB client) links libsmbclient
     "/usr/bin/aiosmtpd           python3-aiosmtpd" # SMTP sink for the failure-mail tests
+    "/usr/sbin/kamailio          kamailio"     # SIP load balancer (scale-out test)
+    "systemd-analyze             systemd"      # checks deploy/callrec.service
 )
 
 missing=()

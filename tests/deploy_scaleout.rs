@@ -167,6 +167,7 @@ impl Instance {
                 cmd.env_remove(k);
             }
         }
+        cmd.env("CALLREC_ADMIN_TOKEN", TEST_ADMIN_TOKEN);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));

@@ -490,6 +490,13 @@ impl Call {
             self.respond_id(id, 482, "Loop Detected").await;
             return;
         }
+        if !self.tags_match(side, &msg) {
+            // Same Call-ID but not this dialog: never let it touch the call.
+            warn!(peer = %flow.addr, "{method} with foreign dialog tags refused");
+            self.respond_id(id, 481, "Call/Transaction Does Not Exist")
+                .await;
+            return;
+        }
         if msg.max_forwards() == 0 {
             self.respond_id(id, 483, "Too Many Hops").await;
             return;
@@ -509,6 +516,18 @@ impl Call {
             }
         }
         self.relay_request(side, id).await;
+    }
+
+    /// Whether an in-dialog request from `side` carries that leg's dialog tags:
+    /// our tag in To, the peer's tag in From (RFC 3261 §12.2.2).
+    fn tags_match(&self, side: Side, msg: &Message) -> bool {
+        let leg = &self.legs[side.index()];
+        let ours = msg.to_tag().is_some_and(|t| t == leg.local_tag);
+        let theirs = match tag_of(&leg.remote) {
+            Some(t) => msg.from_tag().is_some_and(|f| f == t),
+            None => true,
+        };
+        ours && theirs
     }
 
     /// True while an INVITE or UPDATE we relayed waits for its final response.
@@ -1081,6 +1100,13 @@ impl Call {
         }
         r.push("Call-ID", req.call_id().unwrap_or_default().to_string());
         r.push("CSeq", req.header("CSeq").unwrap_or_default().to_string());
+        if code > 100 && code < 300 && txn.method == "INVITE" {
+            // A UAS copies the Record-Route set into dialog-creating responses
+            // (RFC 3261 §12.1.1), so proxies in front of us stay on the path.
+            for rr in req.headers.iter().filter(|h| h.name == "Record-Route") {
+                r.push("Record-Route", rr.value.clone());
+            }
+        }
         if code > 100 && code < 300 && needs_contact(&txn.method) {
             r.push("Contact", self.core.contact(txn.flow.proto));
         }

@@ -103,8 +103,6 @@ async fn route(
             return;
         }
     };
-    // A body that claims to be SDP must be SDP we can read, for every request
-    // we relay; the call checks it too, but a 400 here keeps calls untouched.
     if let Some(id) = msg.call_id() {
         if let Some(e) = calls.get(id) {
             if e.tx.send(CallEvent::Sip { msg, flow: i.flow }).is_err() {

@@ -169,6 +169,9 @@ impl Transport {
                             tracing::warn!(%peer, "closing SIP TCP connection: {e}");
                             let data = std::mem::take(&mut buf);
                             let _ = inbound.send(Inbound { data, flow }).await;
+                            // Keep the connection registered a moment so the
+                            // router's 400 can still go out on it.
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                             break 'conn;
                         }
                     }

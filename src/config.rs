@@ -31,6 +31,10 @@ pub struct RunConfig {
     pub channels: crate::recorder::ChannelMode,
     /// Profiles, dialling plan, directory, targets and SMTP (from --config or the single-profile flags).
     pub policy: crate::policy::PolicyConfig,
+    /// SMTP server URL for failure mails (overrides the config file's).
+    pub smtp: Option<String>,
+    /// Addresses that get failure mails.
+    pub notify_email: Vec<String>,
     /// Where the keystore password comes from.
     pub keystore_password: crate::seal::PasswordSource,
 }

@@ -99,6 +99,16 @@ struct RunArgs {
     /// Seconds without any RTP in either direction after which a call is hung up on both legs.
     #[arg(long, env = "CALLREC_RTP_TIMEOUT", default_value_t = 60)]
     rtp_timeout: u64,
+    /// Address that gets an e-mail for every upload attempt in which a file failed (repeatable).
+    #[arg(
+        long = "notify-email",
+        env = "CALLREC_NOTIFY_EMAIL",
+        value_delimiter = ','
+    )]
+    notify_email: Vec<String>,
+    /// SMTP server for those mails: smtp://host:port, smtp+starttls://host:port or smtps://host:port (user and password in the config file's [smtp] or env CALLREC_SMTP_PASSWORD).
+    #[arg(long, env = "CALLREC_SMTP")]
+    smtp: Option<String>,
     /// Seconds running calls may go on after SIGTERM (new calls get 503) before they are hung up and their recordings sealed.
     #[arg(long, env = "CALLREC_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
@@ -241,6 +251,8 @@ impl RunArgs {
             data_dir: self.data_dir,
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            smtp: self.smtp.clone(),
+            notify_email: self.notify_email.clone(),
             admin_listen,
             admin_token: match &self.admin_token_file {
                 Some(f) => Some(

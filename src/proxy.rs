@@ -10,9 +10,12 @@ use crate::b2bua::plan::Planner;
 use crate::b2bua::recording::RecordingSettings;
 use crate::b2bua::{router, Core, Stats};
 use crate::config::RunConfig;
+use crate::db::{Db, Record};
 use crate::media::ports::PortPool;
 use crate::seal::service::SealService;
 use crate::sip::Transport;
+use crate::spool::{Spool, SpoolConfig};
+use crate::storage::{Secrets, TargetSecret};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,18 @@ pub enum StartError {
     /// The group membership state could not be opened.
     #[error("{0}")]
     Membership(#[from] crate::policy::MembershipError),
+    /// The protocol database could not be opened.
+    #[error("{0}")]
+    Db(#[from] crate::db::DbError),
+    /// The spool could not be started.
+    #[error("{0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    /// The e-mail notifier could not be set up.
+    #[error("{0}")]
+    Notify(#[from] crate::notify::NotifyError),
+    /// A storage target in the configuration is unusable.
+    #[error("{0}")]
+    Target(String),
     /// The RTP port range is empty or inverted.
     #[error("RTP port range {0}-{1} is empty; give --rtp-ports LO-HI with LO < HI")]
     Ports(u16, u16),
@@ -49,14 +64,46 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         crate::seal::Identity::load_or_create(&cfg.data_dir, cfg.keystore_password.clone())?;
     let instance_id = identity.instance_id().to_string();
     let sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
-    let seal = SealService::start(
-        sealer,
-        Box::new(
-            |set| tracing::info!(set = %set.base_name, "sealed set stored in {}", set.folder.display()),
-        ),
-    );
+    let db = Db::open_in(&cfg.data_dir)?;
+    let (profile_targets, all_targets, secrets) = resolve_targets(&cfg)?;
+    let notifier = notifier(&cfg)?;
+    let spool = Spool::start(
+        SpoolConfig::new(&cfg.data_dir),
+        db.clone(),
+        secrets,
+        notifier,
+    )?;
+    spool.add_targets(&all_targets);
+    let seal = {
+        let (spool, db) = (spool.clone(), db.clone());
+        let default_target = default_target(&cfg);
+        SealService::start(
+            sealer,
+            Box::new(move |set, targets| {
+                db.send(Record::Seal {
+                    base_name: set.base_name.clone(),
+                    at_ms: crate::db::now_ms(),
+                    checksum_sha256: set.checksum_sha256.clone(),
+                    files: set.files.len() as u32,
+                });
+                let targets = if targets.is_empty() {
+                    vec![default_target.clone()]
+                } else {
+                    targets
+                };
+                match spool.enqueue(&set, &targets) {
+                    Ok(dir) => {
+                        tracing::info!(set = %set.base_name, "sealed set spooled in {} for {} target(s)", dir.display(), targets.len())
+                    }
+                    Err(e) => {
+                        tracing::error!(set = %set.base_name, "cannot spool sealed set; it stays in {}: {e}", set.folder.display())
+                    }
+                }
+            }),
+        )
+    };
     let recording = RecordingSettings {
-        dir: cfg.data_dir.join("recordings"),
+        dir: cfg.data_dir.join("work"),
         channels: cfg.channels,
         instance_id,
         seal: seal.sender(),
@@ -73,7 +120,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         crate::policy::start_directory(cfg.policy.directory.as_ref(), cfg.policy.numbers.clone())
             .await?;
     let membership = Arc::new(crate::policy::MembershipStore::open(&cfg.data_dir)?);
-    let planner = Planner::new(cfg.policy.profiles.clone(), directory, membership)?;
+    let planner = Planner::new(
+        cfg.policy.profiles.clone(),
+        profile_targets,
+        directory,
+        membership,
+        Some(db.clone()),
+    )?;
     let core = Arc::new(Core {
         cfg: cfg.clone(),
         transport,
@@ -106,6 +159,12 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     drop(core);
     // Joins the sealing thread: every queued recording is sealed before we exit.
     drop(seal);
+    if !spool.wait_empty(Duration::from_secs(10)).await {
+        tracing::warn!(
+            "uploads still pending at exit; they stay in the spool and resume at the next start"
+        );
+    }
+    db.flush();
     tracing::info!("callrec stopped; every recording is sealed");
     Ok(())
 }
@@ -174,4 +233,101 @@ async fn drain(core: &Arc<Core>, grace: Duration) {
     if pending() > 0 {
         tracing::error!(recordings = pending(), "recordings still being finished at exit; their files stay unsealed in the recordings folder");
     }
+}
+
+/// Where recordings go when a profile names no target: the local folder.
+fn default_target(cfg: &RunConfig) -> String {
+    let dir = cfg.data_dir.join("recordings");
+    let abs = std::path::absolute(&dir).unwrap_or(dir);
+    format!("file://{}", abs.display())
+}
+
+/// Target URLs per profile (names from the config file resolved), every URL
+/// once, and the secrets that the config file gives for them.
+fn resolve_targets(
+    cfg: &RunConfig,
+) -> Result<(Vec<Vec<String>>, Vec<String>, Secrets), StartError> {
+    let mut secrets = Secrets::new();
+    let mut all: Vec<String> = Vec::new();
+    let mut per_profile = Vec::new();
+    for p in &cfg.policy.profiles {
+        let mut urls = Vec::new();
+        for entry in &p.targets {
+            let t = cfg.policy.resolve_target(entry).ok_or_else(|| {
+                StartError::Target(format!(
+                    "profile {:?} names target {entry:?}, which is neither a [targets] name in the config file nor a URL",
+                    p.name
+                ))
+            })?;
+            if !t.options.is_empty() {
+                let bad = |e: &dyn std::fmt::Display| {
+                    StartError::Target(format!(
+                        "target {entry:?}: {e}; check its options in the config file"
+                    ))
+                };
+                let secret: TargetSecret = toml::Value::try_from(&t.options)
+                    .map_err(|e| bad(&e))?
+                    .try_into()
+                    .map_err(|e| bad(&e))?;
+                secrets.insert(t.url.clone(), secret);
+            }
+            urls.push(t.url);
+        }
+        if urls.is_empty() {
+            urls.push(default_target(cfg));
+        }
+        for u in &urls {
+            if !all.contains(u) {
+                all.push(u.clone());
+            }
+        }
+        per_profile.push(urls);
+    }
+    if all.is_empty() {
+        all.push(default_target(cfg));
+    }
+    Ok((per_profile, all, secrets))
+}
+
+/// The failure-mail notifier, when an SMTP server and at least one address are configured.
+fn notifier(cfg: &RunConfig) -> Result<Option<crate::notify::Notifier>, StartError> {
+    let smtp = cfg
+        .smtp
+        .clone()
+        .or_else(|| cfg.policy.smtp.as_ref().map(|s| s.url.clone()));
+    let mut to: Vec<String> = cfg.notify_email.clone();
+    for p in &cfg.policy.profiles {
+        if let Some(a) = &p.notify_email {
+            if !to.contains(a) {
+                to.push(a.clone());
+            }
+        }
+    }
+    let Some(url) = smtp else {
+        if !to.is_empty() {
+            tracing::warn!("notification addresses are set but no SMTP server (--smtp): no failure mails will be sent");
+        }
+        return Ok(None);
+    };
+    if to.is_empty() {
+        tracing::warn!("--smtp is set but no address to notify (--notify-email): no failure mails will be sent");
+        return Ok(None);
+    }
+    let from = cfg
+        .policy
+        .smtp
+        .as_ref()
+        .map(|s| s.from.clone())
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| "callrec@localhost".to_string());
+    let refs: Vec<&str> = to.iter().map(String::as_str).collect();
+    let mut mail = crate::notify::MailConfig::new(&url, &from, &refs);
+    if let Some(s) = &cfg.policy.smtp {
+        mail.username = s.user.clone();
+        mail.password = s
+            .password
+            .clone()
+            .or_else(|| std::env::var("CALLREC_SMTP_PASSWORD").ok());
+    }
+    Ok(Some(crate::notify::Notifier::new(mail)?))
 }

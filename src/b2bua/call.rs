@@ -338,7 +338,12 @@ impl Call {
         );
 
         let plan = match &self.core.planner {
-            Some(p) => p.plan(self.dir, uri_of(from), invite.uri().unwrap_or_default()),
+            Some(p) => p.plan(
+                &self.legs[0].call_id,
+                self.dir,
+                uri_of(from),
+                invite.uri().unwrap_or_default(),
+            ),
             None => CallPlan {
                 record: self.core.recording.is_some(),
                 anchor: true,
@@ -352,6 +357,7 @@ impl Call {
                 profile: "default".into(),
                 rule: "RecordAll".into(),
                 reason: "no policy configured".into(),
+                targets: Vec::new(),
             },
         };
         if plan.anchor {
@@ -1176,6 +1182,11 @@ impl Call {
                     .filter(|_| self.announce_sdp.is_some())
                     .map(|a| a.path().display().to_string()),
                 channels: self.plan.as_ref().map(|p| p.channels).unwrap_or_default(),
+                targets: self
+                    .plan
+                    .as_ref()
+                    .map(|p| p.targets.clone())
+                    .unwrap_or_default(),
             };
             rec.finish(settings.clone(), facts, self.core.clone());
         }

@@ -32,6 +32,8 @@ pub struct CallPlan {
     pub rule: String,
     /// The sentence logged and stored for the decision.
     pub reason: String,
+    /// Storage target URLs of the profile.
+    pub targets: Vec<String>,
 }
 
 /// The policy state every call consults: profiles, directory snapshot,
@@ -42,6 +44,10 @@ pub struct Planner {
     membership: Arc<MembershipStore>,
     dedup: LegDedup,
     announcements: HashMap<PathBuf, Arc<Announcement>>,
+    /// Target URLs per profile (names from the config resolved, default applied).
+    targets: Vec<Vec<String>>,
+    /// Where decisions are stored (R2.7).
+    db: Option<crate::db::Db>,
 }
 
 /// Why the policy could not be set up.
@@ -65,8 +71,10 @@ impl Planner {
     /// Loads every announcement the profiles name (a bad file stops the start).
     pub fn new(
         profiles: Vec<Profile>,
+        targets: Vec<Vec<String>>,
         directory: Arc<DirectoryHandle>,
         membership: Arc<MembershipStore>,
+        db: Option<crate::db::Db>,
     ) -> Result<Planner, PlanError> {
         let mut announcements = HashMap::new();
         for p in &profiles {
@@ -90,6 +98,8 @@ impl Planner {
             membership,
             dedup: LegDedup::new(Duration::from_secs(5)),
             announcements,
+            targets,
+            db,
         })
     }
 
@@ -104,7 +114,7 @@ impl Planner {
     }
 
     /// Decides for a new call from `caller` (From URI) to `dialled` (Request-URI).
-    pub fn plan(&self, dir: Direction, caller: &str, dialled: &str) -> CallPlan {
+    pub fn plan(&self, call_id: &str, dir: Direction, caller: &str, dialled: &str) -> CallPlan {
         let d = self.directory.current();
         let pdir = match dir {
             Direction::Incoming => policy::Direction::Incoming,
@@ -128,7 +138,20 @@ impl Planner {
             profile: decision.profile_name.clone().unwrap_or_default(),
             rule: format!("{:?}", decision.rule),
             reason: decision.reason.clone(),
+            targets: decision
+                .profile
+                .and_then(|i| self.targets.get(i).cloned())
+                .unwrap_or_default(),
         };
+        if let Some(db) = &self.db {
+            db.send(crate::db::Record::Decision {
+                call_id: call_id.to_string(),
+                at_ms: crate::db::now_ms(),
+                recorded: plan.record,
+                profile: decision.profile_name.clone(),
+                reason: format!("{}: {}", plan.rule, plan.reason),
+            });
+        }
         info!(
             record = plan.record,
             profile = %plan.profile,

@@ -60,6 +60,8 @@ pub struct CallFacts {
     pub announcement: Option<String>,
     /// Channel layout.
     pub channels: ChannelMode,
+    /// Storage targets of the profile.
+    pub targets: Vec<String>,
 }
 
 struct ForkTap(Fork);
@@ -227,6 +229,7 @@ impl CallRecording {
                 base_name: self.base_name.clone(),
                 metadata: meta.to_json_value(),
                 files: out.files.clone(),
+                targets: facts.targets.clone(),
             };
             stats
                 .stats

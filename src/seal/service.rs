@@ -20,6 +20,8 @@ pub struct SealJob {
     pub metadata: serde_json::Value,
     /// Audio files (then the transcript, if any), inside `folder`.
     pub files: Vec<PathBuf>,
+    /// Where the sealed set goes next (the profile's storage targets), passed to the sink.
+    pub targets: Vec<String>,
 }
 
 /// What the sealing thread receives.
@@ -45,7 +47,7 @@ impl SealSender {
 }
 
 /// What happens to a set once it is sealed (the spool, or a test's collector).
-pub type SealedSink = Box<dyn FnMut(SealedSet) + Send>;
+pub type SealedSink = Box<dyn FnMut(SealedSet, Vec<String>) + Send>;
 
 /// Handle to the sealing thread.
 pub struct SealService {
@@ -68,7 +70,7 @@ impl SealService {
                     match sealer.seal(&job.folder, &job.base_name, job.metadata, &job.files) {
                         Ok(set) => {
                             tracing::info!(set = %set.base_name, sha256 = %set.checksum_sha256, "recording sealed");
-                            sink(set);
+                            sink(set, job.targets);
                         }
                         Err(e) => tracing::error!(
                             set = %job.base_name,

@@ -235,6 +235,9 @@ async fn drain(core: &Arc<Core>, grace: Duration) {
     }
 }
 
+/// Target URLs per profile, all distinct URLs, and their secrets.
+type ResolvedTargets = (Vec<Vec<String>>, Vec<String>, Secrets);
+
 /// Where recordings go when a profile names no target: the local folder.
 fn default_target(cfg: &RunConfig) -> String {
     let dir = cfg.data_dir.join("recordings");

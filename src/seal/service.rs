@@ -32,17 +32,19 @@ enum Msg {
     Stop,
 }
 
+/// The sealing thread has stopped (the proxy is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the sealing service has stopped; the recording stays unsealed in its folder")]
+pub struct SealingStopped;
+
 /// Hands jobs to the sealing thread; cheap to clone.
 #[derive(Clone)]
 pub struct SealSender(mpsc::Sender<Msg>);
 
 impl SealSender {
     /// Queues a finished recording; fails only when the sealing thread is gone.
-    pub fn send(&self, job: SealJob) -> Result<(), SealJob> {
-        self.0.send(Msg::Job(job)).map_err(|e| match e.0 {
-            Msg::Job(j) => j,
-            Msg::Stop => unreachable!("only jobs are sent through SealSender"),
-        })
+    pub fn send(&self, job: SealJob) -> Result<(), SealingStopped> {
+        self.0.send(Msg::Job(job)).map_err(|_| SealingStopped)
     }
 }
 

@@ -249,7 +249,7 @@ fn default_target(cfg: &RunConfig) -> String {
 /// once, and the secrets that the config file gives for them.
 fn resolve_targets(
     cfg: &RunConfig,
-) -> Result<(Vec<Vec<String>>, Vec<String>, Secrets), StartError> {
+) -> Result<ResolvedTargets, StartError> {
     let mut secrets = Secrets::new();
     let mut all: Vec<String> = Vec::new();
     let mut per_profile = Vec::new();

@@ -16,7 +16,8 @@ use rusqlite::{params, Connection, OpenFlags};
 pub const DB_FILE_NAME: &str = "callrec.sqlite";
 
 /// The schema, one entry per version; entry `i` brings version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE calls (
     id INTEGER PRIMARY KEY,
     call_id TEXT NOT NULL,
@@ -93,7 +94,19 @@ CREATE TABLE group_logouts (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (group_number, user_number)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE deletions (
+    id INTEGER PRIMARY KEY,
+    base_name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    checksum_sha256 TEXT
+);
+CREATE INDEX deletions_base_name ON deletions(base_name);
+"#,
+];
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
@@ -207,6 +220,19 @@ pub enum Record {
         /// When (ms since epoch).
         at_ms: i64,
     },
+    /// A set was deleted from a target or the local folder (retention, R7.3).
+    Deletion {
+        /// Base name of the set.
+        base_name: String,
+        /// Where it was deleted.
+        target: String,
+        /// When (ms since epoch).
+        at_ms: i64,
+        /// Why (e.g. "retention 5y").
+        reason: String,
+        /// SHA-256 of the set's checksum file, when known.
+        checksum_sha256: Option<String>,
+    },
 }
 
 /// What went wrong with the database.
@@ -242,6 +268,25 @@ pub enum DbError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+}
+
+/// A recording, as `callrec recordings search` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRow {
+    /// Call-ID of the caller's leg.
+    pub call_id: String,
+    /// Base name of the set.
+    pub base_name: String,
+    /// Profile that recorded it.
+    pub profile: Option<String>,
+    /// Start (ms since epoch).
+    pub start_ms: i64,
+    /// End (ms since epoch).
+    pub end_ms: Option<i64>,
+    /// Caller's number.
+    pub caller: Option<String>,
+    /// Callee's number.
+    pub callee: Option<String>,
 }
 
 /// The state of one set on one target, as `callrec uploads status` shows it.
@@ -470,6 +515,18 @@ fn write(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
                 params![group_number, user_number, logged_out, at_ms],
             )?;
         }
+        Record::Deletion {
+            base_name,
+            target,
+            at_ms,
+            reason,
+            checksum_sha256,
+        } => {
+            tx.execute(
+                "INSERT INTO deletions (base_name, target, at_ms, reason, checksum_sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![base_name, target, at_ms, reason, checksum_sha256],
+            )?;
+        }
     }
     Ok(())
 }
@@ -614,6 +671,34 @@ impl Db {
         self.query_uploads("WHERE state = 'pending'")
     }
 
+    /// Recordings that started in `[from_ms, to_ms]`, oldest first.
+    pub fn recordings(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RecordingRow>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([from_ms, to_ms], |r| {
+                Ok(RecordingRow {
+                    call_id: r.get(0)?,
+                    base_name: r.get(1)?,
+                    profile: r.get(2)?,
+                    start_ms: r.get(3)?,
+                    end_ms: r.get(4)?,
+                    caller: r.get(5)?,
+                    callee: r.get(6)?,
+                })
+            })
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
     /// Every attempt for a set, oldest first.
     pub fn attempts(&self, base_name: &str) -> Result<Vec<AttemptRow>, DbError> {
         let q = |source| DbError::Query {
@@ -651,6 +736,7 @@ impl Db {
             "upload_attempts",
             "errors",
             "group_logouts",
+            "deletions",
         ];
         let q = |source| DbError::Query {
             path: self.path.clone(),

@@ -6,6 +6,7 @@
 //! → `seal` (checksums, signature, chain).
 
 pub mod admin;
+pub mod archive;
 pub mod b2bua;
 pub mod config;
 pub mod db;

@@ -29,6 +29,238 @@ enum Command {
     Cert(CertArgs),
     /// Verify sealed recording sets (checksums and signature; with --chain the whole chain).
     Verify(VerifyArgs),
+    /// Show or retry the uploads waiting in the spool.
+    Uploads {
+        #[command(subcommand)]
+        action: UploadsAction,
+    },
+    /// Search recordings by party number and time, or export a client's recordings.
+    Recordings {
+        #[command(subcommand)]
+        action: RecordingsAction,
+    },
+    /// Delete recordings older than the retention period from the local folders (each deletion is logged in the database).
+    Purge(PurgeArgs),
+}
+
+/// Where an offline subcommand finds the instance's state.
+#[derive(Args, Debug)]
+struct StateArgs {
+    /// Folder for the instance's state (as for `run`).
+    #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data")]
+    data_dir: PathBuf,
+    /// The config file `run` uses (number plan, file:// targets).
+    #[arg(long, env = "CALLREC_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn policy(&self) -> anyhow::Result<PolicyConfig> {
+        match &self.config {
+            Some(p) => PolicyConfig::load(p)
+                .with_context(|| format!("cannot use config file {}", p.display())),
+            None => Ok(PolicyConfig::default()),
+        }
+    }
+
+    fn db(&self) -> anyhow::Result<callrec::db::Db> {
+        if !self.data_dir.join(callrec::db::DB_FILE_NAME).exists() {
+            bail!(
+                "no protocol database in {}; give the --data-dir that `callrec run` uses",
+                self.data_dir.display()
+            );
+        }
+        Ok(callrec::db::Db::open_in(&self.data_dir)?)
+    }
+
+    /// Local folders holding delivered sets.
+    fn roots(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let policy = self.policy()?;
+        let targets: Vec<String> = policy
+            .profiles
+            .iter()
+            .flat_map(|p| p.targets.iter())
+            .filter_map(|t| policy.resolve_target(t).map(|t| t.url))
+            .collect();
+        Ok(callrec::archive::local_roots(&self.data_dir, &targets))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum UploadsAction {
+    /// One line per set and target: state, attempts, last error.
+    Status(StateArgs),
+    /// Ask the running proxy to retry every pending upload now.
+    Retry(StateArgs),
+}
+
+#[derive(Args, Debug)]
+struct SearchArgs {
+    /// Party number (caller or callee), in any spelling.
+    #[arg(long)]
+    number: String,
+    /// Only recordings that started at or after this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long)]
+    from: Option<String>,
+    /// Only recordings that started before this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long)]
+    to: Option<String>,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum RecordingsAction {
+    /// One line per recording set of a party.
+    Search(SearchArgs),
+    /// Copy a party's sets with the certificate and verify.sh into a folder, verifying each set before and after.
+    Export {
+        #[command(flatten)]
+        search: SearchArgs,
+        /// Folder to export into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PurgeArgs {
+    /// Retention period: sets that started longer ago are deleted (e.g. 5y, 7y, 90d).
+    #[arg(long)]
+    older_than: String,
+    /// Only list what would be deleted.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time or a date (local midnight).
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .with_context(|| format!("cannot read {s:?} as a time; use RFC 3339 or YYYY-MM-DD"))?;
+    let t = d
+        .and_hms_opt(0, 0, 0)
+        .and_then(|t| t.and_local_timezone(chrono::Local).earliest())
+        .with_context(|| format!("{s} does not exist in the local time zone"))?;
+    Ok(t.timestamp_millis())
+}
+
+fn search_rows(a: &SearchArgs) -> anyhow::Result<Vec<callrec::db::RecordingRow>> {
+    let from = a.from.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+    let to =
+        a.to.as_deref()
+            .map(parse_time)
+            .transpose()?
+            .unwrap_or(i64::MAX);
+    let plan = a.state.policy()?.numbers;
+    Ok(callrec::archive::search(
+        &a.state.db()?,
+        &plan,
+        &a.number,
+        from,
+        to,
+    )?)
+}
+
+fn fmt_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn uploads(action: UploadsAction) -> anyhow::Result<()> {
+    match action {
+        UploadsAction::Status(s) => {
+            print!("{}", callrec::spool::status_text(&s.db()?.uploads()?));
+        }
+        UploadsAction::Retry(s) => {
+            callrec::spool::request_retry(&s.data_dir.join("spool"))?;
+            println!(
+                "retry requested; the running proxy retries every pending upload within a second"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Returns whether everything asked for was exported.
+fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
+    match action {
+        RecordingsAction::Search(a) => {
+            for r in search_rows(&a)? {
+                println!(
+                    "{}  {}  {} -> {}  {}",
+                    fmt_ms(r.start_ms),
+                    r.base_name,
+                    r.caller.unwrap_or_default(),
+                    r.callee.unwrap_or_default(),
+                    r.profile.unwrap_or_default()
+                );
+            }
+            Ok(true)
+        }
+        RecordingsAction::Export { search, out } => {
+            let rows = search_rows(&search)?;
+            if rows.is_empty() {
+                bail!("no recordings of {} in that time range", search.number);
+            }
+            let cert_path = search.state.data_dir.join("cert.pem");
+            let id = std::fs::read_to_string(&cert_path).with_context(|| {
+                format!(
+                    "cannot read the instance certificate {}; run `callrec cert` once",
+                    cert_path.display()
+                )
+            })?;
+            let report = callrec::archive::export(
+                &rows,
+                &search.state.roots()?,
+                &out,
+                &id,
+                include_str!("../deploy/verify.sh"),
+            )?;
+            for b in &report.exported {
+                println!("exported {b}");
+            }
+            for p in &report.problems {
+                println!("PROBLEM {p}");
+            }
+            println!(
+                "{} set(s) exported to {} with cert.pem and verify.sh",
+                report.exported.len(),
+                out.display()
+            );
+            Ok(report.problems.is_empty())
+        }
+    }
+}
+
+fn purge(a: PurgeArgs) -> anyhow::Result<()> {
+    let age = callrec::archive::parse_age(&a.older_than)?;
+    let db = a.state.db()?;
+    let report = callrec::archive::purge(
+        &db,
+        &a.state.roots()?,
+        age,
+        a.dry_run,
+        &format!("retention {}", a.older_than),
+    )?;
+    let verb = if a.dry_run { "would delete" } else { "deleted" };
+    for (b, folder) in &report.deleted {
+        println!("{verb} {b} in {}", folder.display());
+    }
+    for b in &report.not_found {
+        println!("not found locally: {b}");
+    }
+    println!("{} set(s) {verb}", report.deleted.len());
+    Ok(())
 }
 
 /// Where the keystore password comes from (shared by run and cert).
@@ -342,6 +574,13 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Uploads { action } => uploads(action),
+        Command::Recordings { action } => match recordings(action) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::Purge(a) => purge(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -104,6 +104,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     };
     let recording = RecordingSettings {
         dir: cfg.data_dir.join("work"),
+        db: Some(db.clone()),
         channels: cfg.channels,
         instance_id,
         seal: seal.sender(),
@@ -247,9 +248,7 @@ fn default_target(cfg: &RunConfig) -> String {
 
 /// Target URLs per profile (names from the config file resolved), every URL
 /// once, and the secrets that the config file gives for them.
-fn resolve_targets(
-    cfg: &RunConfig,
-) -> Result<ResolvedTargets, StartError> {
+fn resolve_targets(cfg: &RunConfig) -> Result<ResolvedTargets, StartError> {
     let mut secrets = Secrets::new();
     let mut all: Vec<String> = Vec::new();
     let mut per_profile = Vec::new();

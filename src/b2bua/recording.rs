@@ -33,6 +33,8 @@ pub struct RecordingSettings {
     pub instance_id: String,
     /// Where finished recordings go to be sealed.
     pub seal: SealSender,
+    /// The protocol database.
+    pub db: Option<crate::db::Db>,
 }
 
 /// What the call knows about itself when its recording ends.
@@ -231,6 +233,17 @@ impl CallRecording {
                 files: out.files.clone(),
                 targets: facts.targets.clone(),
             };
+            if let Some(db) = &settings.db {
+                db.send(crate::db::Record::Recording {
+                    call_id: meta.call_ids.caller_leg.clone(),
+                    base_name: self.base_name.clone(),
+                    profile: Some(meta.profile.clone()),
+                    start_ms: self.start.timestamp_millis(),
+                    end_ms: Some(end.timestamp_millis()),
+                    caller: Some(meta.caller.number.clone()),
+                    callee: Some(meta.callee.number.clone()),
+                });
+            }
             stats
                 .stats
                 .recordings_finished

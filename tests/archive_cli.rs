@@ -1,0 +1,154 @@
+//! The archive subcommands on real recordings (issue 8, items 2–3; issue 6,
+//! item 2): calls from two numbers are recorded through the proxy, then
+//! `recordings search` finds a party's sets in any spelling of its number,
+//! `recordings export` hands over a copy that verifies on its own with the
+//! bundled verify.sh, `uploads status` shows every set delivered, and `purge`
+//! deletes only sets past the retention period and documents each deletion.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn callrec(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_callrec"))
+        .args(args)
+        .env_remove("CALLREC_DATA_DIR")
+        .env_remove("CALLREC_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn search_export_status_and_purge() {
+    let mut proxy = Proxy::start();
+    for caller in ["03012345678", "03012345678", "08955512345"] {
+        proxy
+            .call(pair("basic"))
+            .numbers(caller, "200")
+            .run()
+            .assert_success();
+    }
+    // Stop the proxy cleanly: every set sealed, delivered and in the database.
+    assert_eq!(
+        proxy.terminate(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        proxy.log_tail(30)
+    );
+    let data = proxy.data_dir().to_str().unwrap().to_string();
+
+    let (code, out) = callrec(&[
+        "recordings",
+        "search",
+        "--number",
+        "+49 30 12345678",
+        "--data-dir",
+        &data,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().count(),
+        2,
+        "two calls from that number expected:\n{out}"
+    );
+    let (_, out) = callrec(&[
+        "recordings",
+        "search",
+        "--number",
+        "0049895551234 5",
+        "--data-dir",
+        &data,
+    ]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (_, out) = callrec(&[
+        "recordings",
+        "search",
+        "--number",
+        "03012345678",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2001-01-01",
+        "--data-dir",
+        &data,
+    ]);
+    assert_eq!(out.lines().count(), 0, "nothing recorded in 2000: {out}");
+
+    let (code, out) = callrec(&["uploads", "status", "--data-dir", &data]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("done").count(), 3, "{out}");
+
+    // Export a client's copy and verify it with only the bundled script.
+    let dir = TestDir::new("export");
+    let out_dir = dir.join("client");
+    let (code, out) = callrec(&[
+        "recordings",
+        "export",
+        "--number",
+        "03012345678",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--data-dir",
+        &data,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let sets: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sha256"))
+        .collect();
+    assert_eq!(sets.len(), 2, "{out}");
+    let v = Command::new("sh")
+        .arg(out_dir.join("verify.sh"))
+        .arg("--cert")
+        .arg(out_dir.join("cert.pem"))
+        .args(&sets)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "exported sets fail verify.sh: {}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+
+    // Retention: a long period deletes nothing, a dry run deletes nothing,
+    // a 1 s period deletes all three and documents each.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, out) = callrec(&["purge", "--older-than", "5y", "--data-dir", &data]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 set(s) deleted"), "{out}");
+    let (_, out) = callrec(&[
+        "purge",
+        "--older-than",
+        "1s",
+        "--dry-run",
+        "--data-dir",
+        &data,
+    ]);
+    assert!(out.contains("3 set(s) would delete"), "{out}");
+    let rec = proxy.data_dir().join("recordings");
+    let count = || std::fs::read_dir(&rec).unwrap().count();
+    assert!(count() >= 3 * 4, "dry run deleted files");
+    let (code, out) = callrec(&["purge", "--older-than", "1s", "--data-dir", &data]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 set(s) deleted"), "{out}");
+    assert_eq!(count(), 0, "files left after purge");
+    let db = rusqlite::Connection::open(proxy.data_dir().join("callrec.sqlite")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT COUNT(*) FROM deletions WHERE reason = 'retention 1s' AND checksum_sha256 IS NOT NULL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        n, 3,
+        "each deletion documented with the checksum file's hash"
+    );
+}

@@ -135,7 +135,12 @@ async fn route(
         }
         "ACK" => {}
         "OPTIONS" if !has_tag => {
-            respond_stateless(core, &msg, i.flow, 200, "OK").await;
+            // A load balancer's keepalive: while draining, tell it to send no new calls.
+            if core.draining.load(Ordering::Relaxed) {
+                respond_stateless(core, &msg, i.flow, 503, "Service Unavailable").await;
+            } else {
+                respond_stateless(core, &msg, i.flow, 200, "OK").await;
+            }
         }
         "CANCEL" => {
             respond_stateless(core, &msg, i.flow, 481, "Call/Transaction Does Not Exist").await

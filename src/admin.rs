@@ -34,7 +34,7 @@ pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io:
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(api)
         .with_state(state);
@@ -151,76 +151,218 @@ async fn membership(
     }
 }
 
+/// 200 when SIP, media and the database work; 503 with what is wrong otherwise.
+async fn health(State(s): State<Arc<Admin>>) -> Response {
+    let core = &s.core;
+    let mut problems = Vec::new();
+    if core.draining.load(Ordering::Relaxed) {
+        problems.push("shutting down: new calls are refused".to_string());
+    }
+    if core.ports.available() == 0 {
+        problems.push("no free RTP port pair (widen --rtp-ports)".to_string());
+    }
+    if let Some(db) = &core.db {
+        let db = db.clone();
+        let ok = tokio::task::spawn_blocking(move || db.count("calls"))
+            .await
+            .map(|r| r.map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = ok {
+            problems.push(format!("protocol database: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", problems.join("\n")),
+        )
+            .into_response()
+    }
+}
+
 async fn metrics(State(s): State<Arc<Admin>>) -> String {
     let core = &s.core;
     let st = &core.stats;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let plain: [(&str, &str, &str, u64); 22] = [
+        (
+            "callrec_calls_active",
+            "gauge",
+            "Calls whose dialog is not over.",
+            l(&st.calls_active),
+        ),
+        (
+            "callrec_call_tasks",
+            "gauge",
+            "Call tasks alive, including those absorbing retransmissions.",
+            l(&st.call_tasks),
+        ),
+        (
+            "callrec_calls_total",
+            "counter",
+            "Calls started.",
+            l(&st.calls_total),
+        ),
+        (
+            "callrec_calls_incoming_total",
+            "counter",
+            "Incoming calls started.",
+            l(&st.calls_incoming),
+        ),
+        (
+            "callrec_calls_outgoing_total",
+            "counter",
+            "Outgoing calls started.",
+            l(&st.calls_outgoing),
+        ),
+        (
+            "callrec_calls_answered_total",
+            "counter",
+            "Calls answered.",
+            l(&st.calls_answered),
+        ),
+        (
+            "callrec_calls_refused_total",
+            "counter",
+            "New calls refused while shutting down.",
+            l(&st.calls_refused),
+        ),
+        (
+            "callrec_decisions_recorded_total",
+            "counter",
+            "Calls decided to be recorded.",
+            l(&st.decisions_recorded),
+        ),
+        (
+            "callrec_decisions_not_recorded_total",
+            "counter",
+            "Calls decided not to be recorded.",
+            l(&st.decisions_not_recorded),
+        ),
+        (
+            "callrec_sip_received_total",
+            "counter",
+            "SIP messages received.",
+            l(&st.sip_received),
+        ),
+        (
+            "callrec_sip_malformed_total",
+            "counter",
+            "SIP messages that could not be parsed.",
+            l(&st.sip_malformed),
+        ),
+        (
+            "callrec_rtp_packets_total",
+            "counter",
+            "RTP packets relayed by finished calls.",
+            l(&st.rtp_packets),
+        ),
+        (
+            "callrec_rtp_dropped_total",
+            "counter",
+            "RTP packets from unlatched sources dropped by finished calls.",
+            l(&st.rtp_dropped),
+        ),
+        (
+            "callrec_rtp_timeouts_total",
+            "counter",
+            "Calls ended for lack of RTP.",
+            l(&st.rtp_timeouts),
+        ),
+        (
+            "callrec_recorder_queue_dropped_total",
+            "counter",
+            "RTP packets the recorder queue refused (slow disk).",
+            l(&st.recorder_queue_dropped),
+        ),
+        (
+            "callrec_recordings_finished_total",
+            "counter",
+            "Recordings finished and queued for sealing.",
+            l(&st.recordings_finished),
+        ),
+        (
+            "callrec_recordings_pending",
+            "gauge",
+            "Recordings being finished.",
+            l(&st.recordings_pending),
+        ),
+        (
+            "callrec_recordings_sealed_total",
+            "counter",
+            "Recordings sealed.",
+            st.sealed.load(Ordering::Relaxed),
+        ),
+        (
+            "callrec_media_ports_in_use",
+            "gauge",
+            "RTP port pairs bound.",
+            core.ports.in_use() as u64,
+        ),
+        (
+            "callrec_media_ports_free",
+            "gauge",
+            "RTP port pairs free.",
+            core.ports.available() as u64,
+        ),
+        (
+            "callrec_draining",
+            "gauge",
+            "1 while shutting down.",
+            core.draining.load(Ordering::Relaxed) as u64,
+        ),
+        ("callrec_up", "gauge", "1 while the proxy runs.", 1),
+    ];
     let mut out = String::new();
-    let mut put = |name: &str, kind: &str, help: &str, v: u64| {
+    for (name, kind, help, v) in plain {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
-    };
-    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    put(
-        "callrec_calls_active",
-        "gauge",
-        "Calls whose dialog is not over.",
-        l(&st.calls_active),
-    );
-    put(
-        "callrec_call_tasks",
-        "gauge",
-        "Call tasks alive, including those absorbing retransmissions.",
-        l(&st.call_tasks),
-    );
-    put(
-        "callrec_calls_total",
-        "counter",
-        "Calls started.",
-        l(&st.calls_total),
-    );
-    put(
-        "callrec_calls_answered_total",
-        "counter",
-        "Calls answered.",
-        l(&st.calls_answered),
-    );
-    put(
-        "callrec_sip_received_total",
-        "counter",
-        "SIP messages received.",
-        l(&st.sip_received),
-    );
-    put(
-        "callrec_sip_malformed_total",
-        "counter",
-        "SIP messages that could not be parsed.",
-        l(&st.sip_malformed),
-    );
-    put(
-        "callrec_rtp_packets_total",
-        "counter",
-        "RTP packets relayed by finished calls.",
-        l(&st.rtp_packets),
-    );
-    put(
-        "callrec_rtp_timeouts_total",
-        "counter",
-        "Calls ended for lack of RTP.",
-        l(&st.rtp_timeouts),
-    );
-    put(
-        "callrec_media_ports_in_use",
-        "gauge",
-        "RTP port pairs bound.",
-        core.ports.in_use() as u64,
-    );
-    put(
-        "callrec_media_ports_free",
-        "gauge",
-        "RTP port pairs free.",
-        core.ports.available() as u64,
-    );
+    }
+    if let Some(spool) = &core.spool {
+        let spool = spool.clone();
+        let pending = tokio::task::spawn_blocking(move || spool.pending())
+            .await
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP callrec_spool_sets Sealed sets waiting for a target.\n# TYPE callrec_spool_sets gauge\ncallrec_spool_sets {}",
+            pending.len()
+        );
+    }
+    if let Some(db) = &core.db {
+        let db = db.clone();
+        let rows = tokio::task::spawn_blocking(move || db.attempt_counts())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        let _ = writeln!(out, "# HELP callrec_upload_attempts_total Upload attempts per target.\n# TYPE callrec_upload_attempts_total counter");
+        for (t, n, _) in &rows {
+            let _ = writeln!(
+                out,
+                "callrec_upload_attempts_total{{target=\"{}\"}} {n}",
+                label(t)
+            );
+        }
+        let _ = writeln!(out, "# HELP callrec_upload_failures_total Failed upload attempts per target.\n# TYPE callrec_upload_failures_total counter");
+        for (t, _, f) in &rows {
+            let _ = writeln!(
+                out,
+                "callrec_upload_failures_total{{target=\"{}\"}} {f}",
+                label(t)
+            );
+        }
+    }
     out
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -671,6 +671,24 @@ impl Db {
         self.query_uploads("WHERE state = 'pending'")
     }
 
+    /// Per target: upload attempts and failed attempts so far.
+    pub fn attempt_counts(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT target, COUNT(*), COALESCE(SUM(ok = 0), 0) FROM upload_attempts GROUP BY target ORDER BY target")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
     /// Recordings that started in `[from_ms, to_ms]`, oldest first.
     pub fn recordings(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RecordingRow>, DbError> {
         let q = |source| DbError::Query {

@@ -74,12 +74,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         notifier,
     )?;
     spool.add_targets(&all_targets);
+    let sealed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seal = {
-        let (spool, db) = (spool.clone(), db.clone());
+        let (spool, db, sealed) = (spool.clone(), db.clone(), sealed.clone());
         let default_target = default_target(&cfg);
         SealService::start(
             sealer,
             Box::new(move |set, targets| {
+                sealed.fetch_add(1, Ordering::Relaxed);
                 db.send(Record::Seal {
                     base_name: set.base_name.clone(),
                     at_ms: crate::db::now_ms(),
@@ -132,13 +134,18 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         cfg: cfg.clone(),
         transport,
         ports,
-        stats: Stats::default(),
+        stats: Stats {
+            sealed,
+            ..Stats::default()
+        },
         recent: Mutex::new(Default::default()),
         advertised,
         recording: Some(recording),
         planner: Some(planner),
         draining: AtomicBool::new(false),
         hang_up_all: tokio::sync::watch::channel(false).0,
+        spool: Some(spool.clone()),
+        db: Some(db.clone()),
     });
     if let Some(admin) = cfg.admin_listen {
         let token = match &cfg.admin_token {

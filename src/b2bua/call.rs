@@ -360,6 +360,16 @@ impl Call {
                 targets: Vec::new(),
             },
         };
+        let counter = match (plan.record, self.dir) {
+            (true, _) => &self.core.stats.decisions_recorded,
+            (false, _) => &self.core.stats.decisions_not_recorded,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match self.dir {
+            Direction::Incoming => &self.core.stats.calls_incoming,
+            Direction::Outgoing => &self.core.stats.calls_outgoing,
+        }
+        .fetch_add(1, Ordering::Relaxed);
         if plan.anchor {
             self.media = Some(Session::new(
                 self.core.ports.clone(),
@@ -1144,6 +1154,12 @@ impl Call {
         self.state = State::Finished;
         self.end_reason = Some(reason.to_string());
         let media = self.media.take();
+        if let Some(m) = &media {
+            self.core
+                .stats
+                .rtp_dropped
+                .fetch_add(m.foreign_dropped(), Ordering::Relaxed);
+        }
         let (a, b, rtcp, anchored) = match &media {
             Some(m) => (
                 m.rtp_packets(Side::Caller),

@@ -54,6 +54,20 @@ pub struct Stats {
     pub recordings_finished: AtomicU64,
     /// New calls refused while shutting down.
     pub calls_refused: AtomicU64,
+    /// Calls started, incoming.
+    pub calls_incoming: AtomicU64,
+    /// Calls started, outgoing.
+    pub calls_outgoing: AtomicU64,
+    /// Decisions to record.
+    pub decisions_recorded: AtomicU64,
+    /// Decisions not to record.
+    pub decisions_not_recorded: AtomicU64,
+    /// RTP packets from a source other than the latched one, dropped by the relay.
+    pub rtp_dropped: AtomicU64,
+    /// RTP packets the recorder's queue refused (slow disk), from finished recordings.
+    pub recorder_queue_dropped: AtomicU64,
+    /// Sets sealed (shared with the sealing thread).
+    pub sealed: Arc<AtomicU64>,
 }
 
 /// What the admin API shows about a finished call.
@@ -101,6 +115,10 @@ pub struct Core {
     pub draining: std::sync::atomic::AtomicBool,
     /// Flips to true when running calls must be hung up (grace period over).
     pub hang_up_all: tokio::sync::watch::Sender<bool>,
+    /// The upload spool (for metrics and health).
+    pub spool: Option<crate::spool::Spool>,
+    /// The protocol database (for metrics and health).
+    pub db: Option<crate::db::Db>,
 }
 
 /// How many finished calls `recent` keeps.

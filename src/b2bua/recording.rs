@@ -226,6 +226,10 @@ impl CallRecording {
                 software_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             meta.set_recording_output(&out);
+            stats.stats.recorder_queue_dropped.fetch_add(
+                out.caller.queue_dropped + out.callee.queue_dropped,
+                Ordering::Relaxed,
+            );
             let job = SealJob {
                 folder: settings.dir.clone(),
                 base_name: self.base_name.clone(),

@@ -178,6 +178,14 @@ impl Session {
         self.streams.get(i).map(|s| s.port_facing(Side::Caller))
     }
 
+    /// Packets from sources other than the latched peers, dropped.
+    pub fn foreign_dropped(&self) -> u64 {
+        self.streams
+            .iter()
+            .map(|s| s.stats.foreign_dropped.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Number of anchored streams.
     pub fn stream_count(&self) -> usize {
         self.streams.len()

@@ -1,0 +1,73 @@
+//! The admin API as monitoring sees it (issue 8, item 1): /health is 200 while
+//! everything works and 503 with the reason while shutting down; /metrics
+//! counts calls by direction, decisions, sealed recordings and upload attempts
+//! per target; /api/ refuses requests without the bearer token.
+
+mod common;
+
+use common::ua::Ua;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn health_metrics_and_token() {
+    let proxy = Proxy::start();
+    let (code, body) = http_request(proxy.admin_addr(), "GET", "/health", None).unwrap();
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, _) = http_request(proxy.admin_addr(), "GET", "/api/calls/recent", None).unwrap();
+    assert_eq!(code, 401, "/api/ without a token must be refused");
+
+    proxy.call(pair("basic")).run().assert_success();
+    proxy.call_reversed(pair("basic")).run().assert_success();
+    let mut m = proxy.metrics();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            m = proxy.metrics();
+            metric_sum(&m, "callrec_recordings_sealed_total") == 2.0
+                && metric_sum(&m, "callrec_spool_sets") == 0.0
+        }),
+        "{m:#?}"
+    );
+    assert_eq!(metric_sum(&m, "callrec_calls_incoming_total"), 1.0);
+    assert_eq!(metric_sum(&m, "callrec_calls_outgoing_total"), 1.0);
+    assert_eq!(metric_sum(&m, "callrec_decisions_recorded_total"), 2.0);
+    assert_eq!(
+        metric_sum(&m, "callrec_upload_failures_total"),
+        0.0,
+        "{m:#?}"
+    );
+    assert!(
+        metric_sum(&m, "callrec_upload_attempts_total") >= 2.0,
+        "{m:#?}"
+    );
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("callrec_upload_attempts_total{target=\"file://")),
+        "per-target label missing: {m:#?}"
+    );
+    assert_eq!(metric_sum(&m, "callrec_recorder_queue_dropped_total"), 0.0);
+}
+
+#[test]
+fn health_turns_503_while_shutting_down() {
+    let mut proxy = Proxy::builder().arg("--shutdown-grace").arg("10").start();
+    let dir = TestDir::new("health-drain");
+    let run = proxy.call(pair("basic")).timeout(Duration::from_secs(30));
+    let mut callee = run.callee_sipp(dir.path()).spawn();
+    assert!(callee.wait_ready(Duration::from_secs(10)));
+    let mut ua = Ua::new("127.0.0.3", proxy.sip_addr());
+    ua.invite("03012345678", "200");
+    let ok = ua.wait_response("1 INVITE", Duration::from_secs(10), |c| c == 200);
+    ua.ack(&ok);
+    let _ = Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, body) = http_request(proxy.admin_addr(), "GET", "/health", None).unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    ua.bye();
+    callee.wait().assert_success();
+    assert_eq!(proxy.terminate(Duration::from_secs(20)), Some(0));
+}

@@ -28,6 +28,8 @@ pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io:
     let state = Arc::new(Admin { core, token });
     let api = Router::new()
         .route("/api/calls/recent", get(recent))
+        .route("/api/calls/active", get(active))
+        .route("/api/recordings", get(recordings))
         .route(
             "/api/groups/{group}/members/{user}/{action}",
             get(membership).post(membership),
@@ -94,6 +96,46 @@ async fn require_token(
 async fn recent(State(s): State<Arc<Admin>>) -> Json<Vec<CallSummary>> {
     let r = s.core.recent.lock().expect("recent calls poisoned");
     Json(r.iter().cloned().collect())
+}
+
+async fn active(State(s): State<Arc<Admin>>) -> Json<Vec<crate::b2bua::LiveCall>> {
+    let live = s.core.live.lock().expect("live calls poisoned");
+    let mut v: Vec<_> = live.values().cloned().collect();
+    v.sort_by_key(|c| c.started_ms);
+    Json(v)
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    number: String,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+}
+
+/// Recordings of a party (any spelling of the number), from the protocol database.
+async fn recordings(State(s): State<Arc<Admin>>, Query(q): Query<SearchQuery>) -> Response {
+    let Some(db) = s.core.db.clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no protocol database").into_response();
+    };
+    let plan = match &s.core.planner {
+        Some(p) => p.directory().current().plan().clone(),
+        None => crate::policy::NumberPlan::default(),
+    };
+    let rows = tokio::task::spawn_blocking(move || {
+        crate::archive::search(
+            &db,
+            &plan,
+            &q.number,
+            q.from_ms.unwrap_or(0),
+            q.to_ms.unwrap_or(i64::MAX),
+        )
+    })
+    .await;
+    match rows {
+        Ok(Ok(rows)) => Json(rows).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// `login` or `logout` of `user` (login, number or id) in `group` (name, number or id).

@@ -271,7 +271,7 @@ pub enum DbError {
 }
 
 /// A recording, as `callrec recordings search` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RecordingRow {
     /// Call-ID of the caller's leg.
     pub call_id: String,

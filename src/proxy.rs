@@ -139,6 +139,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             ..Stats::default()
         },
         recent: Mutex::new(Default::default()),
+        live: Mutex::new(Default::default()),
         advertised,
         recording: Some(recording),
         planner: Some(planner),

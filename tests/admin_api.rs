@@ -47,6 +47,20 @@ fn health_metrics_and_token() {
         "per-target label missing: {m:#?}"
     );
     assert_eq!(metric_sum(&m, "callrec_recorder_queue_dropped_total"), 0.0);
+
+    // Recordings search over the API, in another spelling of the number.
+    let mut body = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            body = http_get(proxy.admin_addr(), "/api/recordings?number=%2B493012345678")
+                .unwrap()
+                .1;
+            body.matches("base_name").count() == 1
+        }),
+        "{body}"
+    );
+    let (_, active) = http_get(proxy.admin_addr(), "/api/calls/active").unwrap();
+    assert_eq!(active.trim(), "[]");
 }
 
 #[test]
@@ -60,6 +74,10 @@ fn health_turns_503_while_shutting_down() {
     ua.invite("03012345678", "200");
     let ok = ua.wait_response("1 INVITE", Duration::from_secs(10), |c| c == 200);
     ua.ack(&ok);
+    let (_, active) = http_get(proxy.admin_addr(), "/api/calls/active").unwrap();
+    let active: serde_json::Value = serde_json::from_str(&active).unwrap();
+    assert_eq!(active[0]["state"], "answered", "{active}");
+    assert_eq!(active[0]["recorded"], true, "{active}");
     let _ = Command::new("kill")
         .args(["-TERM", &proxy.pid().to_string()])
         .status();

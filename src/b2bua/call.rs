@@ -370,6 +370,19 @@ impl Call {
             Direction::Outgoing => &self.core.stats.calls_outgoing,
         }
         .fetch_add(1, Ordering::Relaxed);
+        self.core.live.lock().expect("live calls poisoned").insert(
+            self.serial,
+            super::LiveCall {
+                caller_call_id: self.legs[0].call_id.clone(),
+                callee_call_id: self.legs[1].call_id.clone(),
+                direction: self.dir,
+                caller: self.parties.0.number.clone(),
+                dialled: self.parties.2.clone(),
+                recorded: plan.record,
+                state: "ringing",
+                started_ms: chrono::Utc::now().timestamp_millis(),
+            },
+        );
         if plan.anchor {
             self.media = Some(Session::new(
                 self.core.ports.clone(),
@@ -756,6 +769,15 @@ impl Call {
                 .calls_answered
                 .fetch_add(1, Ordering::Relaxed);
             info!("answered by callee ({code})");
+            if let Some(l) = self
+                .core
+                .live
+                .lock()
+                .expect("live calls poisoned")
+                .get_mut(&self.serial)
+            {
+                l.state = "answered";
+            }
             self.relay_response(Side::Callee, ix, self.initial, msg)
                 .await;
             self.start_recording();
@@ -1206,6 +1228,11 @@ impl Call {
             };
             rec.finish(settings.clone(), facts, self.core.clone());
         }
+        self.core
+            .live
+            .lock()
+            .expect("live calls poisoned")
+            .remove(&self.serial);
         self.core.stats.calls_active.fetch_sub(1, Ordering::Relaxed);
         info!(
             reason,

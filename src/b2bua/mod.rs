@@ -93,6 +93,27 @@ pub struct CallSummary {
     pub rtcp_packets: u64,
 }
 
+/// A call in progress, as `GET /api/calls/active` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveCall {
+    /// Call-ID on the caller's leg.
+    pub caller_call_id: String,
+    /// Call-ID on the callee's leg.
+    pub callee_call_id: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Caller's number.
+    pub caller: String,
+    /// Dialled number.
+    pub dialled: String,
+    /// Whether the call is being recorded.
+    pub recorded: bool,
+    /// `ringing` or `answered`.
+    pub state: &'static str,
+    /// Start (ms since the epoch).
+    pub started_ms: i64,
+}
+
 /// Shared services of all calls.
 pub struct Core {
     /// Configuration.
@@ -105,6 +126,8 @@ pub struct Core {
     pub stats: Stats,
     /// The last finished calls, newest last.
     pub recent: Mutex<VecDeque<CallSummary>>,
+    /// Calls in progress, by call serial (each call updates only its own entry).
+    pub live: Mutex<std::collections::HashMap<u64, LiveCall>>,
     /// Host part we put into Via and Contact.
     pub advertised: SocketAddr,
     /// How calls are recorded (None: proxy only).

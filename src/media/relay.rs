@@ -303,4 +303,66 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(pool.in_use(), 0);
     }
+
+    #[tokio::test]
+    async fn telephone_events_and_muxed_rtcp_pass_unchanged() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32100, 32110);
+        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None);
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // rtcp-mux on the callee's side: its RTCP address is its RTP address.
+        let b_addr = b.local_addr().unwrap();
+        s.set_peer(Side::Callee, Some(b_addr), Some(b_addr));
+        let to_proxy: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
+        // RFC 4733 event (PT 101, marker, digit 5, end bit) and an RTCP SR (PT 200).
+        let dtmf = [
+            0x80u8, 0xE5, 0, 9, 0, 0, 1, 0, 1, 2, 3, 4, 5, 0x8A, 0x03, 0x20,
+        ];
+        let sr = [
+            0x80u8, 200, 0, 6, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0,
+        ];
+        let mut buf = [0u8; 64];
+        for pkt in [&dtmf[..], &sr[..]] {
+            a.send_to(pkt, to_proxy).await.unwrap();
+            let (n, _) = tokio::time::timeout(Duration::from_secs(2), b.recv_from(&mut buf))
+                .await
+                .expect("relayed")
+                .unwrap();
+            assert_eq!(&buf[..n], pkt, "relayed bytes differ");
+        }
+        assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.rtcp_packets[0].load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_source_takes_over_only_after_a_quiet_period() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32200, 32210);
+        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None);
+        let first = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let moved = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None);
+        let to_proxy: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
+        let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+        first.send_to(&pkt, to_proxy).await.unwrap();
+        moved.send_to(&pkt, to_proxy).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(s.stats.foreign_dropped.load(Ordering::Relaxed), 1);
+        // After the latched source has been quiet, the new one (a NAT rebinding) is taken.
+        tokio::time::sleep(RELATCH_QUIET).await;
+        moved.send_to(&pkt, to_proxy).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 2);
+        // Packets for the caller now go to the new source.
+        b.send_to(&pkt, SocketAddr::from(([127, 0, 0, 1], s.callee_port)))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), moved.recv_from(&mut buf))
+            .await
+            .expect("to the new source")
+            .unwrap();
+        assert_eq!(n, pkt.len());
+    }
 }

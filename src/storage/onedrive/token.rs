@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Renew an access token this many seconds before it expires.
+/// Renew an access token this many seconds before it expires (at most half its lifetime).
 pub const REFRESH_MARGIN_SECS: i64 = 300;
 
 /// Which sign-in a target uses.
@@ -302,7 +302,9 @@ impl TokenSource {
         }
         if let Some(t) = current.as_ref() {
             let replaced_meanwhile = rejected.is_some_and(|r| r != t.access_token);
-            let fresh = t.expires_at - now_unix() > REFRESH_MARGIN_SECS;
+            // Renew within the margin, or within the last half of a short-lived token.
+            let margin = REFRESH_MARGIN_SECS.min((t.expires_at - t.refreshed_at) / 2);
+            let fresh = t.expires_at - now_unix() > margin;
             if replaced_meanwhile || (rejected.is_none() && fresh) {
                 return Ok(t.access_token.clone());
             }

@@ -498,7 +498,7 @@ impl Fake {
                 if total != s.size {
                     slip.push(format!("total {total} != {}", s.size));
                 }
-                if end + 1 < total && body.len() % CHUNK_UNIT != 0 {
+                if end + 1 < total && !body.len().is_multiple_of(CHUNK_UNIT) {
                     slip.push(format!(
                         "non-final chunk of {} bytes is no multiple of 320 KiB",
                         body.len()
@@ -723,7 +723,7 @@ async fn onedrive_app_only_creates_folders_and_uploads_small_files_and_sessions_
         for (i, &(start, end, t, len)) in f.chunks.iter().enumerate() {
             assert_eq!((start, t), (next, total), "chunk {i}: {:?}", f.chunks);
             if i + 1 < f.chunks.len() {
-                assert_eq!(len % CHUNK_UNIT, 0, "chunk {i} is {len} bytes");
+                assert!(len.is_multiple_of(CHUNK_UNIT), "chunk {i} is {len} bytes");
             }
             next = end + 1;
         }

@@ -40,6 +40,7 @@ pub const SIMPLE_UPLOAD_MAX: u64 = 4 * 1024 * 1024;
 pub const CHUNK_UNIT: u64 = 320 * 1024;
 /// Chunk size of upload sessions: 10 × 320 KiB.
 pub const CHUNK: u64 = 10 * CHUNK_UNIT;
+const _: () = assert!(CHUNK.is_multiple_of(CHUNK_UNIT) && CHUNK <= 60 * 1024 * 1024);
 /// Redirect URI used by default for the delegated sign-in (a native/public client).
 pub const NATIVE_CLIENT_REDIRECT: &str =
     "https://login.microsoftonline.com/common/oauth2/nativeclient";
@@ -1000,11 +1001,5 @@ mod tests {
             extract_code("https://login.microsoftonline.com/common/oauth2/nativeclient?code=0.AX%2Fy&state=s&session_state=t"),
             "0.AX/y"
         );
-    }
-
-    #[test]
-    fn chunks_are_multiples_of_320_kib() {
-        assert_eq!(CHUNK % CHUNK_UNIT, 0);
-        assert!(CHUNK <= 60 * 1024 * 1024);
     }
 }

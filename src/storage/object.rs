@@ -128,8 +128,12 @@ impl ObjectTarget {
         let path = path.to_string();
         let detail = e.to_string();
         let lower = detail.to_ascii_lowercase();
+        // opendal reports some refusals (WebDAV 401) as unexpected; the status tells.
+        let refused = e.kind() == ErrorKind::PermissionDenied
+            || lower.contains("status: 401")
+            || lower.contains("status: 403");
         match e.kind() {
-            ErrorKind::PermissionDenied => TargetError::Auth {
+            _ if refused => TargetError::Auth {
                 target,
                 detail: match self.kind {
                     Kind::S3 => format!("{detail}; check access_key_id / secret_access_key and the key's rights on the bucket"),

@@ -140,11 +140,11 @@ impl ObjectTarget {
                     Kind::WebDav => format!("{detail}; check the user in the URL and password / password_env"),
                 },
             },
-            ErrorKind::ConfigInvalid => TargetError::Config { target, detail },
             _ if lower.contains("nosuchbucket") => TargetError::MissingShare {
                 target,
                 detail: format!("{detail}; the bucket must exist"),
             },
+            ErrorKind::ConfigInvalid => TargetError::Config { target, detail },
             _ if lower.contains("error sending request") || lower.contains("connect") => {
                 TargetError::Unreachable { target, detail }
             }

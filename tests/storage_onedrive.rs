@@ -740,7 +740,7 @@ async fn onedrive_app_only_creates_folders_and_uploads_small_files_and_sessions_
 
     // A SharePoint site's library, templated folder again.
     let site = OneDriveTarget::from_url(
-        &format!("onedrive://site:{SITE}/Shared Documents/rec/$Y-$M-$D"),
+        &format!("onedrive://site:{SITE}/Recordings/$Y-$M-$D"),
         graph.app_secret(CLIENT_SECRET),
         None,
     )
@@ -748,7 +748,7 @@ async fn onedrive_app_only_creates_folders_and_uploads_small_files_and_sessions_
     site.put(&upload_set(&made[0])).await.unwrap();
     graph.assert_holds(
         &format!("site:{SITE}"),
-        "Shared Documents/rec/2026-03-01",
+        "Recordings/2026-03-01",
         &made[0].contents,
     );
     graph.assert_no_violations();

@@ -41,9 +41,11 @@ pub const CHUNK_UNIT: u64 = 320 * 1024;
 /// Chunk size of upload sessions: 10 × 320 KiB.
 pub const CHUNK: u64 = 10 * CHUNK_UNIT;
 const _: () = assert!(CHUNK.is_multiple_of(CHUNK_UNIT) && CHUNK <= 60 * 1024 * 1024);
-/// Redirect URI used by default for the delegated sign-in (a native/public client).
-pub const NATIVE_CLIENT_REDIRECT: &str =
-    "https://login.microsoftonline.com/common/oauth2/nativeclient";
+/// Redirect URI used by default for the delegated sign-in (a native/public client):
+/// `https://<the cloud's login host>/common/oauth2/nativeclient`.
+pub fn native_client_redirect(login_host: &str) -> String {
+    format!("https://{login_host}/common/oauth2/nativeclient")
+}
 /// How often an idle delegated target renews its refresh token.
 pub const KEEP_ALIVE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -308,7 +310,7 @@ pub fn oauth_config(
         redirect_uri: c
             .redirect_uri
             .clone()
-            .unwrap_or_else(|| NATIVE_CLIENT_REDIRECT.to_string()),
+            .unwrap_or_else(|| native_client_redirect(hosts.login)),
         permission: c
             .scope
             .clone()

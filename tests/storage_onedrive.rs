@@ -65,6 +65,8 @@ struct Fake {
     /// (drive, path) → node
     items: BTreeMap<(String, String), Node>,
     sessions: HashMap<String, Session>,
+    /// download id → (drive, path)
+    downloads: HashMap<String, (String, String)>,
     /// (start, end inclusive, total, body length)
     chunks: Vec<(usize, usize, usize, usize)>,
     /// (method, path) of every Graph API request
@@ -325,6 +327,20 @@ impl Fake {
                     "The resource could not be found.",
                 ),
             },
+            ("GET", "/content") => match self.items.get(&(drive.clone(), item.clone())) {
+                Some(Node::File(_)) => {
+                    // Like Graph: a redirect to a pre-authenticated download URL.
+                    self.next_id += 1;
+                    let id = format!("d{}", self.next_id);
+                    self.downloads.insert(id.clone(), (drive, item));
+                    (
+                        StatusCode::FOUND,
+                        [("location", format!("{}/download/{id}", self.base))],
+                    )
+                        .into_response()
+                }
+                _ => graph_error(StatusCode::NOT_FOUND, "itemNotFound", "no such file"),
+            },
             ("POST", "/children") => {
                 let j: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
                 if j["@microsoft.graph.conflictBehavior"] != "fail" || !j["folder"].is_object() {
@@ -555,6 +571,16 @@ async fn handle(State(fake): State<Shared>, req: Request) -> Response {
     {
         return f.token(rest, &body);
     }
+    if let Some(id) = path.strip_prefix("/download/") {
+        return match f
+            .downloads
+            .remove(id)
+            .and_then(|k| f.items.get(&k).cloned())
+        {
+            Some(Node::File(b)) => b.into_response(),
+            _ => (StatusCode::NOT_FOUND, "gone").into_response(),
+        };
+    }
     if let Some(sid) = path.strip_prefix("/upload/") {
         return f.upload(&method, sid, &headers, &body);
     }
@@ -683,7 +709,7 @@ async fn onedrive_app_only_creates_folders_and_uploads_small_files_and_sessions_
 ) {
     let graph = FakeGraph::start().await;
     let work = tempfile::tempdir().unwrap();
-    let made = make_sets(work.path(), 1);
+    let made = make_sets(work.path(), 2);
     let (big_set, big_contents) = large_set(&work.path().join("big"));
 
     let user = OneDriveTarget::from_url(
@@ -737,6 +763,16 @@ async fn onedrive_app_only_creates_folders_and_uploads_small_files_and_sessions_
         assert_eq!(sessions, 1);
         assert_eq!(f.grants, ["client_credentials"]);
     }
+
+    // The app-only token expires on the server: one 401, a new token, the request retried.
+    graph.fake().access_tokens.clear();
+    user.put(&upload_set(&made[1])).await.unwrap();
+    graph.assert_holds(&drive, "Call Recordings/2026/03", &made[1].contents);
+    assert_eq!(graph.fake().unauthorized, 1);
+    assert_eq!(
+        graph.fake().grants,
+        ["client_credentials", "client_credentials"]
+    );
 
     // A SharePoint site's library, templated folder again.
     let site = OneDriveTarget::from_url(
@@ -923,7 +959,7 @@ async fn onedrive_429_and_503_with_retry_after_are_waited_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn onedrive_never_overwrites_same_size_counts_as_delivered_other_size_fails() {
+async fn onedrive_never_overwrites_identical_counts_as_delivered_different_fails() {
     let graph = FakeGraph::start().await;
     let work = tempfile::tempdir().unwrap();
     let made = make_sets(work.path(), 2);
@@ -985,6 +1021,18 @@ async fn onedrive_never_overwrites_same_size_counts_as_delivered_other_size_fail
     target.put(&big_set).await.unwrap();
     graph.assert_holds(&drive, folder, &big_contents);
     assert!(graph.fake().sessions.is_empty(), "no session left open");
+
+    // Same names and sizes as set 0 but other bytes (another instance's keys sign
+    // differently): the content is read back and compared, and the upload refused.
+    let other = make_sets(&work.path().join("other"), 1);
+    assert_eq!(other[0].set.base_name, made[0].set.base_name);
+    let err = target.put(&upload_set(&other[0])).await.unwrap_err();
+    assert!(matches!(err, TargetError::Mismatch { .. }), "{err}");
+    assert!(
+        err.to_string().contains("other content") && err.to_string().contains("never overwritten"),
+        "{err}"
+    );
+    graph.assert_holds(&drive, folder, &made[0].contents);
     graph.assert_no_violations();
 }
 

@@ -15,7 +15,8 @@
 //! Uploads: folders created one level at a time; files up to [`SIMPLE_UPLOAD_MAX`] with
 //! one PUT, larger ones through an upload session in chunks of [`CHUNK`] (a multiple
 //! of 320 KiB). Nothing is ever overwritten (`conflictBehavior=fail`): a file that
-//! is already there counts as delivered when its size matches, else the upload fails.
+//! is already there counts as delivered when its size matches and its content, read
+//! back, has the local file's SHA-256; else the upload fails.
 
 pub mod graph;
 pub mod token;
@@ -695,22 +696,58 @@ impl OneDriveTarget {
         Ok(())
     }
 
-    /// A name that is already taken: delivered if the size matches, else refused.
-    async fn existing(&self, path: &str, size: u64) -> Result<(), TargetError> {
-        match self.get_item(path).await? {
-            Some(Item { size: Some(s), .. }) if s == size => {
-                tracing::info!(target_url = %self.url, path, size, "onedrive: file already there with the same size; counted as delivered");
-                Ok(())
-            }
-            found => Err(TargetError::Mismatch {
-                target: self.url.clone(),
-                path: path.to_string(),
-                detail: format!(
-                    "a file of this name already exists with size {:?}, local size {size}; it is never overwritten: move or delete the remote file",
-                    found.and_then(|i| i.size)
-                ),
-            }),
+    /// A name that is already taken: delivered if the size matches and the content is
+    /// the local file's (read back and compared by SHA-256), else refused.
+    async fn existing(&self, path: &str, local: &Path, size: u64) -> Result<(), TargetError> {
+        let mismatch = |detail: String| TargetError::Mismatch {
+            target: self.url.clone(),
+            path: path.to_string(),
+            detail: format!("{detail}; it is never overwritten: move or delete the remote file"),
+        };
+        let found = self.get_item(path).await?.and_then(|i| i.size);
+        if found != Some(size) {
+            return Err(mismatch(format!(
+                "a file of this name already exists with size {found:?}, local size {size}"
+            )));
         }
+        let remote = self.remote_sha256(path).await?;
+        let local_sum = super::sha256_file(local).map_err(|e| TargetError::Local {
+            target: self.url.clone(),
+            path: local.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        if remote != local_sum {
+            return Err(mismatch(format!(
+                "a file of this name and size already exists with other content (SHA-256 {remote}, local {local_sum})"
+            )));
+        }
+        tracing::info!(target_url = %self.url, path, size, "onedrive: identical file already there; counted as delivered");
+        Ok(())
+    }
+
+    /// Downloads a file (Graph redirects to a pre-authenticated URL) and hashes it.
+    async fn remote_sha256(&self, path: &str) -> Result<String, TargetError> {
+        use sha2::{Digest, Sha256};
+        let url = format!("{}/content", self.item_path(path));
+        let mut resp = self
+            .graph
+            .send(Method::GET, &url, |r| r)
+            .await
+            .map_err(|e| self.error("read back", path, e))?;
+        if !resp.status().is_success() {
+            return Err(self.error("read back", path, GraphError::from_response(resp).await));
+        }
+        let mut h = Sha256::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            self.error(
+                "read back",
+                path,
+                GraphError::Transport(transport_detail(e)),
+            )
+        })? {
+            h.update(&chunk);
+        }
+        Ok(hex::encode(h.finalize()))
     }
 
     fn check_size(&self, path: &str, item: &Item, size: u64) -> Result<(), TargetError> {
@@ -744,7 +781,7 @@ impl OneDriveTarget {
                 let item: Item = resp.json().await.map_err(|e| self.bad_json(path, e))?;
                 self.check_size(path, &item, size)
             }
-            StatusCode::CONFLICT => self.existing(path, size).await,
+            StatusCode::CONFLICT => self.existing(path, local, size).await,
             _ => Err(self.error("upload", path, GraphError::from_response(resp).await)),
         }
     }
@@ -768,7 +805,7 @@ impl OneDriveTarget {
             .map_err(|e| self.error("create upload session", path, e))?;
         match resp.status() {
             s if s.is_success() => {}
-            StatusCode::CONFLICT => return self.existing(path, size).await,
+            StatusCode::CONFLICT => return self.existing(path, local, size).await,
             _ => {
                 return Err(self.error(
                     "create upload session",
@@ -837,7 +874,7 @@ impl OneDriveTarget {
                         resp.json().await.map_err(|e| self.bad_json(path, e))?;
                     offset = next_offset(&info).unwrap_or(offset + len);
                 }
-                StatusCode::CONFLICT => return self.existing(path, size).await,
+                StatusCode::CONFLICT => return self.existing(path, local, size).await,
                 StatusCode::RANGE_NOT_SATISFIABLE if resumes < 3 => {
                     resumes += 1;
                     offset = self.resume_offset(path, upload_url).await?;

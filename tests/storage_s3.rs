@@ -186,6 +186,20 @@ async fn s3_large_file_goes_up_in_parts_and_arrives_whole() {
         "no multipart upload in the log: {log}"
     );
     assert!(log.matches("partNumber=").count() >= 3, "{log}");
+    // Again (a retry after a lost answer): the object is read back, found identical,
+    // and not sent a second time.
+    let parts = log.matches("partNumber=").count();
+    target
+        .put(&UploadSet::new(base, vec![path.clone()]))
+        .await
+        .unwrap();
+    let log = moto.daemon.log_text();
+    assert_eq!(
+        log.matches("partNumber=").count(),
+        parts,
+        "sent again: {log}"
+    );
+    assert!(log.contains("GET /recordings/big/"), "read back: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

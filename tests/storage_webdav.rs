@@ -75,7 +75,7 @@ async fn webdav_delivers_byte_identical_sets_into_templated_folders_on_rclone() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webdav_replaces_a_partial_leftover_and_keeps_complete_files() {
+async fn webdav_replaces_leftovers_and_keeps_identical_files() {
     let work = tempfile::tempdir().unwrap();
     let served = work.path().join("served");
     let port = free_port();
@@ -99,6 +99,15 @@ async fn webdav_replaces_a_partial_leftover_and_keeps_complete_files() {
         .unwrap();
     std::fs::write(folder.join(&wav.0), &wav.1[..wav.1.len() / 2]).unwrap();
     std::fs::write(folder.join(&json.0), &json.1).unwrap();
+    // A checksum file of the right size with other bytes (say, another instance's).
+    let sums = m
+        .contents
+        .iter()
+        .find(|(n, _)| n.ends_with(".sha256"))
+        .unwrap();
+    let mut wrong = sums.1.clone();
+    wrong[0] ^= 0x01;
+    std::fs::write(folder.join(&sums.0), &wrong).unwrap();
     let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
     std::fs::File::options()
         .write(true)

@@ -3,9 +3,9 @@
 //!
 //! Endpoint, region and keys (S3) or the password (WebDAV) come from the target's
 //! secrets table, never from the URL. A file already on the target with the local
-//! size counts as delivered and is not sent again; anything else is (re)written —
-//! an S3 PUT replaces atomically, a WebDAV PUT replaces a partial leftover — and
-//! the size on the target is read back before the file counts. Files go in the
+//! size and SHA-256 (read back) counts as delivered and is not sent again; anything
+//! else is (re)written — an S3 PUT replaces atomically, a WebDAV PUT replaces a
+//! partial leftover — and the size on the target is read back before the file counts. Files go in the
 //! set's order, so the signature file is last.
 
 use std::path::Path;
@@ -169,6 +169,35 @@ impl ObjectTarget {
         }
     }
 
+    /// Whether `path` on the target has the local file's SHA-256 (read back in parts).
+    async fn same_content(&self, path: &str, local: &Path, size: u64) -> Result<bool, TargetError> {
+        use sha2::{Digest, Sha256};
+        let reader = self
+            .op
+            .reader(path)
+            .await
+            .map_err(|e| self.error("read back", path, e))?;
+        let mut h = Sha256::new();
+        let mut at = 0u64;
+        while at < size {
+            let end = (at + PART as u64).min(size);
+            let buf = reader
+                .read(at..end)
+                .await
+                .map_err(|e| self.error("read back", path, e))?;
+            for chunk in buf {
+                h.update(&chunk);
+            }
+            at = end;
+        }
+        let local_sum = super::sha256_file(local).map_err(|e| TargetError::Local {
+            target: self.url.clone(),
+            path: local.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(hex::encode(h.finalize()) == local_sum)
+    }
+
     async fn upload(&self, path: &str, local: &Path, size: u64) -> Result<(), TargetError> {
         let local_err = |e: std::io::Error| TargetError::Local {
             target: self.url.clone(),
@@ -235,8 +264,11 @@ impl Target for ObjectTarget {
                 format!("{folder}/{name}")
             };
             if self.remote_size(&path).await? == Some(size) {
-                tracing::info!(target_url = %self.url, path, size, "object storage: file already there with the same size; counted as delivered");
-                continue;
+                if self.same_content(&path, local, size).await? {
+                    tracing::info!(target_url = %self.url, path, size, "object storage: identical file already there; counted as delivered");
+                    continue;
+                }
+                tracing::warn!(target_url = %self.url, path, size, "object storage: a file of this name and size with other content is there; replacing it");
             }
             self.upload(&path, local, size).await?;
             match self.remote_size(&path).await? {

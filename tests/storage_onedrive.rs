@@ -852,8 +852,20 @@ async fn onedrive_delegated_authorize_link_code_token_file_and_refresh_on_expiry
         .await
         .unwrap_err();
     assert!(err.to_string().contains("invalid_grant"), "{err}");
-    let pasted = "https://login.microsoftonline.com/common/oauth2/nativeclient?code=code-1&state=x&session_state=y";
-    let outcome = authorize(&data, url, &secrets, Some(pasted)).await.unwrap();
+    let redirect = "https://login.microsoftonline.com/common/oauth2/nativeclient";
+    // An address from another link (other state) is refused before the code is used.
+    let stale = format!("{redirect}?code=code-1&state=not-ours&session_state=y");
+    let err = authorize(&data, url, &secrets, Some(&stale))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("state differs"), "{err}");
+    let pasted = format!(
+        "{redirect}?code=code-1&state={}&session_state=y",
+        q["state"]
+    );
+    let outcome = authorize(&data, url, &secrets, Some(&pasted))
+        .await
+        .unwrap();
     let AuthorizeOutcome::SignedIn { token_file } = outcome.clone() else {
         panic!("{outcome:?}")
     };

@@ -9,9 +9,10 @@
 //! - `s3://bucket/prefix/$Y`, `webdav://[user@]host[:port]/path/$Y` (`webdavs://` for
 //!   HTTPS) — object storage and WebDAV through opendal.
 //!
-//! Every file of a set is written under a temporary name, renamed, and its size
-//! (and, for folders, its SHA-256) confirmed before it counts; the signature file
-//! goes last. Secrets never come from the URL: see [`Secrets`].
+//! File, SFTP and SMB targets write every file under a temporary name, rename it,
+//! and confirm its size (and, for folders, its SHA-256) before it counts; OneDrive
+//! and S3 uploads appear whole or not at all, WebDAV files are replaced on retry.
+//! The signature file goes last. Secrets never come from the URL: see [`Secrets`].
 
 mod cloud_secret;
 mod file;

@@ -384,13 +384,12 @@ pub async fn authorize(
                 use sha2::{Digest, Sha256};
                 base64url(&Sha256::digest(verifier.as_bytes()))
             };
-            let p = token::StoredToken {
-                access_token: String::new(),
-                expires_at: 0,
-                refresh_token: Some(verifier),
-                refreshed_at: token::now_unix(),
+            let p = Pending {
+                code_verifier: verifier,
+                state: state.clone(),
+                created_at: token::now_unix(),
             };
-            token::save_token(&pending, &p).map_err(|e| AuthorizeError::Io {
+            token::write_private_json(&pending, &p).map_err(|e| AuthorizeError::Io {
                 path: pending.display().to_string(),
                 detail: e.to_string(),
             })?;
@@ -413,17 +412,23 @@ pub async fn authorize(
                 url: format!("{}?{query}", cfg.authorize_url()),
             })
         }
-        Some(code) => {
-            let code = extract_code(code);
-            let p = token::load_token(&pending).map_err(|e| AuthorizeError::NotStarted {
+        Some(pasted) => {
+            let not_started = |detail: String| AuthorizeError::NotStarted {
                 target: target_url.to_string(),
                 path: pending.display().to_string(),
-                detail: match e {
-                    TokenError::NotSignedIn { detail, .. } => detail,
-                    other => other.to_string(),
-                },
-            })?;
-            let verifier = p.refresh_token.unwrap_or_default();
+                detail,
+            };
+            let bytes = std::fs::read(&pending).map_err(|e| not_started(e.to_string()))?;
+            let p: Pending = serde_json::from_slice(&bytes)
+                .map_err(|e| not_started(format!("unreadable: {e}")))?;
+            let (code, state) = extract_code(pasted);
+            if state.as_ref().is_some_and(|s| *s != p.state) {
+                return Err(not_started(
+                    "the pasted address belongs to another authorization link (state differs)"
+                        .into(),
+                ));
+            }
+            let verifier = p.code_verifier;
             let http = http_client().map_err(cfg_err)?;
             let scope = cfg.scope();
             let secret_value = cfg.client_secret.take();
@@ -464,21 +469,35 @@ pub async fn authorize(
     }
 }
 
-/// The code from what the user pasted: the code itself or the whole redirect address.
-fn extract_code(pasted: &str) -> String {
+/// A started delegated sign-in: the PKCE verifier and the state of the link.
+#[derive(serde::Serialize, Deserialize)]
+struct Pending {
+    code_verifier: String,
+    state: String,
+    created_at: i64,
+}
+
+/// The code (and state, if given) from what the user pasted: the code itself or the
+/// whole redirect address.
+fn extract_code(pasted: &str) -> (String, Option<String>) {
     let s = pasted.trim();
-    if let Some(q) = s
+    let Some(q) = s
         .split_once('?')
         .map(|(_, q)| q)
         .or_else(|| s.contains("code=").then_some(s))
-    {
-        for pair in q.split(['&', '#']) {
-            if let Some(v) = pair.strip_prefix("code=") {
-                return percent_decode(v);
-            }
+    else {
+        return (s.to_string(), None);
+    };
+    let mut code = None;
+    let mut state = None;
+    for pair in q.split(['&', '#']) {
+        if let Some(v) = pair.strip_prefix("code=") {
+            code = Some(percent_decode(v));
+        } else if let Some(v) = pair.strip_prefix("state=") {
+            state = Some(percent_decode(v));
         }
     }
-    s.to_string()
+    (code.unwrap_or_else(|| s.to_string()), state)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -1035,10 +1054,10 @@ mod tests {
 
     #[test]
     fn codes_are_taken_from_pasted_addresses() {
-        assert_eq!(extract_code("  abc-123 "), "abc-123");
+        assert_eq!(extract_code("  abc-123 "), ("abc-123".into(), None));
         assert_eq!(
             extract_code("https://login.microsoftonline.com/common/oauth2/nativeclient?code=0.AX%2Fy&state=s&session_state=t"),
-            "0.AX/y"
+            ("0.AX/y".into(), Some("s".into()))
         );
     }
 }

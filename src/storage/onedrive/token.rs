@@ -186,6 +186,11 @@ pub fn load_token(path: &Path) -> Result<StoredToken, TokenError> {
 
 /// Writes a token file with mode 0600 (temporary file, fsync, rename).
 pub fn save_token(path: &Path, token: &StoredToken) -> Result<(), TokenError> {
+    write_private_json(path, token)
+}
+
+/// Writes `value` as JSON to `path` with mode 0600 (temporary file, fsync, rename).
+pub fn write_private_json(path: &Path, value: &impl Serialize) -> Result<(), TokenError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |e: std::io::Error| TokenError::Store {
@@ -196,7 +201,7 @@ pub fn save_token(path: &Path, token: &StoredToken) -> Result<(), TokenError> {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let tmp = path.with_extension("tmp");
-    let json = serde_json::to_vec_pretty(token).map_err(|e| TokenError::Store {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| TokenError::Store {
         path: path.display().to_string(),
         detail: e.to_string(),
     })?;

@@ -74,6 +74,8 @@ struct Fake {
     unauthorized: usize,
     throttle_api: usize,
     throttle_upload: usize,
+    /// keep the next non-final chunk but answer 416, as for a chunk whose answer was lost and that is sent again
+    lose_chunk_answer: bool,
     retry_after_secs: u64,
     /// times of throttled answers and of every request after them
     throttled_at: Vec<Instant>,
@@ -528,6 +530,14 @@ impl Fake {
                     return graph_error(StatusCode::RANGE_NOT_SATISFIABLE, "invalidRange", "range");
                 }
                 s.received.extend_from_slice(body);
+                if s.received.len() < s.size && self.lose_chunk_answer {
+                    self.lose_chunk_answer = false;
+                    return graph_error(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "invalidRange",
+                        "The uploaded fragment overlaps with data that has already been received.",
+                    );
+                }
                 if s.received.len() < s.size {
                     return (
                         StatusCode::ACCEPTED,
@@ -928,7 +938,7 @@ async fn onedrive_delegated_authorize_link_code_token_file_and_refresh_on_expiry
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn onedrive_429_and_503_with_retry_after_are_waited_out() {
+async fn onedrive_429_and_503_with_retry_after_are_waited_out_and_a_session_resumes_after_416() {
     let graph = FakeGraph::start().await;
     let work = tempfile::tempdir().unwrap();
     let (big_set, big_contents) = large_set(&work.path().join("big"));
@@ -937,6 +947,7 @@ async fn onedrive_429_and_503_with_retry_after_are_waited_out() {
         f.retry_after_secs = 2;
         f.throttle_api = 1;
         f.throttle_upload = 1;
+        f.lose_chunk_answer = true;
     }
     let target = OneDriveTarget::from_url(
         &format!("onedrive://{UPN}/T"),
@@ -953,6 +964,7 @@ async fn onedrive_429_and_503_with_retry_after_are_waited_out() {
         2,
         "one 429 (API) and one 503 (upload URL)"
     );
+    assert!(!f.lose_chunk_answer, "a chunk was answered with 416");
     for t in &f.throttled_at {
         let next = f
             .request_times

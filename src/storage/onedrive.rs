@@ -344,6 +344,26 @@ pub fn transport_detail(e: reqwest::Error) -> String {
     s
 }
 
+/// The `onedrive://` URLs among `urls` that sign in delegated (and so need
+/// `callrec onedrive authorize`), judged by their secrets; for the CLI to pick the
+/// target when the user names none.
+pub fn delegated_targets<'a>(
+    urls: impl IntoIterator<Item = &'a str>,
+    secrets: &Secrets,
+) -> Vec<String> {
+    urls.into_iter()
+        .filter(|u| u.starts_with("onedrive://"))
+        .filter(|u| {
+            parse_url(u).is_ok_and(|(drive, _)| {
+                let secret = secrets.for_target(u);
+                oauth_config(u, &drive, &secret, Some(Path::new("/")))
+                    .is_ok_and(|c| c.flow == Flow::Delegated)
+            })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// Starts a delegated sign-in (`code = None`: returns the link to open) or finishes it
 /// (`code = Some(code or the whole redirect address)`: exchanges the code and stores the
 /// refresh token with mode 0600). `data_dir` is callrec's data dir; `target_url` the
@@ -1031,6 +1051,25 @@ mod tests {
         );
         assert!(parse_url("onedrive://u:pw@host/x").is_err());
         assert!(parse_url("onedrive://me/../x").is_err());
+    }
+
+    #[test]
+    fn delegated_targets_are_told_apart() {
+        let mut secrets = Secrets::new();
+        let mut d = TargetSecret::default();
+        d.cloud.client_id = Some("c".into());
+        secrets.insert("onedrive://me/a", d.clone());
+        let mut app = d.clone();
+        app.cloud.client_secret = Some("s".into());
+        app.cloud.tenant = Some("t".into());
+        secrets.insert("onedrive://u@x/b", app);
+        let urls = [
+            "onedrive://me/a",
+            "onedrive://u@x/b",
+            "s3://b/c",
+            "file:///x",
+        ];
+        assert_eq!(delegated_targets(urls, &secrets), ["onedrive://me/a"]);
     }
 
     #[test]

@@ -29,6 +29,7 @@ needs=(
     "/usr/bin/aiosmtpd           python3-aiosmtpd" # SMTP sink for the failure-mail tests
     "/usr/sbin/kamailio          kamailio"     # SIP load balancer (scale-out test)
     "systemd-analyze             systemd"      # checks deploy/callrec.service
+    "rclone                      rclone"           # WebDAV target (tests run rclone serve webdav)
 )
 
 missing=()
@@ -55,6 +56,27 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- PyPI ---------------------------------------------------------------------
+# The S3 tests run moto's S3-compatible server (moto_server, with boto3 for the
+# test's own checks). Debian has no usable package, so it comes from PyPI into a
+# venv whose bin/ goes first on PATH for the tests.
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import boto3' 2>/dev/null; then
+    venv="${CALLREC_TEST_VENV:-/var/tmp/callrec-test-venv}"
+    if [[ ! -x $venv/bin/moto_server ]]; then
+        if ! python3 -c 'import ensurepip' 2>/dev/null; then
+            echo "test.sh: installing python3-venv"
+            sudo=""
+            [[ $(id -u) -ne 0 ]] && sudo="sudo"
+            $sudo apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv
+        fi
+        echo "test.sh: installing moto[server] from PyPI into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet 'moto[server]>=5,<6'
+    fi
+    export PATH="$venv/bin:$PATH"
 fi
 
 # --- loopback addresses -----------------------------------------------------

@@ -4,19 +4,29 @@
 //! - `file:///path/$Y/$M` — a local or mounted (NFS, CIFS) folder;
 //! - `sftp://user@host[:port]/dir/$Y-$M` — SFTP over SSH (folder relative to the
 //!   user's home, `.` = home, `//abs` = absolute);
-//! - `smb://[domain;]user@host[:port]/share/sub/$Y` — a Windows share (SMB 2/3).
+//! - `smb://[domain;]user@host[:port]/share/sub/$Y` — a Windows share (SMB 2/3);
+//! - `onedrive://DRIVE/folder/$Y` — OneDrive for Business / SharePoint via Microsoft Graph;
+//! - `s3://bucket/prefix/$Y`, `webdav://[user@]host[:port]/path/$Y` (`webdavs://` for
+//!   HTTPS) — object storage and WebDAV through opendal.
 //!
-//! Every file of a set is written under a temporary name, renamed, and its size
-//! (and, for folders, its SHA-256) confirmed before it counts; the signature file
-//! goes last. Secrets never come from the URL: see [`Secrets`].
+//! File, SFTP and SMB targets write every file under a temporary name, rename it,
+//! and confirm its size (and, for folders, its SHA-256) before it counts; OneDrive
+//! and S3 uploads appear whole or not at all, WebDAV files are replaced on retry.
+//! The signature file goes last. Secrets never come from the URL: see [`Secrets`].
 
+mod cloud_secret;
 mod file;
+mod object;
+pub mod onedrive;
 mod secrets;
 mod sftp;
 mod smb;
 mod template;
 
+pub use cloud_secret::CloudSecret;
 pub use file::FileTarget;
+pub use object::ObjectTarget;
+pub use onedrive::OneDriveTarget;
 pub use secrets::{Secrets, TargetSecret};
 pub use sftp::SftpTarget;
 pub use smb::SmbTarget;
@@ -227,9 +237,15 @@ pub fn open_target(url: &str, secrets: &Secrets) -> Result<Arc<dyn Target>, Targ
         "file" => Ok(Arc::new(FileTarget::from_url(url)?)),
         "sftp" => Ok(Arc::new(SftpTarget::from_url(url, secret)?)),
         "smb" => Ok(Arc::new(SmbTarget::from_url(url, secret)?)),
+        "onedrive" => Ok(Arc::new(OneDriveTarget::from_url(
+            url,
+            secret,
+            secrets.data_dir(),
+        )?)),
+        "s3" | "webdav" | "webdavs" => Ok(Arc::new(ObjectTarget::from_url(url, secret)?)),
         _ => Err(TargetError::Config {
             target: url.to_string(),
-            detail: format!("unknown scheme {scheme:?}; supported: file://, sftp://, smb://"),
+            detail: format!("unknown scheme {scheme:?}; supported: file://, sftp://, smb://, onedrive://, s3://, webdav://, webdavs://"),
         }),
     }
 }

@@ -8,11 +8,15 @@
 //! key_file = "/etc/callrec/id_ed25519"     # optional, instead of a password
 //! known_hosts = "/etc/callrec/known_hosts"  # or host_key_sha256 = "SHA256:…"
 //! ```
+//! OneDrive, S3 and WebDAV targets take further keys in the same table (client id and
+//! secret, access keys, endpoints): see [`CloudSecret`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use super::cloud_secret::CloudSecret;
 
 /// Secrets of one target. Its `Debug` output hides the password and passphrase.
 #[derive(Clone, Default, Deserialize)]
@@ -38,6 +42,9 @@ pub struct TargetSecret {
     /// Pinned host key fingerprint, e.g. `SHA256:abc…` as `ssh-keygen -lf` prints it (SFTP).
     #[serde(default)]
     pub host_key_sha256: Option<String>,
+    /// OneDrive, S3 and WebDAV settings and secrets (keys in the same table).
+    #[serde(flatten)]
+    pub cloud: CloudSecret,
 }
 
 impl std::fmt::Debug for TargetSecret {
@@ -51,6 +58,7 @@ impl std::fmt::Debug for TargetSecret {
             .field("key_passphrase", &hidden(&self.key_passphrase))
             .field("known_hosts", &self.known_hosts)
             .field("host_key_sha256", &self.host_key_sha256)
+            .field("cloud", &self.cloud)
             .finish()
     }
 }
@@ -71,6 +79,7 @@ impl TargetSecret {
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     targets: HashMap<String, TargetSecret>,
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +105,16 @@ impl Secrets {
             s.insert(t.url.clone(), t);
         }
         Ok(s)
+    }
+
+    /// Sets the data directory, where OneDrive's delegated sign-in keeps its token.
+    pub fn set_data_dir(&mut self, dir: impl Into<PathBuf>) {
+        self.data_dir = Some(dir.into());
+    }
+
+    /// The data directory, when set with [`Secrets::set_data_dir`].
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
     }
 
     /// Adds or replaces the secrets of the target `url`.

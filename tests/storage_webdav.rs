@@ -1,0 +1,192 @@
+//! WebDAV targets against a real server on loopback: `rclone serve webdav` (Debian
+//! package rclone) with basic-auth user and password, serving a temporary folder.
+//! Uploads are checked on disk in the served folder, byte for byte and with
+//! `shasum -a 256 -c`; a wrong password and a stopped server keep the set in the spool.
+
+mod storage_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use callrec::db::Db;
+use callrec::spool::Spool;
+use callrec::storage::{ObjectTarget, Secrets, Target, TargetError, TargetSecret, UploadSet};
+use storage_support::{
+    assert_delivered, eventually, fast_spool, free_port, make_sets, require, Daemon,
+};
+
+const USER: &str = "rec";
+const PASSWORD: &str = "Dav-test-pass-1";
+
+/// `rclone serve webdav` on 127.0.0.1:`port`, serving `root`.
+fn start_rclone(work: &Path, root: &Path, port: u16) -> Daemon {
+    let rclone = require("rclone", "rclone");
+    std::fs::create_dir_all(root).unwrap();
+    let mut cmd = Command::new(rclone);
+    cmd.args(["serve", "webdav"])
+        .arg(root)
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--user", USER, "--pass", PASSWORD])
+        .arg("--config")
+        .arg(work.join("rclone.conf"));
+    Daemon::start(
+        "rclone serve webdav",
+        cmd,
+        work.join(format!("rclone-{port}.log")),
+        port,
+    )
+}
+
+fn secret(password: &str) -> TargetSecret {
+    TargetSecret {
+        password: Some(password.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webdav_delivers_byte_identical_sets_into_templated_folders_on_rclone() {
+    let work = tempfile::tempdir().unwrap();
+    let served = work.path().join("served");
+    let port = free_port();
+    let dav = start_rclone(work.path(), &served, port);
+    let made = make_sets(work.path(), 2);
+    let url = format!("webdav://{USER}@127.0.0.1:{port}/calls/$Y/$M-$D");
+    let mut secrets = Secrets::new();
+    secrets.insert(url.clone(), secret(PASSWORD));
+    let data = work.path().join("data");
+    let db = Db::open_in(&data).unwrap();
+    let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
+    for m in &made {
+        spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
+    }
+    assert!(
+        spool.wait_empty(Duration::from_secs(60)).await,
+        "not delivered: {:?}; attempts {:?}; rclone: {}",
+        spool.pending(),
+        db.attempts(&made[0].set.base_name),
+        dav.log_text()
+    );
+    let folder = served.join("calls/2026/03-01");
+    for m in &made {
+        assert_delivered(&folder, m);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webdav_replaces_leftovers_and_keeps_identical_files() {
+    let work = tempfile::tempdir().unwrap();
+    let served = work.path().join("served");
+    let port = free_port();
+    let _dav = start_rclone(work.path(), &served, port);
+    let made = make_sets(work.path(), 1);
+    let m = &made[0];
+    // Copies of the files: the sealed originals stay where make_sets put them.
+    let set = UploadSet::from_sealed(&m.set);
+    let folder = served.join("r");
+    std::fs::create_dir_all(&folder).unwrap();
+    // A truncated WAV from an interrupted attempt, and a complete JSON.
+    let wav = m
+        .contents
+        .iter()
+        .find(|(n, _)| n.ends_with(".wav"))
+        .unwrap();
+    let json = m
+        .contents
+        .iter()
+        .find(|(n, _)| n.ends_with(".json"))
+        .unwrap();
+    std::fs::write(folder.join(&wav.0), &wav.1[..wav.1.len() / 2]).unwrap();
+    std::fs::write(folder.join(&json.0), &json.1).unwrap();
+    // A checksum file of the right size with other bytes (say, another instance's).
+    let sums = m
+        .contents
+        .iter()
+        .find(|(n, _)| n.ends_with(".sha256"))
+        .unwrap();
+    let mut wrong = sums.1.clone();
+    wrong[0] ^= 0x01;
+    std::fs::write(folder.join(&sums.0), &wrong).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(folder.join(&json.0))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let target = ObjectTarget::from_url(
+        &format!("webdav://{USER}@127.0.0.1:{port}/r"),
+        secret(PASSWORD),
+    )
+    .unwrap();
+    target.put(&set).await.unwrap();
+    assert_delivered(&folder, m);
+    let mtime = std::fs::metadata(folder.join(&json.0))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(mtime, old, "a complete file is not sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webdav_wrong_password_and_stopped_server_keep_the_set_until_fixed() {
+    let work = tempfile::tempdir().unwrap();
+    let served = work.path().join("served");
+    let port = free_port();
+    let made = make_sets(work.path(), 1);
+    let m = &made[0];
+    let url = format!("webdav://{USER}@127.0.0.1:{port}/in/$Y");
+    let data = work.path().join("data");
+
+    // Server stopped: unreachable, the set stays.
+    let set = UploadSet::from_sealed(&m.set);
+    let err = ObjectTarget::from_url(&url, secret(PASSWORD))
+        .unwrap()
+        .put(&set)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TargetError::Unreachable { .. }), "{err}");
+
+    let dav = start_rclone(work.path(), &served, port);
+    {
+        let mut secrets = Secrets::new();
+        secrets.insert(url.clone(), secret("not-the-password"));
+        let db = Db::open_in(&data).unwrap();
+        let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
+        spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                db.flush();
+                !db.attempts(&m.set.base_name).unwrap().is_empty()
+            })
+            .await
+        );
+        let err = db.attempts(&m.set.base_name).unwrap()[0]
+            .error
+            .clone()
+            .unwrap();
+        assert!(
+            err.contains("login refused") && err.contains("password"),
+            "clear error: {err}"
+        );
+        assert!(
+            !err.contains("not-the-password"),
+            "no secret in errors: {err}"
+        );
+        assert_eq!(spool.pending().len(), 1, "the set stays in the spool");
+        assert!(!served.join("in/2026").join(&m.contents[0].0).exists());
+    }
+    let mut secrets = Secrets::new();
+    secrets.insert(url.clone(), secret(PASSWORD));
+    let db = Db::open_in(&data).unwrap();
+    let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
+    assert!(
+        spool.wait_empty(Duration::from_secs(60)).await,
+        "{:?} {}",
+        spool.pending(),
+        dav.log_text()
+    );
+    assert_delivered(&served.join("in/2026"), m);
+    let _: PathBuf = served;
+}

@@ -39,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         action: RecordingsAction,
     },
+    /// Sign in to OneDrive for Business for a target with delegated sign-in.
+    Onedrive {
+        #[command(subcommand)]
+        action: OnedriveAction,
+    },
     /// Delete recordings older than the retention period from the local folders (each deletion is logged in the database).
     Purge(PurgeArgs),
 }
@@ -84,6 +89,49 @@ impl StateArgs {
             .collect();
         Ok(callrec::archive::local_roots(&self.data_dir, &targets))
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum OnedriveAction {
+    /// Without --code: print the sign-in link. With --code: exchange the code (or the whole redirect address) for tokens kept in the data dir.
+    Authorize {
+        /// The code (or redirect address) the browser shows after sign-in.
+        #[arg(long)]
+        code: Option<String>,
+        /// Which onedrive:// target, when the config has several with delegated sign-in.
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+fn onedrive(action: OnedriveAction) -> anyhow::Result<()> {
+    let OnedriveAction::Authorize {
+        code,
+        target,
+        state,
+    } = action;
+    let policy = state.policy()?;
+    let (_, urls, secrets) = callrec::proxy::resolve_targets(&policy, &state.data_dir)?;
+    let candidates =
+        callrec::storage::onedrive::delegated_targets(urls.iter().map(String::as_str), &secrets);
+    let url = match (target, candidates.as_slice()) {
+        (Some(t), _) => t,
+        (None, [one]) => one.clone(),
+        (None, []) => bail!("no onedrive:// target with delegated sign-in (auth = \"delegated\") in the config file; give --config"),
+        (None, many) => bail!("several delegated OneDrive targets: pick one with --target ({})", many.join(", ")),
+    };
+    std::fs::create_dir_all(&state.data_dir)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let outcome = rt.block_on(callrec::storage::onedrive::authorize(
+        &state.data_dir,
+        &url,
+        &secrets,
+        code.as_deref(),
+    ))?;
+    println!("{outcome}");
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -581,6 +629,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Purge(a) => purge(a),
+        Command::Onedrive { action } => onedrive(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,7 +65,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let instance_id = identity.instance_id().to_string();
     let sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
     let db = Db::open_in(&cfg.data_dir)?;
-    let (profile_targets, all_targets, secrets) = resolve_targets(&cfg)?;
+    let (profile_targets, all_targets, secrets) = resolve_targets(&cfg.policy, &cfg.data_dir)?;
     let notifier = notifier(&cfg)?;
     let spool = Spool::start(
         SpoolConfig::new(&cfg.data_dir),
@@ -77,7 +77,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let sealed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seal = {
         let (spool, db, sealed) = (spool.clone(), db.clone(), sealed.clone());
-        let default_target = default_target(&cfg);
+        let default_target = default_target(&cfg.data_dir);
         SealService::start(
             sealer,
             Box::new(move |set, targets| {
@@ -245,25 +245,30 @@ async fn drain(core: &Arc<Core>, grace: Duration) {
 }
 
 /// Target URLs per profile, all distinct URLs, and their secrets.
-type ResolvedTargets = (Vec<Vec<String>>, Vec<String>, Secrets);
+pub type ResolvedTargets = (Vec<Vec<String>>, Vec<String>, Secrets);
 
 /// Where recordings go when a profile names no target: the local folder.
-fn default_target(cfg: &RunConfig) -> String {
-    let dir = cfg.data_dir.join("recordings");
+fn default_target(data_dir: &std::path::Path) -> String {
+    let dir = data_dir.join("recordings");
     let abs = std::path::absolute(&dir).unwrap_or(dir);
     format!("file://{}", abs.display())
 }
 
 /// Target URLs per profile (names from the config file resolved), every URL
 /// once, and the secrets that the config file gives for them.
-fn resolve_targets(cfg: &RunConfig) -> Result<ResolvedTargets, StartError> {
+pub fn resolve_targets(
+    policy: &crate::policy::PolicyConfig,
+    data_dir: &std::path::Path,
+) -> Result<ResolvedTargets, StartError> {
     let mut secrets = Secrets::new();
+    // Delegated OneDrive sign-ins keep their tokens in the data dir.
+    secrets.set_data_dir(data_dir);
     let mut all: Vec<String> = Vec::new();
     let mut per_profile = Vec::new();
-    for p in &cfg.policy.profiles {
+    for p in &policy.profiles {
         let mut urls = Vec::new();
         for entry in &p.targets {
-            let t = cfg.policy.resolve_target(entry).ok_or_else(|| {
+            let t = policy.resolve_target(entry).ok_or_else(|| {
                 StartError::Target(format!(
                     "profile {:?} names target {entry:?}, which is neither a [targets] name in the config file nor a URL",
                     p.name
@@ -284,7 +289,7 @@ fn resolve_targets(cfg: &RunConfig) -> Result<ResolvedTargets, StartError> {
             urls.push(t.url);
         }
         if urls.is_empty() {
-            urls.push(default_target(cfg));
+            urls.push(default_target(data_dir));
         }
         for u in &urls {
             if !all.contains(u) {
@@ -294,7 +299,7 @@ fn resolve_targets(cfg: &RunConfig) -> Result<ResolvedTargets, StartError> {
         per_profile.push(urls);
     }
     if all.is_empty() {
-        all.push(default_target(cfg));
+        all.push(default_target(data_dir));
     }
     Ok((per_profile, all, secrets))
 }
@@ -340,4 +345,64 @@ fn notifier(cfg: &RunConfig) -> Result<Option<crate::notify::Notifier>, StartErr
             .or_else(|| std::env::var("CALLREC_SMTP_PASSWORD").ok());
     }
     Ok(Some(crate::notify::Notifier::new(mail)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_targets_carry_their_secrets() {
+        let cfg = crate::policy::PolicyConfig::parse(
+            r#"
+[targets.s3]
+url = "s3://recordings/callrec/$Y"
+endpoint = "http://127.0.0.1:9000"
+access_key_id = "AK"
+secret_access_key_env = "CALLREC_TEST_S3_SECRET"
+
+[targets.nas]
+url = "smb://EX;rec@nas/share/$Y"
+password = "pw"
+
+[[profiles]]
+name = "a"
+record_all = true
+targets = ["s3", "nas", "file:///tmp/x"]
+
+[[profiles]]
+name = "b"
+group = "600"
+"#,
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap();
+        let (per_profile, all, secrets) =
+            resolve_targets(&cfg, std::path::Path::new("/var/lib/callrec")).unwrap();
+        assert_eq!(per_profile[0].len(), 3);
+        assert_eq!(per_profile[1], vec!["file:///var/lib/callrec/recordings"]);
+        assert_eq!(all.len(), 4);
+        assert_eq!(
+            secrets
+                .for_target("smb://EX;rec@nas/share/$Y")
+                .password
+                .as_deref(),
+            Some("pw")
+        );
+        let s3 = secrets.for_target("s3://recordings/callrec/$Y");
+        assert!(format!("{s3:?}").contains("AK"));
+    }
+
+    #[test]
+    fn an_unknown_target_name_stops_the_start() {
+        let cfg = crate::policy::PolicyConfig {
+            profiles: vec![crate::policy::Profile {
+                targets: vec!["nowhere".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = resolve_targets(&cfg, std::path::Path::new("/d")).unwrap_err();
+        assert!(e.to_string().contains("nowhere"), "{e}");
+    }
 }

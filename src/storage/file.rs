@@ -112,16 +112,7 @@ impl FileTarget {
 #[async_trait::async_trait]
 impl Target for FileTarget {
     async fn put(&self, set: &UploadSet) -> Result<(), TargetError> {
-        let me = self.clone();
-        let set = set.clone();
-        tokio::task::spawn_blocking(move || me.put_blocking(&set))
-            .await
-            .map_err(|e| TargetError::Io {
-                target: self.url.clone(),
-                op: "upload task".into(),
-                path: String::new(),
-                detail: e.to_string(),
-            })?
+        super::put_on_blocking_pool(self, &self.url, set, FileTarget::put_blocking).await
     }
 
     fn describe(&self) -> String {

@@ -229,6 +229,42 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 }
 
+/// Runs a blocking `put` on tokio's blocking pool, so the spool's workers never
+/// block the runtime; a task that panicked becomes a [`TargetError::Io`].
+pub(crate) async fn put_on_blocking_pool<T: Clone + Send + 'static>(
+    target: &T,
+    url: &str,
+    set: &UploadSet,
+    put: fn(&T, &UploadSet) -> Result<(), TargetError>,
+) -> Result<(), TargetError> {
+    let (me, set) = (target.clone(), set.clone());
+    tokio::task::spawn_blocking(move || put(&me, &set))
+        .await
+        .map_err(|e| TargetError::Io {
+            target: url.to_string(),
+            op: "upload task".into(),
+            path: String::new(),
+            detail: e.to_string(),
+        })?
+}
+
+/// Confirms that the target holds as many bytes as the local file.
+pub(crate) fn confirm_size(
+    url: &str,
+    dest: &str,
+    remote_len: u64,
+    local_len: u64,
+) -> Result<(), TargetError> {
+    if remote_len == local_len {
+        return Ok(());
+    }
+    Err(TargetError::Mismatch {
+        target: url.to_string(),
+        path: dest.to_string(),
+        detail: format!("{remote_len} bytes, expected {local_len}"),
+    })
+}
+
 /// Opens the target for `url`, with its secrets (if any) from `secrets`.
 pub fn open_target(url: &str, secrets: &Secrets) -> Result<Arc<dyn Target>, TargetError> {
     let secret = secrets.for_target(url);

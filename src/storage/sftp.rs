@@ -329,13 +329,7 @@ impl SftpTarget {
                 .await
                 .map_err(|e| self.sftp_error("stat", &dest, e))?
                 .len();
-            if remote_len != local_len {
-                return Err(TargetError::Mismatch {
-                    target: self.url.clone(),
-                    path: dest,
-                    detail: format!("{remote_len} bytes, expected {local_len}"),
-                });
-            }
+            super::confirm_size(&self.url, &dest, remote_len, local_len)?;
             tracing::debug!(target_url = %self.url, file = %dest, bytes = local_len, "sftp: file confirmed");
         }
         Ok(())

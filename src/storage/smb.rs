@@ -220,13 +220,7 @@ impl SmbTarget {
                 .stat(dest.as_str())
                 .map_err(|e| self.errno_error("stat", &dest, e, false))?
                 .size;
-            if remote_len != local_len {
-                return Err(TargetError::Mismatch {
-                    target: self.url.clone(),
-                    path: dest,
-                    detail: format!("{remote_len} bytes, expected {local_len}"),
-                });
-            }
+            super::confirm_size(&self.url, &dest, remote_len, local_len)?;
             tracing::debug!(target_url = %self.url, file = %dest, bytes = local_len, "smb: file confirmed");
         }
         Ok(())
@@ -236,16 +230,7 @@ impl SmbTarget {
 #[async_trait::async_trait]
 impl Target for SmbTarget {
     async fn put(&self, set: &UploadSet) -> Result<(), TargetError> {
-        let me = self.clone();
-        let set = set.clone();
-        tokio::task::spawn_blocking(move || me.put_blocking(&set))
-            .await
-            .map_err(|e| TargetError::Io {
-                target: self.url.clone(),
-                op: "upload task".into(),
-                path: String::new(),
-                detail: e.to_string(),
-            })?
+        super::put_on_blocking_pool(self, &self.url, set, SmbTarget::put_blocking).await
     }
 
     fn describe(&self) -> String {

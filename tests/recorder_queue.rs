@@ -102,3 +102,47 @@ fn file_is_playable_while_recording() {
     let out = rec.finish().unwrap();
     assert_eq!(out.frames, 40_000);
 }
+
+/// Both parties silent before the hang-up (hold until BYE): with the call's end
+/// given, the file runs to it in silence; without, it ends at the last packet.
+#[test]
+fn silence_until_the_hang_up_is_kept_when_the_end_is_given() {
+    for (with_end, want_secs) in [(true, 2.5), (false, 1.0)] {
+        let dir = tempdir("tail");
+        let t0 = Instant::now();
+        let mut spec = RecordingSpec::new(&dir, "tail", ChannelMode::Stereo);
+        spec.start = t0;
+        let rec = Recorder::start(spec).unwrap();
+        let fork = rec.fork();
+        // One second of audio from both parties, arrival times on the wall clock.
+        for k in 0..50u16 {
+            let at = t0 + Duration::from_millis(20 * (k as u64 + 1));
+            assert!(fork.offer(Party::Caller, packet(k, 3000), at));
+            assert!(fork.offer(Party::Callee, packet(k, -3000), at));
+        }
+        let out = if with_end {
+            rec.finish_at(t0 + Duration::from_millis(2500)).unwrap()
+        } else {
+            rec.finish().unwrap()
+        };
+        let mut r = hound::WavReader::open(&out.files[0]).unwrap();
+        let frames = r.duration() as f64;
+        let secs = frames / 8000.0;
+        assert!(
+            (secs - want_secs).abs() < 0.05,
+            "with_end={with_end}: file lasts {secs} s, expected {want_secs} s"
+        );
+        let samples: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+        let tail_loud = samples
+            .get((2 * 8000 * 11 / 10)..)
+            .unwrap_or(&[])
+            .iter()
+            .filter(|v| v.unsigned_abs() > 500)
+            .count();
+        assert_eq!(
+            tail_loud, 0,
+            "with_end={with_end}: sound after the parties went silent"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

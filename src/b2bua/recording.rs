@@ -159,6 +159,7 @@ impl CallRecording {
     /// off the call's task.
     pub fn finish(self, settings: RecordingSettings, facts: CallFacts, stats: Arc<super::Core>) {
         let end = Utc::now();
+        let end_instant = Instant::now();
         let span = tracing::Span::current();
         stats
             .stats
@@ -177,7 +178,7 @@ impl CallRecording {
                 }
             }
             let _pending = Pending(stats.clone());
-            let out = match self.recorder.finish() {
+            let out = match self.recorder.finish_at(end_instant) {
                 Ok(o) => o,
                 Err(e) => {
                     error!(set = %self.base_name, "recording failed: {e}");

@@ -284,7 +284,8 @@ struct Packet {
 /// Messages from the call's owner to the worker.
 enum Control {
     PayloadMap(Party, Box<PayloadMap>),
-    Finish,
+    /// Drain and finalise; with an instant, the files run (silent if need be) up to it.
+    Finish(Option<Instant>),
 }
 
 /// State shared by the forks and the worker.
@@ -394,9 +395,19 @@ impl Recorder {
     }
 
     /// Blocks until everything queued is written and the files are finalised.
-    pub fn finish(mut self) -> Result<RecordingOutput, RecorderError> {
+    pub fn finish(self) -> Result<RecordingOutput, RecorderError> {
+        self.finish_with(None)
+    }
+
+    /// Like `finish`, but the files last until `end` (the call's end): a party
+    /// that went silent (on hold, muted) before the hang-up is silence up to it.
+    pub fn finish_at(self, end: Instant) -> Result<RecordingOutput, RecorderError> {
+        self.finish_with(Some(end))
+    }
+
+    fn finish_with(mut self, end: Option<Instant>) -> Result<RecordingOutput, RecorderError> {
         self.fork.shared.closed.store(true, Ordering::Relaxed);
-        let _ = self.ctrl.send(Control::Finish);
+        let _ = self.ctrl.send(Control::Finish(end));
         let handle = self.handle.take().ok_or(RecorderError::WorkerPanicked)?;
         handle.join().map_err(|_| RecorderError::WorkerPanicked)?
     }
@@ -407,7 +418,7 @@ impl Drop for Recorder {
         if self.handle.is_some() {
             // Not finished explicitly: the worker finalises the files on its own.
             self.fork.shared.closed.store(true, Ordering::Relaxed);
-            let _ = self.ctrl.send(Control::Finish);
+            let _ = self.ctrl.send(Control::Finish(None));
         }
     }
 }

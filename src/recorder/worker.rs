@@ -100,10 +100,16 @@ impl Worker {
     ) -> Result<RecordingOutput, RecorderError> {
         loop {
             let mut finishing = false;
+            let mut end: Option<Instant> = None;
             loop {
                 match ctrl.try_recv() {
                     Ok(Control::PayloadMap(party, map)) => self.maps[party.index()] = *map,
-                    Ok(Control::Finish) | Err(TryRecvError::Disconnected) => {
+                    Ok(Control::Finish(at)) => {
+                        finishing = true;
+                        end = at;
+                        break;
+                    }
+                    Err(TryRecvError::Disconnected) => {
                         finishing = true;
                         break;
                     }
@@ -113,6 +119,10 @@ impl Worker {
             if finishing {
                 while let Ok(p) = rx.try_recv() {
                     self.on_packet(&p);
+                }
+                if let Some(end) = end {
+                    let end_pos = self.samples(end.saturating_duration_since(self.start));
+                    self.now_pos = self.now_pos.max(end_pos);
                 }
                 return self.finish();
             }

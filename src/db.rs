@@ -237,7 +237,8 @@ pub enum Record {
         /// When (ms since epoch).
         at_ms: i64,
     },
-    /// A set was deleted from a target or the local folder (retention, R7.3).
+    /// A set was deleted from a target or the local folder (retention, R7.3); a done
+    /// upload row of that target becomes `deleted`.
     Deletion {
         /// Base name of the set.
         base_name: String,
@@ -321,7 +322,8 @@ pub struct UploadRow {
     pub base_name: String,
     /// Target URL.
     pub target: String,
-    /// "pending", "done" or "lost" (the set's files vanished from the spool).
+    /// "pending", "done", "lost" (the set's files vanished from the spool) or
+    /// "deleted" (removed from the target by retention).
     pub state: String,
     /// Attempts so far.
     pub attempts: u32,
@@ -333,6 +335,21 @@ pub struct UploadRow {
     pub done_ms: Option<i64>,
     /// When the next attempt is due (ms since epoch), after a failed one.
     pub next_ms: Option<i64>,
+}
+
+/// One documented deletion of a set from a place (retention, R7.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionRow {
+    /// Base name of the set.
+    pub base_name: String,
+    /// Target URL or local folder it was deleted from.
+    pub target: String,
+    /// When (ms since epoch).
+    pub at_ms: i64,
+    /// Why.
+    pub reason: String,
+    /// SHA-256 of the set's checksum file, when known.
+    pub checksum_sha256: Option<String>,
 }
 
 /// One upload attempt, as stored.
@@ -570,6 +587,11 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             tx.execute(
                 "INSERT INTO deletions (base_name, target, at_ms, reason, checksum_sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![base_name, target, at_ms, reason, checksum_sha256],
+            )?;
+            // The target no longer holds the set.
+            tx.execute(
+                "UPDATE uploads SET state = 'deleted', next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = 'done'",
+                params![base_name, target],
             )?;
         }
     }
@@ -830,6 +852,49 @@ impl Db {
             .collect::<Result<Vec<_>, _>>()
             .map_err(q)?;
         Ok(rows)
+    }
+
+    /// Every documented deletion of a set, oldest first.
+    pub fn deletions_of(&self, base_name: &str) -> Result<Vec<DeletionRow>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT base_name, target, at_ms, reason, checksum_sha256 FROM deletions WHERE base_name = ?1 ORDER BY id")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([base_name], |r| {
+                Ok(DeletionRow {
+                    base_name: r.get(0)?,
+                    target: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    reason: r.get(3)?,
+                    checksum_sha256: r.get(4)?,
+                })
+            })
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
+    /// SHA-256 of a sealed set's checksum file, from its seal record.
+    pub fn seal_checksum(&self, base_name: &str) -> Result<Option<String>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT checksum_sha256 FROM seals WHERE base_name = ?1")
+            .map_err(q)?;
+        let mut rows = stmt.query([base_name]).map_err(q)?;
+        match rows.next().map_err(q)? {
+            Some(r) => Ok(Some(r.get(0).map_err(q)?)),
+            None => Ok(None),
+        }
     }
 
     /// Number of rows in `table` (one of the schema's tables), for checks and status.

@@ -638,12 +638,20 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
         if let Err(e) = &result {
             tracing::error!(path = %path.display(), error = %e, records = batch.len(), "protocol database: batch not committed; check disk space and the file");
         }
-        for (reply, outcome) in replies {
-            let outcome = match &result {
-                Ok(()) => outcome,
-                Err(e) => Err(format!("commit failed: {e}")),
-            };
-            let _ = reply.send(outcome);
+        match &result {
+            Ok(()) => {
+                for (reply, outcome) in replies {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch is committed: every synchronous writer hears so.
+                for m in &batch {
+                    if let Msg::WriteSync(_, reply) = m {
+                        let _ = reply.send(Err(format!("commit failed: {e}")));
+                    }
+                }
+            }
         }
         for f in flushes {
             let _ = f.send(());

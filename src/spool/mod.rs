@@ -404,7 +404,9 @@ impl Spool {
                 Some(rs) if rs.iter().all(|r| r.state == DONE) => {
                     // Every target confirmed it; only the removal was interrupted.
                     tracing::info!(set = %base, "spool: removing a set every target already holds");
-                    remove_delivered(inner, base)?;
+                    if let Err(e) = remove_delivered(inner, base) {
+                        report_error(inner, e.to_string());
+                    }
                 }
                 Some(_) => {
                     let message = format!("set {base} is in the spool {} but none of its uploads is pending (some are lost); it is left in place: re-queue it with a pending row in the uploads table or remove the folder", dir.display());

@@ -2,14 +2,17 @@
 //! clients: search recordings by party number and time (from the protocol
 //! database), export one client's sets with everything needed to verify them
 //! (R7.2), and delete sets past the retention period, documenting each deletion
-//! (R7.3). Sets are found in local folders: the default recordings folder and
-//! every `file://` target.
+//! (R7.3). Search and export find sets in local folders: the default recordings
+//! folder and every `file://` target. Retention deletes a set from every storage
+//! target the database says holds it (upload rows in state `done`, see
+//! [`purge_everywhere`]), per profile and daily with [`retention_daily`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::db::{Db, Record, RecordingRow};
-use crate::policy::NumberPlan;
+use crate::policy::{NumberPlan, PolicyConfig};
+use crate::storage::{open_target, Secrets, UploadSet};
 
 /// What went wrong in an archive operation.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum ArchiveError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A background task of the purge failed.
+    #[error("purge: a background task failed: {0}; see the log")]
+    Task(String),
     /// A duration like `5y` could not be read.
     #[error("cannot read {0:?} as an age; use a number and a unit: 5y, 90d, 12h, 30m")]
     Age(String),
@@ -199,14 +205,68 @@ pub fn export(
 /// What a purge did (or would do, with `dry_run`).
 #[derive(Debug, Default)]
 pub struct PurgeReport {
-    /// Sets deleted (or to delete), with their folder.
+    /// One entry per set and place deleted (or to delete): a local folder, or a
+    /// target URL (as a path) for sets deleted on a storage target.
     pub deleted: Vec<(String, PathBuf)>,
-    /// Sets past the period that were not found locally.
+    /// Sets past the period that no target holds and no local folder has.
     pub not_found: Vec<String>,
+    /// Deletions that failed: (set, target, error); retried at the next purge.
+    pub failed: Vec<(String, String, String)>,
+}
+
+impl PurgeReport {
+    /// Number of distinct sets deleted (or to delete) somewhere.
+    pub fn sets(&self) -> usize {
+        self.deleted
+            .iter()
+            .map(|(b, _)| b)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
+    /// One printable line per deletion, miss and failure; `verb` is e.g. "deleted".
+    pub fn lines(&self, verb: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .deleted
+            .iter()
+            .map(|(b, at)| format!("{verb} {b} in {}", at.display()))
+            .collect();
+        out.extend(self.not_found.iter().map(|b| format!("not found: {b}")));
+        out.extend(
+            self.failed
+                .iter()
+                .map(|(b, t, e)| format!("FAILED {b} on {t}: {e}")),
+        );
+        out
+    }
+}
+
+/// What to purge: sets that started more than `older_than` ago, of one profile or all.
+#[derive(Debug, Clone)]
+pub struct PurgeRequest {
+    /// The retention period.
+    pub older_than: Duration,
+    /// Only report what would be deleted.
+    pub dry_run: bool,
+    /// Why, as documented with each deletion (e.g. "retention 5y").
+    pub reason: String,
+    /// Only sets recorded by this profile; `None` for every set.
+    pub profile: Option<String>,
+}
+
+/// Runs blocking database or file work off the async runtime's worker threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ArchiveError> + Send + 'static,
+) -> Result<T, ArchiveError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ArchiveError::Task(e.to_string()))?
 }
 
 /// Deletes every set that started more than `older_than` ago from the local
-/// folders, and records each deletion in the database.
+/// folders, and records each deletion in the database: [`purge_everywhere`] with
+/// no target secrets (so `file://` targets work; targets that need secrets are
+/// reported in [`PurgeReport::failed`]). Blocking; not for use inside a runtime's task.
 pub fn purge(
     db: &Db,
     roots: &[PathBuf],
@@ -214,34 +274,211 @@ pub fn purge(
     dry_run: bool,
     reason: &str,
 ) -> Result<PurgeReport, ArchiveError> {
-    let cutoff = crate::db::now_ms() - older_than.as_millis() as i64;
+    let request = PurgeRequest {
+        older_than,
+        dry_run,
+        reason: reason.to_string(),
+        profile: None,
+    };
+    let secrets = Secrets::new();
+    // A runtime of its own on its own thread, so a caller inside a runtime is no problem.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ArchiveError::Task(e.to_string()))?;
+            rt.block_on(purge_everywhere(db, roots, &secrets, &request))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(ArchiveError::Task("the purge thread panicked".into())))
+    })
+}
+
+/// Deletes every set past the period from every target the database says holds
+/// it (upload rows in state `done`), recording one deletion per target with the
+/// set, target, time, reason and the SHA-256 of the checksum file; a set no target
+/// row names (older databases) is looked for in the local folders `roots`. A failed
+/// deletion is logged, kept as an error and reported; the next purge tries again.
+pub async fn purge_everywhere(
+    db: &Db,
+    roots: &[PathBuf],
+    secrets: &Secrets,
+    request: &PurgeRequest,
+) -> Result<PurgeReport, ArchiveError> {
+    let cutoff = crate::db::now_ms() - request.older_than.as_millis() as i64;
     let mut report = PurgeReport::default();
-    for r in db.recordings(0, cutoff)? {
-        let Some(sha) = locate(&r.base_name, roots) else {
-            report.not_found.push(r.base_name);
+    let expired = {
+        let db = db.clone();
+        blocking(move || Ok(db.recordings(0, cutoff)?)).await?
+    };
+    for r in expired {
+        if request
+            .profile
+            .as_ref()
+            .is_some_and(|p| r.profile.as_ref() != Some(p))
+        {
             continue;
-        };
-        let folder = sha.parent().unwrap_or(Path::new(".")).to_path_buf();
-        if !dry_run {
-            let checksum = std::fs::read(&sha)
-                .ok()
-                .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)));
-            for f in set_files(&sha)? {
-                std::fs::remove_file(&f).map_err(io("delete", &f))?;
-            }
-            db.send(Record::Deletion {
-                base_name: r.base_name.clone(),
-                target: format!("file://{}", folder.display()),
-                at_ms: crate::db::now_ms(),
-                reason: reason.to_string(),
-                checksum_sha256: checksum,
-            });
-            tracing::info!(set = %r.base_name, folder = %folder.display(), "deleted: {reason}");
         }
-        report.deleted.push((r.base_name, folder));
+        let base = r.base_name.clone();
+        let (uploads, checksum, earlier) = {
+            let (db, base) = (db.clone(), base.clone());
+            blocking(move || {
+                Ok((
+                    db.uploads_of(&base)?,
+                    db.seal_checksum(&base)?,
+                    db.deletions_of(&base)?,
+                ))
+            })
+            .await?
+        };
+        let held: Vec<String> = uploads
+            .into_iter()
+            .filter(|u| u.state == "done")
+            .map(|u| u.target)
+            .collect();
+        if held.is_empty() {
+            if !earlier.is_empty() {
+                continue; // Purged before; nothing left to do.
+            }
+            purge_local(db, roots, request, &base, checksum, &mut report).await?;
+            continue;
+        }
+        for url in held {
+            if request.dry_run {
+                report.deleted.push((base.clone(), PathBuf::from(&url)));
+                continue;
+            }
+            let result = match open_target(&url, secrets) {
+                Ok(t) => t.delete(&UploadSet::by_name(&base)).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    db.send(Record::Deletion {
+                        base_name: base.clone(),
+                        target: url.clone(),
+                        at_ms: crate::db::now_ms(),
+                        reason: request.reason.clone(),
+                        checksum_sha256: checksum.clone(),
+                    });
+                    tracing::info!(set = %base, target_url = %url, "deleted: {}", request.reason);
+                    report.deleted.push((base.clone(), PathBuf::from(&url)));
+                }
+                Err(e) => {
+                    let message = format!("retention: deleting set {base} from {url} failed: {e}");
+                    tracing::warn!("{message}");
+                    db.send(Record::Error {
+                        at_ms: crate::db::now_ms(),
+                        component: "retention".into(),
+                        message,
+                    });
+                    report.failed.push((base.clone(), url, e.to_string()));
+                }
+            }
+        }
     }
-    db.flush();
+    let db = db.clone();
+    blocking(move || {
+        db.flush();
+        Ok(())
+    })
+    .await?;
     Ok(report)
+}
+
+/// Deletes a set that no target row names from the local folder that has it.
+async fn purge_local(
+    db: &Db,
+    roots: &[PathBuf],
+    request: &PurgeRequest,
+    base: &str,
+    checksum: Option<String>,
+    report: &mut PurgeReport,
+) -> Result<(), ArchiveError> {
+    let (roots, b) = (roots.to_vec(), base.to_string());
+    let Some(sha) = blocking(move || Ok(locate(&b, &roots))).await? else {
+        report.not_found.push(base.to_string());
+        return Ok(());
+    };
+    let folder = sha.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if !request.dry_run {
+        let sha_file = sha.clone();
+        let (checksum, files) = blocking(move || {
+            let checksum = checksum.or_else(|| {
+                std::fs::read(&sha_file)
+                    .ok()
+                    .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)))
+            });
+            let files = set_files(&sha_file)?;
+            for f in &files {
+                std::fs::remove_file(f).map_err(io("delete", f))?;
+            }
+            Ok((checksum, files))
+        })
+        .await?;
+        db.send(Record::Deletion {
+            base_name: base.to_string(),
+            target: format!("file://{}", folder.display()),
+            at_ms: crate::db::now_ms(),
+            reason: request.reason.clone(),
+            checksum_sha256: checksum,
+        });
+        tracing::info!(set = %base, folder = %folder.display(), files = files.len(), "deleted: {}", request.reason);
+    }
+    report.deleted.push((base.to_string(), folder));
+    Ok(())
+}
+
+/// Applies every profile's retention period (its `retention` key) to the sets it
+/// recorded, on every target holding them; one report per profile with a period.
+pub async fn purge_profiles(
+    db: &Db,
+    roots: &[PathBuf],
+    secrets: &Secrets,
+    policy: &PolicyConfig,
+) -> Result<Vec<(String, PurgeReport)>, ArchiveError> {
+    let mut out = Vec::new();
+    for (profile, period) in &policy.retention {
+        let request = PurgeRequest {
+            older_than: parse_age(period)?,
+            dry_run: false,
+            reason: format!("retention {period} (profile {profile})"),
+            profile: Some(profile.clone()),
+        };
+        let report = purge_everywhere(db, roots, secrets, &request).await?;
+        if !report.deleted.is_empty() || !report.failed.is_empty() {
+            tracing::info!(
+                profile = %profile,
+                deleted = report.deleted.len(),
+                failed = report.failed.len(),
+                "retention: purge done"
+            );
+        }
+        out.push((profile.clone(), report));
+    }
+    Ok(out)
+}
+
+/// The daily retention of `callrec run`: [`purge_profiles`] now and then every 24 h,
+/// for as long as the task runs; errors are logged and kept, never fatal.
+pub async fn retention_daily(db: Db, roots: Vec<PathBuf>, secrets: Secrets, policy: PolicyConfig) {
+    if policy.retention.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = purge_profiles(&db, &roots, &secrets, &policy).await {
+            tracing::error!(error = %e, "retention: daily purge failed; it runs again tomorrow");
+            db.send(Record::Error {
+                at_ms: crate::db::now_ms(),
+                component: "retention".into(),
+                message: e.to_string(),
+            });
+        }
+    }
 }
 
 #[cfg(test)]

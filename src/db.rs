@@ -1,7 +1,9 @@
 //! The protocol database (R7.1): SQLite in WAL mode, written by one thread fed by a channel.
 //!
 //! Callers never wait on the database: [`Db::send`] only queues a [`Record`]; the
-//! writer thread inserts it (in batches, one transaction per batch). Reads open their
+//! writer thread inserts it (in batches, one transaction per batch). The few writes
+//! that must be durable before the caller goes on (the upload queue, see
+//! `spool`) use [`Db::write_sync`], which waits for the commit. Reads open their
 //! own connection, which WAL lets run beside the writer. The schema version is kept
 //! in `PRAGMA user_version`; [`MIGRATIONS`] brings an older file up to date.
 
@@ -106,6 +108,10 @@ CREATE TABLE deletions (
 );
 CREATE INDEX deletions_base_name ON deletions(base_name);
 "#,
+    r#"
+ALTER TABLE uploads ADD COLUMN next_ms INTEGER;
+CREATE INDEX uploads_state ON uploads(state, base_name);
+"#,
 ];
 
 /// Milliseconds since the Unix epoch, now.
@@ -174,7 +180,7 @@ pub enum Record {
         /// Number of files in the set.
         files: u32,
     },
-    /// A set was queued for a target (idempotent).
+    /// A set was queued for a target (idempotent while pending; a done or lost upload becomes pending again).
     UploadQueued {
         /// Base name of the set.
         base_name: String,
@@ -199,6 +205,17 @@ pub enum Record {
         bytes: u64,
         /// `None` when every file was confirmed, else what failed.
         error: Option<String>,
+        /// When the next attempt is due (ms since epoch), after a failure.
+        next_ms: Option<i64>,
+    },
+    /// A pending upload can never happen: the set's files are gone from the spool.
+    UploadLost {
+        /// Base name of the set.
+        base_name: String,
+        /// Target URL.
+        target: String,
+        /// Why it is lost.
+        reason: String,
     },
     /// An error worth keeping.
     Error {
@@ -220,7 +237,8 @@ pub enum Record {
         /// When (ms since epoch).
         at_ms: i64,
     },
-    /// A set was deleted from a target or the local folder (retention, R7.3).
+    /// A set was deleted from a target or the local folder (retention, R7.3); a done
+    /// upload row of that target becomes `deleted`.
     Deletion {
         /// Base name of the set.
         base_name: String,
@@ -257,6 +275,14 @@ pub enum DbError {
         found: i64,
         /// Highest known version.
         known: i64,
+    },
+    /// A synchronous write was not committed.
+    #[error("protocol database {path}: write not committed: {detail}; check free disk space and that the file is not corrupt")]
+    Write {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
     },
     /// A read query failed.
     #[error(
@@ -296,7 +322,8 @@ pub struct UploadRow {
     pub base_name: String,
     /// Target URL.
     pub target: String,
-    /// "pending" or "done".
+    /// "pending", "done", "lost" (the set's files vanished from the spool) or
+    /// "deleted" (removed from the target by retention).
     pub state: String,
     /// Attempts so far.
     pub attempts: u32,
@@ -306,6 +333,23 @@ pub struct UploadRow {
     pub queued_ms: i64,
     /// When it was confirmed (ms since epoch).
     pub done_ms: Option<i64>,
+    /// When the next attempt is due (ms since epoch), after a failed one.
+    pub next_ms: Option<i64>,
+}
+
+/// One documented deletion of a set from a place (retention, R7.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionRow {
+    /// Base name of the set.
+    pub base_name: String,
+    /// Target URL or local folder it was deleted from.
+    pub target: String,
+    /// When (ms since epoch).
+    pub at_ms: i64,
+    /// Why.
+    pub reason: String,
+    /// SHA-256 of the set's checksum file, when known.
+    pub checksum_sha256: Option<String>,
 }
 
 /// One upload attempt, as stored.
@@ -323,8 +367,12 @@ pub struct AttemptRow {
     pub error: Option<String>,
 }
 
+/// Reply to a synchronous write: `Err` carries what failed.
+type SyncReply = mpsc::Sender<Result<(), String>>;
+
 enum Msg {
     Write(Record),
+    WriteSync(Vec<Record>, SyncReply),
     Flush(mpsc::Sender<()>),
 }
 
@@ -354,6 +402,7 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Msg::Write(r) => write!(f, "Write({r:?})"),
+            Msg::WriteSync(r, _) => write!(f, "WriteSync({r:?})"),
             Msg::Flush(_) => write!(f, "Flush"),
         }
     }
@@ -407,7 +456,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
     Ok(())
 }
 
-fn write(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
+fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
     match r {
         Record::Call {
             call_id,
@@ -465,8 +514,10 @@ fn write(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
             target,
             at_ms,
         } => {
+            // Queuing again (e.g. a set re-created under the same name) makes it pending again.
             tx.execute(
-                "INSERT OR IGNORE INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, 'pending')",
+                "INSERT INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, 'pending') \
+                 ON CONFLICT(base_name, target) DO UPDATE SET state = 'pending', next_ms = NULL, done_ms = NULL WHERE state != 'pending'",
                 params![base_name, target, at_ms],
             )?;
         }
@@ -478,6 +529,7 @@ fn write(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
             files,
             bytes,
             error,
+            next_ms,
         } => {
             tx.execute(
                 "INSERT INTO upload_attempts (base_name, target, started_ms, ended_ms, ok, files, bytes, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -490,8 +542,18 @@ fn write(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
             let state = if error.is_none() { "done" } else { "pending" };
             let done_ms = error.is_none().then_some(*ended_ms);
             tx.execute(
-                "UPDATE uploads SET attempts = attempts + 1, state = ?3, last_error = ?4, done_ms = ?5 WHERE base_name = ?1 AND target = ?2",
-                params![base_name, target, state, error, done_ms],
+                "UPDATE uploads SET attempts = attempts + 1, state = ?3, last_error = ?4, done_ms = ?5, next_ms = ?6 WHERE base_name = ?1 AND target = ?2",
+                params![base_name, target, state, error, done_ms, next_ms],
+            )?;
+        }
+        Record::UploadLost {
+            base_name,
+            target,
+            reason,
+        } => {
+            tx.execute(
+                "UPDATE uploads SET state = 'lost', last_error = ?3, next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = 'pending'",
+                params![base_name, target, reason],
             )?;
         }
         Record::Error {
@@ -526,6 +588,11 @@ fn write(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
                 "INSERT INTO deletions (base_name, target, at_ms, reason, checksum_sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![base_name, target, at_ms, reason, checksum_sha256],
             )?;
+            // The target no longer holds the set.
+            tx.execute(
+                "UPDATE uploads SET state = 'deleted', next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = 'done'",
+                params![base_name, target],
+            )?;
         }
     }
     Ok(())
@@ -541,8 +608,10 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
             }
         }
         let mut flushes = Vec::new();
+        // Replies to synchronous writes, sent once the batch's fate is known.
+        let mut replies: Vec<(SyncReply, Result<(), String>)> = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+            let mut tx = conn.transaction()?;
             for m in &batch {
                 match m {
                     Msg::Write(r) => {
@@ -550,13 +619,39 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
                             tracing::error!(path = %path.display(), record = ?r, error = %e, "protocol database: record not written");
                         }
                     }
+                    Msg::WriteSync(records, reply) => {
+                        // All of them or none: a savepoint per synchronous group.
+                        let outcome = (|| -> rusqlite::Result<()> {
+                            let sp = tx.savepoint()?;
+                            for r in records {
+                                write(&sp, r)?;
+                            }
+                            sp.commit()
+                        })();
+                        replies.push((reply.clone(), outcome.map_err(|e| e.to_string())));
+                    }
                     Msg::Flush(done) => flushes.push(done.clone()),
                 }
             }
             tx.commit()
         })();
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!(path = %path.display(), error = %e, records = batch.len(), "protocol database: batch not committed; check disk space and the file");
+        }
+        match &result {
+            Ok(()) => {
+                for (reply, outcome) in replies {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch is committed: every synchronous writer hears so.
+                for m in &batch {
+                    if let Msg::WriteSync(_, reply) = m {
+                        let _ = reply.send(Err(format!("commit failed: {e}")));
+                    }
+                }
+            }
         }
         for f in flushes {
             let _ = f.send(());
@@ -612,6 +707,24 @@ impl Db {
         }
     }
 
+    /// Writes `records` in one transaction and waits (blocking) until they are committed.
+    ///
+    /// For the few writes that must be durable before the caller goes on (a set
+    /// entering the upload queue, an upload confirmed); never call it on the media path.
+    pub fn write_sync(&self, records: Vec<Record>) -> Result<(), DbError> {
+        let fail = |detail: String| DbError::Write {
+            path: self.path.clone(),
+            detail,
+        };
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Msg::WriteSync(records, tx))
+            .map_err(|_| fail("the writer thread has stopped".into()))?;
+        rx.recv()
+            .map_err(|_| fail("the writer thread stopped before answering".into()))?
+            .map_err(fail)
+    }
+
     /// Waits (blocking) until every record sent before this call is committed.
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
@@ -633,18 +746,18 @@ impl Db {
         Ok(conn)
     }
 
-    fn query_uploads(&self, filter: &str) -> Result<Vec<UploadRow>, DbError> {
+    fn query_uploads(&self, filter: &str, args: &[&str]) -> Result<Vec<UploadRow>, DbError> {
         let q = |source| DbError::Query {
             path: self.path.clone(),
             source,
         };
         let conn = self.reader()?;
         let sql = format!(
-            "SELECT base_name, target, state, attempts, last_error, queued_ms, done_ms FROM uploads {filter} ORDER BY queued_ms, base_name, target"
+            "SELECT base_name, target, state, attempts, last_error, queued_ms, done_ms, next_ms FROM uploads {filter} ORDER BY queued_ms, base_name, target"
         );
         let mut stmt = conn.prepare(&sql).map_err(q)?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(rusqlite::params_from_iter(args), |r| {
                 Ok(UploadRow {
                     base_name: r.get(0)?,
                     target: r.get(1)?,
@@ -653,6 +766,7 @@ impl Db {
                     last_error: r.get(4)?,
                     queued_ms: r.get(5)?,
                     done_ms: r.get(6)?,
+                    next_ms: r.get(7)?,
                 })
             })
             .map_err(q)?
@@ -663,12 +777,17 @@ impl Db {
 
     /// Every upload (set × target) with its state, oldest first (`callrec uploads status`).
     pub fn uploads(&self) -> Result<Vec<UploadRow>, DbError> {
-        self.query_uploads("")
+        self.query_uploads("", &[])
     }
 
-    /// Uploads not yet confirmed, oldest first (spool recovery).
+    /// Every upload row of one set, whatever its state.
+    pub fn uploads_of(&self, base_name: &str) -> Result<Vec<UploadRow>, DbError> {
+        self.query_uploads("WHERE base_name = ?1", &[base_name])
+    }
+
+    /// Uploads not yet confirmed, oldest first: the upload queue.
     pub fn pending_uploads(&self) -> Result<Vec<UploadRow>, DbError> {
-        self.query_uploads("WHERE state = 'pending'")
+        self.query_uploads("WHERE state = 'pending'", &[])
     }
 
     /// Per target: upload attempts and failed attempts so far.
@@ -743,6 +862,49 @@ impl Db {
         Ok(rows)
     }
 
+    /// Every documented deletion of a set, oldest first.
+    pub fn deletions_of(&self, base_name: &str) -> Result<Vec<DeletionRow>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT base_name, target, at_ms, reason, checksum_sha256 FROM deletions WHERE base_name = ?1 ORDER BY id")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([base_name], |r| {
+                Ok(DeletionRow {
+                    base_name: r.get(0)?,
+                    target: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    reason: r.get(3)?,
+                    checksum_sha256: r.get(4)?,
+                })
+            })
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
+    /// SHA-256 of a sealed set's checksum file, from its seal record.
+    pub fn seal_checksum(&self, base_name: &str) -> Result<Option<String>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT checksum_sha256 FROM seals WHERE base_name = ?1")
+            .map_err(q)?;
+        let mut rows = stmt.query([base_name]).map_err(q)?;
+        match rows.next().map_err(q)? {
+            Some(r) => Ok(Some(r.get(0).map_err(q)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Number of rows in `table` (one of the schema's tables), for checks and status.
     pub fn count(&self, table: &str) -> Result<i64, DbError> {
         const TABLES: &[&str] = &[
@@ -815,6 +977,7 @@ mod tests {
             files: 4,
             bytes: 10,
             error: Some("disk full".into()),
+            next_ms: Some(100),
         });
         db.flush();
         assert_eq!(db.count("decisions").unwrap(), 1);
@@ -822,6 +985,7 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].attempts, 1);
         assert_eq!(pending[0].last_error.as_deref(), Some("disk full"));
+        assert_eq!(pending[0].next_ms, Some(100));
         db.send(Record::UploadAttempt {
             base_name: "s1".into(),
             target: "file:///x".into(),
@@ -830,6 +994,7 @@ mod tests {
             files: 4,
             bytes: 10,
             error: None,
+            next_ms: None,
         });
         db.flush();
         assert!(db.pending_uploads().unwrap().is_empty());
@@ -837,6 +1002,38 @@ mod tests {
         assert_eq!((all[0].state.as_str(), all[0].attempts), ("done", 2));
         assert_eq!(db.attempts("s1").unwrap().len(), 2);
         assert!(db.count("nope").is_err());
+    }
+
+    #[test]
+    fn write_sync_is_committed_on_return_and_lost_uploads_leave_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        let queued = |target: &str| Record::UploadQueued {
+            base_name: "s1".into(),
+            target: target.into(),
+            at_ms: 1,
+        };
+        db.write_sync(vec![queued("file:///a"), queued("file:///b")])
+            .unwrap();
+        // No flush: a reader sees both rows as soon as write_sync returns.
+        let rows = db.uploads_of("s1").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.state == "pending"));
+        db.write_sync(vec![Record::UploadLost {
+            base_name: "s1".into(),
+            target: "file:///a".into(),
+            reason: "files gone".into(),
+        }])
+        .unwrap();
+        let pending = db.pending_uploads().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].target, "file:///b");
+        let lost = db.uploads_of("s1").unwrap();
+        let a = lost.iter().find(|r| r.target == "file:///a").unwrap();
+        assert_eq!(
+            (a.state.as_str(), a.last_error.as_deref()),
+            ("lost", Some("files gone"))
+        );
     }
 
     #[test]

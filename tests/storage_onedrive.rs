@@ -6,7 +6,8 @@
 //! PUT into a missing folder is refused (so folders must be created), simple uploads
 //! over 4 MiB are refused, non-final chunks must be multiples of 320 KiB, an upload
 //! URL must be called without the bearer token, and every protocol slip is recorded
-//! and asserted empty. Uploaded bytes are compared with the local files.
+//! and asserted empty. Uploaded bytes are compared with the local files. Deleting a
+//! set (retention) removes exactly its files.
 
 mod storage_support;
 
@@ -328,6 +329,18 @@ impl Fake {
                     "itemNotFound",
                     "The resource could not be found.",
                 ),
+            },
+            ("DELETE", "") => match self.items.get(&(drive.clone(), item.clone())) {
+                // Like Graph: 204 for a file (it goes to the recycle bin), 404 when missing.
+                Some(Node::File(_)) => {
+                    self.items.remove(&(drive, item));
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                Some(Node::Folder) => {
+                    self.violations.push(format!("folder {item} deleted"));
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                None => graph_error(StatusCode::NOT_FOUND, "itemNotFound", "no such item"),
             },
             ("GET", "/content") => match self.items.get(&(drive.clone(), item.clone())) {
                 Some(Node::File(_)) => {
@@ -1057,6 +1070,22 @@ async fn onedrive_never_overwrites_identical_counts_as_delivered_different_fails
         "{err}"
     );
     graph.assert_holds(&drive, folder, &made[0].contents);
+
+    // Retention: set 0 is deleted file by file, signature first; the other file stays.
+    target
+        .delete(&UploadSet::by_name(&made[0].set.base_name))
+        .await
+        .unwrap();
+    for (name, _) in &made[0].contents {
+        assert!(
+            graph.file(&drive, &format!("{folder}/{name}")).is_none(),
+            "{name} still on the drive"
+        );
+    }
+    assert_eq!(
+        graph.file(&drive, &format!("{folder}/{wav}")).unwrap(),
+        b"someone else's"
+    );
     graph.assert_no_violations();
 }
 

@@ -4,6 +4,7 @@
 //! policy and access key and the bucket with boto3, then callrec uploads. The bytes
 //! are read back through the server with boto3 (an independent S3 client) into a
 //! folder, compared with the local files and checked with `shasum -a 256 -c`.
+//! Deleting a set (retention) leaves none of its objects for boto3 to fetch.
 
 mod storage_support;
 
@@ -154,6 +155,35 @@ async fn s3_delivers_byte_identical_sets_through_the_spool_into_templated_prefix
         let fetched = moto.fetch("calls/2026/03", &names(m), &m.set.base_name);
         assert_delivered(&fetched, m);
     }
+
+    // Retention: set 0 is deleted from the bucket, set 1 stays.
+    let target = ObjectTarget::from_url(&url, moto.secret(&moto.secret_key)).unwrap();
+    target
+        .delete(&UploadSet::by_name(&made[0].set.base_name))
+        .await
+        .unwrap();
+    for name in names(&made[0]) {
+        let gone = Command::new(on_path("python3"))
+            .arg(moto.work.join("fetch.py"))
+            .args([
+                &moto.endpoint,
+                &moto.key_id,
+                &moto.secret_key,
+                BUCKET,
+                "calls/2026/03/",
+            ])
+            .arg(moto.work.join(format!("after-delete-{name}")))
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(
+            !gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("NoSuchKey"),
+            "{name} still in the bucket: {}",
+            String::from_utf8_lossy(&gone.stderr)
+        );
+    }
+    let fetched = moto.fetch("calls/2026/03", &names(&made[1]), "kept");
+    assert_delivered(&fetched, &made[1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,8 @@
 //! local test user `callrec-sftp` (created once, password set, home
 //! /var/tmp/callrec-sftp-home); every test writes below its own folder there.
 //! Uploads are compared byte for byte with the sealed files and checked with
-//! `shasum -a 256 -c` in the server's folder.
+//! `shasum -a 256 -c` in the server's folder. Retention deletes an expired set on
+//! the server (after a refused login left it alone) and documents the deletion.
 
 mod storage_support;
 
@@ -375,5 +376,98 @@ async fn a_stopped_server_keeps_the_set_until_it_is_back() {
         sshd.daemon.log_text()
     );
     assert_delivered(&Path::new(HOME).join(&folder), m);
+    let _ = std::fs::remove_dir_all(Path::new(HOME).join(&folder));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
+    use callrec::archive::{purge_everywhere, PurgeRequest};
+    use callrec::db::{now_ms, Record};
+    let work = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&work.path().join("sshd"), free_port());
+    let made = make_sets(work.path(), 2);
+    let (old, young) = (&made[0], &made[1]);
+    let folder = unique_folder("purge");
+    let url = format!("sftp://{USER}@127.0.0.1:{}/{folder}/$Y-$M", sshd.port);
+    let secret = password_secret(sshd.known_hosts(), PASSWORD);
+    let mut secrets = Secrets::new();
+    secrets.insert(url.clone(), secret.clone());
+    let data = work.path().join("data");
+    let db = Db::open_in(&data).unwrap();
+    let year_ms = 366 * 86_400_000i64;
+    for (m, start_ms) in [(old, now_ms() - 6 * year_ms), (young, now_ms() - year_ms)] {
+        db.send(Record::Recording {
+            call_id: format!("{}@test", m.set.base_name),
+            base_name: m.set.base_name.clone(),
+            profile: Some("sales".into()),
+            start_ms,
+            end_ms: Some(start_ms + 1000),
+            caller: None,
+            callee: None,
+        });
+        db.send(Record::Seal {
+            base_name: m.set.base_name.clone(),
+            at_ms: start_ms,
+            checksum_sha256: m.set.checksum_sha256.clone(),
+            files: m.set.files.len() as u32,
+        });
+    }
+    let spool = Spool::start(fast_spool(&data), db.clone(), secrets.clone(), None).unwrap();
+    for m in &made {
+        spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
+    }
+    assert!(
+        spool.wait_empty(Duration::from_secs(60)).await,
+        "not delivered: {:?}",
+        db.attempts(&old.set.base_name)
+    );
+    drop(spool);
+    let server_folder = Path::new(HOME).join(&folder).join("2026-03");
+    for m in &made {
+        assert_delivered(&server_folder, m);
+    }
+    let request = PurgeRequest {
+        older_than: callrec::archive::parse_age("5y").unwrap(),
+        dry_run: false,
+        reason: "retention 5y".into(),
+        profile: Some("sales".into()),
+    };
+
+    // A wrong password: nothing is deleted or documented as deleted; the failure is reported.
+    let mut wrong = Secrets::new();
+    wrong.insert(url.clone(), password_secret(sshd.known_hosts(), "wrong"));
+    let report = purge_everywhere(&db, &[], &wrong, &request).await.unwrap();
+    assert!(report.deleted.is_empty(), "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].2.contains("login refused"), "{report:?}");
+    assert_delivered(&server_folder, old);
+    assert_eq!(db.count("deletions").unwrap(), 0);
+
+    // With the right password the expired set goes, the younger one stays.
+    let report = purge_everywhere(&db, &[], &secrets, &request)
+        .await
+        .unwrap();
+    assert_eq!(report.deleted.len(), 1, "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+    for (name, _) in &old.contents {
+        assert!(
+            !server_folder.join(name).exists(),
+            "{name} still on the server"
+        );
+    }
+    assert_delivered(&server_folder, young);
+    let rows = db.deletions_of(&old.set.base_name).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].target, url);
+    assert_eq!(rows[0].reason, "retention 5y");
+    assert_eq!(
+        rows[0].checksum_sha256.as_deref(),
+        Some(old.set.checksum_sha256.as_str())
+    );
+    assert!(db.deletions_of(&young.set.base_name).unwrap().is_empty());
+    assert_eq!(
+        db.uploads_of(&old.set.base_name).unwrap()[0].state,
+        "deleted"
+    );
     let _ = std::fs::remove_dir_all(Path::new(HOME).join(&folder));
 }

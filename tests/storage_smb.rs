@@ -3,7 +3,8 @@
 //! share's Samba account is `root` in that private passdb only). Uploads are
 //! compared byte for byte with the sealed files in the share's folder and checked
 //! with `shasum -a 256 -c`; a wrong password, a missing share and a stopped server
-//! give clear errors and keep the set in the spool.
+//! give clear errors and keep the set in the spool. Deleting a set (retention)
+//! through the share removes its files and leaves the other set.
 
 mod storage_support;
 
@@ -177,6 +178,17 @@ async fn sets_arrive_byte_identical_on_the_share() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Retention: set 0 is deleted through the share, set 1 stays.
+    SmbTarget::from_url(&url, secret(PASSWORD))
+        .unwrap()
+        .delete(&UploadSet::by_name(&made[0].set.base_name))
+        .await
+        .unwrap();
+    for (name, _) in &made[0].contents {
+        assert!(!folder.join(name).exists(), "{name} still on the share");
+    }
+    assert_delivered(&folder, &made[1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

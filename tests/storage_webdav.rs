@@ -2,6 +2,7 @@
 //! package rclone) with basic-auth user and password, serving a temporary folder.
 //! Uploads are checked on disk in the served folder, byte for byte and with
 //! `shasum -a 256 -c`; a wrong password and a stopped server keep the set in the spool.
+//! Deleting a set (retention) removes its files and nothing else from the folder.
 
 mod storage_support;
 
@@ -127,6 +128,17 @@ async fn webdav_replaces_leftovers_and_keeps_identical_files() {
         .modified()
         .unwrap();
     assert_eq!(mtime, old, "a complete file is not sent again");
+
+    // Retention: the set is deleted from the server; other files in the folder stay.
+    std::fs::write(folder.join("keep.txt"), b"not part of the set").unwrap();
+    target
+        .delete(&UploadSet::by_name(&m.set.base_name))
+        .await
+        .unwrap();
+    for (name, _) in &m.contents {
+        assert!(!folder.join(name).exists(), "{name} still on the server");
+    }
+    assert!(folder.join("keep.txt").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,12 @@
 //! targets = ["archive", "file:///var/lib/callrec/recordings/$Y/$M"]  # names or URLs
 //! language = "de"                 # speech recognition; default de
 //! notify_email = "ops@example.com"  # optional
+//! retention = "5y"                # optional: sets older than this are deleted daily
+//!                                 # from every target holding them (5y, 90d, 12h …)
 //! ```
+//!
+//! `retention` is kept in [`PolicyConfig::retention`] (profile name → period), not in
+//! [`Profile`], so code that builds profiles by hand need not know it.
 //!
 //! A full example is in `testdata/callrec.toml`.
 
@@ -262,6 +267,41 @@ pub struct PolicyConfig {
     pub targets: BTreeMap<String, TargetConfig>,
     /// Recording profiles in evaluation order.
     pub profiles: Vec<Profile>,
+    /// Retention period per profile name (a profile's `retention` key, e.g. "5y").
+    #[serde(skip)]
+    pub retention: BTreeMap<String, String>,
+}
+
+/// Takes the `retention` key out of every `[[profiles]]` table of a parsed config,
+/// keyed by the profile's name, so the strict [`Profile`] parse does not see it.
+fn take_retention(table: &mut toml::Table) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let Some(toml::Value::Array(profiles)) = table.get_mut("profiles") else {
+        return Ok(out);
+    };
+    for (i, p) in profiles.iter_mut().enumerate() {
+        let Some(p) = p.as_table_mut() else {
+            continue;
+        };
+        let Some(v) = p.remove("retention") else {
+            continue;
+        };
+        let name = p
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("default")
+            .to_string();
+        let period = v.as_str().ok_or_else(|| {
+            format!(
+                "profile #{} ({name}): retention must be a string such as \"5y\"",
+                i + 1
+            )
+        })?;
+        crate::archive::parse_age(period)
+            .map_err(|e| format!("profile #{} ({name}): retention: {e}", i + 1))?;
+        out.insert(name, period.to_string());
+    }
+    Ok(out)
 }
 
 impl PolicyConfig {
@@ -284,10 +324,23 @@ impl PolicyConfig {
 
     /// Parse and validate config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<PolicyConfig, ConfigError> {
-        let cfg: PolicyConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_err = |detail: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            detail: e.to_string(),
+            detail,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        let retention = take_retention(&mut table).map_err(|detail| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            detail,
         })?;
+        let mut cfg: PolicyConfig = if retention.is_empty() {
+            // From the text itself, so errors keep their line numbers.
+            toml::from_str(text).map_err(|e| parse_err(e.to_string()))?
+        } else {
+            PolicyConfig::deserialize(toml::Value::Table(table))
+                .map_err(|e| parse_err(e.to_string()))?
+        };
+        cfg.retention = retention;
         cfg.validate().map_err(|detail| ConfigError::Invalid {
             path: path.to_path_buf(),
             detail,

@@ -1,19 +1,30 @@
 //! The spool (R6.6): sealed sets wait in `data_dir/spool/<base name>/` until every
 //! target of their profile has confirmed every file.
 //!
+//! The upload queue lives in the protocol database (table `uploads`): one row per
+//! set and target with its state (`pending`, `done`, `lost`), attempts, next retry
+//! time and last error. The spool folder holds only the files, plus `spool.json`,
+//! an entry marker written once when the set enters and never updated (base name,
+//! checksum hash, files, the targets asked for at entry). The marker is read in
+//! one case only: a set folder without any `uploads` row (a crash between moving
+//! the files and committing the rows) gets its rows re-created from it.
+//!
 //! A set enters atomically: its files are hard-linked (or copied and fsynced) into
-//! `spool/.incoming-<base>/` together with `spool.json` (the set's targets and
-//! which of them are done), the folder is renamed to `spool/<base>/`, and only then
-//! are the original files removed. The manifest is the queue's durable state; the
-//! protocol database mirrors every queued upload and attempt (`callrec uploads
-//! status`). On start the spool is rescanned, so a restart loses nothing.
+//! `spool/.incoming-<base>/` with the marker, the folder is renamed to
+//! `spool/<base>/`, the originals are removed, and the set's rows are committed
+//! with a synchronous database write; from that commit on the set counts as
+//! queued. On start the queue is read back from the database (pending rows,
+//! their attempts and next retry time), so a restart loses nothing; a pending row
+//! whose set folder is gone becomes `lost` (logged and kept as an error).
 //!
 //! One worker task per target URL uploads the sets queued for it, one at a time,
-//! retrying failures with exponential back-off (capped, ±20 % jitter). Nothing here
-//! runs on the media path: [`Spool::enqueue`] does file-system work only and is
-//! meant for the sealing task.
+//! retrying failures with exponential back-off (capped, ±20 % jitter). Before each
+//! attempt the worker checks that the row is still pending, so a row removed from
+//! the database is not uploaded. A confirmation is committed before the set's
+//! folder is removed. Nothing here runs on the media path: [`Spool::enqueue`]
+//! does file-system work and one database commit and is meant for the sealing task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,12 +32,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
-use crate::db::{now_ms, Db, Record};
+use crate::db::{now_ms, Db, DbError, Record, UploadRow};
 use crate::notify::{Notifier, UploadFailure};
 use crate::seal::SealedSet;
 use crate::storage::{open_target, Secrets, Target, TargetError, UploadSet};
 
-/// Name of the manifest inside each spooled set's folder.
+/// Name of the entry marker inside each spooled set's folder (written once, never updated).
 pub const MANIFEST: &str = "spool.json";
 /// Prefix of a set's folder while it enters the spool.
 const INCOMING_PREFIX: &str = ".incoming-";
@@ -36,6 +47,10 @@ const DELIVERED_PREFIX: &str = ".delivered-";
 pub const RETRY_TRIGGER: &str = ".retry-now";
 /// How often a running spool looks for [`RETRY_TRIGGER`].
 const TRIGGER_POLL: Duration = Duration::from_secs(1);
+/// Upload state of a row still waiting for its target.
+const PENDING: &str = "pending";
+/// Upload state of a row whose target confirmed every file.
+const DONE: &str = "done";
 
 /// Settings of the spool.
 #[derive(Debug, Clone)]
@@ -92,16 +107,33 @@ pub enum SpoolError {
         /// Base name of the set.
         base_name: String,
     },
-    /// A manifest could not be read.
+    /// An entry marker could not be read or written.
     #[error(
-        "spool: manifest {path} is unreadable: {detail}; fix or remove the set's folder by hand"
+        "spool: entry marker {path} is unusable: {detail}; fix or remove the set's folder by hand"
     )]
     Manifest {
-        /// The manifest file.
+        /// The marker file.
         path: PathBuf,
         /// What is wrong.
         detail: String,
     },
+    /// The upload queue in the protocol database could not be read or written.
+    #[error("spool: the upload queue of set {base_name} in the database failed: {source}; the files stay in the spool and are queued again from spool.json at the next start")]
+    Queue {
+        /// Base name of the set ("*" for the whole queue).
+        base_name: String,
+        /// The database error.
+        source: Box<DbError>,
+    },
+}
+
+/// Maps a database error about set `base_name` to [`SpoolError::Queue`].
+fn queue_err(base_name: &str) -> impl FnOnce(DbError) -> SpoolError {
+    let base_name = base_name.to_string();
+    move |source| SpoolError::Queue {
+        base_name,
+        source: Box::new(source),
+    }
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError {
@@ -109,26 +141,20 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SpoolErro
     move |source| SpoolError::Io { op, path, source }
 }
 
-/// One target of a spooled set.
+/// The entry marker `spool/<base>/spool.json`: what a set was queued for when it entered.
+///
+/// Written once, never updated; the queue's state is in the database. Read only to
+/// re-create the rows of a set folder the database does not know.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestTarget {
-    /// The target URL.
-    pub url: String,
-    /// True once every file was confirmed there.
-    pub done: bool,
-}
-
-/// The durable state of one spooled set (`spool/<base>/spool.json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Manifest {
+pub struct EntryMarker {
     /// Base name of the set.
     pub base_name: String,
     /// SHA-256 of the set's checksum file.
     pub checksum_sha256: String,
     /// File names of the set, signature last.
     pub files: Vec<String>,
-    /// The targets and which of them hold the set.
-    pub targets: Vec<ManifestTarget>,
+    /// The target URLs the set was queued for.
+    pub targets: Vec<String>,
     /// When the set entered the spool (RFC 3339).
     pub queued_at: String,
 }
@@ -153,6 +179,8 @@ struct Worker {
     url: String,
     target: Result<Arc<dyn Target>, TargetError>,
     queue: Mutex<VecDeque<Job>>,
+    /// The set being uploaded right now, so a reload does not queue it twice.
+    current: Mutex<Option<String>>,
     wake: Notify,
 }
 
@@ -162,35 +190,37 @@ struct Inner {
     secrets: Secrets,
     notifier: Option<Notifier>,
     workers: Mutex<HashMap<String, Arc<Worker>>>,
-    manifest_lock: Mutex<()>,
+    /// Held while a confirmation is committed and a delivered set removed, and while
+    /// [`Spool::pending`] reads, so nobody sees a set neither pending nor gone.
+    set_lock: Mutex<()>,
     stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Aborts the worker tasks when the last [`Spool`] handle is dropped.
 struct TaskGuard {
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    stop: watch::Sender<bool>,
+    inner: Arc<Inner>,
 }
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        for t in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        let _ = self.inner.stop.send(true);
+        for t in lock(&self.inner.tasks).drain(..) {
             t.abort();
         }
     }
+}
+
+/// Locks a mutex, taking over the data of a poisoned one.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The upload spool; cheap to clone. Dropping the last clone stops its workers.
 #[derive(Clone)]
 pub struct Spool {
     inner: Arc<Inner>,
-    guard: Arc<TaskGuard>,
+    _guard: Arc<TaskGuard>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -201,7 +231,7 @@ impl std::fmt::Debug for Spool {
     }
 }
 
-fn write_manifest(folder: &Path, m: &Manifest) -> Result<(), SpoolError> {
+fn write_marker(folder: &Path, m: &EntryMarker) -> Result<(), SpoolError> {
     let tmp = folder.join(format!("{MANIFEST}.tmp"));
     let dest = folder.join(MANIFEST);
     let json = serde_json::to_vec_pretty(m).map_err(|e| SpoolError::Manifest {
@@ -219,13 +249,48 @@ fn write_manifest(folder: &Path, m: &Manifest) -> Result<(), SpoolError> {
     Ok(())
 }
 
-fn read_manifest(folder: &Path) -> Result<Manifest, SpoolError> {
+fn read_marker(folder: &Path) -> Result<EntryMarker, SpoolError> {
     let path = folder.join(MANIFEST);
     let bytes = std::fs::read(&path).map_err(io("read", &path))?;
     serde_json::from_slice(&bytes).map_err(|e| SpoolError::Manifest {
         path,
         detail: e.to_string(),
     })
+}
+
+/// The set's files in its spool folder: every regular file but the marker and hidden ones.
+fn set_files(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(folder)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || name.starts_with(MANIFEST) || !e.file_type()?.is_file() {
+            continue;
+        }
+        files.push(e.path());
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The base names of the set folders in the spool (no hidden or staging folders).
+fn set_folders(dir: &Path) -> Result<Vec<String>, SpoolError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
+        let entry = entry.map_err(io("list", dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if entry.path().is_dir() && !name.starts_with('.') {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The instant a retry stored as `next_ms` (ms since epoch) is due; now when unknown or past.
+fn due_at(next_ms: Option<i64>) -> Instant {
+    let wait = next_ms.map(|n| n - now_ms()).unwrap_or(0).max(0);
+    Instant::now() + Duration::from_millis(wait as u64)
 }
 
 fn sync_dir(dir: &Path) {
@@ -253,7 +318,8 @@ pub fn backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {
 }
 
 impl Spool {
-    /// Opens the spool folder, resumes every pending set found there, and starts the workers.
+    /// Opens the spool folder, takes the upload queue from the database (see the
+    /// module docs for sets the database does not know), and starts the workers.
     /// Needs a tokio runtime.
     pub fn start(
         config: SpoolConfig,
@@ -263,29 +329,25 @@ impl Spool {
     ) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(&config.dir).map_err(io("create", &config.dir))?;
         let (stop, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            config,
+            db,
+            secrets,
+            notifier,
+            workers: Mutex::new(HashMap::new()),
+            set_lock: Mutex::new(()),
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        });
         let spool = Spool {
-            inner: Arc::new(Inner {
-                config,
-                db,
-                secrets,
-                notifier,
-                workers: Mutex::new(HashMap::new()),
-                manifest_lock: Mutex::new(()),
-                stop: stop.clone(),
+            _guard: Arc::new(TaskGuard {
+                inner: inner.clone(),
             }),
-            guard: Arc::new(TaskGuard {
-                tasks: Mutex::new(Vec::new()),
-                stop,
-            }),
+            inner,
         };
         spool.recover()?;
         let watcher = tokio::spawn(watch_retry_trigger(spool.inner.clone()));
-        spool
-            .guard
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(watcher);
+        lock(&spool.inner.tasks).push(watcher);
         Ok(spool)
     }
 
@@ -293,7 +355,7 @@ impl Spool {
     /// target's state at INFO (R8.2).
     pub fn add_targets(&self, targets: &[String]) {
         for url in targets {
-            let worker = self.worker(url);
+            let worker = worker(&self.inner, url);
             match &worker.target {
                 Ok(t) => tracing::info!(target_url = %t.describe(), "storage target configured"),
                 Err(e) => tracing::error!(error = %e, "storage target unusable"),
@@ -306,13 +368,11 @@ impl Spool {
         &self.inner.config.dir
     }
 
+    /// Clears interrupted entries and removals, then queues what the database calls pending.
     fn recover(&self) -> Result<(), SpoolError> {
-        let dir = self.inner.config.dir.clone();
-        let mut resumed = 0usize;
-        let mut in_spool = std::collections::HashSet::new();
-        let entries = std::fs::read_dir(&dir).map_err(io("list", &dir))?;
-        for entry in entries {
-            let entry = entry.map_err(io("list", &dir))?;
+        let inner = &self.inner;
+        let dir = inner.config.dir.clone();
+        for entry in std::fs::read_dir(&dir).map_err(io("list", &dir))?.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().to_string();
             if !path.is_dir() {
@@ -321,65 +381,108 @@ impl Spool {
             if name.starts_with(DELIVERED_PREFIX) {
                 // Every target had confirmed this set; only the removal was interrupted.
                 let _ = std::fs::remove_dir_all(&path);
-                continue;
-            }
-            if name.starts_with(INCOMING_PREFIX) {
+            } else if name.starts_with(INCOMING_PREFIX) {
                 // Entering was interrupted before the rename: the originals are still in place.
                 tracing::warn!(path = %path.display(), "spool: removing an interrupted entry (its source files were kept)");
                 let _ = std::fs::remove_dir_all(&path);
-                continue;
             }
-            let manifest = match read_manifest(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "spool: skipping a folder without a usable manifest");
-                    self.inner.db.send(Record::Error {
-                        at_ms: now_ms(),
-                        component: "spool".into(),
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            in_spool.insert(manifest.base_name.clone());
-            for t in manifest.targets.iter().filter(|t| !t.done) {
-                self.queue(&t.url, &manifest.base_name);
-            }
-            resumed += 1;
         }
-        // Cross-check: uploads the database calls pending whose set is not in the spool.
-        match self.inner.db.pending_uploads() {
-            Ok(rows) => {
-                for row in rows.iter().filter(|r| !in_spool.contains(&r.base_name)) {
-                    let message = format!(
-                        "set {} is pending for {} in the database but not in the spool {} (delivered just before a restart, or removed by hand); it is not uploaded again",
-                        row.base_name,
-                        row.target,
-                        dir.display()
-                    );
-                    tracing::error!("{message}");
-                    self.inner.db.send(Record::Error {
-                        at_ms: now_ms(),
-                        component: "spool".into(),
-                        message,
-                    });
+        let mut rows: HashMap<String, Vec<UploadRow>> = HashMap::new();
+        for r in inner.db.uploads().map_err(queue_err("*"))? {
+            rows.entry(r.base_name.clone()).or_default().push(r);
+        }
+        let folders = set_folders(&dir)?;
+        let mut resumed = 0usize;
+        for base in &folders {
+            match rows.get(base) {
+                Some(rs) if rs.iter().any(|r| r.state == PENDING) => {
+                    for r in rs.iter().filter(|r| r.state == PENDING) {
+                        queue_job(inner, &r.target, base, r.attempts, due_at(r.next_ms));
+                    }
+                    resumed += 1;
+                }
+                Some(rs) if rs.iter().all(|r| r.state == DONE) => {
+                    // Every target confirmed it; only the removal was interrupted.
+                    tracing::info!(set = %base, "spool: removing a set every target already holds");
+                    if let Err(e) = remove_delivered(inner, base) {
+                        report_error(inner, e.to_string());
+                    }
+                }
+                Some(_) => {
+                    let message = format!("set {base} is in the spool {} but none of its uploads is pending (some are lost); it is left in place: re-queue it with a pending row in the uploads table or remove the folder", dir.display());
+                    report_error(inner, message);
+                }
+                None => {
+                    if self.requeue_from_marker(base)? {
+                        resumed += 1;
+                    }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "spool: cannot cross-check pending uploads with the database")
-            }
+        }
+        // Pending rows whose set folder is gone can never be uploaded.
+        let present: HashSet<&String> = folders.iter().collect();
+        for r in rows
+            .values()
+            .flatten()
+            .filter(|r| r.state == PENDING && !present.contains(&r.base_name))
+        {
+            let reason = format!(
+                "set {} is pending for {} in the database but its files are not in the spool {} (removed by hand?); marked lost",
+                r.base_name,
+                r.target,
+                dir.display()
+            );
+            inner.db.send(Record::UploadLost {
+                base_name: r.base_name.clone(),
+                target: r.target.clone(),
+                reason: reason.clone(),
+            });
+            report_error(inner, reason);
         }
         if resumed > 0 {
-            tracing::info!(sets = resumed, dir = %dir.display(), "spool: resuming pending uploads");
+            tracing::info!(sets = resumed, dir = %dir.display(), "spool: resuming pending uploads from the database");
         }
         Ok(())
+    }
+
+    /// Re-creates the rows of a set folder the database does not know from its entry
+    /// marker (a crash between entering and committing); true when queued.
+    fn requeue_from_marker(&self, base: &str) -> Result<bool, SpoolError> {
+        let inner = &self.inner;
+        let folder = inner.config.dir.join(base);
+        let marker = match read_marker(&folder) {
+            Ok(m) if !m.targets.is_empty() => m,
+            Ok(_) | Err(_) => {
+                let message = format!("set folder {} has no rows in the uploads table and no usable {MANIFEST}; it is not uploaded: add its rows (state pending) or remove the folder", folder.display());
+                report_error(inner, message);
+                return Ok(false);
+            }
+        };
+        tracing::warn!(set = %base, targets = marker.targets.len(), "spool: set folder unknown to the database (crash while entering?); queued again from {MANIFEST}");
+        let at_ms = now_ms();
+        let records = marker
+            .targets
+            .iter()
+            .map(|t| Record::UploadQueued {
+                base_name: base.to_string(),
+                target: t.clone(),
+                at_ms,
+            })
+            .collect();
+        inner.db.write_sync(records).map_err(queue_err(base))?;
+        for t in &marker.targets {
+            queue_job(inner, t, base, 0, Instant::now());
+        }
+        Ok(true)
     }
 
     /// Takes a sealed set into the spool for `targets` (URLs) and queues its uploads.
     ///
     /// The set's files are moved (hard link + remove, or copy + remove across file
-    /// systems); a set already in `spool/<base>/` stays where it is. Blocks on
-    /// file-system work: call it from the sealing task, not the media path.
+    /// systems); a set already in `spool/<base>/` stays where it is. The set counts
+    /// as queued once its rows are committed to the database, which this waits for.
+    /// Blocks on file-system and database work: call it from the sealing task, not
+    /// the media path.
     pub fn enqueue(&self, set: &SealedSet, targets: &[String]) -> Result<PathBuf, SpoolError> {
         if targets.is_empty() {
             return Err(SpoolError::NoTargets {
@@ -398,18 +501,15 @@ impl Spool {
                     .unwrap_or_default()
             })
             .collect();
-        let mut seen = std::collections::HashSet::new();
-        let manifest = Manifest {
+        let mut seen = HashSet::new();
+        let marker = EntryMarker {
             base_name: set.base_name.clone(),
             checksum_sha256: set.checksum_sha256.clone(),
             files: names.clone(),
             targets: targets
                 .iter()
                 .filter(|t| seen.insert(t.to_string()))
-                .map(|t| ManifestTarget {
-                    url: t.clone(),
-                    done: false,
-                })
+                .cloned()
                 .collect(),
             queued_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
@@ -422,7 +522,7 @@ impl Spool {
                     base_name: set.base_name.clone(),
                 });
             }
-            write_manifest(&dest, &manifest)?;
+            write_marker(&dest, &marker)?;
         } else {
             if dest.exists() {
                 return Err(SpoolError::AlreadySpooled {
@@ -441,7 +541,7 @@ impl Spool {
                         .map_err(io("fsync", &to))?;
                 }
             }
-            write_manifest(&staging, &manifest)?;
+            write_marker(&staging, &marker)?;
             std::fs::rename(&staging, &dest).map_err(io("rename", &dest))?;
             sync_dir(spool_dir);
             for src in &upload.files {
@@ -450,15 +550,24 @@ impl Spool {
                 }
             }
         }
-        for t in &manifest.targets {
-            self.inner.db.send(Record::UploadQueued {
+        let at_ms = now_ms();
+        let records = marker
+            .targets
+            .iter()
+            .map(|t| Record::UploadQueued {
                 base_name: set.base_name.clone(),
-                target: t.url.clone(),
-                at_ms: now_ms(),
-            });
-            self.queue(&t.url, &set.base_name);
+                target: t.clone(),
+                at_ms,
+            })
+            .collect();
+        self.inner
+            .db
+            .write_sync(records)
+            .map_err(queue_err(&set.base_name))?;
+        for t in &marker.targets {
+            queue_job(&self.inner, t, &set.base_name, 0, Instant::now());
         }
-        tracing::info!(set = %set.base_name, targets = manifest.targets.len(), "spool: set queued for upload");
+        tracing::info!(set = %set.base_name, targets = marker.targets.len(), "spool: set queued for upload");
         self.check_disk();
         Ok(dest)
     }
@@ -483,27 +592,36 @@ impl Spool {
         }
     }
 
-    /// Sets still waiting for at least one target (read from the manifests).
+    /// Sets still waiting for at least one target, read from the database's upload queue.
+    ///
+    /// When the database cannot be read, every set folder counts as pending.
     pub fn pending(&self) -> Vec<PendingSet> {
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.inner.config.dir) else {
-            return out;
-        };
-        for entry in entries.flatten() {
-            if let Ok(m) = read_manifest(&entry.path()) {
-                out.push(PendingSet {
-                    base_name: m.base_name,
-                    waiting_for: m
-                        .targets
-                        .into_iter()
-                        .filter(|t| !t.done)
-                        .map(|t| t.url)
-                        .collect(),
-                });
+        let _lock = lock(&self.inner.set_lock);
+        let rows = match self.inner.db.pending_uploads() {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "spool: upload queue unreadable; counting every set folder as pending");
+                return set_folders(&self.inner.config.dir)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|base_name| PendingSet {
+                        base_name,
+                        waiting_for: vec![format!("(database unreadable: {e})")],
+                    })
+                    .collect();
             }
+        };
+        let mut by_set: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for r in rows {
+            by_set.entry(r.base_name).or_default().push(r.target);
         }
-        out.sort_by(|a, b| a.base_name.cmp(&b.base_name));
-        out
+        by_set
+            .into_iter()
+            .map(|(base_name, waiting_for)| PendingSet {
+                base_name,
+                waiting_for,
+            })
+            .collect()
     }
 
     /// Waits until the spool is empty or `timeout` passes; true when empty.
@@ -520,56 +638,62 @@ impl Spool {
         }
     }
 
-    /// Retries every waiting upload now, without waiting for its back-off (`callrec uploads retry`).
+    /// Re-reads the queue from the database and retries every waiting upload now,
+    /// without waiting for its back-off (`callrec uploads retry`).
     pub fn retry_now(&self) {
         retry_all(&self.inner);
     }
+}
 
-    /// Puts a set on a target's queue, starting the target's worker if needed.
-    fn queue(&self, url: &str, base_name: &str) {
-        let worker = self.worker(url);
-        {
-            let mut q = worker.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if !q.iter().any(|j| j.base_name == base_name) {
-                q.push_back(Job {
-                    base_name: base_name.to_string(),
-                    attempts: 0,
-                    not_before: Instant::now(),
-                });
-            }
-        }
-        worker.wake.notify_one();
-    }
+/// Logs an error of the spool and keeps it in the database's error table.
+fn report_error(inner: &Inner, message: String) {
+    tracing::error!("spool: {message}");
+    inner.db.send(Record::Error {
+        at_ms: now_ms(),
+        component: "spool".into(),
+        message,
+    });
+}
 
-    /// The worker of a target URL, started on first use.
-    fn worker(&self, url: &str) -> Arc<Worker> {
-        {
-            let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
-            match workers.get(url) {
-                Some(w) => w.clone(),
-                None => {
-                    let target = open_target(url, &self.inner.secrets);
-                    if let Err(e) = &target {
-                        tracing::error!(error = %e, "spool: target unusable; its uploads will fail until the configuration is fixed");
-                    }
-                    let w = Arc::new(Worker {
-                        url: url.to_string(),
-                        target,
-                        queue: Mutex::new(VecDeque::new()),
-                        wake: Notify::new(),
-                    });
-                    workers.insert(url.to_string(), w.clone());
-                    let task = tokio::spawn(run_worker(self.inner.clone(), w.clone()));
-                    self.guard
-                        .tasks
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(task);
-                    w
-                }
-            }
+/// Puts a set on a target's queue, starting the target's worker if needed.
+fn queue_job(inner: &Arc<Inner>, url: &str, base_name: &str, attempts: u32, not_before: Instant) {
+    let worker = worker(inner, url);
+    {
+        // Same lock order as the worker: queue, then current.
+        let mut q = lock(&worker.queue);
+        let busy = lock(&worker.current).as_deref() == Some(base_name);
+        if !busy && !q.iter().any(|j| j.base_name == base_name) {
+            q.push_back(Job {
+                base_name: base_name.to_string(),
+                attempts,
+                not_before,
+            });
         }
     }
+    worker.wake.notify_one();
+}
+
+/// The worker of a target URL, started on first use.
+fn worker(inner: &Arc<Inner>, url: &str) -> Arc<Worker> {
+    let mut workers = lock(&inner.workers);
+    if let Some(w) = workers.get(url) {
+        return w.clone();
+    }
+    let target = open_target(url, &inner.secrets);
+    if let Err(e) = &target {
+        tracing::error!(error = %e, "spool: target unusable; its uploads will fail until the configuration is fixed");
+    }
+    let w = Arc::new(Worker {
+        url: url.to_string(),
+        target,
+        queue: Mutex::new(VecDeque::new()),
+        current: Mutex::new(None),
+        wake: Notify::new(),
+    });
+    workers.insert(url.to_string(), w.clone());
+    let task = tokio::spawn(run_worker(inner.clone(), w.clone()));
+    lock(&inner.tasks).push(task);
+    w
 }
 
 /// Asks the spool running on `spool_dir` (in another process) to retry every waiting
@@ -592,8 +716,14 @@ pub fn status_text(rows: &[crate::db::UploadRow]) -> String {
             r.last_error.as_deref().unwrap_or("-")
         ));
     }
-    let pending = rows.iter().filter(|r| r.state != "done").count();
+    let pending = rows.iter().filter(|r| r.state == PENDING).count();
     out.push_str(&format!("{pending} of {} uploads pending\n", rows.len()));
+    let lost = rows.iter().filter(|r| r.state == "lost").count();
+    if lost > 0 {
+        out.push_str(&format!(
+            "{lost} uploads lost (their files left the spool)\n"
+        ));
+    }
     out
 }
 
@@ -608,95 +738,153 @@ async fn watch_retry_trigger(inner: Arc<Inner>) {
         }
         if std::fs::remove_file(&path).is_ok() {
             tracing::info!("spool: retry requested; retrying every waiting upload now");
-            retry_all(&inner);
+            let inner = inner.clone();
+            let _ = tokio::task::spawn_blocking(move || retry_all(&inner)).await;
         }
     }
 }
 
-/// Makes every queued job due now and wakes the workers.
-fn retry_all(inner: &Inner) {
-    let workers: Vec<_> = inner
-        .workers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .cloned()
-        .collect();
+/// Queues every pending row of the database whose set is in the spool (rows added
+/// by hand included), makes every queued job due now and wakes the workers.
+fn retry_all(inner: &Arc<Inner>) {
+    match inner.db.pending_uploads() {
+        Ok(rows) => {
+            for r in rows {
+                if inner.config.dir.join(&r.base_name).is_dir() {
+                    queue_job(inner, &r.target, &r.base_name, r.attempts, Instant::now());
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "spool: cannot re-read the upload queue; retrying what is queued")
+        }
+    }
+    let workers: Vec<_> = lock(&inner.workers).values().cloned().collect();
     for w in workers {
-        for job in w.queue.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+        for job in lock(&w.queue).iter_mut() {
             job.not_before = Instant::now();
         }
         w.wake.notify_one();
     }
 }
 
-/// Marks `url` done for a set; removes the set from the spool when every target is done.
-fn mark_done(inner: &Inner, base_name: &str, url: &str) -> Result<bool, SpoolError> {
-    let _lock = inner
-        .manifest_lock
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+/// Renames a delivered set's folder out of the way and removes it.
+fn remove_delivered(inner: &Inner, base_name: &str) -> Result<(), SpoolError> {
     let folder = inner.config.dir.join(base_name);
-    let mut m = read_manifest(&folder)?;
-    for t in m.targets.iter_mut().filter(|t| t.url == url) {
-        t.done = true;
-    }
-    if m.targets.iter().all(|t| t.done) {
-        // Rename first: a crash mid-way leaves no half set that looks pending.
-        let gone = inner
-            .config
-            .dir
-            .join(format!("{DELIVERED_PREFIX}{base_name}"));
-        std::fs::rename(&folder, &gone).map_err(io("rename", &folder))?;
-        sync_dir(&inner.config.dir);
-        std::fs::remove_dir_all(&gone).map_err(io("remove", &gone))?;
-        Ok(true)
-    } else {
-        write_manifest(&folder, &m)?;
-        Ok(false)
-    }
+    // Rename first: a crash mid-way leaves no half set that looks pending.
+    let gone = inner
+        .config
+        .dir
+        .join(format!("{DELIVERED_PREFIX}{base_name}"));
+    std::fs::rename(&folder, &gone).map_err(io("rename", &folder))?;
+    sync_dir(&inner.config.dir);
+    std::fs::remove_dir_all(&gone).map_err(io("remove", &gone))
 }
 
-async fn attempt(
-    inner: &Inner,
-    worker: &Worker,
-    base_name: &str,
-) -> Result<(UploadSet, Manifest), (Option<UploadSet>, TargetError)> {
-    let folder = inner.config.dir.join(base_name);
-    let manifest = {
-        let _lock = inner
-            .manifest_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        read_manifest(&folder)
+/// Commits a confirmed attempt; removes the set from the spool when no upload of it
+/// is pending any more. True when removed.
+fn mark_done(inner: &Inner, base_name: &str, confirmed: Record) -> Result<bool, SpoolError> {
+    let _lock = lock(&inner.set_lock);
+    inner
+        .db
+        .write_sync(vec![confirmed])
+        .map_err(queue_err(base_name))?;
+    settle(inner, base_name)
+}
+
+/// Removes a set from the spool when every upload row of it is done; true when
+/// removed. The caller holds `set_lock`.
+fn settle(inner: &Inner, base_name: &str) -> Result<bool, SpoolError> {
+    let rows = inner
+        .db
+        .uploads_of(base_name)
+        .map_err(queue_err(base_name))?;
+    if rows.is_empty() || rows.iter().any(|r| r.state != DONE) {
+        return Ok(false);
+    }
+    remove_delivered(inner, base_name)?;
+    Ok(true)
+}
+
+/// What one turn of a worker came to.
+enum Outcome {
+    /// The database no longer lists this upload as pending: nothing to do.
+    Skipped,
+    /// Every file is confirmed on the target.
+    Confirmed(UploadSet),
+    /// The attempt failed; `None` when the set's files are gone from the spool.
+    Failed(Option<UploadSet>, TargetError),
+}
+
+async fn attempt(inner: &Arc<Inner>, worker: &Worker, base_name: &str) -> Outcome {
+    // The database is the queue: a row that was removed or is no longer pending is skipped.
+    let still_pending = {
+        let (db, base) = (inner.db.clone(), base_name.to_string());
+        tokio::task::spawn_blocking(move || db.uploads_of(&base)).await
     };
-    let manifest = manifest.map_err(|e| {
-        (
-            None,
-            TargetError::Local {
-                target: worker.url.clone(),
-                path: folder.display().to_string(),
-                detail: e.to_string(),
-            },
-        )
-    })?;
-    let files = manifest.files.iter().map(|n| folder.join(n)).collect();
+    match still_pending {
+        Ok(Ok(rows)) => {
+            if !rows
+                .iter()
+                .any(|r| r.target == worker.url && r.state == PENDING)
+            {
+                return Outcome::Skipped;
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(set = %base_name, error = %e, "spool: upload queue unreadable; uploading anyway")
+        }
+        Err(e) => tracing::warn!(set = %base_name, error = %e, "spool: queue check failed"),
+    }
+    let folder = inner.config.dir.join(base_name);
+    let files = match set_files(&folder) {
+        Ok(f) if !f.is_empty() => f,
+        other => {
+            let detail = match other {
+                Err(e) => e.to_string(),
+                Ok(_) => "no files".into(),
+            };
+            return Outcome::Failed(
+                None,
+                TargetError::Local {
+                    target: worker.url.clone(),
+                    path: folder.display().to_string(),
+                    detail,
+                },
+            );
+        }
+    };
     let set = UploadSet::new(base_name, files);
     let target = match &worker.target {
         Ok(t) => t.clone(),
-        Err(e) => return Err((Some(set), e.clone())),
+        Err(e) => return Outcome::Failed(Some(set), e.clone()),
     };
     match tokio::time::timeout(inner.config.attempt_timeout, target.put(&set)).await {
-        Ok(Ok(())) => Ok((set, manifest)),
-        Ok(Err(e)) => Err((Some(set), e)),
-        Err(_) => Err((
+        Ok(Ok(())) => Outcome::Confirmed(set),
+        Ok(Err(e)) => Outcome::Failed(Some(set), e),
+        Err(_) => Outcome::Failed(
             Some(set),
             TargetError::Timeout {
                 target: worker.url.clone(),
                 seconds: inner.config.attempt_timeout.as_secs(),
             },
-        )),
+        ),
     }
+}
+
+/// File names of a set, for mails.
+fn names_of(set: Option<&UploadSet>) -> Vec<String> {
+    set.map(|s| {
+        s.files
+            .iter()
+            .map(|f| {
+                f.file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 async fn run_worker(inner: Arc<Inner>, worker: Arc<Worker>) {
@@ -706,10 +894,7 @@ async fn run_worker(inner: Arc<Inner>, worker: Arc<Worker>) {
             return;
         }
         // The job that is due first.
-        let next = {
-            let q = worker.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.iter().map(|j| j.not_before).min()
-        };
+        let next = lock(&worker.queue).iter().map(|j| j.not_before).min();
         let now = Instant::now();
         match next {
             None => {
@@ -730,98 +915,140 @@ async fn run_worker(inner: Arc<Inner>, worker: Arc<Worker>) {
             Some(_) => {}
         }
         let job = {
-            let mut q = worker.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = lock(&worker.queue);
             let i = q
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, j)| j.not_before)
                 .map(|(i, _)| i);
             match i.and_then(|i| q.remove(i)) {
-                Some(j) => j,
+                Some(j) => {
+                    *lock(&worker.current) = Some(j.base_name.clone());
+                    j
+                }
                 None => continue,
             }
         };
-        let started_ms = now_ms();
-        let result = attempt(&inner, &worker, &job.base_name).await;
-        let ended_ms = now_ms();
-        match result {
-            Ok((set, manifest)) => {
-                inner.db.send(Record::UploadAttempt {
-                    base_name: job.base_name.clone(),
-                    target: worker.url.clone(),
-                    started_ms,
-                    ended_ms,
-                    files: manifest.files.len() as u32,
-                    bytes: set.total_bytes(),
-                    error: None,
-                });
-                match mark_done(&inner, &job.base_name, &worker.url) {
-                    Ok(true) => {
-                        tracing::info!(set = %job.base_name, target = %worker.url, "upload confirmed; every target holds the set, removed from the spool")
-                    }
-                    Ok(false) => {
-                        tracing::info!(set = %job.base_name, target = %worker.url, "upload confirmed; other targets pending")
-                    }
-                    Err(e) => {
-                        tracing::error!(set = %job.base_name, error = %e, "spool: upload confirmed but the manifest could not be updated")
-                    }
-                }
-            }
-            Err((set, error)) => {
-                let attempts = job.attempts + 1;
-                let wait = backoff(
-                    inner.config.initial_backoff,
-                    inner.config.max_backoff,
-                    attempts,
-                );
-                tracing::warn!(set = %job.base_name, target = %worker.url, attempt = attempts, retry_in_s = wait.as_secs_f64(), error = %error, "upload failed; the set stays in the spool");
-                let files: Vec<String> = set
-                    .as_ref()
-                    .map(|s| {
-                        s.files
-                            .iter()
-                            .map(|f| {
-                                f.file_name()
-                                    .map(|n| n.to_string_lossy().to_string())
-                                    .unwrap_or_default()
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                inner.db.send(Record::UploadAttempt {
-                    base_name: job.base_name.clone(),
-                    target: worker.url.clone(),
-                    started_ms,
-                    ended_ms,
-                    files: files.len() as u32,
-                    bytes: set.as_ref().map(|s| s.total_bytes()).unwrap_or(0),
-                    error: Some(error.to_string()),
-                });
-                if let Some(n) = &inner.notifier {
-                    n.upload_failed(UploadFailure {
-                        target: worker.url.clone(),
-                        base_name: job.base_name.clone(),
-                        files,
-                        error: error.to_string(),
-                        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    });
-                }
-                if set.is_none() {
-                    // The set's folder or manifest is gone: nothing left to retry.
-                    continue;
-                }
-                worker
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back(Job {
-                        base_name: job.base_name,
-                        attempts,
-                        not_before: Instant::now() + wait,
-                    });
+        handle(&inner, &worker, job).await;
+        *lock(&worker.current) = None;
+    }
+}
+
+/// Runs one attempt of `job` and records its outcome.
+async fn handle(inner: &Arc<Inner>, worker: &Worker, job: Job) {
+    let started_ms = now_ms();
+    let result = attempt(inner, worker, &job.base_name).await;
+    let ended_ms = now_ms();
+    match result {
+        Outcome::Skipped => {
+            tracing::info!(set = %job.base_name, target = %worker.url, "upload no longer pending in the database; skipped");
+            let (inner, base) = (inner.clone(), job.base_name.clone());
+            let settled = tokio::task::spawn_blocking(move || {
+                let _lock = lock(&inner.set_lock);
+                settle(&inner, &base)
+            })
+            .await;
+            if let Ok(Err(e)) = settled {
+                tracing::warn!(set = %job.base_name, error = %e, "spool: could not remove a set no target waits for");
             }
         }
+        Outcome::Confirmed(set) => {
+            let confirmed = Record::UploadAttempt {
+                base_name: job.base_name.clone(),
+                target: worker.url.clone(),
+                started_ms,
+                ended_ms,
+                files: set.files.len() as u32,
+                bytes: set.total_bytes(),
+                error: None,
+                next_ms: None,
+            };
+            let done = {
+                let (inner, base) = (inner.clone(), job.base_name.clone());
+                tokio::task::spawn_blocking(move || mark_done(&inner, &base, confirmed)).await
+            };
+            match done {
+                Ok(Ok(true)) => {
+                    tracing::info!(set = %job.base_name, target = %worker.url, "upload confirmed; every target holds the set, removed from the spool")
+                }
+                Ok(Ok(false)) => {
+                    tracing::info!(set = %job.base_name, target = %worker.url, "upload confirmed; other targets pending")
+                }
+                Ok(Err(e)) => {
+                    // Not committed: upload again later rather than lose the confirmation.
+                    tracing::error!(set = %job.base_name, error = %e, "spool: upload confirmed but not recorded; it is retried");
+                    requeue(inner, worker, job);
+                }
+                Err(e) => {
+                    tracing::error!(set = %job.base_name, error = %e, "spool: recording a confirmation failed; it is retried");
+                    requeue(inner, worker, job);
+                }
+            }
+        }
+        Outcome::Failed(set, error) => {
+            let attempts = job.attempts + 1;
+            let wait = backoff(
+                inner.config.initial_backoff,
+                inner.config.max_backoff,
+                attempts,
+            );
+            let files = names_of(set.as_ref());
+            inner.db.send(Record::UploadAttempt {
+                base_name: job.base_name.clone(),
+                target: worker.url.clone(),
+                started_ms,
+                ended_ms,
+                files: files.len() as u32,
+                bytes: set.as_ref().map(|s| s.total_bytes()).unwrap_or(0),
+                error: Some(error.to_string()),
+                next_ms: set.as_ref().map(|_| ended_ms + wait.as_millis() as i64),
+            });
+            if let Some(n) = &inner.notifier {
+                n.upload_failed(UploadFailure {
+                    target: worker.url.clone(),
+                    base_name: job.base_name.clone(),
+                    files,
+                    error: error.to_string(),
+                    at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                });
+            }
+            if set.is_none() {
+                // The set's files are gone from the spool: nothing left to retry.
+                let reason = format!(
+                    "set {} left the spool before it reached {}: {error}",
+                    job.base_name, worker.url
+                );
+                inner.db.send(Record::UploadLost {
+                    base_name: job.base_name.clone(),
+                    target: worker.url.clone(),
+                    reason: reason.clone(),
+                });
+                report_error(inner, reason);
+                return;
+            }
+            tracing::warn!(set = %job.base_name, target = %worker.url, attempt = attempts, retry_in_s = wait.as_secs_f64(), error = %error, "upload failed; the set stays in the spool");
+            lock(&worker.queue).push_back(Job {
+                base_name: job.base_name,
+                attempts,
+                not_before: Instant::now() + wait,
+            });
+        }
     }
+}
+
+/// Puts a job back after its back-off.
+fn requeue(inner: &Inner, worker: &Worker, job: Job) {
+    let attempts = job.attempts + 1;
+    let wait = backoff(
+        inner.config.initial_backoff,
+        inner.config.max_backoff,
+        attempts,
+    );
+    lock(&worker.queue).push_back(Job {
+        base_name: job.base_name,
+        attempts,
+        not_before: Instant::now() + wait,
+    });
 }
 
 #[cfg(test)]

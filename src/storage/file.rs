@@ -2,6 +2,7 @@
 //!
 //! Each file is copied to `.<name>.part`, fsynced, renamed to its name, and its
 //! SHA-256 re-read and compared before it counts; the folder is fsynced at the end.
+//! Deleting a set removes its files (signature first); the folders stay.
 
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -107,12 +108,40 @@ impl FileTarget {
         }
         Ok(())
     }
+
+    fn delete_blocking(&self, set: &UploadSet) -> Result<(), TargetError> {
+        let folder = self.folder_for(set);
+        for name in set.names_for_deletion(&self.url)? {
+            let path = folder.join(&name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io_error("delete", &path, e)),
+            }
+            if path.exists() {
+                return Err(TargetError::Io {
+                    target: self.url.clone(),
+                    op: "delete".into(),
+                    path: path.display().to_string(),
+                    detail: "still there after deleting it".into(),
+                });
+            }
+        }
+        if let Ok(dir) = std::fs::File::open(&folder) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
 impl Target for FileTarget {
     async fn put(&self, set: &UploadSet) -> Result<(), TargetError> {
-        super::put_on_blocking_pool(self, &self.url, set, FileTarget::put_blocking).await
+        super::on_blocking_pool(self, &self.url, "upload", set, FileTarget::put_blocking).await
+    }
+
+    async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
+        super::on_blocking_pool(self, &self.url, "delete", set, FileTarget::delete_blocking).await
     }
 
     fn describe(&self) -> String {

@@ -12,7 +12,9 @@
 //! File, SFTP and SMB targets write every file under a temporary name, rename it,
 //! and confirm its size (and, for folders, its SHA-256) before it counts; OneDrive
 //! and S3 uploads appear whole or not at all, WebDAV files are replaced on retry.
-//! The signature file goes last. Secrets never come from the URL: see [`Secrets`].
+//! The signature file goes last. For retention every target can also delete a set
+//! ([`Target::delete`]): signature first, missing files count as deleted.
+//! Secrets never come from the URL: see [`Secrets`].
 
 mod cloud_secret;
 mod file;
@@ -66,6 +68,31 @@ impl UploadSet {
             files: order_signature_last(files),
             start,
         }
+    }
+
+    /// The set named `base_name` as a target holds it, for [`Target::delete`]: every
+    /// file name a set can have (metadata, one or two WAVs, checksum, signature;
+    /// README "A sealed recording set"), signature last. Start time as in [`UploadSet::new`].
+    pub fn by_name(base_name: &str) -> UploadSet {
+        let names = [
+            format!("{base_name}.json"),
+            format!("{base_name}.wav"),
+            format!("{base_name}_caller.wav"),
+            format!("{base_name}_callee.wav"),
+            format!("{base_name}{CHECKSUM_SUFFIX}"),
+            format!("{base_name}{CHECKSUM_SUFFIX}{SIGNATURE_SUFFIX}"),
+        ];
+        UploadSet::new(base_name, names.into_iter().map(PathBuf::from).collect())
+    }
+
+    /// File names of the set in the order to delete them: the signature first, so
+    /// an interrupted deletion leaves a set that reads as incomplete, not as altered.
+    pub fn names_for_deletion(&self, target: &str) -> Result<Vec<String>, TargetError> {
+        self.files
+            .iter()
+            .rev()
+            .map(|f| file_name_of(target, f))
+            .collect()
     }
 
     /// Builds an upload set from a sealed set.
@@ -209,6 +236,14 @@ pub enum TargetError {
         /// The underlying error.
         detail: String,
     },
+    /// The target cannot do what was asked (e.g. delete files).
+    #[error("target {target}: {what} is not supported by this kind of target; do it by hand on the target and note it, or remove the target from profiles with a retention period")]
+    Unsupported {
+        /// The target.
+        target: String,
+        /// What was asked, e.g. "deletion".
+        what: String,
+    },
     /// The upload took longer than allowed.
     #[error("target {target}: upload timed out after {seconds} s; check the network and the server's load")]
     Timeout {
@@ -225,24 +260,35 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     /// Uploads every file of `set` into the folder computed from the URL and the set's start,
     /// creating missing folders; returns only when every file is confirmed on the target.
     async fn put(&self, set: &UploadSet) -> Result<(), TargetError>;
+    /// Deletes every file of `set` (by file name, see [`UploadSet::by_name`]) from the
+    /// folder computed from the URL and the set's start, signature first; files already
+    /// gone count as deleted. Returns only when none of them is left on the target.
+    async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
+        let _ = set;
+        Err(TargetError::Unsupported {
+            target: self.describe(),
+            what: "deletion".into(),
+        })
+    }
     /// The target URL without secrets, for logs, mails and the database.
     fn describe(&self) -> String;
 }
 
-/// Runs a blocking `put` on tokio's blocking pool, so the spool's workers never
-/// block the runtime; a task that panicked becomes a [`TargetError::Io`].
-pub(crate) async fn put_on_blocking_pool<T: Clone + Send + 'static>(
+/// Runs a blocking `put` or `delete` on tokio's blocking pool, so the spool's workers
+/// never block the runtime; a task that panicked becomes a [`TargetError::Io`] for `op`.
+pub(crate) async fn on_blocking_pool<T: Clone + Send + 'static>(
     target: &T,
     url: &str,
+    op: &str,
     set: &UploadSet,
-    put: fn(&T, &UploadSet) -> Result<(), TargetError>,
+    work: fn(&T, &UploadSet) -> Result<(), TargetError>,
 ) -> Result<(), TargetError> {
     let (me, set) = (target.clone(), set.clone());
-    tokio::task::spawn_blocking(move || put(&me, &set))
+    tokio::task::spawn_blocking(move || work(&me, &set))
         .await
         .map_err(|e| TargetError::Io {
             target: url.to_string(),
-            op: "upload task".into(),
+            op: format!("{op} task"),
             path: String::new(),
             detail: e.to_string(),
         })?
@@ -384,6 +430,20 @@ mod tests {
             names,
             ["a.json", "a.wav", "a.sha256", "a.sha256.SHA256withRSA.sig"]
         );
+    }
+
+    #[test]
+    fn deletion_takes_the_signature_first() {
+        let set = UploadSet::by_name("20260301_101502_in_1_2_ab");
+        let names = set.names_for_deletion("t").unwrap();
+        assert_eq!(names.len(), 6);
+        assert_eq!(
+            names[0],
+            "20260301_101502_in_1_2_ab.sha256.SHA256withRSA.sig"
+        );
+        assert_eq!(names[1], "20260301_101502_in_1_2_ab.sha256");
+        assert!(names.contains(&"20260301_101502_in_1_2_ab_callee.wav".to_string()));
+        assert_eq!(set.start.to_string(), "2026-03-01 10:15:02");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! size and SHA-256 (read back) counts as delivered and is not sent again; anything
 //! else is (re)written — an S3 PUT replaces atomically, a WebDAV PUT replaces a
 //! partial leftover — and the size on the target is read back before the file counts. Files go in the
-//! set's order, so the signature file is last.
+//! set's order, so the signature file is last. Deleting a set removes its objects
+//! (signature first; a missing one counts as deleted) and checks they are gone.
 
 use std::path::Path;
 
@@ -283,6 +284,34 @@ impl Target for ObjectTarget {
                     })
                 }
             }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
+        let folder = self.folder_for(set);
+        for name in set.names_for_deletion(&self.url)? {
+            let path = if folder.is_empty() {
+                name
+            } else {
+                format!("{folder}/{name}")
+            };
+            if self.remote_size(&path).await?.is_none() {
+                continue;
+            }
+            self.op
+                .delete(&path)
+                .await
+                .map_err(|e| self.error("delete", &path, e))?;
+            if self.remote_size(&path).await?.is_some() {
+                return Err(TargetError::Io {
+                    target: self.url.clone(),
+                    op: "delete".into(),
+                    path,
+                    detail: "still there after deleting it".into(),
+                });
+            }
+            tracing::debug!(target_url = %self.url, path, "object storage: file deleted");
         }
         Ok(())
     }

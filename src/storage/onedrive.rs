@@ -16,7 +16,8 @@
 //! one PUT, larger ones through an upload session in chunks of [`CHUNK`] (a multiple
 //! of 320 KiB). Nothing is ever overwritten (`conflictBehavior=fail`): a file that
 //! is already there counts as delivered when its size matches and its content, read
-//! back, has the local file's SHA-256; else the upload fails.
+//! back, has the local file's SHA-256; else the upload fails. Deleting a set removes
+//! its items (signature first; a missing one counts as deleted) to the recycle bin.
 
 pub mod graph;
 pub mod token;
@@ -1014,6 +1015,40 @@ impl Target for OneDriveTarget {
                 self.session_upload(&path, local, size).await?;
             }
             tracing::debug!(target_url = %self.url, path, size, "onedrive: file delivered");
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
+        let folder = self.folder_for(set);
+        for name in set.names_for_deletion(&self.url)? {
+            let path = if folder.is_empty() {
+                name
+            } else {
+                format!("{folder}/{name}")
+            };
+            let resp = self
+                .graph
+                .send(Method::DELETE, &self.item_path(&path), |r| r)
+                .await
+                .map_err(|e| self.error("delete", &path, e))?;
+            match resp.status() {
+                s if s.is_success() => {
+                    tracing::debug!(target_url = %self.url, path, "onedrive: file deleted")
+                }
+                StatusCode::NOT_FOUND => {}
+                _ => {
+                    return Err(self.error("delete", &path, GraphError::from_response(resp).await))
+                }
+            }
+            if self.get_item(&path).await?.is_some() {
+                return Err(TargetError::Io {
+                    target: self.url.clone(),
+                    op: "delete".into(),
+                    path,
+                    detail: "still there after deleting it".into(),
+                });
+            }
         }
         Ok(())
     }

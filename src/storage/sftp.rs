@@ -4,6 +4,7 @@
 //! home itself, `sftp://u@h//srv/rec` an absolute path). Authentication by password
 //! or key from [`TargetSecret`]; the server's host key must be pinned, by a
 //! known_hosts file or a SHA-256 fingerprint — an unknown or changed key is refused.
+//! Deleting a set removes its files (signature first); the folders stay.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -334,6 +335,33 @@ impl SftpTarget {
         }
         Ok(())
     }
+
+    async fn remove(&self, sftp: &SftpSession, set: &UploadSet) -> Result<(), TargetError> {
+        let folder = self.folder_for(set);
+        for name in set.names_for_deletion(&self.url)? {
+            let path = format!("{folder}/{name}");
+            let exists = sftp
+                .try_exists(path.as_str())
+                .await
+                .map_err(|e| self.sftp_error("look up", &path, e))?;
+            if !exists {
+                continue;
+            }
+            sftp.remove_file(path.as_str())
+                .await
+                .map_err(|e| self.sftp_error("delete", &path, e))?;
+            if sftp.try_exists(path.as_str()).await.unwrap_or(true) {
+                return Err(TargetError::Io {
+                    target: self.url.clone(),
+                    op: "delete".into(),
+                    path,
+                    detail: "still there after deleting it".into(),
+                });
+            }
+            tracing::debug!(target_url = %self.url, file = %path, "sftp: file deleted");
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -341,6 +369,16 @@ impl Target for SftpTarget {
     async fn put(&self, set: &UploadSet) -> Result<(), TargetError> {
         let (handle, sftp) = self.connect().await?;
         let result = self.upload(&sftp, set).await;
+        let _ = sftp.close().await;
+        let _ = handle
+            .disconnect(russh::Disconnect::ByApplication, "done", "en")
+            .await;
+        result
+    }
+
+    async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
+        let (handle, sftp) = self.connect().await?;
+        let result = self.remove(&sftp, set).await;
         let _ = sftp.close().await;
         let _ = handle
             .disconnect(russh::Disconnect::ByApplication, "done", "en")

@@ -4,6 +4,7 @@
 //! blocking thread (pavao serialises libsmbclient calls process-wide). The host is a
 //! name or IP only, the domain has its own field (before `;`), the share has no
 //! subfolders; the folder below it takes `$Y $M $D $h $m $s` and is created if missing.
+//! Deleting a set removes its files (signature first); the folders stay.
 
 use std::io::{Read, Write};
 
@@ -130,7 +131,8 @@ impl SmbTarget {
         }
     }
 
-    fn put_blocking(&self, set: &UploadSet) -> Result<(), TargetError> {
+    /// Logs in to the share; the first call on it tells apart login, share and network problems.
+    fn client(&self) -> Result<SmbClient, TargetError> {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -161,6 +163,34 @@ impl SmbTarget {
         client
             .stat("/")
             .map_err(|e| self.errno_error("open share", "/", e, true))?;
+        Ok(client)
+    }
+
+    fn delete_blocking(&self, set: &UploadSet) -> Result<(), TargetError> {
+        let client = self.client()?;
+        let folder = self.folder_for(set);
+        for name in set.names_for_deletion(&self.url)? {
+            let path = format!("{folder}/{name}");
+            if client.stat(path.as_str()).is_err() {
+                continue;
+            }
+            client
+                .unlink(path.as_str())
+                .map_err(|e| self.errno_error("delete", &path, e, false))?;
+            if client.stat(path.as_str()).is_ok() {
+                return Err(TargetError::Io {
+                    target: self.url.clone(),
+                    op: "delete".into(),
+                    path,
+                    detail: "still there after deleting it".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn put_blocking(&self, set: &UploadSet) -> Result<(), TargetError> {
+        let client = self.client()?;
         let folder = self.folder_for(set);
         let mut prefix = String::new();
         for part in folder.split('/').filter(|p| !p.is_empty()) {
@@ -230,7 +260,11 @@ impl SmbTarget {
 #[async_trait::async_trait]
 impl Target for SmbTarget {
     async fn put(&self, set: &UploadSet) -> Result<(), TargetError> {
-        super::put_on_blocking_pool(self, &self.url, set, SmbTarget::put_blocking).await
+        super::on_blocking_pool(self, &self.url, "upload", set, SmbTarget::put_blocking).await
+    }
+
+    async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
+        super::on_blocking_pool(self, &self.url, "delete", set, SmbTarget::delete_blocking).await
     }
 
     fn describe(&self) -> String {

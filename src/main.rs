@@ -290,25 +290,32 @@ fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
     }
 }
 
-fn purge(a: PurgeArgs) -> anyhow::Result<()> {
+/// Returns whether every deletion succeeded.
+fn purge(a: PurgeArgs) -> anyhow::Result<bool> {
     let age = callrec::archive::parse_age(&a.older_than)?;
     let db = a.state.db()?;
-    let report = callrec::archive::purge(
+    let policy = a.state.policy()?;
+    // The same targets and secrets as `run`, so remote copies are deleted too.
+    let (_, _, secrets) = callrec::proxy::resolve_targets(&policy, &a.state.data_dir)?;
+    let request = callrec::archive::PurgeRequest {
+        older_than: age,
+        dry_run: a.dry_run,
+        reason: format!("retention {}", a.older_than),
+        profile: None,
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = rt.block_on(callrec::archive::purge_everywhere(
         &db,
         &a.state.roots()?,
-        age,
-        a.dry_run,
-        &format!("retention {}", a.older_than),
-    )?;
+        &secrets,
+        &request,
+    ))?;
     let verb = if a.dry_run { "would delete" } else { "deleted" };
-    for (b, folder) in &report.deleted {
-        println!("{verb} {b} in {}", folder.display());
+    for line in report.lines(verb) {
+        println!("{line}");
     }
-    for b in &report.not_found {
-        println!("not found locally: {b}");
-    }
-    println!("{} set(s) {verb}", report.deleted.len());
-    Ok(())
+    println!("{} set(s) {verb}", report.sets());
+    Ok(report.failed.is_empty())
 }
 
 /// Where the keystore password comes from (shared by run and cert).
@@ -628,7 +635,11 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
-        Command::Purge(a) => purge(a),
+        Command::Purge(a) => match purge(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Onedrive { action } => onedrive(action),
     };
     match result {

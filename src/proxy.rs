@@ -67,6 +67,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let db = Db::open_in(&cfg.data_dir)?;
     let (profile_targets, all_targets, secrets) = resolve_targets(&cfg.policy, &cfg.data_dir)?;
     let notifier = notifier(&cfg)?;
+    // Retention per profile, once at start and then daily (R7.3).
+    let _retention = tokio::spawn(crate::archive::retention_daily(
+        db.clone(),
+        crate::archive::local_roots(&cfg.data_dir, &all_targets),
+        secrets.clone(),
+        cfg.policy.clone(),
+    ));
     let spool = Spool::start(
         SpoolConfig::new(&cfg.data_dir),
         db.clone(),

@@ -376,6 +376,18 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
         );
     }
     if let Some(db) = &core.db {
+        let pending_db = db.clone();
+        let oldest = tokio::task::spawn_blocking(move || pending_db.pending_uploads())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .and_then(|rows| rows.iter().map(|r| r.queued_ms).min())
+            .map(|q| ((crate::db::now_ms() - q).max(0) / 1000) as u64)
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "# HELP callrec_spool_oldest_age_seconds Age of the oldest upload still waiting (0 when none).\n# TYPE callrec_spool_oldest_age_seconds gauge\ncallrec_spool_oldest_age_seconds {oldest}"
+        );
         let db = db.clone();
         let rows = tokio::task::spawn_blocking(move || db.attempt_counts())
             .await

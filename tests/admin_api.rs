@@ -47,6 +47,11 @@ fn health_metrics_and_token() {
         "per-target label missing: {m:#?}"
     );
     assert_eq!(metric_sum(&m, "callrec_recorder_queue_dropped_total"), 0.0);
+    assert_eq!(
+        metric_sum(&m, "callrec_spool_oldest_age_seconds"),
+        0.0,
+        "nothing waiting"
+    );
 
     // Recordings search over the API, in another spelling of the number.
     let mut body = String::new();

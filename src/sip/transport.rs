@@ -170,8 +170,9 @@ impl Transport {
                             let data = std::mem::take(&mut buf);
                             let _ = inbound.send(Inbound { data, flow }).await;
                             // Keep the connection registered a moment so the
-                            // router's 400 can still go out on it.
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            // router's 400 can still go out on it (the router
+                            // answers within microseconds; 150 ms is ample).
+                            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
                             break 'conn;
                         }
                     }

@@ -93,4 +93,4 @@ done
 # --- tests ------------------------------------------------------------------
 echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --version)"
 # Benchmarks are measurements, not tests (see BENCHMARKS.md); they are not run here.
-exec cargo test --lib --bins --tests --examples "$@"
+exec cargo test --no-fail-fast --lib --bins --tests --examples "$@"

@@ -10,7 +10,7 @@ in stereo (sealed sets), the peer as a 4-channel WAV per call (output-mixed,
 mix-method=channels; caller and callee on channels 0 and 1).
 
   run.py load   --stack callrec|peer --calls N --hold SECONDS [--rate CPS]
-  run.py series --stack callrec|peer --steps 50,100,200 --hold SECONDS [--stop-on-degrade]
+  run.py series --stack callrec|peer|both --steps 50,100,200 --hold SECONDS [--stop-on-degrade]
   run.py cps    --stack callrec|peer --rates 50,100,200 [--seconds 10] [--hold-ms 2000]
   run.py report RESULT.json...        (markdown tables from result files)
 
@@ -434,6 +434,25 @@ def sipp_counts(path):
     return succ, fail, retrans
 
 
+def setup_rate(work):
+    """calls per second actually set up: (n-1) / (last - first) over the
+    times at which SIPp logged each setup (rtd 1)"""
+    times = []
+    for f in os.listdir(work):
+        if f.endswith("_rtt.csv"):
+            with open(os.path.join(work, f)) as fh:
+                for line in fh:
+                    parts = line.strip().split(";")
+                    if len(parts) >= 3 and parts[2].strip().lower() in ("rtd1", "1"):
+                        try:
+                            times.append(float(parts[0]))
+                        except ValueError:
+                            pass
+    if len(times) < 2 or max(times) <= min(times):
+        return None
+    return (len(times) - 1) / ((max(times) - min(times)) / 1000.0)
+
+
 def rtt_values(work):
     vals = []
     for f in os.listdir(work):
@@ -552,8 +571,9 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = os.path.join(args.work, f"{stamp}-{stack_name}-{tag}-{calls}")
     os.makedirs(work)
-    # audio for hold - 0.1 s: the last packet leaves before the BYE
-    audio_s = max(0.2, hold - 0.1)
+    # audio for hold - 0.5 s: the last packet leaves well before the BYE even
+    # when SIPp's pcap threads run a little late
+    audio_s = max(0.2, hold - 0.5)
     pkts_per_party = int(round(audio_s * 50))
     if media:
         make_pcaps(work, audio_s)
@@ -565,8 +585,12 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     stack.start()
     try:
         res["stack_cmd"] = getattr(stack, "cmdline", None) or getattr(stack, "cmdlines", None)
-        time.sleep(2.0)
+        time.sleep(1.0)
         pids = stack.pids()
+        idle0 = sum(proc_cpu(p) or 0 for v in pids.values() for p in v)
+        time.sleep(3.0)
+        idle_cpu = sum(proc_cpu(p) or 0 for v in pids.values() for p in v) - idle0
+        res["idle_cpu_pct_of_core"] = round(100.0 * idle_cpu / 3.0, 2)
         idle_mem = stack.mem_kb()
         cpu0 = {k: sum(proc_cpu(p) or 0 for p in v) for k, v in pids.items()}
         threads = ThreadTracker(pids["callrec"][0]) if stack_name == "callrec" else None
@@ -625,10 +649,11 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         expect = calls if media or stack_name == "callrec" else 0
         succ, fail, retr = sipp_counts(os.path.join(work, "caller.out"))
         expect = min(expect, succ or 0)
-        end = time.time() + 120
+        end = time.time() + (120 if media else 30)
         while time.time() < end and not stack.finished(expect):
             time.sleep(0.25)
         t_done = time.time()
+        res["recordings_finished"] = stack.finished(expect)
         cpu1 = {k: sum(proc_cpu(p) or 0 for p in v) for k, v in pids.items()}
         if threads:
             threads.sample()
@@ -663,6 +688,7 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
                    "callee_successful": e_succ, "callee_failed": e_fail, "callee_retrans": e_retr,
                    "caller_rc": caller.returncode, "callee_rc": callee.returncode}
     res["failed_calls"] = (c_fail or 0) + (e_fail or 0) + max(0, calls - (c_succ or 0))
+    res["setup_rate_cps"] = setup_rate(work)
     rtt = rtt_values(work)
     res["setup_ms"] = {"n": len(rtt), "median": pct(rtt, 50), "p95": pct(rtt, 95), "max": max(rtt) if rtt else None}
     if media:
@@ -723,11 +749,19 @@ def cmd_load(args):
 
 
 def cmd_series(args):
+    """steps of N concurrent calls (rate N/10, so all are up after 10 s); with
+    --stack both the stacks alternate at each step; with --stop-on-degrade a
+    stack leaves the series after its first degraded step (failed calls or
+    loss > 0.1 %)"""
+    stacks = ["callrec", "peer"] if args.stack == "both" else [args.stack]
     for n in [int(x) for x in args.steps.split(",")]:
-        rate = max(5, n // 10)
-        r = load_run(args, args.stack, n, args.hold, rate, tag="series")
-        if r["degraded"] and args.stop_on_degrade:
-            log(f"{args.stack} degraded at {n}; stopping the series")
+        for st in list(stacks):
+            rate = max(5, n // 10)
+            r = load_run(args, st, n, args.hold, rate, tag="series")
+            if r["degraded"] and args.stop_on_degrade:
+                log(f"{st} degraded at {n}; it leaves the series")
+                stacks.remove(st)
+        if not stacks:
             break
 
 
@@ -736,9 +770,13 @@ def cmd_cps(args):
     for rate in [int(x) for x in args.rates.split(",")]:
         calls = rate * args.seconds
         r = load_run(args, args.stack, calls, args.hold_ms / 1000.0, rate, media=False, tag=f"cps{rate}")
-        achieved = calls / max(0.001, r["wall_s"] - r["finish_wait_s"] - args.hold_ms / 1000.0)
-        log(f"  cps {rate}: failed {r['failed_calls']}, achieved ~{achieved:.0f} cps")
+        achieved = r["setup_rate_cps"] or 0
+        log(f"  cps {rate}: failed {r['failed_calls']}, achieved {achieved:.0f} cps, "
+            f"retrans caller {r['sipp']['caller_retrans']} callee {r['sipp']['callee_retrans']}")
         if r["failed_calls"] > 0:
+            break
+        if achieved < 0.9 * rate:
+            log(f"  SIPp reached only {achieved:.0f} of {rate} cps; stopping")
             break
         best = rate
     log(f"{args.stack}: highest rate with 0 failed calls: {best}")
@@ -769,7 +807,7 @@ def main():
     p.add_argument("--rate", type=int)
     p.set_defaults(fn=cmd_load)
     p = sub.add_parser("series")
-    p.add_argument("--stack", choices=("callrec", "peer"), required=True)
+    p.add_argument("--stack", choices=("callrec", "peer", "both"), required=True)
     p.add_argument("--steps", required=True)
     p.add_argument("--hold", type=float, default=60)
     p.add_argument("--stop-on-degrade", action="store_true")

@@ -12,10 +12,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 hold="${1:-60}"
-steps="${2:-50,100,200,300,400,600,800}"
-rates="${3:-50,100,200,300,400,600,800,1000,1500}"
+steps="${2:-50,100,200,400,600,800}"
+rates="${3:-100,200,300,400,600,800,1000,1500}"
 bin="${CARGO_TARGET_DIR:-$here/../../target}/release/callrec"
 py=(python3 "$here/run.py" --callrec "$bin")
-"${py[@]}" --perf 10 series --stack both --steps "$steps" --hold "$hold" --stop-on-degrade
+"${py[@]}" --perf 10 --perf-at 200 series --stack both --steps "$steps" --hold "$hold" --stop-on-degrade
 "${py[@]}" cps --stack callrec --rates "$rates"
 "${py[@]}" cps --stack peer --rates "$rates"

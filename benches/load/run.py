@@ -17,7 +17,8 @@ mix-method=channels; caller and callee on channels 0 and 1).
 Common options: --work DIR (scratch, default /tmp/callrec-load), --results DIR
 (JSON per run, default benches/load/results), --callrec PATH (release binary,
 default $CARGO_TARGET_DIR/release/callrec), --perf SECONDS (perf record the
-proxy for that long at the plateau of a load run; callrec only),
+proxy for that long at the plateau of a load run; callrec only; with
+--perf-at N only in the run with N calls),
 --keep (keep recordings).
 
 What one load run measures (from the moment the caller starts until every
@@ -175,6 +176,14 @@ def machine_ticks():
         v = [int(x) for x in f.readline().split()[1:]]
     idle = v[3] + v[4]
     return sum(v[:8]), idle
+
+
+def udp_errors():
+    """(InErrors, RcvbufErrors) of the whole machine's UDP, /proc/net/snmp"""
+    with open("/proc/net/snmp") as f:
+        lines = [l.split() for l in f if l.startswith("Udp:")]
+    d = dict(zip(lines[0][1:], (int(x) for x in lines[1][1:])))
+    return d.get("InErrors", 0), d.get("RcvbufErrors", 0)
 
 
 def machine_info():
@@ -595,6 +604,7 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         cpu0 = {k: sum(proc_cpu(p) or 0 for p in v) for k, v in pids.items()}
         threads = ThreadTracker(pids["callrec"][0]) if stack_name == "callrec" else None
         m0 = machine_ticks()
+        udp0 = udp_errors()
         caller_cmd, callee_cmd = sipp_cmds(work, stack.sip_port, calls, rate, int(hold * 1000), media,
                                            timeout_s=int(hold + calls / rate + 120))
         res["sipp_caller_cmd"], res["sipp_callee_cmd"] = caller_cmd, callee_cmd
@@ -628,7 +638,8 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
                 mem = stack.mem_kb()
                 peak_mem = max(peak_mem, mem)
                 samples.append(mem)
-                if args.perf and not perf_done and stack_name == "callrec" and el >= plateau_from + 2:
+                if (args.perf and not perf_done and stack_name == "callrec" and el >= plateau_from + 2
+                        and (not args.perf_at or calls == args.perf_at)):
                     perf_done = True
                     pf = os.path.join(work, "perf.data")
                     subprocess.run(["perf", "record", "-F", "199", "-g", "-o", pf, "-p", str(pids["callrec"][0]),
@@ -658,6 +669,8 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         if threads:
             threads.sample()
         m1 = machine_ticks()
+        udp1 = udp_errors()
+        res["udp_in_errors"], res["udp_rcvbuf_errors"] = udp1[0] - udp0[0], udp1[1] - udp0[1]
         res["finish_wait_s"] = round(t_done - t_caller_done, 2)
         res["wall_s"] = round(t_done - t0, 2)
     finally:
@@ -782,13 +795,81 @@ def cmd_cps(args):
     log(f"{args.stack}: highest rate with 0 failed calls: {best}")
 
 
+def fmt(v, nd=2):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
 def cmd_report(args):
+    """markdown tables: the step series (callrec, peer, ratio callrec/peer per
+    step) and the call-rate ladder"""
     rows = []
     for p in args.files:
         with open(p) as f:
             rows.append(json.load(f))
-    for r in sorted(rows, key=lambda r: (r["kind"], r["calls"], r["stack"])):
-        print(summary(r))
+    series = [r for r in rows if r["kind"] == "series"]
+    steps = sorted({r["calls"] for r in series})
+    by = {(r["stack"], r["calls"]): r for r in series}
+
+    def line(label, get, nd=2, ratio=False):
+        cells = []
+        for n in steps:
+            a, b = by.get(("callrec", n)), by.get(("peer", n))
+            va = get(a) if a else None
+            vb = get(b) if b else None
+            if ratio:
+                cells.append(fmt(va / vb, 2) if va is not None and vb else "–")
+            else:
+                cells.append(f"{fmt(va, nd)} / {fmt(vb, nd)}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+    if series:
+        print("| concurrent calls (callrec / peer) | " + " | ".join(str(n) for n in steps) + " |")
+        print("|---|" + "---|" * len(steps))
+        line("CPU-s per recorded call-minute", lambda r: r["cpu_s_per_call_minute"], 3)
+        line("**ratio callrec/peer, CPU per call-minute**", lambda r: r["cpu_s_per_call_minute"], ratio=True)
+        line("failed calls", lambda r: r["failed_calls"])
+        line("audio not recorded, % of sent", lambda r: r["loss_pct"], 3)
+        line("recorder drops (packets)", lambda r: r["recorder_drops"])
+        line("zero-filled samples in WAVs, %", lambda r: 100.0 * r["wav_check"]["zero_fraction"]
+             if r.get("wav_check") and r["wav_check"]["zero_fraction"] is not None else None, 3)
+        line("memory per call, kB (RSS / PSS)", lambda r: r["mem_kb_per_call"], 0)
+        line("**ratio callrec/peer, memory per call**", lambda r: r["mem_kb_per_call"], ratio=True)
+        line("setup INVITE→200 median, ms", lambda r: r["setup_ms"]["median"], 0)
+        line("setup p95, ms", lambda r: r["setup_ms"]["p95"], 0)
+        line("setup max, ms", lambda r: r["setup_ms"]["max"], 0)
+        line("sealing after BYE median, ms (callrec)", lambda r: 1000 * r["seal_latency_s"]["median"]
+             if r.get("seal_latency_s") and r["seal_latency_s"]["median"] is not None else None, 0)
+        line("sealing after BYE p95 / max, ms", lambda r: (f"{1000 * r['seal_latency_s']['p95']:.0f}/"
+                                                      f"{1000 * r['seal_latency_s']['max']:.0f}")
+             if r.get("seal_latency_s") and r["seal_latency_s"]["p95"] is not None else None)
+        line("whole machine busy, %", lambda r: r["machine_busy_pct"], 0)
+        line("SIPp (both) CPU, % of one core", lambda r: r["sipp_core_pct"], 0)
+        print()
+        print("| step | callrec CPU-s by thread | peer CPU-s kamailio / rtpengine / recording |")
+        print("|---|---|---|")
+        for n in steps:
+            a, b = by.get(("callrec", n)), by.get(("peer", n))
+            ta = ", ".join(f"{k} {v}" for k, v in (a or {}).get("callrec_threads_cpu_s", {}).items())
+            if a and a.get("callrec_threads_unattributed_s") is not None:
+                ta += f", exited threads {a['callrec_threads_unattributed_s']}"
+            tb = " / ".join(str(b["cpu_s"].get(k)) for k in ("kamailio", "rtpengine", "rtpengine-recording")) if b else "–"
+            print(f"| {n} | {ta or '–'} (total {a['cpu_s_total'] if a else '–'}) | {tb} (total {b['cpu_s_total'] if b else '–'}) |")
+    cps = sorted([r for r in rows if r["kind"].startswith("cps")], key=lambda r: (r["stack"], r["rate_cps"]))
+    if cps:
+        print()
+        print("| stack | offered cps | achieved cps | calls | failed | retrans caller/callee | CPU ms per call | "
+              "setup median / p95 / max, ms | machine busy % |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in cps:
+            sm = r["setup_ms"]
+            print(f"| {r['stack']} | {r['rate_cps']} | {fmt(r.get('setup_rate_cps'), 0)} | {r['calls']} | "
+                  f"{r['failed_calls']} | {r['sipp']['caller_retrans']}/{r['sipp']['callee_retrans']} | "
+                  f"{fmt(r['cpu_ms_per_call'], 3)} | {fmt(sm['median'], 0)} / {fmt(sm['p95'], 0)} / "
+                  f"{fmt(sm['max'], 0)} | {fmt(r['machine_busy_pct'], 0)} |")
 
 
 def main():
@@ -798,6 +879,7 @@ def main():
     ap.add_argument("--callrec", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")),
                                                       "release", "callrec"))
     ap.add_argument("--perf", type=int, default=0)
+    ap.add_argument("--perf-at", type=int, default=0, help="only in the load run with this many calls")
     ap.add_argument("--keep", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("load")

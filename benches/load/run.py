@@ -646,13 +646,24 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
                 mem = stack.mem_kb()
                 peak_mem = max(peak_mem, mem)
                 samples.append(mem)
-                if (args.perf and not perf_done and stack_name == "callrec" and el >= plateau_from + 2
+                if (args.perf and not perf_done and el >= plateau_from + 2
                         and (not args.perf_at or calls == args.perf_at)):
                     perf_done = True
-                    pf = os.path.join(work, "perf.data")
-                    subprocess.run(["perf", "record", "-F", "199", "-g", "-o", pf, "-p", str(pids["callrec"][0]),
-                                    "--", "sleep", str(args.perf)], capture_output=True)
-                    res["perf_data"] = pf
+                    allp = ",".join(str(p) for v in pids.values() for p in v)
+                    if stack_name == "callrec":
+                        pf = os.path.join(work, "perf.data")
+                        subprocess.run(["perf", "record", "-F", "199", "-g", "-o", pf, "-p", allp,
+                                        "--", "sleep", str(args.perf)], capture_output=True)
+                        res["perf_data"] = pf
+                    # context switches and CPU over 5 s of the plateau, all of the stack's processes
+                    st = subprocess.run(["perf", "stat", "-x", ";", "-e", "context-switches,task-clock", "-p", allp,
+                                         "--", "sleep", "5"], capture_output=True, text=True).stderr
+                    pstat = {}
+                    for ln in st.splitlines():
+                        f = ln.split(";")
+                        if len(f) > 2 and f[0].replace(".", "", 1).isdigit():
+                            pstat[f[2]] = float(f[0])
+                    res["perf_stat_5s"] = pstat
             if el > hold + calls / rate + 180:
                 log("caller overran; killing")
                 caller.kill()

@@ -778,9 +778,11 @@ impl Call {
             {
                 l.state = "answered";
             }
+            // Fork the media before the 200 goes on: a callee that sends RTP
+            // together with its 200 must not lose its first packets.
+            self.start_recording();
             self.relay_response(Side::Callee, ix, self.initial, msg)
                 .await;
-            self.start_recording();
             return;
         }
         self.final_status = code;

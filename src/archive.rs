@@ -263,38 +263,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ArchiveError::Task(e.to_string()))?
 }
 
-/// Deletes every set that started more than `older_than` ago from the local
-/// folders, and records each deletion in the database: [`purge_everywhere`] with
-/// no target secrets (so `file://` targets work; targets that need secrets are
-/// reported in [`PurgeReport::failed`]). Blocking; not for use inside a runtime's task.
-pub fn purge(
-    db: &Db,
-    roots: &[PathBuf],
-    older_than: Duration,
-    dry_run: bool,
-    reason: &str,
-) -> Result<PurgeReport, ArchiveError> {
-    let request = PurgeRequest {
-        older_than,
-        dry_run,
-        reason: reason.to_string(),
-        profile: None,
-    };
-    let secrets = Secrets::new();
-    // A runtime of its own on its own thread, so a caller inside a runtime is no problem.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| ArchiveError::Task(e.to_string()))?;
-            rt.block_on(purge_everywhere(db, roots, &secrets, &request))
-        })
-        .join()
-        .unwrap_or_else(|_| Err(ArchiveError::Task("the purge thread panicked".into())))
-    })
-}
-
 /// Deletes every set past the period from every target the database says holds
 /// it (upload rows in state `done`), recording one deletion per target with the
 /// set, target, time, reason and the SHA-256 of the checksum file; a set no target

@@ -1559,7 +1559,7 @@ pub fn http_request(
 }
 
 /// Prometheus text format → map from `name{labels}` (exactly as written, or
-/// just `name` without labels) to value. Comments and blank lines are skipped.
+/// just `name` without labels) to value; comment and blank lines carry no value.
 pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     for line in text.lines() {

@@ -209,7 +209,7 @@ impl Ua {
             for i in 0..160 {
                 let t = (k * 160 + i) as f64 / 8000.0;
                 let v = (2.0 * std::f64::consts::PI * freq * t).sin() * 12000.0;
-                p.push(alaw(v as i16));
+                p.push(callrec::recorder::encode_alaw(v as i16));
             }
             let due = start + Duration::from_millis(20 * k as u64);
             if let Some(w) = due.checked_duration_since(Instant::now()) {
@@ -220,36 +220,8 @@ impl Ua {
     }
 }
 
-/// G.711 A-law encoding (ITU-T G.711), for test tones.
-pub fn alaw(s: i16) -> u8 {
-    let mut v = s as i32;
-    let sign = if v >= 0 { 0x80 } else { 0 };
-    if v < 0 {
-        v = -v - 1;
-    }
-    let v = (v >> 3).min(0xFFF);
-    let (exp, mant) = if v < 32 {
-        (0, v >> 1)
-    } else {
-        let e = 31 - (v as u32).leading_zeros() as i32 - 4;
-        (e, (v >> e) & 0x0F)
-    };
-    ((sign | (exp << 4) | mant) as u8) ^ 0x55
-}
-
-/// G.711 A-law decoding.
+/// G.711 A-law decoding of one code (the crate's table, itself checked
+/// against the G.711 formula in the recorder's tests).
 pub fn alaw_decode(b: u8) -> i16 {
-    let a = b ^ 0x55;
-    let exp = ((a >> 4) & 7) as i32;
-    let mant = (a & 0x0F) as i32;
-    let mag = if exp == 0 {
-        (mant << 4) + 8
-    } else {
-        ((mant << 4) + 0x108) << (exp - 1)
-    };
-    if a & 0x80 != 0 {
-        mag as i16
-    } else {
-        -mag as i16
-    }
+    callrec::recorder::ALAW_TO_LINEAR[b as usize]
 }

@@ -7,52 +7,13 @@
 
 mod common;
 
+use common::ua::Ua;
 use common::*;
-use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
 
 const ALAW_SILENCE: u8 = 0xD5;
 /// A-law code of +32256, the loudest sample.
 const ALAW_MAX: u8 = 0xAA;
-
-fn recv_response(sock: &UdpSocket, cseq: &str) -> String {
-    let mut buf = [0u8; 65536];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let Ok(n) = sock.recv(&mut buf) else { continue };
-        let text = String::from_utf8_lossy(&buf[..n]).to_string();
-        let code: u16 = text.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
-        if text.starts_with("SIP/2.0 ") && code >= 200 && text.contains(cseq) {
-            assert!(code < 300, "call set-up failed: {text}");
-            return text;
-        }
-    }
-    panic!("no final response for {cseq}");
-}
-
-fn header<'a>(msg: &'a str, name: &str) -> &'a str {
-    msg.lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
-        })
-        .unwrap_or_else(|| panic!("no {name} in {msg}"))
-}
-
-/// Where the proxy wants our RTP, from the SDP of its 200.
-fn sdp_target(msg: &str) -> SocketAddr {
-    let ip = msg
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .expect("c= line")
-        .trim();
-    let port = msg
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("m= line");
-    format!("{ip}:{port}").parse().unwrap()
-}
 
 fn rtp(seq: u16, ts: u32, ssrc: u32, fill: u8) -> Vec<u8> {
     let mut p = vec![0x80, 8];
@@ -120,39 +81,12 @@ fn clicks_land_where_they_were_sent_despite_loss_reordering_and_hold() {
         "callee sipp did not start"
     );
 
-    let base = free_ports(2);
-    let sip = UdpSocket::bind(("127.0.0.3", base)).unwrap();
-    let media = UdpSocket::bind(("127.0.0.3", base + 1)).unwrap();
-    sip.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    sip.connect(proxy.sip_addr()).unwrap();
-    let call_id = format!("timeline-{base}@127.0.0.3");
-    let sdp = format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\nm=audio {} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n",
-        base + 1
-    );
-    let invite = format!(
-        "INVITE sip:200@{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.3:{base};branch=z9hG4bKtl1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:03012345678@127.0.0.3>;tag=tl1\r\nTo: <sip:200@{proxy}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.3:{base}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-        sdp.len(),
-        proxy = proxy.sip_addr()
-    );
-    sip.send(invite.as_bytes()).unwrap();
-    let ok = recv_response(&sip, "1 INVITE");
-    let to = header(&ok, "To").to_string();
-    let target = header(&ok, "Contact")
-        .trim_start_matches('<')
-        .split('>')
-        .next()
-        .unwrap()
-        .to_string();
-    let rtp_to = sdp_target(&ok);
-    let in_dialog = |method: &str, cseq: u32, branch: &str| {
-        format!(
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.3:{base};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:03012345678@127.0.0.3>;tag=tl1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
-        )
-    };
-    sip.send(in_dialog("ACK", 1, "z9hG4bKtl2").as_bytes())
-        .unwrap();
+    let mut ua = Ua::new("127.0.0.3", proxy.sip_addr());
+    ua.invite("03012345678", "200");
+    let ok = ua.wait_response("1 INVITE", Duration::from_secs(10), |c| c == 200);
+    let rtp_to = ok.sdp_target().expect("the 200 has SDP");
+    ua.ack(&ok);
+    let media = &ua.media;
 
     // Send the stream on its own schedule, with the impairments.
     let packets = plan();
@@ -198,9 +132,7 @@ fn clicks_land_where_they_were_sent_despite_loss_reordering_and_hold() {
         i += 1;
     }
     std::thread::sleep(Duration::from_millis(300));
-    sip.send(in_dialog("BYE", 2, "z9hG4bKtl3").as_bytes())
-        .unwrap();
-    recv_response(&sip, "2 BYE");
+    ua.bye();
     callee.wait().assert_success();
 
     // Find the set and the clicks in the left (caller) channel.

@@ -146,3 +146,85 @@ fn silence_until_the_hang_up_is_kept_when_the_end_is_given() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+fn threads_of_this_process() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Many concurrent recordings are served by a few recorder threads (one per
+/// core), not a thread each, and each file still holds only its own call's audio.
+#[test]
+fn many_recordings_share_a_few_threads_without_crosstalk() {
+    const CALLS: usize = 64;
+    let dir = tempdir("pool");
+    let t0 = Instant::now();
+    let before = threads_of_this_process();
+    let recs: Vec<Recorder> = (0..CALLS)
+        .map(|c| {
+            let mut spec = RecordingSpec::new(&dir, format!("call{c}"), ChannelMode::Stereo);
+            spec.start = t0;
+            Recorder::start(spec).unwrap()
+        })
+        .collect();
+    let during = threads_of_this_process();
+    // Call c's caller sends the level 100·(c+1), its callee the negative of it.
+    for k in 0..100u16 {
+        let at = t0 + Duration::from_millis(20 * (k as u64 + 1));
+        for (c, rec) in recs.iter().enumerate() {
+            let level = 100 * (c as i16 + 1);
+            assert!(rec.fork().offer(Party::Caller, packet(k, level), at));
+            assert!(rec.fork().offer(Party::Callee, packet(k, -level), at));
+        }
+    }
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        during <= before + cores.min(8) + 4,
+        "{CALLS} recordings took {} threads (cores: {cores})",
+        during as i64 - before as i64
+    );
+    for (c, rec) in recs.into_iter().enumerate() {
+        let out = rec.finish().unwrap();
+        assert_eq!(out.frames, 16_000, "call {c}");
+        let level = 100.0 * (c as f64 + 1.0);
+        let mut r = hound::WavReader::open(dir.join(format!("call{c}.wav"))).unwrap();
+        let s: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+        // A-law quantises: within 4 % of the level sent, on the right channel.
+        for frame in s[2000..30_000].chunks(2) {
+            let (l, rr) = (frame[0] as f64, frame[1] as f64);
+            assert!(
+                (l - level).abs() <= level * 0.04 + 8.0,
+                "call {c}: left {l}"
+            );
+            assert!(
+                (rr + level).abs() <= level * 0.04 + 8.0,
+                "call {c}: right {rr}"
+            );
+        }
+    }
+}
+
+/// A recorder dropped without `finish` (its call's task ended abruptly) still
+/// leaves a complete, playable file with every packet it was given.
+#[test]
+fn a_dropped_recorder_still_finalises_its_file() {
+    let dir = tempdir("dropped");
+    let t0 = Instant::now();
+    let mut spec = RecordingSpec::new(&dir, "dropped", ChannelMode::Caller);
+    spec.start = t0;
+    let rec = Recorder::start(spec).unwrap();
+    for k in 0..150u16 {
+        let at = t0 + Duration::from_millis(20 * (k as u64 + 1));
+        assert!(rec.fork().offer(Party::Caller, packet(k, 3000), at));
+    }
+    drop(rec);
+    let path = dir.join("dropped.wav");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let frames = loop {
+        let n = hound::WavReader::open(&path).map(|r| r.len()).unwrap_or(0);
+        if n >= 24_000 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(frames, 24_000, "150 packets of 160 samples");
+}

@@ -1,10 +1,12 @@
 //! Recorder: takes the RTP packets the media relay forks to it, places each
 //! party's audio on one wall clock (timeline), decodes it and writes WAV files
-//! on its own worker thread. The relay side (`Fork::offer`) never blocks.
+//! on the recorder threads (`pool`: a few lanes, each serving many
+//! recordings in batches). The relay side (`Fork::offer`) never blocks.
 
 mod codec;
 mod g711;
 pub mod metadata;
+mod pool;
 pub(crate) mod resample;
 mod rtp;
 mod timeline;
@@ -17,7 +19,6 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -122,13 +123,11 @@ pub enum RecorderError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The worker thread could not be started.
-    #[error("cannot start the recorder worker thread: {0} (check the process's thread limit)")]
+    /// The recorder threads could not be started.
+    #[error("cannot start the recorder threads: {0} (check the process's thread limit)")]
     Spawn(std::io::Error),
-    /// The worker thread panicked; the files may be incomplete.
-    #[error(
-        "the recorder worker thread panicked; the recording files may be incomplete (see the log)"
-    )]
+    /// The recorder panicked on this recording; the files may be incomplete.
+    #[error("the recorder panicked on this recording; the recording files may be incomplete (see the log)")]
     WorkerPanicked,
 }
 
@@ -281,13 +280,6 @@ struct Packet {
     arrival: Instant,
 }
 
-/// Messages from the call's owner to the worker.
-enum Control {
-    PayloadMap(Party, Box<PayloadMap>),
-    /// Drain and finalise; with an instant, the files run (silent if need be) up to it.
-    Finish(Option<Instant>),
-}
-
 /// State shared by the forks and the worker.
 struct ForkShared {
     closed: AtomicBool,
@@ -347,19 +339,20 @@ impl Fork {
     }
 }
 
-/// A running recording: owns the worker thread that writes the files.
+/// A running recording, served by one lane of the recorder threads.
 pub struct Recorder {
     fork: Fork,
-    ctrl: mpsc::Sender<Control>,
-    handle: Option<JoinHandle<Result<RecordingOutput, RecorderError>>>,
+    id: u64,
+    lane: mpsc::Sender<pool::Command>,
+    finished: bool,
 }
 
 impl Recorder {
-    /// Creates the files and starts the worker thread.
+    /// Creates the files and hands the recording to a recorder thread.
     pub fn start(spec: RecordingSpec) -> Result<Recorder, RecorderError> {
         spec.validate()?;
+        let pool = pool::Pool::get()?;
         let (tx, rx) = mpsc::sync_channel(spec.queue_capacity);
-        let (ctrl, ctrl_rx) = mpsc::channel();
         let shared = Arc::new(ForkShared {
             closed: AtomicBool::new(false),
             queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -368,18 +361,13 @@ impl Recorder {
             base_name: spec.base_name.clone(),
         });
         let worker = worker::Worker::new(&spec, Arc::clone(&shared))?;
-        let handle = std::thread::Builder::new()
-            .name(format!(
-                "recorder-{}",
-                spec.base_name.chars().take(20).collect::<String>()
-            ))
-            .spawn(move || worker.run(rx, ctrl_rx))
-            .map_err(RecorderError::Spawn)?;
+        let (id, lane) = pool.assign(worker, rx)?;
         tracing::debug!(recording = %spec.base_name, channels = %spec.channels, "recorder started");
         Ok(Recorder {
             fork: Fork { tx, shared },
-            ctrl,
-            handle: Some(handle),
+            id,
+            lane,
+            finished: false,
         })
     }
 
@@ -390,8 +378,10 @@ impl Recorder {
 
     /// Sets the payload-type map of one party (at start and after a re-INVITE).
     pub fn set_payload_map(&self, party: Party, map: PayloadMap) {
-        // The worker lives as long as the Recorder: a send error cannot happen before finish.
-        let _ = self.ctrl.send(Control::PayloadMap(party, Box::new(map)));
+        // The lanes live as long as the process: a send error cannot happen.
+        let _ = self
+            .lane
+            .send(pool::Command::PayloadMap(self.id, party, Box::new(map)));
     }
 
     /// Blocks until everything queued is written and the files are finalised.
@@ -406,19 +396,33 @@ impl Recorder {
     }
 
     fn finish_with(mut self, end: Option<Instant>) -> Result<RecordingOutput, RecorderError> {
+        self.finished = true;
         self.fork.shared.closed.store(true, Ordering::Relaxed);
-        let _ = self.ctrl.send(Control::Finish(end));
-        let handle = self.handle.take().ok_or(RecorderError::WorkerPanicked)?;
-        handle.join().map_err(|_| RecorderError::WorkerPanicked)?
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.lane
+            .send(pool::Command::Finish {
+                id: self.id,
+                end,
+                reply: Some(reply),
+            })
+            .map_err(|_| RecorderError::WorkerPanicked)?;
+        // The lane places the queued packets; the header rewrite and fsync happen
+        // here, on the finishing thread, so the lane's other calls never wait on disk.
+        let worker = answer.recv().map_err(|_| RecorderError::WorkerPanicked)??;
+        worker.finalize()
     }
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if self.handle.is_some() {
-            // Not finished explicitly: the worker finalises the files on its own.
+        if !self.finished {
+            // Not finished explicitly: the lane finalises the files on its own.
             self.fork.shared.closed.store(true, Ordering::Relaxed);
-            let _ = self.ctrl.send(Control::Finish(None));
+            let _ = self.lane.send(pool::Command::Finish {
+                id: self.id,
+                end: None,
+                reply: None,
+            });
         }
     }
 }

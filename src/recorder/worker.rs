@@ -1,17 +1,17 @@
-//! The recorder's worker thread: takes packets off the queue, feeds the two
-//! party timelines, commits samples older than the reorder window to the WAV
-//! writers, and finalises the files on finish.
+//! One recording's state: takes packets off its queue, feeds the two party
+//! timelines, commits samples older than the reorder window to the WAV
+//! writers, and finalises the files on finish. A lane of the pool drives it.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::timeline::{Thresholds, Timeline};
 use super::wav::WavWriter;
 use super::{
-    rtp, ChannelMode, Control, ForkShared, Packet, Party, PayloadMap, RecorderError,
-    RecordingOutput, RecordingSpec,
+    rtp, ChannelMode, ForkShared, Packet, Party, PayloadMap, RecorderError, RecordingOutput,
+    RecordingSpec,
 };
 
 /// Samples committed to the files in one go at most.
@@ -92,56 +92,24 @@ impl Worker {
         })
     }
 
-    /// The thread's body: runs until Finish (or the Recorder is dropped), then finalises.
-    pub(crate) fn run(
-        mut self,
-        rx: Receiver<Packet>,
-        ctrl: Receiver<Control>,
-    ) -> Result<RecordingOutput, RecorderError> {
-        loop {
-            let mut finishing = false;
-            let mut end: Option<Instant> = None;
-            loop {
-                match ctrl.try_recv() {
-                    Ok(Control::PayloadMap(party, map)) => self.maps[party.index()] = *map,
-                    Ok(Control::Finish(at)) => {
-                        finishing = true;
-                        end = at;
-                        break;
-                    }
-                    Err(TryRecvError::Disconnected) => {
-                        finishing = true;
-                        break;
-                    }
-                    Err(TryRecvError::Empty) => break,
-                }
-            }
-            if finishing {
-                while let Ok(p) = rx.try_recv() {
-                    self.on_packet(&p);
-                }
-                if let Some(end) = end {
-                    let end_pos = self.samples(end.saturating_duration_since(self.start));
-                    self.now_pos = self.now_pos.max(end_pos);
-                }
-                return self.finish();
-            }
-            match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(p) => {
-                    self.on_packet(&p);
-                    for _ in 0..256 {
-                        match rx.try_recv() {
-                            Ok(p) => self.on_packet(&p),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    // Only the Recorder and its forks hold senders; wait for Finish.
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
+    /// Places every packet waiting in the recording's queue.
+    pub(crate) fn take_queued(&mut self, packets: &Receiver<Packet>) {
+        while let Ok(p) = packets.try_recv() {
+            self.on_packet(&p);
+        }
+    }
+
+    /// Sets the payload-type table one party sends with.
+    pub(crate) fn set_payload_map(&mut self, party: Party, map: PayloadMap) {
+        self.maps[party.index()] = map;
+    }
+
+    /// Extends the recording to `end` (the call's end): a party that went
+    /// silent before the hang-up is silence up to it.
+    pub(crate) fn run_to(&mut self, end: Option<Instant>) {
+        if let Some(end) = end {
+            let end_pos = self.samples(end.saturating_duration_since(self.start));
+            self.now_pos = self.now_pos.max(end_pos);
         }
     }
 
@@ -247,7 +215,8 @@ impl Worker {
         }
     }
 
-    fn finish(mut self) -> Result<RecordingOutput, RecorderError> {
+    /// Writes the rest of the audio, finalises the files (fsync) and returns the counters.
+    pub(crate) fn finalize(mut self) -> Result<RecordingOutput, RecorderError> {
         if self.rate != 0 {
             let end = self
                 .timelines

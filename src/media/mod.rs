@@ -5,6 +5,7 @@ pub mod announce;
 pub mod ports;
 pub mod relay;
 pub mod sdp;
+pub mod threads;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -64,7 +65,7 @@ pub enum MediaError {
     /// The SDP body was rejected.
     #[error("bad SDP: {0}")]
     Sdp(#[from] sdp::SdpError),
-    /// No port pair could be bound.
+    /// No port pair could be bound, or the media threads could not start.
     #[error("{0}")]
     Ports(#[from] std::io::Error),
 }
@@ -99,7 +100,7 @@ impl Session {
         while self.streams.len() < sdp.media.len() {
             let a = self.pool.allocate()?;
             let b = self.pool.allocate()?;
-            self.streams.push(Stream::start(a, b, self.tap.clone()));
+            self.streams.push(Stream::start(a, b, self.tap.clone())?);
         }
         let mut ports = Vec::with_capacity(sdp.media.len());
         for (m, s) in sdp.media.iter().zip(&self.streams) {

@@ -9,8 +9,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::net::UdpSocket;
-
 /// A pool of even RTP ports.
 #[derive(Debug)]
 pub struct PortPool {
@@ -19,13 +17,12 @@ pub struct PortPool {
     in_use: AtomicUsize,
 }
 
-/// An RTP socket and its RTCP socket, bound on consecutive ports.
+/// An RTP socket and its RTCP socket, bound on consecutive ports; the port
+/// goes back to the pool when the pair is dropped.
 #[derive(Debug)]
 pub struct PortPair {
-    /// RTP socket (even port).
-    pub rtp: UdpSocket,
-    /// RTCP socket (odd port).
-    pub rtcp: UdpSocket,
+    /// RTP and RTCP sockets until the relay takes them (see `take_sockets`).
+    sockets: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
     /// The RTP port number.
     pub port: u16,
     pool: Arc<PortPool>,
@@ -61,11 +58,10 @@ impl PortPool {
                 break;
             };
             match bind_pair(self.ip, port) {
-                Ok((rtp, rtcp)) => {
+                Ok(sockets) => {
                     self.in_use.fetch_add(1, Ordering::Relaxed);
                     return Ok(PortPair {
-                        rtp,
-                        rtcp,
+                        sockets: Some(sockets),
                         port,
                         pool: self.clone(),
                     });
@@ -87,12 +83,12 @@ impl PortPool {
     }
 }
 
-fn bind_pair(ip: IpAddr, port: u16) -> io::Result<(UdpSocket, UdpSocket)> {
+fn bind_pair(ip: IpAddr, port: u16) -> io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
     let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
     let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1))?;
     rtp.set_nonblocking(true)?;
     rtcp.set_nonblocking(true)?;
-    Ok((UdpSocket::from_std(rtp)?, UdpSocket::from_std(rtcp)?))
+    Ok((rtp, rtcp))
 }
 
 impl Drop for PortPair {
@@ -102,6 +98,19 @@ impl Drop for PortPair {
 }
 
 impl PortPair {
+    /// Hands the RTP and RTCP sockets to the tokio runtime this runs on (the
+    /// media thread that relays them); the pair keeps the port reserved.
+    pub fn take_sockets(&mut self) -> io::Result<(tokio::net::UdpSocket, tokio::net::UdpSocket)> {
+        let (rtp, rtcp) = self
+            .sockets
+            .take()
+            .ok_or_else(|| io::Error::other("the port pair's sockets were already taken"))?;
+        Ok((
+            tokio::net::UdpSocket::from_std(rtp)?,
+            tokio::net::UdpSocket::from_std(rtcp)?,
+        ))
+    }
+
     fn in_use_release(&self) {
         self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
         self.pool

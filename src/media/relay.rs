@@ -4,18 +4,21 @@
 //! to it (symmetric RTP, for NATed peers); a different source takes over only
 //! after the latched one has been quiet for a while, so a stray packet cannot
 //! hijack the stream. Counters are atomics the call reads; nothing on the
-//! packet path locks, logs or waits on anything but the sockets.
+//! packet path locks, logs, allocates (unless a recorder takes a copy) or
+//! waits on anything but the sockets. The task runs on one of the media
+//! threads (`threads`), never on the signalling runtime.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::ports::PortPair;
+use super::threads::MediaThreads;
 use super::Side;
 
 /// How long a latched source must be silent before another source may take over.
@@ -90,21 +93,33 @@ impl Drop for Stream {
 }
 
 impl Stream {
-    /// Starts relaying between the two port pairs.
-    pub fn start(caller: PortPair, callee: PortPair, tap: Option<Arc<dyn Tap>>) -> Stream {
+    /// Starts relaying between the two port pairs on one of the media threads.
+    pub fn start(
+        mut caller: PortPair,
+        mut callee: PortPair,
+        tap: Option<Arc<dyn Tap>>,
+    ) -> std::io::Result<Stream> {
+        let thread = MediaThreads::get()?.pick();
+        // The sockets register with the epoll of the thread that will serve them.
+        let sockets = {
+            let _on_thread = thread.enter();
+            let (a, b) = caller.take_sockets()?;
+            let (c, d) = callee.take_sockets()?;
+            [[a, b], [c, d]]
+        };
         let stats = Arc::new(StreamStats::default());
         stats.last_rx_ms.store(now_ms(), Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let caller_port = caller.port;
         let callee_port = callee.port;
-        let task = tokio::spawn(run(caller, callee, rx, stats.clone(), tap));
-        Stream {
+        let task = thread.spawn(run([caller, callee], sockets, rx, stats.clone(), tap));
+        Ok(Stream {
             caller_port,
             callee_port,
             stats,
             control: tx,
             task,
-        }
+        })
     }
 
     /// Tells the stream where a side wants its media.
@@ -168,20 +183,21 @@ fn is_rtcp(pkt: &[u8]) -> bool {
     pkt.len() >= 2 && (192..=223).contains(&pkt[1])
 }
 
+/// Largest datagram relayed; RTP over UDP stays far below it.
+const MAX_DATAGRAM: usize = 2048;
+
 async fn run(
-    caller: PortPair,
-    callee: PortPair,
+    // Keeps both ports reserved until the task ends (after the sockets closed).
+    _ports: [PortPair; 2],
+    // Index 0 faces the caller, 1 the callee; each [rtp, rtcp].
+    socks: [[UdpSocket; 2]; 2],
     mut control: mpsc::UnboundedReceiver<Control>,
     stats: Arc<StreamStats>,
     mut tap: Option<Arc<dyn Tap>>,
 ) {
-    // Index 0 faces the caller, 1 the callee; [rtp, rtcp] latches per side.
-    let socks: [[&UdpSocket; 2]; 2] = [[&caller.rtp, &caller.rtcp], [&callee.rtp, &callee.rtcp]];
     let mut latch: [[Latch; 2]; 2] = Default::default();
-    let mut bufs: [[BytesMut; 2]; 2] = Default::default();
-    for b in bufs.iter_mut().flatten() {
-        b.reserve(2048);
-    }
+    // One receive buffer per socket, reused for every packet.
+    let mut bufs = Box::new([[[0u8; MAX_DATAGRAM]; 2]; 2]);
     // An announcement being played to the caller: packets left, next send time.
     let mut player: Option<(
         std::collections::VecDeque<Bytes>,
@@ -190,12 +206,12 @@ async fn run(
     )> = None;
     loop {
         let next_play = player.as_ref().map(|p| p.1);
-        let [[b00, b01], [b10, b11]] = &mut bufs;
+        let [[b00, b01], [b10, b11]] = &mut *bufs;
         let (side, kind, res) = tokio::select! {
-            r = socks[0][0].recv_buf_from(b00) => (0, 0, r),
-            r = socks[1][0].recv_buf_from(b10) => (1, 0, r),
-            r = socks[0][1].recv_buf_from(b01) => (0, 1, r),
-            r = socks[1][1].recv_buf_from(b11) => (1, 1, r),
+            r = socks[0][0].recv_from(b00) => (0, 0, r),
+            r = socks[1][0].recv_from(b10) => (1, 0, r),
+            r = socks[0][1].recv_from(b01) => (0, 1, r),
+            r = socks[1][1].recv_from(b11) => (1, 1, r),
             _ = tokio::time::sleep_until(next_play.unwrap_or_else(tokio::time::Instant::now)), if next_play.is_some() => {
                 if let Some((queue, next, _)) = player.as_mut() {
                     if let (Some(pkt), Some(dst)) = (queue.pop_front(), latch[0][0].target()) {
@@ -229,21 +245,17 @@ async fn run(
                 }
             }
         };
-        let buf = &mut bufs[side][kind];
-        let src = match res {
-            Ok((_, src)) => src,
-            Err(_) => {
-                // ICMP errors surface as receive errors on Linux; skip them.
-                buf.clear();
-                continue;
-            }
+        let (len, src) = match res {
+            Ok(r) => r,
+            // ICMP errors surface as receive errors on Linux; skip them.
+            Err(_) => continue,
         };
+        let pkt = &bufs[side][kind][..len];
         let now = Instant::now();
-        let pkt = buf.split().freeze();
-        if buf.capacity() < 2048 {
-            buf.reserve(2048);
-        }
-        stats.last_rx_ms.store(now_ms(), Ordering::Relaxed);
+        stats.last_rx_ms.store(
+            now.saturating_duration_since(epoch()).as_millis() as u64,
+            Ordering::Relaxed,
+        );
         if !latch[side][kind].accept(src, now) {
             stats.foreign_dropped.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -252,17 +264,17 @@ async fn run(
         let Some(dst) = latch[other][kind].target() else {
             continue;
         };
-        if socks[other][kind].send_to(&pkt, dst).await.is_err() {
+        if socks[other][kind].send_to(pkt, dst).await.is_err() {
             continue;
         }
-        let rtcp = kind == 1 || is_rtcp(&pkt);
+        let rtcp = kind == 1 || is_rtcp(pkt);
         if rtcp {
             stats.rtcp_packets[side].fetch_add(1, Ordering::Relaxed);
         } else {
             stats.rtp_packets[side].fetch_add(1, Ordering::Relaxed);
             stats.rtp_bytes[side].fetch_add(pkt.len() as u64, Ordering::Relaxed);
             if let Some(tap) = &tap {
-                tap.offer(Side::from_index(side), pkt, now);
+                tap.offer(Side::from_index(side), Bytes::copy_from_slice(pkt), now);
             }
         }
     }
@@ -276,7 +288,7 @@ mod tests {
     #[tokio::test]
     async fn relays_and_latches() {
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32000, 32010);
-        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None);
+        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None).unwrap();
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to_caller_side: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
@@ -307,7 +319,7 @@ mod tests {
     #[tokio::test]
     async fn telephone_events_and_muxed_rtcp_pass_unchanged() {
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32100, 32110);
-        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None);
+        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None).unwrap();
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // rtcp-mux on the callee's side: its RTCP address is its RTP address.
@@ -338,7 +350,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_source_takes_over_only_after_a_quiet_period() {
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32200, 32210);
-        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None);
+        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None).unwrap();
         let first = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let moved = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();

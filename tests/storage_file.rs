@@ -182,3 +182,63 @@ async fn a_set_already_in_the_spool_folder_stays_in_place() {
     assert_delivered(&dest, m);
     assert!(!spool_set.exists());
 }
+
+/// A folder on the spool's filesystem gets the sealed files as hard links (the
+/// audio is stored once, nothing is copied); a folder on another filesystem
+/// (here the tmpfs /dev/shm) gets independent, verified copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_filesystem_links_and_another_filesystem_copies() {
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (a tmpfs) is needed");
+    assert_ne!(
+        std::fs::metadata(work.path()).unwrap().dev(),
+        std::fs::metadata(shm.path()).unwrap().dev(),
+        "this test needs /dev/shm on another filesystem than the temporary folder"
+    );
+    let made = make_sets(work.path(), 1);
+    let m = &made[0];
+    let near = work.path().join("archive");
+    let far = shm.path().join("archive");
+    let urls = [
+        format!("file://{}", near.display()),
+        format!("file://{}", far.display()),
+    ];
+    let data = work.path().join("data");
+    let db = Db::open_in(&data).unwrap();
+    let spool = Spool::start(fast_spool(&data), db.clone(), Secrets::new(), None).unwrap();
+    let at = spool.enqueue(&m.set, &urls).unwrap();
+    let spooled: Vec<(String, u64)> = m
+        .contents
+        .iter()
+        .map(|(name, _)| {
+            (
+                name.clone(),
+                std::fs::metadata(at.join(name)).unwrap().ino(),
+            )
+        })
+        .collect();
+    assert!(
+        spool.wait_empty(Duration::from_secs(20)).await,
+        "spool not emptied: {:?}",
+        spool.pending()
+    );
+    assert_delivered(&near, m);
+    assert_delivered(&far, m);
+    for (name, ino) in &spooled {
+        assert_eq!(
+            std::fs::metadata(near.join(name)).unwrap().ino(),
+            *ino,
+            "{name} on the spool's filesystem is not the sealed file itself"
+        );
+        assert_eq!(std::fs::metadata(far.join(name)).unwrap().nlink(), 1);
+    }
+    for folder in [&near, &far] {
+        let leftovers: Vec<_> = std::fs::read_dir(folder)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+}

@@ -1,8 +1,12 @@
 //! `file:///path/$Y/$M`: a local or mounted (NFS, CIFS) folder.
 //!
-//! Each file is copied to `.<name>.part`, fsynced, renamed to its name, and its
-//! SHA-256 re-read and compared before it counts; the folder is fsynced at the end.
-//! Deleting a set removes its files (signature first); the folders stay.
+//! On the spool's own filesystem each file is hard-linked under its name: the
+//! sealed file is immutable and already fsynced, so the target's copy is the
+//! same inode, written once and never re-read. Anywhere else (NFS, CIFS,
+//! another disk) it is copied to `.<name>.part`, fsynced, renamed to its name,
+//! and its SHA-256 re-read and compared before it counts. The folder is fsynced
+//! at the end. Deleting a set removes its files (signature first); the
+//! folders stay.
 
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -68,13 +72,25 @@ impl FileTarget {
         std::fs::create_dir_all(&folder).map_err(|e| self.io_error("create folder", &folder, e))?;
         for src in &set.files {
             let name = file_name_of(&self.url, src)?;
+            let dest = folder.join(&name);
+            let tmp = folder.join(format!(".{name}.part"));
+            // A link appears under `.part` first, so a set is never half-visible under
+            // its name either way. Any failure (another filesystem, no hard links,
+            // a leftover `.part`) means: copy.
+            if std::fs::hard_link(src, &tmp).is_ok() {
+                if let Err(e) = std::fs::rename(&tmp, &dest) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(self.io_error("rename", &dest, e));
+                }
+                // Renaming onto a link of the same file (a retry) leaves `.part` behind.
+                let _ = std::fs::remove_file(&tmp);
+                continue;
+            }
             let local_sum = sha256_file(src).map_err(|e| TargetError::Local {
                 target: self.url.clone(),
                 path: src.display().to_string(),
                 detail: e.to_string(),
             })?;
-            let dest = folder.join(&name);
-            let tmp = folder.join(format!(".{name}.part"));
             let copy = || -> std::io::Result<()> {
                 let mut input = std::fs::File::open(src)?;
                 let mut out = std::fs::File::create(&tmp)?;

@@ -382,6 +382,34 @@ pub struct Db {
     path: PathBuf,
     tx: mpsc::Sender<Msg>,
     _writer: std::sync::Arc<WriterGuard>,
+    /// Idle read-only connections, reused: opening one per query costs more than the query.
+    readers: std::sync::Arc<std::sync::Mutex<Vec<Connection>>>,
+}
+
+/// Most idle read-only connections kept.
+const IDLE_READERS: usize = 4;
+
+/// A read-only connection borrowed from the pool; goes back on drop.
+struct Reader<'a> {
+    conn: Option<Connection>,
+    pool: &'a std::sync::Mutex<Vec<Connection>>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("reader used after drop")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.pool.lock()) {
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -687,6 +715,7 @@ impl Db {
             _writer: std::sync::Arc::new(WriterGuard {
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
+            readers: Default::default(),
         })
     }
 
@@ -733,7 +762,14 @@ impl Db {
         }
     }
 
-    fn reader(&self) -> Result<Connection, DbError> {
+    fn reader(&self) -> Result<Reader<'_>, DbError> {
+        let idle = self.readers.lock().ok().and_then(|mut idle| idle.pop());
+        if let Some(conn) = idle {
+            return Ok(Reader {
+                conn: Some(conn),
+                pool: &self.readers,
+            });
+        }
         let conn = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -743,7 +779,10 @@ impl Db {
             source,
         })?;
         let _ = conn.busy_timeout(Duration::from_secs(10));
-        Ok(conn)
+        Ok(Reader {
+            conn: Some(conn),
+            pool: &self.readers,
+        })
     }
 
     fn query_uploads(&self, filter: &str, args: &[&str]) -> Result<Vec<UploadRow>, DbError> {

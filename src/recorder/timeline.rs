@@ -30,6 +30,9 @@ const SEQ_WINDOW: i64 = 1024;
 /// One RTP stream (SSRC) of a party.
 struct Segment {
     ssrc: u32,
+    // Decoders of this stream, by codec: a new SSRC is a new encoder, so a
+    // stateful decoder (G.722's ADPCM predictor, Opus) must start afresh with it.
+    decoders: Vec<(Codec, AudioDecoder)>,
     // RTP timestamp → position mapping; `clock == 0` until the first audio packet.
     clock: u32,
     anchor_ts: i64,
@@ -64,6 +67,7 @@ impl Segment {
     fn new(ssrc: u32, seq: u16) -> Segment {
         Segment {
             ssrc,
+            decoders: Vec::new(),
             clock: 0,
             anchor_ts: 0,
             anchor_pos: 0,
@@ -155,7 +159,6 @@ pub(crate) struct Timeline {
     segments: Vec<Segment>,
     buf: VecDeque<i16>,
     base: i64,
-    decoders: Vec<(Codec, AudioDecoder)>,
     pcm: Vec<i16>,
     resampled: Vec<i16>,
     resample_scratch: Vec<f64>,
@@ -173,7 +176,6 @@ impl Timeline {
             segments: Vec::with_capacity(2),
             buf: VecDeque::with_capacity(48000),
             base: 0,
-            decoders: Vec::new(),
             pcm: Vec::with_capacity(1920),
             resampled: Vec::with_capacity(1920),
             resample_scratch: Vec::new(),
@@ -274,19 +276,20 @@ impl Timeline {
         let Some(audio_rate) = codec.audio_rate() else {
             return;
         };
-        let di = match self.decoders.iter().position(|(c, _)| *c == codec) {
+        let decoders = &mut self.segments[idx].decoders;
+        let di = match decoders.iter().position(|(c, _)| *c == codec) {
             Some(i) => i,
             None => {
                 let Some(dec) = AudioDecoder::new(codec) else {
                     self.stats.undecodable += 1;
                     return;
                 };
-                self.decoders.push((codec, dec));
-                self.decoders.len() - 1
+                decoders.push((codec, dec));
+                decoders.len() - 1
             }
         };
         self.pcm.clear();
-        if !self.decoders[di].1.decode(pkt.payload, &mut self.pcm) {
+        if !decoders[di].1.decode(pkt.payload, &mut self.pcm) {
             self.stats.undecodable += 1;
             return;
         }
@@ -439,6 +442,58 @@ mod tests {
         let mut out = vec![0; n];
         t.drain_into(&mut out);
         out
+    }
+
+    /// G.722 frames (160 bytes, 20 ms) of a tone from a fresh encoder.
+    fn g722_frames(freq: f64, packets: usize) -> Vec<Vec<u8>> {
+        use audio_codec::Encoder;
+        let mut enc = audio_codec::g722::G722Encoder::new();
+        let pcm: Vec<i16> = (0..packets * 320)
+            .map(|i| {
+                ((i as f64 * 2.0 * std::f64::consts::PI * freq / 16000.0).sin() * 8000.0) as i16
+            })
+            .collect();
+        pcm.chunks(320).map(|c| enc.encode(c)).collect()
+    }
+
+    #[test]
+    fn a_new_ssrc_starts_with_a_fresh_stateful_decoder() {
+        let g722 = Some(PayloadType {
+            codec: Codec::G722,
+            clock_rate: 8000,
+        });
+        let th = Thresholds {
+            jump: 4000,
+            drift: 160,
+            drift_window: 80000,
+            settle: 16000,
+            settle_budget: 3200,
+        };
+        let mut t = Timeline::new();
+        let first = g722_frames(500.0, 10);
+        let second = g722_frames(1000.0, 5);
+        // Stream 1, then the party's phone restarts its encoder under SSRC 2.
+        for (k, f) in first.iter().chain(&second).enumerate() {
+            let ssrc = if k < first.len() { 1 } else { 2 };
+            let pkt = RtpPacket {
+                payload_type: 9,
+                seq: 100 + k as u16,
+                timestamp: 7000 + 160 * k as u32,
+                ssrc,
+                payload: f,
+            };
+            t.push(&pkt, g722, 320 * (k as i64 + 1), 16000, &th);
+        }
+        assert_eq!(t.stats.ssrc_changes, 1);
+        let out = drain_all(&mut t, 320 * 16);
+        // What a decoder that never saw stream 1 makes of stream 2's first packet.
+        let mut fresh = AudioDecoder::new(Codec::G722).unwrap();
+        let mut want = Vec::new();
+        assert!(fresh.decode(&second[0], &mut want));
+        assert!(
+            out.windows(want.len()).any(|w| w == want.as_slice()),
+            "stream 2's first packet was not decoded from a fresh decoder state"
+        );
     }
 
     #[test]

@@ -27,6 +27,18 @@ fn packet(seq: u16, value: i16) -> Bytes {
     Bytes::from(p)
 }
 
+/// Samples a WAV reader sees in `path`, polled for up to 10 s until there are `want`.
+fn readable_samples(path: &std::path::Path, want: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = hound::WavReader::open(path).map(|r| r.len()).unwrap_or(0);
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn full_queue_drops_counts_and_never_blocks() {
     let dir = tempdir("queue");
@@ -77,16 +89,9 @@ fn file_is_playable_while_recording() {
         let at = t0 + Duration::from_millis(20 * (k as u64 + 1));
         assert!(fork.offer(Party::Caller, packet(k, 2000), at));
     }
-    // The worker runs on its own thread: poll (bounded) until it has written past 4 s.
+    // The recorder runs on its own thread: poll (bounded) until it has written past 4 s.
     let path = dir.join("live.wav");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let frames = loop {
-        let n = hound::WavReader::open(&path).map(|r| r.len()).unwrap_or(0);
-        if n >= 32_000 || Instant::now() > deadline {
-            break n;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let frames = readable_samples(&path, 32_000);
     assert!(
         frames >= 32_000,
         "only {frames} samples readable while recording"
@@ -217,14 +222,6 @@ fn a_dropped_recorder_still_finalises_its_file() {
         assert!(rec.fork().offer(Party::Caller, packet(k, 3000), at));
     }
     drop(rec);
-    let path = dir.join("dropped.wav");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let frames = loop {
-        let n = hound::WavReader::open(&path).map(|r| r.len()).unwrap_or(0);
-        if n >= 24_000 || Instant::now() > deadline {
-            break n;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let frames = readable_samples(&dir.join("dropped.wav"), 24_000);
     assert_eq!(frames, 24_000, "150 packets of 160 samples");
 }

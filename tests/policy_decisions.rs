@@ -347,8 +347,22 @@ fn internal_call_seen_on_both_legs_is_recorded_once() {
         assert!(d.record && d.internal, "{d:?}");
         assert_eq!(d.rule, Rule::DirectCallToActiveMember);
     }
+    // A call keeps its leg's claim while it lives.
+    let claims = std::cell::RefCell::new(Vec::new());
     let record = |d: &callrec::policy::Decision, at| {
-        d.record && (!d.internal || dedup.first_leg(&dir, &d.caller, &d.dialled, at))
+        if !d.record {
+            return false;
+        }
+        if !d.internal {
+            return true;
+        }
+        match dedup.claim(&dir, &d.caller, &d.dialled, at) {
+            Some(c) => {
+                claims.borrow_mut().push(c);
+                true
+            }
+            None => false,
+        }
     };
     assert!(record(&leg1, t0), "first leg is recorded");
     assert!(
@@ -361,6 +375,33 @@ fn internal_call_seen_on_both_legs_is_recorded_once() {
     let other = decide(&p, &dir, &out, Outgoing, "206", "600");
     assert!(record(&other, t0 + Duration::from_secs(11)));
     assert_eq!(dedup.len(), 2);
+    // Both calls end: nothing is held any more.
+    claims.borrow_mut().clear();
+    assert!(dedup.is_empty());
+}
+
+/// A short call and a redial between the same two within the window are two
+/// calls, both recorded: the first one's end frees the pair.
+#[test]
+fn a_redial_after_a_short_internal_call_is_recorded() {
+    let dir = fixture();
+    let out = LoggedOut::new();
+    let p = profiles(Set::Main);
+    let dedup = LegDedup::new(Duration::from_secs(5));
+    let t0 = Instant::now();
+    let call = || decide(&p, &dir, &out, Outgoing, "206", "201");
+    let (first, claim) = dedup.apply(&dir, call(), t0);
+    assert!(first.record);
+    assert!(claim.is_some(), "the first leg holds the pair");
+    // While the first call lives, the same pair is its other leg.
+    let (again, none) = dedup.apply(&dir, call(), t0 + Duration::from_secs(1));
+    assert!(!again.record && none.is_none());
+    // The first call ends after 2 s; the redial a second later is recorded.
+    drop(claim);
+    let (redial, claim) = dedup.apply(&dir, call(), t0 + Duration::from_secs(3));
+    assert!(redial.record, "{}", redial.reason);
+    assert_eq!(redial.rule, Rule::DirectCallToActiveMember);
+    assert!(claim.is_some());
 }
 
 #[test]
@@ -370,22 +411,23 @@ fn dedup_apply_marks_the_second_leg() {
     let p = profiles(Set::Main);
     let dedup = LegDedup::new(Duration::from_secs(5));
     let t0 = Instant::now();
-    let leg1 = dedup.apply(&dir, decide(&p, &dir, &out, Outgoing, "206", "201"), t0);
+    let (leg1, _claim) = dedup.apply(&dir, decide(&p, &dir, &out, Outgoing, "206", "201"), t0);
     assert!(leg1.record);
     assert_eq!(leg1.rule, Rule::DirectCallToActiveMember);
-    let leg2 = dedup.apply(
+    let (leg2, none) = dedup.apply(
         &dir,
         decide(&p, &dir, &out, Incoming, "206", "+493012345201"),
         t0 + Duration::from_secs(1),
     );
     assert!(!leg2.record);
+    assert!(none.is_none());
     assert_eq!(leg2.rule, Rule::DuplicateLeg);
     assert_eq!(leg2.announcement, None);
     assert!(leg2.reason.contains("other leg"), "{}", leg2.reason);
     // External calls are never touched, even when repeated at once.
     let ext = decide(&p, &dir, &out, Incoming, STRANGER, "+493012345600");
-    assert!(dedup.apply(&dir, ext.clone(), t0).record);
-    assert!(dedup.apply(&dir, ext, t0).record);
+    assert!(dedup.apply(&dir, ext.clone(), t0).0.record);
+    assert!(dedup.apply(&dir, ext, t0).0.record);
 }
 
 #[test]

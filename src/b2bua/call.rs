@@ -358,6 +358,7 @@ impl Call {
                 rule: "RecordAll".into(),
                 reason: "no policy configured".into(),
                 targets: Vec::new(),
+                leg_claim: None,
             },
         };
         let counter = match (plan.record, self.dir) {
@@ -1196,6 +1197,10 @@ impl Call {
         drop(media);
         self.held_invite = None;
         self.announcing = None;
+        // The pair of an internal call is free again: a redial is a new call (R2.8).
+        if let Some(plan) = self.plan.as_mut() {
+            plan.leg_claim = None;
+        }
         if let (Some(rec), Some(settings)) = (self.recording.take(), &self.core.recording) {
             let facts = CallFacts {
                 caller_call_id: self.legs[0].call_id.clone(),

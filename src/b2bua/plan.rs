@@ -12,7 +12,9 @@ use tracing::{info, warn};
 
 use super::Direction;
 use crate::media::announce::Announcement;
-use crate::policy::{self, Channels, DirectoryHandle, LegDedup, MembershipStore, Profile};
+use crate::policy::{
+    self, Channels, DirectoryHandle, LegClaim, LegDedup, MembershipStore, Profile,
+};
 use crate::recorder::ChannelMode;
 
 /// What to do with one call.
@@ -34,6 +36,9 @@ pub struct CallPlan {
     pub reason: String,
     /// Storage target URLs of the profile.
     pub targets: Vec<String>,
+    /// For the first leg of an internal call: holds the (caller, callee) pair
+    /// while this call lives, so its other leg is not recorded twice (R2.8).
+    pub leg_claim: Option<Arc<LegClaim>>,
 }
 
 /// The policy state every call consults: profiles, directory snapshot,
@@ -122,7 +127,7 @@ impl Planner {
         };
         let logged_out = self.membership.snapshot();
         let decision = policy::decide(&self.profiles, &d, &logged_out, pdir, caller, dialled);
-        let decision = self.dedup.apply(&d, decision, Instant::now());
+        let (decision, leg_claim) = self.dedup.apply(&d, decision, Instant::now());
         let profile = decision.profile.and_then(|i| self.profiles.get(i));
         let announcement = decision
             .announcement
@@ -142,6 +147,7 @@ impl Planner {
                 .profile
                 .and_then(|i| self.targets.get(i).cloned())
                 .unwrap_or_default(),
+            leg_claim: leg_claim.map(Arc::new),
         };
         if let Some(db) = &self.db {
             db.send(crate::db::Record::Decision {

@@ -15,7 +15,8 @@
 //! let dir = directory.current();                             // Arc<Directory>, never waits
 //! let out = membership.snapshot();                           // Arc<LoggedOut>
 //! let d = policy::decide(&cfg.profiles, &dir, &out, Direction::Incoming, from_uri, request_uri);
-//! let d = dedup.apply(&dir, d, Instant::now());              // R2.8: second leg not recorded
+//! let (d, claim) = dedup.apply(&dir, d, Instant::now());     // R2.8: second leg not recorded;
+//!                                                            // keep `claim` until the call ends
 //! tracing::info!(record = d.record, profile = ?d.profile_name, rule = %d.rule, "{}", d.reason);
 //! ```
 
@@ -30,7 +31,7 @@ pub mod refresh;
 pub mod rest;
 
 pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Direction, Rule};
-pub use dedup::LegDedup;
+pub use dedup::{LegClaim, LegDedup};
 pub use directory::{Directory, Group, GroupId, User, UserId};
 pub use error::{ConfigError, DirectoryError, MembershipError, RestError};
 pub use membership::{LoggedOut, MembershipStore};

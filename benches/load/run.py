@@ -39,6 +39,9 @@ recording is finished, i.e. sealed (.sig) for callrec, WAV closed for the peer):
     recording daemon) against the packets SIPp sent; for both, zero-filled
     samples in a sample of the WAV files (A-law never decodes to 0, so an
     exact 0 inside the recording is a gap filled by the recorder)
+  - packets dropped at full UDP receive buffers of the stack's media sockets
+    (/proc/net/udp "drops", sampled once a second per socket): audio that
+    arrived faster than the stack read it
   - sealing latency (callrec): .sig mtime minus the metadata's times.end
 """
 import argparse
@@ -186,6 +189,33 @@ def udp_errors():
         lines = [l.split() for l in f if l.startswith("Udp:")]
     d = dict(zip(lines[0][1:], (int(x) for x in lines[1][1:])))
     return d.get("InErrors", 0), d.get("RcvbufErrors", 0)
+
+
+def udp_socket_drops():
+    """{inode: (group, drops)} of the UDP sockets that dropped packets (full
+    receive buffer), /proc/net/udp: group "stack" for the stack's media ports
+    (PROXY_RTP, either stack), "sipp_caller"/"sipp_callee" for SIPp's sockets"""
+    out = {}
+    with open("/proc/net/udp") as f:
+        next(f)
+        for line in f:
+            c = line.split()
+            drops = int(c[12])
+            if not drops:
+                continue
+            hexip, hexport = c[1].split(":")
+            ip = ".".join(str(b) for b in reversed(bytes.fromhex(hexip)))
+            port = int(hexport, 16)
+            if PROXY_RTP[0] <= port <= PROXY_RTP[1]:
+                group = "stack"
+            elif ip == TRUNK_IP:
+                group = "sipp_caller"
+            elif ip == PBX_IP:
+                group = "sipp_callee"
+            else:
+                continue
+            out[c[9]] = (group, drops)
+    return out
 
 
 def machine_info():
@@ -626,6 +656,8 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         caller = subprocess.Popen(caller_cmd, cwd=sipp_cwd, stdout=caller_out, stderr=subprocess.STDOUT,
                                   preexec_fn=raise_limits, start_new_session=True)
         sipp_cpu = {}
+        drops0 = udp_socket_drops()  # sockets of earlier runs still open count from here
+        drops = {}
         peak_mem, peak_active, samples = 0, 0, []
         plateau_from = calls / rate + 2.0
         plateau_to = hold - 1.0
@@ -639,6 +671,10 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
                     sipp_cpu[p.pid] = c
             if threads:
                 threads.sample()
+            for ino, (group, d) in udp_socket_drops().items():
+                d -= drops0.get(ino, (group, 0))[1]
+                if d > drops.get(ino, (group, 0))[1]:
+                    drops[ino] = (group, d)
             act = stack.active()
             if act is not None:
                 peak_active = max(peak_active, act)
@@ -690,6 +726,11 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         m1 = machine_ticks()
         udp1 = udp_errors()
         res["udp_in_errors"], res["udp_rcvbuf_errors"] = udp1[0] - udp0[0], udp1[1] - udp0[1]
+        # packets dropped at full socket receive buffers, sampled once a second per socket
+        # (SIPp never reads the RTP sent to its pcap players: its two media sockets drop it all)
+        res["socket_drops"] = {g: sum(d for gg, d in drops.values() if gg == g)
+                               for g in ("stack", "sipp_caller", "sipp_callee")}
+        res["socket_drops_stack_sockets"] = sum(1 for g, _ in drops.values() if g == "stack")
         res["finish_wait_s"] = round(t_done - t_caller_done, 2)
         res["wall_s"] = round(t_done - t0, 2)
     finally:
@@ -861,6 +902,8 @@ def cmd_report(args):
         line("failed calls", lambda r: r["failed_calls"])
         line("audio not recorded, % of sent", lambda r: r["loss_pct"], 3)
         line("recorder drops (packets)", lambda r: r["recorder_drops"])
+        line("dropped at the stack's full socket buffers (packets)",
+             lambda r: r["socket_drops"]["stack"] if r.get("socket_drops") else None)
         line("zero-filled samples in WAVs, %", lambda r: 100.0 * r["wav_check"]["zero_fraction"]
              if r.get("wav_check") and r["wav_check"]["zero_fraction"] is not None else None, 3)
         line("memory per call, kB (RSS / PSS)", lambda r: r["mem_kb_per_call"], 0)

@@ -364,6 +364,23 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    if let Some(planner) = &core.planner {
+        // Decisions use the last good snapshot however old it is: these show when
+        // the PBX has not answered for a while and group changes are not seen.
+        let st = planner.directory().status();
+        let _ = writeln!(
+            out,
+            "# HELP callrec_directory_refresh_failures Failed directory refreshes since the last success.\n# TYPE callrec_directory_refresh_failures gauge\ncallrec_directory_refresh_failures {}",
+            st.consecutive_failures
+        );
+        if let Some(age) = st.last_success.and_then(|t| t.elapsed().ok()) {
+            let _ = writeln!(
+                out,
+                "# HELP callrec_directory_snapshot_age_seconds Age of the directory snapshot decisions use (absent until the first fetch succeeds).\n# TYPE callrec_directory_snapshot_age_seconds gauge\ncallrec_directory_snapshot_age_seconds {}",
+                age.as_secs()
+            );
+        }
+    }
     if let Some(spool) = &core.spool {
         let spool = spool.clone();
         let pending = tokio::task::spawn_blocking(move || spool.pending())

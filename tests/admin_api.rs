@@ -94,3 +94,62 @@ fn health_turns_503_while_shutting_down() {
     callee.wait().assert_success();
     assert_eq!(proxy.terminate(Duration::from_secs(20)), Some(0));
 }
+
+/// The PBX's REST API is down: calls are still decided on the last snapshot,
+/// and /metrics shows the failed refreshes (and no snapshot age until a fetch
+/// succeeds); with a directory that loads, the snapshot's age is there.
+#[test]
+fn metrics_show_whether_the_directory_is_fresh() {
+    let dir = TestDir::new("admin-directory");
+    // Nobody listens on this port: every refresh fails at once.
+    let dead = free_port();
+    let down = dir.join("down.toml");
+    std::fs::write(
+        &down,
+        format!(
+            "[directory]\nsource = \"http://127.0.0.1:{dead}/rest\"\nlogin_id = \"0001\"\npassword = \"secret\"\nrefresh_secs = 1\n"
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::builder()
+        .arg("--config")
+        .arg(down.to_str().unwrap())
+        .start();
+    let mut m = proxy.metrics();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            m = proxy.metrics();
+            metric_sum(&m, "callrec_directory_refresh_failures") >= 2.0
+        }),
+        "{m:#?}"
+    );
+    assert!(
+        !m.contains_key("callrec_directory_snapshot_age_seconds"),
+        "no snapshot was ever fetched: {m:#?}"
+    );
+    drop(proxy);
+
+    let up = dir.join("up.toml");
+    std::fs::write(
+        &up,
+        format!(
+            "[directory]\nsource = \"{}\"\nrefresh_secs = 1\n",
+            repo_dir().join("testdata/directory.toml").display()
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::builder()
+        .arg("--config")
+        .arg(up.to_str().unwrap())
+        .start();
+    let m = proxy.metrics();
+    assert_eq!(metric_sum(&m, "callrec_directory_refresh_failures"), 0.0);
+    let age = m
+        .get("callrec_directory_snapshot_age_seconds")
+        .copied()
+        .unwrap_or_else(|| panic!("snapshot age missing: {m:#?}"));
+    assert!(
+        age <= 5.0,
+        "a snapshot refreshed every second is {age} s old"
+    );
+}

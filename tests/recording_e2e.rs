@@ -17,13 +17,7 @@ fn sealed_sets(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
     let dir = proxy.data_dir().join("recordings");
     let mut found = Vec::new();
     let ok = wait_until(Duration::from_secs(20), || {
-        found = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.to_string_lossy().ends_with(".sha256.SHA256withRSA.sig"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        found = sealed_sets_now(proxy);
         found.len() >= n
     });
     assert!(
@@ -254,4 +248,42 @@ fn a_chain_of_calls_verifies_and_a_removed_set_is_detected() {
         text.contains(middle_name),
         "the report does not name the missing set: {text}"
     );
+}
+
+/// The recordings folder cannot be written (here: a file sits where the
+/// folder should be): the call itself goes on normally, unrecorded, and the
+/// log says what failed and where; the next call after the fault is gone is
+/// recorded again.
+#[test]
+fn a_call_whose_recording_cannot_start_still_connects() {
+    let proxy = Proxy::start();
+    let work = proxy.data_dir().join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::write(&work, b"not a folder").unwrap();
+
+    let out = proxy.call(pair("basic")).run();
+    out.assert_success();
+    out.assert_media_both_ways();
+    let log = proxy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot start recording"))
+        .unwrap_or_else(|| panic!("no error logged\n{}", proxy.log_tail(30)));
+    assert!(line.contains(&*work.to_string_lossy()), "{line}");
+    assert!(sealed_sets_now(&proxy).is_empty(), "a set appeared");
+
+    std::fs::remove_file(&work).unwrap();
+    proxy.call(pair("basic")).run().assert_success();
+    assert_eq!(sealed_sets(&proxy, 1).len(), 1);
+}
+
+/// The signature files in the proxy's recordings folder right now.
+fn sealed_sets_now(proxy: &Proxy) -> Vec<PathBuf> {
+    std::fs::read_dir(proxy.data_dir().join("recordings"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.to_string_lossy().ends_with(".sha256.SHA256withRSA.sig"))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -781,7 +781,7 @@ impl Call {
             }
             // Fork the media before the 200 goes on: a callee that sends RTP
             // together with its 200 must not lose its first packets.
-            self.start_recording();
+            self.start_recording().await;
             self.relay_response(Side::Callee, ix, self.initial, msg)
                 .await;
             return;
@@ -1348,30 +1348,40 @@ impl Call {
     }
 
     /// Starts the recording at the answer and forks the media into it.
-    fn start_recording(&mut self) {
-        let (Some(settings), Some(media), Some(plan)) =
-            (&self.core.recording, self.media.as_mut(), &self.plan)
-        else {
+    async fn start_recording(&mut self) {
+        let (Some(settings), Some(plan)) = (&self.core.recording, &self.plan) else {
             return;
         };
-        if !plan.record {
+        if !plan.record || self.media.is_none() {
             return;
         }
         let mut settings = settings.clone();
         settings.channels = plan.channels;
-        match CallRecording::start(
-            &settings,
+        let (dir, caller, callee) = (
             self.dir,
-            &self.parties.0.number,
-            &self.parties.1.number,
-        ) {
-            Ok(rec) => {
+            self.parties.0.number.clone(),
+            self.parties.1.number.clone(),
+        );
+        // Creating the files touches the disk: off the runtime's workers, so a
+        // slow or hung data folder cannot stall other calls' signalling.
+        let span = tracing::Span::current();
+        let started = tokio::task::spawn_blocking(move || {
+            let _g = span.enter();
+            CallRecording::start(&settings, dir, &caller, &callee)
+        })
+        .await;
+        match started {
+            Ok(Ok(rec)) => {
+                let Some(media) = self.media.as_mut() else {
+                    return;
+                };
                 media.set_tap(Some(rec.tap()));
                 rec.update_payload_maps(media);
                 self.recording = Some(rec);
             }
             // The call goes on unrecorded; the operator sees why.
-            Err(e) => tracing::error!("cannot start recording: {e}"),
+            Ok(Err(e)) => tracing::error!("cannot start recording: {e}"),
+            Err(e) => tracing::error!("cannot start recording: the file task failed: {e}"),
         }
     }
 }

@@ -386,7 +386,7 @@ struct RunArgs {
     /// Seconds without any RTP in either direction after which a call is hung up on both legs.
     #[arg(long, env = "CALLREC_RTP_TIMEOUT", default_value_t = 60)]
     rtp_timeout: u64,
-    /// Address that gets an e-mail for every upload attempt in which a file failed (repeatable).
+    /// Address that gets an e-mail for every upload attempt in which a file failed, a low spool disk and a directory that cannot be refreshed (repeatable).
     #[arg(
         long = "notify-email",
         env = "CALLREC_NOTIFY_EMAIL",
@@ -506,6 +506,7 @@ impl RunArgs {
                 password: None,
                 refresh_secs: 300,
                 accept_invalid_certs: false,
+                alert_after_secs: 3600,
             });
             d.source = src.clone();
             policy.directory = Some(d);

@@ -78,7 +78,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         SpoolConfig::new(&cfg.data_dir),
         db.clone(),
         secrets,
-        notifier,
+        notifier.clone(),
     )?;
     spool.add_targets(&all_targets);
     let sealed = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -129,6 +129,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let (directory, _refresher) =
         crate::policy::start_directory(cfg.policy.directory.as_ref(), cfg.policy.numbers.clone())
             .await?;
+    if let (Some(dir_cfg), Some(notifier)) = (&cfg.policy.directory, notifier) {
+        directory.alert_when_stale(
+            Duration::from_secs(dir_cfg.alert_after_secs),
+            Arc::new(move |source: &str, age: Option<Duration>, error: &str| {
+                notifier.directory_stale(source, age, error)
+            }),
+        );
+    }
     let membership = Arc::new(crate::policy::MembershipStore::open(&cfg.data_dir)?);
     let planner = Planner::new(
         cfg.policy.profiles.clone(),

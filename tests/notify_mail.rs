@@ -1,8 +1,10 @@
 //! Failure mails (R6.7) into a real SMTP sink (aiosmtpd on loopback): a failing
 //! target gives exactly one mail naming the target, the set's files and the error;
 //! further failures within the interval send no second mail; after the interval
-//! they arrive as one digest.
+//! they arrive as one digest. A proxy whose PBX directory cannot be refreshed
+//! mails that once the snapshot is older than `alert_after_secs`.
 
+mod common;
 mod storage_support;
 
 use std::time::Duration;
@@ -289,4 +291,49 @@ async fn a_low_spool_disk_sends_a_warning_mail() {
     assert_eq!(mails.len(), 1, "one warning per interval");
     assert!(mails[0].contains("spool disk low on space"), "{}", mails[0]);
     assert!(spool.wait_empty(Duration::from_secs(10)).await);
+}
+
+/// The PBX's REST API never answers: once `alert_after_secs` have passed, the
+/// running proxy mails the operator, naming the source, the error and what it
+/// means for recording.
+#[test]
+fn a_directory_that_cannot_be_refreshed_is_mailed() {
+    let work = tempfile::tempdir().unwrap();
+    let sink = MailSink::start(work.path());
+    let dead = common::free_port();
+    let cfg = work.path().join("callrec.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[smtp]\nurl = \"{}\"\nfrom = \"callrec@test.example\"\n\n\
+             [directory]\nsource = \"http://127.0.0.1:{dead}/rest\"\nlogin_id = \"0001\"\n\
+             password = \"secret\"\nrefresh_secs = 1\nalert_after_secs = 2\n",
+            sink.url()
+        ),
+    )
+    .unwrap();
+    let proxy = common::Proxy::builder()
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .arg("--notify-email")
+        .arg("ops@test.example")
+        .start();
+    let mut mails = Vec::new();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || {
+            mails = sink.mails();
+            !mails.is_empty()
+        }),
+        "no mail; proxy log:\n{}\naiosmtpd: {}",
+        proxy.log_tail(20),
+        sink.daemon.log_text()
+    );
+    let mail = unfold(&mails[0]);
+    assert!(mail.contains("directory from http://127.0.0.1"), "{mail}");
+    assert!(mail.contains(&format!("127.0.0.1:{dead}")), "{mail}");
+    assert!(mail.contains("No snapshot was ever fetched"), "{mail}");
+    assert!(mail.contains("Last error:"), "{mail}");
+    // Failures go on every second; the interval (15 min by default) allows one mail.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sink.mails().len(), 1, "one mail per interval");
 }

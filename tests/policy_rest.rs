@@ -332,6 +332,9 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// What a stale-directory alert was called with: source, snapshot age, error.
+type Alert = (String, Option<Duration>, String);
+
 #[tokio::test]
 async fn refresher_keeps_the_last_snapshot_while_the_pbx_is_down() {
     let pbx = Arc::new(Pbx::default());
@@ -342,13 +345,28 @@ async fn refresher_keeps_the_last_snapshot_while_the_pbx_is_down() {
         password: Some(PASSWORD.into()),
         refresh_secs: 1,
         accept_invalid_certs: false,
+        alert_after_secs: 3600,
     };
     let source = DirectorySource::from_config(&cfg).unwrap();
     let handle = DirectoryHandle::new(Directory::empty(plan()));
+    // Alerts once the snapshot in use is 300 ms old and refreshes fail.
+    let alerts: Arc<std::sync::Mutex<Vec<Alert>>> = Arc::default();
+    let sink = alerts.clone();
+    handle.alert_when_stale(
+        Duration::from_millis(300),
+        Arc::new(move |src: &str, age: Option<Duration>, err: &str| {
+            sink.lock().unwrap().push((src.into(), age, err.into()))
+        }),
+    );
     let refresher = spawn_refresher(handle.clone(), source, plan(), Duration::from_millis(100));
 
     wait_for("first snapshot", || handle.status().generation >= 1).await;
     assert_eq!(*handle.current(), fixture_directory());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        alerts.lock().unwrap().is_empty(),
+        "refreshes succeed: no alert"
+    );
 
     // The PBX goes down.
     server.abort();
@@ -370,6 +388,20 @@ async fn refresher_keeps_the_last_snapshot_while_the_pbx_is_down() {
         fixture_directory(),
         "last good snapshot kept"
     );
+    wait_for("the stale-directory alert", || {
+        !alerts.lock().unwrap().is_empty()
+    })
+    .await;
+    {
+        let alerts = alerts.lock().unwrap();
+        let (src, age, err) = &alerts[0];
+        assert!(src.contains(&addr.to_string()), "{src}");
+        assert!(
+            age.is_some_and(|a| a >= Duration::from_millis(300)),
+            "{age:?}"
+        );
+        assert!(err.contains("unreachable"), "{err}");
+    }
 
     // It comes back on the same address: the next refresh swaps in a new snapshot.
     let generation = st.generation;
@@ -394,6 +426,7 @@ async fn start_loads_a_file_at_once_and_a_pbx_in_the_background() {
         password: None,
         refresh_secs: 60,
         accept_invalid_certs: false,
+        alert_after_secs: 3600,
     };
     let (h, task) = start_directory(Some(&file), plan()).await.unwrap();
     assert_eq!(*h.current(), fixture_directory());

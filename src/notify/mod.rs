@@ -111,6 +111,7 @@ struct Inner {
     to: Vec<Mailbox>,
     state: Mutex<HashMap<String, TargetState>>,
     disk_warned: Mutex<Option<Instant>>,
+    directory_warned: Mutex<Option<Instant>>,
 }
 
 /// Sends failure mails; cheap to clone. Needs a tokio runtime.
@@ -226,6 +227,7 @@ impl Notifier {
                 to,
                 state: Mutex::new(HashMap::new()),
                 disk_warned: Mutex::new(None),
+                directory_warned: Mutex::new(None),
             }),
         })
     }
@@ -310,6 +312,39 @@ impl Notifier {
             );
             me.send_in_background(subject, failure_body(&failures));
         });
+    }
+
+    /// Warns (at most once per interval) that the PBX directory cannot be
+    /// refreshed: decisions use a snapshot that is `age` old (`None`: none was
+    /// ever fetched, so group and user rules match nobody).
+    pub fn directory_stale(&self, source: &str, age: Option<Duration>, error: &str) {
+        {
+            let mut last = self
+                .inner
+                .directory_warned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.inner.config.interval) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let subject = format!("callrec: directory from {source} not refreshed");
+        let state = match age {
+            Some(a) => format!(
+                "Calls are decided on the last good snapshot, {} minutes old: group and user changes made in the PBX since then are not seen.",
+                a.as_secs() / 60
+            ),
+            None => "No snapshot was ever fetched: profiles that name groups or users match no one, so those calls are not recorded.".to_string(),
+        };
+        let body = format!(
+            "callrec cannot refresh its directory from {source}.\n\
+             Last error: {error}\n\
+             {state}\n\
+             Check that the PBX is reachable from this host and that the login in [directory] is valid; \
+             /metrics shows callrec_directory_refresh_failures and callrec_directory_snapshot_age_seconds.\n"
+        );
+        self.send_in_background(subject, body);
     }
 
     /// Warns (at most once per interval) that the spool's disk is low on space.

@@ -39,6 +39,6 @@ pub use numbers::{Number, NumberPlan, NumberRole};
 pub use profile::{Channels, DirectoryConfig, PolicyConfig, Profile, SmtpConfig, TargetConfig};
 pub use refresh::{
     spawn_refresher, start as start_directory, DirectoryHandle, DirectorySource, RefreshError,
-    RefreshStatus,
+    RefreshStatus, StaleAlert,
 };
 pub use rest::PbxClient;

@@ -19,6 +19,7 @@
 //! password = "…"                  # or env CALLREC_DIRECTORY_PASSWORD
 //! refresh_secs = 300              # default 300
 //! accept_invalid_certs = false    # PBX with a self-signed certificate; default false
+//! alert_after_secs = 3600         # mail when refreshes have failed this long; default 3600
 //!
 //! [smtp]                          # optional, for failure notifications
 //! url = "smtp+starttls://mail.example.com:587"
@@ -175,10 +176,18 @@ pub struct DirectoryConfig {
     /// Accept a self-signed PBX certificate.
     #[serde(default)]
     pub accept_invalid_certs: bool,
+    /// Mail (when `[smtp]` is set) once the snapshot is this many seconds old
+    /// because refreshes fail: group changes in the PBX are not seen meanwhile.
+    #[serde(default = "default_alert_after_secs")]
+    pub alert_after_secs: u64,
 }
 
 fn default_refresh_secs() -> u64 {
     300
+}
+
+fn default_alert_after_secs() -> u64 {
+    3600
 }
 
 impl fmt::Debug for DirectoryConfig {
@@ -189,6 +198,7 @@ impl fmt::Debug for DirectoryConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("refresh_secs", &self.refresh_secs)
             .field("accept_invalid_certs", &self.accept_invalid_certs)
+            .field("alert_after_secs", &self.alert_after_secs)
             .finish()
     }
 }

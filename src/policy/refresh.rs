@@ -2,7 +2,8 @@
 //! source on an interval and swaps in a new snapshot only when a fetch fully
 //! succeeds; on error it keeps the last good one and logs what to check. Decisions
 //! read the current snapshot through `DirectoryHandle::current`, which never waits
-//! on the network.
+//! on the network. When refreshes keep failing, an alert hook (the mail
+//! notifier, wired by the proxy) hears of it once the snapshot is old enough.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -96,11 +97,24 @@ pub struct RefreshStatus {
     pub consecutive_failures: u64,
 }
 
+/// Called after a failed refresh once the snapshot in use is older than the
+/// alert threshold: (source, how old it is or `None` if never fetched, the error).
+pub type StaleAlert = Arc<dyn Fn(&str, Option<Duration>, &str) + Send + Sync>;
+
 /// The current directory snapshot, shared by all calls.
-#[derive(Debug)]
 pub struct DirectoryHandle {
     current: RwLock<Arc<Directory>>,
     status: RwLock<RefreshStatus>,
+    created: SystemTime,
+    stale_alert: RwLock<Option<(Duration, StaleAlert)>>,
+}
+
+impl std::fmt::Debug for DirectoryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectoryHandle")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DirectoryHandle {
@@ -109,7 +123,16 @@ impl DirectoryHandle {
         Arc::new(DirectoryHandle {
             current: RwLock::new(Arc::new(initial)),
             status: RwLock::new(RefreshStatus::default()),
+            created: SystemTime::now(),
+            stale_alert: RwLock::new(None),
         })
+    }
+
+    /// Calls `alert` after every failed refresh once the snapshot in use (or,
+    /// before the first success, the handle) is older than `after`; the callee
+    /// decides how often to pass it on (the mail notifier sends one per interval).
+    pub fn alert_when_stale(&self, after: Duration, alert: StaleAlert) {
+        *self.stale_alert.write().unwrap_or_else(|p| p.into_inner()) = Some((after, alert));
     }
 
     /// The current snapshot (a pointer copy under a short read lock).
@@ -177,6 +200,19 @@ impl DirectoryHandle {
                     snapshot_age = %age,
                     "directory refresh failed, keeping the last good snapshot: {e}"
                 );
+                let alert = self
+                    .stale_alert
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some((after, alert)) = alert {
+                    let since = st.last_success.unwrap_or(self.created);
+                    let stale_for = since.elapsed().unwrap_or_default();
+                    if stale_for >= after {
+                        let age = st.last_success.map(|_| stale_for);
+                        alert(&source.describe(), age, &e.to_string());
+                    }
+                }
                 Err(e)
             }
         }

@@ -95,6 +95,42 @@ impl UploadSet {
             .collect()
     }
 
+    /// Each file with its path below `folder` on a target whose paths are
+    /// `folder/name` strings (object stores, OneDrive) and its size now.
+    pub fn placements(&self, target: &str, folder: &str) -> Result<Vec<Placement>, TargetError> {
+        self.files
+            .iter()
+            .map(|local| {
+                let name = file_name_of(target, local)?;
+                let size = std::fs::metadata(local)
+                    .map_err(|e| TargetError::Local {
+                        target: target.to_string(),
+                        path: local.display().to_string(),
+                        detail: e.to_string(),
+                    })?
+                    .len();
+                Ok(Placement {
+                    local: local.clone(),
+                    remote: remote_path(folder, &name),
+                    size,
+                })
+            })
+            .collect()
+    }
+
+    /// `names_for_deletion` as paths below `folder` (signature first).
+    pub fn paths_for_deletion(
+        &self,
+        target: &str,
+        folder: &str,
+    ) -> Result<Vec<String>, TargetError> {
+        Ok(self
+            .names_for_deletion(target)?
+            .iter()
+            .map(|name| remote_path(folder, name))
+            .collect())
+    }
+
     /// Builds an upload set from a sealed set.
     pub fn from_sealed(set: &SealedSet) -> UploadSet {
         UploadSet::new(&set.base_name, set.files.clone())
@@ -107,6 +143,26 @@ impl UploadSet {
             .filter_map(|f| std::fs::metadata(f).ok())
             .map(|m| m.len())
             .sum()
+    }
+}
+
+/// One file of a set and where it goes on a target.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The file in the spool.
+    pub local: PathBuf,
+    /// Its path on the target (`folder/name`, or `name` at the top).
+    pub remote: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// `folder/name`, or `name` when the folder is the target's top.
+fn remote_path(folder: &str, name: &str) -> String {
+    if folder.is_empty() {
+        name.to_string()
+    } else {
+        format!("{folder}/{name}")
     }
 }
 

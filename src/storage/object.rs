@@ -13,7 +13,7 @@ use std::path::Path;
 
 use opendal::{ErrorKind, Operator};
 
-use super::{expand_template, file_name_of, Target, TargetError, TargetSecret, UploadSet};
+use super::{expand_template, Placement, Target, TargetError, TargetSecret, UploadSet};
 
 /// Part size of S3 multipart uploads (and read size for both kinds).
 const PART: usize = 8 * 1024 * 1024;
@@ -250,20 +250,13 @@ impl Target for ObjectTarget {
                 .await
                 .map_err(|e| self.error("create folder", &dir, e))?;
         }
-        for local in &set.files {
-            let name = file_name_of(&self.url, local)?;
-            let size = std::fs::metadata(local)
-                .map_err(|e| TargetError::Local {
-                    target: self.url.clone(),
-                    path: local.display().to_string(),
-                    detail: e.to_string(),
-                })?
-                .len();
-            let path = if folder.is_empty() {
-                name
-            } else {
-                format!("{folder}/{name}")
-            };
+        for Placement {
+            local,
+            remote: path,
+            size,
+        } in set.placements(&self.url, &folder)?
+        {
+            let local = local.as_path();
             if self.remote_size(&path).await? == Some(size) {
                 if self.same_content(&path, local, size).await? {
                     tracing::info!(target_url = %self.url, path, size, "object storage: identical file already there; counted as delivered");
@@ -290,12 +283,7 @@ impl Target for ObjectTarget {
 
     async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
         let folder = self.folder_for(set);
-        for name in set.names_for_deletion(&self.url)? {
-            let path = if folder.is_empty() {
-                name
-            } else {
-                format!("{folder}/{name}")
-            };
+        for path in set.paths_for_deletion(&self.url, &folder)? {
             if self.remote_size(&path).await?.is_none() {
                 continue;
             }

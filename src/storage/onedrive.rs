@@ -34,7 +34,7 @@ use serde_json::json;
 
 use self::graph::{Graph, GraphError};
 use self::token::{Flow, OAuthConfig, TokenError, TokenSource};
-use super::{expand_template, file_name_of, Secrets, Target, TargetError, TargetSecret, UploadSet};
+use super::{expand_template, Placement, Secrets, Target, TargetError, TargetSecret, UploadSet};
 
 /// Largest file sent with a single PUT; larger files go through an upload session.
 pub const SIMPLE_UPLOAD_MAX: u64 = 4 * 1024 * 1024;
@@ -995,24 +995,16 @@ impl Target for OneDriveTarget {
     async fn put(&self, set: &UploadSet) -> Result<(), TargetError> {
         let folder = self.folder_for(set);
         self.ensure_folder(&folder).await?;
-        for local in &set.files {
-            let name = file_name_of(&self.url, local)?;
-            let size = std::fs::metadata(local)
-                .map_err(|e| TargetError::Local {
-                    target: self.url.clone(),
-                    path: local.display().to_string(),
-                    detail: e.to_string(),
-                })?
-                .len();
-            let path = if folder.is_empty() {
-                name
-            } else {
-                format!("{folder}/{name}")
-            };
+        for Placement {
+            local,
+            remote: path,
+            size,
+        } in set.placements(&self.url, &folder)?
+        {
             if size <= SIMPLE_UPLOAD_MAX {
-                self.simple_upload(&path, local, size).await?;
+                self.simple_upload(&path, &local, size).await?;
             } else {
-                self.session_upload(&path, local, size).await?;
+                self.session_upload(&path, &local, size).await?;
             }
             tracing::debug!(target_url = %self.url, path, size, "onedrive: file delivered");
         }
@@ -1021,12 +1013,7 @@ impl Target for OneDriveTarget {
 
     async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
         let folder = self.folder_for(set);
-        for name in set.names_for_deletion(&self.url)? {
-            let path = if folder.is_empty() {
-                name
-            } else {
-                format!("{folder}/{name}")
-            };
+        for path in set.paths_for_deletion(&self.url, &folder)? {
             let resp = self
                 .graph
                 .send(Method::DELETE, &self.item_path(&path), |r| r)

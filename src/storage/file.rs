@@ -135,12 +135,10 @@ impl FileTarget {
                 Err(e) => return Err(self.io_error("delete", &path, e)),
             }
             if path.exists() {
-                return Err(TargetError::Io {
-                    target: self.url.clone(),
-                    op: "delete".into(),
-                    path: path.display().to_string(),
-                    detail: "still there after deleting it".into(),
-                });
+                return Err(TargetError::still_there(
+                    &self.url,
+                    path.display().to_string(),
+                ));
             }
         }
         if let Ok(dir) = std::fs::File::open(&folder) {

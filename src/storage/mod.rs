@@ -310,6 +310,18 @@ pub enum TargetError {
     },
 }
 
+impl TargetError {
+    /// A file the target accepted a deletion for but still lists.
+    pub(crate) fn still_there(target: &str, path: String) -> TargetError {
+        TargetError::Io {
+            target: target.to_string(),
+            op: "delete".into(),
+            path,
+            detail: "still there after deleting it".into(),
+        }
+    }
+}
+
 /// A place that holds sealed sets.
 #[async_trait::async_trait]
 pub trait Target: Send + Sync + std::fmt::Debug {

@@ -292,12 +292,7 @@ impl Target for ObjectTarget {
                 .await
                 .map_err(|e| self.error("delete", &path, e))?;
             if self.remote_size(&path).await?.is_some() {
-                return Err(TargetError::Io {
-                    target: self.url.clone(),
-                    op: "delete".into(),
-                    path,
-                    detail: "still there after deleting it".into(),
-                });
+                return Err(TargetError::still_there(&self.url, path));
             }
             tracing::debug!(target_url = %self.url, path, "object storage: file deleted");
         }

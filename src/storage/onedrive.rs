@@ -1029,12 +1029,7 @@ impl Target for OneDriveTarget {
                 }
             }
             if self.get_item(&path).await?.is_some() {
-                return Err(TargetError::Io {
-                    target: self.url.clone(),
-                    op: "delete".into(),
-                    path,
-                    detail: "still there after deleting it".into(),
-                });
+                return Err(TargetError::still_there(&self.url, path));
             }
         }
         Ok(())

@@ -351,12 +351,7 @@ impl SftpTarget {
                 .await
                 .map_err(|e| self.sftp_error("delete", &path, e))?;
             if sftp.try_exists(path.as_str()).await.unwrap_or(true) {
-                return Err(TargetError::Io {
-                    target: self.url.clone(),
-                    op: "delete".into(),
-                    path,
-                    detail: "still there after deleting it".into(),
-                });
+                return Err(TargetError::still_there(&self.url, path));
             }
             tracing::debug!(target_url = %self.url, file = %path, "sftp: file deleted");
         }

@@ -178,12 +178,7 @@ impl SmbTarget {
                 .unlink(path.as_str())
                 .map_err(|e| self.errno_error("delete", &path, e, false))?;
             if client.stat(path.as_str()).is_ok() {
-                return Err(TargetError::Io {
-                    target: self.url.clone(),
-                    op: "delete".into(),
-                    path,
-                    detail: "still there after deleting it".into(),
-                });
+                return Err(TargetError::still_there(&self.url, path));
             }
         }
         Ok(())

@@ -973,6 +973,24 @@ impl Call {
         }
     }
 
+    /// Withdraws the INVITE relayed to the callee for the caller's initial
+    /// INVITE: CANCEL now, or once a provisional response arrives (RFC 3261 §9.1:
+    /// no CANCEL before one).
+    async fn cancel_callee_invite(&mut self) {
+        let Some(ix) = self
+            .clients
+            .iter()
+            .position(|c| c.relays == Some(self.initial) && c.method == "INVITE")
+        else {
+            return;
+        };
+        if self.provisional_from_callee {
+            self.send_cancel(ix).await;
+        } else {
+            self.cancel_pending = true;
+        }
+    }
+
     async fn send_cancel(&mut self, ix: usize) {
         let inv = &self.clients[ix].request;
         let mut c = Message::request("CANCEL", inv.uri().unwrap_or_default());
@@ -1002,17 +1020,7 @@ impl Call {
             if side == Side::Caller {
                 self.respond_id(self.initial, 487, "Request Terminated")
                     .await;
-                if let Some(ix) = self
-                    .clients
-                    .iter()
-                    .position(|c| c.relays == Some(self.initial))
-                {
-                    if self.provisional_from_callee {
-                        self.send_cancel(ix).await;
-                    } else {
-                        self.cancel_pending = true;
-                    }
-                }
+                self.cancel_callee_invite().await;
             }
             self.finish(&format!("BYE from {} before answer", side.name()));
             return;
@@ -1088,15 +1096,7 @@ impl Call {
             State::Calling | State::Early => {
                 self.respond_id(self.initial, 503, "Service Unavailable")
                     .await;
-                if let Some(ix) = self
-                    .clients
-                    .iter()
-                    .position(|c| c.relays == Some(self.initial))
-                {
-                    if self.provisional_from_callee {
-                        self.send_cancel(ix).await;
-                    }
-                }
+                self.cancel_callee_invite().await;
                 self.finish("proxy shutting down");
             }
             State::Finished => {}

@@ -109,3 +109,28 @@ fn the_200_is_repeated_until_the_ack_and_not_after() {
     ua.bye();
     callee.wait().assert_success();
 }
+
+/// The caller hangs up with a BYE in the early dialog, while the callee rings:
+/// the BYE gets its 200, the caller's INVITE a 487, and the callee — which
+/// rings until a CANCEL comes — gets the CANCEL and ends with 487 and an ACK
+/// (the SIPp "cancel" callee exits 0 only after that whole exchange).
+#[test]
+fn a_bye_before_the_answer_cancels_the_callee() {
+    let proxy = Proxy::start();
+    let dir = TestDir::new("early-bye");
+    let run = proxy.call(pair("cancel")).timeout(Duration::from_secs(30));
+    let mut callee = run.callee_sipp(dir.path()).spawn();
+    assert!(callee.wait_ready(Duration::from_secs(10)));
+    let mut ua = Ua::new("127.0.0.3", proxy.sip_addr());
+    ua.invite("03012345678", "200");
+    let ringing = ua.wait_response("1 INVITE", Duration::from_secs(10), |c| c == 180);
+    ua.join_dialog(&ringing);
+    ua.bye();
+    ua.wait_response("1 INVITE", Duration::from_secs(5), |c| c == 487);
+    let out = callee.wait_at_most(Duration::from_secs(15));
+    assert!(
+        out.success(),
+        "callee did not get its CANCEL:\n{}",
+        out.report()
+    );
+}

@@ -133,8 +133,16 @@ impl Ua {
 
     /// Remembers the dialog from a 2xx (To tag, Contact) and ACKs it.
     pub fn ack(&mut self, ok: &Msg) {
-        self.to = ok.header("To").unwrap_or_default().to_string();
-        self.target = ok
+        self.join_dialog(ok);
+        let text = self.in_dialog("ACK", 1, "z9hG4bKack");
+        self.send(&text);
+    }
+
+    /// Remembers the dialog (To tag, Contact) of a response: a 2xx, or a 1xx
+    /// with a tag for requests in the early dialog.
+    pub fn join_dialog(&mut self, resp: &Msg) {
+        self.to = resp.header("To").unwrap_or_default().to_string();
+        self.target = resp
             .header("Contact")
             .map(|c| {
                 c.trim_start_matches('<')
@@ -144,8 +152,6 @@ impl Ua {
                     .to_string()
             })
             .unwrap_or_else(|| self.request_uri.clone());
-        let text = self.in_dialog("ACK", 1, "z9hG4bKack");
-        self.send(&text);
     }
 
     fn in_dialog(&self, method: &str, cseq: u32, branch: &str) -> String {

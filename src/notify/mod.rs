@@ -314,20 +314,23 @@ impl Notifier {
         });
     }
 
+    /// True (and noted) when the warning behind `last` may go out again: at
+    /// most one per interval.
+    fn due(&self, last: &Mutex<Option<Instant>>) -> bool {
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < self.inner.config.interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
     /// Warns (at most once per interval) that the PBX directory cannot be
     /// refreshed: decisions use a snapshot that is `age` old (`None`: none was
     /// ever fetched, so group and user rules match nobody).
     pub fn directory_stale(&self, source: &str, age: Option<Duration>, error: &str) {
-        {
-            let mut last = self
-                .inner
-                .directory_warned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < self.inner.config.interval) {
-                return;
-            }
-            *last = Some(Instant::now());
+        if !self.due(&self.inner.directory_warned) {
+            return;
         }
         let subject = format!("callrec: directory from {source} not refreshed");
         let state = match age {
@@ -349,16 +352,8 @@ impl Notifier {
 
     /// Warns (at most once per interval) that the spool's disk is low on space.
     pub fn low_disk(&self, path: &str, free_bytes: u64, threshold_bytes: u64) {
-        {
-            let mut last = self
-                .inner
-                .disk_warned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < self.inner.config.interval) {
-                return;
-            }
-            *last = Some(Instant::now());
+        if !self.due(&self.inner.disk_warned) {
+            return;
         }
         let subject = format!("callrec: spool disk low on space ({path})");
         let body = format!(

@@ -475,10 +475,10 @@ def sipp_counts(path):
     return succ, fail, retrans
 
 
-def setup_rate(work):
-    """calls per second actually set up: (n-1) / (last - first) over the
-    times at which SIPp logged each setup (rtd 1)"""
-    times = []
+def rtd1_rows(work):
+    """(time ms, response time ms) of every setup SIPp logged (rtd 1) in the
+    run's *_rtt.csv files"""
+    rows = []
     for f in os.listdir(work):
         if f.endswith("_rtt.csv"):
             with open(os.path.join(work, f)) as fh:
@@ -486,27 +486,23 @@ def setup_rate(work):
                     parts = line.strip().split(";")
                     if len(parts) >= 3 and parts[2].strip().lower() in ("rtd1", "1"):
                         try:
-                            times.append(float(parts[0]))
+                            rows.append((float(parts[0]), float(parts[1])))
                         except ValueError:
                             pass
+    return rows
+
+
+def setup_rate(work):
+    """calls per second actually set up: (n-1) / (last - first) over the
+    times at which SIPp logged each setup (rtd 1)"""
+    times = [t for t, _ in rtd1_rows(work)]
     if len(times) < 2 or max(times) <= min(times):
         return None
     return (len(times) - 1) / ((max(times) - min(times)) / 1000.0)
 
 
 def rtt_values(work):
-    vals = []
-    for f in os.listdir(work):
-        if f.endswith("_rtt.csv"):
-            with open(os.path.join(work, f)) as fh:
-                for line in fh:
-                    parts = line.strip().split(";")
-                    if len(parts) >= 3 and parts[2].strip().lower() in ("rtd1", "1"):
-                        try:
-                            vals.append(float(parts[1]))
-                        except ValueError:
-                            pass
-    return vals
+    return [v for _, v in rtd1_rows(work)]
 
 
 # ---------------------------------------------------------------- analysis

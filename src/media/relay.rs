@@ -343,6 +343,13 @@ mod tests {
                 .unwrap();
             assert_eq!(&buf[..n], pkt, "relayed bytes differ");
         }
+        // The relay counts on its media thread after the send: give it a moment.
+        for _ in 0..100 {
+            if s.stats.rtcp_packets[0].load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 1);
         assert_eq!(s.stats.rtcp_packets[0].load(Ordering::Relaxed), 1);
     }

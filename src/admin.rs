@@ -228,7 +228,7 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
     let core = &s.core;
     let st = &core.stats;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let plain: [(&str, &str, &str, u64); 22] = [
+    let plain: [(&str, &str, &str, u64); 23] = [
         (
             "callrec_calls_active",
             "gauge",
@@ -270,6 +270,12 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
             "counter",
             "New calls refused while shutting down.",
             l(&st.calls_refused),
+        ),
+        (
+            "callrec_untrusted_requests_total",
+            "counter",
+            "Requests refused: sender not trusted, or not the peer of the call leg.",
+            l(&st.untrusted_requests),
         ),
         (
             "callrec_decisions_recorded_total",

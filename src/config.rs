@@ -35,6 +35,8 @@ pub struct RunConfig {
     pub smtp: Option<String>,
     /// Addresses that get failure mails.
     pub notify_email: Vec<String>,
+    /// Peers whose requests are accepted and whose identity headers are believed.
+    pub trust: crate::sip::trust::Trust,
     /// Where the keystore password comes from.
     pub keystore_password: crate::seal::PasswordSource,
 }

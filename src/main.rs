@@ -437,6 +437,8 @@ struct RunArgs {
     directory: Option<String>,
     #[command(flatten)]
     keystore: KeystoreArgs,
+    #[command(flatten)]
+    trust: callrec::sip::trust::TrustArgs,
     /// File holding the bearer token for the admin API's /api/ paths (or the value in env CALLREC_ADMIN_TOKEN); default: generated into <data-dir>/admin.token.
     #[arg(long, env = "CALLREC_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
@@ -530,10 +532,15 @@ impl RunArgs {
                     format!("--admin-listen {a:?}: expected ADDR:PORT or \"off\"")
                 })?),
             };
+        let (pbx, trunk) = (
+            resolve("--pbx", &self.pbx)?,
+            resolve("--trunk", &self.trunk)?,
+        );
         Ok(RunConfig {
             listen: self.listen,
-            pbx: resolve("--pbx", &self.pbx)?,
-            trunk: resolve("--trunk", &self.trunk)?,
+            pbx,
+            trunk,
+            trust: self.trust.build(trunk, pbx),
             media_ip,
             rtp_ports: parse_ports(&self.rtp_ports)?,
             data_dir: self.data_dir,

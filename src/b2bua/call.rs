@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::headers::{copy_end_to_end, Origin};
 use super::plan::CallPlan;
 use super::recording::{CallFacts, CallRecording};
 use super::router::RouterMsg;
@@ -33,25 +34,6 @@ pub enum CallEvent {
         flow: Flow,
     },
 }
-
-/// Headers we never copy from one leg to the other: they belong to a hop or a
-/// dialog, and each leg has its own.
-const PER_LEG: &[&str] = &[
-    "Via",
-    "From",
-    "To",
-    "Call-ID",
-    "CSeq",
-    "Contact",
-    "Record-Route",
-    "Route",
-    "Max-Forwards",
-    "Content-Length",
-    "Content-Type",
-    "User-Agent",
-    "Server",
-    "RAck",
-];
 
 /// Methods whose requests and 2xx carry a Contact (target refresh or dialog creation).
 fn needs_contact(method: &str) -> bool {
@@ -277,6 +259,11 @@ impl Call {
         }
     }
 
+    /// Where a message from `src` on the `side` leg stands in the header policy.
+    fn origin(&self, side: Side, src: Flow) -> Origin {
+        Origin::new(&self.core.cfg.trust, self.dir, side, src.addr.ip())
+    }
+
     fn side_of(&self, msg: &Message) -> Side {
         if msg.call_id() == Some(self.legs[0].call_id.as_str()) {
             Side::Caller
@@ -343,6 +330,8 @@ impl Call {
                 self.dir,
                 uri_of(from),
                 invite.uri().unwrap_or_default(),
+                // Only a caller whose identity we believe may hold or match an internal-call pair.
+                self.core.cfg.trust.is_identity_trusted(flow.addr.ip()),
             ),
             None => CallPlan {
                 record: self.core.recording.is_some(),
@@ -417,7 +406,7 @@ impl Call {
         out.push("CSeq", "1 INVITE");
         out.push("Contact", self.core.contact(hop.proto));
         out.push("User-Agent", concat!("callrec/", env!("CARGO_PKG_VERSION")));
-        copy_end_to_end(&invite, &mut out);
+        copy_end_to_end(&invite, &mut out, self.origin(Side::Caller, flow));
         if invite.has_sdp() {
             self.caller_offered = true;
             match self.rewrite_sdp(Side::Caller, &invite.body) {
@@ -471,6 +460,11 @@ impl Call {
     }
 
     async fn on_request(&mut self, side: Side, msg: Message, flow: Flow) {
+        let leg = &self.legs[side.index()];
+        if !super::peers::may_act(&self.core, &msg, flow, leg.flow, &leg.target) {
+            super::peers::refuse(&self.core, &msg, flow, true).await;
+            return;
+        }
         let method = msg.method();
         if method == "ACK" {
             self.on_ack(side, msg).await;
@@ -572,7 +566,7 @@ impl Call {
 
     /// Re-creates a request from `side` on the other leg.
     async fn relay_request(&mut self, side: Side, server_id: u64) {
-        let Some(req) = self.server(server_id).map(|t| t.request.clone()) else {
+        let Some((req, src)) = self.server(server_id).map(|t| (t.request.clone(), t.flow)) else {
             return;
         };
         let method = req.method();
@@ -582,7 +576,7 @@ impl Call {
             "Max-Forwards",
             (req.max_forwards().saturating_sub(1)).to_string(),
         );
-        copy_end_to_end(&req, &mut out);
+        copy_end_to_end(&req, &mut out, self.origin(side, src));
         if method == "PRACK" {
             if let Some(rack) = req.header("RAck") {
                 // RAck names the INVITE's CSeq, which differs per leg.
@@ -815,7 +809,11 @@ impl Call {
             return;
         }
         let mut out = self.response_for(txn, code, &reason);
-        copy_end_to_end(&msg, &mut out);
+        copy_end_to_end(
+            &msg,
+            &mut out,
+            self.origin(side, self.legs[side.index()].flow),
+        );
         if (300..400).contains(&code) {
             for c in msg.header_all("Contact") {
                 out.push("Contact", c.to_string());
@@ -1412,15 +1410,6 @@ fn ack_for_failure(invite: &Message, resp: &Message) -> Message {
     let n = invite.cseq().map(|c| c.0).unwrap_or(1);
     ack.push("CSeq", format!("{n} ACK"));
     ack
-}
-
-/// Copies the headers that belong to the end points rather than to a leg.
-fn copy_end_to_end(from: &Message, to: &mut Message) {
-    for h in &from.headers {
-        if !PER_LEG.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
-            to.headers.push(h.clone());
-        }
-    }
 }
 
 fn set_body(out: &mut Message, original: &Message, body: Vec<u8>) {

@@ -4,6 +4,8 @@
 //! counters) is behind `Core`.
 
 pub mod call;
+pub mod headers;
+pub mod peers;
 pub mod plan;
 pub mod recording;
 pub mod router;
@@ -54,6 +56,8 @@ pub struct Stats {
     pub recordings_finished: AtomicU64,
     /// New calls refused while shutting down.
     pub calls_refused: AtomicU64,
+    /// Requests refused because their sender was not trusted (or, inside a call, not that leg's peer).
+    pub untrusted_requests: AtomicU64,
     /// Calls started, incoming.
     pub calls_incoming: AtomicU64,
     /// Calls started, outgoing.

@@ -119,7 +119,17 @@ impl Planner {
     }
 
     /// Decides for a new call from `caller` (From URI) to `dialled` (Request-URI).
-    pub fn plan(&self, call_id: &str, dir: Direction, caller: &str, dialled: &str) -> CallPlan {
+    /// Only a call whose caller identity is `trusted` takes part in the
+    /// internal-call de-duplication: anyone else could claim a pair with
+    /// forged numbers and so suppress the recording of the real call.
+    pub fn plan(
+        &self,
+        call_id: &str,
+        dir: Direction,
+        caller: &str,
+        dialled: &str,
+        trusted: bool,
+    ) -> CallPlan {
         let d = self.directory.current();
         let pdir = match dir {
             Direction::Incoming => policy::Direction::Incoming,
@@ -127,7 +137,10 @@ impl Planner {
         };
         let logged_out = self.membership.snapshot();
         let decision = policy::decide(&self.profiles, &d, &logged_out, pdir, caller, dialled);
-        let (decision, leg_claim) = self.dedup.apply(&d, decision, Instant::now());
+        let (decision, leg_claim) = match trusted {
+            true => self.dedup.apply(&d, decision, Instant::now()),
+            false => (decision, None),
+        };
         let profile = decision.profile.and_then(|i| self.profiles.get(i));
         let announcement = decision
             .announcement

@@ -1,7 +1,8 @@
 //! The router: the single owner of the Call-ID → call map. It parses what the
 //! transport received, answers malformed requests with 400 and out-of-dialog
-//! OPTIONS with 200, starts a `Call` task for each new INVITE and hands every
-//! other message to the call that owns its Call-ID.
+//! OPTIONS with 200, refuses new requests from untrusted peers, starts a `Call`
+//! task for each new INVITE and hands every other message to the call that
+//! owns its Call-ID.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,6 +15,7 @@ use super::call::{Call, CallEvent};
 use super::{Core, Direction};
 use crate::sip::message::{Message, ParseError};
 use crate::sip::transport::Inbound;
+use crate::sip::trust::Untrusted;
 use crate::sip::{random_token, Flow, Proto};
 
 /// Messages from calls back to the router.
@@ -117,6 +119,13 @@ async fn route(
     }
     let method = msg.method();
     let has_tag = msg.to_tag().is_some();
+    // Only trusted peers may start anything; keep-alive OPTIONS are answered
+    // to anyone unless untrusted peers are to learn nothing at all.
+    let probe = method == "OPTIONS" && core.cfg.trust.untrusted == Untrusted::Reject;
+    if !probe && !core.cfg.trust.is_trusted(i.flow.addr.ip()) {
+        super::peers::refuse(core, &msg, i.flow, false).await;
+        return;
+    }
     match method.as_str() {
         "INVITE" if !has_tag => {
             if core.draining.load(Ordering::Relaxed) {

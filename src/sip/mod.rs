@@ -1,9 +1,10 @@
 //! SIP plumbing: message parsing and building, UDP/TCP transport on one port,
-//! and RFC 3261 transaction state machines.
+//! RFC 3261 transaction state machines and the set of trusted peers.
 
 pub mod message;
 pub mod transaction;
 pub mod transport;
+pub mod trust;
 
 pub use message::Message;
 pub use transport::{Flow, Proto, Transport};

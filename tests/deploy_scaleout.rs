@@ -153,6 +153,9 @@ impl Instance {
             admin.to_string(),
             "--log-level".into(),
             "debug".into(),
+            // Calls arrive from Kamailio, which shares the instances' address.
+            "--trusted-source".into(),
+            PROXY_IP.to_string(),
         ];
         let bin = std::env::var("CALLREC_TEST_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callrec").to_string());

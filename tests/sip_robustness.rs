@@ -12,7 +12,8 @@
 //! inputs exactly.
 //!
 //! `bye_with_wrong_tags_does_not_end_the_call` checks that a well-formed BYE
-//! carrying the live call's Call-ID but foreign tags is refused with 481
+//! from the caller's address carrying the live call's Call-ID but foreign
+//! tags is refused with 481
 //! (RFC 3261 §12.2.2: a dialog is Call-ID plus both tags) instead of ending it.
 //!
 //! `unframeable_tcp_request_gets_400_before_close` checks that a TCP request
@@ -864,7 +865,11 @@ fn assert_call_completed(proxy: &Proxy, out: &CallOutcome, live: &str) {
 
 #[test]
 fn malformed_input_during_a_call() {
-    let mut proxy = Proxy::start();
+    // The probes come from the proxy's own address, which may start calls here.
+    let mut proxy = Proxy::builder()
+        .arg("--trusted-source")
+        .arg(&PROXY_IP.to_string())
+        .start();
     let sip = proxy.sip_addr();
     let before = proxy.metrics();
     let (call, live) = start_long_call(&proxy);
@@ -1050,7 +1055,8 @@ fn bye_with_wrong_tags_does_not_end_the_call() {
     let mut proxy = Proxy::start();
     let sip = proxy.sip_addr();
     let (call, live) = start_long_call(&proxy);
-    let sock = UdpSocket::bind((PROXY_IP, 0)).unwrap();
+    // From the caller's own address: a stranger's BYE is refused before its tags are looked at.
+    let sock = UdpSocket::bind((TRUNK_IP, 0)).unwrap();
     let me = sock.local_addr().unwrap();
     let branch = format!("z9hG4bK-spoof-{}", me.port());
     let bye = Req::new("BYE", &format!("sip:200@{sip}"), me, &branch, &live)

@@ -183,6 +183,10 @@ fn untrusted_drop_answers_strangers_nothing() {
         proxy.sip_addr(),
     )
     .unwrap();
+    // A malformed request gets no 400 either (a trusted peer would).
+    let bad =
+        options(me, proxy.sip_addr(), "drop-4").replace("Content-Length: 0", "Content-Length: ten");
+    s.send_to(bad.as_bytes(), proxy.sip_addr()).unwrap();
     let got = receive(&s, Duration::from_millis(1500));
     assert!(
         got.is_empty(),

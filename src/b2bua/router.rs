@@ -101,7 +101,11 @@ async fn route(
         Err(e) => {
             core.stats.sip_malformed.fetch_add(1, Ordering::Relaxed);
             warn!(peer = %i.flow.addr, "malformed SIP message: {e}");
-            reject_malformed(core, &i, &e.to_string()).await;
+            let silent = core.cfg.trust.untrusted == Untrusted::Drop
+                && !core.cfg.trust.is_trusted(i.flow.addr.ip());
+            if !silent {
+                reject_malformed(core, &i, &e.to_string()).await;
+            }
             return;
         }
     };

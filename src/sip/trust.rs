@@ -61,7 +61,7 @@ pub struct TrustArgs {
     /// Network (CIDR) or address besides --trunk and --pbx whose requests are accepted, e.g. a Kamailio in front (repeatable).
     #[arg(long = "trusted-source", env = "CALLREC_TRUSTED_SOURCE", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_sources: Vec<IpNet>,
-    /// Peers whose identity headers (P-Asserted-Identity, Privacy, Diversion …) are passed on: "trunk", "pbx" or a network (repeatable).
+    /// Peers whose identity headers (P-Asserted-Identity, Privacy, Diversion …) are passed on: "trunk", "pbx" or a network (repeatable; replaces the default, so name trunk and pbx too to keep them).
     #[arg(
         long = "identity-trusted",
         env = "CALLREC_IDENTITY_TRUSTED",

@@ -304,6 +304,62 @@ fn stranger_with_the_dialog_identifiers_cannot_end_or_redirect_a_call() {
     assert_eq!(untrusted_count(&proxy), 2.0);
 }
 
+/// While the PBX rings, a stranger copies the caller's CANCEL (same Call-ID,
+/// tags and branch): refused, the PBX keeps ringing and the caller's own
+/// CANCEL still works.
+#[test]
+fn stranger_cannot_cancel_a_ringing_call() {
+    let proxy = Proxy::start();
+    let pbx = UdpSocket::bind(proxy.pbx_addr()).unwrap();
+    pbx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut ua = Ua::new("127.0.0.3", proxy.sip_addr());
+    ua.invite("03012345678", "200");
+    let inv = relayed_invite(&pbx, "03012345678");
+    let ringing = format!(
+        "SIP/2.0 180 Ringing\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=pbx1\r\nCall-ID: {}\r\nCSeq: {}\r\n\
+         Contact: <sip:200@{}>\r\nContent-Length: 0\r\n\r\n",
+        inv.header("Via").unwrap(),
+        inv.header("From").unwrap(),
+        inv.header("To").unwrap(),
+        inv.header("Call-ID").unwrap(),
+        inv.cseq(),
+        proxy.pbx_addr()
+    );
+    pbx.send_to(ringing.as_bytes(), proxy.sip_addr()).unwrap();
+    ua.wait_response("1 INVITE", Duration::from_secs(5), |c| c == 180);
+
+    let s = sock(STRANGER);
+    let me = s.local_addr().unwrap();
+    let port = ua.local.port();
+    let cancel = format!(
+        "CANCEL sip:200@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKua{port};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:03012345678@127.0.0.3>;tag=ua{port}\r\nTo: <sip:200@{sip}>\r\n\
+         Call-ID: {}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+        ua.call_id,
+        sip = proxy.sip_addr()
+    );
+    s.send_to(cancel.as_bytes(), proxy.sip_addr()).unwrap();
+    let got = first_lines(&receive(&s, Duration::from_millis(1000)));
+    assert_eq!(
+        got,
+        vec!["SIP/2.0 403 Forbidden".to_string()],
+        "{}",
+        proxy.log_tail(30)
+    );
+    let at_pbx: Vec<String> = first_lines(&receive(&pbx, Duration::from_millis(300)))
+        .into_iter()
+        .filter(|l| l.starts_with("CANCEL"))
+        .collect();
+    assert!(
+        at_pbx.is_empty(),
+        "the stranger's CANCEL reached the PBX: {at_pbx:?}"
+    );
+    assert_eq!(untrusted_count(&proxy), 1.0);
+    // The caller's own CANCEL is relayed (and answered by the proxy at once).
+    ua.cancel();
+}
+
 /// The INVITE the PBX-side (or trunk-side) socket receives for the call from `from_user`.
 fn relayed_invite(at: &UdpSocket, from_user: &str) -> Msg {
     let end = Instant::now() + Duration::from_secs(3);

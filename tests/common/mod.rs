@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod ua;
 
 use std::collections::BTreeMap;

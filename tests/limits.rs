@@ -1,6 +1,6 @@
 //! Resource limits as an attacker meets them, with real SIPp peers: an SDP
 //! with thousands of m= lines is refused with 488 and binds no port (the call
-//! goes on); --max-calls and --invite-rate-per-source turn new calls away
+//! goes on), and streams with port 0 hold no ports; --max-calls and --invite-rate-per-source turn new calls away
 //! with 503 and Retry-After while trusted peers can be exempted;
 //! --max-call-duration ends a held call with BYEs on both legs and seals its
 //! recording; an empty admin token stops the start.
@@ -91,6 +91,36 @@ fn reinvite_with_2000_media_lines_is_refused_and_binds_nothing() {
     assert_eq!(recent.len(), 1, "{recent:#?}");
     assert_eq!(recent[0]["status"], 200, "{:#}", recent[0]);
     assert_eq!(recent[0]["end_reason"], "caller hung up", "{:#}", recent[0]);
+}
+
+#[test]
+fn disabled_and_rejected_streams_hold_no_ports() {
+    let proxy = Proxy::start();
+    let three = Pair {
+        name: "port-zero",
+        dir: "port-zero",
+        media: true,
+        direction: Direction::Incoming,
+    };
+    let run = proxy.call(three);
+    let call = thread::spawn(move || run.run());
+    // The caller talks for ~3 s after the answer: look at the ports meanwhile.
+    let answered = wait_until(Duration::from_secs(15), || {
+        metric_sum(&proxy.metrics(), "callrec_calls_answered_total") == 1.0
+    });
+    thread::sleep(Duration::from_millis(500));
+    let in_use = metric_sum(&proxy.metrics(), "callrec_media_ports_in_use");
+    let out = call.join().expect("call");
+    assert!(answered, "the call was not answered\n{}", out.report());
+    out.assert_success();
+    out.assert_media_both_ways();
+    assert_eq!(
+        in_use,
+        2.0,
+        "of three m= lines only the first is in use (one with port 0, one rejected): two port pairs\n{}",
+        proxy.log_tail(40)
+    );
+    assert_eq!(wait_metric(&proxy, "callrec_media_ports_in_use", 0.0), 0.0);
 }
 
 #[test]

@@ -313,6 +313,43 @@ fn max_call_duration_ends_a_held_call_and_seals_it() {
     );
 }
 
+#[test]
+fn max_call_duration_ends_a_call_that_rings_for_ever() {
+    let proxy = Proxy::builder().arg("--max-call-duration").arg("2").start();
+    let dir = TestDir::new("ringing");
+    let mut callee = Sipp::new("callee", "cancel/callee.xml")
+        .local(proxy.pbx_addr())
+        .media(IpAddr::V4(PBX_IP), free_ports(4))
+        .timeout(Duration::from_secs(20))
+        .trace_dir(dir.path())
+        .spawn();
+    assert!(
+        callee.wait_ready(Duration::from_secs(10)),
+        "callee sipp did not start"
+    );
+    let caller = Sipp::new("caller", "max-duration/ringing-caller.xml")
+        .local(proxy.trunk_addr())
+        .remote(proxy.sip_addr())
+        .media(IpAddr::V4(TRUNK_IP), free_ports(4))
+        .key("caller", "03012345678")
+        .service("200")
+        .timeout(Duration::from_secs(20))
+        .trace_dir(dir.path())
+        .spawn()
+        .wait();
+    let callee = callee.wait_at_most(Duration::from_secs(10));
+    assert!(
+        caller.success() && callee.success(),
+        "the ringing call was not ended with 408 to the caller and CANCEL to the callee\n{}\n{}\n{}",
+        caller.report(),
+        callee.report(),
+        proxy.log_tail(40)
+    );
+    let recent = proxy.recent_calls();
+    assert_eq!(recent[0]["end_reason"], "max_duration", "{recent:#?}");
+    assert_eq!(recent[0]["status"], 408, "{recent:#?}");
+}
+
 /// Starts `callrec run` with an admin token from `file` or `env` and waits up
 /// to 15 s for it to exit; returns (exit code, output), or None if it runs on.
 fn start_with_token(file: Option<&std::path::Path>, env: Option<&str>) -> Option<(i32, String)> {

@@ -452,8 +452,8 @@ struct RunArgs {
     /// Do not rate-limit INVITEs from the trunk's and the PBX's addresses.
     #[arg(long, env = "CALLREC_RATE_LIMIT_EXEMPT_TRUSTED")]
     rate_limit_exempt_trusted: bool,
-    /// Seconds after its INVITE at which a call is hung up on both legs, held or not.
-    #[arg(long, env = "CALLREC_MAX_CALL_DURATION", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds after its INVITE at which a call is hung up on both legs, held or not (at most a year).
+    #[arg(long, env = "CALLREC_MAX_CALL_DURATION", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     max_call_duration: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]

@@ -57,13 +57,14 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// Compares without an early exit, so the token cannot be guessed by timing.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// Compares in constant time, so the token cannot be guessed byte by byte from
+/// response times. Both sides are hashed first so that the time does not
+/// reveal the token's length either.
+fn same(given: &str, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (a, b) = (Sha256::digest(given), Sha256::digest(token));
+    !token.is_empty() && bool::from(a.as_slice().ct_eq(b.as_slice()))
 }
 
 /// Accepts `Authorization: Bearer <token>`, or `?token=` for phones whose URL
@@ -363,8 +364,34 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
         ),
         ("callrec_up", "gauge", "1 while the proxy runs.", 1),
     ];
+    let limits: [(&str, &str, &str, u64); 4] = [
+        (
+            "callrec_calls_over_limit_total",
+            "counter",
+            "New calls refused with 503 because --max-calls calls were in progress.",
+            l(&st.calls_over_limit),
+        ),
+        (
+            "callrec_invites_rate_limited_total",
+            "counter",
+            "New calls refused with 503 by --invite-rate-per-source.",
+            l(&st.invites_rate_limited),
+        ),
+        (
+            "callrec_calls_max_duration_total",
+            "counter",
+            "Calls hung up by --max-call-duration.",
+            l(&st.calls_max_duration),
+        ),
+        (
+            "callrec_sip_dropped_call_busy_total",
+            "counter",
+            "SIP messages dropped because their call's queue was full.",
+            l(&st.sip_dropped_call_busy),
+        ),
+    ];
     let mut out = String::new();
-    for (name, kind, help, v) in plain {
+    for (name, kind, help, v) in plain.into_iter().chain(limits) {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
@@ -442,4 +469,15 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison() {
+        assert!(super::same("secret-token", "secret-token"));
+        assert!(!super::same("secret-tokeN", "secret-token"));
+        assert!(!super::same("secret", "secret-token"));
+        assert!(!super::same("", ""), "an empty token never matches");
+    }
 }

@@ -39,4 +39,34 @@ pub struct RunConfig {
     pub trust: crate::sip::trust::Trust,
     /// Where the keystore password comes from.
     pub keystore_password: crate::seal::PasswordSource,
+    /// Bounds on what peers can make the proxy hold (calls, streams, time).
+    pub limits: Limits,
+}
+
+/// Resource limits: what one peer, or all of them together, may make the
+/// proxy allocate. The README's "Security" section lists them with their flags.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most `m=` lines in one SDP body; more is refused with 488.
+    pub max_media_streams: usize,
+    /// Most calls in progress at once; more get 503 (0: no limit).
+    pub max_calls: usize,
+    /// New INVITEs per second from one source address; more get 503 (0: no limit).
+    pub invite_rate_per_source: u32,
+    /// The trunk and the PBX are not rate limited (they carry every call of a site).
+    pub rate_limit_exempt_trusted: bool,
+    /// A call is hung up this long after its INVITE, whatever its state.
+    pub max_call_duration: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_media_streams: 8,
+            max_calls: 1000,
+            invite_rate_per_source: 50,
+            rate_limit_exempt_trusted: false,
+            max_call_duration: Duration::from_secs(86_400),
+        }
+    }
 }

@@ -699,6 +699,8 @@ impl Db {
         }
         let mut conn = open_rw(path)?;
         migrate(&mut conn, path)?;
+        // Unbounded: a few records per call (bounded by the calls admitted)
+        // and per upload; the protocol must not lose a record.
         let (tx, rx) = mpsc::channel();
         let p = path.to_path_buf();
         let thread = std::thread::Builder::new()

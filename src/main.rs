@@ -442,6 +442,21 @@ struct RunArgs {
     /// File holding the bearer token for the admin API's /api/ paths (or the value in env CALLREC_ADMIN_TOKEN); default: generated into <data-dir>/admin.token.
     #[arg(long, env = "CALLREC_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Most m= lines in one SDP (offer or answer); more is refused with 488.
+    #[arg(long, env = "CALLREC_MAX_MEDIA_STREAMS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    max_media_streams: u16,
+    /// Most calls in progress at once; further INVITEs get 503 with Retry-After (0: no limit).
+    #[arg(long, env = "CALLREC_MAX_CALLS", default_value_t = 1000)]
+    max_calls: usize,
+    /// New INVITEs per second from one source address; more get 503 with Retry-After (0: no limit).
+    #[arg(long, env = "CALLREC_INVITE_RATE_PER_SOURCE", default_value_t = 50)]
+    invite_rate_per_source: u32,
+    /// Do not rate-limit INVITEs from the trunk's and the PBX's addresses.
+    #[arg(long, env = "CALLREC_RATE_LIMIT_EXEMPT_TRUSTED")]
+    rate_limit_exempt_trusted: bool,
+    /// Seconds after its INVITE at which a call is hung up on both legs, held or not (at most a year).
+    #[arg(long, env = "CALLREC_MAX_CALL_DURATION", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    max_call_duration: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -549,22 +564,41 @@ impl RunArgs {
             smtp: self.smtp.clone(),
             notify_email: self.notify_email.clone(),
             admin_listen,
-            admin_token: match &self.admin_token_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .with_context(|| format!("cannot read --admin-token-file {}", f.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => std::env::var("CALLREC_ADMIN_TOKEN")
-                    .ok()
-                    .filter(|t| !t.is_empty()),
-            },
+            admin_token: admin_token(self.admin_token_file.as_deref())?,
             keystore_password: self.keystore.source(),
             channels: self.channels,
             policy,
+            limits: callrec::config::Limits {
+                max_media_streams: usize::from(self.max_media_streams),
+                max_calls: self.max_calls,
+                invite_rate_per_source: self.invite_rate_per_source,
+                rate_limit_exempt_trusted: self.rate_limit_exempt_trusted,
+                max_call_duration: Duration::from_secs(self.max_call_duration),
+            },
         })
     }
+}
+
+/// The admin API's token from `--admin-token-file` or env CALLREC_ADMIN_TOKEN
+/// (None: generated into the data dir). An empty token would let anyone in
+/// who sends an empty one, so it stops the start instead.
+fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let (token, origin) = match file {
+        Some(f) => (
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read --admin-token-file {}", f.display()))?,
+            format!("--admin-token-file {}", f.display()),
+        ),
+        None => match std::env::var("CALLREC_ADMIN_TOKEN") {
+            Ok(t) => (t, "env CALLREC_ADMIN_TOKEN".to_string()),
+            Err(_) => return Ok(None),
+        },
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("the admin token in {origin} is empty; put a long random token there (e.g. `openssl rand -hex 32`), or give neither to have one generated into <data-dir>/admin.token");
+    }
+    Ok(Some(token.to_string()))
 }
 
 fn init_logging(level: &str) {

@@ -119,6 +119,8 @@ pub struct Call {
     announce_sdp: Option<Vec<u8>>,
     /// Caller and callee as the caller's INVITE named them, and the dialled number.
     parties: (PartyInfo, PartyInfo, String),
+    /// When the call is hung up whatever its state (`--max-call-duration`).
+    hang_up_at: Instant,
 }
 
 impl Call {
@@ -132,6 +134,10 @@ impl Call {
         back: mpsc::UnboundedSender<RouterMsg>,
     ) -> Call {
         let hop = core.next_hop(dir);
+        // Counted here, while the router creates the call, so that its
+        // admission check sees every call it has let in.
+        core.stats.calls_active.fetch_add(1, Ordering::Relaxed);
+        let hang_up_at = Instant::now() + core.cfg.limits.max_call_duration;
         let empty = |call_id: String, flow: Flow| Leg {
             call_id,
             local_tag: random_token(12),
@@ -179,21 +185,16 @@ impl Call {
                 },
                 String::new(),
             ),
+            hang_up_at,
         }
     }
 
     /// Runs the call until its dialog is over and every transaction has ended.
-    pub async fn run(
-        mut self,
-        invite: Message,
-        flow: Flow,
-        mut rx: mpsc::UnboundedReceiver<CallEvent>,
-    ) {
+    pub async fn run(mut self, invite: Message, flow: Flow, mut rx: mpsc::Receiver<CallEvent>) {
         let span = info_span!("call", id = %self.legs[0].call_id);
         async move {
             let stats = &self.core.stats;
             stats.call_tasks.fetch_add(1, Ordering::Relaxed);
-            stats.calls_active.fetch_add(1, Ordering::Relaxed);
             stats.calls_total.fetch_add(1, Ordering::Relaxed);
             self.on_initial_invite(invite, flow).await;
             let mut media_check = tokio::time::interval(Duration::from_secs(1));
@@ -215,6 +216,9 @@ impl Call {
                     },
                     _ = tokio::time::sleep_until(deadline.into()) => self.on_timers().await,
                     _ = media_check.tick() => self.check_media().await,
+                    _ = tokio::time::sleep_until(self.hang_up_at.into()), if self.state != State::Finished => {
+                        self.on_max_duration().await;
+                    }
                     Ok(()) = hang_up.changed() => {
                         if *hang_up.borrow() {
                             self.shut_down().await;
@@ -435,6 +439,8 @@ impl Call {
 
     /// Rewrites an SDP body that `from` sent, for the other side.
     fn rewrite_sdp(&mut self, from: Side, body: &[u8]) -> Result<Vec<u8>, (u16, String)> {
+        crate::media::sdp::check_stream_count(body, self.core.cfg.limits.max_media_streams)
+            .map_err(|e| (488, format!("Not Acceptable Here ({e})")))?;
         let out = match self.media.as_mut() {
             Some(m) => m.on_sdp(from, body).map_err(|e| match e {
                 crate::media::MediaError::Sdp(e) => (488, format!("Not Acceptable Here ({e})")),
@@ -1101,6 +1107,27 @@ impl Call {
         }
     }
 
+    /// `--max-call-duration` is over: the call ends whatever its state, so
+    /// that no call (held, silent or never answered) keeps its ports for ever.
+    async fn on_max_duration(&mut self) {
+        const REASON: &str = "max_duration";
+        self.core
+            .stats
+            .calls_max_duration
+            .fetch_add(1, Ordering::Relaxed);
+        match self.state {
+            State::Answered | State::Confirmed => self.hang_up_both(REASON).await,
+            State::Calling | State::Early => {
+                self.respond_id(self.initial, 408, "Request Timeout").await;
+                self.final_status = 408;
+                self.cancel_callee_invite().await;
+                warn!("giving up: the call reached --max-call-duration before it was answered");
+                self.finish(REASON);
+            }
+            State::Finished => {}
+        }
+    }
+
     async fn check_media(&mut self) {
         if self.state != State::Confirmed {
             return;
@@ -1188,7 +1215,7 @@ impl Call {
                 m.rtp_packets(Side::Caller),
                 m.rtp_packets(Side::Callee),
                 m.rtcp_packets(Side::Caller) + m.rtcp_packets(Side::Callee),
-                m.stream_count() > 0,
+                m.anchored(),
             ),
             None => (0, 0, 0, false),
         };

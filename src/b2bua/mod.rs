@@ -3,6 +3,7 @@
 //! nothing mutable with each other; what they share (transport, port pool,
 //! counters) is behind `Core`.
 
+pub mod admission;
 pub mod call;
 pub mod headers;
 pub mod peers;
@@ -70,6 +71,14 @@ pub struct Stats {
     pub rtp_dropped: AtomicU64,
     /// RTP packets the recorder's queue refused (slow disk), from finished recordings.
     pub recorder_queue_dropped: AtomicU64,
+    /// New INVITEs refused because `--max-calls` calls were in progress.
+    pub calls_over_limit: AtomicU64,
+    /// New INVITEs refused by `--invite-rate-per-source`.
+    pub invites_rate_limited: AtomicU64,
+    /// Calls ended by `--max-call-duration`.
+    pub calls_max_duration: AtomicU64,
+    /// SIP messages dropped because their call's queue was full.
+    pub sip_dropped_call_busy: AtomicU64,
     /// Sets sealed (shared with the sealing thread).
     pub sealed: Arc<AtomicU64>,
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::admission::{self, Admission, Refusal};
 use super::call::{Call, CallEvent};
 use super::{Core, Direction};
 use crate::sip::message::{Message, ParseError};
@@ -40,14 +41,23 @@ pub enum RouterMsg {
     },
 }
 
+/// SIP messages waiting for one call task. A call that falls this far behind
+/// (or a peer flooding one dialog) loses messages like a full UDP socket
+/// would; retransmissions recover them, and the router never waits.
+const CALL_QUEUE: usize = 256;
+
 struct Entry {
     serial: u64,
-    tx: mpsc::UnboundedSender<CallEvent>,
+    tx: mpsc::Sender<CallEvent>,
 }
 
 /// Runs the router until the transport closes.
 pub async fn run(core: Arc<Core>, mut inbound: mpsc::Receiver<Inbound>) {
+    // Unbounded but small: a call sends one Gone in its life and at most one
+    // Reroute per message the router gave it, and this loop drains these
+    // (biased) before it reads more from the bounded inbound queue.
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<RouterMsg>();
+    let mut admission = Admission::new(core.cfg.limits.clone());
     let mut calls: HashMap<String, Entry> = HashMap::new();
     let mut serial: u64 = 0;
     loop {
@@ -63,6 +73,11 @@ pub async fn run(core: Arc<Core>, mut inbound: mpsc::Receiver<Inbound>) {
                 }
                 Some(RouterMsg::Reroute { serial: s, msg, flow }) => {
                     if calls.get(msg.call_id().unwrap_or_default()).is_some_and(|e| e.serial == s) {
+                        // A new call like any other: the same limits apply.
+                        if let Err(r) = admission::admit(&core, &mut admission, flow.addr.ip()) {
+                            refuse(&core, &msg, flow, r).await;
+                            continue;
+                        }
                         serial += 1;
                         start_call(&core, &mut calls, serial, msg, flow, &back_tx);
                     }
@@ -72,7 +87,7 @@ pub async fn run(core: Arc<Core>, mut inbound: mpsc::Receiver<Inbound>) {
             i = inbound.recv() => {
                 let Some(i) = i else { return };
                 core.stats.sip_received.fetch_add(1, Ordering::Relaxed);
-                route(&core, &mut calls, &mut serial, i, &back_tx).await;
+                route(&core, &mut calls, &mut serial, i, &back_tx, &mut admission).await;
             }
         }
     }
@@ -84,6 +99,7 @@ async fn route(
     serial: &mut u64,
     i: Inbound,
     back_tx: &mpsc::UnboundedSender<RouterMsg>,
+    admission: &mut Admission,
 ) {
     if i.data.iter().all(|b| b.is_ascii_whitespace()) {
         return; // keep-alive
@@ -111,8 +127,17 @@ async fn route(
     };
     if let Some(id) = msg.call_id() {
         if let Some(e) = calls.get(id) {
-            if e.tx.send(CallEvent::Sip { msg, flow: i.flow }).is_err() {
-                calls.remove(msg_call_id(&i.data).as_str());
+            match e.tx.try_send(CallEvent::Sip { msg, flow: i.flow }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    core.stats
+                        .sip_dropped_call_busy
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(peer = %i.flow.addr, "call queue full: message dropped");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    calls.remove(msg_call_id(&i.data).as_str());
+                }
             }
             return;
         }
@@ -141,6 +166,10 @@ async fn route(
             }
             if msg.max_forwards() == 0 {
                 respond_stateless(core, &msg, i.flow, 483, "Too Many Hops").await;
+                return;
+            }
+            if let Err(r) = admission::admit(core, admission, i.flow.addr.ip()) {
+                refuse(core, &msg, i.flow, r).await;
                 return;
             }
             *serial += 1;
@@ -187,7 +216,7 @@ fn start_call(
     };
     let a_id = msg.call_id().unwrap_or_default().to_string();
     let b_id = format!("{}@callrec", random_token(24));
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(CALL_QUEUE);
     calls.insert(
         a_id.clone(),
         Entry {
@@ -230,6 +259,16 @@ pub fn response_to(core: &Core, req: &Message, code: u16, reason: &str) -> Messa
         r.push("Contact", core.contact(crate::sip::Proto::Udp));
     }
     r
+}
+
+/// Turns a new INVITE away with 503 and Retry-After.
+async fn refuse(core: &Arc<Core>, req: &Message, flow: Flow, why: Refusal) {
+    debug!(peer = %flow.addr, ?why, "new call refused");
+    let mut r = response_to(core, req, 503, why.reason());
+    r.push("Retry-After", why.retry_after().to_string());
+    if let Err(e) = core.transport.send(flow, r.to_bytes()).await {
+        debug!(peer = %flow.addr, "cannot send 503: {e}");
+    }
 }
 
 async fn respond_stateless(core: &Arc<Core>, req: &Message, flow: Flow, code: u16, reason: &str) {

@@ -70,12 +70,38 @@ pub enum MediaError {
     Ports(#[from] std::io::Error),
 }
 
-/// The anchored media of one call: a relay per `m=` line.
+/// Packet counts of streams that were taken down during the call.
+#[derive(Debug, Default)]
+struct Retired {
+    rtp: [u64; 2],
+    rtcp: [u64; 2],
+    foreign: u64,
+}
+
+impl Retired {
+    /// Keeps the counts of a stream that is being dropped (its ports are freed).
+    fn add(&mut self, stream: Option<Stream>) {
+        let Some(s) = stream else { return };
+        for i in 0..2 {
+            self.rtp[i] += s.stats.rtp_packets[i].load(Ordering::Relaxed);
+            self.rtcp[i] += s.stats.rtcp_packets[i].load(Ordering::Relaxed);
+        }
+        self.foreign += s.stats.foreign_dropped.load(Ordering::Relaxed);
+    }
+}
+
+/// The anchored media of one call: a relay per `m=` line that has a port.
 pub struct Session {
     pool: Arc<PortPool>,
     ip: IpAddr,
     tap: Option<Arc<dyn Tap>>,
-    streams: Vec<Stream>,
+    /// By `m=` line; None where the latest SDP disabled the line (port 0), so
+    /// that no port stays bound for it.
+    streams: Vec<Option<Stream>>,
+    /// Whether any stream was ever set up (the call's media was anchored).
+    anchored: bool,
+    /// Counters of streams already taken down, so the call's totals keep them.
+    retired: Retired,
     last: [Option<Sdp>; 2],
     last_text: [Option<String>; 2],
 }
@@ -88,24 +114,52 @@ impl Session {
             ip,
             tap,
             streams: Vec::new(),
+            anchored: false,
+            retired: Retired::default(),
             last: [None, None],
             last_text: [None, None],
         }
     }
 
     /// Takes an SDP that `from` sent: points the relays at its addresses and
-    /// returns the body to send to the other side.
+    /// returns the body to send to the other side. A line with port 0 (a
+    /// stream disabled or rejected) gets no ports and frees the ones it had;
+    /// so do lines beyond the last one. On an error nothing has changed.
     pub fn on_sdp(&mut self, from: Side, body: &[u8]) -> Result<Vec<u8>, MediaError> {
         let sdp = Sdp::parse(body)?;
-        while self.streams.len() < sdp.media.len() {
-            let a = self.pool.allocate()?;
-            let b = self.pool.allocate()?;
-            self.streams.push(Stream::start(a, b, self.tap.clone())?);
+        // Bind what is missing first, so that running out of ports leaves the
+        // streams as they were.
+        let mut fresh = Vec::new();
+        for (i, m) in sdp.media.iter().enumerate() {
+            if m.port != 0 && self.streams.get(i).is_none_or(Option::is_none) {
+                let a = self.pool.allocate()?;
+                let b = self.pool.allocate()?;
+                fresh.push((i, Stream::start(a, b, self.tap.clone())?));
+            }
+        }
+        for old in self
+            .streams
+            .drain(sdp.media.len().min(self.streams.len())..)
+        {
+            self.retired.add(old);
+        }
+        self.streams.resize_with(sdp.media.len(), || None);
+        for (i, s) in fresh {
+            self.streams[i] = Some(s);
+            self.anchored = true;
         }
         let mut ports = Vec::with_capacity(sdp.media.len());
-        for (m, s) in sdp.media.iter().zip(&self.streams) {
-            s.set_peer(from, m.rtp, m.rtcp);
-            ports.push(s.port_facing(from.other()));
+        for (m, slot) in sdp.media.iter().zip(self.streams.iter_mut()) {
+            match slot {
+                Some(s) if m.port != 0 => {
+                    s.set_peer(from, m.rtp, m.rtcp);
+                    ports.push(s.port_facing(from.other()));
+                }
+                _ => {
+                    self.retired.add(slot.take());
+                    ports.push(0);
+                }
+            }
         }
         let out = sdp::rewrite(body, self.ip, &ports);
         self.last[from.index()] = Some(sdp);
@@ -113,9 +167,14 @@ impl Session {
         Ok(out)
     }
 
+    /// Streams that are set up, by `m=` line order.
+    fn live(&self) -> impl Iterator<Item = &Stream> {
+        self.streams.iter().flatten()
+    }
+
     /// Forks every stream's RTP into `tap` from now on (None stops it).
     pub fn set_tap(&mut self, tap: Option<Arc<dyn Tap>>) {
-        for s in &self.streams {
+        for s in self.live() {
             s.set_tap(tap.clone());
         }
         self.tap = tap;
@@ -124,7 +183,7 @@ impl Session {
     /// Plays packets to the caller on the first stream; resolves when done
     /// (at once when there is no stream).
     pub fn play_to_caller(&self, packets: Vec<bytes::Bytes>) -> tokio::sync::oneshot::Receiver<()> {
-        match self.streams.first() {
+        match self.streams.first().and_then(Option::as_ref) {
             Some(s) => s.play(packets),
             None => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -151,24 +210,23 @@ impl Session {
 
     /// RTP packets relayed that `side` sent.
     pub fn rtp_packets(&self, side: Side) -> u64 {
-        self.streams
-            .iter()
+        self.live()
             .map(|s| s.stats.rtp_packets[side.index()].load(Ordering::Relaxed))
-            .sum()
+            .sum::<u64>()
+            + self.retired.rtp[side.index()]
     }
 
     /// RTCP packets relayed that `side` sent.
     pub fn rtcp_packets(&self, side: Side) -> u64 {
-        self.streams
-            .iter()
+        self.live()
             .map(|s| s.stats.rtcp_packets[side.index()].load(Ordering::Relaxed))
-            .sum()
+            .sum::<u64>()
+            + self.retired.rtcp[side.index()]
     }
 
     /// Milliseconds (relay::now_ms clock) of the newest packet on any stream.
     pub fn last_rx_ms(&self) -> u64 {
-        self.streams
-            .iter()
+        self.live()
             .map(|s| s.stats.last_rx_ms.load(Ordering::Relaxed))
             .max()
             .unwrap_or_else(relay::now_ms)
@@ -176,19 +234,97 @@ impl Session {
 
     /// Local port facing the caller of stream `i`.
     pub fn caller_port(&self, i: usize) -> Option<u16> {
-        self.streams.get(i).map(|s| s.port_facing(Side::Caller))
+        self.streams
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|s| s.port_facing(Side::Caller))
     }
 
     /// Packets from sources other than the latched peers, dropped.
     pub fn foreign_dropped(&self) -> u64 {
-        self.streams
-            .iter()
+        self.live()
             .map(|s| s.stats.foreign_dropped.load(Ordering::Relaxed))
-            .sum()
+            .sum::<u64>()
+            + self.retired.foreign
     }
 
-    /// Number of anchored streams.
+    /// Number of streams set up now.
     pub fn stream_count(&self) -> usize {
-        self.streams.len()
+        self.live().count()
+    }
+
+    /// Whether any stream was set up during the call.
+    pub fn anchored(&self) -> bool {
+        self.anchored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sdp(ports: &[u16]) -> Vec<u8> {
+        let mut b = String::from(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.9\r\ns=-\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\n",
+        );
+        for p in ports {
+            b.push_str(&format!("m=audio {p} RTP/AVP 0\r\n"));
+        }
+        b.into_bytes()
+    }
+
+    /// A dropped stream's task frees its ports on its media thread, a moment later.
+    async fn in_use(pool: &PortPool, want: usize) -> usize {
+        for _ in 0..100 {
+            if pool.in_use() == want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        pool.in_use()
+    }
+
+    fn ports_of(body: &[u8]) -> Vec<u16> {
+        Sdp::parse(body)
+            .unwrap()
+            .media
+            .iter()
+            .map(|m| m.port)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn only_streams_with_a_port_hold_ports() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32400, 32439);
+        let mut s = Session::new(pool.clone(), "127.0.0.1".parse().unwrap(), None);
+        let out = s.on_sdp(Side::Caller, &sdp(&[4000, 0, 4002])).unwrap();
+        assert_eq!(in_use(&pool, 4).await, 4, "two streams, two pairs each");
+        let p = ports_of(&out);
+        assert!(p[0] != 0 && p[1] == 0 && p[2] != 0, "{p:?}");
+        // The callee rejects the third stream: its ports are freed at once.
+        let out = s.on_sdp(Side::Callee, &sdp(&[5000, 0, 0])).unwrap();
+        assert_eq!(in_use(&pool, 2).await, 2);
+        assert_eq!(ports_of(&out)[1..], [0, 0]);
+        // A re-offer enables the second, then one drops every line but the first.
+        s.on_sdp(Side::Caller, &sdp(&[4000, 4004, 0])).unwrap();
+        assert_eq!(in_use(&pool, 4).await, 4);
+        s.on_sdp(Side::Caller, &sdp(&[4000])).unwrap();
+        assert_eq!(in_use(&pool, 2).await, 2);
+        assert_eq!(s.stream_count(), 1);
+        assert!(s.anchored());
+        drop(s);
+        assert_eq!(in_use(&pool, 0).await, 0);
+    }
+
+    #[tokio::test]
+    async fn running_out_of_ports_changes_nothing() {
+        // Three pairs: one stream fits, a second does not.
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32450, 32455);
+        let mut s = Session::new(pool.clone(), "127.0.0.1".parse().unwrap(), None);
+        s.on_sdp(Side::Caller, &sdp(&[4000])).unwrap();
+        assert_eq!(in_use(&pool, 2).await, 2);
+        assert!(s.on_sdp(Side::Caller, &sdp(&[4000, 4002, 4004])).is_err());
+        assert_eq!(in_use(&pool, 2).await, 2, "the failed offer kept nothing");
+        assert_eq!(s.stream_count(), 1);
     }
 }

@@ -109,6 +109,8 @@ impl Stream {
         };
         let stats = Arc::new(StreamStats::default());
         stats.last_rx_ms.store(now_ms(), Ordering::Relaxed);
+        // Unbounded but small: the call sends one message per SDP it accepts
+        // (itself bounded by its SIP queue), and this task handles each at once.
         let (tx, rx) = mpsc::unbounded_channel();
         let caller_port = caller.port;
         let callee_port = callee.port;

@@ -25,6 +25,22 @@ pub enum SdpError {
     /// A stream with a port but no connection address.
     #[error("SDP stream {0} has no connection address")]
     NoConnection(usize),
+    /// More `m=` lines than the proxy accepts (each may cost two port pairs).
+    #[error("SDP has {0} media streams; at most {1} are accepted")]
+    TooManyStreams(usize, usize),
+}
+
+/// Refuses a body with more than `max` `m=` lines before anything is parsed
+/// or allocated for it.
+pub fn check_stream_count(body: &[u8], max: usize) -> Result<(), SdpError> {
+    let n = body
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"m="))
+        .count();
+    if n > max {
+        return Err(SdpError::TooManyStreams(n, max));
+    }
+    Ok(())
 }
 
 /// Media direction attribute.
@@ -402,6 +418,26 @@ a=sendonly\r\na=candidate:1 1 UDP 1 10.0.0.5 4000 typ host\r\n";
         let only_pcmu = restrict_audio_formats(OFFER.as_bytes(), &[0]);
         assert!(!String::from_utf8_lossy(&only_pcmu).contains("rtpmap:8"));
         assert_eq!(Sdp::parse(&only_pcmu).unwrap().media[0].formats, vec!["0"]);
+    }
+
+    #[test]
+    fn stream_count_is_bounded() {
+        let body = |n: usize| {
+            let mut b = String::from("v=0\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n");
+            for i in 0..n {
+                b.push_str(&format!(
+                    "m=audio {} RTP/AVP 0\r\na=sendrecv\r\n",
+                    4000 + 2 * i
+                ));
+            }
+            b
+        };
+        assert_eq!(check_stream_count(body(8).as_bytes(), 8), Ok(()));
+        assert_eq!(
+            check_stream_count(body(9).as_bytes(), 8),
+            Err(SdpError::TooManyStreams(9, 8))
+        );
+        assert_eq!(check_stream_count(OFFER.as_bytes(), 1), Ok(()));
     }
 
     #[test]

@@ -65,6 +65,8 @@ impl Pool {
             .clamp(1, MAX_LANES);
         let mut lanes = Vec::with_capacity(n);
         for i in 0..n {
+            // Unbounded: start, finish and one codec table per SDP of each
+            // recording; packets travel in each recording's bounded queue.
             let (tx, rx) = mpsc::channel();
             std::thread::Builder::new()
                 .name(format!("recorder-{i}"))

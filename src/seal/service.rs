@@ -60,6 +60,8 @@ pub struct SealService {
 impl SealService {
     /// Starts the sealing thread; `sink` receives every sealed set.
     pub fn start(mut sealer: Sealer, mut sink: SealedSink) -> SealService {
+        // Unbounded: one job per finished recording, bounded by the calls
+        // admitted; a recording must never be dropped for want of room.
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread = std::thread::Builder::new()
             .name("callrec-seal".into())

@@ -37,4 +37,6 @@ pub struct RunConfig {
     pub notify_email: Vec<String>,
     /// Where the keystore password comes from.
     pub keystore_password: crate::seal::PasswordSource,
+    /// Limits on SIP TCP connections.
+    pub tcp: crate::sip::transport::TcpLimits,
 }

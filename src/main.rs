@@ -440,6 +440,18 @@ struct RunArgs {
     /// File holding the bearer token for the admin API's /api/ paths (or the value in env CALLREC_ADMIN_TOKEN); default: generated into <data-dir>/admin.token.
     #[arg(long, env = "CALLREC_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Most SIP TCP connections open at once; strangers get 7/8 of them, the rest is kept for the trunk, the PBX and trusted sources.
+    #[arg(long, env = "CALLREC_TCP_MAX_CONNECTIONS", default_value_t = 1024)]
+    tcp_max_connections: usize,
+    /// Most SIP TCP connections accepted from one source address.
+    #[arg(long, env = "CALLREC_TCP_MAX_PER_SOURCE", default_value_t = 32)]
+    tcp_max_per_source: usize,
+    /// Seconds a TCP peer has to complete a message it has begun (and to send its first one after connecting).
+    #[arg(long, env = "CALLREC_TCP_HEADER_TIMEOUT", default_value_t = 10)]
+    tcp_header_timeout: u64,
+    /// Seconds without a complete message after which a TCP connection is closed (not for the trunk, the PBX and trusted sources).
+    #[arg(long, env = "CALLREC_TCP_IDLE_TIMEOUT", default_value_t = 120)]
+    tcp_idle_timeout: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -556,6 +568,13 @@ impl RunArgs {
             keystore_password: self.keystore.source(),
             channels: self.channels,
             policy,
+            tcp: callrec::sip::transport::TcpLimits {
+                max_connections: self.tcp_max_connections.max(1),
+                max_per_source: self.tcp_max_per_source.max(1),
+                header_timeout: Duration::from_secs(self.tcp_header_timeout.max(1)),
+                idle_timeout: Duration::from_secs(self.tcp_idle_timeout.max(1)),
+                ..Default::default()
+            },
         })
     }
 }

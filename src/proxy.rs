@@ -118,7 +118,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         instance_id,
         seal: seal.sender(),
     };
-    let (transport, inbound) = Transport::bind(cfg.listen).await?;
+    // The trunk and the PBX are trusted peers: their TCP connections may stay idle.
+    let trusted = crate::sip::transport::trust_addresses(vec![cfg.trunk.ip(), cfg.pbx.ip()]);
+    let (transport, inbound) =
+        Transport::bind(cfg.listen, cfg.tcp.clone(), trusted, Default::default()).await?;
     let local = transport.local_addr();
     let advertised = if local.ip().is_unspecified() {
         SocketAddr::new(cfg.media_ip, local.port())
@@ -145,12 +148,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         membership,
         Some(db.clone()),
     )?;
+    let transport_stats = transport.stats();
     let core = Arc::new(Core {
         cfg: cfg.clone(),
         transport,
         ports,
         stats: Stats {
             sealed,
+            transport: transport_stats,
             ..Stats::default()
         },
         recent: Mutex::new(Default::default()),

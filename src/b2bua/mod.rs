@@ -68,6 +68,8 @@ pub struct Stats {
     pub recorder_queue_dropped: AtomicU64,
     /// Sets sealed (shared with the sealing thread).
     pub sealed: Arc<AtomicU64>,
+    /// The SIP transport's counters (TCP limits, dropped sends).
+    pub transport: Arc<crate::sip::transport::TransportStats>,
 }
 
 /// What the admin API shows about a finished call.

@@ -2,6 +2,8 @@
 //! and RFC 3261 transaction state machines.
 
 pub mod message;
+mod tcp;
+mod tcp_framer;
 pub mod transaction;
 pub mod transport;
 

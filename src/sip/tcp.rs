@@ -444,3 +444,77 @@ async fn read_loop(
     }
     slot.close();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::transport::{trust_addresses, Transport};
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: 0\r\n\r\n";
+
+    async fn transport(limits: TcpLimits) -> (Arc<Transport>, mpsc::Receiver<Inbound>) {
+        let stats = Arc::new(TransportStats::default());
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Transport::bind(any, limits, trust_addresses(vec![]), stats)
+            .await
+            .expect("bind")
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_loses_its_connection_after_the_write_timeout() {
+        let limits = TcpLimits {
+            write_timeout: Duration::from_millis(500),
+            send_queue: 100_000,
+            ..Default::default()
+        };
+        let (t, mut rx) = transport(limits).await;
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut client = sock.connect(t.local_addr()).await.unwrap();
+        client.write_all(OPTIONS).await.unwrap();
+        let flow = rx.recv().await.expect("framed").flow;
+        // Far more than the socket buffers hold; the client never reads.
+        let big = vec![b'x'; 60_000];
+        for _ in 0..300 {
+            t.send(flow, big.clone())
+                .await
+                .expect("queued without waiting");
+        }
+        let slow = || t.stats().tcp_closed_slow.load(Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_secs(10);
+        while slow() == 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(slow(), 1, "the stalled write did not close the connection");
+        let until = Instant::now() + Duration::from_secs(5);
+        while t.stats().tcp_open.load(Ordering::Relaxed) != 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(t.stats().tcp_open.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_double_crlf_ping_gets_one_crlf_pong() {
+        let (t, _rx) = transport(TcpLimits::default()).await;
+        let mut client = TcpStream::connect(t.local_addr()).await.unwrap();
+        client.write_all(b"\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut buf))
+            .await
+            .expect("pong in time")
+            .unwrap();
+        assert_eq!(&buf[..n], b"\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_response_never_opens_a_connection() {
+        let (t, _rx) = transport(TcpLimits::default()).await;
+        let nowhere = Flow {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            proto: Proto::Tcp,
+        };
+        let r = t.send(nowhere, b"SIP/2.0 200 OK\r\n\r\n".to_vec()).await;
+        assert!(r.is_err());
+        assert_eq!(t.stats().tcp_open.load(Ordering::Relaxed), 0);
+    }
+}

@@ -172,6 +172,7 @@ impl Transport {
         // Shared by the UDP reader and every TCP reader; the router empties it
         // without waiting on any peer, so its bound only paces the readers.
         let (tx, rx) = mpsc::channel(4096);
+        fd_headroom(limits.max_connections);
         let tcp = Table::new(limits, trusted, stats.clone(), tx.clone());
         let t = Arc::new(Transport {
             udp: udp.clone(),
@@ -231,5 +232,44 @@ impl Transport {
             },
             Proto::Tcp => self.tcp.send(flow.addr, bytes),
         }
+    }
+}
+
+/// Descriptors kept beyond the TCP limit for RTP sockets, recordings and the rest.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft descriptor limit to the hard one when the TCP connection
+/// limit would not fit under it (many systems start services at 1024), and
+/// warns when even the hard limit is too low: accept() would then fail before
+/// the connection limit is reached.
+fn fd_headroom(max_connections: usize) {
+    let want = max_connections as u64 + FD_RESERVE;
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 || r.rlim_cur >= want {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: r.rlim_max.min(1 << 20),
+        rlim_max: r.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct we own.
+    if raised.rlim_cur > r.rlim_cur && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0
+    {
+        tracing::info!(
+            "raised the open-file limit from {} to {}",
+            r.rlim_cur,
+            raised.rlim_cur
+        );
+        r.rlim_cur = raised.rlim_cur;
+    }
+    if r.rlim_cur < want {
+        tracing::warn!(
+            "open-file limit {} is below --tcp-max-connections {max_connections} plus {FD_RESERVE}; raise it (e.g. LimitNOFILE) or lower the flag",
+            r.rlim_cur
+        );
     }
 }

@@ -446,7 +446,7 @@ struct RunArgs {
     /// Most SIP TCP connections accepted from one source address.
     #[arg(long, env = "CALLREC_TCP_MAX_PER_SOURCE", default_value_t = 32)]
     tcp_max_per_source: usize,
-    /// Seconds a TCP peer has to complete a message it has begun (and to send its first one after connecting).
+    /// Seconds a TCP peer has to complete a message it has begun (an untrusted one also to send its first message after connecting).
     #[arg(long, env = "CALLREC_TCP_HEADER_TIMEOUT", default_value_t = 10)]
     tcp_header_timeout: u64,
     /// Seconds without a complete message after which a TCP connection is closed (not for the trunk, the PBX and trusted sources).

@@ -140,7 +140,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// CPU share of one core the process used over `span`.
 fn cpu_share(pid: u32, span: Duration) -> f64 {
-    // SAFETY-free: sysconf is a plain query.
+    // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let t0 = cpu_ticks(pid);
     thread::sleep(span);
@@ -274,9 +274,9 @@ fn two_thousand_idle_connections_are_bounded() {
 }
 
 /// Slowloris: a message whose header trickles in a byte at a time, and a
-/// connection that never sends anything, are closed after the header
-/// timeout; a connection idle after a complete message is closed after the
-/// idle timeout, but one from the trunk's address is kept.
+/// stranger's connection that never sends anything, are closed after the
+/// header timeout; a connection idle after a complete message is closed
+/// after the idle timeout. Connections from the trunk's address are kept.
 #[test]
 fn slow_and_idle_connections_are_closed_but_not_the_trunks() {
     let proxy = Proxy::builder()
@@ -315,6 +315,8 @@ fn slow_and_idle_connections_are_closed_but_not_the_trunks() {
     trunk.write_all(&options(trunk_from, sip, 2, 0)).unwrap();
     assert!(read_response(&mut trunk, Duration::from_secs(5)).is_some());
     let trunk_last = Instant::now();
+    // The trunk may open a connection ahead of need and send nothing yet.
+    let mut trunk_early = dialer.connect(TRUNK_IP, sip, None).unwrap();
 
     assert!(
         wait_closed(&mut slow, Duration::from_secs(10)),
@@ -328,6 +330,15 @@ fn slow_and_idle_connections_are_closed_but_not_the_trunks() {
     assert!(
         wait_closed(&mut idle, Duration::from_secs(12)),
         "an idle connection from a stranger was kept past the idle timeout"
+    );
+    let early_from = trunk_early.local_addr().unwrap();
+    trunk_early
+        .write_all(&options(early_from, sip, 4, 0))
+        .unwrap();
+    let r = read_response(&mut trunk_early, Duration::from_secs(5));
+    assert!(
+        r.as_deref().is_some_and(|r| r.starts_with("SIP/2.0 200")),
+        "the trunk's silent connection was closed by the header timeout: {r:?}"
     );
     // Well past the idle timeout since the trunk's last message: still open.
     let quiet = Duration::from_secs(9);

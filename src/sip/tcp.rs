@@ -366,8 +366,9 @@ async fn read_loop(
     let mut framer = Framer::default();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut last_message = Instant::now();
-    // An accepted connection owes us its first message at once.
-    let mut message_since = accepted.then(Instant::now);
+    // A stranger's connection owes us its first message at once; trusted
+    // peers may open theirs ahead of need and keep it alive with pings.
+    let mut message_since = (accepted && idle_applies).then(Instant::now);
     let end = 'conn: loop {
         let deadline = match message_since {
             Some(t) => Some((t + limits.header_timeout, End::HeaderTimeout)),

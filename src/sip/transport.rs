@@ -76,8 +76,8 @@ pub struct TcpLimits {
     /// Accepted connections per source address.
     pub max_per_source: usize,
     /// A message (headers and body) must be complete this long after its
-    /// first byte; an accepted connection must deliver its first message
-    /// within this long.
+    /// first byte; an untrusted peer's connection must deliver its first
+    /// message within this long after it was accepted.
     pub header_timeout: Duration,
     /// No complete message for this long closes an untrusted connection.
     pub idle_timeout: Duration,

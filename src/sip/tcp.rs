@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,8 +27,44 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: Queue,
     close: Arc<watch::Sender<bool>>,
+}
+
+/// The sending end of a connection's queue, bounded in messages and in
+/// bytes (large answers to a peer that never reads must not pile up).
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// What became of bytes offered to a queue.
+enum Push {
+    Queued,
+    Full,
+    Closed(Vec<u8>),
+}
+
+impl Queue {
+    fn push(&self, bytes: Vec<u8>) -> Push {
+        let n = bytes.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > self.max_bytes {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return Push::Full;
+        }
+        match self.tx.try_send(bytes) {
+            Ok(()) => Push::Queued,
+            Err(e) => {
+                self.queued.fetch_sub(n, Ordering::Relaxed);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => Push::Full,
+                    mpsc::error::TrySendError::Closed(b) => Push::Closed(b),
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -56,6 +92,8 @@ struct Slot {
     id: u64,
     per_source: bool,
     close: Arc<watch::Sender<bool>>,
+    /// Bytes in the send queue, shared with the connection's `Queue`.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Slot {
@@ -89,7 +127,7 @@ impl Drop for Slot {
 }
 
 /// A new connection's slot and the two ends of its send queue.
-type Registered = (Arc<Slot>, mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>);
+type Registered = (Arc<Slot>, Queue, mpsc::Receiver<Vec<u8>>);
 
 /// Why a connection ended, for the counters and the log.
 enum End {
@@ -145,6 +183,11 @@ impl Table {
         g.next_id += 1;
         let id = g.next_id;
         let (tx, rx) = mpsc::channel(self.limits.send_queue.max(1));
+        let tx = Queue {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_bytes: self.limits.send_queue_bytes,
+        };
         let close = Arc::new(watch::channel(false).0);
         let conn = Conn {
             id,
@@ -163,6 +206,7 @@ impl Table {
             id,
             per_source: accepted,
             close,
+            queued: tx.queued.clone(),
         });
         Some((slot, tx, rx))
     }
@@ -228,7 +272,7 @@ impl Table {
         stream: TcpStream,
         peer: SocketAddr,
         slot: Arc<Slot>,
-        tx: mpsc::Sender<Vec<u8>>,
+        tx: Queue,
         rx: mpsc::Receiver<Vec<u8>>,
         accepted: bool,
     ) {
@@ -242,11 +286,11 @@ impl Table {
     pub(super) fn send(self: &Arc<Self>, peer: SocketAddr, bytes: Vec<u8>) -> io::Result<()> {
         let conn = self.lock().conns.get(&peer).cloned();
         if let Some(c) = conn {
-            match c.tx.try_send(bytes) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            match c.tx.push(bytes) {
+                Push::Queued => return Ok(()),
+                Push::Full => {
                     self.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, "closing SIP TCP connection: the peer does not read (send queue of {} messages full)", self.limits.send_queue);
+                    tracing::warn!(%peer, "closing SIP TCP connection: the peer does not read (send queue full)");
                     c.close.send_replace(true);
                     let mut g = self.lock();
                     if g.conns.get(&peer).is_some_and(|x| x.id == c.id) {
@@ -257,7 +301,7 @@ impl Table {
                         "peer does not read; TCP connection closed",
                     ));
                 }
-                Err(mpsc::error::TrySendError::Closed(b)) => {
+                Push::Closed(b) => {
                     let mut g = self.lock();
                     if g.conns.get(&peer).is_some_and(|x| x.id == c.id) {
                         g.conns.remove(&peer);
@@ -284,7 +328,7 @@ impl Table {
             return Err(io::Error::other("SIP TCP connection limit reached"));
         };
         // The queue is new and empty: this cannot fail.
-        let _ = tx.try_send(bytes);
+        let _ = tx.push(bytes);
         let table = self.clone();
         let timeout = self.limits.connect_timeout;
         tokio::spawn(async move {
@@ -325,6 +369,7 @@ async fn write_loop(
                 None => break,
             },
         };
+        slot.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
         let mut at = 0;
         while at < bytes.len() {
             let step = tokio::select! {
@@ -353,7 +398,7 @@ async fn read_loop(
     mut rd: OwnedReadHalf,
     peer: SocketAddr,
     slot: Arc<Slot>,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: Queue,
     accepted: bool,
 ) {
     let mut closed = slot.close.subscribe();
@@ -420,7 +465,7 @@ async fn read_loop(
         }
         // RFC 5626 §4.4.1: each double-CRLF ping is answered with one CRLF,
         // on this connection only.
-        if pongs > 0 && tx.try_send(b"\r\n".repeat(pongs)).is_err() {
+        if pongs > 0 && !matches!(tx.push(b"\r\n".repeat(pongs)), Push::Queued) {
             table.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "closing SIP TCP connection: the peer does not read");
             break End::Closed;
@@ -466,6 +511,7 @@ mod tests {
         let limits = TcpLimits {
             write_timeout: Duration::from_millis(500),
             send_queue: 100_000,
+            send_queue_bytes: usize::MAX,
             ..Default::default()
         };
         let (t, mut rx) = transport(limits).await;
@@ -492,6 +538,38 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(t.stats().tcp_open.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_bounded_for_a_peer_that_never_reads() {
+        let limits = TcpLimits {
+            write_timeout: Duration::from_secs(3600),
+            send_queue: 100_000,
+            send_queue_bytes: 200_000,
+            ..Default::default()
+        };
+        let (t, mut rx) = transport(limits).await;
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut client = sock.connect(t.local_addr()).await.unwrap();
+        client.write_all(OPTIONS).await.unwrap();
+        let flow = rx.recv().await.expect("framed").flow;
+        let big = vec![b'x'; 60_000];
+        let mut refused = None;
+        // The socket buffers take a few MB first; then the queue fills.
+        for n in 0..1000 {
+            if t.send(flow, big.clone()).await.is_err() {
+                refused = Some(n);
+                break;
+            }
+            // Let the writer move what the kernel takes.
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            refused.is_some(),
+            "60 MB queued for a peer that never reads"
+        );
+        assert_eq!(t.stats().tcp_closed_slow.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

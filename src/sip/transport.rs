@@ -86,6 +86,8 @@ pub struct TcpLimits {
     /// Messages queued per connection; a full queue means the peer does not
     /// read and the connection is closed.
     pub send_queue: usize,
+    /// Bytes queued per connection, likewise.
+    pub send_queue_bytes: usize,
     /// How long opening a connection may take.
     pub connect_timeout: Duration,
 }
@@ -99,6 +101,7 @@ impl Default for TcpLimits {
             idle_timeout: Duration::from_secs(120),
             write_timeout: Duration::from_secs(10),
             send_queue: 256,
+            send_queue_bytes: 256 * 1024,
             connect_timeout: Duration::from_secs(5),
         }
     }

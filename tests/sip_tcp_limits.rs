@@ -453,3 +453,42 @@ fn accept_failure_backs_off_and_recovers() {
         "{m:#?}"
     );
 }
+
+/// A Content-Length near the top of the integer range (the sum with the
+/// header length overflows) is a framing error: each such connection is
+/// closed, the proxy does not spin, and a call still goes through.
+#[test]
+fn overflowing_content_length_is_closed_without_spinning() {
+    let proxy = Proxy::start();
+    let pid = proxy.pid();
+    let sip = proxy.sip_addr();
+    let dialer = Dialer::new();
+    let mut conns = Vec::new();
+    for i in 0..4 {
+        let mut s = dialer
+            .connect(Ipv4Addr::new(127, 0, 0, 50 + i), sip, None)
+            .unwrap();
+        s.write_all(b"OPTIONS sip:a@b SIP/2.0\r\nl: 18446744073709551564\r\n\r\n")
+            .unwrap();
+        conns.push(s);
+    }
+    thread::sleep(Duration::from_secs(1));
+    let share = cpu_share(pid, Duration::from_secs(3));
+    assert!(
+        share < 0.15,
+        "the proxy spins on an overflowing Content-Length: {:.0} % of a core",
+        share * 100.0
+    );
+    for s in &mut conns {
+        assert!(
+            wait_closed(s, Duration::from_secs(5)),
+            "a connection with an unframeable Content-Length stayed open\n{}",
+            proxy.log_tail(30)
+        );
+    }
+    proxy
+        .call(pair("basic"))
+        .timeout(Duration::from_secs(25))
+        .run()
+        .assert_success();
+}

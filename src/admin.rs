@@ -397,6 +397,7 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    st.transport.write_prometheus(&mut out);
     if let Some(planner) = &core.planner {
         // Decisions use the last good snapshot however old it is: these show when
         // the PBX has not answered for a while and group changes are not seen.

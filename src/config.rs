@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub keystore_password: crate::seal::PasswordSource,
     /// Bounds on what peers can make the proxy hold (calls, streams, time).
     pub limits: Limits,
+    /// Limits on SIP TCP connections.
+    pub tcp: crate::sip::transport::TcpLimits,
 }
 
 /// Resource limits: what one peer, or all of them together, may make the

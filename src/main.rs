@@ -457,6 +457,18 @@ struct RunArgs {
     /// Seconds after its INVITE at which a call is hung up on both legs, held or not (at most a year).
     #[arg(long, env = "CALLREC_MAX_CALL_DURATION", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     max_call_duration: u64,
+    /// Most SIP TCP connections open at once; strangers get 7/8 of them, the rest is kept for the trunk, the PBX and trusted sources.
+    #[arg(long, env = "CALLREC_TCP_MAX_CONNECTIONS", default_value_t = 1024)]
+    tcp_max_connections: usize,
+    /// Most SIP TCP connections accepted from one source address.
+    #[arg(long, env = "CALLREC_TCP_MAX_PER_SOURCE", default_value_t = 32)]
+    tcp_max_per_source: usize,
+    /// Seconds a TCP peer has to complete a message it has begun (an untrusted one also to send its first message after connecting).
+    #[arg(long, env = "CALLREC_TCP_HEADER_TIMEOUT", default_value_t = 10)]
+    tcp_header_timeout: u64,
+    /// Seconds without a complete message after which a TCP connection is closed (not for the trunk, the PBX and trusted sources).
+    #[arg(long, env = "CALLREC_TCP_IDLE_TIMEOUT", default_value_t = 120)]
+    tcp_idle_timeout: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -574,6 +586,13 @@ impl RunArgs {
                 invite_rate_per_source: self.invite_rate_per_source,
                 rate_limit_exempt_trusted: self.rate_limit_exempt_trusted,
                 max_call_duration: Duration::from_secs(self.max_call_duration),
+            },
+            tcp: callrec::sip::transport::TcpLimits {
+                max_connections: self.tcp_max_connections.max(1),
+                max_per_source: self.tcp_max_per_source.max(1),
+                header_timeout: Duration::from_secs(self.tcp_header_timeout.max(1)),
+                idle_timeout: Duration::from_secs(self.tcp_idle_timeout.max(1)),
+                ..Default::default()
             },
         })
     }

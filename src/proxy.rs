@@ -118,7 +118,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         instance_id,
         seal: seal.sender(),
     };
-    let (transport, inbound) = Transport::bind(cfg.listen).await?;
+    // Trusted peers' TCP connections may stay idle (a trunk keeps one open for days).
+    let (transport, inbound) = Transport::bind(
+        cfg.listen,
+        cfg.tcp.clone(),
+        cfg.trust.clone(),
+        Default::default(),
+    )
+    .await?;
     let local = transport.local_addr();
     let advertised = if local.ip().is_unspecified() {
         SocketAddr::new(cfg.media_ip, local.port())
@@ -145,12 +152,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         membership,
         Some(db.clone()),
     )?;
+    let transport_stats = transport.stats();
     let core = Arc::new(Core {
         cfg: cfg.clone(),
         transport,
         ports,
         stats: Stats {
             sealed,
+            transport: transport_stats,
             ..Stats::default()
         },
         recent: Mutex::new(Default::default()),

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::config::{Limits, RunConfig};
+use crate::config::Limits;
 
 /// Source addresses whose buckets are remembered; beyond this, buckets that
 /// have refilled are forgotten, and if none has, new sources are refused.
@@ -55,11 +55,6 @@ struct Bucket {
 pub struct Admission {
     limits: Limits,
     buckets: HashMap<IpAddr, Bucket>,
-}
-
-/// Whether `ip` is one of the peers the site relies on: the trunk or the PBX.
-pub fn trusted_peer(cfg: &RunConfig, ip: IpAddr) -> bool {
-    ip == cfg.trunk.ip() || ip == cfg.pbx.ip()
 }
 
 impl Admission {
@@ -119,7 +114,7 @@ impl Admission {
 /// Checks a new INVITE against the limits and counts a refusal.
 pub fn admit(core: &super::Core, admission: &mut Admission, src: IpAddr) -> Result<(), Refusal> {
     let active = core.stats.calls_active.load(Ordering::Relaxed) as usize;
-    let trusted = trusted_peer(&core.cfg, src);
+    let trusted = core.cfg.trust.is_trusted(src);
     let r = admission.check(src, trusted, active, Instant::now());
     match r {
         Err(Refusal::TooManyCalls) => &core.stats.calls_over_limit,

@@ -81,6 +81,8 @@ pub struct Stats {
     pub sip_dropped_call_busy: AtomicU64,
     /// Sets sealed (shared with the sealing thread).
     pub sealed: Arc<AtomicU64>,
+    /// The SIP transport's counters (TCP limits, dropped sends).
+    pub transport: Arc<crate::sip::transport::TransportStats>,
 }
 
 /// What the admin API shows about a finished call.

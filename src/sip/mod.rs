@@ -2,6 +2,8 @@
 //! RFC 3261 transaction state machines and the set of trusted peers.
 
 pub mod message;
+mod tcp;
+mod tcp_framer;
 pub mod transaction;
 pub mod transport;
 pub mod trust;

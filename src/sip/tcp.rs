@@ -1,0 +1,599 @@
+//! SIP over TCP: the table of open connections with its limits, the accept
+//! loop, and per connection a reader (incremental framing, keep-alive pongs,
+//! header and idle timeouts) and a writer (bounded queue, write timeout).
+//! Nothing here lets one peer hold up another: a connection that cannot keep
+//! up, stalls or idles is closed, and the table never grows past its limits.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::tcp_framer::{Frame, Framer};
+use super::transport::{Flow, Inbound, Proto, TcpLimits, TransportStats, TrustedPeers};
+
+/// How often a repeated warning (refusals, accept errors) is logged at most.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// One live connection as senders see it.
+#[derive(Clone)]
+struct Conn {
+    id: u64,
+    tx: Queue,
+    close: Arc<watch::Sender<bool>>,
+}
+
+/// The sending end of a connection's queue, bounded in messages and in
+/// bytes (large answers to a peer that never reads must not pile up).
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// What became of bytes offered to a queue.
+enum Push {
+    Queued,
+    Full,
+    Closed(Vec<u8>),
+}
+
+impl Queue {
+    fn push(&self, bytes: Vec<u8>) -> Push {
+        let n = bytes.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > self.max_bytes {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return Push::Full;
+        }
+        match self.tx.try_send(bytes) {
+            Ok(()) => Push::Queued,
+            Err(e) => {
+                self.queued.fetch_sub(n, Ordering::Relaxed);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => Push::Full,
+                    mpsc::error::TrySendError::Closed(b) => Push::Closed(b),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<SocketAddr, Conn>,
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+    next_id: u64,
+    last_refusal_warning: Option<Instant>,
+}
+
+/// All TCP connections and their limits.
+pub(super) struct Table {
+    inner: Mutex<Inner>,
+    limits: TcpLimits,
+    trusted: TrustedPeers,
+    stats: Arc<TransportStats>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+/// A connection's place in the table; freed when its last task ends.
+struct Slot {
+    table: Arc<Table>,
+    peer: SocketAddr,
+    id: u64,
+    per_source: bool,
+    close: Arc<watch::Sender<bool>>,
+    /// Bytes in the send queue, shared with the connection's `Queue`.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    /// Tells both tasks of the connection to stop.
+    fn close(&self) {
+        self.close.send_replace(true);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.table.lock();
+        g.total -= 1;
+        if self.per_source {
+            let ip = self.peer.ip().to_canonical();
+            if let Some(n) = g.per_source.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    g.per_source.remove(&ip);
+                }
+            }
+        }
+        if g.conns.get(&self.peer).is_some_and(|c| c.id == self.id) {
+            g.conns.remove(&self.peer);
+        }
+        self.table
+            .stats
+            .tcp_open
+            .store(g.total as u64, Ordering::Relaxed);
+    }
+}
+
+/// A new connection's slot and the two ends of its send queue.
+type Registered = (Arc<Slot>, Queue, mpsc::Receiver<Vec<u8>>);
+
+/// Why a connection ended, for the counters and the log.
+enum End {
+    Closed,
+    HeaderTimeout,
+    IdleTimeout,
+}
+
+impl Table {
+    pub(super) fn new(
+        limits: TcpLimits,
+        trusted: TrustedPeers,
+        stats: Arc<TransportStats>,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Arc<Table> {
+        Arc::new(Table {
+            inner: Mutex::new(Inner::default()),
+            limits,
+            trusted,
+            stats,
+            inbound,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("tcp table poisoned")
+    }
+
+    /// Takes a place in the table for a connection with `peer`, or None when
+    /// a limit is reached. Accepted connections count per source; ours do not.
+    fn register(self: &Arc<Self>, peer: SocketAddr, accepted: bool) -> Option<Registered> {
+        let max = self.limits.max_connections;
+        let trusted = self.trusted.is_trusted(peer.ip());
+        // Strangers never get the last eighth, so a flood of them cannot lock
+        // the trunk and the PBX out.
+        let cap = if trusted || !accepted {
+            max
+        } else {
+            max - max / 8
+        };
+        let ip = peer.ip().to_canonical();
+        let mut g = self.lock();
+        if g.total >= cap
+            || (accepted
+                && g.per_source.get(&ip).copied().unwrap_or(0) >= self.limits.max_per_source)
+        {
+            return None;
+        }
+        g.total += 1;
+        if accepted {
+            *g.per_source.entry(ip).or_default() += 1;
+        }
+        g.next_id += 1;
+        let id = g.next_id;
+        let (tx, rx) = mpsc::channel(self.limits.send_queue.max(1));
+        let tx = Queue {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_bytes: self.limits.send_queue_bytes,
+        };
+        let close = Arc::new(watch::channel(false).0);
+        let conn = Conn {
+            id,
+            tx: tx.clone(),
+            close: close.clone(),
+        };
+        if let Some(old) = g.conns.insert(peer, conn) {
+            // A new connection with the same address replaces a dying one.
+            old.close.send_replace(true);
+        }
+        self.stats.tcp_open.store(g.total as u64, Ordering::Relaxed);
+        drop(g);
+        let slot = Arc::new(Slot {
+            table: self.clone(),
+            peer,
+            id,
+            per_source: accepted,
+            close,
+            queued: tx.queued.clone(),
+        });
+        Some((slot, tx, rx))
+    }
+
+    /// Accepts connections until the process ends. accept() failures that
+    /// concern the listener (out of descriptors or memory) back off from
+    /// 100 ms to 1 s: retrying at once would spin a core while nothing frees up.
+    pub(super) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut backoff = Duration::ZERO;
+        let mut last_warning: Option<Instant> = None;
+        let mut unlogged = 0u64;
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    backoff = Duration::ZERO;
+                    self.adopt(stream, peer);
+                }
+                // The failed connection is gone; the listener is fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    self.stats.tcp_accept_errors.fetch_add(1, Ordering::Relaxed);
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+                    unlogged += 1;
+                    if last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                        tracing::warn!(
+                            "SIP TCP accept failed {unlogged} time(s): {e}; retrying in {backoff:?} (raise the descriptor limit or lower --tcp-max-connections)"
+                        );
+                        last_warning = Some(Instant::now());
+                        unlogged = 0;
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    /// Serves an accepted connection, or closes it at once over a limit.
+    fn adopt(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Some((slot, tx, rx)) = self.register(peer, true) else {
+            self.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            let mut g = self.lock();
+            if g.last_refusal_warning
+                .is_none_or(|t| t.elapsed() >= WARN_EVERY)
+            {
+                g.last_refusal_warning = Some(Instant::now());
+                drop(g);
+                tracing::warn!(%peer, "SIP TCP connection refused: limit of {} connections in total or {} per source reached", self.limits.max_connections, self.limits.max_per_source);
+            }
+            return;
+        };
+        self.start(stream, peer, slot, tx, rx, true);
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: Arc<Slot>,
+        tx: Queue,
+        rx: mpsc::Receiver<Vec<u8>>,
+        accepted: bool,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        tokio::spawn(write_loop(self.clone(), wr, rx, slot.clone()));
+        tokio::spawn(read_loop(self.clone(), rd, peer, slot, tx, accepted));
+    }
+
+    /// Queues bytes for `peer` without waiting (see `Transport::send`).
+    pub(super) fn send(self: &Arc<Self>, peer: SocketAddr, bytes: Vec<u8>) -> io::Result<()> {
+        let conn = self.lock().conns.get(&peer).cloned();
+        if let Some(c) = conn {
+            match c.tx.push(bytes) {
+                Push::Queued => return Ok(()),
+                Push::Full => {
+                    self.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, "closing SIP TCP connection: the peer does not read (send queue full)");
+                    c.close.send_replace(true);
+                    let mut g = self.lock();
+                    if g.conns.get(&peer).is_some_and(|x| x.id == c.id) {
+                        g.conns.remove(&peer);
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "peer does not read; TCP connection closed",
+                    ));
+                }
+                Push::Closed(b) => {
+                    let mut g = self.lock();
+                    if g.conns.get(&peer).is_some_and(|x| x.id == c.id) {
+                        g.conns.remove(&peer);
+                    }
+                    drop(g);
+                    return self.open(peer, b);
+                }
+            }
+        }
+        self.open(peer, bytes)
+    }
+
+    /// Opens a connection to `peer` in the background with `bytes` queued.
+    fn open(self: &Arc<Self>, peer: SocketAddr, bytes: Vec<u8>) -> io::Result<()> {
+        // A response belongs on the connection its request came on; calling
+        // back a client's ephemeral port would only produce failed connects.
+        if bytes.starts_with(b"SIP/2.0 ") {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the request's TCP connection is closed",
+            ));
+        }
+        let Some((slot, tx, rx)) = self.register(peer, false) else {
+            return Err(io::Error::other("SIP TCP connection limit reached"));
+        };
+        // The queue is new and empty: this cannot fail.
+        let _ = tx.push(bytes);
+        let table = self.clone();
+        let timeout = self.limits.connect_timeout;
+        tokio::spawn(async move {
+            let mut closed = slot.close.subscribe();
+            let connect = tokio::time::timeout(timeout, TcpStream::connect(peer));
+            let res = tokio::select! {
+                _ = closed.wait_for(|c| *c) => return,
+                r = connect => r,
+            };
+            match res {
+                Ok(Ok(stream)) => table.start(stream, peer, slot, tx, rx, false),
+                Ok(Err(e)) => tracing::warn!(%peer, "cannot open SIP TCP connection: {e}"),
+                Err(_) => {
+                    tracing::warn!(%peer, "cannot open SIP TCP connection: no answer within {timeout:?}")
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Writes queued messages; a write without progress for the write timeout
+/// closes the connection.
+async fn write_loop(
+    table: Arc<Table>,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    slot: Arc<Slot>,
+) {
+    let mut closed = slot.close.subscribe();
+    let limit = table.limits.write_timeout;
+    'conn: loop {
+        let bytes = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => break,
+            m = rx.recv() => match m {
+                Some(b) => b,
+                None => break,
+            },
+        };
+        slot.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+        let mut at = 0;
+        while at < bytes.len() {
+            let step = tokio::select! {
+                biased;
+                _ = closed.wait_for(|c| *c) => break 'conn,
+                r = tokio::time::timeout(limit, wr.write(&bytes[at..])) => r,
+            };
+            match step {
+                Ok(Ok(0)) | Ok(Err(_)) => break 'conn,
+                Ok(Ok(n)) => at += n,
+                Err(_) => {
+                    table.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %slot.peer, "closing SIP TCP connection: the peer has not read for {limit:?}");
+                    break 'conn;
+                }
+            }
+        }
+    }
+    slot.close();
+}
+
+/// Frames messages and hands them to the router; answers keep-alive pings;
+/// enforces the header and idle timeouts.
+async fn read_loop(
+    table: Arc<Table>,
+    mut rd: OwnedReadHalf,
+    peer: SocketAddr,
+    slot: Arc<Slot>,
+    tx: Queue,
+    accepted: bool,
+) {
+    let mut closed = slot.close.subscribe();
+    let flow = Flow {
+        addr: peer,
+        proto: Proto::Tcp,
+    };
+    let limits = &table.limits;
+    let idle_applies = !table.trusted.is_trusted(peer.ip());
+    let mut framer = Framer::default();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut last_message = Instant::now();
+    // A stranger's connection owes us its first message at once; trusted
+    // peers may open theirs ahead of need and keep it alive with pings.
+    let mut message_since = (accepted && idle_applies).then(Instant::now);
+    let end = 'conn: loop {
+        let deadline = match message_since {
+            Some(t) => Some((t + limits.header_timeout, End::HeaderTimeout)),
+            None if idle_applies => Some((last_message + limits.idle_timeout, End::IdleTimeout)),
+            None => None,
+        };
+        let (at, why) =
+            deadline.unwrap_or((Instant::now() + Duration::from_secs(3600), End::Closed));
+        let read = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => break End::Closed,
+            _ = tokio::time::sleep_until(at) => {
+                if matches!(why, End::Closed) { continue } else { break why }
+            }
+            r = rd.read(&mut chunk) => r,
+        };
+        let n = match read {
+            Ok(0) | Err(_) => break End::Closed,
+            Ok(n) => n,
+        };
+        framer.push(&chunk[..n]);
+        let mut pongs = 0usize;
+        loop {
+            match framer.next() {
+                Frame::Ping => pongs += 1,
+                Frame::Message(data) => {
+                    last_message = Instant::now();
+                    message_since = None;
+                    if table.inbound.send(Inbound { data, flow }).await.is_err() {
+                        break 'conn End::Closed;
+                    }
+                }
+                Frame::Partial => {
+                    message_since.get_or_insert_with(Instant::now);
+                    break;
+                }
+                Frame::Between => break,
+                Frame::Error(e, data) => {
+                    // The stream cannot be framed any more: hand what we have
+                    // to the router (it may answer 400) and close.
+                    tracing::warn!(%peer, "closing SIP TCP connection: {e}");
+                    let _ = table.inbound.send(Inbound { data, flow }).await;
+                    // Keep the connection a moment so the router's 400 can
+                    // still go out on it (it answers within microseconds).
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    break 'conn End::Closed;
+                }
+            }
+        }
+        // RFC 5626 §4.4.1: each double-CRLF ping is answered with one CRLF,
+        // on this connection only.
+        if pongs > 0 && !matches!(tx.push(b"\r\n".repeat(pongs)), Push::Queued) {
+            table.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "closing SIP TCP connection: the peer does not read");
+            break End::Closed;
+        }
+    };
+    match end {
+        End::HeaderTimeout => {
+            table
+                .stats
+                .tcp_header_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "closing SIP TCP connection: no complete message within {:?}", limits.header_timeout);
+        }
+        End::IdleTimeout => {
+            table
+                .stats
+                .tcp_idle_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "closing idle SIP TCP connection");
+        }
+        End::Closed => {}
+    }
+    slot.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::transport::{Transport, TrustedPeers};
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: 0\r\n\r\n";
+
+    async fn transport(limits: TcpLimits) -> (Arc<Transport>, mpsc::Receiver<Inbound>) {
+        let stats = Arc::new(TransportStats::default());
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Transport::bind(any, limits, TrustedPeers::default(), stats)
+            .await
+            .expect("bind")
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_loses_its_connection_after_the_write_timeout() {
+        let limits = TcpLimits {
+            write_timeout: Duration::from_millis(500),
+            send_queue: 100_000,
+            send_queue_bytes: usize::MAX,
+            ..Default::default()
+        };
+        let (t, mut rx) = transport(limits).await;
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut client = sock.connect(t.local_addr()).await.unwrap();
+        client.write_all(OPTIONS).await.unwrap();
+        let flow = rx.recv().await.expect("framed").flow;
+        // Far more than the socket buffers hold; the client never reads.
+        let big = vec![b'x'; 60_000];
+        for _ in 0..300 {
+            t.send(flow, big.clone())
+                .await
+                .expect("queued without waiting");
+        }
+        let slow = || t.stats().tcp_closed_slow.load(Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_secs(10);
+        while slow() == 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(slow(), 1, "the stalled write did not close the connection");
+        let until = Instant::now() + Duration::from_secs(5);
+        while t.stats().tcp_open.load(Ordering::Relaxed) != 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(t.stats().tcp_open.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_bounded_for_a_peer_that_never_reads() {
+        let limits = TcpLimits {
+            write_timeout: Duration::from_secs(3600),
+            send_queue: 100_000,
+            send_queue_bytes: 200_000,
+            ..Default::default()
+        };
+        let (t, mut rx) = transport(limits).await;
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut client = sock.connect(t.local_addr()).await.unwrap();
+        client.write_all(OPTIONS).await.unwrap();
+        let flow = rx.recv().await.expect("framed").flow;
+        let big = vec![b'x'; 60_000];
+        let mut refused = None;
+        // The socket buffers take a few MB first; then the queue fills.
+        for n in 0..1000 {
+            if t.send(flow, big.clone()).await.is_err() {
+                refused = Some(n);
+                break;
+            }
+            // Let the writer move what the kernel takes.
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            refused.is_some(),
+            "60 MB queued for a peer that never reads"
+        );
+        assert_eq!(t.stats().tcp_closed_slow.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_double_crlf_ping_gets_one_crlf_pong() {
+        let (t, _rx) = transport(TcpLimits::default()).await;
+        let mut client = TcpStream::connect(t.local_addr()).await.unwrap();
+        client.write_all(b"\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut buf))
+            .await
+            .expect("pong in time")
+            .unwrap();
+        assert_eq!(&buf[..n], b"\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_response_never_opens_a_connection() {
+        let (t, _rx) = transport(TcpLimits::default()).await;
+        let nowhere = Flow {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            proto: Proto::Tcp,
+        };
+        let r = t.send(nowhere, b"SIP/2.0 200 OK\r\n\r\n".to_vec()).await;
+        assert!(r.is_err());
+        assert_eq!(t.stats().tcp_open.load(Ordering::Relaxed), 0);
+    }
+}

@@ -389,6 +389,7 @@ impl Call {
                 self.core.ports.clone(),
                 self.core.cfg.media_ip,
                 None,
+                self.core.learning(),
             ));
         }
         self.plan = Some(plan);
@@ -1179,12 +1180,8 @@ impl Call {
         self.state = State::Finished;
         self.end_reason = Some(reason.to_string());
         let media = self.media.take();
-        if let Some(m) = &media {
-            self.core
-                .stats
-                .rtp_dropped
-                .fetch_add(m.foreign_dropped(), Ordering::Relaxed);
-        }
+        let foreign = [Side::Caller, Side::Callee]
+            .map(|s| media.as_ref().map_or(0, |m| m.foreign_dropped(s)));
         let (a, b, rtcp, anchored) = match &media {
             Some(m) => (
                 m.rtp_packets(Side::Caller),
@@ -1232,6 +1229,7 @@ impl Call {
                     .as_ref()
                     .map(|p| p.targets.clone())
                     .unwrap_or_default(),
+                foreign_packets: foreign,
             };
             rec.finish(settings.clone(), facts, self.core.clone());
         }
@@ -1258,6 +1256,8 @@ impl Call {
             rtp_from_caller: a,
             rtp_from_callee: b,
             rtcp_packets: rtcp,
+            foreign_packets_caller_side: foreign[0],
+            foreign_packets_callee_side: foreign[1],
         });
     }
 }

@@ -2,6 +2,7 @@
 //! the per-call `Session` that ties them to a call's offer/answer exchanges.
 
 pub mod announce;
+pub mod latch;
 pub mod ports;
 pub mod relay;
 pub mod sdp;
@@ -11,8 +12,9 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use latch::PayloadTypes;
 use ports::PortPool;
-use relay::{Stream, Tap};
+use relay::{Learning, Stream, Tap};
 use sdp::Sdp;
 
 /// A party of a call. The caller is the side that sent the initial INVITE.
@@ -75,18 +77,26 @@ pub struct Session {
     pool: Arc<PortPool>,
     ip: IpAddr,
     tap: Option<Arc<dyn Tap>>,
+    learning: Learning,
     streams: Vec<Stream>,
     last: [Option<Sdp>; 2],
     last_text: [Option<String>; 2],
 }
 
 impl Session {
-    /// An empty session; streams are created by the first SDP.
-    pub fn new(pool: Arc<PortPool>, ip: IpAddr, tap: Option<Arc<dyn Tap>>) -> Session {
+    /// An empty session; streams are created by the first SDP and learn their
+    /// peers' sources as `learning` says.
+    pub fn new(
+        pool: Arc<PortPool>,
+        ip: IpAddr,
+        tap: Option<Arc<dyn Tap>>,
+        learning: Learning,
+    ) -> Session {
         Session {
             pool,
             ip,
             tap,
+            learning,
             streams: Vec::new(),
             last: [None, None],
             last_text: [None, None],
@@ -100,11 +110,16 @@ impl Session {
         while self.streams.len() < sdp.media.len() {
             let a = self.pool.allocate()?;
             let b = self.pool.allocate()?;
-            self.streams.push(Stream::start(a, b, self.tap.clone())?);
+            self.streams.push(Stream::start(
+                a,
+                b,
+                self.tap.clone(),
+                self.learning.clone(),
+            )?);
         }
         let mut ports = Vec::with_capacity(sdp.media.len());
         for (m, s) in sdp.media.iter().zip(&self.streams) {
-            s.set_peer(from, m.rtp, m.rtcp);
+            s.set_peer(from, m.rtp, m.rtcp, PayloadTypes::from_formats(&m.formats));
             ports.push(s.port_facing(from.other()));
         }
         let out = sdp::rewrite(body, self.ip, &ports);
@@ -179,11 +194,11 @@ impl Session {
         self.streams.get(i).map(|s| s.port_facing(Side::Caller))
     }
 
-    /// Packets from sources other than the latched peers, dropped.
-    pub fn foreign_dropped(&self) -> u64 {
+    /// Packets from sources other than `side`'s, dropped at the ports facing `side`.
+    pub fn foreign_dropped(&self, side: Side) -> u64 {
         self.streams
             .iter()
-            .map(|s| s.stats.foreign_dropped.load(Ordering::Relaxed))
+            .map(|s| s.stats.foreign_dropped[side.index()].load(Ordering::Relaxed))
             .sum()
     }
 

@@ -342,3 +342,24 @@ fn strict_mode_never_learns_a_source_the_sdp_did_not_name() {
         "{call}"
     );
 }
+
+#[test]
+fn a_call_without_strangers_counts_no_foreign_packets() {
+    // The counters are for alarms: a normal call (the callee starting its
+    // stream right after the answer) must not raise them.
+    let proxy = Proxy::builder().rtp_ports(RANGE).start();
+    let out = proxy.call(pair("basic")).run();
+    out.assert_success();
+    out.assert_media_both_ways();
+    let calls = proxy.recent_calls();
+    let c = &calls[0];
+    assert_eq!(c["foreign_packets_caller_side"].as_u64(), Some(0), "{c}");
+    assert_eq!(c["foreign_packets_callee_side"].as_u64(), Some(0), "{c}");
+    let base = sealed_set(&proxy);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{base}.json")).unwrap()).unwrap();
+    assert_eq!(meta["media"]["caller"]["foreign_packets"].as_u64(), Some(0));
+    assert_eq!(meta["media"]["callee"]["foreign_packets"].as_u64(), Some(0));
+    let m = proxy.metrics();
+    assert_eq!(metric(&m, "callrec_rtp_foreign_dropped_total"), Some(0.0));
+}

@@ -63,7 +63,7 @@ pub struct StreamStats {
     /// Packets from a source other than the accepted one, dropped; index 0 =
     /// at the ports facing the caller, 1 = facing the callee.
     pub foreign_dropped: [AtomicU64; 2],
-    /// Milliseconds since `epoch()` of the last packet received on any socket.
+    /// Milliseconds since `epoch()` of the last accepted packet on any socket.
     pub last_rx_ms: AtomicU64,
 }
 
@@ -199,6 +199,51 @@ fn is_rtcp(pkt: &[u8]) -> bool {
 /// Largest datagram relayed; RTP over UDP stays far below it.
 const MAX_DATAGRAM: usize = 2048;
 
+/// An announcement being played to the caller: packets left, next send time,
+/// and who waits for the end.
+type Player = Option<(
+    std::collections::VecDeque<Bytes>,
+    tokio::time::Instant,
+    tokio::sync::oneshot::Sender<()>,
+)>;
+
+/// Applies one change from the call to the stream's state.
+fn apply(
+    c: Control,
+    latch: &mut [[Latch; 2]; 2],
+    pts: &mut [PayloadTypes; 2],
+    tap: &mut Option<Arc<dyn Tap>>,
+    player: &mut Player,
+    window: Duration,
+) {
+    match c {
+        Control::Peer {
+            side,
+            rtp,
+            rtcp,
+            pts: p,
+        } => {
+            let i = side.index();
+            latch[i][0].signal(rtp);
+            latch[i][1].signal(rtcp);
+            pts[i] = p;
+            // Media is due once both sides' SDP are known: the learning
+            // window runs from then, not from an offer that may ring for a minute.
+            if latch[0][0].is_signalled() && latch[1][0].is_signalled() {
+                let until = Instant::now() + window;
+                latch
+                    .iter_mut()
+                    .flatten()
+                    .for_each(|l| l.start_window(until));
+            }
+        }
+        Control::Tap(t) => *tap = t,
+        Control::Play(packets, done) => {
+            *player = Some((packets.into(), tokio::time::Instant::now(), done));
+        }
+    }
+}
+
 async fn run(
     // Keeps both ports reserved until the task ends (after the sockets closed).
     _ports: [PortPair; 2],
@@ -218,11 +263,7 @@ async fn run(
     // One receive buffer per socket, reused for every packet.
     let mut bufs = Box::new([[[0u8; MAX_DATAGRAM]; 2]; 2]);
     // An announcement being played to the caller: packets left, next send time.
-    let mut player: Option<(
-        std::collections::VecDeque<Bytes>,
-        tokio::time::Instant,
-        tokio::sync::oneshot::Sender<()>,
-    )> = None;
+    let mut player: Player = None;
     loop {
         let next_play = player.as_ref().map(|p| p.1);
         let [[b00, b01], [b10, b11]] = &mut *bufs;
@@ -246,28 +287,9 @@ async fn run(
                 continue;
             }
             c = control.recv() => {
-                match c {
-                    Some(Control::Peer { side, rtp, rtcp, pts: p }) => {
-                        let i = side.index();
-                        latch[i][0].signal(rtp);
-                        latch[i][1].signal(rtcp);
-                        pts[i] = p;
-                        // Media is due once both sides' SDP are known: the
-                        // learning window runs from then, not from an offer
-                        // that may ring for a minute.
-                        if latch[0][0].is_signalled() && latch[1][0].is_signalled() {
-                            let until = Instant::now() + learning.window;
-                            latch.iter_mut().flatten().for_each(|l| l.start_window(until));
-                        }
-                        continue;
-                    }
-                    Some(Control::Tap(t)) => { tap = t; continue; }
-                    Some(Control::Play(packets, done)) => {
-                        player = Some((packets.into(), tokio::time::Instant::now(), done));
-                        continue;
-                    }
-                    None => return,
-                }
+                let Some(c) = c else { return };
+                apply(c, &mut latch, &mut pts, &mut tap, &mut player, learning.window);
+                continue;
             }
         };
         let (len, src) = match res {
@@ -277,10 +299,22 @@ async fn run(
         };
         let pkt = &bufs[side][kind][..len];
         let now = Instant::now();
-        stats.last_rx_ms.store(
-            now.saturating_duration_since(epoch()).as_millis() as u64,
-            Ordering::Relaxed,
-        );
+        // The SDP naming this packet's sender may have been sent before the
+        // packet arrived; select! does not promise to deliver it first.
+        loop {
+            match control.try_recv() {
+                Ok(c) => apply(
+                    c,
+                    &mut latch,
+                    &mut pts,
+                    &mut tap,
+                    &mut player,
+                    learning.window,
+                ),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
         // SRTP (later): authenticate the packet here, before the latch sees
         // it, so that only packets that authenticate may fix or use a source.
         let carries = if kind == 0 {
@@ -302,6 +336,11 @@ async fn run(
             }
             continue;
         }
+        // Only the parties' media shows the call is alive (RTP timeout).
+        stats.last_rx_ms.store(
+            now.saturating_duration_since(epoch()).as_millis() as u64,
+            Ordering::Relaxed,
+        );
         if !was_fixed && latch[side][kind].learned() {
             info!(%src, "learned the {}'s media source (not the address its SDP named)", Side::from_index(side).name());
         }
@@ -369,11 +408,17 @@ mod tests {
         let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5, 0xd5];
         a.send_to(&pkt, to_caller_side).await.unwrap();
         let mut buf = [0u8; 64];
-        let (n, from) = b.recv_from(&mut buf).await.unwrap();
+        let (n, from) = tokio::time::timeout(Duration::from_secs(2), b.recv_from(&mut buf))
+            .await
+            .expect("relayed to the callee")
+            .unwrap();
         assert_eq!(&buf[..n], &pkt);
         assert_eq!(from, to_callee_side);
         b.send_to(&pkt, to_callee_side).await.unwrap();
-        let (n, _) = a.recv_from(&mut buf).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), a.recv_from(&mut buf))
+            .await
+            .expect("relayed to the caller")
+            .unwrap();
         assert_eq!(n, pkt.len());
         // A stranger sending to the caller-facing port is dropped and counted.
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -496,6 +541,42 @@ mod tests {
             &buf[..n],
             &second,
             "the callee got the stranger's packet after the caller's re-INVITE"
+        );
+    }
+
+    #[tokio::test]
+    async fn foreign_packets_do_not_keep_a_silent_call_alive() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32600, 32610);
+        let s = start(&pool, Learning::default());
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let stranger = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+        s.set_peer(Side::Caller, Some(a.local_addr().unwrap()), None, pcma());
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
+        let quiet_since = s.stats.last_rx_ms.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 9, 9, 9, 9, 0xaa];
+        for port in [
+            s.caller_port,
+            s.caller_port + 1,
+            s.callee_port,
+            s.callee_port + 1,
+        ] {
+            stranger
+                .send_to(&pkt, SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+                .unwrap();
+        }
+        let dropped = || {
+            s.stats.foreign_dropped[0].load(Ordering::Relaxed)
+                + s.stats.foreign_dropped[1].load(Ordering::Relaxed)
+        };
+        settle(|| dropped() == 4).await;
+        assert_eq!(dropped(), 4);
+        assert_eq!(
+            s.stats.last_rx_ms.load(Ordering::Relaxed),
+            quiet_since,
+            "a stranger's packets count as the call's media (RTP timeout never fires)"
         );
     }
 

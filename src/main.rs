@@ -386,7 +386,7 @@ struct RunArgs {
     /// Seconds without any RTP in either direction after which a call is hung up on both legs.
     #[arg(long, env = "CALLREC_RTP_TIMEOUT", default_value_t = 60)]
     rtp_timeout: u64,
-    /// Media sources accepted: strict (only the address:port each SDP names) or heuristic (also one other source, e.g. behind NAT, when nothing came from that address for 3 s).
+    /// Media sources accepted: strict (only the address:port each SDP names) or heuristic (also one other source, e.g. behind NAT, when nothing came from that address within 3 s of the offer/answer).
     #[arg(long, env = "CALLREC_MEDIA_LEARNING", default_value = "heuristic")]
     media_learning: callrec::media::latch::LearningMode,
     /// Address that gets an e-mail for every upload attempt in which a file failed, a low spool disk and a directory that cannot be refreshed (repeatable).

@@ -1244,6 +1244,7 @@ impl Call {
             status = self.final_status,
             rtp_from_caller = a,
             rtp_from_callee = b,
+            foreign_packets = foreign[0] + foreign[1],
             "call ended"
         );
         self.core.remember(CallSummary {

@@ -309,10 +309,10 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
             l(&st.rtp_packets),
         ),
         (
-            "callrec_rtp_dropped_total",
+            "callrec_rtp_foreign_dropped_total",
             "counter",
-            "RTP packets from unlatched sources dropped by finished calls.",
-            l(&st.rtp_dropped),
+            "Media packets from sources other than the call's parties, dropped.",
+            l(&st.rtp_foreign_dropped),
         ),
         (
             "callrec_rtp_timeouts_total",

@@ -21,6 +21,8 @@ pub struct RunConfig {
     pub data_dir: PathBuf,
     /// A call whose media is silent this long in both directions is ended.
     pub rtp_timeout: Duration,
+    /// Whether media from a source the SDP did not name may be learned (NAT).
+    pub media_learning: crate::media::latch::LearningMode,
     /// How long running calls may go on after SIGTERM before they are hung up.
     pub shutdown_grace: Duration,
     /// Admin HTTP listener (health, metrics).

@@ -386,6 +386,9 @@ struct RunArgs {
     /// Seconds without any RTP in either direction after which a call is hung up on both legs.
     #[arg(long, env = "CALLREC_RTP_TIMEOUT", default_value_t = 60)]
     rtp_timeout: u64,
+    /// Media sources accepted: strict (only the address:port each SDP names) or heuristic (also one other source, e.g. behind NAT, when nothing came from that address within 3 s of the offer/answer).
+    #[arg(long, env = "CALLREC_MEDIA_LEARNING", default_value = "heuristic")]
+    media_learning: callrec::media::latch::LearningMode,
     /// Address that gets an e-mail for every upload attempt in which a file failed, a low spool disk and a directory that cannot be refreshed (repeatable).
     #[arg(
         long = "notify-email",
@@ -572,6 +575,7 @@ impl RunArgs {
             rtp_ports: parse_ports(&self.rtp_ports)?,
             data_dir: self.data_dir,
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
+            media_learning: self.media_learning,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             smtp: self.smtp.clone(),
             notify_email: self.notify_email.clone(),

@@ -382,6 +382,7 @@ impl Call {
                 self.core.ports.clone(),
                 self.core.cfg.media_ip,
                 None,
+                self.core.learning(),
             ));
         }
         self.plan = Some(plan);
@@ -1204,12 +1205,8 @@ impl Call {
         self.state = State::Finished;
         self.end_reason = Some(reason.to_string());
         let media = self.media.take();
-        if let Some(m) = &media {
-            self.core
-                .stats
-                .rtp_dropped
-                .fetch_add(m.foreign_dropped(), Ordering::Relaxed);
-        }
+        let foreign = [Side::Caller, Side::Callee]
+            .map(|s| media.as_ref().map_or(0, |m| m.foreign_dropped(s)));
         let (a, b, rtcp, anchored) = match &media {
             Some(m) => (
                 m.rtp_packets(Side::Caller),
@@ -1257,6 +1254,7 @@ impl Call {
                     .as_ref()
                     .map(|p| p.targets.clone())
                     .unwrap_or_default(),
+                foreign_packets: foreign,
             };
             rec.finish(settings.clone(), facts, self.core.clone());
         }
@@ -1271,6 +1269,7 @@ impl Call {
             status = self.final_status,
             rtp_from_caller = a,
             rtp_from_callee = b,
+            foreign_packets = foreign[0] + foreign[1],
             "call ended"
         );
         self.core.remember(CallSummary {
@@ -1283,6 +1282,8 @@ impl Call {
             rtp_from_caller: a,
             rtp_from_callee: b,
             rtcp_packets: rtcp,
+            foreign_packets_caller_side: foreign[0],
+            foreign_packets_callee_side: foreign[1],
         });
     }
 }

@@ -67,8 +67,9 @@ pub struct Stats {
     pub decisions_recorded: AtomicU64,
     /// Decisions not to record.
     pub decisions_not_recorded: AtomicU64,
-    /// RTP packets from a source other than the latched one, dropped by the relay.
-    pub rtp_dropped: AtomicU64,
+    /// Media packets from a source other than a party's, dropped by the relays
+    /// as they arrive (shared with every stream).
+    pub rtp_foreign_dropped: Arc<AtomicU64>,
     /// RTP packets the recorder's queue refused (slow disk), from finished recordings.
     pub recorder_queue_dropped: AtomicU64,
     /// New INVITEs refused because `--max-calls` calls were in progress.
@@ -106,6 +107,10 @@ pub struct CallSummary {
     pub rtp_from_callee: u64,
     /// RTCP packets relayed, both directions.
     pub rtcp_packets: u64,
+    /// Packets from strangers dropped at the ports facing the caller.
+    pub foreign_packets_caller_side: u64,
+    /// Packets from strangers dropped at the ports facing the callee.
+    pub foreign_packets_callee_side: u64,
 }
 
 /// A call in progress, as `GET /api/calls/active` shows it.
@@ -163,6 +168,15 @@ pub struct Core {
 pub const RECENT_CALLS: usize = 1000;
 
 impl Core {
+    /// How a new call's media learns its peers' sources.
+    pub fn learning(&self) -> crate::media::relay::Learning {
+        crate::media::relay::Learning {
+            mode: self.cfg.media_learning,
+            window: crate::media::latch::LEARNING_WINDOW,
+            foreign_total: self.stats.rtp_foreign_dropped.clone(),
+        }
+    }
+
     /// Remembers a finished call for the admin API.
     pub fn remember(&self, s: CallSummary) {
         self.stats

@@ -64,6 +64,8 @@ pub struct CallFacts {
     pub channels: ChannelMode,
     /// Storage targets of the profile.
     pub targets: Vec<String>,
+    /// Packets from strangers dropped at the ports facing the caller and the callee.
+    pub foreign_packets: [u64; 2],
 }
 
 struct ForkTap(Fork);
@@ -227,6 +229,9 @@ impl CallRecording {
                 software_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             meta.set_recording_output(&out);
+            // The relay dropped these before the recorder; the call counted them.
+            meta.media.caller.foreign_packets = facts.foreign_packets[0];
+            meta.media.callee.foreign_packets = facts.foreign_packets[1];
             stats.stats.recorder_queue_dropped.fetch_add(
                 out.caller.queue_dropped + out.callee.queue_dropped,
                 Ordering::Relaxed,

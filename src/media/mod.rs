@@ -2,6 +2,7 @@
 //! the per-call `Session` that ties them to a call's offer/answer exchanges.
 
 pub mod announce;
+pub mod latch;
 pub mod ports;
 pub mod relay;
 pub mod sdp;
@@ -11,8 +12,9 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use latch::PayloadTypes;
 use ports::PortPool;
-use relay::{Stream, Tap};
+use relay::{Learning, Stream, Tap};
 use sdp::Sdp;
 
 /// A party of a call. The caller is the side that sent the initial INVITE.
@@ -75,7 +77,7 @@ pub enum MediaError {
 struct Retired {
     rtp: [u64; 2],
     rtcp: [u64; 2],
-    foreign: u64,
+    foreign: [u64; 2],
 }
 
 impl Retired {
@@ -85,8 +87,8 @@ impl Retired {
         for i in 0..2 {
             self.rtp[i] += s.stats.rtp_packets[i].load(Ordering::Relaxed);
             self.rtcp[i] += s.stats.rtcp_packets[i].load(Ordering::Relaxed);
+            self.foreign[i] += s.stats.foreign_dropped[i].load(Ordering::Relaxed);
         }
-        self.foreign += s.stats.foreign_dropped.load(Ordering::Relaxed);
     }
 }
 
@@ -95,6 +97,7 @@ pub struct Session {
     pool: Arc<PortPool>,
     ip: IpAddr,
     tap: Option<Arc<dyn Tap>>,
+    learning: Learning,
     /// By `m=` line; None where the latest SDP disabled the line (port 0), so
     /// that no port stays bound for it.
     streams: Vec<Option<Stream>>,
@@ -107,12 +110,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// An empty session; streams are created by the first SDP.
-    pub fn new(pool: Arc<PortPool>, ip: IpAddr, tap: Option<Arc<dyn Tap>>) -> Session {
+    /// An empty session; streams are created by the first SDP and learn their
+    /// peers' sources as `learning` says.
+    pub fn new(
+        pool: Arc<PortPool>,
+        ip: IpAddr,
+        tap: Option<Arc<dyn Tap>>,
+        learning: Learning,
+    ) -> Session {
         Session {
             pool,
             ip,
             tap,
+            learning,
             streams: Vec::new(),
             anchored: false,
             retired: Retired::default(),
@@ -134,7 +144,10 @@ impl Session {
             if m.port != 0 && self.streams.get(i).is_none_or(Option::is_none) {
                 let a = self.pool.allocate()?;
                 let b = self.pool.allocate()?;
-                fresh.push((i, Stream::start(a, b, self.tap.clone())?));
+                fresh.push((
+                    i,
+                    Stream::start(a, b, self.tap.clone(), self.learning.clone())?,
+                ));
             }
         }
         for old in self
@@ -152,7 +165,7 @@ impl Session {
         for (m, slot) in sdp.media.iter().zip(self.streams.iter_mut()) {
             match slot {
                 Some(s) if m.port != 0 => {
-                    s.set_peer(from, m.rtp, m.rtcp);
+                    s.set_peer(from, m.rtp, m.rtcp, PayloadTypes::from_formats(&m.formats));
                     ports.push(s.port_facing(from.other()));
                 }
                 _ => {
@@ -240,12 +253,12 @@ impl Session {
             .map(|s| s.port_facing(Side::Caller))
     }
 
-    /// Packets from sources other than the latched peers, dropped.
-    pub fn foreign_dropped(&self) -> u64 {
+    /// Packets from sources other than `side`'s, dropped at the ports facing `side`.
+    pub fn foreign_dropped(&self, side: Side) -> u64 {
         self.live()
-            .map(|s| s.stats.foreign_dropped.load(Ordering::Relaxed))
+            .map(|s| s.stats.foreign_dropped[side.index()].load(Ordering::Relaxed))
             .sum::<u64>()
-            + self.retired.foreign
+            + self.retired.foreign[side.index()]
     }
 
     /// Number of streams set up now.
@@ -296,7 +309,12 @@ mod tests {
     #[tokio::test]
     async fn only_streams_with_a_port_hold_ports() {
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32400, 32439);
-        let mut s = Session::new(pool.clone(), "127.0.0.1".parse().unwrap(), None);
+        let mut s = Session::new(
+            pool.clone(),
+            "127.0.0.1".parse().unwrap(),
+            None,
+            Learning::default(),
+        );
         let out = s.on_sdp(Side::Caller, &sdp(&[4000, 0, 4002])).unwrap();
         assert_eq!(in_use(&pool, 4).await, 4, "two streams, two pairs each");
         let p = ports_of(&out);
@@ -320,7 +338,12 @@ mod tests {
     async fn running_out_of_ports_changes_nothing() {
         // Three pairs: one stream fits, a second does not.
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32450, 32455);
-        let mut s = Session::new(pool.clone(), "127.0.0.1".parse().unwrap(), None);
+        let mut s = Session::new(
+            pool.clone(),
+            "127.0.0.1".parse().unwrap(),
+            None,
+            Learning::default(),
+        );
         s.on_sdp(Side::Caller, &sdp(&[4000])).unwrap();
         assert_eq!(in_use(&pool, 2).await, 2);
         assert!(s.on_sdp(Side::Caller, &sdp(&[4000, 4002, 4004])).is_err());

@@ -1,6 +1,8 @@
 //! The RTP port pool: even ports from `--rtp-ports`, each handed out with its
 //! RTCP neighbour (port + 1) as a bound socket pair, and returned when the pair
-//! is dropped. Recently freed ports go to the back of the queue, so a late
+//! is dropped. Ports are handed out in random order, so that nobody can tell
+//! from one call's port which port the next call gets; the pick is among the
+//! longest-free half of the queue and freed ports go to its back, so a late
 //! packet of an ended call does not land in a new one.
 
 use std::collections::VecDeque;
@@ -8,6 +10,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
 
 /// A pool of even RTP ports.
 #[derive(Debug)]
@@ -32,7 +37,9 @@ impl PortPool {
     /// A pool over `lo..=hi` (odd bounds are rounded inwards) on `ip`.
     pub fn new(ip: IpAddr, lo: u16, hi: u16) -> Arc<PortPool> {
         let first = lo + (lo % 2);
-        let free = (first..hi).step_by(2).collect();
+        let mut free: Vec<u16> = (first..hi).step_by(2).collect();
+        free.shuffle(&mut rand::thread_rng());
+        let free = free.into();
         Arc::new(PortPool {
             ip,
             free: Mutex::new(free),
@@ -54,7 +61,7 @@ impl PortPool {
     pub fn allocate(self: &Arc<Self>) -> io::Result<PortPair> {
         let attempts = self.available();
         for _ in 0..attempts {
-            let Some(port) = self.free.lock().expect("port pool poisoned").pop_front() else {
+            let Some(port) = self.take_random() else {
                 break;
             };
             match bind_pair(self.ip, port) {
@@ -80,6 +87,19 @@ impl PortPool {
                 self.ip
             ),
         ))
+    }
+}
+
+impl PortPool {
+    /// Removes a random port from the older half of the free queue.
+    fn take_random(&self) -> Option<u16> {
+        let mut free = self.free.lock().expect("port pool poisoned");
+        let older_half = free.len().div_ceil(2);
+        if older_half == 0 {
+            return None;
+        }
+        let i = rand::thread_rng().gen_range(0..older_half);
+        free.remove(i)
     }
 }
 
@@ -138,5 +158,26 @@ mod tests {
         drop(b);
         assert_eq!(pool.in_use(), 0);
         assert_eq!(pool.available(), 5);
+    }
+
+    #[tokio::test]
+    async fn ports_are_handed_out_in_random_order() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 34000, 34999);
+        let pairs: Vec<PortPair> = (0..8).map(|_| pool.allocate().unwrap()).collect();
+        let ports: Vec<u16> = pairs.iter().map(|p| p.port).collect();
+        assert!(
+            ports.windows(2).any(|w| w[1] != w[0] + 2),
+            "ports handed out in order: {ports:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_freed_port_is_not_handed_out_again_at_once() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 34100, 34119);
+        let freed = pool.allocate().unwrap();
+        let port = freed.port;
+        drop(freed);
+        let next: Vec<PortPair> = (0..4).map(|_| pool.allocate().unwrap()).collect();
+        assert!(next.iter().all(|p| p.port != port), "{port} reused at once");
     }
 }

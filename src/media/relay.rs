@@ -1,12 +1,12 @@
 //! One anchored media stream (one `m=` line): four sockets (RTP and RTCP facing
 //! the caller, RTP and RTCP facing the callee) served by one task that owns all
-//! of the stream's state. Each socket latches onto the first source that sends
-//! to it (symmetric RTP, for NATed peers); a different source takes over only
-//! after the latched one has been quiet for a while, so a stray packet cannot
-//! hijack the stream. Counters are atomics the call reads; nothing on the
-//! packet path locks, logs, allocates (unless a recorder takes a copy) or
-//! waits on anything but the sockets. The task runs on one of the media
-//! threads (`threads`), never on the signalling runtime.
+//! of the stream's state. Each socket accepts packets only from the source its
+//! peer's SDP signalled, or one learned for a peer behind NAT (`latch`); a
+//! packet from anywhere else is counted as foreign and dropped: never relayed,
+//! never recorded. Counters are atomics the call reads; nothing on the packet
+//! path locks, allocates (unless a recorder takes a copy) or waits on anything
+//! but the sockets. The task runs on one of the media threads (`threads`),
+//! never on the signalling runtime.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,13 +16,34 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tracing::{info, warn};
 
+use super::latch::{Carries, Latch, LearningMode, PayloadTypes, LEARNING_WINDOW};
 use super::ports::PortPair;
 use super::threads::MediaThreads;
 use super::Side;
 
-/// How long a latched source must be silent before another source may take over.
-pub const RELATCH_QUIET: Duration = Duration::from_millis(1000);
+/// How the streams of a call learn their peers' sources, and the process-wide
+/// counter of foreign packets.
+#[derive(Debug, Clone)]
+pub struct Learning {
+    /// Strict (signalled address only) or heuristic (NAT learning).
+    pub mode: LearningMode,
+    /// How long after the offer/answer only the signalled address counts.
+    pub window: Duration,
+    /// Foreign packets dropped by every stream of the process.
+    pub foreign_total: Arc<AtomicU64>,
+}
+
+impl Default for Learning {
+    fn default() -> Learning {
+        Learning {
+            mode: LearningMode::default(),
+            window: LEARNING_WINDOW,
+            foreign_total: Arc::default(),
+        }
+    }
+}
 
 /// Receives a copy of every RTP packet for recording; must never block.
 pub trait Tap: Send + Sync {
@@ -39,9 +60,10 @@ pub struct StreamStats {
     pub rtp_bytes: [AtomicU64; 2],
     /// RTCP packets relayed, same indexing.
     pub rtcp_packets: [AtomicU64; 2],
-    /// Packets from a source other than the latched one, dropped.
-    pub foreign_dropped: AtomicU64,
-    /// Milliseconds since `epoch()` of the last packet received on any socket.
+    /// Packets from a source other than the accepted one, dropped; index 0 =
+    /// at the ports facing the caller, 1 = facing the callee.
+    pub foreign_dropped: [AtomicU64; 2],
+    /// Milliseconds since `epoch()` of the last accepted packet on any socket.
     pub last_rx_ms: AtomicU64,
 }
 
@@ -66,6 +88,8 @@ pub enum Control {
         rtp: Option<SocketAddr>,
         /// RTCP address.
         rtcp: Option<SocketAddr>,
+        /// Payload types of the stream's `m=` line in that SDP.
+        pts: PayloadTypes,
     },
     /// Start (or stop, with None) forking RTP to a recorder.
     Tap(Option<Arc<dyn Tap>>),
@@ -98,6 +122,7 @@ impl Stream {
         mut caller: PortPair,
         mut callee: PortPair,
         tap: Option<Arc<dyn Tap>>,
+        learning: Learning,
     ) -> std::io::Result<Stream> {
         let thread = MediaThreads::get()?.pick();
         // The sockets register with the epoll of the thread that will serve them.
@@ -114,7 +139,14 @@ impl Stream {
         let (tx, rx) = mpsc::unbounded_channel();
         let caller_port = caller.port;
         let callee_port = callee.port;
-        let task = thread.spawn(run([caller, callee], sockets, rx, stats.clone(), tap));
+        let task = thread.spawn(run(
+            [caller, callee],
+            sockets,
+            rx,
+            stats.clone(),
+            tap,
+            learning,
+        ));
         Ok(Stream {
             caller_port,
             callee_port,
@@ -125,8 +157,19 @@ impl Stream {
     }
 
     /// Tells the stream where a side wants its media.
-    pub fn set_peer(&self, side: Side, rtp: Option<SocketAddr>, rtcp: Option<SocketAddr>) {
-        let _ = self.control.send(Control::Peer { side, rtp, rtcp });
+    pub fn set_peer(
+        &self,
+        side: Side,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+        pts: PayloadTypes,
+    ) {
+        let _ = self.control.send(Control::Peer {
+            side,
+            rtp,
+            rtcp,
+            pts,
+        });
     }
 
     /// Starts or stops forking this stream's RTP into a recorder.
@@ -150,36 +193,6 @@ impl Stream {
     }
 }
 
-/// Latching state of one socket.
-#[derive(Debug, Default)]
-struct Latch {
-    signalled: Option<SocketAddr>,
-    latched: Option<SocketAddr>,
-    last_seen: Option<Instant>,
-}
-
-impl Latch {
-    /// Whether a packet from `src` is accepted (and latches if so).
-    fn accept(&mut self, src: SocketAddr, now: Instant) -> bool {
-        let ok = match (self.latched, self.last_seen) {
-            (None, _) => true,
-            (Some(l), _) if l == src => true,
-            (Some(_), Some(seen)) => now.duration_since(seen) >= RELATCH_QUIET,
-            (Some(_), None) => true,
-        };
-        if ok {
-            self.latched = Some(src);
-            self.last_seen = Some(now);
-        }
-        ok
-    }
-
-    /// Where to send packets for this peer.
-    fn target(&self) -> Option<SocketAddr> {
-        self.latched.or(self.signalled)
-    }
-}
-
 /// True for RTCP packet types (RFC 5761 §4) arriving on an RTP port (rtcp-mux).
 fn is_rtcp(pkt: &[u8]) -> bool {
     pkt.len() >= 2 && (192..=223).contains(&pkt[1])
@@ -187,6 +200,51 @@ fn is_rtcp(pkt: &[u8]) -> bool {
 
 /// Largest datagram relayed; RTP over UDP stays far below it.
 const MAX_DATAGRAM: usize = 2048;
+
+/// An announcement being played to the caller: packets left, next send time,
+/// and who waits for the end.
+type Player = Option<(
+    std::collections::VecDeque<Bytes>,
+    tokio::time::Instant,
+    tokio::sync::oneshot::Sender<()>,
+)>;
+
+/// Applies one change from the call to the stream's state.
+fn apply(
+    c: Control,
+    latch: &mut [[Latch; 2]; 2],
+    pts: &mut [PayloadTypes; 2],
+    tap: &mut Option<Arc<dyn Tap>>,
+    player: &mut Player,
+    window: Duration,
+) {
+    match c {
+        Control::Peer {
+            side,
+            rtp,
+            rtcp,
+            pts: p,
+        } => {
+            let i = side.index();
+            latch[i][0].signal(rtp);
+            latch[i][1].signal(rtcp);
+            pts[i] = p;
+            // Media is due once both sides' SDP are known: the learning
+            // window runs from then, not from an offer that may ring for a minute.
+            if latch[0][0].is_signalled() && latch[1][0].is_signalled() {
+                let until = Instant::now() + window;
+                latch
+                    .iter_mut()
+                    .flatten()
+                    .for_each(|l| l.start_window(until));
+            }
+        }
+        Control::Tap(t) => *tap = t,
+        Control::Play(packets, done) => {
+            *player = Some((packets.into(), tokio::time::Instant::now(), done));
+        }
+    }
+}
 
 async fn run(
     // Keeps both ports reserved until the task ends (after the sockets closed).
@@ -196,16 +254,18 @@ async fn run(
     mut control: mpsc::UnboundedReceiver<Control>,
     stats: Arc<StreamStats>,
     mut tap: Option<Arc<dyn Tap>>,
+    learning: Learning,
 ) {
+    // Index [side][kind] like the sockets.
     let mut latch: [[Latch; 2]; 2] = Default::default();
+    // Payload types each side's SDP listed for this stream.
+    let mut pts = [PayloadTypes::default(); 2];
+    // Whether the first foreign packet at each side's ports was logged.
+    let mut warned = [false; 2];
     // One receive buffer per socket, reused for every packet.
     let mut bufs = Box::new([[[0u8; MAX_DATAGRAM]; 2]; 2]);
     // An announcement being played to the caller: packets left, next send time.
-    let mut player: Option<(
-        std::collections::VecDeque<Bytes>,
-        tokio::time::Instant,
-        tokio::sync::oneshot::Sender<()>,
-    )> = None;
+    let mut player: Player = None;
     loop {
         let next_play = player.as_ref().map(|p| p.1);
         let [[b00, b01], [b10, b11]] = &mut *bufs;
@@ -229,22 +289,9 @@ async fn run(
                 continue;
             }
             c = control.recv() => {
-                match c {
-                    Some(Control::Peer { side, rtp, rtcp }) => {
-                        let i = side.index();
-                        if rtp.is_some() { latch[i][0].signalled = rtp; }
-                        if rtcp.is_some() { latch[i][1].signalled = rtcp; }
-                        // A new address from signalling (re-INVITE) may move the peer.
-                        for l in latch[i].iter_mut() { l.last_seen = None; }
-                        continue;
-                    }
-                    Some(Control::Tap(t)) => { tap = t; continue; }
-                    Some(Control::Play(packets, done)) => {
-                        player = Some((packets.into(), tokio::time::Instant::now(), done));
-                        continue;
-                    }
-                    None => return,
-                }
+                let Some(c) = c else { return };
+                apply(c, &mut latch, &mut pts, &mut tap, &mut player, learning.window);
+                continue;
             }
         };
         let (len, src) = match res {
@@ -254,13 +301,50 @@ async fn run(
         };
         let pkt = &bufs[side][kind][..len];
         let now = Instant::now();
+        // The SDP naming this packet's sender may have been sent before the
+        // packet arrived; select! does not promise to deliver it first.
+        loop {
+            match control.try_recv() {
+                Ok(c) => apply(
+                    c,
+                    &mut latch,
+                    &mut pts,
+                    &mut tap,
+                    &mut player,
+                    learning.window,
+                ),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
+        // SRTP (later): authenticate the packet here, before the latch sees
+        // it, so that only packets that authenticate may fix or use a source.
+        let carries = if kind == 0 {
+            Carries::Rtp(pts[0].union(pts[1]))
+        } else {
+            Carries::Rtcp(latch[side][0].source().map(|s| s.ip()))
+        };
+        let was_fixed = latch[side][kind].source().is_some();
+        if !latch[side][kind].accept(src, pkt, now, learning.mode, carries) {
+            stats.foreign_dropped[side].fetch_add(1, Ordering::Relaxed);
+            learning.foreign_total.fetch_add(1, Ordering::Relaxed);
+            if !warned[side] {
+                warned[side] = true;
+                let port = socks[side][kind]
+                    .local_addr()
+                    .map(|a| a.port())
+                    .unwrap_or(0);
+                warn!(%src, port, "dropping media from a source that is not the {}'s", Side::from_index(side).name());
+            }
+            continue;
+        }
+        // Only the parties' media shows the call is alive (RTP timeout).
         stats.last_rx_ms.store(
             now.saturating_duration_since(epoch()).as_millis() as u64,
             Ordering::Relaxed,
         );
-        if !latch[side][kind].accept(src, now) {
-            stats.foreign_dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
+        if !was_fixed && latch[side][kind].learned() {
+            info!(%src, "learned the {}'s media source (not the address its SDP named)", Side::from_index(side).name());
         }
         let other = 1 - side;
         let Some(dst) = latch[other][kind].target() else {
@@ -287,30 +371,64 @@ mod tests {
     use super::*;
     use crate::media::ports::PortPool;
 
+    fn pcma() -> PayloadTypes {
+        PayloadTypes::from_formats(&["8".into(), "101".into()])
+    }
+
+    fn start(pool: &Arc<PortPool>, learning: Learning) -> Stream {
+        Stream::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            None,
+            learning,
+        )
+        .unwrap()
+    }
+
+    /// Waits (bounded) until `f` holds; the relay counts on its own thread.
+    async fn settle(f: impl Fn() -> bool) {
+        for _ in 0..100 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test]
-    async fn relays_and_latches() {
+    async fn relays_between_the_signalled_peers_and_drops_a_stranger() {
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32000, 32010);
-        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None).unwrap();
+        let learning = Learning::default();
+        let total = learning.foreign_total.clone();
+        let s = start(&pool, learning);
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to_caller_side: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
         let to_callee_side: SocketAddr = ([127, 0, 0, 1], s.callee_port).into();
-        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None);
+        s.set_peer(Side::Caller, Some(a.local_addr().unwrap()), None, pcma());
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
         let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5, 0xd5];
         a.send_to(&pkt, to_caller_side).await.unwrap();
         let mut buf = [0u8; 64];
-        let (n, from) = b.recv_from(&mut buf).await.unwrap();
+        let (n, from) = tokio::time::timeout(Duration::from_secs(2), b.recv_from(&mut buf))
+            .await
+            .expect("relayed to the callee")
+            .unwrap();
         assert_eq!(&buf[..n], &pkt);
         assert_eq!(from, to_callee_side);
-        // The callee answers without signalling: it goes to the caller's latched source.
         b.send_to(&pkt, to_callee_side).await.unwrap();
-        let (n, _) = a.recv_from(&mut buf).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), a.recv_from(&mut buf))
+            .await
+            .expect("relayed to the caller")
+            .unwrap();
         assert_eq!(n, pkt.len());
-        // A stranger sending to the caller-facing port right away is ignored.
+        // A stranger sending to the caller-facing port is dropped and counted.
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         c.send_to(&pkt, to_caller_side).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(s.stats.foreign_dropped.load(Ordering::Relaxed), 1);
+        settle(|| s.stats.foreign_dropped[0].load(Ordering::Relaxed) == 1).await;
+        assert_eq!(s.stats.foreign_dropped[0].load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.foreign_dropped[1].load(Ordering::Relaxed), 0);
+        assert_eq!(total.load(Ordering::Relaxed), 1);
         assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 1);
         assert_eq!(s.stats.rtp_packets[1].load(Ordering::Relaxed), 1);
         drop(s);
@@ -321,12 +439,13 @@ mod tests {
     #[tokio::test]
     async fn telephone_events_and_muxed_rtcp_pass_unchanged() {
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32100, 32110);
-        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None).unwrap();
+        let s = start(&pool, Learning::default());
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        // rtcp-mux on the callee's side: its RTCP address is its RTP address.
-        let b_addr = b.local_addr().unwrap();
-        s.set_peer(Side::Callee, Some(b_addr), Some(b_addr));
+        // rtcp-mux on both sides: the RTCP address is the RTP address.
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        s.set_peer(Side::Caller, Some(a_addr), Some(a_addr), pcma());
+        s.set_peer(Side::Callee, Some(b_addr), Some(b_addr), pcma());
         let to_proxy: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
         // RFC 4733 event (PT 101, marker, digit 5, end bit) and an RTCP SR (PT 200).
         let dtmf = [
@@ -345,45 +464,203 @@ mod tests {
                 .unwrap();
             assert_eq!(&buf[..n], pkt, "relayed bytes differ");
         }
-        // The relay counts on its media thread after the send: give it a moment.
-        for _ in 0..100 {
-            if s.stats.rtcp_packets[0].load(Ordering::Relaxed) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        settle(|| s.stats.rtcp_packets[0].load(Ordering::Relaxed) == 1).await;
         assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 1);
         assert_eq!(s.stats.rtcp_packets[0].load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
-    async fn a_new_source_takes_over_only_after_a_quiet_period() {
-        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32200, 32210);
-        let s = Stream::start(pool.allocate().unwrap(), pool.allocate().unwrap(), None).unwrap();
-        let first = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let moved = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    async fn a_stranger_never_takes_over_a_silent_peer() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32300, 32310);
+        let s = start(&pool, Learning::default());
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None);
+        let stranger = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+        s.set_peer(Side::Caller, Some(a.local_addr().unwrap()), None, pcma());
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
+        let to_caller_side: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
+        let to_callee_side: SocketAddr = ([127, 0, 0, 1], s.callee_port).into();
+        let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+        a.send_to(&pkt, to_caller_side).await.unwrap();
+        settle(|| s.stats.rtp_packets[0].load(Ordering::Relaxed) == 1).await;
+        // The caller goes silent (a hold) for longer than any quiet period;
+        // a stranger sends valid RTP with the negotiated payload type.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        for seq in 2..12u8 {
+            let p = [0x80u8, 8, 0, seq, 0, 0, 0, 160, 9, 9, 9, 9, 0xaa];
+            stranger.send_to(&p, to_caller_side).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.send_to(&pkt, to_callee_side).await.unwrap();
+        let mut buf = [0u8; 64];
+        let got =
+            tokio::time::timeout(Duration::from_millis(300), stranger.recv_from(&mut buf)).await;
+        assert!(got.is_err(), "the stranger received the callee's media");
+        assert_eq!(
+            s.stats.rtp_packets[0].load(Ordering::Relaxed),
+            1,
+            "the stranger was relayed"
+        );
+        // The caller itself is still heard.
+        a.send_to(&pkt, to_caller_side).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), b.recv_from(&mut buf))
+            .await
+            .expect("the caller is relayed")
+            .unwrap();
+        assert_eq!(n, pkt.len());
+    }
+
+    #[tokio::test]
+    async fn an_sdp_that_keeps_the_address_opens_no_door() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32400, 32410);
+        let s = start(&pool, Learning::default());
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let stranger = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+        let a_addr = a.local_addr().unwrap();
+        s.set_peer(Side::Caller, Some(a_addr), None, pcma());
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
+        let to_caller_side: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
+        let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+        a.send_to(&pkt, to_caller_side).await.unwrap();
+        settle(|| s.stats.rtp_packets[0].load(Ordering::Relaxed) == 1).await;
+        let mut buf = [0u8; 64];
+        let first = tokio::time::timeout(Duration::from_secs(2), b.recv_from(&mut buf)).await;
+        assert!(first.is_ok(), "the caller's first packet was not relayed");
+        // A re-INVITE with the same address; the stranger's packet comes first.
+        s.set_peer(Side::Caller, Some(a_addr), None, pcma());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let p = [0x80u8, 8, 0, 7, 0, 0, 0, 160, 9, 9, 9, 9, 0xaa];
+        stranger.send_to(&p, to_caller_side).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = [0x80u8, 8, 0, 2, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+        a.send_to(&second, to_caller_side).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), b.recv_from(&mut buf))
+            .await
+            .expect("the callee got nothing after the re-INVITE")
+            .unwrap();
+        assert_eq!(
+            &buf[..n],
+            &second,
+            "the callee got the stranger's packet after the caller's re-INVITE"
+        );
+    }
+
+    #[tokio::test]
+    async fn foreign_packets_do_not_keep_a_silent_call_alive() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32600, 32610);
+        let s = start(&pool, Learning::default());
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let stranger = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+        s.set_peer(Side::Caller, Some(a.local_addr().unwrap()), None, pcma());
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
+        let quiet_since = s.stats.last_rx_ms.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 9, 9, 9, 9, 0xaa];
+        for port in [
+            s.caller_port,
+            s.caller_port + 1,
+            s.callee_port,
+            s.callee_port + 1,
+        ] {
+            stranger
+                .send_to(&pkt, SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+                .unwrap();
+        }
+        let dropped = || {
+            s.stats.foreign_dropped[0].load(Ordering::Relaxed)
+                + s.stats.foreign_dropped[1].load(Ordering::Relaxed)
+        };
+        settle(|| dropped() == 4).await;
+        assert_eq!(dropped(), 4);
+        assert_eq!(
+            s.stats.last_rx_ms.load(Ordering::Relaxed),
+            quiet_since,
+            "a stranger's packets count as the call's media (RTP timeout never fires)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_behind_nat_is_learned_only_after_the_window() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32200, 32210);
+        let learning = Learning {
+            window: Duration::from_millis(300),
+            ..Learning::default()
+        };
+        let s = start(&pool, learning);
+        // The caller's SDP names an address nothing sends from (a private one
+        // behind its NAT); its packets leave from `nat`.
+        let named = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let nat = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.set_peer(
+            Side::Caller,
+            Some(named.local_addr().unwrap()),
+            None,
+            pcma(),
+        );
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
+        let to_proxy: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
+        let rtp = |seq: u8| [0x80u8, 8, 0, seq, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+        nat.send_to(&rtp(1), to_proxy).await.unwrap();
+        settle(|| s.stats.foreign_dropped[0].load(Ordering::Relaxed) == 1).await;
+        assert_eq!(
+            s.stats.rtp_packets[0].load(Ordering::Relaxed),
+            0,
+            "learned inside the window"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        for seq in 2..6 {
+            nat.send_to(&rtp(seq), to_proxy).await.unwrap();
+        }
+        // Learned on the third packet in sequence: that one and the next are relayed.
+        settle(|| s.stats.rtp_packets[0].load(Ordering::Relaxed) == 2).await;
+        assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 2);
+        // The callee's media now goes to the learned source.
+        b.send_to(&rtp(1), SocketAddr::from(([127, 0, 0, 1], s.callee_port)))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(2), nat.recv_from(&mut buf))
+            .await
+            .expect("to the learned source")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_address_in_an_sdp_replaces_the_old_source() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32500, 32510);
+        let s = start(&pool, Learning::default());
+        let old = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let new = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.set_peer(Side::Caller, Some(old.local_addr().unwrap()), None, pcma());
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
         let to_proxy: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
         let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
-        first.send_to(&pkt, to_proxy).await.unwrap();
-        moved.send_to(&pkt, to_proxy).await.unwrap();
+        old.send_to(&pkt, to_proxy).await.unwrap();
+        settle(|| s.stats.rtp_packets[0].load(Ordering::Relaxed) == 1).await;
+        s.set_peer(Side::Caller, Some(new.local_addr().unwrap()), None, pcma());
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(s.stats.foreign_dropped.load(Ordering::Relaxed), 1);
-        // After the latched source has been quiet, the new one (a NAT rebinding) is taken.
-        tokio::time::sleep(RELATCH_QUIET).await;
-        moved.send_to(&pkt, to_proxy).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        old.send_to(&pkt, to_proxy).await.unwrap();
+        settle(|| s.stats.foreign_dropped[0].load(Ordering::Relaxed) == 1).await;
+        assert_eq!(
+            s.stats.foreign_dropped[0].load(Ordering::Relaxed),
+            1,
+            "the old source still counts"
+        );
+        new.send_to(&pkt, to_proxy).await.unwrap();
+        settle(|| s.stats.rtp_packets[0].load(Ordering::Relaxed) == 2).await;
         assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 2);
-        // Packets for the caller now go to the new source.
         b.send_to(&pkt, SocketAddr::from(([127, 0, 0, 1], s.callee_port)))
             .await
             .unwrap();
         let mut buf = [0u8; 64];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(2), moved.recv_from(&mut buf))
+        tokio::time::timeout(Duration::from_secs(2), new.recv_from(&mut buf))
             .await
-            .expect("to the new source")
+            .expect("to the new address")
             .unwrap();
-        assert_eq!(n, pkt.len());
     }
 }

@@ -240,6 +240,10 @@ pub struct MediaStats {
     pub malformed: u64,
     /// Codecs seen, as "NAME/clock" (or "PTn" when unknown).
     pub codecs: Vec<String>,
+    /// Packets from other sources than this party's, dropped by the relay
+    /// at the ports facing the party (never recorded); set by the call.
+    #[serde(default)]
+    pub foreign_packets: u64,
 }
 
 /// What a finished recording produced.

@@ -60,7 +60,9 @@ pub async fn run(core: Arc<Core>, mut inbound: mpsc::Receiver<Inbound>) {
                     }
                 }
                 Some(RouterMsg::Reroute { serial: s, msg, flow }) => {
-                    if calls.get(msg.call_id().unwrap_or_default()).is_some_and(|e| e.serial == s) {
+                    if calls.get(msg.call_id().unwrap_or_default()).is_some_and(|e| e.serial == s)
+                        && admit_new_invite(&core, &msg, flow).await
+                    {
                         serial += 1;
                         start_call(&core, &mut calls, serial, msg, flow, &back_tx);
                     }
@@ -119,15 +121,7 @@ async fn route(
     let has_tag = msg.to_tag().is_some();
     match method.as_str() {
         "INVITE" if !has_tag => {
-            if core.draining.load(Ordering::Relaxed) {
-                core.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
-                let mut r = response_to(core, &msg, 503, "Service Unavailable (shutting down)");
-                r.push("Retry-After", "30");
-                let _ = core.transport.send(i.flow, r.to_bytes()).await;
-                return;
-            }
-            if msg.max_forwards() == 0 {
-                respond_stateless(core, &msg, i.flow, 483, "Too Many Hops").await;
+            if !admit_new_invite(core, &msg, i.flow).await {
                 return;
             }
             *serial += 1;
@@ -150,6 +144,24 @@ async fn route(
         }
         _ => respond_stateless(core, &msg, i.flow, 405, "Method Not Allowed").await,
     }
+}
+
+/// The checks every INVITE that would start a call passes, whether it is new
+/// or handed back by a finished call on the same Call-ID: refused (and
+/// answered) while draining or when Max-Forwards is exhausted.
+async fn admit_new_invite(core: &Arc<Core>, msg: &Message, flow: Flow) -> bool {
+    if core.draining.load(Ordering::Relaxed) {
+        core.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
+        let mut r = response_to(core, msg, 503, "Service Unavailable (shutting down)");
+        r.push("Retry-After", "30");
+        let _ = core.transport.send(flow, r.to_bytes()).await;
+        return false;
+    }
+    if msg.max_forwards() == 0 {
+        respond_stateless(core, msg, flow, 483, "Too Many Hops").await;
+        return false;
+    }
+    true
 }
 
 fn msg_call_id(data: &[u8]) -> String {

@@ -1,6 +1,7 @@
 //! SIP plumbing: message parsing and building, UDP/TCP transport on one port,
 //! and RFC 3261 transaction state machines.
 
+pub mod framer;
 pub mod message;
 pub mod transaction;
 pub mod transport;

@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use super::message::{frame_len, MAX_MESSAGE};
+use super::framer::{Frame, Framer};
+use super::message::MAX_MESSAGE;
 
 /// The transport protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,9 +132,10 @@ impl Transport {
             }
         });
         let inbound = self.inbound.clone();
+        let pong = wtx.clone();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut buf: Vec<u8> = Vec::with_capacity(4096);
+            let mut framer = Framer::new();
             let mut chunk = vec![0u8; 16 * 1024];
             let flow = Flow {
                 addr: peer,
@@ -144,30 +146,24 @@ impl Transport {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
-                buf.extend_from_slice(&chunk[..n]);
+                framer.push(&chunk[..n]);
                 loop {
-                    // Keep-alive CRLFs between messages (RFC 5626 §3.5.1).
-                    let skip = buf
-                        .iter()
-                        .take_while(|b| **b == b'\r' || **b == b'\n')
-                        .count();
-                    buf.drain(..skip);
-                    if buf.is_empty() {
-                        break;
-                    }
-                    match frame_len(&buf) {
-                        Ok(Some(len)) => {
-                            let data: Vec<u8> = buf.drain(..len).collect();
+                    match framer.next_frame() {
+                        Ok(Some(Frame::Message(data))) => {
                             if inbound.send(Inbound { data, flow }).await.is_err() {
                                 break 'conn;
                             }
+                        }
+                        // RFC 5626 §3.5.1: a CRLFCRLF ping is answered with one CRLF.
+                        Ok(Some(Frame::Ping)) => {
+                            let _ = pong.try_send(b"\r\n".to_vec());
                         }
                         Ok(None) => break,
                         Err(e) => {
                             // The stream cannot be framed any more: hand what we
                             // have to the router (it may answer 400) and close.
                             tracing::warn!(%peer, "closing SIP TCP connection: {e}");
-                            let data = std::mem::take(&mut buf);
+                            let data = framer.take_unframed();
                             let _ = inbound.send(Inbound { data, flow }).await;
                             // Keep the connection registered a moment so the
                             // router's 400 can still go out on it (the router

@@ -93,4 +93,14 @@ done
 # --- tests ------------------------------------------------------------------
 echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --version)"
 # Benchmarks are measurements, not tests (see BENCHMARKS.md); they are not run here.
+# A full run (no filter) also fuzzes each target briefly when the nightly
+# toolchain cargo-fuzz needs is there (CALLREC_FUZZ_SECONDS per target, 0 = skip);
+# a crash fails the run. Longer runs: deploy/fuzz.sh, see SECURITY.md.
+fuzz_seconds=${CALLREC_FUZZ_SECONDS:-30}
+if (($# == 0)) && ((fuzz_seconds > 0)) && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    status=0
+    cargo test --no-fail-fast --lib --bins --tests --examples || status=$?
+    ./deploy/fuzz.sh "$fuzz_seconds" || status=$?
+    exit $status
+fi
 exec cargo test --no-fail-fast --lib --bins --tests --examples "$@"

@@ -404,7 +404,10 @@ impl Call {
 
         let mut out = Message::request("INVITE", &ruri);
         out.push("Via", self.core.via(hop.proto, &new_branch()));
-        out.push("Max-Forwards", (invite.max_forwards() - 1).to_string());
+        out.push(
+            "Max-Forwards",
+            invite.max_forwards().saturating_sub(1).to_string(),
+        );
         out.push("From", self.legs[1].local.clone());
         out.push("To", self.legs[1].remote.clone());
         out.push("Call-ID", self.legs[1].call_id.clone());

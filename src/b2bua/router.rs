@@ -72,12 +72,9 @@ pub async fn run(core: Arc<Core>, mut inbound: mpsc::Receiver<Inbound>) {
                     }
                 }
                 Some(RouterMsg::Reroute { serial: s, msg, flow }) => {
-                    if calls.get(msg.call_id().unwrap_or_default()).is_some_and(|e| e.serial == s) {
-                        // A new call like any other: the same limits apply.
-                        if let Err(r) = admission::admit(&core, &mut admission, flow.addr.ip()) {
-                            refuse(&core, &msg, flow, r).await;
-                            continue;
-                        }
+                    if calls.get(msg.call_id().unwrap_or_default()).is_some_and(|e| e.serial == s)
+                        && admit_new_invite(&core, &mut admission, &msg, flow).await
+                    {
                         serial += 1;
                         start_call(&core, &mut calls, serial, msg, flow, &back_tx);
                     }
@@ -157,19 +154,7 @@ async fn route(
     }
     match method.as_str() {
         "INVITE" if !has_tag => {
-            if core.draining.load(Ordering::Relaxed) {
-                core.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
-                let mut r = response_to(core, &msg, 503, "Service Unavailable (shutting down)");
-                r.push("Retry-After", "30");
-                let _ = core.transport.send(i.flow, r.to_bytes()).await;
-                return;
-            }
-            if msg.max_forwards() == 0 {
-                respond_stateless(core, &msg, i.flow, 483, "Too Many Hops").await;
-                return;
-            }
-            if let Err(r) = admission::admit(core, admission, i.flow.addr.ip()) {
-                refuse(core, &msg, i.flow, r).await;
+            if !admit_new_invite(core, admission, &msg, i.flow).await {
                 return;
             }
             *serial += 1;
@@ -192,6 +177,35 @@ async fn route(
         }
         _ => respond_stateless(core, &msg, i.flow, 405, "Method Not Allowed").await,
     }
+}
+
+/// The checks every INVITE that would start a call passes, whether it is new
+/// or handed back by a finished call on the same Call-ID: refused (and
+/// answered) while draining, when Max-Forwards is exhausted, or beyond the
+/// call and rate limits.
+async fn admit_new_invite(
+    core: &Arc<Core>,
+    admission: &mut Admission,
+    msg: &Message,
+    flow: Flow,
+) -> bool {
+    if core.draining.load(Ordering::Relaxed) {
+        core.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
+        let mut r = response_to(core, msg, 503, "Service Unavailable (shutting down)");
+        r.push("Retry-After", "30");
+        let _ = core.transport.send(flow, r.to_bytes()).await;
+        return false;
+    }
+    if msg.max_forwards() == 0 {
+        respond_stateless(core, msg, flow, 483, "Too Many Hops").await;
+        return false;
+    }
+    // A new call like any other: the same limits apply.
+    if let Err(r) = admission::admit(core, admission, flow.addr.ip()) {
+        refuse(core, msg, flow, r).await;
+        return false;
+    }
+    true
 }
 
 fn msg_call_id(data: &[u8]) -> String {

@@ -246,9 +246,16 @@ pub fn rewrite(body: &[u8], ip: IpAddr, ports: &[u16]) -> Vec<u8> {
         }
         let rewritten: Option<String> = if let Some(v) = line.strip_prefix("m=") {
             idx = Some(idx.map_or(0, |i| i + 1));
-            let mut parts: Vec<String> = v.split(' ').map(str::to_string).collect();
+            // Fields and the port read as `Sdp::parse` reads them, so that a
+            // disabled stream written `0000` or `0/2` stays disabled.
+            let mut parts: Vec<String> = v.split_whitespace().map(str::to_string).collect();
             let port = ports.get(idx.unwrap_or(0)).copied().unwrap_or(0);
-            if parts.len() > 1 && parts[1] != "0" {
+            let disabled = parts
+                .get(1)
+                .and_then(|p| p.split('/').next())
+                .and_then(|p| p.parse::<u16>().ok())
+                == Some(0);
+            if parts.len() > 1 && !disabled {
                 parts[1] = port.to_string();
             }
             Some(format!("m={}", parts.join(" ")))
@@ -379,6 +386,26 @@ pub fn restrict_audio_formats(body: &[u8], keep: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `sdp` fuzz target: a port of `0000` (or `0/2`) is a
+    /// disabled stream to the parser but was given a live port by the rewrite.
+    #[test]
+    fn rewrite_keeps_disabled_streams_disabled_however_zero_is_written() {
+        for zero in ["0000", "0/2", "0"] {
+            let body = format!(
+                "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nt=0 0\r\nm=audio {zero} RTP/AVP 8\r\n"
+            );
+            let sdp = Sdp::parse(body.as_bytes()).unwrap();
+            assert_eq!(sdp.media[0].port, 0);
+            let out = rewrite(body.as_bytes(), "192.0.2.1".parse().unwrap(), &[20000]);
+            let again = Sdp::parse(&out).unwrap_or_else(|e| panic!("{zero}: {e:?}"));
+            assert_eq!(again.media[0].port, 0, "{zero}");
+        }
+        // Extra blanks between fields do not shift the port field either.
+        let body = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio  4000  RTP/AVP 8\r\n";
+        let out = rewrite(body.as_bytes(), "192.0.2.1".parse().unwrap(), &[20000]);
+        assert_eq!(Sdp::parse(&out).unwrap().media[0].port, 20000);
+    }
 
     const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
 m=audio 4000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n\

@@ -4,6 +4,8 @@
 //! recordings in batches). The relay side (`Fork::offer`) never blocks.
 
 mod codec;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod g711;
 pub mod metadata;
 mod pool;

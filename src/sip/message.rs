@@ -42,6 +42,9 @@ pub enum ParseError {
     /// Content-Length does not match the body.
     #[error("Content-Length does not match the body")]
     ContentLength,
+    /// Two Content-Length headers with different values.
+    #[error("conflicting Content-Length headers")]
+    ConflictingContentLength,
 }
 
 /// The first line of a message.
@@ -172,36 +175,35 @@ fn header_end(data: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// Where a message ends in a stream buffer: `Ok(Some(len))` when a whole message
-/// is present, `Ok(None)` when more bytes are needed. Used to frame TCP.
+/// is present, `Ok(None)` when more bytes are needed. A one-shot form of
+/// [`Framer`](super::framer::Framer), which stream readers should prefer: it
+/// does not rescan the header section on every call.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
-    let Some((end, sep)) = header_end(buf) else {
-        if buf.len() > MAX_MESSAGE {
-            return Err(ParseError::TooLarge);
-        }
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| ParseError::NotUtf8)?;
-    let mut len = None;
-    for line in head.lines().skip(1) {
-        if let Some((n, v)) = line.split_once(':') {
-            if canonical_name(n.trim()) == "Content-Length" {
-                len = Some(
-                    v.trim()
-                        .parse::<usize>()
-                        .map_err(|_| ParseError::Malformed("Content-Length"))?,
-                );
+    let mut f = super::framer::Framer::new();
+    f.push(buf);
+    // Leading keep-alives count towards the length; each consumes bytes, so
+    // this ends.
+    loop {
+        match f.next_frame()? {
+            Some(super::framer::Frame::Ping) => continue,
+            Some(super::framer::Frame::Message(_)) => {
+                return Ok(Some(buf.len() - f.take_unframed().len()))
             }
+            None => return Ok(None),
         }
     }
-    // RFC 3261 §18.3: Content-Length is mandatory on stream transports.
-    let len = len.ok_or(ParseError::Missing("Content-Length"))?;
-    if end + sep + len > MAX_MESSAGE {
-        return Err(ParseError::TooLarge);
+}
+
+impl From<super::framer::FramingError> for ParseError {
+    fn from(e: super::framer::FramingError) -> ParseError {
+        use super::framer::FramingError as F;
+        match e {
+            F::TooLarge => ParseError::TooLarge,
+            F::MissingContentLength => ParseError::Missing("Content-Length"),
+            F::BadContentLength => ParseError::Malformed("Content-Length"),
+            F::ConflictingContentLength => ParseError::ConflictingContentLength,
+        }
     }
-    if buf.len() < end + sep + len {
-        return Ok(None);
-    }
-    Ok(Some(end + sep + len))
 }
 
 impl Message {
@@ -282,11 +284,18 @@ impl Message {
             headers,
             body: Vec::new(),
         };
-        let body = match msg.header("Content-Length") {
-            Some(v) => {
-                let len: usize = v
-                    .parse()
-                    .map_err(|_| ParseError::Malformed("Content-Length"))?;
+        // Every Content-Length must agree: a stream framer that read another
+        // one would split the stream differently from this parser.
+        let mut declared: Option<usize> = None;
+        for h in msg.headers.iter().filter(|h| h.name == "Content-Length") {
+            let len = super::framer::parse_length(h.value.as_bytes())?;
+            if declared.is_some_and(|d| d != len) {
+                return Err(ParseError::ConflictingContentLength);
+            }
+            declared = Some(len);
+        }
+        let body = match declared {
+            Some(len) => {
                 if len > body.len() {
                     return Err(ParseError::ContentLength);
                 }
@@ -594,8 +603,14 @@ impl fmt::Display for Message {
 }
 
 fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
+    // No control characters (a bare CR, NUL, DEL ...) anywhere in the start
+    // line: they would be copied into the request we send on. The grammar
+    // allows HTAB only inside a reason phrase (RFC 3261 §25.1).
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
         let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        if rest.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(ParseError::BadStartLine);
+        }
         let code: u16 = code.parse().map_err(|_| ParseError::BadStartLine)?;
         if !(100..700).contains(&code) {
             return Err(ParseError::BadStartLine);
@@ -604,6 +619,9 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
             code,
             reason: reason.to_string(),
         });
+    }
+    if line.chars().any(char::is_control) {
+        return Err(ParseError::BadStartLine);
     }
     let mut parts = line.split(' ');
     let (Some(method), Some(uri), Some(version), None) =
@@ -763,6 +781,65 @@ v=0\r\n";
         // The body declares 4 bytes; the fifth belongs to the next message.
         assert_eq!(frame_len(&bytes[..bytes.len() - 2]).unwrap(), None);
         assert_eq!(frame_len(bytes).unwrap(), Some(bytes.len() - 1));
+    }
+
+    #[test]
+    fn framing_never_wraps() {
+        let attack = b"OPTIONS sip:a@b SIP/2.0\r\nl: 18446744073709551564\r\n\r\n";
+        assert_eq!(frame_len(attack), Err(ParseError::TooLarge));
+        let mut keepalive_first = b"\r\n\r\n\r\n".to_vec();
+        keepalive_first.extend_from_slice(INVITE.as_bytes());
+        assert_eq!(
+            frame_len(&keepalive_first).unwrap(),
+            Some(keepalive_first.len() - 1)
+        );
+    }
+
+    #[test]
+    fn conflicting_content_lengths_are_rejected() {
+        let two = INVITE.replace("l: 4\r\n", "l: 4\r\nContent-Length: 0\r\n");
+        assert_eq!(
+            Message::parse(two.as_bytes()),
+            Err(ParseError::ConflictingContentLength)
+        );
+        assert_eq!(
+            frame_len(two.as_bytes()),
+            Err(ParseError::ConflictingContentLength)
+        );
+        // Repeating the same value is harmless.
+        let same = INVITE.replace("l: 4\r\n", "l: 4\r\nContent-Length: 4\r\n");
+        assert_eq!(Message::parse(same.as_bytes()).unwrap().body, b"v=0\r");
+        for v in ["+4", "4 4", "99999999999999999999999"] {
+            let bad = INVITE.replace("l: 4", &format!("l: {v}"));
+            assert!(Message::parse(bad.as_bytes()).is_err(), "{v}");
+        }
+    }
+
+    #[test]
+    fn control_characters_in_the_start_line_are_rejected() {
+        for bad in [
+            "INVITE sip:100\r@127.0.0.1 SIP/2.0",
+            "INVITE sip:100\0@127.0.0.1 SIP/2.0",
+            "INVITE sip:100@127.0.0.1\t SIP/2.0",
+            "INVITE\u{7f} sip:100@127.0.0.1 SIP/2.0",
+            "INVITE sip:100@127.0.0.1 SIP/2.0\r",
+        ] {
+            let text = INVITE.replace("INVITE sip:100@127.0.0.1 SIP/2.0", bad);
+            assert_eq!(
+                Message::parse(text.as_bytes()),
+                Err(ParseError::BadStartLine),
+                "{bad:?}"
+            );
+        }
+        let ok =
+            b"SIP/2.0 200 O\tK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+To: <sip:b@c>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(Message::parse(ok).unwrap().code(), 200);
+        let bad = String::from_utf8_lossy(ok).replace("O\tK", "O\rK");
+        assert_eq!(
+            Message::parse(bad.as_bytes()),
+            Err(ParseError::BadStartLine)
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! SIP plumbing: message parsing and building, UDP/TCP transport on one port,
 //! RFC 3261 transaction state machines and the set of trusted peers.
 
+pub mod framer;
 pub mod message;
 mod tcp;
-mod tcp_framer;
 pub mod transaction;
 pub mod transport;
 pub mod trust;

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::tcp_framer::{Frame, Framer};
+use super::framer::{Frame, Framer};
 use super::transport::{Flow, Inbound, Proto, TcpLimits, TransportStats, TrustedPeers};
 
 /// How often a repeated warning (refusals, accept errors) is logged at most.
@@ -437,24 +437,26 @@ async fn read_loop(
         framer.push(&chunk[..n]);
         let mut pongs = 0usize;
         loop {
-            match framer.next() {
-                Frame::Ping => pongs += 1,
-                Frame::Message(data) => {
+            match framer.next_frame() {
+                Ok(Some(Frame::Ping)) => pongs += 1,
+                Ok(Some(Frame::Message(data))) => {
                     last_message = Instant::now();
                     message_since = None;
                     if table.inbound.send(Inbound { data, flow }).await.is_err() {
                         break 'conn End::Closed;
                     }
                 }
-                Frame::Partial => {
-                    message_since.get_or_insert_with(Instant::now);
+                Ok(None) => {
+                    if !framer.is_idle() {
+                        message_since.get_or_insert_with(Instant::now);
+                    }
                     break;
                 }
-                Frame::Between => break,
-                Frame::Error(e, data) => {
+                Err(e) => {
                     // The stream cannot be framed any more: hand what we have
                     // to the router (it may answer 400) and close.
                     tracing::warn!(%peer, "closing SIP TCP connection: {e}");
+                    let data = framer.take_unframed();
                     let _ = table.inbound.send(Inbound { data, flow }).await;
                     // Keep the connection a moment so the router's 400 can
                     // still go out on it (it answers within microseconds).

@@ -279,6 +279,16 @@ impl Message {
                 return Err(ParseError::TooLarge);
             }
         }
+        // `to_bytes` writes one Content-Length of its own: the limit counts
+        // it, so that whatever parses still parses after being serialised.
+        if headers
+            .iter()
+            .filter(|h| h.name != "Content-Length")
+            .count()
+            >= MAX_HEADERS
+        {
+            return Err(ParseError::TooLarge);
+        }
         let mut msg = Message {
             start,
             headers,
@@ -885,5 +895,34 @@ To: <sip:b@c>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
             uri_hostport("sip:[::1]:5062"),
             Some(("::1".into(), Some(5062)))
         );
+    }
+
+    #[test]
+    fn a_message_at_the_header_limit_still_parses_after_serialising() {
+        // Found by the sip_parser fuzz target: 256 headers without a
+        // Content-Length parsed, but to_bytes added one and the result did not.
+        let head = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+                    From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n";
+        let with = |n: usize| {
+            let mut m = head.to_string();
+            for i in 5..n {
+                m.push_str(&format!("X-{i}: v\r\n"));
+            }
+            m.push_str("\r\n");
+            m
+        };
+        let fits = Message::parse(with(MAX_HEADERS - 1).as_bytes()).expect("255 headers parse");
+        assert_eq!(fits.headers.len(), MAX_HEADERS - 1);
+        let again = Message::parse(&fits.to_bytes()).expect("and parse again after to_bytes");
+        assert_eq!(again.headers.len(), MAX_HEADERS);
+        assert_eq!(
+            Message::parse(with(MAX_HEADERS).as_bytes()),
+            Err(ParseError::TooLarge),
+            "256 headers plus the Content-Length to_bytes adds do not fit"
+        );
+        let repro = include_bytes!("../../fuzz/regressions/sip_parser-roundtrip-toolarge");
+        if let Ok(m) = Message::parse(repro) {
+            Message::parse(&m.to_bytes()).expect("the fuzzer's input round-trips");
+        }
     }
 }

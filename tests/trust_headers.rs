@@ -30,131 +30,112 @@ fn has(m: &Msg, name: &str) -> bool {
     m.header(name).is_some()
 }
 
+/// A socket standing in for the PBX or the trunk, where relayed requests arrive.
+fn peer_at(addr: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s
+}
+
+/// Sends the spoofing INVITE from `ip` through the proxy and returns what
+/// arrives at `next_hop`.
+fn relay_spoofed(
+    proxy: &Proxy,
+    ip: &str,
+    call_id: &str,
+    caller: &str,
+    callee: &str,
+    next_hop: &UdpSocket,
+) -> Msg {
+    let sip = proxy.sip_addr();
+    let s = sock(ip);
+    let req = invite(
+        s.local_addr().unwrap(),
+        sip,
+        call_id,
+        caller,
+        callee,
+        SPOOFED,
+    );
+    s.send_to(req.as_bytes(), sip).unwrap();
+    relayed_invite(next_hop, caller)
+}
+
+/// Asserts which headers of `SPOOFED` crossed from `from` and which did not.
+fn assert_crossing(got: &Msg, from: &str, gone: &[&str], kept: &[&str]) {
+    for name in gone {
+        assert!(!has(got, name), "{name} from {from} crossed:\n{}", got.0);
+    }
+    for name in kept {
+        assert!(has(got, name), "{name} from {from} was dropped:\n{}", got.0);
+    }
+}
+
 #[test]
 fn identity_and_auto_answer_headers_follow_the_policy() {
     let proxy = Proxy::builder()
         .arg("--trusted-source")
         .arg("127.0.0.5")
         .start();
-    let pbx = UdpSocket::bind(proxy.pbx_addr()).unwrap();
-    pbx.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let trunk = UdpSocket::bind(proxy.trunk_addr()).unwrap();
-    trunk
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let sip = proxy.sip_addr();
+    let pbx = peer_at(proxy.pbx_addr());
+    let trunk = peer_at(proxy.trunk_addr());
 
     // From the trunk: the provider's identity passes, auto-answer and ring
     // tone instructions, Replaces and private headers do not.
-    let t = sock("127.0.0.3");
-    t.send_to(
-        invite(
-            t.local_addr().unwrap(),
-            sip,
-            "hdr-1",
-            "trunkcaller",
-            "200",
-            SPOOFED,
-        )
-        .as_bytes(),
-        sip,
-    )
-    .unwrap();
-    let got = relayed_invite(&pbx, "trunkcaller");
-    for gone in ["Call-Info", "Alert-Info", "Replaces", "X-Intercom"] {
-        assert!(
-            !has(&got, gone),
-            "{gone} from the trunk reached the PBX:\n{}",
-            got.0
-        );
-    }
-    for kept in [
-        "P-Asserted-Identity",
-        "Privacy",
-        "Diversion",
-        "Supported",
-        "Session-Expires",
-        "Allow",
-    ] {
-        assert!(
-            has(&got, kept),
-            "{kept} from the trunk was dropped:\n{}",
-            got.0
-        );
-    }
+    let got = relay_spoofed(&proxy, "127.0.0.3", "hdr-1", "trunkcaller", "200", &pbx);
+    assert_crossing(
+        &got,
+        "the trunk",
+        &["Call-Info", "Alert-Info", "Replaces", "X-Intercom"],
+        &[
+            "P-Asserted-Identity",
+            "Privacy",
+            "Diversion",
+            "Supported",
+            "Session-Expires",
+            "Allow",
+        ],
+    );
 
     // From an allow-listed peer outside the identity trust domain: no identity either.
-    let a = sock("127.0.0.5");
-    a.send_to(
-        invite(
-            a.local_addr().unwrap(),
-            sip,
-            "hdr-2",
-            "listed",
-            "200",
-            SPOOFED,
-        )
-        .as_bytes(),
-        sip,
-    )
-    .unwrap();
-    let got = relayed_invite(&pbx, "listed");
-    for gone in [
-        "P-Asserted-Identity",
-        "P-Preferred-Identity",
-        "Remote-Party-ID",
-        "Privacy",
-        "Diversion",
-        "Call-Info",
-        "Alert-Info",
-        "Replaces",
-        "X-Intercom",
-    ] {
-        assert!(
-            !has(&got, gone),
-            "{gone} from an allow-listed peer reached the PBX:\n{}",
-            got.0
-        );
-    }
-    assert!(
-        has(&got, "Supported") && has(&got, "Session-Expires"),
-        "{}",
-        got.0
+    let got = relay_spoofed(&proxy, "127.0.0.5", "hdr-2", "listed", "200", &pbx);
+    assert_crossing(
+        &got,
+        "an allow-listed peer",
+        &[
+            "P-Asserted-Identity",
+            "P-Preferred-Identity",
+            "Remote-Party-ID",
+            "Privacy",
+            "Diversion",
+            "Call-Info",
+            "Alert-Info",
+            "Replaces",
+            "X-Intercom",
+        ],
+        &["Supported", "Session-Expires"],
     );
 
     // From the PBX: its own Alert-Info, Call-Info and identity reach the trunk.
-    let p = sock("127.0.0.2");
-    p.send_to(
-        invite(
-            p.local_addr().unwrap(),
-            sip,
-            "hdr-3",
-            "pbxcaller",
-            "004989123456",
-            SPOOFED,
-        )
-        .as_bytes(),
-        sip,
-    )
-    .unwrap();
-    let got = relayed_invite(&trunk, "pbxcaller");
-    for kept in [
-        "Alert-Info",
-        "Call-Info",
-        "P-Asserted-Identity",
-        "P-Preferred-Identity",
-    ] {
-        assert!(
-            has(&got, kept),
-            "{kept} from the PBX was dropped:\n{}",
-            got.0
-        );
-    }
-    assert!(
-        !has(&got, "Replaces") && !has(&got, "X-Intercom"),
-        "{}",
-        got.0
+    let got = relay_spoofed(
+        &proxy,
+        "127.0.0.2",
+        "hdr-3",
+        "pbxcaller",
+        "004989123456",
+        &trunk,
+    );
+    assert_crossing(
+        &got,
+        "the PBX",
+        &["Replaces", "X-Intercom"],
+        &[
+            "Alert-Info",
+            "Call-Info",
+            "P-Asserted-Identity",
+            "P-Preferred-Identity",
+        ],
     );
 }
 
@@ -164,37 +145,19 @@ fn identity_trust_can_leave_out_the_trunk() {
         .arg("--identity-trusted")
         .arg("pbx")
         .start();
-    let pbx = UdpSocket::bind(proxy.pbx_addr()).unwrap();
-    pbx.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let sip = proxy.sip_addr();
-    let t = sock("127.0.0.3");
-    t.send_to(
-        invite(
-            t.local_addr().unwrap(),
-            sip,
-            "hdr-4",
-            "trunkcaller",
-            "200",
-            SPOOFED,
-        )
-        .as_bytes(),
-        sip,
-    )
-    .unwrap();
-    let got = relayed_invite(&pbx, "trunkcaller");
-    for gone in [
-        "P-Asserted-Identity",
-        "Privacy",
-        "Diversion",
-        "Remote-Party-ID",
-    ] {
-        assert!(
-            !has(&got, gone),
-            "{gone} from an untrusted trunk reached the PBX:\n{}",
-            got.0
-        );
-    }
+    let pbx = peer_at(proxy.pbx_addr());
+    let got = relay_spoofed(&proxy, "127.0.0.3", "hdr-4", "trunkcaller", "200", &pbx);
+    assert_crossing(
+        &got,
+        "a trunk outside the identity trust domain",
+        &[
+            "P-Asserted-Identity",
+            "Privacy",
+            "Diversion",
+            "Remote-Party-ID",
+        ],
+        &[],
+    );
 }
 
 fn policy_config(dir: &TestDir) -> std::path::PathBuf {

@@ -1,0 +1,276 @@
+//! The relay against real sockets on loopback: who is relayed, who is dropped
+//! and counted, and how a source is learned.
+
+use super::*;
+use crate::media::ports::PortPool;
+
+fn pcma() -> PayloadTypes {
+    PayloadTypes::from_formats(&["8".into(), "101".into()])
+}
+
+fn start(pool: &Arc<PortPool>, learning: Learning) -> Stream {
+    Stream::start(
+        pool.allocate().unwrap(),
+        pool.allocate().unwrap(),
+        None,
+        learning,
+    )
+    .unwrap()
+}
+
+/// Waits (bounded) until `f` holds; the relay counts on its own thread.
+async fn settle(f: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A running stream between the signalled caller `a` and callee `b`, and
+/// a stranger on another loopback address.
+struct Peers {
+    s: Stream,
+    a: UdpSocket,
+    b: UdpSocket,
+    stranger: UdpSocket,
+}
+
+impl Peers {
+    async fn new(pool: &Arc<PortPool>, learning: Learning) -> Peers {
+        let s = start(pool, learning);
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let stranger = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+        s.set_peer(Side::Caller, Some(a.local_addr().unwrap()), None, pcma());
+        s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
+        Peers { s, a, b, stranger }
+    }
+
+    /// The stream's port facing the caller.
+    fn caller_side(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.s.caller_port).into()
+    }
+
+    /// The stream's port facing the callee.
+    fn callee_side(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.s.callee_port).into()
+    }
+
+    fn count(&self, counter: &[AtomicU64; 2], side: usize) -> u64 {
+        counter[side].load(Ordering::Relaxed)
+    }
+}
+
+/// The next datagram `sock` receives (2 s at most), with its sender.
+async fn recv(sock: &UdpSocket, what: &str) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 256];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("nothing received: {what}"))
+        .unwrap();
+    (buf[..n].to_vec(), from)
+}
+
+#[tokio::test]
+async fn relays_between_the_signalled_peers_and_drops_a_stranger() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32000, 32010);
+    let learning = Learning::default();
+    let total = learning.foreign_total.clone();
+    let p = Peers::new(&pool, learning).await;
+    let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5, 0xd5];
+    p.a.send_to(&pkt, p.caller_side()).await.unwrap();
+    let (got, from) = recv(&p.b, "relayed to the callee").await;
+    assert_eq!(got, pkt);
+    assert_eq!(from, p.callee_side());
+    p.b.send_to(&pkt, p.callee_side()).await.unwrap();
+    assert_eq!(recv(&p.a, "relayed to the caller").await.0, pkt);
+    // A stranger sending to the caller-facing port is dropped and counted.
+    p.stranger.send_to(&pkt, p.caller_side()).await.unwrap();
+    let st = &p.s.stats;
+    settle(|| p.count(&st.foreign_dropped, 0) == 1).await;
+    assert_eq!(p.count(&st.foreign_dropped, 0), 1);
+    assert_eq!(p.count(&st.foreign_dropped, 1), 0);
+    assert_eq!(total.load(Ordering::Relaxed), 1);
+    assert_eq!(p.count(&st.rtp_packets, 0), 1);
+    assert_eq!(p.count(&st.rtp_packets, 1), 1);
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(pool.in_use(), 0);
+}
+#[tokio::test]
+async fn telephone_events_and_muxed_rtcp_pass_unchanged() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32100, 32110);
+    let s = start(&pool, Learning::default());
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // rtcp-mux on both sides: the RTCP address is the RTP address.
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    s.set_peer(Side::Caller, Some(a_addr), Some(a_addr), pcma());
+    s.set_peer(Side::Callee, Some(b_addr), Some(b_addr), pcma());
+    let to_proxy: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
+    // RFC 4733 event (PT 101, marker, digit 5, end bit) and an RTCP SR (PT 200).
+    let dtmf = [
+        0x80u8, 0xE5, 0, 9, 0, 0, 1, 0, 1, 2, 3, 4, 5, 0x8A, 0x03, 0x20,
+    ];
+    let sr = [
+        0x80u8, 200, 0, 6, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    for pkt in [&dtmf[..], &sr[..]] {
+        a.send_to(pkt, to_proxy).await.unwrap();
+        assert_eq!(recv(&b, "relayed").await.0, pkt, "relayed bytes differ");
+    }
+    settle(|| s.stats.rtcp_packets[0].load(Ordering::Relaxed) == 1).await;
+    assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 1);
+    assert_eq!(s.stats.rtcp_packets[0].load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_stranger_never_takes_over_a_silent_peer() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32300, 32310);
+    let p = Peers::new(&pool, Learning::default()).await;
+    let st = &p.s.stats;
+    let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+    p.a.send_to(&pkt, p.caller_side()).await.unwrap();
+    settle(|| p.count(&st.rtp_packets, 0) == 1).await;
+    // The caller goes silent (a hold) for longer than any quiet period;
+    // a stranger sends valid RTP with the negotiated payload type.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for seq in 2..12u8 {
+        let foreign = [0x80u8, 8, 0, seq, 0, 0, 0, 160, 9, 9, 9, 9, 0xaa];
+        p.stranger.send_to(&foreign, p.caller_side()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.b.send_to(&pkt, p.callee_side()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let got =
+        tokio::time::timeout(Duration::from_millis(300), p.stranger.recv_from(&mut buf)).await;
+    assert!(got.is_err(), "the stranger received the callee's media");
+    assert_eq!(p.count(&st.rtp_packets, 0), 1, "the stranger was relayed");
+    // The caller itself is still heard.
+    p.a.send_to(&pkt, p.caller_side()).await.unwrap();
+    assert_eq!(recv(&p.b, "the caller is relayed").await.0, pkt);
+}
+#[tokio::test]
+async fn an_sdp_that_keeps_the_address_opens_no_door() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32400, 32410);
+    let p = Peers::new(&pool, Learning::default()).await;
+    let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+    p.a.send_to(&pkt, p.caller_side()).await.unwrap();
+    recv(&p.b, "the caller's first packet").await;
+    // A re-INVITE with the same address; the stranger's packet comes first.
+    p.s.set_peer(Side::Caller, Some(p.a.local_addr().unwrap()), None, pcma());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let foreign = [0x80u8, 8, 0, 7, 0, 0, 0, 160, 9, 9, 9, 9, 0xaa];
+    p.stranger.send_to(&foreign, p.caller_side()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = [0x80u8, 8, 0, 2, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+    p.a.send_to(&second, p.caller_side()).await.unwrap();
+    assert_eq!(
+        recv(&p.b, "the caller after the re-INVITE").await.0,
+        second,
+        "the callee got the stranger's packet after the caller's re-INVITE"
+    );
+}
+#[tokio::test]
+async fn foreign_packets_do_not_keep_a_silent_call_alive() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32600, 32610);
+    let p = Peers::new(&pool, Learning::default()).await;
+    let st = &p.s.stats;
+    let quiet_since = st.last_rx_ms.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 9, 9, 9, 9, 0xaa];
+    for port in [
+        p.s.caller_port,
+        p.s.caller_port + 1,
+        p.s.callee_port,
+        p.s.callee_port + 1,
+    ] {
+        p.stranger
+            .send_to(&pkt, SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+    }
+    let dropped = || p.count(&st.foreign_dropped, 0) + p.count(&st.foreign_dropped, 1);
+    settle(|| dropped() == 4).await;
+    assert_eq!(dropped(), 4);
+    assert_eq!(
+        st.last_rx_ms.load(Ordering::Relaxed),
+        quiet_since,
+        "a stranger's packets count as the call's media (RTP timeout never fires)"
+    );
+}
+#[tokio::test]
+async fn a_peer_behind_nat_is_learned_only_after_the_window() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32200, 32210);
+    let learning = Learning {
+        window: Duration::from_millis(300),
+        ..Learning::default()
+    };
+    let s = start(&pool, learning);
+    // The caller's SDP names an address nothing sends from (a private one
+    // behind its NAT); its packets leave from `nat`.
+    let named = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let nat = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.set_peer(
+        Side::Caller,
+        Some(named.local_addr().unwrap()),
+        None,
+        pcma(),
+    );
+    s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
+    let to_proxy: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
+    let rtp = |seq: u8| [0x80u8, 8, 0, seq, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+    nat.send_to(&rtp(1), to_proxy).await.unwrap();
+    settle(|| s.stats.foreign_dropped[0].load(Ordering::Relaxed) == 1).await;
+    assert_eq!(
+        s.stats.rtp_packets[0].load(Ordering::Relaxed),
+        0,
+        "learned inside the window"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    for seq in 2..6 {
+        nat.send_to(&rtp(seq), to_proxy).await.unwrap();
+    }
+    // Learned on the third packet in sequence: that one and the next are relayed.
+    settle(|| s.stats.rtp_packets[0].load(Ordering::Relaxed) == 2).await;
+    assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 2);
+    // The callee's media now goes to the learned source.
+    b.send_to(&rtp(1), SocketAddr::from(([127, 0, 0, 1], s.callee_port)))
+        .await
+        .unwrap();
+    recv(&nat, "to the learned source").await;
+}
+
+#[tokio::test]
+async fn a_new_address_in_an_sdp_replaces_the_old_source() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32500, 32510);
+    let s = start(&pool, Learning::default());
+    let old = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let new = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.set_peer(Side::Caller, Some(old.local_addr().unwrap()), None, pcma());
+    s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
+    let to_proxy: SocketAddr = ([127, 0, 0, 1], s.caller_port).into();
+    let pkt = [0x80u8, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+    old.send_to(&pkt, to_proxy).await.unwrap();
+    settle(|| s.stats.rtp_packets[0].load(Ordering::Relaxed) == 1).await;
+    s.set_peer(Side::Caller, Some(new.local_addr().unwrap()), None, pcma());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    old.send_to(&pkt, to_proxy).await.unwrap();
+    settle(|| s.stats.foreign_dropped[0].load(Ordering::Relaxed) == 1).await;
+    assert_eq!(
+        s.stats.foreign_dropped[0].load(Ordering::Relaxed),
+        1,
+        "the old source still counts"
+    );
+    new.send_to(&pkt, to_proxy).await.unwrap();
+    settle(|| s.stats.rtp_packets[0].load(Ordering::Relaxed) == 2).await;
+    assert_eq!(s.stats.rtp_packets[0].load(Ordering::Relaxed), 2);
+    b.send_to(&pkt, SocketAddr::from(([127, 0, 0, 1], s.callee_port)))
+        .await
+        .unwrap();
+    recv(&new, "to the new address").await;
+}

@@ -171,6 +171,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         hang_up_all: tokio::sync::watch::channel(false).0,
         spool: Some(spool.clone()),
         db: Some(db.clone()),
+        failures: crate::recorder::failure::FailureReporter::new(),
     });
     if let Some(admin) = cfg.admin_listen {
         let token = match &cfg.admin_token {

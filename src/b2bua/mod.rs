@@ -162,6 +162,8 @@ pub struct Core {
     pub spool: Option<crate::spool::Spool>,
     /// The protocol database (for metrics and health).
     pub db: Option<crate::db::Db>,
+    /// Where recording failures are reported (log, metrics, …).
+    pub failures: crate::recorder::failure::FailureReporter,
 }
 
 /// How many finished calls `recent` keeps.

@@ -4,6 +4,7 @@
 //! recordings in batches). The relay side (`Fork::offer`) never blocks.
 
 mod codec;
+pub mod failure;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod g711;

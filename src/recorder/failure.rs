@@ -1,18 +1,21 @@
 //! Recording failures: the one vocabulary for "a call that should have been
 //! recorded is not, or not completely", and the one place every part of
 //! callrec reports such a failure to. Each report is logged at ERROR (in the
-//! call's span when the caller is in one) and counted per reason for
-//! `/metrics` (`callrec_recording_failures_total{reason}`); the README's
-//! "When a recording fails" lists the reasons and what callrec does.
+//! call's span when the caller is in one), counted per reason for
+//! `/metrics` (`callrec_recording_failures_total{reason}`), written as a row
+//! of the protocol database's `failures` table and mailed to the operator
+//! (rate-limited, a digest when many); the README's "When a recording fails"
+//! lists the reasons and what callrec does. Reporting never waits: the
+//! database row and the mail go through their own queues.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a recording failed or is incomplete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     /// The recording's files could not be created or its recorder not started.
@@ -73,7 +76,7 @@ impl FailureReason {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         FailureReason::ALL
             .iter()
             .position(|r| *r == self)
@@ -102,20 +105,63 @@ pub struct RecordingFailure {
     pub at_ms: i64,
 }
 
+impl RecordingFailure {
+    /// A failure happening now.
+    pub fn now(
+        call_id: &str,
+        set: Option<&str>,
+        reason: FailureReason,
+        detail: impl Into<String>,
+    ) -> RecordingFailure {
+        RecordingFailure {
+            call_id: call_id.to_string(),
+            set: set.map(str::to_string),
+            reason,
+            detail: detail.into(),
+            at_ms: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+}
+
+/// Where a failure goes besides the log and the counter.
+struct Sinks {
+    db: Option<crate::db::Db>,
+    mail: Option<(crate::notify::Notifier, tokio::runtime::Handle)>,
+}
+
 /// Where failures are reported; cheap to clone, shared by calls, recorder,
 /// recovery and reconciliation.
 #[derive(Clone, Default)]
 pub struct FailureReporter {
     counts: Arc<[AtomicU64; 9]>,
+    sinks: Option<Arc<Sinks>>,
 }
 
 impl FailureReporter {
-    /// A reporter with all counts at zero.
+    /// A reporter with all counts at zero that only logs and counts.
     pub fn new() -> FailureReporter {
         FailureReporter::default()
     }
 
-    /// Reports one failure: logged at ERROR and counted.
+    /// A reporter that also writes each failure into the protocol database
+    /// and mails it. Mails are sent on the tokio runtime this is called in
+    /// (without one, none are sent), so threads outside it may report too.
+    pub fn with_sinks(
+        db: Option<crate::db::Db>,
+        notifier: Option<crate::notify::Notifier>,
+    ) -> FailureReporter {
+        let rt = tokio::runtime::Handle::try_current().ok();
+        FailureReporter {
+            counts: Arc::default(),
+            sinks: Some(Arc::new(Sinks {
+                db,
+                mail: notifier.zip(rt),
+            })),
+        }
+    }
+
+    /// Reports one failure: logged at ERROR, counted, written to the database
+    /// and mailed. Never blocks: both go through queues.
     pub fn report(&self, f: RecordingFailure) {
         self.counts[f.reason.index()].fetch_add(1, Ordering::Relaxed);
         tracing::error!(
@@ -125,6 +171,23 @@ impl FailureReporter {
             "recording failure: {}",
             f.detail
         );
+        let Some(sinks) = &self.sinks else {
+            return;
+        };
+        if let Some(db) = &sinks.db {
+            db.send(crate::db::Record::Failure {
+                call_id: f.call_id.clone(),
+                base_name: f.set.clone(),
+                reason: f.reason.as_str().to_string(),
+                detail: f.detail.clone(),
+                at_ms: f.at_ms,
+            });
+        }
+        if let Some((notifier, rt)) = &sinks.mail {
+            // The notifier spawns its sending task; recorder threads are outside the runtime.
+            let _g = rt.enter();
+            notifier.recording_failed(f);
+        }
     }
 
     /// Failures reported since start, per reason.

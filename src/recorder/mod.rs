@@ -8,6 +8,7 @@ pub mod failure;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod g711;
+pub mod gaps;
 pub mod metadata;
 mod pool;
 pub(crate) mod resample;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use codec::{Codec, PayloadMap, PayloadType};
 pub use g711::{encode_alaw, encode_ulaw, ALAW_TO_LINEAR, ULAW_TO_LINEAR};
+pub use gaps::Gap;
 pub use wav::WavWriter;
 
 /// Which side of the call a packet comes from (never derived from the SSRC).
@@ -268,6 +270,8 @@ pub struct RecordingOutput {
     pub caller: MediaStats,
     /// Callee's media counters.
     pub callee: MediaStats,
+    /// Spans whose audio is missing (silence in the files), in time order.
+    pub gaps: Vec<Gap>,
 }
 
 impl RecordingOutput {
@@ -292,6 +296,10 @@ struct ForkShared {
     closed: AtomicBool,
     queue_dropped: [AtomicU64; 2],
     last_drop_log_ms: AtomicU64,
+    /// First refused packet since the worker last looked (ms from `epoch` + 1; 0: none).
+    overload_from: AtomicU64,
+    /// Last refused packet's end (ms from `epoch`).
+    overload_to: AtomicU64,
     epoch: Instant,
     base_name: String,
 }
@@ -328,6 +336,11 @@ impl Fork {
     fn count_drop(&self, party: Party, arrival: Instant) {
         let s = &self.shared;
         let total = s.queue_dropped[party.index()].fetch_add(1, Ordering::Relaxed) + 1;
+        let at = arrival.saturating_duration_since(s.epoch).as_millis() as u64;
+        let _ = s
+            .overload_from
+            .compare_exchange(0, at + 1, Ordering::Relaxed, Ordering::Relaxed);
+        s.overload_to.fetch_max(at + 20, Ordering::Relaxed);
         let now_ms =
             arrival.saturating_duration_since(s.epoch).as_millis() as u64 + DROP_LOG_INTERVAL_MS;
         let last = s.last_drop_log_ms.load(Ordering::Relaxed);
@@ -364,6 +377,8 @@ impl Recorder {
             closed: AtomicBool::new(false),
             queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
             last_drop_log_ms: AtomicU64::new(0),
+            overload_from: AtomicU64::new(0),
+            overload_to: AtomicU64::new(0),
             epoch: spec.start,
             base_name: spec.base_name.clone(),
         });
@@ -389,6 +404,19 @@ impl Recorder {
         let _ = self
             .lane
             .send(pool::Command::PayloadMap(self.id, party, Box::new(map)));
+    }
+
+    /// Reports this recording's failures (disk full, overload …) for call
+    /// `call_id`, in the current tracing span (the call's), once per reason.
+    pub fn watch_failures(&self, reporter: failure::FailureReporter, call_id: &str) {
+        let watch = worker::Watch {
+            reporter,
+            call_id: call_id.to_string(),
+            span: tracing::Span::current(),
+        };
+        let _ = self
+            .lane
+            .send(pool::Command::Watch(self.id, Box::new(watch)));
     }
 
     /// Blocks until everything queued is written and the files are finalised.
@@ -481,6 +509,8 @@ mod tests {
                 closed: AtomicBool::new(false),
                 queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
                 last_drop_log_ms: AtomicU64::new(0),
+                overload_from: AtomicU64::new(0),
+                overload_to: AtomicU64::new(0),
                 epoch: spec.start,
                 base_name: "q".into(),
             }),

@@ -106,7 +106,7 @@ fn a_full_disk_mid_call_leaves_a_sealed_set_with_a_gap() {
     let work = proxy.data_dir().join("work");
     let _mount = Tmpfs::mount(&work, "512k");
     let filler = work.join("filler");
-    std::fs::write(&filler, vec![7u8; 384 * 1024]).unwrap();
+    std::fs::write(&filler, vec![7u8; 416 * 1024]).unwrap();
 
     let run = long_call(&proxy);
     let dir = TestDir::new("diskfull-call");

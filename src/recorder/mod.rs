@@ -522,4 +522,53 @@ mod tests {
         assert_eq!(fork.shared.queue_dropped[0].load(Ordering::Relaxed), 1);
         assert_eq!(fork.shared.queue_dropped[1].load(Ordering::Relaxed), 1);
     }
+
+    #[test]
+    fn refused_packets_become_one_overload_gap_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = RecordingSpec::new(dir.path(), "ov", ChannelMode::Stereo);
+        spec.queue_capacity = 1;
+        let t0 = spec.start;
+        let rec = Recorder::start(spec).unwrap();
+        let reporter = failure::FailureReporter::new();
+        rec.watch_failures(reporter.clone(), "call-1");
+        rec.set_payload_map(
+            Party::Caller,
+            PayloadMap::from_sdp("v=0\r\nm=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"),
+        );
+        let fork = rec.fork();
+        // A burst of one second of packets: the queue of one takes the first.
+        for i in 0u16..50 {
+            let mut p = vec![0x80, 8];
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend_from_slice(&(u32::from(i) * 160).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 1]);
+            p.extend_from_slice(&[0xd5; 160]);
+            fork.offer(
+                Party::Caller,
+                Bytes::from(p),
+                t0 + Duration::from_millis(20 * u64::from(i)),
+            );
+        }
+        let out = rec.finish().unwrap();
+        assert_eq!(out.caller.queue_dropped, 49);
+        let gaps: Vec<_> = out
+            .gaps
+            .iter()
+            .filter(|g| g.reason == failure::FailureReason::RecorderOverload)
+            .collect();
+        assert_eq!(gaps.len(), 1, "{:?}", out.gaps);
+        assert!(
+            gaps[0].from_ms <= 40 && gaps[0].to_ms >= 980,
+            "{:?}",
+            gaps[0]
+        );
+        let overloads = reporter
+            .counts()
+            .into_iter()
+            .find(|(r, _)| *r == failure::FailureReason::RecorderOverload)
+            .unwrap()
+            .1;
+        assert_eq!(overloads, 1, "reported once per recording");
+    }
 }

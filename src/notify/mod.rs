@@ -1,4 +1,4 @@
-//! E-mail notification of failed uploads (R6.7), recording failures
+//! E-mail notification of failed uploads, recording failures
 //! (`failures`) and a low spool disk, rate-limited.
 //!
 //! For every upload attempt in which a file failed, a mail names the target, the

@@ -398,6 +398,16 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
         );
     }
     st.transport.write_prometheus(&mut out);
+    let _ = writeln!(
+        out,
+        "# HELP callrec_recording_failures_total Recordings that failed or are incomplete, by reason.\n# TYPE callrec_recording_failures_total counter"
+    );
+    for (reason, n) in core.failures.counts() {
+        let _ = writeln!(
+            out,
+            "callrec_recording_failures_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
     if let Some(planner) = &core.planner {
         // Decisions use the last good snapshot however old it is: these show when
         // the PBX has not answered for a while and group changes are not seen.

@@ -112,6 +112,20 @@ CREATE INDEX deletions_base_name ON deletions(base_name);
 ALTER TABLE uploads ADD COLUMN next_ms INTEGER;
 CREATE INDEX uploads_state ON uploads(state, base_name);
 "#,
+    r#"
+CREATE TABLE failures (
+    id INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    base_name TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX failures_call_id ON failures(call_id);
+CREATE INDEX failures_at ON failures(at_ms);
+CREATE INDEX recordings_call_id ON recordings(call_id);
+CREATE INDEX decisions_recorded_at ON decisions(recorded, at_ms);
+"#,
 ];
 
 /// Milliseconds since the Unix epoch, now.
@@ -234,6 +248,19 @@ pub enum Record {
         user_number: String,
         /// True when logged out.
         logged_out: bool,
+        /// When (ms since epoch).
+        at_ms: i64,
+    },
+    /// A recording failure (see `recorder::failure`), linked to the call.
+    Failure {
+        /// Call-ID of the caller leg.
+        call_id: String,
+        /// Base name of the set, when one exists.
+        base_name: Option<String>,
+        /// The reason's name, e.g. "disk_full".
+        reason: String,
+        /// What happened.
+        detail: String,
         /// When (ms since epoch).
         at_ms: i64,
     },
@@ -498,6 +525,18 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             tx.execute(
                 "INSERT INTO calls (call_id, at_ms, event, direction, caller, callee, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![call_id, at_ms, event, direction, caller, callee, detail],
+            )?;
+        }
+        Record::Failure {
+            call_id,
+            base_name,
+            reason,
+            detail,
+            at_ms,
+        } => {
+            tx.execute(
+                "INSERT INTO failures (call_id, base_name, reason, detail, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![call_id, base_name, reason, detail, at_ms],
             )?;
         }
         Record::Decision {
@@ -958,6 +997,7 @@ impl Db {
             "errors",
             "group_logouts",
             "deletions",
+            "failures",
         ];
         let q = |source| DbError::Query {
             path: self.path.clone(),
@@ -969,6 +1009,18 @@ impl Db {
         let conn = self.reader()?;
         conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
             .map_err(q)
+    }
+
+    /// Runs a read-only query on a pooled connection (for modules with their own SQL).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, DbError> {
+        let conn = self.reader()?;
+        f(&conn).map_err(|source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Group memberships switched off (logged out), as (group, user) pairs.

@@ -14,6 +14,7 @@ pub mod media;
 pub mod notify;
 pub mod policy;
 pub mod proxy;
+pub mod reconcile;
 pub mod recorder;
 pub mod seal;
 pub mod sip;

@@ -46,6 +46,56 @@ enum Command {
     },
     /// Delete recordings older than the retention period from the local folders (each deletion is logged in the database).
     Purge(PurgeArgs),
+    /// Reconcile the calls decided "record" with their sealed sets and list the recording failures; exit 1 when a set is missing.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// How many days back to look.
+    #[arg(long, default_value_t = 7)]
+    days: u32,
+    /// Calls that ended less than this many seconds ago are left out (their set may still be being sealed).
+    #[arg(long, default_value_t = 600)]
+    settle_secs: u64,
+    /// As for `run`: a call without a recorded end is checked once its decision is older than this.
+    #[arg(long, env = "CALLREC_MAX_CALL_DURATION", default_value_t = 86_400)]
+    max_call_duration: u64,
+    /// SMTP server to mail newly found missing sets to (as for `run`).
+    #[arg(long, env = "CALLREC_SMTP")]
+    smtp: Option<String>,
+    /// Address for that mail (repeatable).
+    #[arg(
+        long = "notify-email",
+        env = "CALLREC_NOTIFY_EMAIL",
+        value_delimiter = ','
+    )]
+    notify_email: Vec<String>,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+/// Returns whether every recorded call has its set.
+fn report(a: ReportArgs) -> anyhow::Result<bool> {
+    use callrec::reconcile::{reconcile, Params};
+    let db = a.state.db()?;
+    let reporter = callrec::recorder::failure::FailureReporter::with_sinks(Some(db.clone()), None);
+    let p = Params::last(
+        Duration::from_secs(u64::from(a.days) * 86_400),
+        Duration::from_secs(a.settle_secs),
+        Duration::from_secs(a.max_call_duration),
+    );
+    let r = reconcile(&db, &reporter, &p)?;
+    db.flush();
+    print!("{}", r.text(&p));
+    let new = r.new_failures();
+    let notifier = callrec::proxy::notifier_from(a.smtp, &a.notify_email, &a.state.policy()?)?;
+    if let (Some(n), false) = (notifier, new.is_empty()) {
+        let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        rt.block_on(n.send_recording_failures(&new))?;
+        println!("mail sent about {} newly found missing set(s)", new.len());
+    }
+    Ok(r.missing.is_empty())
 }
 
 /// Where an offline subcommand finds the instance's state.
@@ -706,6 +756,11 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Onedrive { action } => onedrive(action),
+        Command::Report(a) => match report(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

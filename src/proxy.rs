@@ -67,6 +67,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let db = Db::open_in(&cfg.data_dir)?;
     let (profile_targets, all_targets, secrets) = resolve_targets(&cfg.policy, &cfg.data_dir)?;
     let notifier = notifier(&cfg)?;
+    let failures =
+        crate::recorder::failure::FailureReporter::with_sinks(Some(db.clone()), notifier.clone());
     // Retention per profile, once at start and then daily (R7.3).
     let _retention = tokio::spawn(crate::archive::retention_daily(
         db.clone(),
@@ -171,7 +173,15 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         hang_up_all: tokio::sync::watch::channel(false).0,
         spool: Some(spool.clone()),
         db: Some(db.clone()),
+        failures: failures.clone(),
     });
+    // Completeness of the recordings, daily (the first run once start-up has settled).
+    let _reconcile = tokio::spawn(crate::reconcile::daily(
+        db.clone(),
+        failures,
+        cfg.limits.max_call_duration,
+        crate::reconcile::SETTLE,
+    ));
     if let Some(admin) = cfg.admin_listen {
         let token = match &cfg.admin_token {
             Some(t) => t.clone(),
@@ -330,12 +340,19 @@ pub fn resolve_targets(
 
 /// The failure-mail notifier, when an SMTP server and at least one address are configured.
 fn notifier(cfg: &RunConfig) -> Result<Option<crate::notify::Notifier>, StartError> {
-    let smtp = cfg
-        .smtp
-        .clone()
-        .or_else(|| cfg.policy.smtp.as_ref().map(|s| s.url.clone()));
-    let mut to: Vec<String> = cfg.notify_email.clone();
-    for p in &cfg.policy.profiles {
+    notifier_from(cfg.smtp.clone(), &cfg.notify_email, &cfg.policy)
+}
+
+/// The notifier for `--smtp`, `--notify-email` and the config file's `[smtp]`
+/// and profile addresses (also for offline commands).
+pub fn notifier_from(
+    smtp: Option<String>,
+    notify_email: &[String],
+    policy: &crate::policy::PolicyConfig,
+) -> Result<Option<crate::notify::Notifier>, StartError> {
+    let smtp = smtp.or_else(|| policy.smtp.as_ref().map(|s| s.url.clone()));
+    let mut to: Vec<String> = notify_email.to_vec();
+    for p in &policy.profiles {
         if let Some(a) = &p.notify_email {
             if !to.contains(a) {
                 to.push(a.clone());
@@ -352,8 +369,7 @@ fn notifier(cfg: &RunConfig) -> Result<Option<crate::notify::Notifier>, StartErr
         tracing::warn!("--smtp is set but no address to notify (--notify-email): no failure mails will be sent");
         return Ok(None);
     }
-    let from = cfg
-        .policy
+    let from = policy
         .smtp
         .as_ref()
         .map(|s| s.from.clone())
@@ -361,7 +377,7 @@ fn notifier(cfg: &RunConfig) -> Result<Option<crate::notify::Notifier>, StartErr
         .unwrap_or_else(|| "callrec@localhost".to_string());
     let refs: Vec<&str> = to.iter().map(String::as_str).collect();
     let mut mail = crate::notify::MailConfig::new(&url, &from, &refs);
-    if let Some(s) = &cfg.policy.smtp {
+    if let Some(s) = &policy.smtp {
         mail.username = s.user.clone();
         mail.password = s
             .password

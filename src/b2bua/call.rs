@@ -14,7 +14,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::headers::{copy_end_to_end, Origin};
 use super::plan::CallPlan;
-use super::recording::{CallFacts, CallRecording};
+use super::recording::{report_start_failure, CallFacts, CallRecording};
 use super::router::RouterMsg;
 use super::{CallSummary, Core, Direction};
 use crate::media::{Session, Side};
@@ -1404,13 +1404,18 @@ impl Call {
                 let Some(media) = self.media.as_mut() else {
                     return;
                 };
+                rec.watch_failures(&self.core, &self.legs[0].call_id);
                 media.set_tap(Some(rec.tap()));
                 rec.update_payload_maps(media);
                 self.recording = Some(rec);
             }
             // The call goes on unrecorded; the operator sees why.
-            Ok(Err(e)) => tracing::error!("cannot start recording: {e}"),
-            Err(e) => tracing::error!("cannot start recording: the file task failed: {e}"),
+            Ok(Err(e)) => report_start_failure(&self.core, &self.legs[0].call_id, e.to_string()),
+            Err(e) => report_start_failure(
+                &self.core,
+                &self.legs[0].call_id,
+                format!("the file task failed: {e}"),
+            ),
         }
     }
 }

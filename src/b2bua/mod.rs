@@ -162,6 +162,8 @@ pub struct Core {
     pub spool: Option<crate::spool::Spool>,
     /// The protocol database (for metrics and health).
     pub db: Option<crate::db::Db>,
+    /// Where recording failures are reported (log, metrics, …).
+    pub failures: crate::recorder::failure::FailureReporter,
 }
 
 /// How many finished calls `recent` keeps.
@@ -182,6 +184,19 @@ impl Core {
         self.stats
             .rtp_packets
             .fetch_add(s.rtp_from_caller + s.rtp_from_callee, Ordering::Relaxed);
+        // The end and final status: reconciliation tells answered calls
+        // (which must have a set when recorded) from unanswered ones.
+        if let Some(db) = &self.db {
+            db.send(crate::db::Record::Call {
+                call_id: s.caller_call_id.clone(),
+                at_ms: crate::db::now_ms(),
+                event: "end".into(),
+                direction: Some(format!("{:?}", s.direction).to_lowercase()),
+                caller: None,
+                callee: None,
+                detail: Some(format!("{} {}", s.status, s.end_reason)),
+            });
+        }
         let mut r = self.recent.lock().expect("recent calls poisoned");
         if r.len() == RECENT_CALLS {
             r.pop_front();

@@ -1,7 +1,8 @@
 //! A call's recording: started when the call is answered, fed by the relay's
 //! tap, and on the call's end finished off the call's task (the recorder
 //! drains and closes its files on a blocking thread), described by the
-//! metadata, and handed to the sealing service.
+//! metadata, and handed to the sealing service. Failures (cannot start, disk
+//! full, overload, files not finished) are reported to `Core.failures`.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use tracing::{error, info};
 use super::Direction;
 use crate::media::relay::Tap;
 use crate::media::{Session, Side};
+use crate::recorder::failure::{FailureReason, RecordingFailure};
 use crate::recorder::metadata::{
     local_offset_at, Announcement, AudioInfo, CallIds, EndedBy, Metadata, PartyInfo, PerParty,
     Times, SCHEMA_VERSION,
@@ -138,6 +140,11 @@ impl CallRecording {
         })
     }
 
+    /// Reports this recording's failures for the call (from its span).
+    pub fn watch_failures(&self, core: &super::Core, call_id: &str) {
+        self.recorder.watch_failures(core.failures.clone(), call_id);
+    }
+
     /// The tap to give the media session.
     pub fn tap(&self) -> Arc<dyn Tap> {
         Arc::new(ForkTap(self.recorder.fork()))
@@ -183,7 +190,12 @@ impl CallRecording {
             let out = match self.recorder.finish_at(end_instant) {
                 Ok(o) => o,
                 Err(e) => {
-                    error!(set = %self.base_name, "recording failed: {e}");
+                    stats.failures.report(RecordingFailure::now(
+                        &facts.caller_call_id,
+                        Some(&self.base_name),
+                        FailureReason::WriteError,
+                        format!("the recording's files could not be finished: {e}; they stay unsealed in {}", settings.dir.display()),
+                    ));
                     return;
                 }
             };
@@ -225,6 +237,7 @@ impl CallRecording {
                     caller: out.caller.clone(),
                     callee: out.callee.clone(),
                 },
+                gaps: Vec::new(),
                 instance_id: settings.instance_id.clone(),
                 software_version: env!("CARGO_PKG_VERSION").to_string(),
             };
@@ -263,4 +276,15 @@ impl CallRecording {
             }
         });
     }
+}
+
+/// Reports a recording that could not start (the call's own reaction is the
+/// call's business); call it from the call's span.
+pub fn report_start_failure(core: &super::Core, call_id: &str, detail: String) {
+    core.failures.report(RecordingFailure::now(
+        call_id,
+        None,
+        FailureReason::StartFailed,
+        format!("cannot start recording: {detail}"),
+    ));
 }

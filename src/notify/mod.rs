@@ -1,4 +1,5 @@
-//! E-mail notification of failed uploads (R6.7) and a low spool disk, rate-limited.
+//! E-mail notification of failed uploads, recording failures
+//! (`failures`) and a low spool disk, rate-limited.
 //!
 //! For every upload attempt in which a file failed, a mail names the target, the
 //! set, its files and the error. No mail storms: per target at most one mail per
@@ -17,6 +18,8 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+mod failures;
 
 /// Settings for failure mails. Its `Debug` output hides the password.
 #[derive(Clone)]
@@ -112,6 +115,7 @@ struct Inner {
     state: Mutex<HashMap<String, TargetState>>,
     disk_warned: Mutex<Option<Instant>>,
     directory_warned: Mutex<Option<Instant>>,
+    recordings: Mutex<failures::Digest>,
 }
 
 /// Sends failure mails; cheap to clone. Needs a tokio runtime.
@@ -228,6 +232,7 @@ impl Notifier {
                 state: Mutex::new(HashMap::new()),
                 disk_warned: Mutex::new(None),
                 directory_warned: Mutex::new(None),
+                recordings: Mutex::default(),
             }),
         })
     }

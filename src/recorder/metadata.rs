@@ -5,7 +5,7 @@
 use chrono::{DateTime, FixedOffset, Local, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{ChannelMode, MediaStats, RecordingOutput};
+use super::{ChannelMode, Gap, MediaStats, RecordingOutput};
 
 /// Version of this JSON layout; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -45,6 +45,10 @@ pub struct Metadata {
     pub codecs: PerParty<Vec<String>>,
     /// Media counters per party.
     pub media: PerParty<MediaStats>,
+    /// Spans whose audio is missing (silence in the files): ms from `times.start`,
+    /// which is also the position in the audio files, with the reason.
+    #[serde(default)]
+    pub gaps: Vec<Gap>,
     /// Id of the callrec instance that recorded the call.
     pub instance_id: String,
     /// callrec version that wrote the recording.
@@ -207,6 +211,7 @@ impl Metadata {
             callee: out.callee.clone(),
         };
         self.times.media_duration_ms = out.duration.as_millis() as u64;
+        self.gaps = out.gaps.clone();
     }
 }
 
@@ -265,6 +270,7 @@ mod tests {
                 caller: MediaStats::default(),
                 callee: MediaStats::default(),
             },
+            gaps: Vec::new(),
             instance_id: "inst-1".into(),
             software_version: "0.1.0".into(),
         }
@@ -290,6 +296,7 @@ mod tests {
             "audio",
             "codecs",
             "media",
+            "gaps",
             "instance_id",
             "software_version",
         ] {

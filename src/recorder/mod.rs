@@ -4,9 +4,11 @@
 //! recordings in batches). The relay side (`Fork::offer`) never blocks.
 
 mod codec;
+pub mod failure;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod g711;
+pub mod gaps;
 pub mod metadata;
 mod pool;
 pub(crate) mod resample;
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use codec::{Codec, PayloadMap, PayloadType};
 pub use g711::{encode_alaw, encode_ulaw, ALAW_TO_LINEAR, ULAW_TO_LINEAR};
+pub use gaps::Gap;
 pub use wav::WavWriter;
 
 /// Which side of the call a packet comes from (never derived from the SSRC).
@@ -267,6 +270,8 @@ pub struct RecordingOutput {
     pub caller: MediaStats,
     /// Callee's media counters.
     pub callee: MediaStats,
+    /// Spans whose audio is missing (silence in the files), in time order.
+    pub gaps: Vec<Gap>,
 }
 
 impl RecordingOutput {
@@ -291,6 +296,10 @@ struct ForkShared {
     closed: AtomicBool,
     queue_dropped: [AtomicU64; 2],
     last_drop_log_ms: AtomicU64,
+    /// First refused packet since the worker last looked (ms from `epoch` + 1; 0: none).
+    overload_from: AtomicU64,
+    /// Last refused packet's end (ms from `epoch`).
+    overload_to: AtomicU64,
     epoch: Instant,
     base_name: String,
 }
@@ -327,6 +336,11 @@ impl Fork {
     fn count_drop(&self, party: Party, arrival: Instant) {
         let s = &self.shared;
         let total = s.queue_dropped[party.index()].fetch_add(1, Ordering::Relaxed) + 1;
+        let at = arrival.saturating_duration_since(s.epoch).as_millis() as u64;
+        let _ = s
+            .overload_from
+            .compare_exchange(0, at + 1, Ordering::Relaxed, Ordering::Relaxed);
+        s.overload_to.fetch_max(at + 20, Ordering::Relaxed);
         let now_ms =
             arrival.saturating_duration_since(s.epoch).as_millis() as u64 + DROP_LOG_INTERVAL_MS;
         let last = s.last_drop_log_ms.load(Ordering::Relaxed);
@@ -363,6 +377,8 @@ impl Recorder {
             closed: AtomicBool::new(false),
             queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
             last_drop_log_ms: AtomicU64::new(0),
+            overload_from: AtomicU64::new(0),
+            overload_to: AtomicU64::new(0),
             epoch: spec.start,
             base_name: spec.base_name.clone(),
         });
@@ -388,6 +404,19 @@ impl Recorder {
         let _ = self
             .lane
             .send(pool::Command::PayloadMap(self.id, party, Box::new(map)));
+    }
+
+    /// Reports this recording's failures (disk full, overload …) for call
+    /// `call_id`, in the current tracing span (the call's), once per reason.
+    pub fn watch_failures(&self, reporter: failure::FailureReporter, call_id: &str) {
+        let watch = worker::Watch {
+            reporter,
+            call_id: call_id.to_string(),
+            span: tracing::Span::current(),
+        };
+        let _ = self
+            .lane
+            .send(pool::Command::Watch(self.id, Box::new(watch)));
     }
 
     /// Blocks until everything queued is written and the files are finalised.
@@ -480,6 +509,8 @@ mod tests {
                 closed: AtomicBool::new(false),
                 queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
                 last_drop_log_ms: AtomicU64::new(0),
+                overload_from: AtomicU64::new(0),
+                overload_to: AtomicU64::new(0),
                 epoch: spec.start,
                 base_name: "q".into(),
             }),
@@ -490,5 +521,56 @@ mod tests {
         assert!(!fork.offer(Party::Callee, p, Instant::now()));
         assert_eq!(fork.shared.queue_dropped[0].load(Ordering::Relaxed), 1);
         assert_eq!(fork.shared.queue_dropped[1].load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn refused_packets_become_one_overload_gap_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = RecordingSpec::new(dir.path(), "ov", ChannelMode::Stereo);
+        spec.queue_capacity = 1;
+        let t0 = spec.start;
+        let rec = Recorder::start(spec).unwrap();
+        let reporter = failure::FailureReporter::new();
+        rec.watch_failures(reporter.clone(), "call-1");
+        rec.set_payload_map(
+            Party::Caller,
+            PayloadMap::from_sdp("v=0\r\nm=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"),
+        );
+        let fork = rec.fork();
+        // A burst of one second of packets: the queue of one takes the first
+        // (and one more whenever the lane happens to empty it meanwhile).
+        let mut dropped = Vec::new();
+        for i in 0u16..50 {
+            let mut p = vec![0x80, 8];
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend_from_slice(&(u32::from(i) * 160).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 1]);
+            p.extend_from_slice(&[0xd5; 160]);
+            let at = t0 + Duration::from_millis(20 * u64::from(i));
+            if !fork.offer(Party::Caller, Bytes::from(p), at) {
+                dropped.push(20 * u64::from(i));
+            }
+        }
+        let out = rec.finish().unwrap();
+        assert_eq!(out.caller.queue_dropped, dropped.len() as u64);
+        let (first, last) = (dropped[0], *dropped.last().unwrap());
+        let gaps: Vec<_> = out
+            .gaps
+            .iter()
+            .filter(|g| g.reason == failure::FailureReason::RecorderOverload)
+            .collect();
+        assert_eq!(gaps.len(), 1, "{:?}", out.gaps);
+        assert!(
+            gaps[0].from_ms <= first && gaps[0].to_ms >= last,
+            "{:?} does not cover {first}-{last} ms",
+            gaps[0]
+        );
+        let overloads = reporter
+            .counts()
+            .into_iter()
+            .find(|(r, _)| *r == failure::FailureReason::RecorderOverload)
+            .unwrap()
+            .1;
+        assert_eq!(overloads, 1, "reported once per recording");
     }
 }

@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::worker::Worker;
+use super::worker::{Watch, Worker};
 use super::{Packet, Party, PayloadMap, RecorderError};
 
 /// How often a lane takes the queued packets of its recordings.
@@ -35,6 +35,8 @@ pub(crate) enum Command {
     },
     /// Codec table of one party (at start, after a re-INVITE).
     PayloadMap(u64, Party, Box<PayloadMap>),
+    /// Who is told about the recording's failures.
+    Watch(u64, Box<Watch>),
     /// Place everything queued and hand the worker back; with an instant, the
     /// audio runs (silent if need be) up to it. Without a reply channel the
     /// lane finalises the files itself (the owner dropped the recorder).
@@ -171,6 +173,11 @@ impl Lane {
                 packets,
             } => {
                 self.recordings.insert(id, Entry { worker, packets });
+            }
+            Command::Watch(id, watch) => {
+                if let Some(e) = self.recordings.get_mut(&id) {
+                    e.worker.set_watch(*watch);
+                }
             }
             Command::PayloadMap(id, party, map) => {
                 if let Some(e) = self.recordings.get_mut(&id) {

@@ -1,6 +1,9 @@
 //! Our own 16-bit PCM WAV writer: the header is rewritten periodically so a
 //! crash leaves a playable file, and past a size threshold the file becomes
-//! RF64 (a JUNK chunk reserved at the start turns into 'ds64').
+//! RF64 (a JUNK chunk reserved at the start turns into 'ds64'). Samples that
+//! cannot be written (disk full) are skipped, not the file: the write position
+//! keeps following the time line, so what follows lands at its right place and
+//! the skipped span reads as silence (a hole in the file, which takes no space).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -11,6 +14,17 @@ use std::time::{Duration, Instant};
 /// Byte offset where the sample data starts.
 pub const DATA_OFFSET: u64 = 80;
 const JUNK_PAYLOAD: u32 = 28;
+
+/// Sample frames `[from, to)` that could not be written.
+#[derive(Debug)]
+pub struct WriteLoss {
+    /// First frame missing.
+    pub from: u64,
+    /// Frame after the last one missing.
+    pub to: u64,
+    /// Why.
+    pub source: io::Error,
+}
 
 /// A WAV file being written.
 pub struct WavWriter {
@@ -74,37 +88,74 @@ impl WavWriter {
     }
 
     /// Appends interleaved samples; rewrites the header when the interval is due.
-    pub fn write_samples(&mut self, samples: &[i16]) -> io::Result<()> {
+    /// On a failed write the samples that did not reach the file are skipped
+    /// (see the module comment) and named in the error; later writes go on.
+    pub fn write_samples(&mut self, samples: &[i16]) -> Result<(), WriteLoss> {
         for &s in samples {
             self.buf.extend_from_slice(&s.to_le_bytes());
         }
+        let mut res = Ok(());
         if self.buf.len() >= 32 * 1024 {
-            self.flush_buf()?;
+            res = self.flush_buf();
         }
         if self.last_header.elapsed() >= self.header_interval {
-            self.flush_buf()?;
-            self.write_header()?;
+            if res.is_ok() {
+                res = self.flush_buf();
+            }
+            // Overwrites bytes already on disk; finalize writes it again anyway.
+            if let Err(e) = self.write_header() {
+                tracing::debug!(file = %self.path.display(), error = %e, "WAV header not updated");
+            }
         }
-        Ok(())
+        res
     }
 
-    fn flush_buf(&mut self) -> io::Result<()> {
+    fn flush_buf(&mut self) -> Result<(), WriteLoss> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all_at(&self.buf, DATA_OFFSET + self.data_bytes)?;
+        let start = DATA_OFFSET + self.data_bytes;
+        let mut done = 0;
+        let mut failed = None;
+        while done < self.buf.len() {
+            match self.file.write_at(&self.buf[done..], start + done as u64) {
+                Ok(0) => {
+                    failed = Some(io::Error::from(io::ErrorKind::WriteZero));
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let block = 2 * self.channels as u64;
+        let from = (self.data_bytes + done as u64) / block;
         self.data_bytes += self.buf.len() as u64;
         self.buf.clear();
-        Ok(())
+        match failed {
+            None => Ok(()),
+            Some(source) => Err(WriteLoss {
+                from,
+                to: self.data_bytes / block,
+                source,
+            }),
+        }
     }
 
-    /// Writes everything buffered, a final header, and syncs the file.
-    pub fn finalize(&mut self) -> io::Result<()> {
-        self.flush_buf()?;
+    /// Writes everything buffered, a final header, and syncs the file. `Ok`
+    /// carries the last samples' loss when they could not be written; `Err`
+    /// means the file itself could not be finished.
+    pub fn finalize(&mut self) -> io::Result<Option<WriteLoss>> {
+        let loss = self.flush_buf().err();
+        // A span skipped at the end becomes a hole up to the length the header names.
+        self.file.set_len(DATA_OFFSET + self.data_bytes)?;
         self.write_header()?;
         self.file.flush()?;
-        self.file.sync_all()
+        self.file.sync_all()?;
+        Ok(loss)
     }
 
     fn write_header(&mut self) -> io::Result<()> {

@@ -1,14 +1,18 @@
 //! One recording's state: takes packets off its queue, feeds the two party
 //! timelines, commits samples older than the reorder window to the WAV
 //! writers, and finalises the files on finish. A lane of the pool drives it.
+//! Audio that cannot be written (disk full) or that the queue refused
+//! (overload) becomes a gap of the recording, reported once per reason.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::failure::{FailureReason, FailureReporter, RecordingFailure};
+use super::gaps::Gaps;
 use super::timeline::{Thresholds, Timeline};
-use super::wav::WavWriter;
+use super::wav::{WavWriter, WriteLoss};
 use super::{
     rtp, ChannelMode, ForkShared, Packet, Party, PayloadMap, RecorderError, RecordingOutput,
     RecordingSpec,
@@ -18,6 +22,17 @@ use super::{
 const COMMIT_CHUNK: usize = 4096;
 /// Rate used for the header when no audio ever arrived.
 const DEFAULT_RATE: u32 = 8000;
+/// Space kept free beside each recording until it is finished, so that the
+/// set's metadata, checksums and signature can be written even when the
+/// disk ran full during the call.
+const SEAL_RESERVE: usize = 64 * 1024;
+
+/// Who is told about this recording's failures, and in which call's span.
+pub(crate) struct Watch {
+    pub(crate) reporter: FailureReporter,
+    pub(crate) call_id: String,
+    pub(crate) span: tracing::Span,
+}
 
 pub(crate) struct Worker {
     mode: ChannelMode,
@@ -39,6 +54,9 @@ pub(crate) struct Worker {
     error: Option<RecorderError>,
     shared: Arc<ForkShared>,
     malformed: [u64; 2],
+    gaps: Gaps,
+    watch: Option<Watch>,
+    reserve: Option<std::path::PathBuf>,
 }
 
 impl Worker {
@@ -63,6 +81,15 @@ impl Worker {
             .map_err(|source| RecorderError::Create { path, source })?;
             writers.push(w);
         }
+        let reserve = spec.dir.join(format!(".{}.reserve", spec.base_name));
+        let reserve = match std::fs::write(&reserve, vec![0u8; SEAL_RESERVE]) {
+            Ok(()) => Some(reserve),
+            Err(e) => {
+                let _ = std::fs::remove_file(&reserve);
+                tracing::warn!(file = %reserve.display(), error = %e, "no space reserved for sealing this recording");
+                None
+            }
+        };
         Ok(Worker {
             mode: spec.channels,
             start: spec.start,
@@ -89,7 +116,80 @@ impl Worker {
             error: None,
             shared,
             malformed: [0; 2],
+            gaps: Gaps::default(),
+            watch: None,
+            reserve,
         })
+    }
+
+    /// Sets who is told about this recording's failures.
+    pub(crate) fn set_watch(&mut self, watch: Watch) {
+        self.watch = Some(watch);
+    }
+
+    /// Reports a failure of this recording (in its call's span).
+    fn report(&self, reason: FailureReason, detail: String) {
+        match &self.watch {
+            Some(w) => {
+                let _g = w.span.enter();
+                w.reporter.report(RecordingFailure::now(
+                    &w.call_id,
+                    Some(&self.shared.base_name),
+                    reason,
+                    detail,
+                ));
+            }
+            None => {
+                tracing::error!(recording = %self.shared.base_name, %reason, "recording failure: {detail}")
+            }
+        }
+    }
+
+    fn ms_of_frames(&self, frames: u64) -> u64 {
+        let rate = if self.rate == 0 {
+            DEFAULT_RATE
+        } else {
+            self.rate
+        };
+        frames * 1000 / rate as u64
+    }
+
+    /// Keeps samples a file could not take as a gap.
+    fn lost(&mut self, writer: usize, loss: WriteLoss) {
+        let reason = FailureReason::of_io(&loss.source);
+        let (from, to) = (self.ms_of_frames(loss.from), self.ms_of_frames(loss.to));
+        if self.gaps.add(from, to, reason) {
+            let path = self.writers[writer].path().display().to_string();
+            self.report(
+                reason,
+                format!("writing {path} failed at {from} ms: {}; the missing audio is kept as a gap and writing is retried", loss.source),
+            );
+        }
+    }
+
+    /// Turns packets the queue refused since the last look into a gap.
+    fn take_overload(&mut self) {
+        let from = self.shared.overload_from.swap(0, Ordering::Relaxed);
+        if from == 0 {
+            return;
+        }
+        let to = self.shared.overload_to.swap(0, Ordering::Relaxed);
+        let from = from - 1;
+        if self
+            .gaps
+            .add(from, to.max(from + 20), FailureReason::RecorderOverload)
+        {
+            let dropped: u64 = self
+                .shared
+                .queue_dropped
+                .iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .sum();
+            self.report(
+                FailureReason::RecorderOverload,
+                format!("the recorder's queue was full from {from} ms on ({dropped} packets dropped so far); the missing audio is kept as a gap"),
+            );
+        }
     }
 
     /// Places every packet waiting in the recording's queue.
@@ -97,6 +197,7 @@ impl Worker {
         while let Ok(p) = packets.try_recv() {
             self.on_packet(&p);
         }
+        self.take_overload();
     }
 
     /// Sets the payload-type table one party sends with.
@@ -128,8 +229,9 @@ impl Worker {
         };
         self.window_samples = self.samples(self.reorder_window);
         for i in 0..self.writers.len() {
-            if let Err(source) = self.writers[i].set_sample_rate(rate) {
-                self.fail(i, source);
+            if let Err(e) = self.writers[i].set_sample_rate(rate) {
+                // Not fatal: finalize writes the header again.
+                tracing::warn!(file = %self.writers[i].path().display(), error = %e, "WAV header not updated");
             }
         }
     }
@@ -176,9 +278,6 @@ impl Worker {
                 tl.drain_into(&mut chunk[..n]);
             }
             self.written += n as i64;
-            if self.error.is_some() {
-                continue;
-            }
             let res = match self.mode {
                 ChannelMode::Caller => self.writers[0].write_samples(&self.chunk[0][..n]),
                 ChannelMode::Callee => self.writers[0].write_samples(&self.chunk[1][..n]),
@@ -191,18 +290,14 @@ impl Worker {
                     self.writers[0].write_samples(&self.interleaved)
                 }
                 ChannelMode::Separate => {
-                    if let Err(e) = self.writers[0].write_samples(&self.chunk[0][..n]) {
-                        Err(e)
-                    } else if let Err(e) = self.writers[1].write_samples(&self.chunk[1][..n]) {
-                        self.fail(1, e);
-                        Ok(())
-                    } else {
-                        Ok(())
+                    if let Err(loss) = self.writers[1].write_samples(&self.chunk[1][..n]) {
+                        self.lost(1, loss);
                     }
+                    self.writers[0].write_samples(&self.chunk[0][..n])
                 }
             };
-            if let Err(e) = res {
-                self.fail(0, e);
+            if let Err(loss) = res {
+                self.lost(0, loss);
             }
         }
     }
@@ -210,7 +305,7 @@ impl Worker {
     fn fail(&mut self, writer: usize, source: std::io::Error) {
         if self.error.is_none() {
             let path = self.writers[writer].path().to_path_buf();
-            tracing::error!(file = %path.display(), error = %source, "recording write failed; further audio of this call is discarded");
+            tracing::error!(file = %path.display(), error = %source, "recording file could not be finished");
             self.error = Some(RecorderError::Write { path, source });
         }
     }
@@ -228,9 +323,16 @@ impl Worker {
             self.commit(end);
         }
         for i in 0..self.writers.len() {
-            if let Err(e) = self.writers[i].finalize() {
-                self.fail(i, e);
+            match self.writers[i].finalize() {
+                Ok(None) => {}
+                Ok(Some(loss)) => self.lost(i, loss),
+                Err(e) => self.fail(i, e),
             }
+        }
+        self.take_overload();
+        // The seal's files go where the reserve was.
+        if let Some(r) = self.reserve.take() {
+            let _ = std::fs::remove_file(r);
         }
         if let Some(e) = self.error.take() {
             return Err(e);
@@ -278,6 +380,7 @@ impl Worker {
             rf64: self.writers.iter().any(WavWriter::is_rf64),
             caller: std::mem::take(&mut stats[0]),
             callee: std::mem::take(&mut stats[1]),
+            gaps: std::mem::take(&mut self.gaps).into_sorted(),
         })
     }
 }

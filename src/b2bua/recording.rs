@@ -85,6 +85,8 @@ pub struct CallRecording {
     recorder: Recorder,
     base_name: String,
     start: DateTime<Utc>,
+    /// Tells the call when the recording fails while it runs.
+    signal: crate::recorder::signal::FailureSignal,
 }
 
 /// Keeps what is safe in a file name: digits, letters and `+`.
@@ -135,7 +137,26 @@ impl CallRecording {
             recorder,
             base_name,
             start,
+            signal: Default::default(),
         })
+    }
+
+    /// Connects the recording to its call: whoever sees the recording fail
+    /// while the call runs raises this signal (see [`Self::failure_signal`]).
+    pub fn with_signal(mut self, signal: crate::recorder::signal::FailureSignal) -> CallRecording {
+        self.signal = signal;
+        self
+    }
+
+    /// The signal to raise when this recording fails mid-call (disk full,
+    /// write error): the call then applies its profile's `on_record_failure`.
+    pub fn failure_signal(&self) -> crate::recorder::signal::FailureSignal {
+        self.signal.clone()
+    }
+
+    /// The set's base name.
+    pub fn base_name(&self) -> &str {
+        &self.base_name
     }
 
     /// The tap to give the media session.

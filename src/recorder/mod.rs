@@ -12,6 +12,7 @@ pub mod metadata;
 mod pool;
 pub(crate) mod resample;
 mod rtp;
+pub mod signal;
 mod timeline;
 mod wav;
 mod worker;

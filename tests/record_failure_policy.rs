@@ -341,15 +341,21 @@ fn recording_that_cannot_start_under_reject_plays_the_notice_then_480() {
     assert_eq!(refused_unrecordable(&proxy), 1.0);
 }
 
-/// The recording cannot start at the answer (the folder broke while the PBX
-/// rang) and the profile says reject: the answered call is ended with a BYE
-/// on both legs at once instead of going on unrecorded.
-#[test]
-fn recording_failing_at_the_answer_under_reject_hangs_up_both_legs() {
-    let proxy = Proxy::builder()
-        .arg("--on-record-failure")
-        .arg("reject")
-        .start();
+/// When a side's SIPp trace shows the first BYE it received (seconds of the day).
+fn bye_received_at(messages: &str) -> Option<f64> {
+    let lines: Vec<&str> = messages.lines().collect();
+    let i = lines.iter().position(|l| l.starts_with("BYE sip:"))?;
+    let stamp = lines[..i].iter().rev().find(|l| l.starts_with("-----"))?;
+    let time = stamp.split_whitespace().last()?;
+    let mut parts = time.split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+/// Runs "answer-late-bye" with the recording folder broken while the PBX
+/// rings; returns the caller's and the callee's outcome, and the folder
+/// holding their traces.
+fn call_whose_recording_breaks_at_the_answer(proxy: &Proxy) -> (SippOutcome, SippOutcome, TestDir) {
     let run = proxy
         .call(pair_of("answer-late-bye"))
         .timeout(Duration::from_secs(30));
@@ -369,8 +375,75 @@ fn recording_failing_at_the_answer_under_reject_hangs_up_both_legs() {
     std::fs::write(&work, b"not a folder").unwrap();
     let caller = caller.wait();
     let callee = callee.wait_at_most(Duration::from_secs(10));
+    (caller, callee, dir)
+}
+
+/// The recording cannot start at the answer (the folder broke while the PBX
+/// rang) and the profile says reject: the answered call is ended with a BYE
+/// on both legs at once instead of going on unrecorded.
+#[test]
+fn recording_failing_at_the_answer_under_reject_hangs_up_both_legs() {
+    let proxy = Proxy::builder()
+        .arg("--on-record-failure")
+        .arg("reject")
+        .start();
+    let (caller, callee, _traces) = call_whose_recording_breaks_at_the_answer(&proxy);
     caller.assert_success();
     callee.assert_success();
     assert_eq!(failures(&proxy, "start_failed"), 1.0);
     assert_eq!(refused_unrecordable(&proxy), 1.0);
+}
+
+/// As above with a notice: the callee is hung up first, the caller hears the
+/// notice (1 s) and only then gets its BYE.
+#[test]
+fn recording_failing_at_the_answer_under_reject_plays_the_notice_before_the_callers_bye() {
+    let dir = TestDir::new("late-bye-notice");
+    let notice = dir.join("cannot-record.wav");
+    tone_wav(&notice, 1500.0, 1.0);
+    let proxy = Proxy::builder()
+        .arg("--on-record-failure")
+        .arg("reject")
+        .arg("--record-failure-announcement")
+        .arg(notice.to_str().unwrap())
+        .start();
+    let (caller, callee, _traces) = call_whose_recording_breaks_at_the_answer(&proxy);
+    caller.assert_success();
+    callee.assert_success();
+    let to_callee = bye_received_at(&callee.read("messages.log")).expect("callee got a BYE");
+    let to_caller = bye_received_at(&caller.read("messages.log")).expect("caller got a BYE");
+    assert!(
+        to_caller - to_callee >= 0.8,
+        "the caller was hung up {:.2} s after the callee: no time for the 1 s notice",
+        to_caller - to_callee
+    );
+    assert_eq!(refused_unrecordable(&proxy), 1.0);
+}
+
+/// The policy per profile from the config file: one profile rejects what it
+/// cannot record; a misspelt value is named at start.
+#[test]
+fn config_file_profile_with_on_record_failure_reject_refuses_g729() {
+    let dir = TestDir::new("reject-config");
+    let cfg = dir.join("callrec.toml");
+    std::fs::write(
+        &cfg,
+        "[[profiles]]\nname = \"bank\"\nrecord_all = true\non_record_failure = \"reject\"\n",
+    )
+    .unwrap();
+    let proxy = Proxy::builder()
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .start();
+    let (caller, callee_saw) = refused_call(&proxy, "unrecordable-refused/g729.xml", "g729");
+    caller.assert_success();
+    assert!(!callee_saw.contains("INVITE sip:"), "{callee_saw}");
+    assert_eq!(refused_unrecordable(&proxy), 1.0);
+
+    let err = callrec::policy::PolicyConfig::parse(
+        "[[profiles]]\nname = \"a\"\non_record_failure = \"rejected\"\n",
+        Path::new("t.toml"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("rejected"), "{err}");
 }

@@ -229,7 +229,7 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
     let core = &s.core;
     let st = &core.stats;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let plain: [(&str, &str, &str, u64); 23] = [
+    let plain: [(&str, &str, &str, u64); 24] = [
         (
             "callrec_calls_active",
             "gauge",
@@ -271,6 +271,12 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
             "counter",
             "New calls refused while shutting down.",
             l(&st.calls_refused),
+        ),
+        (
+            "callrec_calls_refused_unrecordable_total",
+            "counter",
+            "Calls refused or ended because their recording could not be made (on_record_failure = reject).",
+            l(&st.calls_refused_unrecordable),
         ),
         (
             "callrec_untrusted_requests_total",

@@ -479,6 +479,15 @@ struct RunArgs {
     /// WAV file played to internal callers of recorded outgoing calls before the call is put through.
     #[arg(long, env = "CALLREC_ANNOUNCE_OUTGOING")]
     announce_outgoing: Option<PathBuf>,
+    /// When a call cannot be recorded: continue (unrecorded, reported) or reject (488 codec/encryption, 480 otherwise).
+    #[arg(long, env = "CALLREC_ON_RECORD_FAILURE", default_value = "continue")]
+    on_record_failure: callrec::policy::OnRecordFailure,
+    /// WAV file played to the caller before a call is refused because it cannot be recorded.
+    #[arg(long, env = "CALLREC_RECORD_FAILURE_ANNOUNCEMENT")]
+    record_failure_announcement: Option<PathBuf>,
+    /// Record even when the announcement could not be played (default: such calls go unrecorded).
+    #[arg(long, env = "CALLREC_RECORD_WITHOUT_ANNOUNCEMENT")]
+    record_without_announcement: bool,
     /// Storage target URL for recordings (repeatable); default file://<data-dir>/recordings.
     #[arg(long = "target", env = "CALLREC_TARGET", value_delimiter = ',')]
     targets: Vec<String>,
@@ -579,6 +588,9 @@ impl RunArgs {
                 targets: self.targets.clone(),
                 language: self.language.clone(),
                 notify_email: None,
+                on_record_failure: self.on_record_failure,
+                record_failure_announcement: self.record_failure_announcement.clone(),
+                record_without_announcement: self.record_without_announcement,
             });
         }
         if let Some(src) = &self.directory {

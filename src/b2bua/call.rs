@@ -4,6 +4,8 @@
 //! with that leg's own Call-ID, tags, CSeq, Via and Contact; responses travel
 //! back the same way. SDP is rewritten so that media flows through our relay.
 
+mod record_failure;
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,11 +16,12 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::headers::{copy_end_to_end, Origin};
 use super::plan::CallPlan;
-use super::recording::{report_start_failure, CallFacts, CallRecording};
+use super::recording::{CallFacts, CallRecording};
 use super::router::RouterMsg;
 use super::{CallSummary, Core, Direction};
 use crate::media::{Session, Side};
 use crate::recorder::metadata::{EndedBy, PartyInfo};
+use crate::recorder::signal::FailureSignal;
 use crate::sip::message::{tag_of, uri_hostport, uri_of, uri_user, Message, StartLine};
 use crate::sip::transaction::{ClientTxn, ResponseVerdict, ServerTxn, TimerAction};
 use crate::sip::{new_branch, random_token, Flow};
@@ -121,6 +124,13 @@ pub struct Call {
     parties: (PartyInfo, PartyInfo, String),
     /// When the call is hung up whatever its state (`--max-call-duration`).
     hang_up_at: Instant,
+    /// What to do once the "cannot be recorded" notice has been played.
+    after_notice: Option<record_failure::AfterNotice>,
+    /// The recording's way to report a failure while the call runs, and where the call hears it.
+    rec_failed: (
+        FailureSignal,
+        mpsc::UnboundedReceiver<crate::recorder::signal::RecordingFailed>,
+    ),
 }
 
 impl Call {
@@ -186,6 +196,8 @@ impl Call {
                 String::new(),
             ),
             hang_up_at,
+            after_notice: None,
+            rec_failed: FailureSignal::channel(),
         }
     }
 
@@ -215,6 +227,10 @@ impl Call {
                         None => break,
                     },
                     _ = tokio::time::sleep_until(deadline.into()) => self.on_timers().await,
+                    // Held while the 200 awaits its ACK: a BYE must not overtake the ACK.
+                    Some(f) = self.rec_failed.1.recv(), if self.state != State::Answered => {
+                        self.on_recording_failed(f).await;
+                    }
                     _ = media_check.tick() => self.check_media().await,
                     _ = tokio::time::sleep_until(self.hang_up_at.into()), if self.state != State::Finished => {
                         self.on_max_duration().await;
@@ -352,8 +368,10 @@ impl Call {
                 reason: "no policy configured".into(),
                 targets: Vec::new(),
                 leg_claim: None,
+                on_failure: Default::default(),
             },
         };
+        let (plan, refusal) = self.vet_plan(plan, &invite).await;
         let counter = match (plan.record, self.dir) {
             (true, _) => &self.core.stats.decisions_recorded,
             (false, _) => &self.core.stats.decisions_not_recorded,
@@ -386,6 +404,10 @@ impl Call {
             ));
         }
         self.plan = Some(plan);
+        if let Some(r) = refusal {
+            self.refuse(r, &invite).await;
+            return;
+        }
 
         // Leg B: we are the UAC.
         let hop = self.core.next_hop(self.dir);
@@ -445,6 +467,8 @@ impl Call {
     fn rewrite_sdp(&mut self, from: Side, body: &[u8]) -> Result<Vec<u8>, (u16, String)> {
         crate::media::sdp::check_stream_count(body, self.core.cfg.limits.max_media_streams)
             .map_err(|e| (488, format!("Not Acceptable Here ({e})")))?;
+        // A recorded call offers the other side only codecs callrec can record.
+        let body = &record_failure::recordable_only(self.plan.as_ref(), body)[..];
         let out = match self.media.as_mut() {
             Some(m) => m.on_sdp(from, body).map_err(|e| match e {
                 crate::media::MediaError::Sdp(e) => (488, format!("Not Acceptable Here ({e})")),
@@ -1297,8 +1321,8 @@ impl Call {
     /// callee's INVITE is restricted to the same codec and held back. Returns
     /// whether it started.
     async fn start_announcement(&mut self, invite: &Message, out: &mut Message) -> bool {
-        use crate::media::announce::{choose_codec, G711};
-        use crate::media::sdp::{answer_for_announcement, restrict_audio_formats, Sdp};
+        use crate::media::announce::choose_codec;
+        use crate::media::sdp::{restrict_audio_formats, Sdp};
         let Some(ann) = self.plan.as_ref().and_then(|p| p.announcement.clone()) else {
             return false;
         };
@@ -1309,16 +1333,13 @@ impl Call {
                 return false;
             }
         };
-        let Some((codec, pt)) = choose_codec(&offer) else {
+        let Some((_, pt)) = choose_codec(&offer) else {
             warn!("announcement skipped: the caller offers neither PCMA nor PCMU");
             return false;
         };
-        let Some(media) = self.media.as_ref() else {
+        if self.media.as_ref().and_then(|m| m.caller_port(0)).is_none() {
             return false;
-        };
-        let Some(port) = media.caller_port(0) else {
-            return false;
-        };
+        }
         let te: Vec<u8> = offer
             .media
             .iter()
@@ -1334,34 +1355,14 @@ impl Call {
         let mut keep = vec![pt];
         keep.extend(te);
         out.body = restrict_audio_formats(&out.body, &keep);
-        let name = match codec {
-            G711::Alaw => "PCMA",
-            G711::Ulaw => "PCMU",
-        };
-        let answer = answer_for_announcement(&offer, self.core.cfg.media_ip, port, pt, name);
-        let Some(txn) = self.server(self.initial) else {
-            return false;
-        };
-        let mut progress = self.response_for(txn, 183, "Session Progress");
-        progress.push("Content-Type", "application/sdp");
-        progress.body = answer.clone();
-        self.respond_msg(self.initial, progress).await;
-        self.announce_sdp = Some(answer);
-        self.state = State::Early;
-        let Some(media) = self.media.as_ref() else {
-            return false;
-        };
-        self.announcing = Some(media.play_to_caller(ann.rtp_packets(codec, pt)));
-        info!(
-            file = %ann.path().display(),
-            seconds = ann.duration().as_secs_f64(),
-            "playing announcement to the caller"
-        );
-        true
+        self.play_early(&ann, &offer).await
     }
 
     /// The announcement has ended: now the call is offered to the callee.
     async fn on_announcement_done(&mut self) {
+        if self.on_notice_done().await {
+            return;
+        }
         let Some(out) = self.held_invite.take() else {
             return;
         };
@@ -1404,18 +1405,16 @@ impl Call {
                 let Some(media) = self.media.as_mut() else {
                     return;
                 };
+                let rec = rec.with_signal(self.rec_failed.0.clone());
                 rec.watch_failures(&self.core, &self.legs[0].call_id);
                 media.set_tap(Some(rec.tap()));
                 rec.update_payload_maps(media);
                 self.recording = Some(rec);
             }
-            // The call goes on unrecorded; the operator sees why.
-            Ok(Err(e)) => report_start_failure(&self.core, &self.legs[0].call_id, e.to_string()),
-            Err(e) => report_start_failure(
-                &self.core,
-                &self.legs[0].call_id,
-                format!("the file task failed: {e}"),
-            ),
+            Ok(Err(e)) => self.recording_did_not_start(format!("cannot start recording: {e}")),
+            Err(e) => self.recording_did_not_start(format!(
+                "cannot start recording: the file task failed: {e}"
+            )),
         }
     }
 }

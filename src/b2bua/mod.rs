@@ -57,6 +57,8 @@ pub struct Stats {
     pub recordings_finished: AtomicU64,
     /// New calls refused while shutting down.
     pub calls_refused: AtomicU64,
+    /// Calls refused or ended because they could not be recorded (`on_record_failure = reject`).
+    pub calls_refused_unrecordable: AtomicU64,
     /// Requests refused because their sender was not trusted (or, inside a call, not that leg's peer).
     pub untrusted_requests: AtomicU64,
     /// Calls started, incoming.

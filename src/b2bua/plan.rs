@@ -39,6 +39,19 @@ pub struct CallPlan {
     /// For the first leg of an internal call: holds the (caller, callee) pair
     /// while this call lives, so its other leg is not recorded twice (R2.8).
     pub leg_claim: Option<Arc<LegClaim>>,
+    /// What the profile wants when the recording cannot be made.
+    pub on_failure: FailurePolicy,
+}
+
+/// A profile's answer to "this call cannot be recorded".
+#[derive(Debug, Clone, Default)]
+pub struct FailurePolicy {
+    /// Refuse the call (or end it, once running) rather than let it go unrecorded.
+    pub reject: bool,
+    /// Played to the caller before such a refusal.
+    pub notice: Option<Arc<Announcement>>,
+    /// Record even when the announcement could not be played.
+    pub record_without_announcement: bool,
 }
 
 /// The policy state every call consults: profiles, directory snapshot,
@@ -83,9 +96,13 @@ impl Planner {
     ) -> Result<Planner, PlanError> {
         let mut announcements = HashMap::new();
         for p in &profiles {
-            for path in [&p.announce_incoming, &p.announce_outgoing]
-                .into_iter()
-                .flatten()
+            for path in [
+                &p.announce_incoming,
+                &p.announce_outgoing,
+                &p.record_failure_announcement,
+            ]
+            .into_iter()
+            .flatten()
             {
                 if !announcements.contains_key(path) {
                     let a = Announcement::load(path)?;
@@ -161,6 +178,16 @@ impl Planner {
                 .and_then(|i| self.targets.get(i).cloned())
                 .unwrap_or_default(),
             leg_claim: leg_claim.map(Arc::new),
+            on_failure: profile
+                .map(|p| FailurePolicy {
+                    reject: p.on_record_failure == policy::OnRecordFailure::Reject,
+                    notice: p
+                        .record_failure_announcement
+                        .as_ref()
+                        .and_then(|f| self.announcements.get(f).cloned()),
+                    record_without_announcement: p.record_without_announcement,
+                })
+                .unwrap_or_default(),
         };
         if let Some(db) = &self.db {
             db.send(crate::db::Record::Decision {

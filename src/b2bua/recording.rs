@@ -87,6 +87,8 @@ pub struct CallRecording {
     recorder: Recorder,
     base_name: String,
     start: DateTime<Utc>,
+    /// Tells the call when the recording fails while it runs.
+    signal: crate::recorder::signal::FailureSignal,
 }
 
 /// Keeps what is safe in a file name: digits, letters and `+`.
@@ -137,12 +139,32 @@ impl CallRecording {
             recorder,
             base_name,
             start,
+            signal: Default::default(),
         })
     }
 
     /// Reports this recording's failures for the call (from its span).
     pub fn watch_failures(&self, core: &super::Core, call_id: &str) {
-        self.recorder.watch_failures(core.failures.clone(), call_id);
+        self.recorder
+            .watch_failures(core.failures.clone(), call_id, self.signal.clone());
+    }
+
+    /// Connects the recording to its call: whoever sees the recording fail
+    /// while the call runs raises this signal (see [`Self::failure_signal`]).
+    pub fn with_signal(mut self, signal: crate::recorder::signal::FailureSignal) -> CallRecording {
+        self.signal = signal;
+        self
+    }
+
+    /// The signal to raise when this recording fails mid-call (disk full,
+    /// write error): the call then applies its profile's `on_record_failure`.
+    pub fn failure_signal(&self) -> crate::recorder::signal::FailureSignal {
+        self.signal.clone()
+    }
+
+    /// The set's base name.
+    pub fn base_name(&self) -> &str {
+        &self.base_name
     }
 
     /// The tap to give the media session.
@@ -276,15 +298,4 @@ impl CallRecording {
             }
         });
     }
-}
-
-/// Reports a recording that could not start (the call's own reaction is the
-/// call's business); call it from the call's span.
-pub fn report_start_failure(core: &super::Core, call_id: &str, detail: String) {
-    core.failures.report(RecordingFailure::now(
-        call_id,
-        None,
-        FailureReason::StartFailed,
-        format!("cannot start recording: {detail}"),
-    ));
 }

@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod latch;
 pub mod ports;
+pub mod recordable;
 pub mod relay;
 pub mod sdp;
 pub mod threads;

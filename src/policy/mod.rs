@@ -36,7 +36,9 @@ pub use directory::{Directory, Group, GroupId, User, UserId};
 pub use error::{ConfigError, DirectoryError, MembershipError, RestError};
 pub use membership::{LoggedOut, MembershipStore};
 pub use numbers::{Number, NumberPlan, NumberRole};
-pub use profile::{Channels, DirectoryConfig, PolicyConfig, Profile, SmtpConfig, TargetConfig};
+pub use profile::{
+    Channels, DirectoryConfig, OnRecordFailure, PolicyConfig, Profile, SmtpConfig, TargetConfig,
+};
 pub use refresh::{
     spawn_refresher, start as start_directory, DirectoryHandle, DirectorySource, RefreshError,
     RefreshStatus, StaleAlert,

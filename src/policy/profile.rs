@@ -45,6 +45,12 @@
 //! notify_email = "ops@example.com"  # optional
 //! retention = "5y"                # optional: sets older than this are deleted daily
 //!                                 # from every target holding them (5y, 90d, 12h …)
+//! on_record_failure = "continue"  # continue | reject: refuse calls that cannot be
+//!                                 # recorded (488 codec/encryption, 480 otherwise)
+//! record_failure_announcement = "/etc/callrec/cannot-record.wav"  # optional, played
+//!                                 # to the caller before such a refusal
+//! record_without_announcement = false  # record even when the announcement cannot
+//!                                 # be played; default false (connected unrecorded)
 //! ```
 //!
 //! `retention` is kept in [`PolicyConfig::retention`] (profile name → period), not in
@@ -103,6 +109,30 @@ impl fmt::Display for Channels {
     }
 }
 
+/// What happens to a call of a recording profile whose recording cannot be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRecordFailure {
+    /// The call goes on unrecorded; the failure is reported.
+    #[default]
+    Continue,
+    /// The call is refused (or, once running, ended): it must not go unrecorded.
+    Reject,
+}
+
+impl FromStr for OnRecordFailure {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "continue" => Ok(OnRecordFailure::Continue),
+            "reject" => Ok(OnRecordFailure::Reject),
+            other => Err(format!(
+                "unknown on_record_failure {other:?}: use continue or reject"
+            )),
+        }
+    }
+}
+
 /// One recording profile: which calls it records and how.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -129,6 +159,12 @@ pub struct Profile {
     pub language: String,
     /// Where failed uploads are reported.
     pub notify_email: Option<String>,
+    /// Whether a call that cannot be recorded is refused or goes on unrecorded.
+    pub on_record_failure: OnRecordFailure,
+    /// Played to the caller before a call is refused because it cannot be recorded.
+    pub record_failure_announcement: Option<PathBuf>,
+    /// Record even when the profile's announcement could not be played.
+    pub record_without_announcement: bool,
 }
 
 impl Default for Profile {
@@ -145,6 +181,9 @@ impl Default for Profile {
             targets: Vec::new(),
             language: "de".into(),
             notify_email: None,
+            on_record_failure: OnRecordFailure::Continue,
+            record_failure_announcement: None,
+            record_without_announcement: false,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod metadata;
 mod pool;
 pub(crate) mod resample;
 mod rtp;
+pub mod signal;
 mod timeline;
 mod wav;
 mod worker;
@@ -407,12 +408,19 @@ impl Recorder {
     }
 
     /// Reports this recording's failures (disk full, overload …) for call
-    /// `call_id`, in the current tracing span (the call's), once per reason.
-    pub fn watch_failures(&self, reporter: failure::FailureReporter, call_id: &str) {
+    /// `call_id`, in the current tracing span (the call's), once per reason,
+    /// and raises `signal` when audio is lost for good (disk full, write error).
+    pub fn watch_failures(
+        &self,
+        reporter: failure::FailureReporter,
+        call_id: &str,
+        signal: signal::FailureSignal,
+    ) {
         let watch = worker::Watch {
             reporter,
             call_id: call_id.to_string(),
             span: tracing::Span::current(),
+            signal,
         };
         let _ = self
             .lane
@@ -531,7 +539,7 @@ mod tests {
         let t0 = spec.start;
         let rec = Recorder::start(spec).unwrap();
         let reporter = failure::FailureReporter::new();
-        rec.watch_failures(reporter.clone(), "call-1");
+        rec.watch_failures(reporter.clone(), "call-1", Default::default());
         rec.set_payload_map(
             Party::Caller,
             PayloadMap::from_sdp("v=0\r\nm=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"),

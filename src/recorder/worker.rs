@@ -32,6 +32,8 @@ pub(crate) struct Watch {
     pub(crate) reporter: FailureReporter,
     pub(crate) call_id: String,
     pub(crate) span: tracing::Span,
+    /// Tells the call that its recording cannot go on as it should.
+    pub(crate) signal: super::signal::FailureSignal,
 }
 
 pub(crate) struct Worker {
@@ -136,8 +138,13 @@ impl Worker {
                     &w.call_id,
                     Some(&self.shared.base_name),
                     reason,
-                    detail,
+                    detail.clone(),
                 ));
+                // Lost audio (not a late packet burst) is what a profile that
+                // rejects unrecordable calls ends the call for.
+                if matches!(reason, FailureReason::DiskFull | FailureReason::WriteError) {
+                    w.signal.raise(reason, detail);
+                }
             }
             None => {
                 tracing::error!(recording = %self.shared.base_name, %reason, "recording failure: {detail}")

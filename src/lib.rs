@@ -15,6 +15,7 @@ pub mod notify;
 pub mod policy;
 pub mod proxy;
 pub mod recorder;
+pub mod recovery;
 pub mod seal;
 pub mod sip;
 pub mod spool;

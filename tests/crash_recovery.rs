@@ -1,0 +1,302 @@
+//! Recovery at start after a crash: a proxy killed with `kill -9` in the
+//! middle of a recorded SIPp call leaves a partial recording; the next start
+//! on the same data directory seals it (valid WAV up to the kill, metadata
+//! marked recovered), uploads it to the target, records it in the database
+//! and counts it in /metrics. A proxy that dies after sealing a set but
+//! before spooling it (the test hook CALLREC_TEST_CRASH_AFTER_SEAL) leaves
+//! no gap in the chain either: the set is spooled at the next start.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SIG: &str = ".sha256.SHA256withRSA.sig";
+
+/// The checksum files of the sealed sets in `dir`, sorted.
+fn sets_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.to_string_lossy().ends_with(SIG))
+                .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(".SHA256withRSA.sig")))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn wait_sets(proxy: &Proxy, dir: &Path, n: usize) -> Vec<PathBuf> {
+    let ok = wait_until(Duration::from_secs(30), || sets_in(dir).len() >= n);
+    assert!(
+        ok,
+        "{n} sealed set(s) expected in {}, found {:?}\n{}",
+        dir.display(),
+        sets_in(dir),
+        proxy.log_tail(80)
+    );
+    sets_in(dir)
+}
+
+fn run(cmd: &mut Command) -> (i32, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Verifies one set independently of callrec: shasum over its checksum file,
+/// openssl over its signature with the certificate's public key.
+fn verify_independently(sums: &Path, cert: &Path) {
+    let folder = sums.parent().unwrap();
+    let (code, text) = run(Command::new("shasum")
+        .args(["-a", "256", "-c"])
+        .arg(sums.file_name().unwrap())
+        .current_dir(folder));
+    assert_eq!(code, 0, "shasum -c failed: {text}");
+    let tmp = TestDir::new("verify");
+    let pubkey = tmp.join("pub.pem");
+    let sigbin = tmp.join("sig.bin");
+    let (code, text) = run(Command::new("openssl")
+        .args(["x509", "-pubkey", "-noout", "-in"])
+        .arg(cert)
+        .arg("-out")
+        .arg(&pubkey));
+    assert_eq!(code, 0, "openssl x509 failed: {text}");
+    let (code, text) = run(Command::new("openssl")
+        .args(["base64", "-d", "-in"])
+        .arg(format!("{}.SHA256withRSA.sig", sums.display()))
+        .arg("-out")
+        .arg(&sigbin));
+    assert_eq!(code, 0, "base64 -d failed: {text}");
+    let (code, text) = run(Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pubkey)
+        .arg("-signature")
+        .arg(&sigbin)
+        .arg(sums));
+    assert!(
+        code == 0 && text.contains("Verified OK"),
+        "openssl dgst -verify failed: {text}"
+    );
+}
+
+fn verify_chain(dir: &Path) {
+    let bin = env!("CARGO_BIN_EXE_callrec");
+    let (code, text) = run(Command::new(bin).arg("verify").arg("--chain").arg(dir));
+    assert_eq!(code, 0, "callrec verify --chain {}: {text}", dir.display());
+}
+
+fn metadata(sums: &Path) -> serde_json::Value {
+    let json = sums.to_string_lossy().replace(".sha256", ".json");
+    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+}
+
+/// Power of `freq` in `x` (Goertzel), in dB.
+fn level_db(x: &[f64], rate: f64, freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / rate;
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for v in x {
+        let s = v + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+    10.0 * (p.max(1e-9) / x.len() as f64).log10()
+}
+
+fn long_call(proxy: &Proxy) -> CallRun {
+    let mut run = proxy.call(pair("basic")).timeout(Duration::from_secs(30));
+    run.pair = Pair {
+        name: "long-call",
+        dir: "long-call",
+        ..run.pair
+    };
+    run
+}
+
+#[test]
+fn a_recording_cut_off_by_kill_9_is_sealed_uploaded_and_counted_at_the_next_start() {
+    let keep = TestDir::new("recover-kill");
+    let data = keep.join("data");
+    let mut proxy = Proxy::builder().data_dir(&data).start();
+    let call = long_call(&proxy);
+    let sipp_dir = TestDir::new("recover-kill-sipp");
+    let mut callee = call.callee_sipp(sipp_dir.path()).spawn();
+    assert!(
+        callee.wait_ready(Duration::from_secs(10)),
+        "callee sipp not ready"
+    );
+    let caller = call.caller_sipp(sipp_dir.path()).spawn();
+
+    // The recording starts at the answer: its WAV appears in work/.
+    let work = data.join("work");
+    let wav_in_work = || {
+        std::fs::read_dir(&work)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".wav"))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), wav_in_work),
+        "no recording started\n{}",
+        proxy.log_tail(40)
+    );
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let cut_after = started.elapsed().as_secs_f64();
+    proxy.kill_hard();
+    // Without the proxy both SIPps fail; that is expected.
+    let _ = caller.wait_at_most(Duration::from_secs(1));
+    let _ = callee.wait_at_most(Duration::from_secs(1));
+    drop(proxy);
+
+    let proxy = Proxy::builder().data_dir(&data).start();
+    let recordings = data.join("recordings");
+    let sets = wait_sets(&proxy, &recordings, 1);
+    let sums = &sets[0];
+    let cert = data.join("cert.pem");
+    verify_independently(sums, &cert);
+    verify_chain(&recordings);
+
+    // The metadata says what happened.
+    let meta = metadata(sums);
+    assert_eq!(meta["recovered"], true, "{meta:#}");
+    assert_eq!(
+        meta["recovery"]["reason"], "recovered_after_crash",
+        "{meta:#}"
+    );
+    assert_eq!(meta["direction"], "incoming");
+    assert_eq!(meta["caller"]["number"], "03012345678");
+
+    // The audio is there up to the kill: caller on the left, callee on the right.
+    let wav = sums.to_string_lossy().replace(".sha256", ".wav");
+    let mut r = hound::WavReader::open(&wav).unwrap_or_else(|e| panic!("{wav}: {e}"));
+    let spec = r.spec();
+    assert_eq!((spec.channels, spec.sample_rate), (2, 8000));
+    let samples: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    let secs = samples.len() as f64 / 2.0 / 8000.0;
+    assert!(
+        secs >= cut_after - 1.6 && secs <= cut_after + 0.5,
+        "the recovered WAV lasts {secs:.2} s; the proxy was killed {cut_after:.2} s after the recording started"
+    );
+    let media_ms = meta["times"]["media_duration_ms"].as_u64().unwrap() as f64;
+    assert!((media_ms / 1000.0 - secs).abs() < 0.05, "{meta:#}");
+    let chan = |c: usize| -> Vec<f64> {
+        samples
+            .iter()
+            .skip(c)
+            .step_by(2)
+            .skip(4000)
+            .take(16000)
+            .map(|v| *v as f64)
+            .collect()
+    };
+    let (left, right) = (chan(0), chan(1));
+    assert!(level_db(&left, 8000.0, 440.0) > level_db(&left, 8000.0, 1000.0) + 30.0);
+    assert!(level_db(&right, 8000.0, 1000.0) > level_db(&right, 8000.0, 440.0) + 30.0);
+
+    // Database and metrics count it once.
+    let bin = env!("CARGO_BIN_EXE_callrec");
+    let base = sums
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(".sha256", "");
+    let mut out = String::new();
+    let found = wait_until(Duration::from_secs(10), || {
+        out = run(Command::new(bin)
+            .args([
+                "recordings",
+                "search",
+                "--number",
+                "03012345678",
+                "--data-dir",
+            ])
+            .arg(&data))
+        .1;
+        out.contains(&base)
+    });
+    assert!(found, "recordings search does not find {base}: {out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("recovered"), "{out}");
+    let m = proxy.metrics();
+    assert_eq!(metric(&m, "callrec_recordings_recovered_total"), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "callrec_recording_failures_total{reason=\"recovered_after_crash\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        std::fs::read_dir(&work).unwrap().next().is_none(),
+        "work/ is not empty after recovery: {:?}",
+        std::fs::read_dir(&work).unwrap().collect::<Vec<_>>()
+    );
+
+    // The next call chains onto the recovered set.
+    proxy.call(pair("basic")).run().assert_success();
+    let sets = wait_sets(&proxy, &recordings, 2);
+    verify_chain(&recordings);
+    let newest = sets.iter().find(|s| *s != sums).unwrap();
+    assert_eq!(metadata(newest)["previous"]["id"], base.as_str());
+}
+
+#[test]
+fn a_set_sealed_but_not_spooled_at_a_crash_is_uploaded_at_the_next_start() {
+    let keep = TestDir::new("recover-seal");
+    let data = keep.join("data");
+    let mut proxy = Proxy::builder()
+        .data_dir(&data)
+        .env("CALLREC_TEST_CRASH_AFTER_SEAL", "1")
+        .start();
+    // The call itself ends normally; the proxy dies right after sealing its set.
+    let _ = proxy.call(pair("basic")).run();
+    let died = wait_until(Duration::from_secs(20), || !proxy.is_running());
+    assert!(
+        died,
+        "the test hook did not stop the proxy\n{}",
+        proxy.log_tail(40)
+    );
+    let work = data.join("work");
+    let recordings = data.join("recordings");
+    assert_eq!(
+        sets_in(&work).len(),
+        1,
+        "the sealed set should wait in work/"
+    );
+    assert!(sets_in(&recordings).is_empty());
+    drop(proxy);
+
+    let proxy = Proxy::builder().data_dir(&data).start();
+    let sets = wait_sets(&proxy, &recordings, 1);
+    verify_independently(&sets[0], &data.join("cert.pem"));
+    assert!(sets_in(&work).is_empty(), "the set is still in work/");
+    // Sealed normally before the crash: not a recovered recording.
+    assert!(metadata(&sets[0]).get("recovered").is_none());
+
+    proxy.call(pair("basic")).run().assert_success();
+    let sets = wait_sets(&proxy, &recordings, 2);
+    verify_chain(&recordings);
+    let first = sets[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(".sha256", "");
+    assert_eq!(metadata(&sets[1])["previous"]["id"], first.as_str());
+    let pending = wait_until(Duration::from_secs(10), || {
+        metric(&proxy.metrics(), "callrec_spool_sets") == Some(0.0)
+    });
+    assert!(pending, "uploads still pending\n{}", proxy.log_tail(40));
+}

@@ -300,3 +300,91 @@ fn a_set_sealed_but_not_spooled_at_a_crash_is_uploaded_at_the_next_start() {
     });
     assert!(pending, "uploads still pending\n{}", proxy.log_tail(40));
 }
+
+/// A WAV in work/ without a journal (left by an older version): nobody can
+/// say whose call it is nor where it goes, so it is repaired, moved into
+/// work/unrecoverable/ for the operator and reported, never left silently.
+#[test]
+fn a_wav_without_a_journal_is_set_aside_and_reported() {
+    let keep = TestDir::new("recover-orphan");
+    let data = keep.join("data");
+    let work = data.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let name = "20260101_120000_in_0301_200_orphan01.wav";
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(work.join(name), spec).unwrap();
+    for i in 0..16000 {
+        w.write_sample((i % 100) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+
+    let proxy = Proxy::builder().data_dir(&data).start();
+    let moved = work.join("unrecoverable").join(name);
+    assert!(moved.is_file(), "not set aside\n{}", proxy.log_tail(40));
+    assert!(!work.join(name).exists());
+    assert_eq!(hound::WavReader::open(&moved).unwrap().len(), 16000);
+    let m = proxy.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "callrec_recording_failures_total{reason=\"recovered_after_crash\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "callrec_recordings_recovered_total"), Some(0.0));
+    assert!(
+        proxy.log().contains("unrecoverable"),
+        "{}",
+        proxy.log_tail(40)
+    );
+}
+
+/// A crash after a set's signature but before the chain head moved: the next
+/// start takes that set as the head, so the next set links to it and the
+/// chain has neither a gap nor a fork.
+#[test]
+fn a_set_whose_head_update_was_cut_off_becomes_the_head() {
+    use callrec::seal::{Identity, PasswordSource, Sealer};
+    let keep = TestDir::new("recover-head");
+    let data = keep.join("data");
+    let work = data.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let identity = || Identity::load_or_create(&data, PasswordSource::Value("pw".into())).unwrap();
+    let seal = |sealer: &mut Sealer, base: &str| {
+        std::fs::write(work.join(format!("{base}.wav")), base.as_bytes()).unwrap();
+        sealer
+            .seal(
+                &work,
+                base,
+                serde_json::json!({"base_name": base}),
+                &[PathBuf::from(format!("{base}.wav"))],
+            )
+            .unwrap()
+    };
+    let head_file = data.join("chain-head.json");
+    {
+        let mut sealer = Sealer::new(identity(), &data).unwrap();
+        seal(&mut sealer, "a");
+        let head_after_a = std::fs::read(&head_file).unwrap();
+        seal(&mut sealer, "b");
+        // The crash: b is signed but the head still names a.
+        std::fs::write(&head_file, head_after_a).unwrap();
+    }
+    let mut sealer = Sealer::new(identity(), &data).unwrap();
+    assert_eq!(sealer.head().unwrap().id, "a");
+    callrec::recovery::adopt_sealed_sets(&mut sealer, &work);
+    assert_eq!(sealer.head().unwrap().id, "b");
+    let c = seal(&mut sealer, "c");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&c.files[0]).unwrap()).unwrap();
+    assert_eq!(meta["previous"]["id"], "b");
+    // Taking the head is done once only.
+    assert!(!sealer.adopt(&work, "b").unwrap());
+    assert_eq!(sealer.head().unwrap().id, "c");
+    verify_chain(&work);
+}

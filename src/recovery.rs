@@ -133,7 +133,7 @@ impl Recovery {
             }
         }
         for base in found.journals.difference(&found.sealed) {
-            if self.finish(base, seal) {
+            if self.finish(base, seal, spool) {
                 summary.recovered += 1;
             } else {
                 summary.set_aside += 1;
@@ -221,7 +221,7 @@ impl Recovery {
     }
 
     /// A recording cut off by a crash: repaired, described and sent to sealing.
-    fn finish(&self, base: &str, seal: &SealSender) -> bool {
+    fn finish(&self, base: &str, seal: &SealSender, spool: &Spool) -> bool {
         let journal_path = Journal::path(&self.work, base);
         let journal = match Journal::read(&journal_path) {
             Ok(j) => j,
@@ -269,15 +269,18 @@ impl Recovery {
             out.duration.as_millis()
         );
         let metadata = self.metadata_for(base, &journal, &out, start, end, &detail);
-        self.db.send(Record::Recording {
-            call_id: journal.call_ids.caller_leg.clone(),
-            base_name: base.to_string(),
-            profile: Some(journal.profile.clone()),
-            start_ms: journal.start_ms,
-            end_ms: Some(end.timestamp_millis()),
-            caller: Some(journal.caller.number.clone()),
-            callee: Some(journal.callee.number.clone()),
-        });
+        // A crash during sealing comes after the recording's row was written.
+        if !self.db.has_recording(base).unwrap_or(false) {
+            self.db.send(Record::Recording {
+                call_id: journal.call_ids.caller_leg.clone(),
+                base_name: base.to_string(),
+                profile: Some(journal.profile.clone()),
+                start_ms: journal.start_ms,
+                end_ms: Some(end.timestamp_millis()),
+                caller: Some(journal.caller.number.clone()),
+                callee: Some(journal.callee.number.clone()),
+            });
+        }
         self.db.send(Record::RecordingRecovered {
             base_name: base.to_string(),
         });
@@ -288,6 +291,10 @@ impl Recovery {
         } else {
             journal.targets.clone()
         };
+        // The journal may name a target the configuration has dropped since: its
+        // upload worker is started here, where the runtime is at hand, not on the
+        // sealing thread.
+        spool.add_targets(&targets);
         let job = SealJob {
             folder: self.work.clone(),
             base_name: base.to_string(),

@@ -388,3 +388,119 @@ fn a_set_whose_head_update_was_cut_off_becomes_the_head() {
     assert_eq!(sealer.head().unwrap().id, "c");
     verify_chain(&work);
 }
+
+/// A crash during sealing, before the signature: the metadata the recording's
+/// end had written is kept (with its media counters), marked recovered, the
+/// set is sealed and uploaded, and the database gets no second row for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_cut_off_while_sealing_keeps_its_metadata_and_is_uploaded() {
+    use callrec::db::{Db, Record};
+    use callrec::recorder::journal::{Journal, JOURNAL_VERSION};
+    use callrec::recorder::metadata::{CallIds, Direction, PartyInfo};
+    use callrec::recorder::{ChannelMode, WavWriter};
+    use callrec::seal::service::SealService;
+    use callrec::seal::{Identity, PasswordSource, Sealer};
+    use callrec::spool::{Spool, SpoolConfig};
+
+    let keep = TestDir::new("recover-sealing");
+    let data = keep.join("data");
+    let work = data.join("work");
+    let out = keep.join("out");
+    std::fs::create_dir_all(&work).unwrap();
+    let base = "20260101_120000_in_0301_200_sealing1";
+    let wav = work.join(format!("{base}.wav"));
+    let mut w = WavWriter::create(&wav, 2, 8000, u64::MAX, Duration::from_secs(3600)).unwrap();
+    w.write_samples(&vec![3i16; 2 * 8000]).unwrap();
+    w.finalize().unwrap();
+    let party = |n: &str| PartyInfo {
+        name: None,
+        number: n.into(),
+    };
+    Journal {
+        version: JOURNAL_VERSION,
+        base_name: base.into(),
+        call_ids: CallIds {
+            caller_leg: "a@x".into(),
+            callee_leg: "b@y".into(),
+        },
+        caller: party("0301"),
+        callee: party("200"),
+        dialled_number: "200".into(),
+        direction: Direction::Incoming,
+        profile: "default".into(),
+        matched_rule: "all".into(),
+        channels: ChannelMode::Stereo,
+        files: vec![format!("{base}.wav")],
+        start_ms: 1_767_265_200_000,
+        announcement: None,
+        targets: vec![format!("file://{}", out.display())],
+        instance_id: "i".into(),
+    }
+    .write(&work)
+    .unwrap();
+    // What the recording's end wrote before the crash: metadata and its row.
+    std::fs::write(
+        work.join(format!("{base}.json")),
+        serde_json::json!({"base_name": base, "profile": "default", "previous": null,
+            "media": {"caller": {"packets": 400}}})
+        .to_string(),
+    )
+    .unwrap();
+    let db = Db::open_in(&data).unwrap();
+    db.send(Record::Recording {
+        call_id: "a@x".into(),
+        base_name: base.into(),
+        profile: Some("default".into()),
+        start_ms: 1_767_265_200_000,
+        end_ms: Some(1_767_265_201_000),
+        caller: Some("0301".into()),
+        callee: Some("200".into()),
+    });
+    db.flush();
+
+    let spool = Spool::start(
+        SpoolConfig::new(&data),
+        db.clone(),
+        callrec::storage::Secrets::new(),
+        None,
+    )
+    .unwrap();
+    let id = Identity::load_or_create(&data, PasswordSource::Value("pw".into())).unwrap();
+    let sink_spool = spool.clone();
+    let service = SealService::start(
+        Sealer::new(id, &data).unwrap(),
+        Box::new(move |set, targets| {
+            sink_spool.enqueue(&set, &targets).unwrap();
+            Journal::remove(&set.folder, &set.base_name);
+        }),
+    );
+    let failures = callrec::recorder::failure::FailureReporter::new();
+    let recovered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let recovery = callrec::recovery::Recovery {
+        work: work.clone(),
+        db: db.clone(),
+        failures: failures.clone(),
+        recovered: recovered.clone(),
+        profile_targets: Default::default(),
+        default_targets: vec![],
+    };
+    let (sender, sp) = (service.sender(), spool.clone());
+    let summary = tokio::task::spawn_blocking(move || recovery.run(&sender, &sp))
+        .await
+        .unwrap();
+    assert_eq!(summary.recovered, 1, "{summary:?}");
+    drop(service);
+    assert!(spool.wait_empty(Duration::from_secs(20)).await);
+    let sums = out.join(format!("{base}.sha256"));
+    verify_independently(&sums, &data.join("cert.pem"));
+    let meta = metadata(&sums);
+    assert_eq!(meta["recovered"], true);
+    assert_eq!(meta["media"]["caller"]["packets"], 400, "{meta:#}");
+    assert!(meta["previous"].is_null());
+    db.flush();
+    let rows = db.recordings(0, i64::MAX).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].recovered);
+    assert_eq!(recovered.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(std::fs::read_dir(&work).unwrap().next().is_none());
+}

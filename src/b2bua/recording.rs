@@ -170,7 +170,7 @@ fn name_part(s: &str) -> String {
 
 impl CallRecording {
     /// Starts recording now (the answer), naming the set as the README's
-    /// "Recording sets" says; the journal is written (fsynced) before the audio
+    /// "A sealed recording set" says; the journal is written (fsynced) before the audio
     /// files are created, so a crash never leaves audio nobody can describe.
     pub fn start(
         settings: &RecordingSettings,

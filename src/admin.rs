@@ -414,6 +414,11 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
             "callrec_recording_failures_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP callrec_recordings_recovered_total Recordings left by a crash and finished at start-up.\n# TYPE callrec_recordings_recovered_total counter\ncallrec_recordings_recovered_total {}",
+        st.recordings_recovered.load(Ordering::Relaxed)
+    );
     if let Some(planner) = &core.planner {
         // Decisions use the last good snapshot however old it is: these show when
         // the PBX has not answered for a while and group changes are not seen.

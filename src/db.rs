@@ -126,6 +126,9 @@ CREATE INDEX failures_at ON failures(at_ms);
 CREATE INDEX recordings_call_id ON recordings(call_id);
 CREATE INDEX decisions_recorded_at ON decisions(recorded, at_ms);
 "#,
+    r#"
+ALTER TABLE recordings ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Milliseconds since the Unix epoch, now.
@@ -182,6 +185,11 @@ pub enum Record {
         caller: Option<String>,
         /// Called number.
         callee: Option<String>,
+    },
+    /// A recording was finished at start-up after a crash (marks its row).
+    RecordingRecovered {
+        /// Base name of the set.
+        base_name: String,
     },
     /// A sealed set.
     Seal {
@@ -340,6 +348,8 @@ pub struct RecordingRow {
     pub caller: Option<String>,
     /// Callee's number.
     pub callee: Option<String>,
+    /// Finished at start-up after a crash (audio up to the crash).
+    pub recovered: bool,
 }
 
 /// The state of one set on one target, as `callrec uploads status` shows it.
@@ -563,6 +573,12 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             tx.execute(
                 "INSERT INTO recordings (call_id, base_name, profile, start_ms, end_ms, caller, callee) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![call_id, base_name, profile, start_ms, end_ms, caller, callee],
+            )?;
+        }
+        Record::RecordingRecovered { base_name } => {
+            tx.execute(
+                "UPDATE recordings SET recovered = 1 WHERE base_name = ?1",
+                params![base_name],
             )?;
         }
         Record::Seal {
@@ -896,7 +912,7 @@ impl Db {
         };
         let conn = self.reader()?;
         let mut stmt = conn
-            .prepare("SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id")
+            .prepare("SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id")
             .map_err(q)?;
         let rows = stmt
             .query_map([from_ms, to_ms], |r| {
@@ -908,12 +924,28 @@ impl Db {
                     end_ms: r.get(4)?,
                     caller: r.get(5)?,
                     callee: r.get(6)?,
+                    recovered: r.get::<_, i64>(7)? != 0,
                 })
             })
             .map_err(q)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(q)?;
         Ok(rows)
+    }
+
+    /// Whether a recording row exists for set `base_name`.
+    pub fn has_recording(&self, base_name: &str) -> Result<bool, DbError> {
+        let conn = self.reader()?;
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM recordings WHERE base_name = ?1)",
+            [base_name],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n != 0)
+        .map_err(|source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Every attempt for a set, oldest first.

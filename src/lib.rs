@@ -16,6 +16,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reconcile;
 pub mod recorder;
+pub mod recovery;
 pub mod seal;
 pub mod sip;
 pub mod spool;

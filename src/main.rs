@@ -295,12 +295,13 @@ fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
         RecordingsAction::Search(a) => {
             for r in search_rows(&a)? {
                 println!(
-                    "{}  {}  {} -> {}  {}",
+                    "{}  {}  {} -> {}  {}{}",
                     fmt_ms(r.start_ms),
                     r.base_name,
                     r.caller.unwrap_or_default(),
                     r.callee.unwrap_or_default(),
-                    r.profile.unwrap_or_default()
+                    r.profile.unwrap_or_default(),
+                    if r.recovered { "  recovered" } else { "" }
                 );
             }
             Ok(true)

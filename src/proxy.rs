@@ -63,7 +63,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let identity =
         crate::seal::Identity::load_or_create(&cfg.data_dir, cfg.keystore_password.clone())?;
     let instance_id = identity.instance_id().to_string();
-    let sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
+    let mut sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
+    let work = cfg.data_dir.join("work");
+    crate::recovery::adopt_sealed_sets(&mut sealer, &work);
     let db = Db::open_in(&cfg.data_dir)?;
     let (profile_targets, all_targets, secrets) = resolve_targets(&cfg.policy, &cfg.data_dir)?;
     let notifier = notifier(&cfg)?;
@@ -84,6 +86,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     )?;
     spool.add_targets(&all_targets);
     let sealed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Test hook, documented in the README: dies like `kill -9` right after a set
+    // is sealed and before it is spooled, the state a crash there leaves.
+    let crash_after_seal = std::env::var_os("CALLREC_TEST_CRASH_AFTER_SEAL").is_some();
     let seal = {
         let (spool, db, sealed) = (spool.clone(), db.clone(), sealed.clone());
         let default_target = default_target(&cfg.data_dir);
@@ -91,6 +96,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             sealer,
             Box::new(move |set, targets| {
                 sealed.fetch_add(1, Ordering::Relaxed);
+                if crash_after_seal {
+                    tracing::warn!(set = %set.base_name, "CALLREC_TEST_CRASH_AFTER_SEAL: dying before the set is spooled");
+                    // SAFETY: raising a signal on our own process has no memory effects.
+                    unsafe { libc::raise(libc::SIGKILL) };
+                }
                 db.send(Record::Seal {
                     base_name: set.base_name.clone(),
                     at_ms: crate::db::now_ms(),
@@ -104,6 +114,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
                 };
                 match spool.enqueue(&set, &targets) {
                     Ok(dir) => {
+                        crate::recorder::journal::Journal::remove(&set.folder, &set.base_name);
                         tracing::info!(set = %set.base_name, "sealed set spooled in {} for {} target(s)", dir.display(), targets.len())
                     }
                     Err(e) => {
@@ -113,6 +124,30 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             }),
         )
     };
+    let recovered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Before calls are taken, so that only what a crash left is in `work/`; the
+    // sealing of what is found happens on the sealing thread.
+    let recovery = crate::recovery::Recovery {
+        work: work.clone(),
+        db: db.clone(),
+        failures: failures.clone(),
+        recovered: recovered.clone(),
+        profile_targets: cfg
+            .policy
+            .profiles
+            .iter()
+            .map(|p| p.name.clone())
+            .zip(profile_targets.iter().cloned())
+            .collect(),
+        default_targets: vec![default_target(&cfg.data_dir)],
+    };
+    let (seal_tx, spool_rx) = (seal.sender(), spool.clone());
+    if let Err(e) = tokio::task::spawn_blocking(move || recovery.run(&seal_tx, &spool_rx)).await {
+        tracing::error!(
+            "recovery of what a crash left in {} failed: {e}",
+            work.display()
+        );
+    }
     let recording = RecordingSettings {
         dir: cfg.data_dir.join("work"),
         db: Some(db.clone()),
@@ -161,6 +196,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         ports,
         stats: Stats {
             sealed,
+            recordings_recovered: recovered,
             transport: transport_stats,
             ..Stats::default()
         },

@@ -16,7 +16,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::headers::{copy_end_to_end, Origin};
 use super::plan::CallPlan;
-use super::recording::{CallFacts, CallRecording};
+use super::recording::{CallFacts, CallRecording, RecordingIntent};
 use super::router::RouterMsg;
 use super::{CallSummary, Core, Direction};
 use crate::media::{Session, Side};
@@ -1387,17 +1387,28 @@ impl Call {
         }
         let mut settings = settings.clone();
         settings.channels = plan.channels;
-        let (dir, caller, callee) = (
-            self.dir,
-            self.parties.0.number.clone(),
-            self.parties.1.number.clone(),
-        );
+        let intent = RecordingIntent {
+            caller_call_id: self.legs[0].call_id.clone(),
+            callee_call_id: self.legs[1].call_id.clone(),
+            caller: self.parties.0.clone(),
+            callee: self.parties.1.clone(),
+            dialled: self.parties.2.clone(),
+            direction: self.dir,
+            profile: plan.profile.clone(),
+            rule: plan.rule.clone(),
+            targets: plan.targets.clone(),
+            announcement: plan
+                .announcement
+                .as_ref()
+                .filter(|_| self.announce_sdp.is_some())
+                .map(|a| a.path().display().to_string()),
+        };
         // Creating the files touches the disk: off the runtime's workers, so a
         // slow or hung data folder cannot stall other calls' signalling.
         let span = tracing::Span::current();
         let started = tokio::task::spawn_blocking(move || {
             let _g = span.enter();
-            CallRecording::start(&settings, dir, &caller, &callee)
+            CallRecording::start(&settings, &intent)
         })
         .await;
         match started {

@@ -84,6 +84,8 @@ pub struct Stats {
     pub sip_dropped_call_busy: AtomicU64,
     /// Sets sealed (shared with the sealing thread).
     pub sealed: Arc<AtomicU64>,
+    /// Recordings left by a crash and finished at start-up (shared with the recovery).
+    pub recordings_recovered: Arc<AtomicU64>,
     /// The SIP transport's counters (TCP limits, dropped sends).
     pub transport: Arc<crate::sip::transport::TransportStats>,
 }

@@ -17,6 +17,7 @@ use super::Direction;
 use crate::media::relay::Tap;
 use crate::media::{Session, Side};
 use crate::recorder::failure::{FailureReason, RecordingFailure};
+use crate::recorder::journal::{Journal, JournalError, JOURNAL_VERSION};
 use crate::recorder::metadata::{
     local_offset_at, Announcement, AudioInfo, CallIds, EndedBy, Metadata, PartyInfo, PerParty,
     Times, SCHEMA_VERSION,
@@ -37,6 +38,32 @@ pub struct RecordingSettings {
     pub seal: SealSender,
     /// The protocol database.
     pub db: Option<crate::db::Db>,
+}
+
+/// What the call knows about itself when its recording starts; kept in the
+/// recording's journal so that a crash does not lose it.
+#[derive(Debug, Clone)]
+pub struct RecordingIntent {
+    /// Call-ID of the caller's leg.
+    pub caller_call_id: String,
+    /// Call-ID of the callee's leg.
+    pub callee_call_id: String,
+    /// Caller's display name and number.
+    pub caller: PartyInfo,
+    /// Callee's display name and number.
+    pub callee: PartyInfo,
+    /// Number the caller dialled.
+    pub dialled: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Profile that decided to record.
+    pub profile: String,
+    /// Rule of that profile that matched.
+    pub rule: String,
+    /// Storage targets of the profile.
+    pub targets: Vec<String>,
+    /// The announcement played to the caller, if any.
+    pub announcement: Option<String>,
 }
 
 /// What the call knows about itself when its recording ends.
@@ -82,6 +109,46 @@ impl Tap for ForkTap {
     }
 }
 
+/// The journal of a recording that starts at `start`.
+fn journal_of(
+    settings: &RecordingSettings,
+    intent: &RecordingIntent,
+    spec: &RecordingSpec,
+    start: DateTime<Utc>,
+) -> Journal {
+    Journal {
+        version: JOURNAL_VERSION,
+        base_name: spec.base_name.clone(),
+        call_ids: CallIds {
+            caller_leg: intent.caller_call_id.clone(),
+            callee_leg: intent.callee_call_id.clone(),
+        },
+        caller: intent.caller.clone(),
+        callee: intent.callee.clone(),
+        dialled_number: intent.dialled.clone(),
+        direction: meta_direction(intent.direction),
+        profile: intent.profile.clone(),
+        matched_rule: intent.rule.clone(),
+        channels: spec.channels,
+        files: spec
+            .file_paths()
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect(),
+        start_ms: start.timestamp_millis(),
+        announcement: intent.announcement.clone(),
+        targets: intent.targets.clone(),
+        instance_id: settings.instance_id.clone(),
+    }
+}
+
+fn meta_direction(d: Direction) -> crate::recorder::metadata::Direction {
+    match d {
+        Direction::Incoming => crate::recorder::metadata::Direction::Incoming,
+        Direction::Outgoing => crate::recorder::metadata::Direction::Outgoing,
+    }
+}
+
 /// A running recording of one call.
 pub struct CallRecording {
     recorder: Recorder,
@@ -106,24 +173,24 @@ fn name_part(s: &str) -> String {
 }
 
 impl CallRecording {
-    /// Starts recording now (the answer), naming the set as DESIGN §4 says.
+    /// Starts recording now (the answer), naming the set as the README's
+    /// "A sealed recording set" says; the journal is written (fsynced) before the audio
+    /// files are created, so a crash never leaves audio nobody can describe.
     pub fn start(
         settings: &RecordingSettings,
-        direction: Direction,
-        caller: &str,
-        callee: &str,
+        intent: &RecordingIntent,
     ) -> Result<CallRecording, crate::recorder::RecorderError> {
         let start = Utc::now();
         let local = start.with_timezone(&Local);
-        let dir = match direction {
+        let dir = match intent.direction {
             Direction::Incoming => "in",
             Direction::Outgoing => "out",
         };
         let base_name = format!(
             "{}_{dir}_{}_{}_{}",
             local.format("%Y%m%d_%H%M%S"),
-            name_part(caller),
-            name_part(callee),
+            name_part(&intent.caller.number),
+            name_part(&intent.callee.number),
             crate::sip::random_token(8)
         );
         std::fs::create_dir_all(&settings.dir).map_err(|e| {
@@ -133,7 +200,23 @@ impl CallRecording {
             }
         })?;
         let spec = RecordingSpec::new(&settings.dir, &base_name, settings.channels);
-        let recorder = Recorder::start(spec)?;
+        let journal = journal_of(settings, intent, &spec, start);
+        journal.write(&settings.dir).map_err(|e| match e {
+            JournalError::Io { path, source } => {
+                crate::recorder::RecorderError::Create { path, source }
+            }
+            JournalError::Corrupt { detail, .. } => {
+                crate::recorder::RecorderError::InvalidSpec(detail)
+            }
+        })?;
+        let recorder = match Recorder::start(spec) {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing was recorded: no set to recover at the next start.
+                Journal::remove(&settings.dir, &base_name);
+                return Err(e);
+            }
+        };
         info!(set = %base_name, "recording started");
         Ok(CallRecording {
             recorder,
@@ -232,10 +315,7 @@ impl CallRecording {
                 caller: facts.caller,
                 callee: facts.callee,
                 dialled_number: facts.dialled,
-                direction: match facts.direction {
-                    Direction::Incoming => crate::recorder::metadata::Direction::Incoming,
-                    Direction::Outgoing => crate::recorder::metadata::Direction::Outgoing,
-                },
+                direction: meta_direction(facts.direction),
                 profile: facts.profile,
                 matched_rule: facts.rule,
                 times: Times::new(

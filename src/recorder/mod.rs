@@ -9,6 +9,7 @@ pub mod failure;
 pub mod fuzzing;
 mod g711;
 pub mod gaps;
+pub mod journal;
 pub mod metadata;
 mod pool;
 pub(crate) mod resample;
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use codec::{Codec, PayloadMap, PayloadType};
 pub use g711::{encode_alaw, encode_ulaw, ALAW_TO_LINEAR, ULAW_TO_LINEAR};
 pub use gaps::Gap;
-pub use wav::WavWriter;
+pub use wav::{repair as repair_wav, Repaired as RepairedWav, WavWriter};
 
 /// Which side of the call a packet comes from (never derived from the SSRC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -204,6 +204,65 @@ impl WavWriter {
     }
 }
 
+/// What [`repair`] found in a WAV file left behind by a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repaired {
+    /// Channels in the file.
+    pub channels: u16,
+    /// Sample rate of the file.
+    pub sample_rate: u32,
+    /// Whole sample frames on disk, now declared in the header.
+    pub frames: u64,
+    /// Whether the header is RF64.
+    pub rf64: bool,
+}
+
+/// Makes a WAV file this writer left unfinished (the process died) valid:
+/// cuts a torn last frame off and writes a header whose sizes match the
+/// samples on disk. The format (channels, rate) is taken from the file's own
+/// header, which the writer wrote as soon as the rate was known.
+pub fn repair(path: &Path, rf64_threshold: u64) -> io::Result<Repaired> {
+    let file = File::options().read(true).write(true).open(path)?;
+    let mut h = [0u8; DATA_OFFSET as usize];
+    let len = file.metadata()?.len();
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+    if len < DATA_OFFSET {
+        return Err(bad("shorter than a WAV header"));
+    }
+    file.read_exact_at(&mut h, 0)?;
+    let was_rf64 = &h[0..4] == b"RF64";
+    if !(was_rf64 || &h[0..4] == b"RIFF") || &h[8..12] != b"WAVE" || &h[48..52] != b"fmt " {
+        return Err(bad("not a WAV file written by callrec"));
+    }
+    let channels = u16::from_le_bytes([h[58], h[59]]);
+    let sample_rate = u32::from_le_bytes([h[60], h[61], h[62], h[63]]);
+    if channels == 0 || sample_rate == 0 {
+        return Err(bad("the header names no channels or no sample rate"));
+    }
+    let block = 2 * channels as u64;
+    let data_bytes = (len - DATA_OFFSET) / block * block;
+    file.set_len(DATA_OFFSET + data_bytes)?;
+    let mut w = WavWriter {
+        path: path.to_path_buf(),
+        file,
+        channels,
+        sample_rate,
+        data_bytes,
+        buf: Vec::new(),
+        rf64_threshold,
+        rf64: was_rf64,
+        header_interval: Duration::MAX,
+        last_header: Instant::now(),
+    };
+    w.finalize()?;
+    Ok(Repaired {
+        channels,
+        sample_rate,
+        frames: w.frames(),
+        rf64: w.rf64,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +338,36 @@ mod tests {
             .map(|c| i16::from_le_bytes([c[0], c[1]]))
             .collect();
         assert_eq!(back, samples);
+    }
+
+    #[test]
+    fn repair_declares_the_whole_frames_on_disk() {
+        let dir = tempdir();
+        let path = dir.join("r.wav");
+        let mut w = WavWriter::create(&path, 2, 8000, u64::MAX, Duration::from_secs(3600)).unwrap();
+        w.set_sample_rate(16000).unwrap();
+        let samples: Vec<i16> = (0..40_000).map(|i| (i % 1000) as i16).collect();
+        // Past the writer's buffer, so part of it reaches the file; no finalize (a crash).
+        w.write_samples(&samples).unwrap();
+        std::mem::forget(w);
+        // A torn last frame: three stray bytes.
+        let mut f = File::options().append(true).open(&path).unwrap();
+        f.write_all(&[1, 2, 3]).unwrap();
+        drop(f);
+        assert!(hound::WavReader::open(&path).map(|r| r.len()).unwrap_or(0) < 30_000);
+        let r = repair(&path, u64::MAX).unwrap();
+        assert_eq!((r.channels, r.sample_rate, r.rf64), (2, 16000, false));
+        let on_disk = (std::fs::metadata(&path).unwrap().len() - DATA_OFFSET) / 4;
+        assert_eq!(r.frames, on_disk);
+        assert!(r.frames >= 8192, "{r:?}");
+        let mut rd = hound::WavReader::open(&path).unwrap();
+        assert_eq!(rd.spec().sample_rate, 16000);
+        let back: Vec<i16> = rd.samples::<i16>().map(|s| s.unwrap()).collect();
+        assert_eq!(back.len() as u64, r.frames * 2);
+        assert_eq!(&back[..], &samples[..back.len()]);
+        assert!(repair(&dir.join("missing.wav"), u64::MAX).is_err());
+        std::fs::write(dir.join("junk.wav"), vec![7u8; 200]).unwrap();
+        assert!(repair(&dir.join("junk.wav"), u64::MAX).is_err());
     }
 
     fn tempdir() -> PathBuf {

@@ -24,7 +24,7 @@ mod verify;
 pub use chain::ChainLink;
 pub use error::SealError;
 pub use identity::{Identity, PasswordSource};
-pub use sealer::{SealedSet, Sealer};
+pub use sealer::{sealed_on_disk, SealedSet, Sealer};
 pub use verify::{verify_chain, verify_set, Problem};
 
 /// Suffix of a set's checksum file, appended to the base name.

@@ -215,4 +215,74 @@ impl Sealer {
             checksum_sha256,
         })
     }
+    /// Takes a set sealed in `folder` before a crash as the chain head when the
+    /// crash came between its signature and the head's update (the set names
+    /// the current head as "previous"); otherwise the next set would name the
+    /// same previous set and fork the chain. True when the head moved.
+    pub fn adopt(&mut self, folder: &Path, base_name: &str) -> Result<bool, SealError> {
+        let json_path = folder.join(format!("{base_name}.json"));
+        let bytes = std::fs::read(&json_path).map_err(SealError::io("read", &json_path))?;
+        let meta: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| SealError::InvalidInput {
+                base_name: base_name.to_string(),
+                detail: format!("{}: {e}", json_path.display()),
+            })?;
+        let previous =
+            ChainLink::from_json(meta.get("previous").unwrap_or(&serde_json::Value::Null))
+                .map_err(|detail| SealError::InvalidInput {
+                    base_name: base_name.to_string(),
+                    detail,
+                })?;
+        if self.head().map(|h| h.id.as_str()) == Some(base_name) || previous.as_ref() != self.head()
+        {
+            return Ok(false);
+        }
+        let sums_name = format!("{base_name}{CHECKSUM_SUFFIX}");
+        let sums_path = folder.join(&sums_name);
+        let sha256 = sha256_file(&sums_path).map_err(SealError::io("hash", &sums_path))?;
+        let head = ChainHead {
+            link: ChainLink {
+                id: base_name.to_string(),
+                checksum_file: sums_name,
+                sha256,
+            },
+            folder: folder.to_path_buf(),
+        };
+        write_head(&self.head_path, &head)?;
+        self.head = Some(head);
+        tracing::warn!(set = %base_name, "chain head moved to a set sealed just before a crash");
+        Ok(true)
+    }
+}
+
+/// The set sealed in `folder` under `base_name`, read back from its files
+/// (checksum file and signature must exist): for a set whose sealing finished
+/// but whose hand-over to the spool did not.
+pub fn sealed_on_disk(folder: &Path, base_name: &str) -> Result<SealedSet, SealError> {
+    let sums_name = format!("{base_name}{CHECKSUM_SUFFIX}");
+    let sums_path = folder.join(&sums_name);
+    let sig_path = folder.join(format!("{sums_name}{SIGNATURE_SUFFIX}"));
+    let text = std::fs::read(&sums_path).map_err(SealError::io("read", &sums_path))?;
+    if !sig_path.is_file() {
+        return Err(SealError::InvalidInput {
+            base_name: base_name.to_string(),
+            detail: format!("{} is missing", sig_path.display()),
+        });
+    }
+    let (entries, errors) = super::checksum::parse(&String::from_utf8_lossy(&text));
+    if let Some((line, what)) = errors.first() {
+        return Err(SealError::InvalidInput {
+            base_name: base_name.to_string(),
+            detail: format!("{} line {line}: {what}", sums_path.display()),
+        });
+    }
+    let mut files: Vec<PathBuf> = entries.iter().map(|e| folder.join(&e.name)).collect();
+    files.push(sums_path);
+    files.push(sig_path);
+    Ok(SealedSet {
+        folder: folder.to_path_buf(),
+        base_name: base_name.to_string(),
+        files,
+        checksum_sha256: sha256_bytes(&text),
+    })
 }

@@ -1185,6 +1185,7 @@ pub struct ProxyBuilder {
     env: Vec<(String, String)>,
     rtp_span: Option<u16>,
     ready_timeout: Option<Duration>,
+    data_dir: Option<PathBuf>,
 }
 
 impl ProxyBuilder {
@@ -1202,6 +1203,13 @@ impl ProxyBuilder {
     /// How many RTP ports to give it (default 400).
     pub fn rtp_ports(mut self, n: u16) -> ProxyBuilder {
         self.rtp_span = Some(n);
+        self
+    }
+
+    /// Use this data directory (kept by the test, e.g. across a restart)
+    /// instead of a fresh one.
+    pub fn data_dir(mut self, dir: &Path) -> ProxyBuilder {
+        self.data_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -1225,7 +1233,7 @@ impl ProxyBuilder {
         let span = self.rtp_span.unwrap_or(400);
         let rtp_lo = free_ports(span);
         let rtp = (rtp_lo, rtp_lo + span - 1);
-        let data_dir = dir.join("data");
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         let log_path = dir.join("callrec.log");
         let log = File::create(&log_path).expect("proxy log file");
         let mut args: Vec<String> = vec![
@@ -1641,6 +1649,12 @@ impl Proxy {
         assert_eq!(status, 200, "GET /api/calls/recent → {status}\n{body}");
         serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("GET /api/calls/recent is not a JSON list ({e}): {body}"))
+    }
+
+    /// `kill -9`: the process dies at once, nothing is finished or flushed.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits up to `wait` for the exit; returns the exit code.

@@ -1,0 +1,173 @@
+//! The recording journal: a small JSON file `<base>.journal.json` written and
+//! fsynced beside a recording's audio files when the recording starts, and
+//! removed once the set is sealed and in the spool. It holds what the set
+//! needs but the audio cannot tell (call ids, parties, profile, direction,
+//! channel layout, start, targets), so that a recording left behind by a
+//! crash can be finished, sealed and uploaded at the next start.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::metadata::{CallIds, Direction, PartyInfo};
+use super::ChannelMode;
+
+/// Suffix of a journal file, appended to the set's base name.
+pub const JOURNAL_SUFFIX: &str = ".journal.json";
+/// Layout version of the journal.
+pub const JOURNAL_VERSION: u32 = 1;
+
+/// What a running recording's set needs besides its audio.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// Layout version ([`JOURNAL_VERSION`]).
+    pub version: u32,
+    /// Base name shared by the set's files.
+    pub base_name: String,
+    /// Call-IDs of both legs.
+    pub call_ids: CallIds,
+    /// The calling party.
+    pub caller: PartyInfo,
+    /// The called party.
+    pub callee: PartyInfo,
+    /// The dialled number.
+    pub dialled_number: String,
+    /// Incoming or outgoing.
+    pub direction: Direction,
+    /// Profile that decided to record.
+    pub profile: String,
+    /// Rule of that profile that matched.
+    pub matched_rule: String,
+    /// Channel layout (tells the audio files' names and channel count).
+    pub channels: ChannelMode,
+    /// Audio file names (no folder), as the recorder creates them.
+    pub files: Vec<String>,
+    /// When the recording started (ms since the epoch, UTC); time zero of the audio.
+    pub start_ms: i64,
+    /// The announcement played to the caller, if any.
+    pub announcement: Option<String>,
+    /// Storage target URLs of the profile.
+    pub targets: Vec<String>,
+    /// Id of the instance that recorded.
+    pub instance_id: String,
+}
+
+/// A journal file that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The file system refused.
+    #[error("recording journal {path}: {source} (check that the work folder is writable and has free space)")]
+    Io {
+        /// The journal file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a journal.
+    #[error("recording journal {path} is unreadable: {detail}")]
+    Corrupt {
+        /// The journal file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl Journal {
+    /// Where the journal of set `base_name` lives in `dir`.
+    pub fn path(dir: &Path, base_name: &str) -> PathBuf {
+        dir.join(format!("{base_name}{JOURNAL_SUFFIX}"))
+    }
+
+    /// Writes the journal durably (temporary file, fsync, rename, folder fsync),
+    /// so that a crash right after the start still finds it whole.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, JournalError> {
+        use std::io::Write;
+        let path = Journal::path(dir, &self.base_name);
+        let err = |source| JournalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let tmp = dir.join(format!(".{}{JOURNAL_SUFFIX}.tmp", self.base_name));
+        let mut text = serde_json::to_vec_pretty(self).expect("a journal serialises");
+        text.push(b'\n');
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&text).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+        Ok(path)
+    }
+
+    /// Reads a journal file.
+    pub fn read(path: &Path) -> Result<Journal, JournalError> {
+        let bytes = std::fs::read(path).map_err(|source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Removes the journal of set `base_name` in `dir` (the set is sealed and
+    /// spooled); a journal already gone is fine.
+    pub fn remove(dir: &Path, base_name: &str) {
+        let path = Journal::path(dir, base_name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(journal = %path.display(), error = %e, "recording journal not removed; the next start finds its set already spooled")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_round_trips_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal {
+            version: JOURNAL_VERSION,
+            base_name: "20260301_110000_in_1_2_abc".into(),
+            call_ids: CallIds {
+                caller_leg: "a@x".into(),
+                callee_leg: "b@y".into(),
+            },
+            caller: PartyInfo {
+                name: None,
+                number: "1".into(),
+            },
+            callee: PartyInfo {
+                name: Some("Sales".into()),
+                number: "2".into(),
+            },
+            dialled_number: "2".into(),
+            direction: Direction::Incoming,
+            profile: "p".into(),
+            matched_rule: "all".into(),
+            channels: ChannelMode::Stereo,
+            files: vec!["20260301_110000_in_1_2_abc.wav".into()],
+            start_ms: 1_772_362_800_000,
+            announcement: None,
+            targets: vec!["file:///x".into()],
+            instance_id: "i".into(),
+        };
+        let path = j.write(dir.path()).unwrap();
+        assert_eq!(Journal::read(&path).unwrap(), j);
+        Journal::remove(dir.path(), &j.base_name);
+        assert!(!path.exists());
+        Journal::remove(dir.path(), &j.base_name);
+    }
+}

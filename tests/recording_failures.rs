@@ -316,3 +316,72 @@ fn report_flags_an_unsealed_call_once() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(mails(&sink).len(), 1, "reported twice: {:?}", mails(&sink));
 }
+
+/// The work folder runs full soon after the answer and the profile says
+/// `reject`: the call is ended with a BYE on both legs instead of going on
+/// unrecorded, and what was recorded is sealed with its gap.
+#[test]
+fn a_full_disk_mid_call_under_reject_ends_the_call_and_seals_what_was_recorded() {
+    let proxy = Proxy::builder()
+        .arg("--on-record-failure")
+        .arg("reject")
+        .start();
+    let work = proxy.data_dir().join("work");
+    let _mount = Tmpfs::mount(&work, "512k");
+    // Room for the recording's 64 KiB reserve and about 2 s of stereo audio.
+    std::fs::write(work.join("filler"), vec![7u8; 384 * 1024]).unwrap();
+
+    // Both parties stream until the proxy hangs up (each waits 15 s for a BYE).
+    let run = proxy
+        .call(Pair {
+            name: "answer-late-bye",
+            dir: "answer-late-bye",
+            media: true,
+            direction: Direction::Incoming,
+        })
+        .timeout(Duration::from_secs(30));
+    let dir = TestDir::new("diskfull-reject");
+    let mut callee = run.callee_sipp(dir.path()).spawn();
+    assert!(
+        callee.wait_ready(Duration::from_secs(10)),
+        "callee not ready"
+    );
+    let caller = run.caller_sipp(dir.path()).spawn().wait();
+    let callee = callee.wait_at_most(Duration::from_secs(10));
+    caller.assert_success();
+    callee.assert_success();
+
+    let m = proxy.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"callrec_recording_failures_total{reason="disk_full"}"#
+        ),
+        Some(1.0),
+        "{m:#?}"
+    );
+    assert_eq!(
+        metric(&m, "callrec_calls_refused_unrecordable_total"),
+        Some(1.0),
+        "the call was not ended for its failed recording: {m:#?}"
+    );
+    let recordings = proxy.data_dir().join("recordings");
+    assert!(
+        wait_until(Duration::from_secs(20), || !sealed_in(&recordings)
+            .is_empty()),
+        "the partial recording was not sealed\n{}",
+        proxy.log_tail(60)
+    );
+    let sig = sealed_in(&recordings).remove(0);
+    let base = sig
+        .to_string_lossy()
+        .trim_end_matches(".sha256.SHA256withRSA.sig")
+        .to_string();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{base}.json")).unwrap()).unwrap();
+    let gaps = meta["gaps"].as_array().expect("metadata has a gaps list");
+    assert!(
+        gaps.iter().any(|g| g["reason"] == "disk_full"),
+        "no disk_full gap in {gaps:?}"
+    );
+}

@@ -112,7 +112,43 @@ CREATE INDEX deletions_base_name ON deletions(base_name);
 ALTER TABLE uploads ADD COLUMN next_ms INTEGER;
 CREATE INDEX uploads_state ON uploads(state, base_name);
 "#,
+    // Who answered on the callee's side (an agent of a called group).
+    r#"
+ALTER TABLE recordings ADD COLUMN answered_by TEXT;
+"#,
 ];
+
+/// The folder holding a database file (for messages that name `--data-dir`).
+fn data_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// What the operator reads when the database is damaged: the file, the
+/// damage, and the way out.
+fn corrupt_message(path: &Path, findings: &[String]) -> String {
+    let dir = data_dir(path).display();
+    let shown: Vec<&str> = findings.iter().take(5).map(String::as_str).collect();
+    format!(
+        "protocol database {} is damaged: {}. callrec does not start on a damaged database          (exit status 2; the systemd unit does not restart on it). See the damage with          `callrec db check --data-dir {dir}`, then, with callrec stopped, run          `callrec db recover --data-dir {dir}`: it copies what is still readable into a          fresh file, keeps the damaged one beside it as {DB_FILE_NAME}.corrupt-<time> and          rebuilds the upload queue from the spool",
+        path.display(),
+        shown.join("; ")
+    )
+}
+
+/// A damaged file is `Corrupt`, whatever step found it; other failures stay as they are.
+fn classify(e: DbError) -> DbError {
+    match e {
+        DbError::Open { path, source, .. } if crate::db_repair::is_damage(&source) => {
+            DbError::Corrupt {
+                path,
+                findings: vec![source.to_string()],
+            }
+        }
+        e => e,
+    }
+}
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
@@ -168,6 +204,8 @@ pub enum Record {
         caller: Option<String>,
         /// Called number.
         callee: Option<String>,
+        /// Who answered on the callee's side, when the answer named them.
+        answered_by: Option<String>,
     },
     /// A sealed set.
     Seal {
@@ -257,7 +295,7 @@ pub enum Record {
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// Opening or migrating the file failed.
-    #[error("protocol database {path}: {op} failed: {source}; check that the data directory is writable and the file is not corrupt or from a newer callrec")]
+    #[error("protocol database {path}: {op} failed: {source}; check that the data directory is writable, and run `callrec db check` on it")]
     Open {
         /// The database file.
         path: PathBuf,
@@ -265,6 +303,14 @@ pub enum DbError {
         op: &'static str,
         /// The SQLite error.
         source: rusqlite::Error,
+    },
+    /// The file is damaged (SQLite cannot read it, or its check found faults).
+    #[error("{}", corrupt_message(.path, .findings))]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong (SQLite's words).
+        findings: Vec<String>,
     },
     /// The file has a newer schema than this build knows.
     #[error("protocol database {path} has schema version {found}, this callrec knows up to {known}; use a newer callrec")]
@@ -313,6 +359,8 @@ pub struct RecordingRow {
     pub caller: Option<String>,
     /// Callee's number.
     pub callee: Option<String>,
+    /// Who answered on the callee's side.
+    pub answered_by: Option<String>,
 }
 
 /// The state of one set on one target, as `callrec uploads status` shows it.
@@ -454,7 +502,8 @@ fn open_rw(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
+/// Brings the schema of `conn` up to date (see [`MIGRATIONS`]).
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
     let err = |op| {
         move |source| DbError::Open {
             path: path.to_path_buf(),
@@ -520,10 +569,11 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             end_ms,
             caller,
             callee,
+            answered_by,
         } => {
             tx.execute(
-                "INSERT INTO recordings (call_id, base_name, profile, start_ms, end_ms, caller, callee) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![call_id, base_name, profile, start_ms, end_ms, caller, callee],
+                "INSERT INTO recordings (call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by],
             )?;
         }
         Record::Seal {
@@ -697,8 +747,17 @@ impl Db {
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
         }
-        let mut conn = open_rw(path)?;
-        migrate(&mut conn, path)?;
+        let mut conn = open_rw(path).map_err(classify)?;
+        // A damaged file found now stops the start, before calls are taken and
+        // their records written into it.
+        let findings = crate::db_repair::damage_on_open(&conn, path).map_err(classify)?;
+        if !findings.is_empty() {
+            return Err(DbError::Corrupt {
+                path: path.to_path_buf(),
+                findings,
+            });
+        }
+        migrate(&mut conn, path).map_err(classify)?;
         // Unbounded: a few records per call (bounded by the calls admitted)
         // and per upload; the protocol must not lose a record.
         let (tx, rx) = mpsc::channel();
@@ -857,7 +916,7 @@ impl Db {
         };
         let conn = self.reader()?;
         let mut stmt = conn
-            .prepare("SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id")
+            .prepare("SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id")
             .map_err(q)?;
         let rows = stmt
             .query_map([from_ms, to_ms], |r| {
@@ -869,6 +928,7 @@ impl Db {
                     end_ms: r.get(4)?,
                     caller: r.get(5)?,
                     callee: r.get(6)?,
+                    answered_by: r.get(7)?,
                 })
             })
             .map_err(q)?

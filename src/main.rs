@@ -46,6 +46,58 @@ enum Command {
     },
     /// Delete recordings older than the retention period from the local folders (each deletion is logged in the database).
     Purge(PurgeArgs),
+    /// Check the protocol database, or recover what is readable of a damaged one.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DbAction {
+    /// SQLite's full integrity check: exit status 0 when sound, 1 when damaged (with the findings).
+    Check(StateArgs),
+    /// With callrec stopped: copy what is readable into a fresh file, keep the damaged one beside it, rebuild the upload queue from the spool.
+    Recover(StateArgs),
+}
+
+/// Returns whether the database is sound (check) or was recovered.
+fn db_command(action: DbAction) -> anyhow::Result<bool> {
+    match action {
+        DbAction::Check(s) => {
+            let r = callrec::db_repair::check(&s.data_dir)?;
+            if r.findings.is_empty() {
+                println!("{}: ok", r.path.display());
+                return Ok(true);
+            }
+            println!("{}: DAMAGED", r.path.display());
+            for f in &r.findings {
+                println!("  {f}");
+            }
+            println!("stop callrec and run `callrec db recover --data-dir {}` to copy what is readable into a fresh file", s.data_dir.display());
+            Ok(false)
+        }
+        DbAction::Recover(s) => {
+            let r = callrec::db_repair::recover(&s.data_dir)?;
+            for t in &r.tables {
+                let note = if t.damaged {
+                    " (damaged: rows may be lost)"
+                } else {
+                    ""
+                };
+                println!("{:<16} {} row(s) copied{note}", t.table, t.rows);
+            }
+            for b in &r.requeued {
+                println!("queued again from the spool: {b}");
+            }
+            println!(
+                "recovered into {}; the damaged file is kept as {}",
+                r.path.display(),
+                r.kept.display()
+            );
+            Ok(true)
+        }
+    }
 }
 
 /// Where an offline subcommand finds the instance's state.
@@ -244,8 +296,12 @@ fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
     match action {
         RecordingsAction::Search(a) => {
             for r in search_rows(&a)? {
+                let answered = r
+                    .answered_by
+                    .map(|a| format!("  answered by {a}"))
+                    .unwrap_or_default();
                 println!(
-                    "{}  {}  {} -> {}  {}",
+                    "{}  {}  {} -> {}  {}{answered}",
                     fmt_ms(r.start_ms),
                     r.base_name,
                     r.caller.unwrap_or_default(),
@@ -706,6 +762,11 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Onedrive { action } => onedrive(action),
+        Command::Db { action } => match db_command(action) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

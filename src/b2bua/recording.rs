@@ -85,6 +85,8 @@ pub struct CallRecording {
     recorder: Recorder,
     base_name: String,
     start: DateTime<Utc>,
+    /// When the call's INVITE arrived (`times.setup`).
+    setup: Option<DateTime<Utc>>,
 }
 
 /// Keeps what is safe in a file name: digits, letters and `+`.
@@ -135,7 +137,13 @@ impl CallRecording {
             recorder,
             base_name,
             start,
+            setup: None,
         })
+    }
+
+    /// Notes when the call was set up (its INVITE), for the metadata.
+    pub fn set_setup(&mut self, setup: Option<DateTime<Utc>>) {
+        self.setup = setup;
     }
 
     /// The tap to give the media session.
@@ -210,7 +218,8 @@ impl CallRecording {
                     end,
                     local_offset_at(self.start),
                     0,
-                ),
+                )
+                .with_setup(self.setup),
                 ended_by: facts.ended_by,
                 announcement: Announcement {
                     played: facts.announcement.is_some(),
@@ -252,6 +261,7 @@ impl CallRecording {
                     end_ms: Some(end.timestamp_millis()),
                     caller: Some(meta.caller.number.clone()),
                     callee: Some(meta.callee.number.clone()),
+                    answered_by: meta.callee.answered_by.clone(),
                 });
             }
             stats

@@ -118,38 +118,6 @@ ALTER TABLE recordings ADD COLUMN answered_by TEXT;
 "#,
 ];
 
-/// The folder holding a database file (for messages that name `--data-dir`).
-fn data_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-/// What the operator reads when the database is damaged: the file, the
-/// damage, and the way out.
-fn corrupt_message(path: &Path, findings: &[String]) -> String {
-    let dir = data_dir(path).display();
-    let shown: Vec<&str> = findings.iter().take(5).map(String::as_str).collect();
-    format!(
-        "protocol database {} is damaged: {}. callrec does not start on a damaged database          (exit status 2; the systemd unit does not restart on it). See the damage with          `callrec db check --data-dir {dir}`, then, with callrec stopped, run          `callrec db recover --data-dir {dir}`: it copies what is still readable into a          fresh file, keeps the damaged one beside it as {DB_FILE_NAME}.corrupt-<time> and          rebuilds the upload queue from the spool",
-        path.display(),
-        shown.join("; ")
-    )
-}
-
-/// A damaged file is `Corrupt`, whatever step found it; other failures stay as they are.
-fn classify(e: DbError) -> DbError {
-    match e {
-        DbError::Open { path, source, .. } if crate::db_repair::is_damage(&source) => {
-            DbError::Corrupt {
-                path,
-                findings: vec![source.to_string()],
-            }
-        }
-        e => e,
-    }
-}
-
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -305,7 +273,7 @@ pub enum DbError {
         source: rusqlite::Error,
     },
     /// The file is damaged (SQLite cannot read it, or its check found faults).
-    #[error("{}", corrupt_message(.path, .findings))]
+    #[error("{}", crate::db_repair::corrupt_message(.path, .findings))]
     Corrupt {
         /// The database file.
         path: PathBuf,
@@ -747,17 +715,18 @@ impl Db {
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
         }
-        let mut conn = open_rw(path).map_err(classify)?;
+        let mut conn = open_rw(path).map_err(crate::db_repair::classify)?;
         // A damaged file found now stops the start, before calls are taken and
         // their records written into it.
-        let findings = crate::db_repair::damage_on_open(&conn, path).map_err(classify)?;
+        let findings =
+            crate::db_repair::damage_on_open(&conn, path).map_err(crate::db_repair::classify)?;
         if !findings.is_empty() {
             return Err(DbError::Corrupt {
                 path: path.to_path_buf(),
                 findings,
             });
         }
-        migrate(&mut conn, path).map_err(classify)?;
+        migrate(&mut conn, path).map_err(crate::db_repair::classify)?;
         // Unbounded: a few records per call (bounded by the calls admitted)
         // and per upload; the protocol must not lose a record.
         let (tx, rx) = mpsc::channel();

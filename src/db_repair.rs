@@ -57,6 +57,41 @@ pub fn is_damage(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// The folder holding a database file (for messages that name `--data-dir`).
+fn data_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// What the operator reads when the database is damaged: the file, the
+/// damage, and the way out.
+pub(crate) fn corrupt_message(path: &Path, findings: &[String]) -> String {
+    let dir = data_dir(path).display();
+    let shown: Vec<&str> = findings.iter().take(5).map(String::as_str).collect();
+    format!(
+        "protocol database {} is damaged: {}. callrec does not start on a damaged database \
+         (exit status 2; the systemd unit does not restart on it). See the damage with \
+         `callrec db check --data-dir {dir}`, then, with callrec stopped, run \
+         `callrec db recover --data-dir {dir}`: it copies what is still readable into a \
+         fresh file, keeps the damaged one beside it as {DB_FILE_NAME}.corrupt-<time> and \
+         rebuilds the upload queue from the spool",
+        path.display(),
+        shown.join("; ")
+    )
+}
+
+/// A damaged file is `Corrupt`, whatever step found it; other failures stay as they are.
+pub(crate) fn classify(e: DbError) -> DbError {
+    match e {
+        DbError::Open { path, source, .. } if is_damage(&source) => DbError::Corrupt {
+            path,
+            findings: vec![source.to_string()],
+        },
+        e => e,
+    }
+}
+
 /// The file is shorter than its own header says: cut off by a full disk, a
 /// bad copy or a truncation. Read from the header alone, so it costs nothing.
 fn truncation(path: &Path) -> Option<String> {

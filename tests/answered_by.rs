@@ -155,7 +155,7 @@ fn the_config_key_picks_the_contact_user() {
     let config = dir.join("callrec.toml");
     std::fs::write(
         &config,
-        "answered_by_header = \"contact\"\n\n[[profiles]]\nname = \"sales\"\ngroup = \"200\"\n",
+        "answered_by_header = \"contact\"\n\n[[profiles]]\nname = \"sales\"\nrecord_all = true\n",
     )
     .unwrap();
     let proxy = Proxy::builder()
@@ -172,4 +172,48 @@ fn the_config_key_picks_the_contact_user() {
         meta["callee"]["answered_by"], "207",
         "answered_by_header = contact takes the Contact user: {meta:#}"
     );
+    let first = sealed_sets(&proxy);
+    assert_eq!(first.len(), 1);
+
+    // The same answer from the trunk on an outgoing call names no agent:
+    // only the PBX answers for one.
+    proxy
+        .call(Pair {
+            direction: Direction::Outgoing,
+            ..ANSWERED_BY
+        })
+        .numbers("201", "004989123456")
+        .run()
+        .assert_success();
+    let mut sets = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            sets = sealed_sets(&proxy);
+            sets.len() == 2
+        }),
+        "a second sealed set\n{}",
+        proxy.log_tail(40)
+    );
+    let second = sets.iter().find(|s| !first.contains(s)).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{second}.json")).unwrap()).unwrap();
+    assert_eq!(meta["direction"], "outgoing");
+    assert!(
+        meta["callee"].get("answered_by").is_none(),
+        "no agent on an outgoing call: {meta:#}"
+    );
+}
+
+/// Base names (with folder) of the sealed sets in `data/recordings` now.
+fn sealed_sets(proxy: &Proxy) -> Vec<String> {
+    std::fs::read_dir(proxy.data_dir().join("recordings"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().to_string_lossy().into_owned()))
+                .filter_map(|p| {
+                    p.strip_suffix(".sha256.SHA256withRSA.sig")
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -766,15 +766,20 @@ impl Call {
                 .calls_answered
                 .fetch_add(1, Ordering::Relaxed);
             // Read from the 200 as received: the header policy may strip
-            // identity headers before the 200 goes on to the caller.
-            let answered = super::answered::answered_by(
-                &msg,
-                self.core.cfg.policy.answered_by_header,
-                self.core
-                    .cfg
-                    .trust
-                    .is_identity_trusted(self.legs[1].flow.addr.ip()),
-            );
+            // identity headers before the 200 goes on to the caller. Only the
+            // PBX answers for an agent; on an outgoing call the trunk answers.
+            let answered = (self.dir == Direction::Incoming)
+                .then(|| {
+                    super::answered::answered_by(
+                        &msg,
+                        self.core.cfg.policy.answered_by_header,
+                        self.core
+                            .cfg
+                            .trust
+                            .is_identity_trusted(self.legs[1].flow.addr.ip()),
+                    )
+                })
+                .flatten();
             info!(answered_by = ?answered, "answered by callee ({code})");
             self.parties.1.answered_by = answered;
             let mut setup = None;

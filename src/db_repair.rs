@@ -38,6 +38,9 @@ pub enum RepairError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another process (a running callrec) has the database open.
+    #[error("protocol database {0} is open in another process (is callrec running?); stop callrec first, then recover")]
+    InUse(PathBuf),
     /// Writing the fresh database failed.
     #[error("fresh database {path}: {source}; check free space in the data directory")]
     Fresh {
@@ -242,6 +245,29 @@ fn companion(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Whether another process has the database open: every SQLite connection
+/// in WAL mode holds a shared lock on the file's lock bytes while it is open.
+/// Asked with F_GETLK, which takes no lock (and sees only other processes').
+fn in_use(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    // SQLite's lock bytes: the shared range starts two bytes after the
+    // pending byte at 1 GiB and is 510 bytes long.
+    const SHARED_FIRST: libc::off_t = 0x4000_0000 + 2;
+    const SHARED_SIZE: libc::off_t = 510;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: all-zero is a valid `flock`; the fields that matter are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = SHARED_FIRST;
+    fl.l_len = SHARED_SIZE;
+    // SAFETY: `f` is an open file and `fl` a properly initialised out-parameter.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    rc == 0 && i32::from(fl.l_type) != libc::F_UNLCK
+}
+
 /// Copies the database `path` (with its write-ahead log, if any) to `to`.
 fn scratch_copy(path: &Path, to: &Path) -> Result<PathBuf, RepairError> {
     remove_with_companions(to)?;
@@ -365,6 +391,11 @@ pub fn recover(data_dir: &Path) -> Result<RecoverReport, RepairError> {
     let path = data_dir.join(DB_FILE_NAME);
     if !path.is_file() {
         return Err(RepairError::Missing(path));
+    }
+    // Renaming the file under a running callrec would leave it writing into
+    // the kept copy while the fresh one misses everything.
+    if in_use(&path) {
+        return Err(RepairError::InUse(path));
     }
     let fresh = data_dir.join(format!("{DB_FILE_NAME}.recovering"));
     remove_with_companions(&fresh)?;

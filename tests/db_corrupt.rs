@@ -223,3 +223,23 @@ fn a_garbage_database_stops_the_start_and_is_recovered() {
     std::fs::write(&db, garbage).unwrap();
     refused_checked_recovered_delivered(w);
 }
+
+#[test]
+fn recover_refuses_while_callrec_runs_on_the_database() {
+    let proxy = Proxy::start();
+    let data = proxy.data_dir().to_str().unwrap().to_string();
+    let (code, out) = callrec(&["db", "recover", "--data-dir", &data]);
+    assert_eq!(
+        code, 2,
+        "recover under a running callrec must refuse:\n{out}"
+    );
+    assert!(out.contains("stop callrec"), "{out}");
+    let names: Vec<String> = std::fs::read_dir(proxy.data_dir())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains(".corrupt-")) && names.iter().any(|n| n == DB_FILE),
+        "the database stays in place: {names:?}"
+    );
+}

@@ -193,6 +193,24 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, RepairError> {
     Ok(CheckReport { path, findings })
 }
 
+impl std::fmt::Display for CheckReport {
+    /// What `callrec db check` prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.findings.is_empty() {
+            return writeln!(f, "{}: ok", self.path.display());
+        }
+        writeln!(f, "{}: DAMAGED", self.path.display())?;
+        for x in &self.findings {
+            writeln!(f, "  {x}")?;
+        }
+        writeln!(
+            f,
+            "stop callrec and run `callrec db recover --data-dir {}` to copy what is readable into a fresh file",
+            data_dir(&self.path).display()
+        )
+    }
+}
+
 /// What one table gave up during a recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableCopy {
@@ -215,6 +233,29 @@ pub struct RecoverReport {
     pub tables: Vec<TableCopy>,
     /// Sets in the spool put back on the upload queue from their entry markers.
     pub requeued: Vec<String>,
+}
+
+impl std::fmt::Display for RecoverReport {
+    /// What `callrec db recover` prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for t in &self.tables {
+            let note = if t.damaged {
+                " (damaged: rows may be lost)"
+            } else {
+                ""
+            };
+            writeln!(f, "{:<16} {} row(s) copied{note}", t.table, t.rows)?;
+        }
+        for b in &self.requeued {
+            writeln!(f, "queued again from the spool: {b}")?;
+        }
+        writeln!(
+            f,
+            "recovered into {}; the damaged file is kept as {}",
+            self.path.display(),
+            self.kept.display()
+        )
+    }
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepairError {

@@ -66,35 +66,11 @@ fn db_command(action: DbAction) -> anyhow::Result<bool> {
     match action {
         DbAction::Check(s) => {
             let r = callrec::db_repair::check(&s.data_dir)?;
-            if r.findings.is_empty() {
-                println!("{}: ok", r.path.display());
-                return Ok(true);
-            }
-            println!("{}: DAMAGED", r.path.display());
-            for f in &r.findings {
-                println!("  {f}");
-            }
-            println!("stop callrec and run `callrec db recover --data-dir {}` to copy what is readable into a fresh file", s.data_dir.display());
-            Ok(false)
+            print!("{r}");
+            Ok(r.findings.is_empty())
         }
         DbAction::Recover(s) => {
-            let r = callrec::db_repair::recover(&s.data_dir)?;
-            for t in &r.tables {
-                let note = if t.damaged {
-                    " (damaged: rows may be lost)"
-                } else {
-                    ""
-                };
-                println!("{:<16} {} row(s) copied{note}", t.table, t.rows);
-            }
-            for b in &r.requeued {
-                println!("queued again from the spool: {b}");
-            }
-            println!(
-                "recovered into {}; the damaged file is kept as {}",
-                r.path.display(),
-                r.kept.display()
-            );
+            print!("{}", callrec::db_repair::recover(&s.data_dir)?);
             Ok(true)
         }
     }

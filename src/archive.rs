@@ -63,8 +63,9 @@ pub fn parse_age(s: &str) -> Result<Duration, ArchiveError> {
     Ok(Duration::from_secs(n * secs))
 }
 
-/// Recordings in `[from_ms, to_ms]` where `number` is the caller or the callee
-/// (compared after normalisation with `plan`, so any spelling matches).
+/// Recordings in `[from_ms, to_ms]` where `number` is the caller, the callee or
+/// the party who answered for the callee (an agent of a called group), compared
+/// after normalisation with `plan`, so any spelling matches.
 pub fn search(
     db: &Db,
     plan: &NumberPlan,
@@ -77,7 +78,7 @@ pub fn search(
         .recordings(from_ms, to_ms)?
         .into_iter()
         .filter(|r| {
-            [&r.caller, &r.callee]
+            [&r.caller, &r.callee, &r.answered_by]
                 .into_iter()
                 .flatten()
                 .any(|n| plan.normalise(n) == want)

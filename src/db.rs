@@ -129,6 +129,10 @@ CREATE INDEX decisions_recorded_at ON decisions(recorded, at_ms);
     r#"
 ALTER TABLE recordings ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Who answered on the callee's side (an agent of a called group).
+    r#"
+ALTER TABLE recordings ADD COLUMN answered_by TEXT;
+"#,
 ];
 
 /// Milliseconds since the Unix epoch, now.
@@ -185,6 +189,8 @@ pub enum Record {
         caller: Option<String>,
         /// Called number.
         callee: Option<String>,
+        /// Who answered on the callee's side, when the answer named them.
+        answered_by: Option<String>,
     },
     /// A recording was finished at start-up after a crash (marks its row).
     RecordingRecovered {
@@ -292,7 +298,7 @@ pub enum Record {
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// Opening or migrating the file failed.
-    #[error("protocol database {path}: {op} failed: {source}; check that the data directory is writable and the file is not corrupt or from a newer callrec")]
+    #[error("protocol database {path}: {op} failed: {source}; check that the data directory is writable, and run `callrec db check` on it")]
     Open {
         /// The database file.
         path: PathBuf,
@@ -300,6 +306,14 @@ pub enum DbError {
         op: &'static str,
         /// The SQLite error.
         source: rusqlite::Error,
+    },
+    /// The file is damaged (SQLite cannot read it, or its check found faults).
+    #[error("{}", crate::db_repair::corrupt_message(.path, .findings))]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong (SQLite's words).
+        findings: Vec<String>,
     },
     /// The file has a newer schema than this build knows.
     #[error("protocol database {path} has schema version {found}, this callrec knows up to {known}; use a newer callrec")]
@@ -350,6 +364,8 @@ pub struct RecordingRow {
     pub callee: Option<String>,
     /// Finished at start-up after a crash (audio up to the crash).
     pub recovered: bool,
+    /// Who answered on the callee's side.
+    pub answered_by: Option<String>,
 }
 
 /// The state of one set on one target, as `callrec uploads status` shows it.
@@ -491,7 +507,8 @@ fn open_rw(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
+/// Brings the schema of `conn` up to date (see [`MIGRATIONS`]).
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
     let err = |op| {
         move |source| DbError::Open {
             path: path.to_path_buf(),
@@ -569,10 +586,11 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             end_ms,
             caller,
             callee,
+            answered_by,
         } => {
             tx.execute(
-                "INSERT INTO recordings (call_id, base_name, profile, start_ms, end_ms, caller, callee) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![call_id, base_name, profile, start_ms, end_ms, caller, callee],
+                "INSERT INTO recordings (call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by],
             )?;
         }
         Record::RecordingRecovered { base_name } => {
@@ -752,8 +770,18 @@ impl Db {
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
         }
-        let mut conn = open_rw(path)?;
-        migrate(&mut conn, path)?;
+        let mut conn = open_rw(path).map_err(crate::db_repair::classify)?;
+        // A damaged file found now stops the start, before calls are taken and
+        // their records written into it.
+        let findings =
+            crate::db_repair::damage_on_open(&conn, path).map_err(crate::db_repair::classify)?;
+        if !findings.is_empty() {
+            return Err(DbError::Corrupt {
+                path: path.to_path_buf(),
+                findings,
+            });
+        }
+        migrate(&mut conn, path).map_err(crate::db_repair::classify)?;
         // Unbounded: a few records per call (bounded by the calls admitted)
         // and per upload; the protocol must not lose a record.
         let (tx, rx) = mpsc::channel();
@@ -912,7 +940,7 @@ impl Db {
         };
         let conn = self.reader()?;
         let mut stmt = conn
-            .prepare("SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id")
+            .prepare("SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id")
             .map_err(q)?;
         let rows = stmt
             .query_map([from_ms, to_ms], |r| {
@@ -925,6 +953,7 @@ impl Db {
                     caller: r.get(5)?,
                     callee: r.get(6)?,
                     recovered: r.get::<_, i64>(7)? != 0,
+                    answered_by: r.get(8)?,
                 })
             })
             .map_err(q)?

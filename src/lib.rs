@@ -10,6 +10,7 @@ pub mod archive;
 pub mod b2bua;
 pub mod config;
 pub mod db;
+pub mod db_repair;
 pub mod media;
 pub mod notify;
 pub mod policy;

@@ -48,6 +48,11 @@ enum Command {
     Purge(PurgeArgs),
     /// Reconcile the calls decided "record" with their sealed sets and list the recording failures; exit 1 when a set is missing.
     Report(ReportArgs),
+    /// Check the protocol database, or recover what is readable of a damaged one.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +101,29 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
         println!("mail sent about {} newly found missing set(s)", new.len());
     }
     Ok(r.missing.is_empty())
+}
+
+#[derive(Subcommand, Debug)]
+enum DbAction {
+    /// SQLite's full integrity check: exit status 0 when sound, 1 when damaged (with the findings).
+    Check(StateArgs),
+    /// With callrec stopped: copy what is readable into a fresh file, keep the damaged one beside it, rebuild the upload queue from the spool.
+    Recover(StateArgs),
+}
+
+/// Returns whether the database is sound (check) or was recovered.
+fn db_command(action: DbAction) -> anyhow::Result<bool> {
+    match action {
+        DbAction::Check(s) => {
+            let r = callrec::db_repair::check(&s.data_dir)?;
+            print!("{r}");
+            Ok(r.findings.is_empty())
+        }
+        DbAction::Recover(s) => {
+            print!("{}", callrec::db_repair::recover(&s.data_dir)?);
+            Ok(true)
+        }
+    }
 }
 
 /// Where an offline subcommand finds the instance's state.
@@ -294,8 +322,12 @@ fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
     match action {
         RecordingsAction::Search(a) => {
             for r in search_rows(&a)? {
+                let answered = r
+                    .answered_by
+                    .map(|a| format!("  answered by {a}"))
+                    .unwrap_or_default();
                 println!(
-                    "{}  {}  {} -> {}  {}{}",
+                    "{}  {}  {} -> {}  {}{}{answered}",
                     fmt_ms(r.start_ms),
                     r.base_name,
                     r.caller.unwrap_or_default(),
@@ -770,6 +802,11 @@ fn main() -> ExitCode {
         },
         Command::Onedrive { action } => onedrive(action),
         Command::Report(a) => match report(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::Db { action } => match db_command(action) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),

@@ -337,6 +337,7 @@ mod tests {
             end_ms: Some(2000),
             caller: None,
             callee: None,
+            answered_by: None,
         });
         db.send(Record::Seal {
             base_name: "b1".into(),

@@ -285,6 +285,7 @@ impl Recovery {
                 end_ms: Some(end.timestamp_millis()),
                 caller: Some(journal.caller.number.clone()),
                 callee: Some(journal.callee.number.clone()),
+                answered_by: journal.callee.answered_by.clone(),
             });
         }
         self.db.send(Record::RecordingRecovered {
@@ -452,5 +453,6 @@ fn recording_row(base: &str, m: &serde_json::Value) -> Record {
         end_ms: ms("end"),
         caller: text(&m["caller"]["number"]),
         callee: text(&m["callee"]["number"]),
+        answered_by: text(&m["callee"]["answered_by"]),
     }
 }

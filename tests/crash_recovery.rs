@@ -415,6 +415,7 @@ async fn a_set_cut_off_while_sealing_keeps_its_metadata_and_is_uploaded() {
     let party = |n: &str| PartyInfo {
         name: None,
         number: n.into(),
+        ..Default::default()
     };
     Journal {
         version: JOURNAL_VERSION,
@@ -455,6 +456,7 @@ async fn a_set_cut_off_while_sealing_keeps_its_metadata_and_is_uploaded() {
         end_ms: Some(1_767_265_201_000),
         caller: Some("0301".into()),
         callee: Some("200".into()),
+        answered_by: None,
     });
     db.flush();
 

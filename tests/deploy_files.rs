@@ -4,7 +4,8 @@
 //! - `callrec.service`: has the hardening and settings the project promises
 //!   (own user, state directory as --data-dir, ProtectSystem=strict, only
 //!   CAP_NET_BIND_SERVICE, address families, system call filter, environment
-//!   file, SIGTERM with a stop timeout, restart on failure); a copy whose
+//!   file, SIGTERM with a stop timeout, restart on failure but not after
+//!   exit status 2, a setup error such as a damaged database); a copy whose
 //!   ExecStart names the built binary passes `systemd-analyze verify` without
 //!   a single warning, and `systemd-analyze security --offline=yes` rates its
 //!   exposure at most 2.0 (of 10).
@@ -146,6 +147,9 @@ fn deploy_systemd_unit_has_the_promised_settings() {
         ("EnvironmentFile", "-/etc/callrec/callrec.env"),
         ("KillSignal", "SIGTERM"),
         ("Restart", "on-failure"),
+        // Exit status 2 is a setup error (a damaged database, a bad config)
+        // that a restart cannot cure: systemd must not loop on it.
+        ("RestartPreventExitStatus", "2"),
     ] {
         assert_eq!(one(k), want, "[Service] {k}=");
     }

@@ -53,6 +53,7 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
             end_ms: Some(start_ms + 1000),
             caller: Some("4930123".into()),
             callee: Some("200".into()),
+            answered_by: None,
         });
         db.send(Record::Seal {
             base_name: m.set.base_name.clone(),

@@ -404,6 +404,7 @@ async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
             end_ms: Some(start_ms + 1000),
             caller: None,
             callee: None,
+            answered_by: None,
         });
         db.send(Record::Seal {
             base_name: m.set.base_name.clone(),

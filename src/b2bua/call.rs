@@ -184,17 +184,7 @@ impl Call {
             announcing: None,
             held_invite: None,
             announce_sdp: None,
-            parties: (
-                PartyInfo {
-                    name: None,
-                    number: String::new(),
-                },
-                PartyInfo {
-                    name: None,
-                    number: String::new(),
-                },
-                String::new(),
-            ),
+            parties: (PartyInfo::default(), PartyInfo::default(), String::new()),
             hang_up_at,
             after_notice: None,
             rec_failed: FailureSignal::channel(),
@@ -336,10 +326,12 @@ impl Call {
             PartyInfo {
                 name: display_name(from),
                 number: uri_user(uri_of(from)).unwrap_or_default().to_string(),
+                answered_by: None,
             },
             PartyInfo {
                 name: display_name(to),
                 number: uri_user(uri_of(to)).unwrap_or(&dialled).to_string(),
+                answered_by: None,
             },
             dialled,
         );
@@ -797,7 +789,24 @@ impl Call {
                 .stats
                 .calls_answered
                 .fetch_add(1, Ordering::Relaxed);
-            info!("answered by callee ({code})");
+            // Read from the 200 as received: the header policy may strip
+            // identity headers before the 200 goes on to the caller. Only the
+            // PBX answers for an agent; on an outgoing call the trunk answers.
+            let answered = (self.dir == Direction::Incoming)
+                .then(|| {
+                    super::answered::answered_by(
+                        &msg,
+                        self.core.cfg.policy.answered_by_header,
+                        self.core
+                            .cfg
+                            .trust
+                            .is_identity_trusted(self.legs[1].flow.addr.ip()),
+                    )
+                })
+                .flatten();
+            info!(answered_by = ?answered, "answered by callee ({code})");
+            self.parties.1.answered_by = answered;
+            let mut setup = None;
             if let Some(l) = self
                 .core
                 .live
@@ -806,10 +815,15 @@ impl Call {
                 .get_mut(&self.serial)
             {
                 l.state = "answered";
+                // The call's start as the admin API shows it: when its INVITE was taken.
+                setup = chrono::DateTime::from_timestamp_millis(l.started_ms);
             }
             // Fork the media before the 200 goes on: a callee that sends RTP
             // together with its 200 must not lose its first packets.
             self.start_recording().await;
+            if let Some(rec) = self.recording.as_mut() {
+                rec.set_setup(setup);
+            }
             self.relay_response(Side::Callee, ix, self.initial, msg)
                 .await;
             return;

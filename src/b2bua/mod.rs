@@ -4,6 +4,7 @@
 //! counters) is behind `Core`.
 
 pub mod admission;
+pub mod answered;
 pub mod call;
 pub mod headers;
 pub mod peers;

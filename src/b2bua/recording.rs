@@ -156,6 +156,8 @@ pub struct CallRecording {
     start: DateTime<Utc>,
     /// Tells the call when the recording fails while it runs.
     signal: crate::recorder::signal::FailureSignal,
+    /// When the call's INVITE arrived (`times.setup`).
+    setup: Option<DateTime<Utc>>,
 }
 
 /// Keeps what is safe in a file name: digits, letters and `+`.
@@ -223,6 +225,7 @@ impl CallRecording {
             base_name,
             start,
             signal: Default::default(),
+            setup: None,
         })
     }
 
@@ -248,6 +251,11 @@ impl CallRecording {
     /// The set's base name.
     pub fn base_name(&self) -> &str {
         &self.base_name
+    }
+
+    /// Notes when the call was set up (its INVITE), for the metadata.
+    pub fn set_setup(&mut self, setup: Option<DateTime<Utc>>) {
+        self.setup = setup;
     }
 
     /// The tap to give the media session.
@@ -324,7 +332,8 @@ impl CallRecording {
                     end,
                     local_offset_at(self.start),
                     0,
-                ),
+                )
+                .with_setup(self.setup),
                 ended_by: facts.ended_by,
                 announcement: Announcement {
                     played: facts.announcement.is_some(),
@@ -367,6 +376,7 @@ impl CallRecording {
                     end_ms: Some(end.timestamp_millis()),
                     caller: Some(meta.caller.number.clone()),
                     callee: Some(meta.callee.number.clone()),
+                    answered_by: meta.callee.answered_by.clone(),
                 });
             }
             stats

@@ -5,6 +5,11 @@
 //! # Config file format (TOML, `--config FILE`)
 //!
 //! ```toml
+//! answered_by_header = "auto"     # who answered, from the callee's 200: auto (P-Asserted-
+//!                                 # Identity, then Remote-Party-ID, then the Contact user),
+//!                                 # p-asserted-identity, remote-party-id or contact; at the
+//!                                 # top, before any [section]
+//!
 //! [numbers]                       # dialling plan for normalisation (R2.6); all optional
 //! country_code = "49"             # default 49
 //! area_code = "30"                # for local numbers without prefix; default none
@@ -306,6 +311,8 @@ impl fmt::Debug for TargetConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
+    /// Which header of the callee's 200 names who answered (`answered_by_header`, top level).
+    pub answered_by_header: crate::b2bua::answered::AnsweredByHeader,
     /// Dialling plan.
     pub numbers: NumberPlan,
     /// Directory source, if any.

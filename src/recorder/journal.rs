@@ -148,10 +148,12 @@ mod tests {
             caller: PartyInfo {
                 name: None,
                 number: "1".into(),
+                ..Default::default()
             },
             callee: PartyInfo {
                 name: Some("Sales".into()),
                 number: "2".into(),
+                ..Default::default()
             },
             dialled_number: "2".into(),
             direction: Direction::Incoming,

@@ -65,12 +65,16 @@ pub struct CallIds {
 }
 
 /// A party's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PartyInfo {
     /// Display name, when known.
     pub name: Option<String>,
     /// Number as normalised for matching.
     pub number: String,
+    /// Callee only: who picked up, as the 2xx named them (an agent of a called
+    /// group); absent when the answer named nobody usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
 }
 
 /// Direction of the call relative to the PBX.
@@ -98,6 +102,9 @@ pub enum EndedBy {
 /// Call times: RFC 3339 UTC with milliseconds, plus the instance's UTC offset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Times {
+    /// When the call was set up (its INVITE arrived); absent when not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<String>,
     /// When the recording (and its wall clock) started.
     pub start: String,
     /// When the call was answered; None if it never was.
@@ -122,6 +129,7 @@ impl Times {
         media_duration_ms: u64,
     ) -> Times {
         Times {
+            setup: None,
             start: rfc3339_ms(start),
             answer: answer.map(rfc3339_ms),
             end: rfc3339_ms(end),
@@ -129,6 +137,12 @@ impl Times {
             duration_ms: (end - start).num_milliseconds().max(0) as u64,
             media_duration_ms,
         }
+    }
+
+    /// The same times with the call's setup (its INVITE), when known.
+    pub fn with_setup(mut self, setup: Option<DateTime<Utc>>) -> Times {
+        self.setup = setup.map(rfc3339_ms);
+        self
     }
 }
 
@@ -234,10 +248,12 @@ mod tests {
             caller: PartyInfo {
                 name: None,
                 number: "+4930123".into(),
+                answered_by: None,
             },
             callee: PartyInfo {
                 name: Some("Sales".into()),
                 number: "200".into(),
+                answered_by: Some("201".into()),
             },
             dialled_number: "200".into(),
             direction: Direction::Incoming,
@@ -249,7 +265,8 @@ mod tests {
                 end,
                 FixedOffset::east_opt(3600).unwrap(),
                 0,
-            ),
+            )
+            .with_setup(Some(start - chrono::Duration::seconds(5))),
             ended_by: EndedBy::Callee,
             announcement: Announcement {
                 played: true,
@@ -307,6 +324,9 @@ mod tests {
         assert_eq!(v["times"]["end"], "2026-03-01T10:01:01.250Z");
         assert_eq!(v["times"]["utc_offset"], "+01:00");
         assert_eq!(v["times"]["duration_ms"], 61250);
+        assert_eq!(v["times"]["setup"], "2026-03-01T09:59:55.000Z");
+        assert_eq!(v["callee"]["answered_by"], "201");
+        assert!(v["caller"].get("answered_by").is_none());
         assert_eq!(v["direction"], "incoming");
         assert_eq!(v["audio"]["channel_layout"], "stereo");
         assert_eq!(v["media"]["caller"]["queue_dropped"], 0);

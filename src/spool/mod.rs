@@ -287,6 +287,59 @@ fn set_folders(dir: &Path) -> Result<Vec<String>, SpoolError> {
     Ok(out)
 }
 
+/// Commits pending upload rows for the set folder `base` from its entry marker
+/// and returns the marker's targets; None (logged and kept as an error) when
+/// the marker is missing or names no target.
+fn rows_from_marker(dir: &Path, base: &str, db: &Db) -> Result<Option<Vec<String>>, SpoolError> {
+    let folder = dir.join(base);
+    let marker = match read_marker(&folder) {
+        Ok(m) if !m.targets.is_empty() => m,
+        Ok(_) | Err(_) => {
+            let message = format!("set folder {} has no rows in the uploads table and no usable {MANIFEST}; it is not uploaded: add its rows (state pending) or remove the folder", folder.display());
+            tracing::error!("spool: {message}");
+            db.send(Record::Error {
+                at_ms: now_ms(),
+                component: "spool".into(),
+                message,
+            });
+            return Ok(None);
+        }
+    };
+    tracing::warn!(set = %base, targets = marker.targets.len(), "spool: set folder unknown to the database (crash while entering, or a recovered database); queued again from {MANIFEST}");
+    let at_ms = now_ms();
+    let records = marker
+        .targets
+        .iter()
+        .map(|t| Record::UploadQueued {
+            base_name: base.to_string(),
+            target: t.clone(),
+            at_ms,
+        })
+        .collect();
+    db.write_sync(records).map_err(queue_err(base))?;
+    Ok(Some(marker.targets))
+}
+
+/// Rebuilds the upload queue of the spool folder `dir` in `db` without starting
+/// any upload: every set folder the database has no upload row for is queued
+/// again for the targets of its entry marker (as a running spool does at
+/// start). Returns the sets queued. For `callrec db recover`.
+pub fn rebuild_queue(dir: &Path, db: &Db) -> Result<Vec<String>, SpoolError> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut queued = Vec::new();
+    for base in set_folders(dir)? {
+        if !db.uploads_of(&base).map_err(queue_err(&base))?.is_empty() {
+            continue;
+        }
+        if rows_from_marker(dir, &base, db)?.is_some() {
+            queued.push(base);
+        }
+    }
+    Ok(queued)
+}
+
 /// The instant a retry stored as `next_ms` (ms since epoch) is due; now when unknown or past.
 fn due_at(next_ms: Option<i64>) -> Instant {
     let wait = next_ms.map(|n| n - now_ms()).unwrap_or(0).max(0);
@@ -449,28 +502,10 @@ impl Spool {
     /// marker (a crash between entering and committing); true when queued.
     fn requeue_from_marker(&self, base: &str) -> Result<bool, SpoolError> {
         let inner = &self.inner;
-        let folder = inner.config.dir.join(base);
-        let marker = match read_marker(&folder) {
-            Ok(m) if !m.targets.is_empty() => m,
-            Ok(_) | Err(_) => {
-                let message = format!("set folder {} has no rows in the uploads table and no usable {MANIFEST}; it is not uploaded: add its rows (state pending) or remove the folder", folder.display());
-                report_error(inner, message);
-                return Ok(false);
-            }
+        let Some(targets) = rows_from_marker(&inner.config.dir, base, &inner.db)? else {
+            return Ok(false);
         };
-        tracing::warn!(set = %base, targets = marker.targets.len(), "spool: set folder unknown to the database (crash while entering?); queued again from {MANIFEST}");
-        let at_ms = now_ms();
-        let records = marker
-            .targets
-            .iter()
-            .map(|t| Record::UploadQueued {
-                base_name: base.to_string(),
-                target: t.clone(),
-                at_ms,
-            })
-            .collect();
-        inner.db.write_sync(records).map_err(queue_err(base))?;
-        for t in &marker.targets {
+        for t in &targets {
             queue_job(inner, t, base, 0, Instant::now());
         }
         Ok(true)

@@ -409,6 +409,19 @@ fn copy_table(old: &Connection, new: &Connection, table: &str) -> (usize, bool) 
             }
         }
     }
+    // A scan can also end early without an error where a lost page reads as
+    // an empty one: the table's largest rowid (its rightmost page) must then
+    // be among those copied, or rows are missing.
+    if !damaged {
+        let max = old.query_row(&format!("SELECT max(rowid) FROM \"{table}\""), [], |r| {
+            r.get::<_, Option<i64>>(0)
+        });
+        damaged = match max {
+            Ok(Some(m)) => !seen.contains(&m),
+            Ok(None) => false,
+            Err(_) => true,
+        };
+    }
     (copied, damaged)
 }
 

@@ -98,9 +98,10 @@ echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --versio
 # a crash fails the run. Longer runs: deploy/fuzz.sh, see SECURITY.md.
 fuzz_seconds=${CALLREC_FUZZ_SECONDS:-30}
 if (($# == 0)) && ((fuzz_seconds > 0)) && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    # Fuzz first, so that the run closes with cargo test's summary.
     status=0
-    cargo test --no-fail-fast --lib --bins --tests --examples || status=$?
     ./deploy/fuzz.sh "$fuzz_seconds" || status=$?
+    cargo test --no-fail-fast --lib --bins --tests --examples || status=$?
     exit $status
 fi
 exec cargo test --no-fail-fast --lib --bins --tests --examples "$@"

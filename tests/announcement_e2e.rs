@@ -6,39 +6,11 @@
 
 mod common;
 
+use common::audio::*;
 use common::ua::{alaw_decode, Ua};
 use common::*;
 use std::net::UdpSocket;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Writes a tone WAV at 44.1 kHz, 16-bit stereo (not the codec's format on purpose).
-fn tone_wav(path: &Path, freq: f64, secs: f64) {
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 44100,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for i in 0..(44100.0 * secs) as usize {
-        let v = (2.0 * std::f64::consts::PI * freq * i as f64 / 44100.0).sin() * 12000.0;
-        w.write_sample(v as i16).unwrap();
-        w.write_sample(v as i16).unwrap();
-    }
-    w.finalize().unwrap();
-}
-
-fn level_db(x: &[f64], rate: f64, freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / rate;
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for v in x {
-        let s = v + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    10.0 * ((s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2).max(1e-9) / x.len() as f64).log10()
-}
 
 fn decode(packets: &[(Instant, Vec<u8>)]) -> Vec<f64> {
     packets
@@ -117,8 +89,8 @@ fn caller_hears_the_announcement_callee_and_recording_do_not() {
     let dir = TestDir::new("announce");
     let incoming = dir.join("in.wav");
     let outgoing = dir.join("out.wav");
-    tone_wav(&incoming, 2000.0, 2.0);
-    tone_wav(&outgoing, 1500.0, 2.0);
+    tone_wav(&incoming, 44100, 2, 2000.0, 2.0);
+    tone_wav(&outgoing, 44100, 2, 1500.0, 2.0);
     let proxy = Proxy::builder()
         .arg("--announce-incoming")
         .arg(incoming.to_str().unwrap())
@@ -171,7 +143,7 @@ fn caller_hears_the_announcement_callee_and_recording_do_not() {
 fn caller_hanging_up_during_the_announcement_ends_the_call_cleanly() {
     let dir = TestDir::new("announce-cancel");
     let wav = dir.join("in.wav");
-    tone_wav(&wav, 2000.0, 3.0);
+    tone_wav(&wav, 44100, 2, 2000.0, 3.0);
     let proxy = Proxy::builder()
         .arg("--announce-incoming")
         .arg(wav.to_str().unwrap())

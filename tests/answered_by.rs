@@ -11,7 +11,6 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const ANSWERED_BY: Pair = Pair {
@@ -62,23 +61,6 @@ fn time(v: &serde_json::Value, what: &str) -> chrono::DateTime<chrono::FixedOffs
     chrono::DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("times.{what} {s:?}: {e}"))
 }
 
-fn callrec(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_callrec"))
-        .args(args)
-        .env_remove("CALLREC_DATA_DIR")
-        .env_remove("CALLREC_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn a_group_call_names_the_agent_who_answered_and_is_found_by_that_number() {
     let mut proxy = Proxy::builder().arg("--group").arg("200").start();
@@ -117,7 +99,7 @@ fn a_group_call_names_the_agent_who_answered_and_is_found_by_that_number() {
         proxy.log_tail(30)
     );
     let data = proxy.data_dir().to_str().unwrap().to_string();
-    let (code, out) = callrec(&[
+    let (code, out) = callrec_cli(&[
         "recordings",
         "search",
         "--number",
@@ -131,10 +113,10 @@ fn a_group_call_names_the_agent_who_answered_and_is_found_by_that_number() {
     assert!(out.contains("201"), "{out}");
     // The group and the caller still find it; a number nobody had does not.
     for n in ["200", "+49 30 12345678"] {
-        let (_, out) = callrec(&["recordings", "search", "--number", n, "--data-dir", &data]);
+        let (_, out) = callrec_cli(&["recordings", "search", "--number", n, "--data-dir", &data]);
         assert_eq!(out.lines().count(), 1, "search {n}:\n{out}");
     }
-    let (_, out) = callrec(&[
+    let (_, out) = callrec_cli(&[
         "recordings",
         "search",
         "--number",

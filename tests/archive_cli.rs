@@ -11,23 +11,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn callrec(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_callrec"))
-        .args(args)
-        .env_remove("CALLREC_DATA_DIR")
-        .env_remove("CALLREC_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn search_export_status_and_purge() {
     let mut proxy = Proxy::start();
@@ -47,7 +30,7 @@ fn search_export_status_and_purge() {
     );
     let data = proxy.data_dir().to_str().unwrap().to_string();
 
-    let (code, out) = callrec(&[
+    let (code, out) = callrec_cli(&[
         "recordings",
         "search",
         "--number",
@@ -61,7 +44,7 @@ fn search_export_status_and_purge() {
         2,
         "two calls from that number expected:\n{out}"
     );
-    let (_, out) = callrec(&[
+    let (_, out) = callrec_cli(&[
         "recordings",
         "search",
         "--number",
@@ -70,7 +53,7 @@ fn search_export_status_and_purge() {
         &data,
     ]);
     assert_eq!(out.lines().count(), 1, "{out}");
-    let (_, out) = callrec(&[
+    let (_, out) = callrec_cli(&[
         "recordings",
         "search",
         "--number",
@@ -84,14 +67,14 @@ fn search_export_status_and_purge() {
     ]);
     assert_eq!(out.lines().count(), 0, "nothing recorded in 2000: {out}");
 
-    let (code, out) = callrec(&["uploads", "status", "--data-dir", &data]);
+    let (code, out) = callrec_cli(&["uploads", "status", "--data-dir", &data]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.matches("done").count(), 3, "{out}");
 
     // Export a client's copy and verify it with only the bundled script.
     let dir = TestDir::new("export");
     let out_dir = dir.join("client");
-    let (code, out) = callrec(&[
+    let (code, out) = callrec_cli(&[
         "recordings",
         "export",
         "--number",
@@ -124,10 +107,10 @@ fn search_export_status_and_purge() {
     // Retention: a long period deletes nothing, a dry run deletes nothing,
     // a 1 s period deletes all three and documents each.
     std::thread::sleep(Duration::from_millis(1100));
-    let (code, out) = callrec(&["purge", "--older-than", "5y", "--data-dir", &data]);
+    let (code, out) = callrec_cli(&["purge", "--older-than", "5y", "--data-dir", &data]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 set(s) deleted"), "{out}");
-    let (_, out) = callrec(&[
+    let (_, out) = callrec_cli(&[
         "purge",
         "--older-than",
         "1s",
@@ -139,7 +122,7 @@ fn search_export_status_and_purge() {
     let rec = proxy.data_dir().join("recordings");
     let count = || std::fs::read_dir(&rec).unwrap().count();
     assert!(count() >= 3 * 4, "dry run deleted files");
-    let (code, out) = callrec(&["purge", "--older-than", "1s", "--data-dir", &data]);
+    let (code, out) = callrec_cli(&["purge", "--older-than", "1s", "--data-dir", &data]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("3 set(s) deleted"), "{out}");
     assert_eq!(count(), 0, "files left after purge");

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::audio::*;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,19 +99,6 @@ fn verify_chain(dir: &Path) {
 fn metadata(sums: &Path) -> serde_json::Value {
     let json = sums.to_string_lossy().replace(".sha256", ".json");
     serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
-}
-
-/// Power of `freq` in `x` (Goertzel), in dB.
-fn level_db(x: &[f64], rate: f64, freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / rate;
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for v in x {
-        let s = v + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-    10.0 * (p.max(1e-9) / x.len() as f64).log10()
 }
 
 fn long_call(proxy: &Proxy) -> CallRun {

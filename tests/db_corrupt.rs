@@ -18,23 +18,6 @@ use std::time::{Duration, Instant};
 
 const DB_FILE: &str = "callrec.sqlite";
 
-fn callrec(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_callrec"))
-        .args(args)
-        .env_remove("CALLREC_DATA_DIR")
-        .env_remove("CALLREC_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// `callrec run` on `data` with fresh loopback ports, its log in `log`.
 fn spawn_run(data: &Path, target: &str, log: &Path) -> std::process::Child {
     let rtp = free_ports(20);
@@ -149,13 +132,13 @@ fn refused_checked_recovered_delivered(w: Waiting) {
         );
     }
 
-    let (code, out) = callrec(&["db", "check", "--data-dir", &data_s]);
+    let (code, out) = callrec_cli(&["db", "check", "--data-dir", &data_s]);
     assert_eq!(code, 1, "db check on a damaged file exits 1:\n{out}");
     assert!(out.contains(&db.display().to_string()), "{out}");
 
     // The target is repaired; the operator recovers the database.
     std::fs::remove_file(w.dir.join("blocked")).unwrap();
-    let (code, out) = callrec(&["db", "recover", "--data-dir", &data_s]);
+    let (code, out) = callrec_cli(&["db", "recover", "--data-dir", &data_s]);
     assert_eq!(code, 0, "db recover:\n{out}");
     let kept: Vec<PathBuf> = std::fs::read_dir(&data)
         .unwrap()
@@ -173,9 +156,9 @@ fn refused_checked_recovered_delivered(w: Waiting) {
         "the damaged file (and nothing else) is kept beside: {kept:?}\n{out}"
     );
     eprintln!("db recover:\n{out}");
-    let (code, out) = callrec(&["db", "check", "--data-dir", &data_s]);
+    let (code, out) = callrec_cli(&["db", "check", "--data-dir", &data_s]);
     assert_eq!(code, 0, "the recovered database checks clean:\n{out}");
-    let (code, out) = callrec(&["uploads", "status", "--data-dir", &data_s]);
+    let (code, out) = callrec_cli(&["uploads", "status", "--data-dir", &data_s]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains(&w.base) && out.contains("pending"),
@@ -228,7 +211,7 @@ fn a_garbage_database_stops_the_start_and_is_recovered() {
 fn recover_refuses_while_callrec_runs_on_the_database() {
     let proxy = Proxy::start();
     let data = proxy.data_dir().to_str().unwrap().to_string();
-    let (code, out) = callrec(&["db", "recover", "--data-dir", &data]);
+    let (code, out) = callrec_cli(&["db", "recover", "--data-dir", &data]);
     assert_eq!(
         code, 2,
         "recover under a running callrec must refuse:\n{out}"

@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::audio::*;
 use common::ua::Ua;
 use common::*;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -123,19 +124,6 @@ fn sealed_set(proxy: &Proxy) -> String {
         .to_string()
 }
 
-/// Power of `freq` in `x` (Goertzel), in dB.
-fn level_db(x: &[f64], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for v in x {
-        let s = v + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-    10.0 * (p.max(1e-9) / x.len() as f64).log10()
-}
-
 /// The channels of a 16-bit WAV as samples.
 fn read_wav(path: &Path) -> Vec<Vec<f64>> {
     let mut r = hound::WavReader::open(path)
@@ -158,7 +146,7 @@ fn read_wav(path: &Path) -> Vec<Vec<f64>> {
 fn peak_level(x: &[f64], freq: f64) -> f64 {
     x.chunks(2000)
         .filter(|c| c.len() == 2000)
-        .map(|c| level_db(c, freq))
+        .map(|c| level_db(c, 8000.0, freq))
         .fold(f64::NEG_INFINITY, f64::max)
 }
 

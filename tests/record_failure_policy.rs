@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::audio::*;
 use common::ua::{alaw_decode, Ua};
 use common::*;
 use std::path::{Path, PathBuf};
@@ -83,18 +84,6 @@ fn sealed_wavs(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Power of `freq` in `x` (Goertzel), as a level in dB.
-fn level_db(x: &[f64], rate: f64, freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / rate;
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for v in x {
-        let s = v + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    10.0 * ((s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2).max(1e-9) / x.len() as f64).log10()
-}
-
 /// The left (caller) channel of a stereo WAV.
 fn caller_channel(wav: &Path) -> Vec<f64> {
     let mut r = hound::WavReader::open(wav)
@@ -104,20 +93,17 @@ fn caller_channel(wav: &Path) -> Vec<f64> {
     s.iter().step_by(ch).map(|v| *v as f64).collect()
 }
 
-/// Writes a 16-bit mono tone WAV at 8 kHz.
-fn tone_wav(path: &Path, freq: f64, secs: f64) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for i in 0..(8000.0 * secs) as usize {
-        let v = (2.0 * std::f64::consts::PI * freq * i as f64 / 8000.0).sin() * 12000.0;
-        w.write_sample(v as i16).unwrap();
-    }
-    w.finalize().unwrap();
+/// A call that went through: nothing was recorded or sealed, and the one
+/// failure is counted under `reason`.
+fn assert_connected_unrecorded(proxy: &Proxy, reason: &str) {
+    assert_eq!(
+        recordings_after_calls(proxy),
+        0.0,
+        "a {reason} call was recorded\n{}",
+        proxy.log_tail(30)
+    );
+    assert!(sealed_sets_now(proxy).is_empty(), "a set was sealed");
+    assert_eq!(failures(proxy, reason), 1.0);
 }
 
 /// Runs a caller scenario that expects a refusal while a callee waits at the
@@ -157,14 +143,7 @@ fn g729_only_caller_with_continue_connects_but_is_not_recorded() {
     let proxy = Proxy::start();
     let out = proxy.call(pair_of("g729")).run();
     out.assert_success();
-    assert_eq!(
-        recordings_after_calls(&proxy),
-        0.0,
-        "a G.729 call (undecodable) was recorded\n{}",
-        proxy.log_tail(30)
-    );
-    assert!(sealed_sets_now(&proxy).is_empty(), "a set was sealed");
-    assert_eq!(failures(&proxy, "undecodable_codec"), 1.0);
+    assert_connected_unrecorded(&proxy, "undecodable_codec");
     assert_eq!(refused_unrecordable(&proxy), 0.0);
 }
 
@@ -217,14 +196,7 @@ fn srtp_caller_with_continue_connects_unrecorded_with_its_sdp_untouched() {
     let proxy = Proxy::start();
     let out = proxy.call(pair_of("srtp")).run();
     out.assert_success();
-    assert_eq!(
-        recordings_after_calls(&proxy),
-        0.0,
-        "an encrypted call was recorded (as noise)\n{}",
-        proxy.log_tail(30)
-    );
-    assert!(sealed_sets_now(&proxy).is_empty(), "a set was sealed");
-    assert_eq!(failures(&proxy, "encrypted_media"), 1.0);
+    assert_connected_unrecorded(&proxy, "encrypted_media");
     // Not anchored: the key and the caller's own media address reach the PBX.
     let seen = out.callee.read("messages.log");
     assert!(
@@ -255,7 +227,7 @@ fn srtp_caller_with_reject_gets_488() {
 fn caller_without_g711_for_the_announcement_is_connected_but_not_recorded() {
     let dir = TestDir::new("ann-g722");
     let ann = dir.join("in.wav");
-    tone_wav(&ann, 2000.0, 1.0);
+    tone_wav(&ann, 8000, 1, 2000.0, 1.0);
     let proxy = Proxy::builder()
         .arg("--announce-incoming")
         .arg(ann.to_str().unwrap())
@@ -275,7 +247,7 @@ fn caller_without_g711_for_the_announcement_is_connected_but_not_recorded() {
 fn record_without_announcement_records_the_call_and_still_reports_it() {
     let dir = TestDir::new("ann-g722-rec");
     let ann = dir.join("in.wav");
-    tone_wav(&ann, 2000.0, 1.0);
+    tone_wav(&ann, 8000, 1, 2000.0, 1.0);
     let proxy = Proxy::builder()
         .arg("--announce-incoming")
         .arg(ann.to_str().unwrap())
@@ -294,7 +266,7 @@ fn record_without_announcement_records_the_call_and_still_reports_it() {
 fn recording_that_cannot_start_under_reject_plays_the_notice_then_480() {
     let dir = TestDir::new("reject-480");
     let notice = dir.join("cannot-record.wav");
-    tone_wav(&notice, 1500.0, 1.0);
+    tone_wav(&notice, 8000, 1, 1500.0, 1.0);
     let proxy = Proxy::builder()
         .arg("--on-record-failure")
         .arg("reject")
@@ -400,7 +372,7 @@ fn recording_failing_at_the_answer_under_reject_hangs_up_both_legs() {
 fn recording_failing_at_the_answer_under_reject_plays_the_notice_before_the_callers_bye() {
     let dir = TestDir::new("late-bye-notice");
     let notice = dir.join("cannot-record.wav");
-    tone_wav(&notice, 1500.0, 1.0);
+    tone_wav(&notice, 8000, 1, 1500.0, 1.0);
     let proxy = Proxy::builder()
         .arg("--on-record-failure")
         .arg("reject")

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::audio::*;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,19 +32,6 @@ fn sealed_sets(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
         .into_iter()
         .map(|sig| PathBuf::from(sig.to_string_lossy().trim_end_matches(".SHA256withRSA.sig")))
         .collect()
-}
-
-/// Power of `freq` in `x` (Goertzel), as a level in dB.
-fn level_db(x: &[f64], rate: f64, freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / rate;
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for v in x {
-        let s = v + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-    10.0 * (p.max(1e-9) / x.len() as f64).log10()
 }
 
 fn read_wav(path: &Path) -> (hound::WavSpec, Vec<Vec<f64>>) {

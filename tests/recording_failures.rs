@@ -42,21 +42,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn callrec(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_callrec"))
-        .args(args)
-        .env_remove("CALLREC_SMTP")
-        .env_remove("CALLREC_NOTIFY_EMAIL")
-        .output()
-        .expect("run callrec");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 /// The mails' text with quoted-printable soft line breaks undone.
 fn mails(sink: &MailSink) -> Vec<String> {
     sink.mails()
@@ -136,7 +121,7 @@ fn a_full_disk_mid_call_leaves_a_sealed_set_with_a_gap() {
         .to_string_lossy()
         .trim_end_matches(".sha256")
         .to_string();
-    let (code, text) = callrec(&[
+    let (code, text) = callrec_cli(&[
         "verify",
         &sums.to_string_lossy(),
         "--cert",
@@ -181,7 +166,7 @@ fn a_full_disk_mid_call_leaves_a_sealed_set_with_a_gap() {
         "the disk_full failure is counted once"
     );
     let data = proxy.data_dir().to_string_lossy().to_string();
-    let (code, text) = callrec(&["report", "--data-dir", &data, "--settle-secs", "0"]);
+    let (code, text) = callrec_cli(&["report", "--data-dir", &data, "--settle-secs", "0"]);
     assert_eq!(code, 0, "a set exists, so nothing is missing: {text}");
     let row = text
         .lines()
@@ -229,7 +214,7 @@ fn report_names_a_recorded_call_without_a_set() {
         mails(&sink)
     );
     let data = proxy.data_dir().to_string_lossy().to_string();
-    let (code, text) = callrec(&["report", "--data-dir", &data, "--settle-secs", "0"]);
+    let (code, text) = callrec_cli(&["report", "--data-dir", &data, "--settle-secs", "0"]);
     assert_eq!(
         code, 1,
         "a recorded call without a set must fail the report: {text}"
@@ -296,7 +281,7 @@ fn report_flags_an_unsealed_call_once() {
         OPS,
     ];
     std::thread::sleep(Duration::from_millis(1500));
-    let (code, text) = callrec(&args);
+    let (code, text) = callrec_cli(&args);
     assert_eq!(code, 1, "{text}");
     assert!(
         text.lines()
@@ -310,7 +295,7 @@ fn report_flags_an_unsealed_call_once() {
         "no mail: {:?}",
         mails(&sink)
     );
-    let (code, text) = callrec(&args);
+    let (code, text) = callrec_cli(&args);
     assert_eq!(code, 1, "still missing: {text}");
     assert!(text.contains(&call_id), "{text}");
     std::thread::sleep(Duration::from_secs(2));

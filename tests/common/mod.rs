@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod audio;
 pub mod raw;
 pub mod ua;
 
@@ -1671,4 +1672,26 @@ impl Proxy {
         }
         None
     }
+}
+
+/// Runs an offline `callrec` subcommand; returns its exit code and its
+/// standard output and error together. The settings a developer's shell may
+/// export (data dir, config, mail) are removed, so only `args` count.
+pub fn callrec_cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callrec"))
+        .args(args)
+        .env_remove("CALLREC_DATA_DIR")
+        .env_remove("CALLREC_CONFIG")
+        .env_remove("CALLREC_SMTP")
+        .env_remove("CALLREC_NOTIFY_EMAIL")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }

@@ -57,7 +57,8 @@ pub struct Limits {
     pub max_calls: usize,
     /// New INVITEs per second from one source address; more get 503 (0: no limit).
     pub invite_rate_per_source: u32,
-    /// The trunk and the PBX are not rate limited (they carry every call of a site).
+    /// Trusted peers (trunk, PBX, `--trusted-source`) are not rate limited:
+    /// a trunk or a Kamailio in front carries every call of a site.
     pub rate_limit_exempt_trusted: bool,
     /// A call is hung up this long after its INVITE, whatever its state.
     pub max_call_duration: Duration,

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
-use callrec::config::RunConfig;
+use callrec::config::{Limits, RunConfig};
 use callrec::policy::{Channels, DirectoryConfig, PolicyConfig, Profile};
 use callrec::seal::{Identity, PasswordSource};
+use callrec::sip::transport::TcpLimits;
 
 /// SIP call-recording proxy: records calls between a trunk and a PBX and seals the recordings.
 #[derive(Parser, Debug)]
@@ -64,7 +65,7 @@ struct ReportArgs {
     #[arg(long, default_value_t = 600)]
     settle_secs: u64,
     /// As for `run`: a call without a recorded end is checked once its decision is older than this.
-    #[arg(long, env = "CALLREC_MAX_CALL_DURATION", default_value_t = 86_400)]
+    #[arg(long, env = "CALLREC_MAX_CALL_DURATION", default_value_t = Limits::default().max_call_duration.as_secs())]
     max_call_duration: u64,
     /// SMTP server to mail newly found missing sets to (as for `run`).
     #[arg(long, env = "CALLREC_SMTP")]
@@ -538,31 +539,31 @@ struct RunArgs {
     #[arg(long, env = "CALLREC_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
     /// Most m= lines in one SDP (offer or answer); more is refused with 488.
-    #[arg(long, env = "CALLREC_MAX_MEDIA_STREAMS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "CALLREC_MAX_MEDIA_STREAMS", default_value_t = Limits::default().max_media_streams as u16, value_parser = clap::value_parser!(u16).range(1..))]
     max_media_streams: u16,
     /// Most calls in progress at once; further INVITEs get 503 with Retry-After (0: no limit).
-    #[arg(long, env = "CALLREC_MAX_CALLS", default_value_t = 1000)]
+    #[arg(long, env = "CALLREC_MAX_CALLS", default_value_t = Limits::default().max_calls)]
     max_calls: usize,
     /// New INVITEs per second from one source address; more get 503 with Retry-After (0: no limit).
-    #[arg(long, env = "CALLREC_INVITE_RATE_PER_SOURCE", default_value_t = 50)]
+    #[arg(long, env = "CALLREC_INVITE_RATE_PER_SOURCE", default_value_t = Limits::default().invite_rate_per_source)]
     invite_rate_per_source: u32,
-    /// Do not rate-limit INVITEs from the trunk's and the PBX's addresses.
+    /// Exempt trusted peers (trunk, PBX, --trusted-source) from --invite-rate-per-source.
     #[arg(long, env = "CALLREC_RATE_LIMIT_EXEMPT_TRUSTED")]
     rate_limit_exempt_trusted: bool,
     /// Seconds after its INVITE at which a call is hung up on both legs, held or not (at most a year).
-    #[arg(long, env = "CALLREC_MAX_CALL_DURATION", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    #[arg(long, env = "CALLREC_MAX_CALL_DURATION", default_value_t = Limits::default().max_call_duration.as_secs(), value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     max_call_duration: u64,
     /// Most SIP TCP connections open at once; strangers get 7/8 of them, the rest is kept for the trunk, the PBX and trusted sources.
-    #[arg(long, env = "CALLREC_TCP_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "CALLREC_TCP_MAX_CONNECTIONS", default_value_t = TcpLimits::default().max_connections)]
     tcp_max_connections: usize,
     /// Most SIP TCP connections accepted from one source address.
-    #[arg(long, env = "CALLREC_TCP_MAX_PER_SOURCE", default_value_t = 32)]
+    #[arg(long, env = "CALLREC_TCP_MAX_PER_SOURCE", default_value_t = TcpLimits::default().max_per_source)]
     tcp_max_per_source: usize,
     /// Seconds a TCP peer has to complete a message it has begun (an untrusted one also to send its first message after connecting).
-    #[arg(long, env = "CALLREC_TCP_HEADER_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "CALLREC_TCP_HEADER_TIMEOUT", default_value_t = TcpLimits::default().header_timeout.as_secs())]
     tcp_header_timeout: u64,
     /// Seconds without a complete message after which a TCP connection is closed (not for the trunk, the PBX and trusted sources).
-    #[arg(long, env = "CALLREC_TCP_IDLE_TIMEOUT", default_value_t = 120)]
+    #[arg(long, env = "CALLREC_TCP_IDLE_TIMEOUT", default_value_t = TcpLimits::default().idle_timeout.as_secs())]
     tcp_idle_timeout: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]

@@ -2,12 +2,13 @@
 //! whether a new INVITE may start a call. Two limits apply: the calls in
 //! progress (`--max-calls`) and the new INVITEs per second from one source
 //! address (`--invite-rate-per-source`, a token bucket per address like
-//! Kamailio's pike), from which the trunk and the PBX may be exempted.
+//! Kamailio's pike), from which trusted peers may be exempted; while the
+//! proxy shuts down, none.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Limits;
 
@@ -19,6 +20,8 @@ const MAX_SOURCES: usize = 65_536;
 /// Why a new INVITE is turned away: 503 with this Retry-After (seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// The proxy is shutting down: the caller should try another instance.
+    ShuttingDown,
     /// `--max-calls` calls are in progress.
     TooManyCalls,
     /// The source sent more than `--invite-rate-per-source` INVITEs this second.
@@ -29,6 +32,7 @@ impl Refusal {
     /// Reason phrase of the 503.
     pub fn reason(self) -> &'static str {
         match self {
+            Refusal::ShuttingDown => "Service Unavailable (shutting down)",
             Refusal::TooManyCalls => "Service Unavailable (too many calls)",
             Refusal::RateLimited => "Service Unavailable (too many new calls from your address)",
         }
@@ -38,6 +42,7 @@ impl Refusal {
     /// limit is over within a second.
     pub fn retry_after(self) -> u32 {
         match self {
+            Refusal::ShuttingDown => 30,
             Refusal::TooManyCalls => 10,
             Refusal::RateLimited => 1,
         }
@@ -55,6 +60,9 @@ struct Bucket {
 pub struct Admission {
     limits: Limits,
     buckets: HashMap<IpAddr, Bucket>,
+    /// When a full table was last swept; a bucket refills within a second,
+    /// so sweeping more often would only cost a full scan per INVITE.
+    last_sweep: Option<Instant>,
 }
 
 impl Admission {
@@ -63,6 +71,7 @@ impl Admission {
         Admission {
             limits,
             buckets: HashMap::new(),
+            last_sweep: None,
         }
     }
 
@@ -89,9 +98,15 @@ impl Admission {
     fn take_token(&mut self, src: IpAddr, now: Instant) -> bool {
         let rate = f64::from(self.limits.invite_rate_per_source);
         if !self.buckets.contains_key(&src) && self.buckets.len() >= MAX_SOURCES {
-            // A full bucket behaves like no bucket: forget those.
-            self.buckets
-                .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < rate);
+            let swept_lately = self
+                .last_sweep
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+            if !swept_lately {
+                self.last_sweep = Some(now);
+                // A full bucket behaves like no bucket: forget those.
+                self.buckets
+                    .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < rate);
+            }
             if self.buckets.len() >= MAX_SOURCES {
                 return false;
             }
@@ -111,15 +126,19 @@ impl Admission {
     }
 }
 
-/// Checks a new INVITE against the limits and counts a refusal.
+/// Checks a new INVITE against shutdown and the limits, and counts a refusal.
 pub fn admit(core: &super::Core, admission: &mut Admission, src: IpAddr) -> Result<(), Refusal> {
+    if core.draining.load(Ordering::Relaxed) {
+        core.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
+        return Err(Refusal::ShuttingDown);
+    }
     let active = core.stats.calls_active.load(Ordering::Relaxed) as usize;
     let trusted = core.cfg.trust.is_trusted(src);
     let r = admission.check(src, trusted, active, Instant::now());
     match r {
         Err(Refusal::TooManyCalls) => &core.stats.calls_over_limit,
         Err(Refusal::RateLimited) => &core.stats.invites_rate_limited,
-        Ok(()) => return Ok(()),
+        Err(Refusal::ShuttingDown) | Ok(()) => return r,
     }
     .fetch_add(1, Ordering::Relaxed);
     r
@@ -128,7 +147,6 @@ pub fn admit(core: &super::Core, admission: &mut Admission, src: IpAddr) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn limits(rate: u32, calls: usize, exempt: bool) -> Limits {
         Limits {

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::router::response_to;
 use super::Core;
 use crate::sip::message::Message;
-use crate::sip::trust::{is_leg_peer, Untrusted};
+use crate::sip::trust::is_leg_peer;
 use crate::sip::Flow;
 
 /// Whether `msg` from `src`, addressed to the leg whose peer is at `leg_flow`
@@ -38,7 +38,7 @@ pub async fn refuse(core: &Core, msg: &Message, src: Flow, in_call: bool) {
     } else {
         debug!(peer = %src.addr, "{method} from an untrusted peer refused");
     }
-    if method == "ACK" || core.cfg.trust.untrusted == Untrusted::Drop {
+    if method == "ACK" || !core.cfg.trust.answers(src.addr.ip()) {
         return;
     }
     let r = response_to(core, msg, 403, "Forbidden");

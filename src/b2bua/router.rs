@@ -16,7 +16,6 @@ use super::call::{Call, CallEvent};
 use super::{Core, Direction};
 use crate::sip::message::{Message, ParseError};
 use crate::sip::transport::Inbound;
-use crate::sip::trust::Untrusted;
 use crate::sip::{random_token, Flow, Proto};
 
 /// Messages from calls back to the router.
@@ -114,9 +113,7 @@ async fn route(
         Err(e) => {
             core.stats.sip_malformed.fetch_add(1, Ordering::Relaxed);
             warn!(peer = %i.flow.addr, "malformed SIP message: {e}");
-            let silent = core.cfg.trust.untrusted == Untrusted::Drop
-                && !core.cfg.trust.is_trusted(i.flow.addr.ip());
-            if !silent {
+            if core.cfg.trust.answers(i.flow.addr.ip()) {
                 reject_malformed(core, &i, &e.to_string()).await;
             }
             return;
@@ -147,7 +144,7 @@ async fn route(
     let has_tag = msg.to_tag().is_some();
     // Only trusted peers may start anything; keep-alive OPTIONS are answered
     // to anyone unless untrusted peers are to learn nothing at all.
-    let probe = method == "OPTIONS" && core.cfg.trust.untrusted == Untrusted::Reject;
+    let probe = method == "OPTIONS" && core.cfg.trust.answers(i.flow.addr.ip());
     if !probe && !core.cfg.trust.is_trusted(i.flow.addr.ip()) {
         super::peers::refuse(core, &msg, i.flow, false).await;
         return;
@@ -160,7 +157,7 @@ async fn route(
             *serial += 1;
             start_call(core, calls, *serial, msg, i.flow, back_tx);
         }
-        "ACK" => {}
+        "ACK" => debug!(peer = %i.flow.addr, "ACK outside any call dropped"),
         "OPTIONS" if !has_tag => {
             // A load balancer's keepalive: while draining, tell it to send no new calls.
             if core.draining.load(Ordering::Relaxed) {
@@ -181,7 +178,7 @@ async fn route(
 
 /// The checks every INVITE that would start a call passes, whether it is new
 /// or handed back by a finished call on the same Call-ID: refused (and
-/// answered) while draining, when Max-Forwards is exhausted, or beyond the
+/// answered) when Max-Forwards is exhausted, while draining, or beyond the
 /// call and rate limits.
 async fn admit_new_invite(
     core: &Arc<Core>,
@@ -189,20 +186,12 @@ async fn admit_new_invite(
     msg: &Message,
     flow: Flow,
 ) -> bool {
-    if core.draining.load(Ordering::Relaxed) {
-        core.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
-        let mut r = response_to(core, msg, 503, "Service Unavailable (shutting down)");
-        r.push("Retry-After", "30");
-        let _ = core.transport.send(flow, r.to_bytes()).await;
-        return false;
-    }
     if msg.max_forwards() == 0 {
         respond_stateless(core, msg, flow, 483, "Too Many Hops").await;
         return false;
     }
-    // A new call like any other: the same limits apply.
     if let Err(r) = admission::admit(core, admission, flow.addr.ip()) {
-        refuse(core, msg, flow, r).await;
+        refuse_new_call(core, msg, flow, r).await;
         return false;
     }
     true
@@ -276,7 +265,7 @@ pub fn response_to(core: &Core, req: &Message, code: u16, reason: &str) -> Messa
 }
 
 /// Turns a new INVITE away with 503 and Retry-After.
-async fn refuse(core: &Arc<Core>, req: &Message, flow: Flow, why: Refusal) {
+async fn refuse_new_call(core: &Arc<Core>, req: &Message, flow: Flow, why: Refusal) {
     debug!(peer = %flow.addr, ?why, "new call refused");
     let mut r = response_to(core, req, 503, why.reason());
     r.push("Retry-After", why.retry_after().to_string());

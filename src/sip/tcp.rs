@@ -76,6 +76,16 @@ struct Inner {
     last_refusal_warning: Option<Instant>,
 }
 
+impl Inner {
+    /// Forgets `peer`'s connection if it is still the one numbered `id` (a
+    /// newer connection from the same address stays).
+    fn forget(&mut self, peer: SocketAddr, id: u64) {
+        if self.conns.get(&peer).is_some_and(|c| c.id == id) {
+            self.conns.remove(&peer);
+        }
+    }
+}
+
 /// All TCP connections and their limits.
 pub(super) struct Table {
     inner: Mutex<Inner>,
@@ -116,9 +126,7 @@ impl Drop for Slot {
                 }
             }
         }
-        if g.conns.get(&self.peer).is_some_and(|c| c.id == self.id) {
-            g.conns.remove(&self.peer);
-        }
+        g.forget(self.peer, self.id);
         self.table
             .stats
             .tcp_open
@@ -292,21 +300,14 @@ impl Table {
                     self.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "closing SIP TCP connection: the peer does not read (send queue full)");
                     c.close.send_replace(true);
-                    let mut g = self.lock();
-                    if g.conns.get(&peer).is_some_and(|x| x.id == c.id) {
-                        g.conns.remove(&peer);
-                    }
+                    self.lock().forget(peer, c.id);
                     return Err(io::Error::new(
                         io::ErrorKind::WouldBlock,
                         "peer does not read; TCP connection closed",
                     ));
                 }
                 Push::Closed(b) => {
-                    let mut g = self.lock();
-                    if g.conns.get(&peer).is_some_and(|x| x.id == c.id) {
-                        g.conns.remove(&peer);
-                    }
-                    drop(g);
+                    self.lock().forget(peer, c.id);
                     return self.open(peer, b);
                 }
             }

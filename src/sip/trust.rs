@@ -129,6 +129,12 @@ impl Trust {
         self.sources.iter().any(|n| n.contains(&ip))
     }
 
+    /// Does a peer at `ip` get answers (403, 400 …) when it is refused?
+    /// Strangers get none with `--untrusted drop`.
+    pub fn answers(&self, ip: IpAddr) -> bool {
+        self.untrusted == Untrusted::Reject || self.is_trusted(ip)
+    }
+
     /// Are identity headers from a peer at `ip` believed (RFC 3325 trust domain)?
     pub fn is_identity_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);

@@ -99,6 +99,12 @@ pub(crate) fn classify(e: DbError) -> DbError {
 /// bad copy or a truncation. Read from the header alone, so it costs nothing.
 fn truncation(path: &Path) -> Option<String> {
     use std::io::Read;
+    // A crash during a checkpoint leaves the header ahead of the file while
+    // the write-ahead log still holds the pages; SQLite finishes it from the
+    // log, and the integrity checks read them there.
+    if std::fs::metadata(companion(path, "-wal")).is_ok_and(|m| m.len() > 0) {
+        return None;
+    }
     let mut header = [0u8; 100];
     let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
@@ -144,15 +150,7 @@ fn integrity(conn: &Connection, full: bool) -> rusqlite::Result<Vec<String>> {
 /// SQLite's quick check. Empty when sound. Used by `callrec run` before any
 /// call is taken.
 pub fn damage_on_open(conn: &Connection, path: &Path) -> Result<Vec<String>, DbError> {
-    // A crash during a checkpoint leaves the header ahead of the file while
-    // the write-ahead log still holds the pages; SQLite finishes it from the
-    // log, and the quick check below reads them there.
-    let log_has_pages = std::fs::metadata(companion(path, "-wal")).is_ok_and(|m| m.len() > 0);
-    let mut found: Vec<String> = if log_has_pages {
-        Vec::new()
-    } else {
-        truncation(path).into_iter().collect()
-    };
+    let mut found: Vec<String> = truncation(path).into_iter().collect();
     match integrity(conn, false) {
         Ok(f) => found.extend(f),
         Err(e) if is_damage(&e) => found.push(e.to_string()),
@@ -570,6 +568,11 @@ mod tests {
         assert!(
             std::fs::metadata(&wal).unwrap().len() > 0,
             "the log holds the pages"
+        );
+        assert_eq!(
+            truncation(&path),
+            None,
+            "`db check` reads the header the same way"
         );
         Db::open_in(dir.path()).expect("SQLite completes the checkpoint from the log");
     }

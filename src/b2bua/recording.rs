@@ -242,12 +242,6 @@ impl CallRecording {
         self
     }
 
-    /// The signal to raise when this recording fails mid-call (disk full,
-    /// write error): the call then applies its profile's `on_record_failure`.
-    pub fn failure_signal(&self) -> crate::recorder::signal::FailureSignal {
-        self.signal.clone()
-    }
-
     /// The set's base name.
     pub fn base_name(&self) -> &str {
         &self.base_name

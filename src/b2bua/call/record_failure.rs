@@ -83,13 +83,12 @@ pub(super) fn recordable_only(plan: Option<&CallPlan>, body: &[u8]) -> Vec<u8> {
 
 impl Call {
     fn report_failure(&self, reason: FailureReason, detail: String) {
-        self.core.failures.report(RecordingFailure {
-            call_id: self.legs[0].call_id.clone(),
-            set: None,
+        self.core.failures.report(RecordingFailure::now(
+            &self.legs[0].call_id,
+            None,
             reason,
             detail,
-            at_ms: chrono::Utc::now().timestamp_millis(),
-        });
+        ));
     }
 
     /// Checks at the INVITE whether the planned recording can be made. A call

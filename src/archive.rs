@@ -5,7 +5,9 @@
 //! (R7.3). Search and export find sets in local folders: the default recordings
 //! folder and every `file://` target. Retention deletes a set from every storage
 //! target the database says holds it (upload rows in state `done`, see
-//! [`purge_everywhere`]), per profile and daily with [`retention_daily`].
+//! [`purge_everywhere`]), per profile and daily with [`retention_daily`], and
+//! leaves a signed tombstone in the set's place on each of them (see
+//! `seal::Tombstone`), so that `verify --chain` tells the deletion from a loss.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +35,9 @@ pub enum ArchiveError {
     /// A background task of the purge failed.
     #[error("purge: a background task failed: {0}; see the log")]
     Task(String),
+    /// A tombstone could not be written; the set was not deleted.
+    #[error("cannot write the tombstone: {0}; the set was not deleted")]
+    Tombstone(String),
     /// A duration like `5y` could not be read.
     #[error("cannot read {0:?} as an age; use a number and a unit: 5y, 90d, 12h, 30m")]
     Age(String),
@@ -137,7 +142,10 @@ fn set_files(sha256: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
         .flatten()
     {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&format!("{base}.")) || n.starts_with(&format!("{base}_")) {
+        // The set's tombstone (a deletion record) is not part of the set.
+        let tombstone = n.starts_with(&crate::seal::tombstone_base(&base));
+        if !tombstone && (n.starts_with(&format!("{base}.")) || n.starts_with(&format!("{base}_")))
+        {
             files.push(e.path());
         }
     }
@@ -253,6 +261,39 @@ pub struct PurgeRequest {
     pub reason: String,
     /// Only sets recorded by this profile; `None` for every set.
     pub profile: Option<String>,
+    /// Signs the tombstone left in each deleted set's place; without it (or for
+    /// sets of the older format, which have no chain position) none is left.
+    pub tombstones: Option<TombstoneSigner>,
+}
+
+/// What a purge signs its tombstones with.
+#[derive(Debug, Clone)]
+pub struct TombstoneSigner {
+    /// The instance's identity (the deleting instance signs).
+    pub identity: crate::seal::Identity,
+    /// Folder where a tombstone is written before it goes to the targets; its
+    /// copies are removed once every target has been tried.
+    pub staging: PathBuf,
+}
+
+/// The tombstone of a set about to be deleted, or `None` when none can be made.
+fn tombstone_for(
+    request: &PurgeRequest,
+    position: Option<crate::seal::ChainPosition>,
+    checksum: Option<&str>,
+) -> Option<crate::seal::Tombstone> {
+    let signer = request.tombstones.as_ref()?;
+    Some(crate::seal::Tombstone {
+        position: position?,
+        checksum_sha256: checksum?.to_string(),
+        deleted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        reason: request.reason.clone(),
+        retention: request
+            .reason
+            .strip_prefix("retention ")
+            .map(|r| r.split_whitespace().next().unwrap_or(r).to_string()),
+        deleted_by: signer.identity.instance_id().to_string(),
+    })
 }
 
 /// Runs blocking database or file work off the async runtime's worker threads.
@@ -290,17 +331,19 @@ pub async fn purge_everywhere(
             continue;
         }
         let base = r.base_name.clone();
-        let (uploads, checksum, earlier) = {
+        let (uploads, checksum, earlier, position) = {
             let (db, base) = (db.clone(), base.clone());
             blocking(move || {
                 Ok((
                     db.uploads_of(&base)?,
                     db.seal_checksum(&base)?,
                     db.deletions_of(&base)?,
+                    db.seal_position(&base)?,
                 ))
             })
             .await?
         };
+        let tombstone = tombstone_for(request, position, checksum.as_deref());
         let held: Vec<String> = uploads
             .into_iter()
             .filter(|u| u.state == "done")
@@ -310,18 +353,35 @@ pub async fn purge_everywhere(
             if !earlier.is_empty() {
                 continue; // Purged before; nothing left to do.
             }
-            purge_local(db, roots, request, &base, checksum, &mut report).await?;
+            purge_local(db, roots, request, &base, checksum, tombstone, &mut report).await?;
             continue;
         }
+        let staged = match (&tombstone, &request.tombstones, request.dry_run) {
+            (Some(t), Some(signer), false) => {
+                let (t, signer, b) = (t.clone(), signer.clone(), base.clone());
+                Some(blocking(move || stage_tombstone(&signer, &b, &t)).await?)
+            }
+            _ => {
+                if !request.dry_run {
+                    tracing::warn!(set = %base, "deleted without a tombstone: no signing identity, or the set has no chain position (older format)");
+                }
+                None
+            }
+        };
         for url in held {
             if request.dry_run {
                 report.deleted.push((base.clone(), PathBuf::from(&url)));
                 continue;
             }
-            let result = match open_target(&url, secrets) {
-                Ok(t) => t.delete(&UploadSet::by_name(&base)).await,
-                Err(e) => Err(e),
-            };
+            // The tombstone goes up first: a set is never gone without its record.
+            let result = async {
+                let t = open_target(&url, secrets)?;
+                if let Some(files) = &staged {
+                    t.put(&UploadSet::new(&base, files.clone())).await?;
+                }
+                t.delete(&UploadSet::by_name(&base)).await
+            }
+            .await;
             match result {
                 Ok(()) => {
                     db.send(Record::Deletion {
@@ -346,6 +406,15 @@ pub async fn purge_everywhere(
                 }
             }
         }
+        if let (Some(files), Some(dir)) = (&staged, staged.as_ref().and_then(|f| f.first())) {
+            let dir = dir.parent().map(Path::to_path_buf);
+            for f in files {
+                let _ = std::fs::remove_file(f);
+            }
+            if let Some(d) = dir {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
     }
     let db = db.clone();
     blocking(move || {
@@ -356,13 +425,26 @@ pub async fn purge_everywhere(
     Ok(report)
 }
 
-/// Deletes a set that no target row names from the local folder that has it.
+/// Writes the tombstone of `base` into a staging folder of its own; returns its files.
+fn stage_tombstone(
+    signer: &TombstoneSigner,
+    base: &str,
+    tombstone: &crate::seal::Tombstone,
+) -> Result<Vec<PathBuf>, ArchiveError> {
+    let dir = signer.staging.join(&tombstone.position.set_id);
+    crate::seal::write_tombstone(&signer.identity, &dir, base, tombstone)
+        .map_err(|e| ArchiveError::Tombstone(e.to_string()))
+}
+
+/// Deletes a set that no target row names from the local folder that has it,
+/// leaving its tombstone there.
 async fn purge_local(
     db: &Db,
     roots: &[PathBuf],
     request: &PurgeRequest,
     base: &str,
     checksum: Option<String>,
+    tombstone: Option<crate::seal::Tombstone>,
     report: &mut PurgeReport,
 ) -> Result<(), ArchiveError> {
     let (roots, b) = (roots.to_vec(), base.to_string());
@@ -373,7 +455,13 @@ async fn purge_local(
     let folder = sha.parent().unwrap_or(Path::new(".")).to_path_buf();
     if !request.dry_run {
         let sha_file = sha.clone();
+        let signer = request.tombstones.clone();
+        let (b, dir) = (base.to_string(), folder.clone());
         let (checksum, files) = blocking(move || {
+            if let (Some(t), Some(signer)) = (&tombstone, &signer) {
+                crate::seal::write_tombstone(&signer.identity, &dir, &b, t)
+                    .map_err(|e| ArchiveError::Tombstone(e.to_string()))?;
+            }
             let checksum = checksum.or_else(|| {
                 std::fs::read(&sha_file)
                     .ok()
@@ -406,6 +494,7 @@ pub async fn purge_profiles(
     roots: &[PathBuf],
     secrets: &Secrets,
     policy: &PolicyConfig,
+    tombstones: Option<&TombstoneSigner>,
 ) -> Result<Vec<(String, PurgeReport)>, ArchiveError> {
     let mut out = Vec::new();
     for (profile, period) in &policy.retention {
@@ -414,6 +503,7 @@ pub async fn purge_profiles(
             dry_run: false,
             reason: format!("retention {period} (profile {profile})"),
             profile: Some(profile.clone()),
+            tombstones: tombstones.cloned(),
         };
         let report = purge_everywhere(db, roots, secrets, &request).await?;
         if !report.deleted.is_empty() || !report.failed.is_empty() {
@@ -431,7 +521,13 @@ pub async fn purge_profiles(
 
 /// The daily retention of `callrec run`: [`purge_profiles`] now and then every 24 h,
 /// for as long as the task runs; errors are logged and kept, never fatal.
-pub async fn retention_daily(db: Db, roots: Vec<PathBuf>, secrets: Secrets, policy: PolicyConfig) {
+pub async fn retention_daily(
+    db: Db,
+    roots: Vec<PathBuf>,
+    secrets: Secrets,
+    policy: PolicyConfig,
+    tombstones: Option<TombstoneSigner>,
+) {
     if policy.retention.is_empty() {
         return;
     }
@@ -439,7 +535,7 @@ pub async fn retention_daily(db: Db, roots: Vec<PathBuf>, secrets: Secrets, poli
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = purge_profiles(&db, &roots, &secrets, &policy).await {
+        if let Err(e) = purge_profiles(&db, &roots, &secrets, &policy, tombstones.as_ref()).await {
             tracing::error!(error = %e, "retention: daily purge failed; it runs again tomorrow");
             db.send(Record::Error {
                 at_ms: crate::db::now_ms(),

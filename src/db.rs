@@ -145,6 +145,10 @@ CREATE TABLE access_log (
 );
 CREATE INDEX access_log_at ON access_log(at_ms);
 "#,
+    // A sealed set's place in its chain (JSON), for the tombstone its deletion leaves.
+    r#"
+ALTER TABLE seals ADD COLUMN chain TEXT;
+"#,
 ];
 
 /// Milliseconds since the Unix epoch, now.
@@ -219,6 +223,8 @@ pub enum Record {
         checksum_sha256: String,
         /// Number of files in the set.
         files: u32,
+        /// Its chain position as JSON (`seal::ChainPosition`), when it has one.
+        chain: Option<String>,
     },
     /// A set was queued for a target (idempotent while pending; a done or lost upload becomes pending again).
     UploadQueued {
@@ -618,10 +624,11 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             at_ms,
             checksum_sha256,
             files,
+            chain,
         } => {
             tx.execute(
-                "INSERT OR REPLACE INTO seals (base_name, at_ms, checksum_sha256, files) VALUES (?1, ?2, ?3, ?4)",
-                params![base_name, at_ms, checksum_sha256, files],
+                "INSERT OR REPLACE INTO seals (base_name, at_ms, checksum_sha256, files, chain) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![base_name, at_ms, checksum_sha256, files, chain],
             )?;
         }
         Record::UploadQueued {
@@ -1059,6 +1066,26 @@ impl Db {
             Some(r) => Ok(Some(r.get(0).map_err(q)?)),
             None => Ok(None),
         }
+    }
+
+    /// A sealed set's chain position, from its seal record (`None` for sets
+    /// sealed before positions were recorded).
+    pub fn seal_position(
+        &self,
+        base_name: &str,
+    ) -> Result<Option<crate::seal::ChainPosition>, DbError> {
+        let text: Option<String> = self.read(|c| {
+            c.query_row(
+                "SELECT chain FROM seals WHERE base_name = ?1",
+                [base_name],
+                |r| r.get(0),
+            )
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+        })?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// Number of rows in `table` (one of the schema's tables), for checks and status.

@@ -308,6 +308,8 @@ struct PurgeArgs {
     dry_run: bool,
     #[command(flatten)]
     state: StateArgs,
+    #[command(flatten)]
+    keystore: KeystoreArgs,
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time or a date (local midnight).
@@ -441,11 +443,23 @@ fn purge(a: PurgeArgs) -> anyhow::Result<bool> {
     let policy = a.state.policy()?;
     // The same targets and secrets as `run`, so remote copies are deleted too.
     let (_, _, secrets) = callrec::proxy::resolve_targets(&policy, &a.state.data_dir)?;
+    // The tombstones are signed by this instance; a data dir without a
+    // keystore has sealed nothing, so no identity is created for a purge.
+    let tombstones = if a.state.data_dir.join("keystore.p12").exists() {
+        Some(callrec::archive::TombstoneSigner {
+            identity: Identity::load_or_create(&a.state.data_dir, a.keystore.source())
+                .context("cannot open the instance's keystore to sign the tombstones")?,
+            staging: a.state.data_dir.join("tombstones"),
+        })
+    } else {
+        None
+    };
     let request = callrec::archive::PurgeRequest {
         older_than: age,
         dry_run: a.dry_run,
         reason: format!("retention {}", a.older_than),
         profile: None,
+        tombstones,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = rt.block_on(callrec::archive::purge_everywhere(
@@ -825,11 +839,18 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
         if !p.exists() {
             bail!("{} does not exist", p.display());
         }
-        problems.extend(if args.chain {
-            callrec::seal::verify_chain(p, args.cert.as_deref())
+        if args.chain {
+            let (found, notes) = callrec::seal::verify_chain_report(p, args.cert.as_deref());
+            problems.extend(found);
+            for d in &notes.deletions {
+                println!("{d}");
+            }
+            for (chain, (seq, sha)) in &notes.heads {
+                println!("chain {chain}: last number {seq}, SHA-256 of its checksum file {sha}");
+            }
         } else {
-            callrec::seal::verify_set(p, args.cert.as_deref())
-        });
+            problems.extend(callrec::seal::verify_set(p, args.cert.as_deref()));
+        }
     }
     for p in &problems {
         println!("{p}");

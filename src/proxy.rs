@@ -63,6 +63,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let identity =
         crate::seal::Identity::load_or_create(&cfg.data_dir, cfg.keystore_password.clone())?;
     let instance_id = identity.instance_id().to_string();
+    let tombstones = crate::archive::TombstoneSigner {
+        identity: identity.clone(),
+        staging: cfg.data_dir.join("tombstones"),
+    };
     let mut sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
     let work = cfg.data_dir.join("work");
     crate::recovery::adopt_sealed_sets(&mut sealer, &work);
@@ -77,6 +81,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         crate::archive::local_roots(&cfg.data_dir, &all_targets),
         secrets.clone(),
         cfg.policy.clone(),
+        Some(tombstones),
     ));
     let spool = Spool::start(
         SpoolConfig::new(&cfg.data_dir),
@@ -106,6 +111,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
                     at_ms: crate::db::now_ms(),
                     checksum_sha256: set.checksum_sha256.clone(),
                     files: set.files.len() as u32,
+                    chain: set.chain_json(),
                 });
                 let targets = if targets.is_empty() {
                     vec![default_target.clone()]

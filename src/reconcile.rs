@@ -344,6 +344,7 @@ mod tests {
             at_ms: 2001,
             checksum_sha256: "x".into(),
             files: 3,
+            chain: None,
         });
         db.send(Record::Failure {
             call_id: "failed".into(),

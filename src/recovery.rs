@@ -211,6 +211,7 @@ impl Recovery {
             at_ms: now_ms(),
             checksum_sha256: set.checksum_sha256.clone(),
             files: set.files.len() as u32,
+            chain: set.chain_json(),
         });
         match spool.enqueue(&set, &targets) {
             Ok(dir) => {

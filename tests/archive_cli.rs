@@ -125,7 +125,19 @@ fn search_export_status_and_purge() {
     let (code, out) = callrec_cli(&["purge", "--older-than", "1s", "--data-dir", &data]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("3 set(s) deleted"), "{out}");
-    assert_eq!(count(), 0, "files left after purge");
+    // Only the signed tombstones stay, three files for each deleted set.
+    let left: Vec<String> = std::fs::read_dir(&rec)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|n| n.contains(".deleted.")),
+        "set files left after purge: {left:?}"
+    );
+    assert_eq!(left.len(), 3 * 3, "a tombstone for each set: {left:?}");
+    let (code, out) = callrec_cli(&["verify", "--chain", rec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("deleted lawfully on").count(), 3, "{out}");
     let db = rusqlite::Connection::open(proxy.data_dir().join("callrec.sqlite")).unwrap();
     let n: i64 = db
         .query_row("SELECT COUNT(*) FROM deletions WHERE reason = 'retention 1s' AND checksum_sha256 IS NOT NULL", [], |r| r.get(0))

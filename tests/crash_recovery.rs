@@ -238,7 +238,9 @@ fn a_recording_cut_off_by_kill_9_is_sealed_uploaded_and_counted_at_the_next_star
     let sets = wait_sets(&proxy, &recordings, 2);
     verify_chain(&recordings);
     let newest = sets.iter().find(|s| *s != sums).unwrap();
-    assert_eq!(metadata(newest)["previous"]["id"], base.as_str());
+    // Linked by the recovered set's id (never by its base name).
+    assert_eq!(metadata(newest)["previous"]["id"], metadata(sums)["set_id"]);
+    assert_ne!(metadata(newest)["previous"]["id"], base.as_str());
 }
 
 #[test]
@@ -282,7 +284,11 @@ fn a_set_sealed_but_not_spooled_at_a_crash_is_uploaded_at_the_next_start() {
         .unwrap()
         .to_string_lossy()
         .replace(".sha256", "");
-    assert_eq!(metadata(&sets[1])["previous"]["id"], first.as_str());
+    assert_eq!(
+        metadata(&sets[1])["previous"]["id"],
+        metadata(&sets[0])["set_id"],
+        "{first} is not the previous set"
+    );
     let pending = wait_until(Duration::from_secs(10), || {
         metric(&proxy.metrics(), "callrec_spool_sets") == Some(0.0)
     });
@@ -364,16 +370,18 @@ fn a_set_whose_head_update_was_cut_off_becomes_the_head() {
         std::fs::write(&head_file, head_after_a).unwrap();
     }
     let mut sealer = Sealer::new(identity(), &data).unwrap();
-    assert_eq!(sealer.head().unwrap().id, "a");
+    assert_eq!(sealer.head("default").unwrap().base_name, "a");
     callrec::recovery::adopt_sealed_sets(&mut sealer, &work);
-    assert_eq!(sealer.head().unwrap().id, "b");
+    assert_eq!(sealer.head("default").unwrap().base_name, "b");
     let c = seal(&mut sealer, "c");
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&c.files[0]).unwrap()).unwrap();
-    assert_eq!(meta["previous"]["id"], "b");
+    let b_meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("b.json")).unwrap()).unwrap();
+    assert_eq!(meta["previous"]["id"], b_meta["set_id"]);
     // Taking the head is done once only.
     assert!(!sealer.adopt(&work, "b").unwrap());
-    assert_eq!(sealer.head().unwrap().id, "c");
+    assert_eq!(sealer.head("default").unwrap().base_name, "c");
     verify_chain(&work);
 }
 

@@ -60,6 +60,7 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
             at_ms: start_ms,
             checksum_sha256: m.set.checksum_sha256.clone(),
             files: m.set.files.len() as u32,
+            chain: m.set.chain_json(),
         });
     }
     let spool = Spool::start(fast_spool(&data), db.clone(), Secrets::new(), None).unwrap();
@@ -79,6 +80,7 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
         dry_run: true,
         reason: "retention 7d".into(),
         profile: None,
+        tombstones: None,
     };
     let secrets = Secrets::new();
 
@@ -102,7 +104,9 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
     // Another profile's period does not touch sales' sets.
     let mut policy = PolicyConfig::default();
     policy.retention.insert("support".into(), "1d".into());
-    let reports = purge_profiles(&db, &[], &secrets, &policy).await.unwrap();
+    let reports = purge_profiles(&db, &[], &secrets, &policy, None)
+        .await
+        .unwrap();
     assert_eq!(reports.len(), 1);
     assert!(reports[0].1.deleted.is_empty(), "{:?}", reports[0].1);
     assert_delivered(&a_folder, old);
@@ -110,7 +114,9 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
     // Sales' own period deletes the old set everywhere, and only that set.
     let mut policy = PolicyConfig::default();
     policy.retention.insert("sales".into(), "7d".into());
-    let reports = purge_profiles(&db, &[], &secrets, &policy).await.unwrap();
+    let reports = purge_profiles(&db, &[], &secrets, &policy, None)
+        .await
+        .unwrap();
     let report = &reports[0].1;
     assert_eq!(report.deleted.len(), 2, "{report:?}");
     assert!(report.failed.is_empty(), "{report:?}");
@@ -147,7 +153,9 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
     assert!(uploads.iter().all(|u| u.state == "deleted"), "{uploads:?}");
 
     // Nothing left to do the next day: no new rows, nothing reported missing.
-    let reports = purge_profiles(&db, &[], &secrets, &policy).await.unwrap();
+    let reports = purge_profiles(&db, &[], &secrets, &policy, None)
+        .await
+        .unwrap();
     let again = &reports[0].1;
     assert!(
         again.deleted.is_empty() && again.not_found.is_empty() && again.failed.is_empty(),

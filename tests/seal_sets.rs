@@ -379,12 +379,18 @@ fn restart_keeps_identity_and_continues_the_chain() {
         serde_json::from_slice(&std::fs::read(folder.join("set_two.json")).unwrap()).unwrap();
     let out = run(&folder, "sha256sum", &["set_one.sha256"]);
     let hex = String::from_utf8_lossy(&out.stdout)[..64].to_string();
+    let first_meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("set_one.json")).unwrap()).unwrap();
     assert_eq!(
         meta["previous"],
-        json!({"id": "set_one", "checksum_file": "set_one.sha256", "sha256": hex})
+        json!({"id": first_meta["set_id"], "seq": 1, "sha256": hex})
     );
+    assert_eq!(meta["chain"]["seq"], 2);
     assert_eq!(first.checksum_sha256, hex);
-    assert_eq!(s.head().unwrap().sha256, second.checksum_sha256);
+    assert_eq!(
+        s.head("default").unwrap().link.sha256,
+        second.checksum_sha256
+    );
     assert_eq!(verify_chain(&folder, Some(&data.join("cert.pem"))), vec![]);
 }
 
@@ -579,8 +585,12 @@ fn deleted_middle_set_breaks_the_chain_by_name() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
     let problems = verify_chain(&data, None);
-    let text = assert_names(&problems, "previous set b_second is missing");
-    assert!(text.contains("a_third"), "{text}");
+    // The missing set is named by its number and id (its base name is not evidence).
+    let text = assert_names(&problems, "set number 2");
+    assert!(
+        text.contains("gap in chain") && text.contains("a_third"),
+        "{text}"
+    );
     assert_eq!(problems.len(), 1, "{text}");
 }
 
@@ -609,8 +619,13 @@ fn replaced_previous_set_is_reported_as_altered() {
             .unwrap();
     }
     let problems = verify_chain(&folder, Some(&data.join("cert.pem")));
-    let text = assert_names(&problems, "previous set one was altered or replaced");
-    assert!(text.contains("two.json"), "{text}");
+    let text = assert_names(&problems, "set number 1 of chain");
+    assert!(
+        text.contains("was altered or replaced")
+            && text.contains("two.json")
+            && text.contains("one.json"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -411,6 +411,7 @@ async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
             at_ms: start_ms,
             checksum_sha256: m.set.checksum_sha256.clone(),
             files: m.set.files.len() as u32,
+            chain: m.set.chain_json(),
         });
     }
     let spool = Spool::start(fast_spool(&data), db.clone(), secrets.clone(), None).unwrap();
@@ -432,6 +433,14 @@ async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
         dry_run: false,
         reason: "retention 5y".into(),
         profile: Some("sales".into()),
+        tombstones: Some(callrec::archive::TombstoneSigner {
+            identity: callrec::seal::Identity::load_or_create(
+                &data,
+                callrec::seal::PasswordSource::Value("test-pass".into()),
+            )
+            .unwrap(),
+            staging: data.join("tombstones"),
+        }),
     };
 
     // A wrong password: nothing is deleted or documented as deleted; the failure is reported.
@@ -457,6 +466,33 @@ async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
         );
     }
     assert_delivered(&server_folder, young);
+    // The signed tombstone took the set's place on the server: the server's
+    // folder verifies as an unbroken chain with one lawful deletion.
+    let tomb = server_folder.join(format!("{}.deleted.json", old.set.base_name));
+    assert!(tomb.is_file(), "no tombstone on the server");
+    let out = Command::new(env!("CARGO_BIN_EXE_callrec"))
+        .args(["verify", "--chain"])
+        .arg(&server_folder)
+        .arg("--cert")
+        .arg(data.join("cert.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("deleted lawfully on").count(), 1, "{text}");
+    std::fs::remove_file(&tomb).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_callrec"))
+        .args(["verify", "--chain"])
+        .arg(&server_folder)
+        .arg("--cert")
+        .arg(data.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a deletion without its record is a gap"
+    );
     let rows = db.deletions_of(&old.set.base_name).unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].target, url);

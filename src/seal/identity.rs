@@ -43,6 +43,10 @@ pub enum PasswordSource {
 }
 
 /// Instance id, RSA-2048 key and self-signed X.509 certificate of this instance.
+///
+/// Cloning shares the key (reference-counted by OpenSSL): the sealer and the
+/// retention task that signs tombstones hold the same identity.
+#[derive(Clone)]
 pub struct Identity {
     instance_id: String,
     key: PKey<Private>,

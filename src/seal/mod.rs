@@ -9,23 +9,28 @@
 //! - `keystore.password`: only when no password was given; mode 0600.
 //! - `cert.pem`: the certificate, rewritten on every start, so that sets below
 //!   `data_dir` (the spool) verify without `--cert`.
-//! - `chain-head.json`: the last sealed set; its presence means sealed sets exist.
+//! - `chain-head.json`: the last sealed set of each profile's chain; its
+//!   presence means sealed sets exist.
 //! - `chain.lock`: held locked by the one [`Sealer`] of the instance.
 
 mod chain;
+mod chain_check;
 mod checksum;
 mod durable;
 mod error;
 mod identity;
 mod sealer;
 pub mod service;
+mod tombstone;
 mod verify;
 
-pub use chain::ChainLink;
+pub use chain::{ChainHead, ChainLink, DEFAULT_PROFILE};
+pub use chain_check::ChainNotes;
 pub use error::SealError;
 pub use identity::{Identity, PasswordSource};
-pub use sealer::{sealed_on_disk, SealedSet, Sealer};
-pub use verify::{verify_chain, verify_set, Problem};
+pub use sealer::{position_of, sealed_on_disk, SealedSet, Sealer};
+pub use tombstone::{tombstone_base, write_tombstone, ChainPosition, Tombstone, TOMBSTONE_SUFFIX};
+pub use verify::{verify_chain, verify_chain_report, verify_set, Problem};
 
 /// Suffix of a set's checksum file, appended to the base name.
 pub const CHECKSUM_SUFFIX: &str = ".sha256";

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use super::chain::{read_head, write_head, ChainHead, ChainLink};
+use super::chain::{read_heads, write_heads, ChainHead, ChainHeads, ChainLink, DEFAULT_PROFILE};
 use super::checksum::{is_plain_name, render, sha256_bytes, sha256_file, Entry};
 use super::durable::{sync_dir, write_synced};
 use super::identity::CHAIN_HEAD_FILE;
+use super::tombstone::ChainPosition;
 use super::{Identity, SealError, CHECKSUM_SUFFIX, SIGNATURE_SUFFIX};
 
 /// Lock file held by the one Sealer of a data dir.
@@ -23,7 +24,7 @@ const LOCK_FILE: &str = "chain.lock";
 pub struct Sealer {
     identity: Identity,
     head_path: PathBuf,
-    head: Option<ChainHead>,
+    heads: ChainHeads,
     _lock: File,
 }
 
@@ -38,6 +39,17 @@ pub struct SealedSet {
     pub files: Vec<PathBuf>,
     /// Lowercase hex SHA-256 of the checksum file (what the next set's "previous" names).
     pub checksum_sha256: String,
+    /// Its place in its chain (`None` for a set of the older single-chain format).
+    pub position: Option<ChainPosition>,
+}
+
+impl SealedSet {
+    /// Its chain position as the database keeps it (JSON), when it has one.
+    pub fn chain_json(&self) -> Option<String> {
+        self.position
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("a chain position serialises"))
+    }
 }
 
 impl Sealer {
@@ -60,15 +72,14 @@ impl Sealer {
             }
         }
         let head_path = data_dir.join(CHAIN_HEAD_FILE);
-        let head = read_head(&head_path)?;
-        match &head {
-            Some(h) => tracing::info!(previous = %h.link.id, "chain continues"),
-            None => tracing::info!("chain starts with the next set"),
+        let heads = read_heads(&head_path)?;
+        for (profile, h) in &heads.chains {
+            tracing::info!(profile = %profile, seq = h.link.seq.unwrap_or_default(), previous = %h.link.id, "chain continues");
         }
         Ok(Sealer {
             identity,
             head_path,
-            head,
+            heads,
             _lock: lock,
         })
     }
@@ -78,9 +89,10 @@ impl Sealer {
         &self.identity
     }
 
-    /// The link the next sealed set will carry as "previous" (`None` before the first set).
-    pub fn head(&self) -> Option<&ChainLink> {
-        self.head.as_ref().map(|h| &h.link)
+    /// The last set sealed in the chain of `profile` (`None` before its first set);
+    /// its link is what the profile's next set carries as "previous".
+    pub fn head(&self, profile: &str) -> Option<&ChainHead> {
+        self.heads.chains.get(profile)
     }
 
     /// Writes <base>.json (metadata with "previous" inserted), <base>.sha256, then <base>.sha256.SHA256withRSA.sig (last); fsyncs; advances the chain head.
@@ -148,13 +160,39 @@ impl Sealer {
             names.push(name);
         }
 
+        let profile = meta
+            .get("profile")
+            .and_then(|p| p.as_str())
+            .unwrap_or(DEFAULT_PROFILE)
+            .to_string();
+        let previous = self.head(&profile).map(|h| h.link.clone());
+        let seq = previous.as_ref().and_then(|l| l.seq).unwrap_or(0) + 1;
+        let set_id = new_set_id();
         meta.insert(
             "previous".into(),
-            self.head()
+            previous
+                .as_ref()
                 .map_or(serde_json::Value::Null, ChainLink::to_json),
         );
         meta.entry("instance_id")
             .or_insert_with(|| self.identity.instance_id().into());
+        let instance_id = meta
+            .get("instance_id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let position = ChainPosition {
+            set_id: set_id.clone(),
+            instance_id,
+            profile: profile.clone(),
+            seq,
+            previous,
+        };
+        meta.insert("set_id".into(), set_id.clone().into());
+        meta.insert(
+            "chain".into(),
+            serde_json::json!({"instance_id": position.instance_id, "profile": profile, "seq": seq}),
+        );
         let mut json = serde_json::to_vec_pretty(&serde_json::Value::Object(meta))
             .expect("a JSON object serialises");
         json.push(b'\n');
@@ -179,41 +217,39 @@ impl Sealer {
             files.push(path);
         }
 
-        let sums = render(&entries);
-        let sums_path = folder.join(&sums_name);
-        write_synced(&sums_path, sums.as_bytes(), 0o644)?;
-        let checksum_sha256 = sha256_bytes(sums.as_bytes());
-
-        let signature = self.identity.sign(sums.as_bytes())?;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(signature);
-        let mut sig_text = String::with_capacity(b64.len() + b64.len() / 64 + 1);
-        for chunk in b64.as_bytes().chunks(64) {
-            sig_text.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-            sig_text.push('\n');
-        }
-        // The signature is written last: a set without it is incomplete.
-        write_synced(&sig_path, sig_text.as_bytes(), 0o644)?;
-        sync_dir(folder)?;
+        let (sums_path, sig_path, checksum_sha256) =
+            write_signed_checksums(&self.identity, folder, base_name, &entries)?;
         files.push(sums_path);
         files.push(sig_path);
 
         let head = ChainHead {
             link: ChainLink {
-                id: base_name.to_string(),
-                checksum_file: sums_name,
+                id: set_id,
                 sha256: checksum_sha256.clone(),
+                seq: Some(seq),
+                checksum_file: None,
             },
+            base_name: base_name.to_string(),
             folder: folder.to_path_buf(),
         };
-        write_head(&self.head_path, &head)?;
-        self.head = Some(head);
-        tracing::debug!(set = %base_name, folder = %folder.display(), "sealed");
+        self.advance(&profile, head)?;
+        tracing::debug!(set = %base_name, folder = %folder.display(), profile = %profile, seq, "sealed");
         Ok(SealedSet {
             folder: folder.to_path_buf(),
             base_name: base_name.to_string(),
             files,
             checksum_sha256,
+            position: Some(position),
         })
+    }
+
+    /// Makes `head` the head of `profile`'s chain, on disk first.
+    fn advance(&mut self, profile: &str, head: ChainHead) -> Result<(), SealError> {
+        let mut heads = self.heads.clone();
+        heads.chains.insert(profile.to_string(), head);
+        write_heads(&self.head_path, &heads)?;
+        self.heads = heads;
+        Ok(())
     }
     /// Takes a set sealed in `folder` before a crash as the chain head when the
     /// crash came between its signature and the head's update (the set names
@@ -227,29 +263,35 @@ impl Sealer {
                 base_name: base_name.to_string(),
                 detail: format!("{}: {e}", json_path.display()),
             })?;
-        let previous =
-            ChainLink::from_json(meta.get("previous").unwrap_or(&serde_json::Value::Null))
+        let Some(position) =
+            position_of(&meta)
+                .transpose()
                 .map_err(|detail| SealError::InvalidInput {
                     base_name: base_name.to_string(),
                     detail,
-                })?;
-        if self.head().map(|h| h.id.as_str()) == Some(base_name) || previous.as_ref() != self.head()
+                })?
+        else {
+            return Ok(false); // A set of the older format never becomes a head.
+        };
+        let head = self.head(&position.profile);
+        if head.map(|h| h.base_name.as_str()) == Some(base_name)
+            || position.previous.as_ref() != head.map(|h| &h.link)
         {
             return Ok(false);
         }
-        let sums_name = format!("{base_name}{CHECKSUM_SUFFIX}");
-        let sums_path = folder.join(&sums_name);
+        let sums_path = folder.join(format!("{base_name}{CHECKSUM_SUFFIX}"));
         let sha256 = sha256_file(&sums_path).map_err(SealError::io("hash", &sums_path))?;
         let head = ChainHead {
             link: ChainLink {
-                id: base_name.to_string(),
-                checksum_file: sums_name,
+                id: position.set_id.clone(),
                 sha256,
+                seq: Some(position.seq),
+                checksum_file: None,
             },
+            base_name: base_name.to_string(),
             folder: folder.to_path_buf(),
         };
-        write_head(&self.head_path, &head)?;
-        self.head = Some(head);
+        self.advance(&position.profile, head)?;
         tracing::warn!(set = %base_name, "chain head moved to a set sealed just before a crash");
         Ok(true)
     }
@@ -277,6 +319,11 @@ pub fn sealed_on_disk(folder: &Path, base_name: &str) -> Result<SealedSet, SealE
         });
     }
     let mut files: Vec<PathBuf> = entries.iter().map(|e| folder.join(&e.name)).collect();
+    let json_path = folder.join(format!("{base_name}.json"));
+    let position = std::fs::read(&json_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|m| position_of(&m).and_then(Result::ok));
     files.push(sums_path);
     files.push(sig_path);
     Ok(SealedSet {
@@ -284,5 +331,72 @@ pub fn sealed_on_disk(folder: &Path, base_name: &str) -> Result<SealedSet, SealE
         base_name: base_name.to_string(),
         files,
         checksum_sha256: sha256_bytes(&text),
+        position,
     })
+}
+
+/// A fresh set id: 128 random bits in hex, so ids say nothing about the call.
+fn new_set_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// The chain position in a set's metadata: `None` for a set of the older
+/// format (no "set_id"), an error text when it is malformed.
+pub fn position_of(meta: &serde_json::Value) -> Option<Result<ChainPosition, String>> {
+    let set_id = meta.get("set_id")?.as_str();
+    let chain = meta.get("chain");
+    let read = || -> Result<ChainPosition, String> {
+        let set_id = set_id.ok_or("\"set_id\" is not a string")?;
+        let chain = chain.ok_or("\"set_id\" without \"chain\"")?;
+        let text = |k: &str| {
+            chain
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or(format!("\"chain.{k}\" missing"))
+        };
+        Ok(ChainPosition {
+            set_id: set_id.to_string(),
+            instance_id: text("instance_id")?,
+            profile: text("profile")?,
+            seq: chain
+                .get("seq")
+                .and_then(|v| v.as_u64())
+                .filter(|&n| n >= 1)
+                .ok_or("\"chain.seq\" is not a number from 1")?,
+            previous: ChainLink::from_json(
+                meta.get("previous").unwrap_or(&serde_json::Value::Null),
+            )?,
+        })
+    };
+    Some(read())
+}
+
+/// Writes `<base>.sha256` listing `entries` and its signature (last, then the
+/// folder is synced): returns both paths and the checksum file's SHA-256.
+pub(crate) fn write_signed_checksums(
+    identity: &Identity,
+    folder: &Path,
+    base_name: &str,
+    entries: &[Entry],
+) -> Result<(PathBuf, PathBuf, String), SealError> {
+    let sums_name = format!("{base_name}{CHECKSUM_SUFFIX}");
+    let sums = render(entries);
+    let sums_path = folder.join(&sums_name);
+    write_synced(&sums_path, sums.as_bytes(), 0o644)?;
+    let signature = identity.sign(sums.as_bytes())?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(signature);
+    let mut sig_text = String::with_capacity(b64.len() + b64.len() / 64 + 1);
+    for chunk in b64.as_bytes().chunks(64) {
+        sig_text.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        sig_text.push('\n');
+    }
+    // The signature is written last: a set without it is incomplete.
+    let sig_path = folder.join(format!("{sums_name}{SIGNATURE_SUFFIX}"));
+    write_synced(&sig_path, sig_text.as_bytes(), 0o644)?;
+    sync_dir(folder)?;
+    Ok((sums_path, sig_path, sha256_bytes(sums.as_bytes())))
 }

@@ -19,8 +19,11 @@ use openssl::sign::Verifier;
 use openssl::x509::X509;
 
 use super::chain::ChainLink;
+use super::chain_check::{check_chains, ChainNotes, Member};
 use super::checksum::{parse, sha256_bytes, sha256_file};
 use super::identity::common_name;
+use super::sealer::position_of;
+use super::tombstone::Tombstone;
 use super::{CERT_FILE_NAME, CHECKSUM_SUFFIX, SIGNATURE_SUFFIX};
 
 /// One thing wrong with a set or the chain: the file concerned and what is wrong.
@@ -40,7 +43,7 @@ impl fmt::Display for Problem {
 
 impl Problem {
     /// A problem about `file`.
-    fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> Problem {
+    pub(crate) fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> Problem {
         Problem {
             file: file.into(),
             message: message.into(),
@@ -150,7 +153,19 @@ pub fn verify_set(path: &Path, cert_pem: Option<&Path>) -> Vec<Problem> {
     problems
 }
 
-/// Walks the sets below `dir`: checks each set (as [`verify_set`]) and the chain of "previous" links.
+/// Walks the sets below `dir`: checks each set (as [`verify_set`]) and the chains
+/// of "previous" links; the problems of [`verify_chain_report`].
+pub fn verify_chain(dir: &Path, cert_pem: Option<&Path>) -> Vec<Problem> {
+    verify_chain_report(dir, cert_pem).0
+}
+
+/// Walks the sets and tombstones below `dir`: checks each (as [`verify_set`])
+/// and the chains between them.
+///
+/// Sets with a chain position are checked per chain (instance and profile) by
+/// sequence number: gaps, altered sets and sets out of sequence are problems; a
+/// number held by a valid tombstone is a lawful deletion, listed in the notes.
+/// Sets of the older format (linked by base name) are checked as follows.
 ///
 /// Reports by name a set whose previous set is missing (a gap), a previous set
 /// that was altered or replaced, forks (two sets naming the same previous),
@@ -158,19 +173,35 @@ pub fn verify_set(path: &Path, cert_pem: Option<&Path>) -> Vec<Problem> {
 /// metadata's "instance_id", so sets of several instances may share a folder.
 /// Deleting the newest set leaves no trace among the sets themselves; compare
 /// with the instance's `chain-head.json` for that.
-pub fn verify_chain(dir: &Path, cert_pem: Option<&Path>) -> Vec<Problem> {
+pub fn verify_chain_report(dir: &Path, cert_pem: Option<&Path>) -> (Vec<Problem>, ChainNotes) {
     let mut certs = Certs::new(cert_pem);
     let (sets, mut problems) = collect_sets(dir);
     let mut nodes = Vec::new();
+    let mut members = Vec::new();
     for set in &sets {
-        problems.extend(check_set(set, &mut certs));
+        let own = check_set(set, &mut certs);
+        let sound = own.is_empty();
+        problems.extend(own);
         match read_node(set) {
-            Ok(node) => nodes.push(node),
+            Ok(Read::Legacy(node)) => nodes.push(node),
+            // A tombstone that does not verify covers nothing.
+            Ok(Read::Member(m)) if m.deleted.is_some() && !sound => {}
+            Ok(Read::Member(m)) => members.push(*m),
             Err(p) => problems.push(p),
         }
     }
     problems.extend(check_links(&nodes, dir));
-    problems
+    let (chain_problems, notes) = check_chains(&members, dir);
+    problems.extend(chain_problems);
+    (problems, notes)
+}
+
+/// What a checksum file's metadata turned out to be.
+enum Read {
+    /// A set of the older format, linked by base name.
+    Legacy(Node),
+    /// A set with a chain position, or a tombstone.
+    Member(Box<Member>),
 }
 
 /// A set as seen by the chain check.
@@ -183,7 +214,7 @@ struct Node {
 }
 
 /// Reads what the chain check needs from a set's checksum and metadata files.
-fn read_node(sums: &Path) -> Result<Node, Problem> {
+fn read_node(sums: &Path) -> Result<Read, Problem> {
     let (folder, base) = split_set(sums);
     let json = folder.join(format!("{base}.json"));
     let sums_sha256 = std::fs::read(sums)
@@ -193,11 +224,28 @@ fn read_node(sums: &Path) -> Result<Node, Problem> {
         .map_err(|e| Problem::new(&json, format!("cannot read metadata: {e}")))?;
     let meta: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| Problem::new(&json, format!("metadata is not JSON: {e}")))?;
+    if let Some(t) = Tombstone::from_json(&meta) {
+        let t = t.map_err(|e| Problem::new(&json, e))?;
+        return Ok(Read::Member(Box::new(Member {
+            json,
+            position: t.position.clone(),
+            sums_sha256: t.checksum_sha256.to_ascii_lowercase(),
+            deleted: Some(t),
+        })));
+    }
+    if let Some(position) = position_of(&meta) {
+        return Ok(Read::Member(Box::new(Member {
+            position: position.map_err(|e| Problem::new(&json, e))?,
+            json,
+            sums_sha256,
+            deleted: None,
+        })));
+    }
     let previous = meta.get("previous").ok_or_else(|| {
         Problem::new(&json, "no \"previous\" key: the set is not part of a chain")
     })?;
     let previous = ChainLink::from_json(previous).map_err(|e| Problem::new(&json, e))?;
-    Ok(Node {
+    Ok(Read::Legacy(Node {
         id: base,
         instance: meta
             .get("instance_id")
@@ -207,7 +255,7 @@ fn read_node(sums: &Path) -> Result<Node, Problem> {
         json,
         previous,
         sums_sha256,
-    })
+    }))
 }
 
 /// Checks the previous links of all nodes, per instance.
@@ -244,12 +292,14 @@ fn check_links(nodes: &[Node], dir: &Path) -> Vec<Problem> {
                 starts.push(n.id.as_str());
                 continue;
             }
-            if link.checksum_file != format!("{}{CHECKSUM_SUFFIX}", link.id) {
+            let expected = format!("{}{CHECKSUM_SUFFIX}", link.id);
+            if link.checksum_file.as_deref() != Some(expected.as_str()) {
                 problems.push(Problem::new(
                     &n.json,
                     format!(
                         "\"previous\" names checksum file {} for set {}",
-                        link.checksum_file, link.id
+                        link.checksum_file.as_deref().unwrap_or("(none)"),
+                        link.id
                     ),
                 ));
             }
@@ -272,7 +322,7 @@ fn check_links(nodes: &[Node], dir: &Path) -> Vec<Problem> {
                             &n.json,
                             format!(
                                 "previous set {} was altered or replaced: {} has SHA-256 {}, the chain recorded {}",
-                                link.id, link.checksum_file, prev.sums_sha256, link.sha256
+                                link.id, expected, prev.sums_sha256, link.sha256
                             ),
                         ));
                     }
@@ -508,8 +558,9 @@ mod tests {
             instance: "i1".into(),
             previous: prev.map(|p| ChainLink {
                 id: p.into(),
-                checksum_file: format!("{p}.sha256"),
+                checksum_file: Some(format!("{p}.sha256")),
                 sha256: format!("hash-{p}"),
+                seq: None,
             }),
             sums_sha256: format!("hash-{id}"),
         }

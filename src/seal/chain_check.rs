@@ -1,0 +1,200 @@
+//! The chain check of `verify --chain` for sets that carry a chain position
+//! (instance, profile, sequence number, set id): per chain, every number from 1
+//! to the highest seen must be held by a set or by a valid tombstone whose
+//! links agree; what is not is named as a gap, an altered set or a set out of
+//! sequence. Tombstones are reported as lawful deletions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::chain::ChainLink;
+use super::tombstone::{ChainPosition, Tombstone};
+use super::verify::Problem;
+
+/// A set or a tombstone as the chain check sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// Its metadata file (what problems name).
+    pub json: PathBuf,
+    /// Its place in the chain.
+    pub position: ChainPosition,
+    /// SHA-256 of the set's checksum file (for a tombstone: the recorded one).
+    pub sums_sha256: String,
+    /// Present when this is a tombstone.
+    pub deleted: Option<Tombstone>,
+}
+
+/// What the chain check found beyond problems: lawful deletions, chain heads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainNotes {
+    /// One line per tombstone accepted ("deleted lawfully on …").
+    pub deletions: Vec<String>,
+    /// Per chain ("instance/profile"): the highest sequence number seen and the
+    /// SHA-256 of that member's checksum file.
+    pub heads: BTreeMap<String, (u64, String)>,
+}
+
+/// The name of a chain in messages.
+pub(crate) fn chain_name(p: &ChainPosition) -> String {
+    format!("{}/{}", p.instance_id, p.profile)
+}
+
+/// Checks every chain among `members`; problems name the file concerned.
+pub(crate) fn check_chains(members: &[Member], dir: &Path) -> (Vec<Problem>, ChainNotes) {
+    let mut problems = Vec::new();
+    let mut notes = ChainNotes::default();
+    let mut chains: BTreeMap<String, BTreeMap<u64, Vec<&Member>>> = BTreeMap::new();
+    for m in members {
+        chains
+            .entry(chain_name(&m.position))
+            .or_default()
+            .entry(m.position.seq)
+            .or_default()
+            .push(m);
+    }
+    for (chain, by_seq) in chains {
+        let Some((&max, _)) = by_seq.last_key_value() else {
+            continue;
+        };
+        // Several holders of one number: a fork, or a set and its own tombstone.
+        let mut held: BTreeMap<u64, &Member> = BTreeMap::new();
+        for (&seq, ms) in &by_seq {
+            let sets: Vec<&Member> = ms.iter().copied().filter(|m| m.deleted.is_none()).collect();
+            if sets.len() > 1 {
+                let mut names: Vec<String> = sets.iter().map(|m| stem(&m.json)).collect();
+                names.sort();
+                let after = by_seq
+                    .get(&(seq - 1))
+                    .and_then(|b| b.first())
+                    .map(|b| format!(" after {}", stem(&b.json)))
+                    .unwrap_or_default();
+                problems.push(Problem::new(
+                    &sets[0].json,
+                    format!(
+                        "out of sequence: fork, sets {} all hold number {seq} of chain {chain}{after} (chain head restored from an old state, or a forged set)",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            held.insert(seq, sets.first().copied().unwrap_or(ms[0]));
+        }
+        // Gaps: runs of numbers nobody holds.
+        let mut seq = 1;
+        while seq <= max {
+            if held.contains_key(&seq) {
+                seq += 1;
+                continue;
+            }
+            let start = seq;
+            while seq <= max && !held.contains_key(&seq) {
+                seq += 1;
+            }
+            let next = held.get(&seq);
+            let named = next
+                .and_then(|n| n.position.previous.as_ref())
+                .map(|l| format!(" (the last one is set id {})", l.id))
+                .unwrap_or_default();
+            let range = if seq - 1 == start {
+                format!("number {start}")
+            } else {
+                format!("numbers {start}–{}", seq - 1)
+            };
+            problems.push(Problem::new(
+                next.map_or_else(|| dir.to_path_buf(), |n| n.json.clone()),
+                format!(
+                    "gap in chain {chain}: set {range}{named} missing below {} with no deletion record (deleted unlawfully, or not copied)",
+                    dir.display()
+                ),
+            ));
+        }
+        for (&seq, m) in &held {
+            check_link(
+                m,
+                seq,
+                held.get(&(seq.wrapping_sub(1))),
+                &chain,
+                &mut problems,
+            );
+            if let Some(t) = &m.deleted {
+                notes.deletions.push(format!(
+                    "{}: set number {seq} of chain {chain} (set id {}) deleted lawfully on {}: {}",
+                    m.json.display(),
+                    t.position.set_id,
+                    t.deleted_at,
+                    t.reason
+                ));
+            }
+        }
+        if let Some(head) = held.get(&max) {
+            notes.heads.insert(chain, (max, head.sums_sha256.clone()));
+        }
+    }
+    (problems, notes)
+}
+
+/// A metadata file's name without `.json` (the set's base name).
+fn stem(json: &Path) -> String {
+    let name = json.file_name().unwrap_or_default().to_string_lossy();
+    name.strip_suffix(".json").unwrap_or(&name).to_string()
+}
+
+/// Checks the "previous" link of the member at `seq` against the member before it.
+fn check_link(
+    m: &Member,
+    seq: u64,
+    before: Option<&&Member>,
+    chain: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let link: Option<&ChainLink> = m.position.previous.as_ref();
+    match (seq, link) {
+        (1, None) => {}
+        (1, Some(l)) => problems.push(Problem::new(
+            &m.json,
+            format!(
+                "out of sequence: number 1 of chain {chain} names a previous set ({})",
+                l.id
+            ),
+        )),
+        (_, None) => problems.push(Problem::new(
+            &m.json,
+            format!("out of sequence: number {seq} of chain {chain} names no previous set"),
+        )),
+        (_, Some(l)) => {
+            if l.seq.is_some_and(|p| p + 1 != seq) {
+                problems.push(Problem::new(
+                    &m.json,
+                    format!(
+                        "out of sequence: number {seq} of chain {chain} links to number {}",
+                        l.seq.unwrap_or_default()
+                    ),
+                ));
+            }
+            let Some(prev) = before else {
+                return; // The gap is reported already.
+            };
+            if prev.position.set_id != l.id {
+                problems.push(Problem::new(
+                    &m.json,
+                    format!(
+                        "set number {} of chain {chain} was altered or replaced: number {seq} links to set id {}, but {} is set id {}",
+                        seq - 1,
+                        l.id,
+                        prev.json.display(),
+                        prev.position.set_id
+                    ),
+                ));
+            } else if prev.sums_sha256 != l.sha256.to_ascii_lowercase() {
+                problems.push(Problem::new(
+                    &prev.json,
+                    format!(
+                        "set number {} of chain {chain} was altered or replaced: its checksum file has SHA-256 {}, the next set recorded {}",
+                        seq - 1,
+                        prev.sums_sha256,
+                        l.sha256
+                    ),
+                ));
+            }
+        }
+    }
+}

@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub limits: Limits,
     /// Limits on SIP TCP connections.
     pub tcp: crate::sip::transport::TcpLimits,
+    /// RFC 3161 anchoring of the chain heads (None: off).
+    pub anchor: Option<crate::anchoring::AnchorConfig>,
 }
 
 /// Resource limits: what one peer, or all of them together, may make the

@@ -149,6 +149,17 @@ CREATE INDEX access_log_at ON access_log(at_ms);
     r#"
 ALTER TABLE seals ADD COLUMN chain TEXT;
 "#,
+    // RFC 3161 time stamps of the chain heads (see anchoring).
+    r#"
+CREATE TABLE anchors (
+    profile TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    reply BLOB NOT NULL,
+    PRIMARY KEY (profile, seq)
+);
+"#,
 ];
 
 /// Milliseconds since the Unix epoch, now.
@@ -312,6 +323,8 @@ pub enum Record {
     },
     /// Someone searched, exported, played back or held recordings.
     Access(crate::access_log::AccessEntry),
+    /// A chain head was time-stamped.
+    Anchor(crate::anchoring::AnchorRow),
 }
 
 /// What went wrong with the database.
@@ -717,6 +730,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             )?;
         }
         Record::Access(entry) => crate::access_log::insert(tx, entry)?,
+        Record::Anchor(row) => crate::anchoring::insert(tx, row)?,
     }
     Ok(())
 }
@@ -1102,6 +1116,7 @@ impl Db {
             "deletions",
             "failures",
             "access_log",
+            "anchors",
         ];
         let q = |source| DbError::Query {
             path: self.path.clone(),

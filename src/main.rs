@@ -519,6 +519,9 @@ struct VerifyArgs {
     /// Also check that the sets form an unbroken chain (none missing, altered or out of order).
     #[arg(long)]
     chain: bool,
+    /// With --chain: the time-stamping authority's certificate (or CA), to check the chain-*.tsr time stamps.
+    #[arg(long)]
+    tsa_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -639,6 +642,12 @@ struct RunArgs {
     /// Seconds without a complete message after which a TCP connection is closed (not for the trunk, the PBX and trusted sources).
     #[arg(long, env = "CALLREC_TCP_IDLE_TIMEOUT", default_value_t = TcpLimits::default().idle_timeout.as_secs())]
     tcp_idle_timeout: u64,
+    /// RFC 3161 time-stamping authority (URL) that time-stamps each chain head; off without it.
+    #[arg(long, env = "CALLREC_TSA_URL")]
+    tsa_url: Option<String>,
+    /// Seconds between two time stamps of the chain heads (also done at shutdown).
+    #[arg(long, env = "CALLREC_ANCHOR_INTERVAL", default_value_t = 3600)]
+    anchor_interval: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -768,6 +777,12 @@ impl RunArgs {
                 idle_timeout: Duration::from_secs(self.tcp_idle_timeout.max(1)),
                 ..Default::default()
             },
+            anchor: self
+                .tsa_url
+                .map(|tsa_url| callrec::anchoring::AnchorConfig {
+                    tsa_url,
+                    interval: Duration::from_secs(self.anchor_interval.max(1)),
+                }),
         })
     }
 }
@@ -840,9 +855,10 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
             bail!("{} does not exist", p.display());
         }
         if args.chain {
-            let (found, notes) = callrec::seal::verify_chain_report(p, args.cert.as_deref());
+            let (found, notes) =
+                callrec::seal::verify_chain_report(p, args.cert.as_deref(), args.tsa_ca.as_deref());
             problems.extend(found);
-            for d in &notes.deletions {
+            for d in notes.deletions.iter().chain(&notes.stamps) {
                 println!("{d}");
             }
             for (chain, (seq, sha)) in &notes.heads {

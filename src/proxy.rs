@@ -83,6 +83,34 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         cfg.policy.clone(),
         Some(tombstones),
     ));
+    // Time stamps of the chain heads: each profile's targets, or the default folder.
+    let anchoring = cfg.anchor.clone().map(|config| {
+        let targets_of: std::collections::HashMap<String, Vec<String>> = cfg
+            .policy
+            .profiles
+            .iter()
+            .zip(&profile_targets)
+            .map(|(p, t)| (p.name.clone(), t.clone()))
+            .collect();
+        (
+            config,
+            targets_of,
+            vec![default_target(&cfg.data_dir)],
+            secrets.clone(),
+        )
+    });
+    let _anchor_task = anchoring
+        .clone()
+        .map(|(config, targets_of, fallback, secrets)| {
+            tokio::spawn(crate::anchoring::anchor_loop(
+                db.clone(),
+                cfg.data_dir.clone(),
+                config,
+                targets_of,
+                fallback,
+                secrets,
+            ))
+        });
     let spool = Spool::start(
         SpoolConfig::new(&cfg.data_dir),
         db.clone(),
@@ -248,6 +276,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         tracing::warn!(
             "uploads still pending at exit; they stay in the spool and resume at the next start"
         );
+    }
+    // The heads as they are at exit, time-stamped once more.
+    if let Some((config, targets_of, fallback, secrets)) = &anchoring {
+        crate::anchoring::anchor_heads(&db, &cfg.data_dir, config, targets_of, fallback, secrets)
+            .await;
     }
     db.flush();
     tracing::info!("callrec stopped; every recording is sealed");

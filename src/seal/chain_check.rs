@@ -32,6 +32,79 @@ pub struct ChainNotes {
     /// Per chain ("instance/profile"): the highest sequence number seen and the
     /// SHA-256 of that member's checksum file.
     pub heads: BTreeMap<String, (u64, String)>,
+    /// One line per time stamp checked (or left unchecked for want of a TSA certificate).
+    pub stamps: Vec<String>,
+}
+
+/// Checks every `chain-*.tsr` below `dir` against the TSA certificate
+/// `tsa_ca`: each must verify and cover a set (or a tombstone) still there;
+/// a covered set that is gone means sets were cut off the end of the chain.
+pub(crate) fn check_stamps(
+    dir: &Path,
+    tsa_ca: Option<&Path>,
+    members: &[Member],
+    notes: &mut ChainNotes,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if name.starts_with("chain-") && name.ends_with(".tsr") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let Some(ca_path) = tsa_ca else {
+        if !files.is_empty() {
+            notes.stamps.push(format!(
+                "{} time stamp(s) found but not checked: give --tsa-ca with the TSA's certificate",
+                files.len()
+            ));
+        }
+        return problems;
+    };
+    let ca = match std::fs::read(ca_path).map(|pem| openssl::x509::X509::from_pem(&pem)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return vec![Problem::new(ca_path, format!("not a PEM certificate: {e}"))],
+        Err(e) => return vec![Problem::new(ca_path, format!("cannot read: {e}"))],
+    };
+    for f in files {
+        let stamp = std::fs::read(&f)
+            .map_err(|e| e.to_string())
+            .and_then(|b| super::timestamp::verify(&b, &ca).map_err(|e| e.to_string()));
+        let stamp = match stamp {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(Problem::new(&f, format!("time stamp does not verify: {e}")));
+                continue;
+            }
+        };
+        match members.iter().find(|m| m.sums_sha256 == stamp.imprint) {
+            Some(m) => notes.stamps.push(format!(
+                "{}: number {} of chain {} existed on {} (time stamp verified)",
+                f.display(),
+                m.position.seq,
+                chain_name(&m.position),
+                stamp.time
+            )),
+            None => problems.push(Problem::new(
+                &f,
+                format!(
+                    "sets cut off the end of the chain: this time stamp shows that a set with checksum-file SHA-256 {} existed on {}, and neither it nor its tombstone is below {}",
+                    stamp.imprint,
+                    stamp.time,
+                    dir.display()
+                ),
+            )),
+        }
+    }
+    problems
 }
 
 /// The name of a chain in messages.

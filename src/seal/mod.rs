@@ -21,6 +21,7 @@ mod error;
 mod identity;
 mod sealer;
 pub mod service;
+pub mod timestamp;
 mod tombstone;
 mod verify;
 
@@ -31,6 +32,13 @@ pub use identity::{Identity, PasswordSource};
 pub use sealer::{position_of, sealed_on_disk, SealedSet, Sealer};
 pub use tombstone::{tombstone_base, write_tombstone, ChainPosition, Tombstone, TOMBSTONE_SUFFIX};
 pub use verify::{verify_chain, verify_chain_report, verify_set, Problem};
+
+/// The chain heads kept in `data_dir` (profile → last set sealed), for anchoring.
+pub fn chain_heads(
+    data_dir: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, ChainHead>, SealError> {
+    Ok(chain::read_heads(&data_dir.join(identity::CHAIN_HEAD_FILE))?.chains)
+}
 
 /// Suffix of a set's checksum file, appended to the base name.
 pub const CHECKSUM_SUFFIX: &str = ".sha256";

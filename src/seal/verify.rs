@@ -19,7 +19,7 @@ use openssl::sign::Verifier;
 use openssl::x509::X509;
 
 use super::chain::ChainLink;
-use super::chain_check::{check_chains, ChainNotes, Member};
+use super::chain_check::{check_chains, check_stamps, ChainNotes, Member};
 use super::checksum::{parse, sha256_bytes, sha256_file};
 use super::identity::common_name;
 use super::sealer::position_of;
@@ -156,7 +156,7 @@ pub fn verify_set(path: &Path, cert_pem: Option<&Path>) -> Vec<Problem> {
 /// Walks the sets below `dir`: checks each set (as [`verify_set`]) and the chains
 /// of "previous" links; the problems of [`verify_chain_report`].
 pub fn verify_chain(dir: &Path, cert_pem: Option<&Path>) -> Vec<Problem> {
-    verify_chain_report(dir, cert_pem).0
+    verify_chain_report(dir, cert_pem, None).0
 }
 
 /// Walks the sets and tombstones below `dir`: checks each (as [`verify_set`])
@@ -165,6 +165,9 @@ pub fn verify_chain(dir: &Path, cert_pem: Option<&Path>) -> Vec<Problem> {
 /// Sets with a chain position are checked per chain (instance and profile) by
 /// sequence number: gaps, altered sets and sets out of sequence are problems; a
 /// number held by a valid tombstone is a lawful deletion, listed in the notes.
+/// With `tsa_ca`, every `chain-*.tsr` time stamp below `dir` is checked against
+/// it, and a stamped set that is neither there nor tombstoned is a problem:
+/// sets were cut off the end of the chain.
 /// Sets of the older format (linked by base name) are checked as follows.
 ///
 /// Reports by name a set whose previous set is missing (a gap), a previous set
@@ -173,7 +176,11 @@ pub fn verify_chain(dir: &Path, cert_pem: Option<&Path>) -> Vec<Problem> {
 /// metadata's "instance_id", so sets of several instances may share a folder.
 /// Deleting the newest set leaves no trace among the sets themselves; compare
 /// with the instance's `chain-head.json` for that.
-pub fn verify_chain_report(dir: &Path, cert_pem: Option<&Path>) -> (Vec<Problem>, ChainNotes) {
+pub fn verify_chain_report(
+    dir: &Path,
+    cert_pem: Option<&Path>,
+    tsa_ca: Option<&Path>,
+) -> (Vec<Problem>, ChainNotes) {
     let mut certs = Certs::new(cert_pem);
     let (sets, mut problems) = collect_sets(dir);
     let mut nodes = Vec::new();
@@ -191,8 +198,9 @@ pub fn verify_chain_report(dir: &Path, cert_pem: Option<&Path>) -> (Vec<Problem>
         }
     }
     problems.extend(check_links(&nodes, dir));
-    let (chain_problems, notes) = check_chains(&members, dir);
+    let (chain_problems, mut notes) = check_chains(&members, dir);
     problems.extend(chain_problems);
+    problems.extend(check_stamps(dir, tsa_ca, &members, &mut notes));
     (problems, notes)
 }
 

@@ -1,0 +1,209 @@
+//! External anchoring of the chain heads: at an interval and at shutdown the
+//! head of each profile's chain is time-stamped by an RFC 3161 time-stamping
+//! authority; the reply is kept in the database and put as
+//! `chain-<profile>-<seq>.tsr` beside the head set on every target of the
+//! profile, so that `verify --chain --tsa-ca` finds sets cut off the end.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::params;
+
+use crate::db::{Db, Record};
+use crate::seal::timestamp;
+use crate::storage::{open_target, Secrets, UploadSet};
+
+/// Where and how often to anchor.
+#[derive(Debug, Clone)]
+pub struct AnchorConfig {
+    /// The TSA's URL (HTTP POST of `application/timestamp-query`).
+    pub tsa_url: String,
+    /// Time between two rounds.
+    pub interval: Duration,
+}
+
+/// One time stamp of a chain head, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchorRow {
+    /// The profile whose chain it is.
+    pub profile: String,
+    /// The head's number in the chain.
+    pub seq: u64,
+    /// SHA-256 of the head set's checksum file (the imprint).
+    pub sha256: String,
+    /// When it was obtained (ms since epoch).
+    pub at_ms: i64,
+    /// The TSA's reply (DER `TimeStampResp`), as in the `.tsr` file.
+    pub reply: Vec<u8>,
+}
+
+/// Inserts an anchor row; called by the database's writer thread.
+pub(crate) fn insert(conn: &rusqlite::Connection, a: &AnchorRow) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO anchors (profile, seq, sha256, at_ms, reply) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![a.profile, a.seq as i64, a.sha256, a.at_ms, a.reply],
+    )?;
+    Ok(())
+}
+
+/// The file name of the time stamp of number `seq` of `profile`'s chain.
+pub fn tsr_name(profile: &str, seq: u64) -> String {
+    let safe: String = profile
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("chain-{safe}-{seq}.tsr")
+}
+
+/// Asks the TSA for a time stamp of `imprint`; returns its reply (checked for
+/// a granted status and a token).
+pub async fn stamp(
+    client: &reqwest::Client,
+    tsa_url: &str,
+    imprint: &[u8; 32],
+) -> Result<Vec<u8>, timestamp::TimestampError> {
+    let bad = |e: String| timestamp::TimestampError(e);
+    let query = timestamp::request(imprint, rand::random())?;
+    let reply = client
+        .post(tsa_url)
+        .header("content-type", "application/timestamp-query")
+        .body(query)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| bad(format!("{tsa_url}: {e}")))?;
+    if !reply.status().is_success() {
+        return Err(bad(format!("{tsa_url} answered {}", reply.status())));
+    }
+    let body = reply
+        .bytes()
+        .await
+        .map_err(|e| bad(format!("{tsa_url}: {e}")))?
+        .to_vec();
+    timestamp::token_of(&body)?;
+    Ok(body)
+}
+
+/// One round: every chain head of `data_dir` not stamped yet is stamped, the
+/// reply stored and put on each of the profile's targets (`targets_of`; a
+/// profile not listed goes to `fallback`). Returns the files put, as
+/// "target: name" lines; failures are logged and kept as errors.
+pub async fn anchor_heads(
+    db: &Db,
+    data_dir: &Path,
+    config: &AnchorConfig,
+    targets_of: &HashMap<String, Vec<String>>,
+    fallback: &[String],
+    secrets: &Secrets,
+) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let heads = match crate::seal::chain_heads(data_dir) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "anchoring: cannot read the chain heads");
+            return vec![];
+        }
+    };
+    let mut done = Vec::new();
+    for (profile, head) in heads {
+        let Some(seq) = head.link.seq else { continue };
+        let stamped = db
+            .read(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM anchors WHERE profile = ?1 AND seq = ?2",
+                    params![profile, seq as i64],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0);
+        if stamped > 0 {
+            continue;
+        }
+        let mut imprint = [0u8; 32];
+        if hex::decode_to_slice(&head.link.sha256, &mut imprint).is_err() {
+            continue;
+        }
+        let reply = match stamp(&client, &config.tsa_url, &imprint).await {
+            Ok(r) => r,
+            Err(e) => {
+                report(
+                    db,
+                    format!(
+                        "anchoring chain {profile} at number {seq}: {e}; tried again next round"
+                    ),
+                );
+                continue;
+            }
+        };
+        let name = tsr_name(&profile, seq);
+        let local: PathBuf = data_dir.join("anchors").join(&name);
+        let written = std::fs::create_dir_all(data_dir.join("anchors"))
+            .and_then(|()| std::fs::write(&local, &reply));
+        if let Err(e) = written {
+            report(
+                db,
+                format!("anchoring: cannot write {}: {e}", local.display()),
+            );
+            continue;
+        }
+        // The token is kept even when a target cannot take it now.
+        let _ = db.write_sync(vec![Record::Anchor(AnchorRow {
+            profile: profile.clone(),
+            seq,
+            sha256: head.link.sha256.clone(),
+            at_ms: crate::db::now_ms(),
+            reply,
+        })]);
+        let urls = targets_of
+            .get(&profile)
+            .filter(|t| !t.is_empty())
+            .map_or(fallback, |t| t.as_slice());
+        for url in urls {
+            // Beside the head set: the same folder its base name's date gives.
+            let set = UploadSet::new(&head.base_name, vec![local.clone()]);
+            let result = match open_target(url, secrets) {
+                Ok(t) => t.put(&set).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => done.push(format!("{url}: {name}")),
+                Err(e) => report(db, format!("anchoring: cannot put {name} on {url}: {e}")),
+            }
+        }
+        tracing::info!(profile = %profile, seq, file = %name, "chain head time-stamped");
+    }
+    done
+}
+
+fn report(db: &Db, message: String) {
+    tracing::warn!("{message}");
+    db.send(Record::Error {
+        at_ms: crate::db::now_ms(),
+        component: "anchoring".into(),
+        message,
+    });
+}
+
+/// Anchors every `config.interval` for as long as the task runs.
+pub async fn anchor_loop(
+    db: Db,
+    data_dir: PathBuf,
+    config: AnchorConfig,
+    targets_of: HashMap<String, Vec<String>>,
+    fallback: Vec<String>,
+    secrets: Secrets,
+) {
+    let mut tick = tokio::time::interval(config.interval.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        anchor_heads(&db, &data_dir, &config, &targets_of, &fallback, &secrets).await;
+    }
+}

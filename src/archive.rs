@@ -221,6 +221,8 @@ pub struct PurgeReport {
     pub not_found: Vec<String>,
     /// Deletions that failed: (set, target, error); retried at the next purge.
     pub failed: Vec<(String, String, String)>,
+    /// Sets past the period kept by a legal hold: (set, the hold's reason).
+    pub held: Vec<(String, String)>,
 }
 
 impl PurgeReport {
@@ -241,6 +243,11 @@ impl PurgeReport {
             .map(|(b, at)| format!("{verb} {b} in {}", at.display()))
             .collect();
         out.extend(self.not_found.iter().map(|b| format!("not found: {b}")));
+        out.extend(
+            self.held
+                .iter()
+                .map(|(b, why)| format!("held, not deleted: {b} ({why})")),
+        );
         out.extend(
             self.failed
                 .iter()
@@ -264,6 +271,8 @@ pub struct PurgeRequest {
     /// Signs the tombstone left in each deleted set's place; without it (or for
     /// sets of the older format, which have no chain position) none is left.
     pub tombstones: Option<TombstoneSigner>,
+    /// The dialling plan, to match legal holds on numbers in any spelling.
+    pub plan: NumberPlan,
 }
 
 /// What a purge signs its tombstones with.
@@ -318,9 +327,9 @@ pub async fn purge_everywhere(
 ) -> Result<PurgeReport, ArchiveError> {
     let cutoff = crate::db::now_ms() - request.older_than.as_millis() as i64;
     let mut report = PurgeReport::default();
-    let expired = {
+    let (expired, holds) = {
         let db = db.clone();
-        blocking(move || Ok(db.recordings(0, cutoff)?)).await?
+        blocking(move || Ok((db.recordings(0, cutoff)?, crate::hold::list(&db)?))).await?
     };
     for r in expired {
         if request
@@ -343,6 +352,29 @@ pub async fn purge_everywhere(
             })
             .await?
         };
+        let set_id = position.as_ref().map(|p| p.set_id.clone());
+        if let Some(h) = crate::hold::holding(&holds, &r, set_id.as_deref(), &request.plan) {
+            let why = format!(
+                "legal hold on {} {}: {}",
+                h.kind.as_str(),
+                h.value,
+                h.reason
+            );
+            tracing::info!(set = %base, "retention skipped: {why}");
+            if !request.dry_run {
+                crate::access_log::record(
+                    db,
+                    crate::access_log::AccessEntry::now(
+                        "retention",
+                        crate::access_log::AccessAction::Hold,
+                        base.clone(),
+                        Some(format!("retention skipped ({}): {why}", request.reason)),
+                    ),
+                );
+            }
+            report.held.push((base.clone(), why));
+            continue;
+        }
         let tombstone = tombstone_for(request, position, checksum.as_deref());
         let held: Vec<String> = uploads
             .into_iter()
@@ -504,6 +536,7 @@ pub async fn purge_profiles(
             reason: format!("retention {period} (profile {profile})"),
             profile: Some(profile.clone()),
             tombstones: tombstones.cloned(),
+            plan: policy.numbers.clone(),
         };
         let report = purge_everywhere(db, roots, secrets, &request).await?;
         if !report.deleted.is_empty() || !report.failed.is_empty() {

@@ -160,6 +160,17 @@ CREATE TABLE anchors (
     PRIMARY KEY (profile, seq)
 );
 "#,
+    // Legal holds (see hold): sets retention must not delete.
+    r#"
+CREATE TABLE holds (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, value)
+);
+"#,
 ];
 
 /// Milliseconds since the Unix epoch, now.
@@ -325,6 +336,8 @@ pub enum Record {
     Access(crate::access_log::AccessEntry),
     /// A chain head was time-stamped.
     Anchor(crate::anchoring::AnchorRow),
+    /// A legal hold was placed or lifted.
+    Hold(crate::hold::HoldChange),
 }
 
 /// What went wrong with the database.
@@ -731,6 +744,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         }
         Record::Access(entry) => crate::access_log::insert(tx, entry)?,
         Record::Anchor(row) => crate::anchoring::insert(tx, row)?,
+        Record::Hold(change) => crate::hold::apply(tx, change)?,
     }
     Ok(())
 }
@@ -1117,6 +1131,7 @@ impl Db {
             "failures",
             "access_log",
             "anchors",
+            "holds",
         ];
         let q = |source| DbError::Query {
             path: self.path.clone(),

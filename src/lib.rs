@@ -13,6 +13,7 @@ pub mod b2bua;
 pub mod config;
 pub mod db;
 pub mod db_repair;
+pub mod hold;
 pub mod media;
 pub mod notify;
 pub mod policy;

@@ -51,6 +51,11 @@ enum Command {
     Report(ReportArgs),
     /// List the access log: who searched, exported, played back or held which recordings.
     Audit(AuditArgs),
+    /// Legal hold: keep a set, or every set of a number, past its retention period.
+    Hold {
+        #[command(subcommand)]
+        action: HoldAction,
+    },
     /// Check the protocol database, or recover what is readable of a damaged one.
     Db {
         #[command(subcommand)]
@@ -119,6 +124,94 @@ struct AuditArgs {
     json: bool,
     #[command(flatten)]
     state: StateArgs,
+}
+
+/// What a hold names: one of --set or --number.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct HoldTarget {
+    /// A set, by base name (as `recordings search` prints it) or set id.
+    #[arg(long)]
+    set: Option<String>,
+    /// A party's number, in any spelling: every set where it is caller, callee or answered.
+    #[arg(long)]
+    number: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum HoldAction {
+    /// Place a hold.
+    Add {
+        #[command(flatten)]
+        target: HoldTarget,
+        /// Why (e.g. the case reference); kept with the hold.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Lift a hold.
+    Remove {
+        #[command(flatten)]
+        target: HoldTarget,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// One line per active hold.
+    List(StateArgs),
+}
+
+fn hold(action: HoldAction) -> anyhow::Result<()> {
+    use callrec::access_log::AccessAction;
+    use callrec::hold::{Hold, HoldChange, HoldKind};
+    let (target, reason, state, add) = match action {
+        HoldAction::List(state) => {
+            let db = state.db()?;
+            log_access(&db, AccessAction::Hold, "list", None)?;
+            for h in callrec::hold::list(&db)? {
+                println!(
+                    "{}  {} {}  by {}  {}",
+                    fmt_ms(h.at_ms),
+                    h.kind.as_str(),
+                    h.value,
+                    h.actor,
+                    h.reason
+                );
+            }
+            return Ok(());
+        }
+        HoldAction::Add {
+            target,
+            reason,
+            state,
+        } => (target, reason, state, true),
+        HoldAction::Remove { target, state } => (target, String::new(), state, false),
+    };
+    let (kind, raw) = match (target.set, target.number) {
+        (Some(s), _) => (HoldKind::Set, s),
+        (None, Some(n)) => (HoldKind::Number, n),
+        (None, None) => bail!("give --set or --number"),
+    };
+    let plan = state.policy()?.numbers;
+    let value = callrec::hold::stored_value(kind, &raw, &plan);
+    let db = state.db()?;
+    let verb = if add { "add" } else { "remove" };
+    log_access(
+        &db,
+        AccessAction::Hold,
+        &value,
+        Some(format!("{verb} {} hold: {reason}", kind.as_str())),
+    )?;
+    let hold = Hold {
+        kind,
+        value: value.clone(),
+        reason,
+        actor: callrec::access_log::os_user(),
+        at_ms: callrec::db::now_ms(),
+    };
+    db.write_sync(vec![callrec::db::Record::Hold(HoldChange { hold, add })])?;
+    println!("hold {verb}: {} {value}", kind.as_str());
+    Ok(())
 }
 
 fn audit(a: AuditArgs) -> anyhow::Result<()> {
@@ -460,6 +553,7 @@ fn purge(a: PurgeArgs) -> anyhow::Result<bool> {
         reason: format!("retention {}", a.older_than),
         profile: None,
         tombstones,
+        plan: policy.numbers.clone(),
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = rt.block_on(callrec::archive::purge_everywhere(
@@ -900,6 +994,7 @@ fn main() -> ExitCode {
         },
         Command::Onedrive { action } => onedrive(action),
         Command::Audit(a) => audit(a),
+        Command::Hold { action } => hold(action),
         Command::Report(a) => match report(a) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

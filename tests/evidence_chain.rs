@@ -369,3 +369,100 @@ fn purge_leaves_signed_tombstones_that_verify_accepts_and_a_bare_gap_fails() {
     );
     assert_eq!(out.matches("deleted lawfully on").count(), 1, "{out}");
 }
+
+#[test]
+fn held_sets_survive_retention_and_the_skip_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let rec = data.join("recordings");
+    let d = data.to_str().unwrap().to_string();
+    let mut s = sealer(&data);
+    let db = Db::open_in(&data).unwrap();
+    let old = now_ms() - 30 * 86_400_000i64;
+    let calls = [
+        ("20261101_090000_in_03011111111_200_0c01", "03011111111"),
+        ("20261101_091000_in_08922222222_200_0c02", "08922222222"),
+        ("20261101_092000_in_04033333333_200_0c03", "04033333333"),
+    ];
+    for (i, (base, caller)) in calls.iter().enumerate() {
+        let set = seal(&mut s, &rec, base, caller, "default");
+        db.write_sync(vec![
+            Record::Recording {
+                call_id: format!("h{i}"),
+                base_name: base.to_string(),
+                profile: Some("default".into()),
+                start_ms: old + i as i64,
+                end_ms: None,
+                caller: Some(caller.to_string()),
+                callee: Some("200".into()),
+                answered_by: None,
+            },
+            Record::Seal {
+                base_name: base.to_string(),
+                at_ms: old,
+                checksum_sha256: set.checksum_sha256.clone(),
+                files: set.files.len() as u32,
+                chain: set.chain_json(),
+            },
+        ])
+        .unwrap();
+    }
+    drop((db, s));
+    // One hold by set, one by number in another spelling.
+    let (code, out) = cli(&[
+        "hold",
+        "add",
+        "--set",
+        calls[0].0,
+        "--reason",
+        "case 17/26",
+        "--data-dir",
+        &d,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&[
+        "hold",
+        "add",
+        "--number",
+        "+49 89 22222222",
+        "--reason",
+        "dispute",
+        "--data-dir",
+        &d,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (_, list) = cli(&["hold", "list", "--data-dir", &d]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+
+    let (code, out) = cli(&["purge", "--older-than", "7d", "--data-dir", &d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 set(s) deleted"), "{out}");
+    assert!(
+        out.contains(&format!("held, not deleted: {}", calls[0].0))
+            && out.contains(&format!("held, not deleted: {}", calls[1].0)),
+        "{out}"
+    );
+    let files = names(&rec);
+    for (base, _) in &calls[..2] {
+        assert!(
+            files.contains(&format!("{base}.wav")),
+            "held set {base} deleted: {files:?}"
+        );
+    }
+    assert!(!files.contains(&format!("{}.wav", calls[2].0)), "{files:?}");
+    // The skips are in the access log.
+    let (_, audit) = cli(&["audit", "--actor", "retention", "--data-dir", &d]);
+    assert!(
+        audit.contains(&format!("retention  hold  {}", calls[0].0))
+            && audit.contains("case 17/26")
+            && audit.contains(&format!("retention  hold  {}", calls[1].0)),
+        "{audit}"
+    );
+    // Lifted, the set goes at the next purge.
+    let (code, out) = cli(&["hold", "remove", "--set", calls[0].0, "--data-dir", &d]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(&["purge", "--older-than", "7d", "--data-dir", &d]);
+    assert!(out.contains("1 set(s) deleted"), "{out}");
+    assert!(!names(&rec).contains(&format!("{}.wav", calls[0].0)));
+    assert!(names(&rec).contains(&format!("{}.wav", calls[1].0)));
+}

@@ -81,6 +81,7 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
         reason: "retention 7d".into(),
         profile: None,
         tombstones: None,
+        plan: Default::default(),
     };
     let secrets = Secrets::new();
 

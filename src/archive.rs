@@ -375,6 +375,12 @@ pub async fn purge_everywhere(
             report.held.push((base.clone(), why));
             continue;
         }
+        // What names the set once its rows are reduced.
+        let reduced_id = set_id.clone().or_else(|| {
+            checksum
+                .as_ref()
+                .map(|c| format!("purged-{}", c.get(..32).unwrap_or(c)))
+        });
         let tombstone = tombstone_for(request, position, checksum.as_deref());
         let held: Vec<String> = uploads
             .into_iter()
@@ -385,7 +391,11 @@ pub async fn purge_everywhere(
             if !earlier.is_empty() {
                 continue; // Purged before; nothing left to do.
             }
+            let deleted_before = report.deleted.len();
             purge_local(db, roots, request, &base, checksum, tombstone, &mut report).await?;
+            if report.deleted.len() > deleted_before {
+                reduce(db, request, &base, reduced_id.as_deref());
+            }
             continue;
         }
         let staged = match (&tombstone, &request.tombstones, request.dry_run) {
@@ -438,6 +448,9 @@ pub async fn purge_everywhere(
                 }
             }
         }
+        if !report.failed.iter().any(|(b, _, _)| *b == base) {
+            reduce(db, request, &base, reduced_id.as_deref());
+        }
         if let (Some(files), Some(dir)) = (&staged, staged.as_ref().and_then(|f| f.first())) {
             let dir = dir.parent().map(Path::to_path_buf);
             for f in files {
@@ -455,6 +468,22 @@ pub async fn purge_everywhere(
     })
     .await?;
     Ok(report)
+}
+
+/// Once a set is deleted everywhere, its rows are reduced to the deletion record.
+fn reduce(db: &Db, request: &PurgeRequest, base: &str, set_id: Option<&str>) {
+    if request.dry_run {
+        return;
+    }
+    match set_id {
+        Some(id) => db.send(Record::Reduce {
+            base_name: base.to_string(),
+            set_id: id.to_string(),
+        }),
+        None => {
+            tracing::warn!(set = %base, "deleted everywhere, but its rows keep their personal data: the set has neither a set id nor a known hash")
+        }
+    }
 }
 
 /// Writes the tombstone of `base` into a staging folder of its own; returns its files.

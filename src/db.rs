@@ -338,6 +338,14 @@ pub enum Record {
     Anchor(crate::anchoring::AnchorRow),
     /// A legal hold was placed or lifted.
     Hold(crate::hold::HoldChange),
+    /// A set is deleted everywhere: its rows are reduced to the deletion record
+    /// and its base name replaced by its set id.
+    Reduce {
+        /// Base name of the set.
+        base_name: String,
+        /// What names it from now on.
+        set_id: String,
+    },
 }
 
 /// What went wrong with the database.
@@ -745,6 +753,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         Record::Access(entry) => crate::access_log::insert(tx, entry)?,
         Record::Anchor(row) => crate::anchoring::insert(tx, row)?,
         Record::Hold(change) => crate::hold::apply(tx, change)?,
+        Record::Reduce { base_name, set_id } => crate::redact::reduce(tx, base_name, set_id)?,
     }
     Ok(())
 }

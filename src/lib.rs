@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod reconcile;
 pub mod recorder;
 pub mod recovery;
+pub mod redact;
 pub mod seal;
 pub mod sip;
 pub mod spool;

@@ -210,6 +210,33 @@ fn an_export_names_no_other_party() {
         .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }
+/// Every value of every row of every table of the protocol database, as text.
+fn db_text(data: &Path) -> String {
+    let conn = rusqlite::Connection::open(data.join("callrec.sqlite")).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = String::new();
+    for t in tables {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {t}")).unwrap();
+        let n = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            out.push_str(&t);
+            for i in 0..n {
+                let v: rusqlite::types::Value = row.get(i).unwrap();
+                out.push_str(&format!(" {v:?}"));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Every file name in `dir`.
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -450,6 +477,23 @@ fn held_sets_survive_retention_and_the_skip_is_logged() {
         );
     }
     assert!(!files.contains(&format!("{}.wav", calls[2].0)), "{files:?}");
+    // The purged set's rows keep the deletion record, not its party's number.
+    let text = db_text(&data);
+    assert!(
+        !text.contains("4033333333"),
+        "purged number still in the database:\n{text}"
+    );
+    assert!(text.contains("08922222222"), "a held set's rows must stay");
+    let conn = rusqlite::Connection::open(data.join("callrec.sqlite")).unwrap();
+    let (reason, hash): (String, Option<String>) = conn
+        .query_row("SELECT reason, checksum_sha256 FROM deletions", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        (reason.as_str(), hash.map(|h| h.len())),
+        ("retention 7d", Some(64))
+    );
     // The skips are in the access log.
     let (_, audit) = cli(&["audit", "--actor", "retention", "--data-dir", &d]);
     assert!(

@@ -135,7 +135,10 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
     assert_delivered(&a_folder, young);
     assert_delivered(&b, young);
 
-    let rows = db.deletions_of(&old.set.base_name).unwrap();
+    // Deleted everywhere: its rows now go by its set id, not its base name (which holds numbers).
+    let purged_id = old.set.position.as_ref().unwrap().set_id.clone();
+    assert!(db.deletions_of(&old.set.base_name).unwrap().is_empty());
+    let rows = db.deletions_of(&purged_id).unwrap();
     let mut targets: Vec<_> = rows.iter().map(|r| r.target.clone()).collect();
     targets.sort();
     let mut expected = vec![a_url.clone(), b_url.clone()];
@@ -150,7 +153,7 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
         assert!((now_ms() - r.at_ms).abs() < 60_000, "{r:?}");
     }
     assert!(db.deletions_of(&young.set.base_name).unwrap().is_empty());
-    let uploads = db.uploads_of(&old.set.base_name).unwrap();
+    let uploads = db.uploads_of(&purged_id).unwrap();
     assert!(uploads.iter().all(|u| u.state == "deleted"), "{uploads:?}");
 
     // Nothing left to do the next day: no new rows, nothing reported missing.

@@ -494,7 +494,10 @@ async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
         Some(1),
         "a deletion without its record is a gap"
     );
-    let rows = db.deletions_of(&old.set.base_name).unwrap();
+    // Deleted everywhere: its rows now go by its set id, not its base name (which holds numbers).
+    let purged_id = old.set.position.as_ref().unwrap().set_id.clone();
+    assert!(db.deletions_of(&old.set.base_name).unwrap().is_empty());
+    let rows = db.deletions_of(&purged_id).unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].target, url);
     assert_eq!(rows[0].reason, "retention 5y");
@@ -503,9 +506,6 @@ async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
         Some(old.set.checksum_sha256.as_str())
     );
     assert!(db.deletions_of(&young.set.base_name).unwrap().is_empty());
-    assert_eq!(
-        db.uploads_of(&old.set.base_name).unwrap()[0].state,
-        "deleted"
-    );
+    assert_eq!(db.uploads_of(&purged_id).unwrap()[0].state, "deleted");
     let _ = std::fs::remove_dir_all(Path::new(HOME).join(&folder));
 }

@@ -1,0 +1,62 @@
+//! Personal data of purged sets: once a set is deleted everywhere, the rows
+//! that name its parties (call events, decision, recording, failures, access
+//! log entries about it) are reduced to the deletion record: the set id, the
+//! hash of its checksum file, the dates and the reason stay; numbers, names
+//! and the base name (which holds the numbers) go.
+
+use rusqlite::{params, OptionalExtension};
+
+/// Reduces the rows of set `base_name` and replaces its name by `set_id`;
+/// called by the database's writer thread.
+pub(crate) fn reduce(
+    conn: &rusqlite::Connection,
+    base_name: &str,
+    set_id: &str,
+) -> rusqlite::Result<()> {
+    let call_id: Option<String> = conn
+        .query_row(
+            "SELECT call_id FROM recordings WHERE base_name = ?1",
+            [base_name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(cid) = &call_id {
+        conn.execute(
+            "UPDATE calls SET caller = NULL, callee = NULL, detail = NULL, call_id = ?2 WHERE call_id = ?1",
+            params![cid, set_id],
+        )?;
+        conn.execute(
+            "UPDATE decisions SET reason = 'purged', call_id = ?2 WHERE call_id = ?1",
+            params![cid, set_id],
+        )?;
+        conn.execute(
+            "UPDATE failures SET detail = 'purged', call_id = ?2 WHERE call_id = ?1",
+            params![cid, set_id],
+        )?;
+    }
+    conn.execute(
+        "UPDATE recordings SET caller = NULL, callee = NULL, answered_by = NULL, call_id = ?2, base_name = ?2 WHERE base_name = ?1",
+        params![base_name, set_id],
+    )?;
+    for table in [
+        "seals",
+        "uploads",
+        "upload_attempts",
+        "deletions",
+        "failures",
+    ] {
+        conn.execute(
+            &format!("UPDATE {table} SET base_name = ?2 WHERE base_name = ?1"),
+            params![base_name, set_id],
+        )?;
+    }
+    conn.execute(
+        "UPDATE access_log SET subject = ?2 WHERE subject = ?1",
+        params![base_name, set_id],
+    )?;
+    conn.execute(
+        "UPDATE access_log SET detail = replace(detail, ?1, ?2) WHERE instr(detail, ?1) > 0",
+        params![base_name, set_id],
+    )?;
+    Ok(())
+}

@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub limits: Limits,
     /// Limits on SIP TCP connections.
     pub tcp: crate::sip::transport::TcpLimits,
+    /// How long decisions (and events) of calls that were not recorded are kept.
+    pub unrecorded_retention: Duration,
     /// RFC 3161 anchoring of the chain heads (None: off).
     pub anchor: Option<crate::anchoring::AnchorConfig>,
 }

@@ -346,6 +346,11 @@ pub enum Record {
         /// What names it from now on.
         set_id: String,
     },
+    /// Rows of unrecorded calls older than this go (see `redact`).
+    ExpireUnrecorded {
+        /// Cut-off (ms since epoch).
+        before_ms: i64,
+    },
 }
 
 /// What went wrong with the database.
@@ -754,6 +759,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         Record::Anchor(row) => crate::anchoring::insert(tx, row)?,
         Record::Hold(change) => crate::hold::apply(tx, change)?,
         Record::Reduce { base_name, set_id } => crate::redact::reduce(tx, base_name, set_id)?,
+        Record::ExpireUnrecorded { before_ms } => crate::redact::expire_unrecorded(tx, *before_ms)?,
     }
     Ok(())
 }

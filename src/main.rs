@@ -736,6 +736,9 @@ struct RunArgs {
     /// Seconds without a complete message after which a TCP connection is closed (not for the trunk, the PBX and trusted sources).
     #[arg(long, env = "CALLREC_TCP_IDLE_TIMEOUT", default_value_t = TcpLimits::default().idle_timeout.as_secs())]
     tcp_idle_timeout: u64,
+    /// How long the decisions and events of calls that were not recorded are kept (e.g. 90d, 1y); checked daily.
+    #[arg(long, env = "CALLREC_UNRECORDED_RETENTION", default_value = "90d")]
+    unrecorded_retention: String,
     /// RFC 3161 time-stamping authority (URL) that time-stamps each chain head; off without it.
     #[arg(long, env = "CALLREC_TSA_URL")]
     tsa_url: Option<String>,
@@ -871,6 +874,8 @@ impl RunArgs {
                 idle_timeout: Duration::from_secs(self.tcp_idle_timeout.max(1)),
                 ..Default::default()
             },
+            unrecorded_retention: callrec::archive::parse_age(&self.unrecorded_retention)
+                .context("--unrecorded-retention")?,
             anchor: self
                 .tsa_url
                 .map(|tsa_url| callrec::anchoring::AnchorConfig {

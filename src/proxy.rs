@@ -83,6 +83,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         cfg.policy.clone(),
         Some(tombstones),
     ));
+    let _unrecorded = tokio::spawn(crate::redact::expire_unrecorded_daily(
+        db.clone(),
+        cfg.unrecorded_retention,
+    ));
     // Time stamps of the chain heads: each profile's targets, or the default folder.
     let anchoring = cfg.anchor.clone().map(|config| {
         let targets_of: std::collections::HashMap<String, Vec<String>> = cfg

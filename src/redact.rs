@@ -2,7 +2,9 @@
 //! that name its parties (call events, decision, recording, failures, access
 //! log entries about it) are reduced to the deletion record: the set id, the
 //! hash of its checksum file, the dates and the reason stay; numbers, names
-//! and the base name (which holds the numbers) go.
+//! and the base name (which holds the numbers) go. Decisions about calls that
+//! were not recorded (and those calls' events) are kept only for a configured
+//! period.
 
 use rusqlite::{params, OptionalExtension};
 
@@ -59,4 +61,43 @@ pub(crate) fn reduce(
         params![base_name, set_id],
     )?;
     Ok(())
+}
+
+/// Deletes decision rows of calls that were not recorded, and the events of
+/// calls that have no recording, older than `before_ms`; called by the
+/// database's writer thread.
+pub(crate) fn expire_unrecorded(
+    conn: &rusqlite::Connection,
+    before_ms: i64,
+) -> rusqlite::Result<()> {
+    let calls = conn.execute(
+        "DELETE FROM calls WHERE at_ms < ?1 AND call_id IN \
+         (SELECT call_id FROM decisions WHERE recorded = 0 AND at_ms < ?1) \
+         AND call_id NOT IN (SELECT call_id FROM recordings)",
+        [before_ms],
+    )?;
+    let decisions = conn.execute(
+        "DELETE FROM decisions WHERE recorded = 0 AND at_ms < ?1",
+        [before_ms],
+    )?;
+    if calls + decisions > 0 {
+        tracing::info!(
+            calls,
+            decisions,
+            "rows of unrecorded calls past their period deleted"
+        );
+    }
+    Ok(())
+}
+
+/// Applies the period for unrecorded calls now and then daily, for as long as the task runs.
+pub async fn expire_unrecorded_daily(db: crate::db::Db, keep: std::time::Duration) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        db.send(crate::db::Record::ExpireUnrecorded {
+            before_ms: crate::db::now_ms() - keep.as_millis() as i64,
+        });
+    }
 }

@@ -510,3 +510,58 @@ fn held_sets_survive_retention_and_the_skip_is_logged() {
     assert!(!names(&rec).contains(&format!("{}.wav", calls[0].0)));
     assert!(names(&rec).contains(&format!("{}.wav", calls[1].0)));
 }
+
+#[test]
+fn rows_of_unrecorded_calls_go_after_their_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Db::open_in(tmp.path()).unwrap();
+    let day = 86_400_000i64;
+    let old = now_ms() - 100 * day;
+    let mut records = Vec::new();
+    for (call, at, recorded) in [
+        ("old-unrec", old, false),
+        ("new-unrec", now_ms(), false),
+        ("old-rec", old, true),
+    ] {
+        records.push(Record::Decision {
+            call_id: call.into(),
+            at_ms: at,
+            recorded,
+            profile: None,
+            reason: format!("reason for {call}"),
+        });
+        records.push(Record::Call {
+            call_id: call.into(),
+            at_ms: at,
+            event: "start".into(),
+            direction: Some("in".into()),
+            caller: Some("03055555555".into()),
+            callee: Some("200".into()),
+            detail: None,
+        });
+    }
+    records.push(Record::Recording {
+        call_id: "old-rec".into(),
+        base_name: "20260101_000000_in_03055555555_200_x".into(),
+        profile: None,
+        start_ms: old,
+        end_ms: None,
+        caller: Some("03055555555".into()),
+        callee: Some("200".into()),
+        answered_by: None,
+    });
+    records.push(Record::ExpireUnrecorded {
+        before_ms: now_ms() - 90 * day,
+    });
+    db.write_sync(records).unwrap();
+    let left = |table: &str| -> Vec<String> {
+        db.read(|c| {
+            c.prepare(&format!("SELECT call_id FROM {table} ORDER BY call_id"))?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .unwrap()
+    };
+    assert_eq!(left("decisions"), ["new-unrec", "old-rec"]);
+    assert_eq!(left("calls"), ["new-unrec", "old-rec"]);
+}

@@ -598,6 +598,9 @@ struct CertArgs {
     /// Print a PKCS#10 certificate signing request instead of the certificate.
     #[arg(long)]
     csr: bool,
+    /// Import a CA-signed certificate for the instance's key (PEM: the certificate, then its CA certificates).
+    #[arg(long, conflicts_with = "csr")]
+    import: Option<PathBuf>,
     #[command(flatten)]
     keystore: KeystoreArgs,
 }
@@ -936,6 +939,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn cert(args: CertArgs) -> anyhow::Result<()> {
+    if let Some(file) = &args.import {
+        let pem = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let id = callrec::seal::import_certificate(&args.data_dir, args.keystore.source(), &pem)?;
+        println!(
+            "imported; sets sealed from now on carry this certificate and its CA chain (SHA-256 fingerprint {})",
+            id.fingerprint_sha256()
+        );
+        return Ok(());
+    }
     let id = Identity::load_or_create(&args.data_dir, args.keystore.source())
         .context("cannot open the instance's keystore")?;
     if args.csr {

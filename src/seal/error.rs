@@ -13,6 +13,9 @@ pub enum SealError {
         #[source]
         source: std::io::Error,
     },
+    /// A certificate to import does not fit the instance.
+    #[error("cannot import the certificate: {0}; the keystore was not changed")]
+    InvalidCertificate(String),
     /// The keystore password did not open the keystore.
     #[error("wrong password for keystore {path}: check --keystore-password-file / CALLREC_KEYSTORE_PASSWORD (or {path}'s sibling keystore.password when none was given); the keystore was not changed")]
     WrongPassword { path: PathBuf },

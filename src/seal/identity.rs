@@ -21,7 +21,7 @@ use super::{SealError, CERT_FILE_NAME};
 /// File holding the instance id.
 const INSTANCE_ID_FILE: &str = "instance-id";
 /// File holding the keystore.
-const KEYSTORE_FILE: &str = "keystore.p12";
+pub(super) const KEYSTORE_FILE: &str = "keystore.p12";
 /// File holding a generated keystore password.
 const PASSWORD_FILE: &str = "keystore.password";
 /// File whose presence proves that sets were sealed in this data dir.
@@ -51,6 +51,8 @@ pub struct Identity {
     instance_id: String,
     key: PKey<Private>,
     cert: X509,
+    /// The CA certificates above `cert` (empty while it is self-signed).
+    chain: Vec<X509>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -105,26 +107,13 @@ impl Identity {
     }
 
     /// Opens an existing keystore and checks it against `instance-id`.
-    fn load(
+    pub(super) fn load(
         data_dir: &Path,
         keystore: &Path,
         der: &[u8],
         password: &PasswordSource,
     ) -> Result<Identity, SealError> {
-        let pass = match password {
-            PasswordSource::File(p) => read_password_file(p)?,
-            PasswordSource::Value(v) => v.clone(),
-            PasswordSource::None => {
-                let file = data_dir.join(PASSWORD_FILE);
-                if !file.exists() {
-                    return Err(SealError::PasswordMissing {
-                        path: keystore.to_path_buf(),
-                        password_file: file,
-                    });
-                }
-                read_password_file(&file)?
-            }
-        };
+        let pass = existing_password(data_dir, keystore, password)?;
         let unreadable = |detail: String| SealError::KeystoreUnreadable {
             path: keystore.to_path_buf(),
             detail,
@@ -140,6 +129,10 @@ impl Identity {
                 unreadable(text)
             }
         })?;
+        let chain: Vec<X509> = parsed
+            .ca
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default();
         let (Some(key), Some(cert)) = (parsed.pkey, parsed.cert) else {
             return Err(unreadable(
                 "it lacks the private key or the certificate".into(),
@@ -174,6 +167,7 @@ impl Identity {
             instance_id: cert_id,
             key,
             cert,
+            chain,
         })
     }
 
@@ -233,7 +227,22 @@ impl Identity {
             instance_id,
             key,
             cert,
+            chain: Vec::new(),
         })
+    }
+
+    /// The instance's key, certificate and CA chain, for the keystore rewrite of a certificate import.
+    pub(super) fn parts(&self) -> (&PKey<Private>, &X509, &[X509]) {
+        (&self.key, &self.cert, &self.chain)
+    }
+
+    /// The certificate followed by its CA chain, PEM (what sets carry).
+    pub fn chain_pem(&self) -> Vec<String> {
+        std::iter::once(&self.cert)
+            .chain(&self.chain)
+            .filter_map(|c| c.to_pem().ok())
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+            .collect()
     }
 
     /// The instance id (16 lowercase hex characters).
@@ -291,6 +300,28 @@ impl Identity {
 }
 
 /// Reads a password file, dropping one trailing newline (and CR).
+/// The password of an existing keystore, from where `password` says.
+pub(super) fn existing_password(
+    data_dir: &Path,
+    keystore: &Path,
+    password: &PasswordSource,
+) -> Result<String, SealError> {
+    Ok(match password {
+        PasswordSource::File(p) => read_password_file(p)?,
+        PasswordSource::Value(v) => v.clone(),
+        PasswordSource::None => {
+            let file = data_dir.join(PASSWORD_FILE);
+            if !file.exists() {
+                return Err(SealError::PasswordMissing {
+                    path: keystore.to_path_buf(),
+                    password_file: file,
+                });
+            }
+            read_password_file(&file)?
+        }
+    })
+}
+
 fn read_password_file(path: &Path) -> Result<String, SealError> {
     let text = std::fs::read_to_string(path)
         .map_err(SealError::io("read keystore password file", path))?;

@@ -13,6 +13,7 @@
 //!   presence means sealed sets exist.
 //! - `chain.lock`: held locked by the one [`Sealer`] of the instance.
 
+mod cert_import;
 mod chain;
 mod chain_check;
 mod checksum;
@@ -25,6 +26,7 @@ pub mod timestamp;
 mod tombstone;
 mod verify;
 
+pub use cert_import::import_certificate;
 pub use chain::{ChainHead, ChainLink, DEFAULT_PROFILE};
 pub use chain_check::ChainNotes;
 pub use error::SealError;

@@ -189,6 +189,11 @@ impl Sealer {
             previous,
         };
         meta.insert("set_id".into(), set_id.clone().into());
+        // The signing certificate and its CA chain travel with the set.
+        meta.insert(
+            "certificates".into(),
+            serde_json::json!(self.identity.chain_pem()),
+        );
         meta.insert(
             "chain".into(),
             serde_json::json!({"instance_id": position.instance_id, "profile": profile, "seq": seq}),

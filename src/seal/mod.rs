@@ -20,6 +20,7 @@ mod checksum;
 mod durable;
 mod error;
 mod identity;
+mod legacy_chain;
 mod sealer;
 pub mod service;
 pub mod timestamp;

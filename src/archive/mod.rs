@@ -16,6 +16,10 @@ use crate::db::{Db, Record, RecordingRow};
 use crate::policy::{NumberPlan, PolicyConfig};
 use crate::storage::{open_target, Secrets, UploadSet};
 
+mod tombstones;
+pub use tombstones::TombstoneSigner;
+use tombstones::{reduce, stage_tombstone, tombstone_for};
+
 /// What went wrong in an archive operation.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -275,36 +279,6 @@ pub struct PurgeRequest {
     pub plan: NumberPlan,
 }
 
-/// What a purge signs its tombstones with.
-#[derive(Debug, Clone)]
-pub struct TombstoneSigner {
-    /// The instance's identity (the deleting instance signs).
-    pub identity: crate::seal::Identity,
-    /// Folder where a tombstone is written before it goes to the targets; its
-    /// copies are removed once every target has been tried.
-    pub staging: PathBuf,
-}
-
-/// The tombstone of a set about to be deleted, or `None` when none can be made.
-fn tombstone_for(
-    request: &PurgeRequest,
-    position: Option<crate::seal::ChainPosition>,
-    checksum: Option<&str>,
-) -> Option<crate::seal::Tombstone> {
-    let signer = request.tombstones.as_ref()?;
-    Some(crate::seal::Tombstone {
-        position: position?,
-        checksum_sha256: checksum?.to_string(),
-        deleted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        reason: request.reason.clone(),
-        retention: request
-            .reason
-            .strip_prefix("retention ")
-            .map(|r| r.split_whitespace().next().unwrap_or(r).to_string()),
-        deleted_by: signer.identity.instance_id().to_string(),
-    })
-}
-
 /// Runs blocking database or file work off the async runtime's worker threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ArchiveError> + Send + 'static,
@@ -468,33 +442,6 @@ pub async fn purge_everywhere(
     })
     .await?;
     Ok(report)
-}
-
-/// Once a set is deleted everywhere, its rows are reduced to the deletion record.
-fn reduce(db: &Db, request: &PurgeRequest, base: &str, set_id: Option<&str>) {
-    if request.dry_run {
-        return;
-    }
-    match set_id {
-        Some(id) => db.send(Record::Reduce {
-            base_name: base.to_string(),
-            set_id: id.to_string(),
-        }),
-        None => {
-            tracing::warn!(set = %base, "deleted everywhere, but its rows keep their personal data: the set has neither a set id nor a known hash")
-        }
-    }
-}
-
-/// Writes the tombstone of `base` into a staging folder of its own; returns its files.
-fn stage_tombstone(
-    signer: &TombstoneSigner,
-    base: &str,
-    tombstone: &crate::seal::Tombstone,
-) -> Result<Vec<PathBuf>, ArchiveError> {
-    let dir = signer.staging.join(&tombstone.position.set_id);
-    crate::seal::write_tombstone(&signer.identity, &dir, base, tombstone)
-        .map_err(|e| ArchiveError::Tombstone(e.to_string()))
 }
 
 /// Deletes a set that no target row names from the local folder that has it,

@@ -3,7 +3,10 @@
 //! and a TSA certificate made by `openssl`. The head's time stamp lands beside
 //! the head set on a folder target, verifies with stock `openssl ts -verify`,
 //! and lets `verify --chain --tsa-ca` find sets cut off the end of the chain,
-//! which without a time stamp go unnoticed.
+//! which without a time stamp go unnoticed. A running proxy with
+//! `--tsa-url` stamps its chain head at shutdown.
+
+mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -143,6 +146,8 @@ fn serve_tsa(dir: PathBuf, max: usize) -> String {
                     &r,
                 ])
                 .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
             let reply = if ok {
@@ -298,4 +303,45 @@ fn chain_head_time_stamp_detects_sets_cut_off_the_end() {
     std::fs::remove_file(&tsr).unwrap();
     let (code, out) = verify_chain(&target, &cert, Some(&ca));
     assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn the_proxy_time_stamps_its_chain_head_at_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tsa = tmp.path().join("tsa");
+    std::fs::create_dir_all(&tsa).unwrap();
+    make_tsa(&tsa);
+    let url = serve_tsa(tsa.clone(), 4);
+    let mut proxy = common::Proxy::builder()
+        .arg("--tsa-url")
+        .arg(&url)
+        .arg("--anchor-interval")
+        .arg("3600")
+        .start();
+    for _ in 0..2 {
+        proxy.call(common::pair("basic")).run().assert_success();
+    }
+    assert_eq!(
+        proxy.terminate(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        proxy.log_tail(30)
+    );
+    let rec = proxy.data_dir().join("recordings");
+    // The round at start saw no set; the one at shutdown stamps number 2.
+    assert!(
+        rec.join("chain-default-2.tsr").is_file(),
+        "no time stamp of the head beside the sets:\n{}",
+        proxy.log_tail(30)
+    );
+    let (code, out) = verify_chain(
+        &rec,
+        &proxy.data_dir().join("cert.pem"),
+        Some(&tsa.join("ca.pem")),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("number 2 of chain") && out.contains("time stamp verified"),
+        "{out}"
+    );
 }

@@ -3,6 +3,8 @@
 //! authority; the reply is kept in the database and put as
 //! `chain-<profile>-<seq>.tsr` beside the head set on every target of the
 //! profile, so that `verify --chain --tsa-ca` finds sets cut off the end.
+//! Without a TSA, each chain head's hash can be mailed daily (and at
+//! shutdown) to an auditor, who then holds a record outside the instance.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -205,5 +207,49 @@ pub async fn anchor_loop(
     loop {
         tick.tick().await;
         anchor_heads(&db, &data_dir, &config, &targets_of, &fallback, &secrets).await;
+    }
+}
+
+/// The text of the chain-head mail: one line per chain, or `None` when nothing is sealed yet.
+pub fn heads_text(data_dir: &Path, instance_id: &str) -> Option<String> {
+    let heads = crate::seal::chain_heads(data_dir).ok()?;
+    if heads.is_empty() {
+        return None;
+    }
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut text = format!(
+        "Chain heads of callrec instance {instance_id} at {now}.\n\
+         Keep this mail: a chain found later with a lower last number, or another\n\
+         hash at this number, lost sets at its end (see docs/sealed-set.md).\n\n"
+    );
+    for (profile, h) in heads {
+        if let Some(seq) = h.link.seq {
+            text.push_str(&format!(
+                "chain {instance_id}/{profile}: number {seq}, set id {}, SHA-256 of its checksum file {}\n",
+                h.link.id, h.link.sha256
+            ));
+        }
+    }
+    Some(text)
+}
+
+/// Mails the chain heads to the auditor addresses of `notifier`; errors are logged.
+pub async fn mail_heads(notifier: &crate::notify::Notifier, data_dir: &Path, instance_id: &str) {
+    let Some(body) = heads_text(data_dir, instance_id) else {
+        return;
+    };
+    let subject = format!("callrec {instance_id}: chain heads");
+    if let Err(e) = notifier.send(&subject, &body).await {
+        tracing::warn!(error = %e, "anchoring: the chain-head mail was not sent; tried again tomorrow");
+    }
+}
+
+/// Mails the chain heads daily for as long as the task runs.
+pub async fn mail_loop(notifier: crate::notify::Notifier, data_dir: PathBuf, instance_id: String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        mail_heads(&notifier, &data_dir, &instance_id).await;
     }
 }

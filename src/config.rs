@@ -47,6 +47,8 @@ pub struct RunConfig {
     pub tcp: crate::sip::transport::TcpLimits,
     /// How long decisions (and events) of calls that were not recorded are kept.
     pub unrecorded_retention: Duration,
+    /// Addresses that get each chain head's hash daily and at shutdown (used without a TSA).
+    pub anchor_email: Vec<String>,
     /// RFC 3161 anchoring of the chain heads (None: off).
     pub anchor: Option<crate::anchoring::AnchorConfig>,
 }

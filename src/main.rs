@@ -745,6 +745,13 @@ struct RunArgs {
     /// RFC 3161 time-stamping authority (URL) that time-stamps each chain head; off without it.
     #[arg(long, env = "CALLREC_TSA_URL")]
     tsa_url: Option<String>,
+    /// Without --tsa-url: address that gets each chain head's hash daily and at shutdown (repeatable; needs --smtp).
+    #[arg(
+        long = "anchor-email",
+        env = "CALLREC_ANCHOR_EMAIL",
+        value_delimiter = ','
+    )]
+    anchor_email: Vec<String>,
     /// Seconds between two time stamps of the chain heads (also done at shutdown).
     #[arg(long, env = "CALLREC_ANCHOR_INTERVAL", default_value_t = 3600)]
     anchor_interval: u64,
@@ -879,6 +886,7 @@ impl RunArgs {
             },
             unrecorded_retention: callrec::archive::parse_age(&self.unrecorded_retention)
                 .context("--unrecorded-retention")?,
+            anchor_email: self.anchor_email.clone(),
             anchor: self
                 .tsa_url
                 .map(|tsa_url| callrec::anchoring::AnchorConfig {

@@ -87,6 +87,23 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         db.clone(),
         cfg.unrecorded_retention,
     ));
+    // Without a TSA, the chain heads' hashes go to an auditor by mail.
+    let head_mail = if cfg.anchor.is_none() && !cfg.anchor_email.is_empty() {
+        let smtp_only = crate::policy::PolicyConfig {
+            smtp: cfg.policy.smtp.clone(),
+            ..Default::default()
+        };
+        notifier_from(cfg.smtp.clone(), &cfg.anchor_email, &smtp_only)?
+    } else {
+        None
+    };
+    let _head_mail_task = head_mail.clone().map(|n| {
+        tokio::spawn(crate::anchoring::mail_loop(
+            n,
+            cfg.data_dir.clone(),
+            instance_id.clone(),
+        ))
+    });
     // Time stamps of the chain heads: each profile's targets, or the default folder.
     let anchoring = cfg.anchor.clone().map(|config| {
         let targets_of: std::collections::HashMap<String, Vec<String>> = cfg
@@ -190,7 +207,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         dir: cfg.data_dir.join("work"),
         db: Some(db.clone()),
         channels: cfg.channels,
-        instance_id,
+        instance_id: instance_id.clone(),
         seal: seal.sender(),
     };
     // Trusted peers' TCP connections may stay idle (a trunk keeps one open for days).
@@ -280,6 +297,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         tracing::warn!(
             "uploads still pending at exit; they stay in the spool and resume at the next start"
         );
+    }
+    if let Some(n) = &head_mail {
+        crate::anchoring::mail_heads(n, &cfg.data_dir, &instance_id).await;
     }
     // The heads as they are at exit, time-stamped once more.
     if let Some((config, targets_of, fallback, secrets)) = &anchoring {

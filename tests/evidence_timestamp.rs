@@ -7,6 +7,7 @@
 //! `--tsa-url` stamps its chain head at shutdown.
 
 mod common;
+mod storage_support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -343,5 +344,47 @@ fn the_proxy_time_stamps_its_chain_head_at_shutdown() {
     assert!(
         out.contains("number 2 of chain") && out.contains("time stamp verified"),
         "{out}"
+    );
+}
+
+#[test]
+fn without_a_tsa_the_chain_head_is_mailed_to_the_auditor_at_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = storage_support::MailSink::start(&tmp.path().join("mail"));
+    let mut proxy = common::Proxy::builder()
+        .arg("--smtp")
+        .arg(&sink.url())
+        .arg("--anchor-email")
+        .arg("auditor@example.org")
+        .start();
+    proxy.call(common::pair("basic")).run().assert_success();
+    assert_eq!(
+        proxy.terminate(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        proxy.log_tail(30)
+    );
+    let rec = proxy.data_dir().join("recordings");
+    let sums: Vec<PathBuf> = std::fs::read_dir(&rec)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".sha256"))
+        .collect();
+    assert_eq!(sums.len(), 1);
+    let hash = openssl(
+        tmp.path(),
+        &["dgst", "-sha256", "-r", sums[0].to_str().unwrap()],
+    );
+    let hash = hash.split_whitespace().next().unwrap().to_string();
+    let mails = sink.mails();
+    let mail = mails
+        .iter()
+        .find(|m| m.contains("auditor@example.org") && m.contains("chain heads"))
+        .unwrap_or_else(|| panic!("no chain-head mail: {mails:?}"));
+    // Undo quoted-printable's soft line breaks.
+    let mail = mail.replace("=\r\n", "").replace("=\n", "");
+    assert!(
+        mail.contains("/default: number 1") && mail.contains(&hash),
+        "the mail does not name the head and its hash {hash}:\n{mail}"
     );
 }

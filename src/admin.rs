@@ -1,6 +1,6 @@
 //! The admin HTTP API: health and Prometheus metrics for monitoring, and under
 //! `/api/` (bearer token required) the recently finished calls and the group
-//! login/logout that a phone's URL key can trigger (DESIGN §5).
+//! login/logout that a phone's URL key can trigger.
 
 use std::fmt::Write;
 use std::net::SocketAddr;

@@ -71,7 +71,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let notifier = notifier(&cfg)?;
     let failures =
         crate::recorder::failure::FailureReporter::with_sinks(Some(db.clone()), notifier.clone());
-    // Retention per profile, once at start and then daily (R7.3).
+    // Retention per profile, once at start and then daily.
     let _retention = tokio::spawn(crate::archive::retention_daily(
         db.clone(),
         crate::archive::local_roots(&cfg.data_dir, &all_targets),

@@ -1,4 +1,4 @@
-//! The deployment files of `deploy/` (issue 8, item 5; SPEC R8.4), checked
+//! The deployment files of `deploy/`, checked
 //! without installing them:
 //!
 //! - `callrec.service`: has the hardening and settings the project promises

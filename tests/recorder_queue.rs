@@ -1,5 +1,5 @@
 //! Integration tests of the recorder's relay-facing side: a full queue drops
-//! and counts instead of blocking (R4.8), and a file being written is a
+//! and counts instead of blocking, and a file being written is a
 //! playable WAV at any time (header rewritten while recording).
 
 use std::path::PathBuf;

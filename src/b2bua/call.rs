@@ -1260,7 +1260,7 @@ impl Call {
         drop(media);
         self.held_invite = None;
         self.announcing = None;
-        // The pair of an internal call is free again: a redial is a new call (R2.8).
+        // The pair of an internal call is free again: a redial is a new call.
         if let Some(plan) = self.plan.as_mut() {
             plan.leg_claim = None;
         }

@@ -23,7 +23,7 @@ use crate::config::RunConfig;
 use crate::media::ports::PortPool;
 use crate::sip::{Flow, Proto, Transport};
 
-/// Which way a call goes through the proxy (R1.1).
+/// Which way a call goes through the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {

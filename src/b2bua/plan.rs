@@ -1,7 +1,7 @@
 //! What a new call needs from the recording policy, decided at once when its
 //! INVITE arrives: record or not, by which profile and rule, the channel
 //! layout and the announcement. The decision reads the last directory
-//! snapshot and never waits on the network (R2.5); every decision is logged.
+//! snapshot and never waits on the network; every decision is logged.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ use crate::recorder::ChannelMode;
 pub struct CallPlan {
     /// Record the call.
     pub record: bool,
-    /// Anchor its media (recorded or announced); otherwise SDP passes untouched (R1.5).
+    /// Anchor its media (recorded or announced); otherwise SDP passes untouched.
     pub anchor: bool,
     /// Announcement to play to the caller before the callee is called.
     pub announcement: Option<Arc<Announcement>>,
@@ -37,7 +37,7 @@ pub struct CallPlan {
     /// Storage target URLs of the profile.
     pub targets: Vec<String>,
     /// For the first leg of an internal call: holds the (caller, callee) pair
-    /// while this call lives, so its other leg is not recorded twice (R2.8).
+    /// while this call lives, so its other leg is not recorded twice.
     pub leg_claim: Option<Arc<LegClaim>>,
     /// What the profile wants when the recording cannot be made.
     pub on_failure: FailurePolicy,
@@ -64,7 +64,7 @@ pub struct Planner {
     announcements: HashMap<PathBuf, Arc<Announcement>>,
     /// Target URLs per profile (names from the config resolved, default applied).
     targets: Vec<Vec<String>>,
-    /// Where decisions are stored (R2.7).
+    /// Where decisions are stored.
     db: Option<crate::db::Db>,
 }
 

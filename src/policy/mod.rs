@@ -1,4 +1,4 @@
-//! Which calls are recorded (SPEC R2, DESIGN §1 `policy`): number normalisation,
+//! Which calls are recorded: number normalisation,
 //! the directory snapshot and its sources (static file, PBX REST), recording
 //! profiles from the config file, the persisted group login/logout state, and the
 //! pure decision function the call flow asks for every new call.
@@ -15,7 +15,7 @@
 //! let dir = directory.current();                             // Arc<Directory>, never waits
 //! let out = membership.snapshot();                           // Arc<LoggedOut>
 //! let d = policy::decide(&cfg.profiles, &dir, &out, Direction::Incoming, from_uri, request_uri);
-//! let (d, claim) = dedup.apply(&dir, d, Instant::now());     // R2.8: second leg not recorded;
+//! let (d, claim) = dedup.apply(&dir, d, Instant::now());     // second leg of an internal call: not recorded;
 //!                                                            // keep `claim` until the call ends
 //! tracing::info!(record = d.record, profile = ?d.profile_name, rule = %d.rule, "{}", d.reason);
 //! ```

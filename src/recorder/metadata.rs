@@ -1,4 +1,4 @@
-//! The per-recording metadata of SPEC R4.6 as a serde structure. The chain
+//! The per-recording metadata of the README ("Metadata") as a serde structure. The chain
 //! reference ("previous") is added by the sealing module, not here; another
 //! module writes the file from `Metadata::to_json_value`.
 
@@ -17,7 +17,7 @@ pub struct Metadata {
     pub schema_version: u32,
     /// Unique id of this recording (the `<id>` part of the base name).
     pub recording_id: String,
-    /// Base name shared by all files of the set (DESIGN §4).
+    /// Base name shared by all files of the set (see README, "A sealed recording set").
     pub base_name: String,
     /// SIP Call-IDs of both legs.
     pub call_ids: CallIds,

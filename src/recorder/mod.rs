@@ -143,7 +143,7 @@ pub enum RecorderError {
 pub struct RecordingSpec {
     /// Folder the audio files are written to (must exist).
     pub dir: PathBuf,
-    /// Base file name without extension (DESIGN §4).
+    /// Base file name without extension (see README, "A sealed recording set").
     pub base_name: String,
     /// Which parties are written, and how.
     pub channels: ChannelMode,
@@ -187,7 +187,7 @@ impl RecordingSpec {
         }
     }
 
-    /// The audio files this spec produces (DESIGN §4 names).
+    /// The audio files this spec produces (names as in README, "A sealed recording set").
     pub fn file_paths(&self) -> Vec<PathBuf> {
         match self.channels {
             ChannelMode::Separate => vec![
@@ -256,7 +256,7 @@ pub struct MediaStats {
 /// What a finished recording produced.
 #[derive(Debug, Clone)]
 pub struct RecordingOutput {
-    /// Audio files written (DESIGN §4 names).
+    /// Audio files written (names as in README, "A sealed recording set").
     pub files: Vec<PathBuf>,
     /// Sample rate of the files.
     pub sample_rate: u32,

@@ -1,4 +1,4 @@
-//! `sftp://user@host[:port]/dir/$Y-$M`: SFTP over SSH (russh + russh-sftp), R6.3.
+//! `sftp://user@host[:port]/dir/$Y-$M`: SFTP over SSH (russh + russh-sftp).
 //!
 //! The folder is relative to the user's home (`sftp://u@h/.` or `sftp://u@h/` is the
 //! home itself, `sftp://u@h//srv/rec` an absolute path). Authentication by password

@@ -45,6 +45,19 @@ pub struct RunConfig {
     pub limits: Limits,
     /// Limits on SIP TCP connections.
     pub tcp: crate::sip::transport::TcpLimits,
+    /// Plain RTP or SRTP on each leg.
+    pub srtp: SrtpConfig,
+}
+
+/// What media each leg gets, and where SDES keys may travel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SrtpConfig {
+    /// What the PBX leg is offered: rtp, srtp or the same as the other leg.
+    pub pbx_media: crate::media::sdes::LegMedia,
+    /// What the trunk leg is offered.
+    pub trunk_media: crate::media::sdes::LegMedia,
+    /// SDES keys may be exchanged on legs whose SIP runs over plain UDP/TCP.
+    pub allow_sdes_over_udp: bool,
 }
 
 /// Resource limits: what one peer, or all of them together, may make the

@@ -473,6 +473,15 @@ struct RunArgs {
     /// Media sources accepted: strict (only the address:port each SDP names) or heuristic (also one other source, e.g. behind NAT, when nothing came from that address within 3 s of the offer/answer).
     #[arg(long, env = "CALLREC_MEDIA_LEARNING", default_value = "heuristic")]
     media_learning: callrec::media::latch::LearningMode,
+    /// What the PBX leg gets: rtp, srtp (SDES keys) or same (what the other leg offered).
+    #[arg(long, env = "CALLREC_PBX_MEDIA", default_value = "same")]
+    pbx_media: callrec::media::sdes::LegMedia,
+    /// What the trunk leg gets: rtp, srtp (SDES keys) or same (what the other leg offered).
+    #[arg(long, env = "CALLREC_TRUNK_MEDIA", default_value = "same")]
+    trunk_media: callrec::media::sdes::LegMedia,
+    /// Exchange SDES keys also on legs whose SIP is not carried over TLS (the keys are then readable on the wire).
+    #[arg(long, env = "CALLREC_ALLOW_SDES_OVER_UDP")]
+    allow_sdes_over_udp: bool,
     /// Address that gets an e-mail for every upload attempt in which a file failed, a low spool disk and a directory that cannot be refreshed (repeatable).
     #[arg(
         long = "notify-email",
@@ -672,6 +681,11 @@ impl RunArgs {
             data_dir: self.data_dir,
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
             media_learning: self.media_learning,
+            srtp: callrec::config::SrtpConfig {
+                pbx_media: self.pbx_media,
+                trunk_media: self.trunk_media,
+                allow_sdes_over_udp: self.allow_sdes_over_udp,
+            },
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             smtp: self.smtp.clone(),
             notify_email: self.notify_email.clone(),

@@ -73,6 +73,9 @@ pub struct Stats {
     /// Media packets from a source other than a party's, dropped by the relays
     /// as they arrive (shared with every stream).
     pub rtp_foreign_dropped: Arc<AtomicU64>,
+    /// SRTP/SRTCP packets that failed authentication or were replays,
+    /// dropped by the relays as they arrive (shared with every stream).
+    pub srtp_auth_failed: Arc<AtomicU64>,
     /// RTP packets the recorder's queue refused (slow disk), from finished recordings.
     pub recorder_queue_dropped: AtomicU64,
     /// New INVITEs refused because `--max-calls` calls were in progress.
@@ -181,6 +184,7 @@ impl Core {
             mode: self.cfg.media_learning,
             window: crate::media::latch::LEARNING_WINDOW,
             foreign_total: self.stats.rtp_foreign_dropped.clone(),
+            auth_failed_total: self.stats.srtp_auth_failed.clone(),
         }
     }
 

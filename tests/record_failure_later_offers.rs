@@ -1,0 +1,284 @@
+//! Media that cannot be recorded, offered later than the INVITE: a late offer
+//! (INVITE without SDP, the offer in the callee's 200) and a re-INVITE that
+//! switches a recorded call to DTLS-SRTP or to a codec the recorder cannot
+//! decode. Each goes through the record-failure policy like an INVITE's offer:
+//! under `continue` it is reported (never recorded as noise or silence and
+//! sealed as valid); under `reject` the late-offer call is refused with 488
+//! and the re-INVITE gets 488 while the call goes on recorded.
+
+mod common;
+
+use common::audio::*;
+use common::*;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const FINGERPRINT: &str = "fingerprint:sha-256 4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB:4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF";
+
+fn failures(proxy: &Proxy, reason: &str) -> f64 {
+    metric(
+        &proxy.metrics(),
+        &format!("callrec_recording_failures_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Waits for every call to end and every recording to be handed on; returns
+/// how many recordings were finished.
+fn recordings_after_calls(proxy: &Proxy) -> f64 {
+    let settled = wait_until(Duration::from_secs(15), || {
+        let m = proxy.metrics();
+        metric(&m, "callrec_calls_active") == Some(0.0)
+            && metric(&m, "callrec_recordings_pending") == Some(0.0)
+    });
+    assert!(settled, "calls did not end\n{}", proxy.log_tail(40));
+    metric(&proxy.metrics(), "callrec_recordings_finished_total").unwrap_or(-1.0)
+}
+
+/// The media keys of the `*-unrecordable` scenarios.
+struct Offer {
+    proto: &'static str,
+    fmt: &'static str,
+    codec: &'static str,
+    attr: &'static str,
+}
+
+const DTLS: Offer = Offer {
+    proto: "RTP/SAVP",
+    fmt: "8",
+    codec: "PCMA",
+    attr: FINGERPRINT,
+};
+
+const G729: Offer = Offer {
+    proto: "RTP/AVP",
+    fmt: "18",
+    codec: "G729",
+    attr: "fmtp:18 annexb=no",
+};
+
+/// Runs `caller_xml` against `callee_xml` through the proxy, an incoming call
+/// from the trunk, with `offer` in the scenarios' keys.
+fn run(
+    proxy: &Proxy,
+    caller_xml: &str,
+    callee_xml: &str,
+    offer: &Offer,
+) -> (SippOutcome, SippOutcome, TestDir) {
+    let pair = Pair {
+        name: "later-offer",
+        dir: "basic",
+        media: true,
+        direction: Direction::Incoming,
+    };
+    let run = proxy.call(pair).timeout(Duration::from_secs(20));
+    let dir = TestDir::new("later-offer");
+    let keys = |s: Sipp| {
+        s.key("proto", offer.proto)
+            .key("fmt", offer.fmt)
+            .key("codec", offer.codec)
+            .key("attr", offer.attr)
+            .trace_messages(true)
+            .trace_dir(dir.path())
+    };
+    let mut callee = keys(
+        Sipp::new("later-offer-callee", callee_xml)
+            .local(run.callee_sip)
+            .media(
+                IpAddr::V4(run.direction.callee_ip()),
+                run.callee_media().port(),
+            )
+            .timeout(Duration::from_secs(20)),
+    )
+    .spawn();
+    assert!(callee.wait_ready(Duration::from_secs(10)));
+    let caller = keys(
+        Sipp::new("later-offer-caller", caller_xml)
+            .remote(proxy.sip_addr())
+            .local(run.caller_sip)
+            .media(
+                IpAddr::V4(run.direction.caller_ip()),
+                run.caller_media().port(),
+            )
+            .key("caller", &run.caller_number)
+            .service(&run.dialled)
+            .timeout(Duration::from_secs(20)),
+    )
+    .spawn()
+    .wait();
+    let callee = callee.wait_at_most(Duration::from_secs(5));
+    (caller, callee, dir)
+}
+
+fn assert_ok(who: &str, o: &SippOutcome) {
+    assert!(o.success(), "{who} failed:\n{}", o.report());
+}
+
+/// The WAVs of the sets sealed so far.
+fn sealed_wavs(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let dir = proxy.data_dir().join("recordings");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            found = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.to_string_lossy().ends_with(".sha256.SHA256withRSA.sig"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.len() >= n
+        }),
+        "no sealed set\n{}",
+        proxy.log_tail(60)
+    );
+    found
+        .iter()
+        .map(|sig| {
+            PathBuf::from(
+                sig.to_string_lossy()
+                    .trim_end_matches(".sha256.SHA256withRSA.sig")
+                    .to_string()
+                    + ".wav",
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn late_offer_of_dtls_srtp_with_continue_is_reported_and_not_recorded() {
+    let proxy = Proxy::start();
+    let (caller, callee, _dir) = run(
+        &proxy,
+        "late-offer/caller.xml",
+        "late-offer-unrecordable/callee.xml",
+        &DTLS,
+    );
+    assert_ok("caller", &caller);
+    assert_ok("callee", &callee);
+    assert_eq!(
+        recordings_after_calls(&proxy),
+        0.0,
+        "encrypted media from a late offer was recorded\n{}",
+        proxy.log_tail(30)
+    );
+    assert_eq!(failures(&proxy, "encrypted_media"), 1.0);
+}
+
+#[test]
+fn late_offer_of_g729_only_with_continue_is_reported_and_not_recorded() {
+    let proxy = Proxy::start();
+    let (caller, callee, _dir) = run(
+        &proxy,
+        "late-offer/caller.xml",
+        "late-offer-unrecordable/callee.xml",
+        &G729,
+    );
+    assert_ok("caller", &caller);
+    assert_ok("callee", &callee);
+    assert_eq!(
+        recordings_after_calls(&proxy),
+        0.0,
+        "{}",
+        proxy.log_tail(30)
+    );
+    assert_eq!(failures(&proxy, "undecodable_codec"), 1.0);
+}
+
+#[test]
+fn late_offer_of_dtls_srtp_with_reject_refuses_the_caller_and_hangs_up_the_pbx() {
+    let proxy = Proxy::builder()
+        .arg("--on-record-failure")
+        .arg("reject")
+        .start();
+    let (caller, callee, _dir) = run(
+        &proxy,
+        "late-offer-unrecordable/caller-refused.xml",
+        "late-offer-unrecordable/callee.xml",
+        &DTLS,
+    );
+    assert_ok("caller (expects 488)", &caller);
+    assert_ok("callee (expects ACK and BYE)", &callee);
+    assert_eq!(
+        recordings_after_calls(&proxy),
+        0.0,
+        "{}",
+        proxy.log_tail(30)
+    );
+    assert_eq!(failures(&proxy, "encrypted_media"), 1.0);
+    assert_eq!(
+        metric(&proxy.metrics(), "callrec_calls_refused_unrecordable_total"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn reinvite_to_g729_with_continue_is_reported() {
+    let proxy = Proxy::start();
+    let (caller, callee, _dir) = run(
+        &proxy,
+        "reinvite-unrecordable/caller.xml",
+        "reinvite/callee.xml",
+        &G729,
+    );
+    assert_ok("caller", &caller);
+    assert_ok("callee", &callee);
+    recordings_after_calls(&proxy);
+    assert_eq!(
+        failures(&proxy, "undecodable_codec"),
+        1.0,
+        "a recorded call switched to G.729 without a word\n{}",
+        proxy.log_tail(30)
+    );
+}
+
+#[test]
+fn reinvite_to_dtls_srtp_with_continue_is_reported() {
+    let proxy = Proxy::start();
+    let (caller, callee, _dir) = run(
+        &proxy,
+        "reinvite-unrecordable/caller.xml",
+        "reinvite/callee.xml",
+        &DTLS,
+    );
+    assert_ok("caller", &caller);
+    assert_ok("callee", &callee);
+    recordings_after_calls(&proxy);
+    assert_eq!(
+        failures(&proxy, "encrypted_media"),
+        1.0,
+        "{}",
+        proxy.log_tail(30)
+    );
+}
+
+#[test]
+fn reinvite_to_dtls_srtp_with_reject_gets_488_and_the_call_stays_recorded() {
+    let proxy = Proxy::builder()
+        .arg("--on-record-failure")
+        .arg("reject")
+        .start();
+    let (caller, callee, _dir) = run(
+        &proxy,
+        "reinvite-unrecordable/caller-refused.xml",
+        "basic/callee.xml",
+        &DTLS,
+    );
+    assert_ok("caller (expects 488 to the re-INVITE)", &caller);
+    assert_ok("callee", &callee);
+    assert_eq!(recordings_after_calls(&proxy), 1.0);
+    assert_eq!(failures(&proxy, "encrypted_media"), 1.0);
+    // The caller's tone is in the recording after the refused re-INVITE too.
+    let wav = sealed_wavs(&proxy, 1).remove(0);
+    let mut r = hound::WavReader::open(&wav).unwrap();
+    let ch = r.spec().channels as usize;
+    let rate = r.spec().sample_rate as f64;
+    let s: Vec<f64> = r.samples::<i16>().map(|s| s.unwrap() as f64).collect();
+    let left: Vec<f64> = s.iter().step_by(ch).copied().collect();
+    let late = &left[(2.5 * rate) as usize..(3.3 * rate) as usize];
+    assert!(
+        level_db(late, rate, 440.0) - level_db(late, rate, 1500.0) >= 30.0,
+        "the caller's tone is missing after the refused re-INVITE"
+    );
+}

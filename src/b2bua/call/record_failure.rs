@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::{Call, State};
 use crate::b2bua::plan::CallPlan;
 use crate::media::announce::{choose_codec, Announcement, G711};
-use crate::media::recordable::{judge, Verdict};
+use crate::media::recordable::{judge, judge_terminating, Verdict};
 use crate::media::sdp::{answer_for_announcement, Sdp};
 use crate::media::{Session, Side};
 use crate::recorder::failure::{FailureReason, RecordingFailure};
@@ -74,15 +74,19 @@ fn probe_folder(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// The offer `body` with only recordable audio formats, when the call is
 /// recorded and something recordable is left; else `body` unchanged.
-pub(super) fn recordable_only(plan: Option<&CallPlan>, body: &[u8]) -> Vec<u8> {
-    match (plan.is_some_and(|p| p.record), judge(body)) {
+/// `sdes_allowed`: SRTP with SDES keys is terminated on this leg.
+pub(super) fn recordable_only(plan: Option<&CallPlan>, body: &[u8], sdes_allowed: bool) -> Vec<u8> {
+    match (
+        plan.is_some_and(|p| p.record),
+        judge_terminating(body, sdes_allowed),
+    ) {
         (true, Verdict::Recordable(b)) => b,
         _ => body.to_vec(),
     }
 }
 
 impl Call {
-    fn report_failure(&self, reason: FailureReason, detail: String) {
+    pub(super) fn report_failure(&self, reason: FailureReason, detail: String) {
         self.core.failures.report(RecordingFailure::now(
             &self.legs[0].call_id,
             None,
@@ -105,14 +109,14 @@ impl Call {
         }
         let mut failure = None;
         if invite.has_sdp() {
-            match judge(&invite.body) {
+            match judge_terminating(&invite.body, self.sdes_allowed(Side::Caller)) {
                 Verdict::Recordable(_) => {}
-                Verdict::Encrypted(why) => {
-                    failure = Some((
-                        FailureReason::EncryptedMedia,
-                        format!("the caller's media is encrypted ({why}) and callrec holds no key"),
-                    ))
-                }
+                Verdict::Encrypted(why) => failure = Some((
+                    FailureReason::EncryptedMedia,
+                    format!(
+                        "the caller's media is encrypted ({why}) and callrec cannot terminate it"
+                    ),
+                )),
                 Verdict::Undecodable(codecs) => {
                     failure = Some((
                         FailureReason::UndecodableCodec,

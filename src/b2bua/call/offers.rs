@@ -29,10 +29,9 @@ pub(super) enum LaterOffer {
     Refuse,
 }
 
-/// Whether SIP on `flow` is protected, so that SDES keys may be sent on it.
-fn protected(_flow: &Flow) -> bool {
-    // No SIP transport callrec speaks yet encrypts; TLS legs will.
-    false
+/// Whether SIP on `flow` is protected (TLS), so that SDES keys may be sent on it.
+fn protected(flow: &Flow) -> bool {
+    flow.proto.is_secure()
 }
 
 impl Call {

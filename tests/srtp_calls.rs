@@ -1,11 +1,11 @@
 //! SRTP (SDES) calls through the proxy with baresip as the real phones: an
-//! SRTP trunk calling a plain-RTP PBX (G.711), and a plain PBX calling an
-//! SRTP trunk (G.722, the trunk leg set to srtp). The recording holds each
+//! SRTP trunk calling over TLS a plain-RTP PBX (G.711), and a plain PBX calling
+//! an SRTP trunk over UDP (G.722, the trunk leg set to srtp, keys allowed over
+//! UDP by --allow-sdes-over-udp). The recording holds each
 //! party's tone on its channel; the packets on the trunk leg, captured on
 //! the loopback interface, carry no recoverable tone; a tampered SRTP packet
 //! is counted and not recorded; no SDES key shows up in the proxy's log or
-//! in the recording's files. SIP runs over UDP here, so the proxy is started
-//! with --allow-sdes-over-udp. baresip sends its media from 127.0.0.1 while
+//! in the recording's files. baresip sends its media from 127.0.0.1 while
 //! its SDP names its own address, so the proxy learns the source after the
 //! learning window (3 s): the calls last 8 s and the checks look at the middle.
 
@@ -115,9 +115,21 @@ fn srtp_trunk_calls_a_plain_pbx_in_g711_and_the_recording_is_clear() {
     require_baresip("lo:3");
     require_baresip("lo:2");
     let dir = TestDir::new("srtp-in");
-    // The PBX speaks plain RTP only.
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, cert, key, bundle) = baresip::make_certs(&certs);
+    let tls_port = free_port();
+    // The trunk calls in over TLS (keys only travel there); the PBX speaks
+    // plain RTP over UDP. baresip's TLS connection leaves from 127.0.0.1.
     let proxy = Proxy::builder()
-        .arg("--allow-sdes-over-udp")
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .arg("--trusted-source")
+        .arg("127.0.0.1")
         .arg("--pbx-media")
         .arg("rtp")
         .start();
@@ -141,6 +153,7 @@ fn srtp_trunk_calls_a_plain_pbx_in_g711_and_the_recording_is_clear() {
             codec: "PCMA",
             source: &pbx_tone,
             auto_answer: true,
+            tls: None,
         },
         None,
         25,
@@ -157,8 +170,9 @@ fn srtp_trunk_calls_a_plain_pbx_in_g711_and_the_recording_is_clear() {
             codec: "PCMA",
             source: &trunk_tone,
             auto_answer: false,
+            tls: Some((&ca, &bundle)),
         },
-        Some(&format!("sip:200@{}", proxy.sip_addr())),
+        Some(&format!("sip:200@127.0.0.1:{tls_port};transport=tls")),
         20,
     );
     // Mid-call: a packet the trunk sent, one payload bit flipped, sent again.
@@ -325,6 +339,7 @@ fn plain_pbx_calls_an_srtp_trunk_in_g722_and_the_recording_is_clear() {
             codec: "G722/16000/1",
             source: &trunk_tone,
             auto_answer: true,
+            tls: None,
         },
         None,
         25,
@@ -341,6 +356,7 @@ fn plain_pbx_calls_an_srtp_trunk_in_g722_and_the_recording_is_clear() {
             codec: "G722/16000/1",
             source: &pbx_tone,
             auto_answer: false,
+            tls: None,
         },
         Some(&format!("sip:004989123456@{}", proxy.sip_addr())),
         20,

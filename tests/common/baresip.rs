@@ -64,6 +64,86 @@ pub struct Phone<'a> {
     pub source: &'a Path,
     /// Answer incoming calls at once.
     pub auto_answer: bool,
+    /// SIP over TLS: (CA file, certificate and key in one PEM file).
+    pub tls: Option<(&'a Path, &'a Path)>,
+}
+
+/// A CA and a certificate for `localhost` / 127.0.0.1 signed by it, made
+/// with openssl(1) in `dir`: (ca.pem, leaf.pem, leaf.key, leaf+key bundle).
+pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=callrec test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let bundle = [
+        fs::read(dir.join("leaf.pem")).unwrap(),
+        fs::read(dir.join("leaf.key")).unwrap(),
+    ]
+    .concat();
+    fs::write(dir.join("bundle.pem"), bundle).unwrap();
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+        dir.join("bundle.pem"),
+    )
 }
 
 impl Baresip {
@@ -80,6 +160,14 @@ impl Baresip {
             src = p.source.display(),
             heard = dir.join("heard").display(),
         );
+        let mut config = config;
+        if let Some((ca, bundle)) = p.tls {
+            config.push_str(&format!(
+                "sip_cafile\t\t{}\nsip_certificate\t\t{}\n",
+                ca.display(),
+                bundle.display()
+            ));
+        }
         fs::write(dir.join("config"), config).unwrap();
         let mut account = format!(
             "<sip:{}@{}>;regint=0;audio_codecs={}",

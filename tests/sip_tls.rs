@@ -184,12 +184,9 @@ impl<S: Read + Write> SipTls<S> {
             "Contact",
             format!("<sip:trunk@{};transport=tls>", self.local),
         );
-        match sdp {
-            Some(b) => {
-                r.push("Content-Type", "application/sdp");
-                r.body = b.as_bytes().to_vec();
-            }
-            None => {}
+        if let Some(b) = sdp {
+            r.push("Content-Type", "application/sdp");
+            r.body = b.as_bytes().to_vec();
         }
         r.set("Content-Length", r.body.len().to_string());
         self.send(&r);

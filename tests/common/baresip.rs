@@ -313,7 +313,7 @@ impl Capture {
                     )
                 };
                 // Loopback shows each packet leaving and arriving: keep one.
-                if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                     continue;
                 }
                 if let Some(d) = parse_udp(&buf[..n as usize]) {

@@ -111,12 +111,14 @@ impl Call {
         if invite.has_sdp() {
             match judge_terminating(&invite.body, self.sdes_allowed(Side::Caller)) {
                 Verdict::Recordable(_) => {}
-                Verdict::Encrypted(why) => failure = Some((
-                    FailureReason::EncryptedMedia,
-                    format!(
+                Verdict::Encrypted(why) => {
+                    failure = Some((
+                        FailureReason::EncryptedMedia,
+                        format!(
                         "the caller's media is encrypted ({why}) and callrec cannot terminate it"
                     ),
-                )),
+                    ))
+                }
                 Verdict::Undecodable(codecs) => {
                     failure = Some((
                         FailureReason::UndecodableCodec,

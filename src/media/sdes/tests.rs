@@ -139,11 +139,15 @@ fn what_callrec_cannot_terminate_is_named() {
     let b64 = k.split("inline:").nth(1).unwrap().to_string();
     assert_eq!(cannot_terminate(&body("RTP/AVP", &[]), false), None);
     assert_eq!(
-        cannot_terminate(&body("RTP/SAVP", &[k.clone()]), true),
+        cannot_terminate(&body("RTP/SAVP", std::slice::from_ref(&k)), true),
         None
     );
     for (b, allowed, want) in [
-        (body("RTP/SAVP", &[k.clone()]), false, "without TLS"),
+        (
+            body("RTP/SAVP", std::slice::from_ref(&k)),
+            false,
+            "without TLS",
+        ),
         (body("UDP/TLS/RTP/SAVP", &[]), true, "UDP/TLS/RTP/SAVP"),
         (
             body("RTP/SAVP", &["a=fingerprint:sha-256 AB".into()]),
@@ -159,7 +163,11 @@ fn what_callrec_cannot_terminate_is_named() {
             true,
             "AES_256_CM_HMAC_SHA1_80",
         ),
-        (body("RTP/AVP", &[k.clone()]), true, "plain RTP profile"),
+        (
+            body("RTP/AVP", std::slice::from_ref(&k)),
+            true,
+            "plain RTP profile",
+        ),
     ] {
         let why = cannot_terminate(&b, allowed).unwrap_or_default();
         assert!(why.contains(want), "{want}: {why}");

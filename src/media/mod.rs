@@ -305,6 +305,15 @@ impl Session {
             + self.retired.foreign[side.index()]
     }
 
+    /// An answer callrec wrote itself to the latest offer (an announcement's),
+    /// with the SRTP profile and key the offerer's leg uses.
+    pub fn secure_answer(&self, body: Vec<u8>) -> Vec<u8> {
+        if self.opaque.is_some() {
+            return body;
+        }
+        sdes::apply(&body, &self.sdes.answer_lines())
+    }
+
     /// SRTP packets from `side` dropped because they failed authentication.
     pub fn auth_failed(&self, side: Side) -> u64 {
         self.live()

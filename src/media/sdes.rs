@@ -187,6 +187,15 @@ impl Negotiation {
         self.offerer = None;
     }
 
+    /// Per stream, the crypto lines of callrec's answer to the latest offer
+    /// (None: plain), for an answer callrec writes itself (an announcement's).
+    pub fn answer_lines(&self) -> Vec<Option<Vec<String>>> {
+        self.streams
+            .iter()
+            .map(|p| p.offerer.as_ref().map(|(tag, k)| vec![k.attribute(*tag)]))
+            .collect()
+    }
+
     /// The suite used with each side, by `Side::index`.
     pub fn suites(&self) -> [Option<&'static str>; 2] {
         self.suites

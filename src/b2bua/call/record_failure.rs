@@ -231,6 +231,11 @@ impl Call {
             G711::Ulaw => "PCMU",
         };
         let answer = answer_for_announcement(offer, self.core.cfg.media_ip, port, pt, name);
+        // An SRTP caller gets the key its leg's packets are encrypted with.
+        let answer = match self.media.as_ref() {
+            Some(m) => m.secure_answer(answer),
+            None => answer,
+        };
         let Some(txn) = self.server(self.initial) else {
             return false;
         };

@@ -72,6 +72,11 @@ fn srtp_caller_to_srtp_callee_gets_fresh_keys_on_each_leg() {
     assert_eq!(tx.attribute(2), line2, "our key from the offered line 2");
     let back = String::from_utf8(apply(&answer, &a.lines)).unwrap();
     assert!(back.contains(&ours_to_caller.attribute(5)), "{back}");
+    // An answer callrec writes itself (an announcement) carries the same key.
+    assert_eq!(
+        n.answer_lines(),
+        vec![Some(vec![ours_to_caller.attribute(5)])]
+    );
     assert_eq!(back.matches("a=crypto:").count(), 1, "{back}");
     assert_eq!(
         n.suites(),

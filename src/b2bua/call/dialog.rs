@@ -8,7 +8,8 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::leg::set_body;
-use super::{record_failure, Call, State};
+use super::phase::{Live, Phase};
+use super::{record_failure, Call};
 use crate::b2bua::headers::copy_end_to_end;
 use crate::media::Side;
 use crate::sip::message::{uri_of, Message, StartLine};
@@ -31,14 +32,19 @@ impl Call {
             .map_err(|e| (488, format!("Not Acceptable Here ({e})")))?;
         // A recorded call offers the other side only codecs callrec can record.
         let body = &record_failure::recordable_only(self.plan.as_ref(), body)[..];
-        let out = match self.media.as_mut() {
+        let out = match self.phase.media_mut() {
             Some(m) => m.on_sdp(from, body).map_err(|e| match e {
                 crate::media::MediaError::Sdp(e) => (488, format!("Not Acceptable Here ({e})")),
                 crate::media::MediaError::Ports(e) => (503, format!("Service Unavailable ({e})")),
             }),
             None => Ok(body.to_vec()),
         };
-        if let (Some(r), Some(m)) = (&self.recording, &self.media) {
+        if let Phase::Live(Live {
+            recording: Some(r),
+            media: Some(m),
+            ..
+        }) = &self.phase
+        {
             r.update_payload_maps(m);
         }
         out
@@ -144,8 +150,8 @@ impl Call {
             match self.rewrite_sdp(side, &msg.body) {
                 Ok(body) => {
                     // After an announcement the caller keeps the answer it already has.
-                    let body = match (&self.announce_sdp, server_id == self.initial) {
-                        (Some(a), true) => a.clone(),
+                    let body = match self.phase.early_answer() {
+                        Some(a) if server_id == self.initial => a.clone(),
                         _ => body,
                     };
                     set_body(&mut out, &msg, body)
@@ -197,9 +203,11 @@ impl Call {
                 initial_acked |= t.id == self.initial;
             }
         }
-        if initial_acked && self.state == State::Answered {
-            self.state = State::Confirmed;
-            info!("call confirmed");
+        if let Phase::Live(l) = &mut self.phase {
+            if initial_acked && !l.acked {
+                l.acked = true;
+                info!("call confirmed");
+            }
         }
         let other = side.other();
         if let Some(p) = self.pending_ack.take() {

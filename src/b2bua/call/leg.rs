@@ -5,8 +5,9 @@
 use std::time::Instant;
 
 use super::Call;
+use crate::b2bua::headers::copy_end_to_end;
 use crate::media::Side;
-use crate::sip::message::{tag_of, uri_hostport, Message};
+use crate::sip::message::{tag_of, uri_hostport, uri_of, Message};
 use crate::sip::transaction::{ClientTxn, ServerTxn};
 use crate::sip::{new_branch, Flow};
 
@@ -39,7 +40,89 @@ pub(super) struct Leg {
     pub(super) invite_cseq: u32,
 }
 
+impl Leg {
+    /// Leg A, where we are the UAS: learnt from the caller's INVITE that
+    /// came in over `flow`. Our tag goes into its To; the route set is its
+    /// Record-Route in order.
+    pub(super) fn learn_as_uas(&mut self, invite: &Message, flow: Flow) {
+        self.flow = flow;
+        self.remote = invite.header("From").unwrap_or_default().to_string();
+        self.local = format!(
+            "{};tag={}",
+            invite.header("To").unwrap_or_default(),
+            self.local_tag
+        );
+        self.target = invite
+            .header("Contact")
+            .map(|c| uri_of(c).to_string())
+            .unwrap_or_else(|| uri_of(self.remote.as_str()).to_string());
+        self.route = invite
+            .header_all("Record-Route")
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (cseq, _) = invite.cseq().unwrap_or((1, "INVITE".into()));
+        self.invite_cseq = cseq;
+    }
+
+    /// Leg B, where we are the UAC: learns the callee's tag, Contact and
+    /// route set (its Record-Route reversed) from a response to our INVITE.
+    pub(super) fn learn_from_response(&mut self, msg: &Message) {
+        if let Some(to) = msg.header("To") {
+            if tag_of(to).is_some() {
+                self.remote = to.to_string();
+            }
+        }
+        if let Some(c) = msg.header("Contact") {
+            self.target = uri_of(c).to_string();
+        }
+        let rr: Vec<String> = msg
+            .header_all("Record-Route")
+            .iter()
+            .rev()
+            .map(|s| s.to_string())
+            .collect();
+        if !rr.is_empty() {
+            self.route = rr;
+        }
+    }
+}
+
 impl Call {
+    /// The INVITE for the callee, without a body: leg B set up towards
+    /// `hop` (From as the caller's without its tag, with ours; To as the
+    /// caller's), our Via and Contact, and the end-to-end headers of the
+    /// caller's INVITE (from `flow`) as the header policy lets them through.
+    pub(super) fn invite_for_callee(&mut self, invite: &Message, flow: Flow, hop: Flow) -> Message {
+        let ruri = retarget(invite.uri().unwrap_or_default(), hop.addr);
+        let b = &mut self.legs[1];
+        b.flow = hop;
+        b.target = ruri.clone();
+        b.local = format!(
+            "{};tag={}",
+            strip_tag(invite.header("From").unwrap_or_default()),
+            b.local_tag
+        );
+        b.remote = invite.header("To").unwrap_or_default().to_string();
+        b.cseq = 1;
+        b.invite_cseq = 1;
+
+        let mut out = Message::request("INVITE", &ruri);
+        out.push("Via", self.core.via(hop.proto, &new_branch()));
+        out.push(
+            "Max-Forwards",
+            invite.max_forwards().saturating_sub(1).to_string(),
+        );
+        out.push("From", self.legs[1].local.clone());
+        out.push("To", self.legs[1].remote.clone());
+        out.push("Call-ID", self.legs[1].call_id.clone());
+        out.push("CSeq", "1 INVITE");
+        out.push("Contact", self.core.contact(hop.proto));
+        out.push("User-Agent", concat!("callrec/", env!("CARGO_PKG_VERSION")));
+        copy_end_to_end(invite, &mut out, self.origin(Side::Caller, flow));
+        out
+    }
+
     /// A request on leg `to` inside its dialog, with a fresh CSeq.
     pub(super) fn new_in_dialog_request(&mut self, to: Side, method: &str) -> Message {
         let via = self
@@ -185,7 +268,7 @@ pub(super) fn set_body(out: &mut Message, original: &Message, body: Vec<u8>) {
 }
 
 /// Removes the tag parameter from a From/To value.
-pub(super) fn strip_tag(value: &str) -> String {
+fn strip_tag(value: &str) -> String {
     let split_at = value.rfind('>').map(|i| i + 1).unwrap_or(0);
     let (addr, params) = value.split_at(split_at);
     let kept: Vec<&str> = params
@@ -196,7 +279,7 @@ pub(super) fn strip_tag(value: &str) -> String {
 }
 
 /// The caller's Request-URI with its host replaced by the next hop.
-pub(super) fn retarget(uri: &str, hop: std::net::SocketAddr) -> String {
+fn retarget(uri: &str, hop: std::net::SocketAddr) -> String {
     let (scheme, rest) = uri.split_once(':').unwrap_or(("sip", uri));
     let user = rest.rsplit_once('@').map(|(u, _)| u);
     let params = match uri_hostport(uri) {

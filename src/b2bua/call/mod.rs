@@ -5,7 +5,8 @@
 //! back the same way. SDP is rewritten so that media flows through our relay.
 //!
 //! This file holds the task itself: its state, the event loop and the
-//! dispatch of SIP messages. The rest lives beside it: `leg` (each leg's
+//! dispatch of SIP messages. The rest lives beside it: `phase` (where the
+//! call stands: setup, live or ended, each with its own data), `leg` (each leg's
 //! dialog and the messages built from it), `setup` (the caller's INVITE up to
 //! the answer, the announcement, the start of the recording), `dialog`
 //! (in-dialog requests and responses relayed between the legs, re-INVITEs and
@@ -14,6 +15,7 @@
 
 mod dialog;
 mod leg;
+mod phase;
 mod record_failure;
 mod setup;
 mod teardown;
@@ -23,22 +25,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::headers::Origin;
 use super::plan::CallPlan;
-use super::recording::CallRecording;
 use super::router::RouterMsg;
 use super::{Core, Direction};
-use crate::media::{Session, Side};
+use crate::media::Side;
 use crate::recorder::metadata::{EndedBy, PartyInfo};
-use crate::recorder::signal::FailureSignal;
+use crate::recorder::signal::{FailureSignal, RecordingFailed};
 use crate::sip::message::{tag_of, uri_of, Message};
 use crate::sip::transaction::{ClientTxn, ResponseVerdict, ServerTxn};
 use crate::sip::{random_token, Flow};
 use dialog::PendingAck;
 use leg::{ack_for_failure, Leg};
+use phase::Phase;
 
 /// Something that happened to the call.
 #[derive(Debug)]
@@ -52,18 +54,12 @@ pub enum CallEvent {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// INVITE sent to the callee, nothing back yet.
-    Calling,
-    /// A provisional response came back.
-    Early,
-    /// 200 sent to the caller, no ACK yet.
-    Answered,
-    /// Dialog established on both legs.
-    Confirmed,
-    /// Over; absorbing retransmissions until every transaction ended.
-    Finished,
+/// Caller and callee as the caller's INVITE named them, and the dialled number.
+#[derive(Debug, Default)]
+struct Parties {
+    caller: PartyInfo,
+    callee: PartyInfo,
+    dialled: String,
 }
 
 /// A call between the caller (leg A) and the callee (leg B).
@@ -72,43 +68,28 @@ pub struct Call {
     serial: u64,
     dir: Direction,
     legs: [Leg; 2],
-    state: State,
+    /// Where the call stands, with the data only that phase has.
+    phase: Phase,
     servers: Vec<ServerTxn>,
     clients: Vec<ClientTxn>,
     next_id: u64,
-    media: Option<Session>,
     /// Server transaction id of the caller's initial INVITE.
     initial: u64,
-    caller_offered: bool,
-    provisional_from_callee: bool,
-    cancel_pending: bool,
+    /// A late offer's ACK, owed until the other side's ACK brings the answer.
     pending_ack: Option<PendingAck>,
     /// ACKs sent for 2xx, by (leg, CSeq), resent when the 2xx is retransmitted.
     acks: HashMap<(usize, u32), Message>,
-    final_status: u16,
-    end_reason: Option<String>,
     back: mpsc::UnboundedSender<RouterMsg>,
-    recording: Option<CallRecording>,
     ended_by: EndedBy,
-    /// What the policy decided for this call.
+    /// What the policy decided for this call; None only until the caller's INVITE is read.
     plan: Option<CallPlan>,
-    /// The announcement being played; fires when it has finished.
-    announcing: Option<oneshot::Receiver<()>>,
-    /// The INVITE for the callee, held back while the announcement plays.
-    held_invite: Option<Message>,
-    /// The SDP answer the caller got with the announcement (reused in the 200).
-    announce_sdp: Option<Vec<u8>>,
-    /// Caller and callee as the caller's INVITE named them, and the dialled number.
-    parties: (PartyInfo, PartyInfo, String),
+    parties: Parties,
     /// When the call is hung up whatever its state (`--max-call-duration`).
     hang_up_at: Instant,
-    /// What to do once the "cannot be recorded" notice has been played.
-    after_notice: Option<record_failure::AfterNotice>,
-    /// The recording's way to report a failure while the call runs, and where the call hears it.
-    rec_failed: (
-        FailureSignal,
-        mpsc::UnboundedReceiver<crate::recorder::signal::RecordingFailed>,
-    ),
+    /// The recording's way to report a failure while the call runs.
+    failure_signal: FailureSignal,
+    /// Where the call hears those failures.
+    failures: mpsc::UnboundedReceiver<RecordingFailed>,
 }
 
 impl Call {
@@ -137,35 +118,26 @@ impl Call {
             cseq: 0,
             invite_cseq: 0,
         };
+        let (failure_signal, failures) = FailureSignal::channel();
         Call {
             legs: [empty(caller_call_id, hop), empty(callee_call_id, hop)],
             core,
             serial,
             dir,
-            state: State::Calling,
+            phase: Phase::new(),
             servers: Vec::new(),
             clients: Vec::new(),
             next_id: 1,
-            media: None,
             initial: 0,
-            caller_offered: false,
-            provisional_from_callee: false,
-            cancel_pending: false,
             pending_ack: None,
             acks: HashMap::new(),
-            final_status: 0,
-            end_reason: None,
             back,
-            recording: None,
             ended_by: EndedBy::Proxy,
             plan: None,
-            announcing: None,
-            held_invite: None,
-            announce_sdp: None,
-            parties: (PartyInfo::default(), PartyInfo::default(), String::new()),
+            parties: Parties::default(),
             hang_up_at,
-            after_notice: None,
-            rec_failed: FailureSignal::channel(),
+            failure_signal,
+            failures,
         }
     }
 
@@ -182,7 +154,7 @@ impl Call {
             loop {
                 self.servers.retain(|t| !t.is_terminated());
                 self.clients.retain(|t| !t.is_terminated());
-                if self.state == State::Finished
+                if self.phase.is_ended()
                     && self.servers.is_empty()
                     && self.clients.is_empty()
                 {
@@ -196,11 +168,11 @@ impl Call {
                     },
                     _ = tokio::time::sleep_until(deadline.into()) => self.on_timers().await,
                     // Held while the 200 awaits its ACK: a BYE must not overtake the ACK.
-                    Some(f) = self.rec_failed.1.recv(), if self.state != State::Answered => {
+                    Some(f) = self.failures.recv(), if !self.phase.awaits_ack() => {
                         self.on_recording_failed(f).await;
                     }
                     _ = media_check.tick() => self.check_media().await,
-                    _ = tokio::time::sleep_until(self.hang_up_at.into()), if self.state != State::Finished => {
+                    _ = tokio::time::sleep_until(self.hang_up_at.into()), if !self.phase.is_ended() => {
                         self.on_max_duration().await;
                     }
                     Ok(()) = hang_up.changed() => {
@@ -208,9 +180,8 @@ impl Call {
                             self.shut_down().await;
                         }
                     }
-                    _ = async { self.announcing.as_mut().expect("guarded").await }, if self.announcing.is_some() => {
-                        self.announcing = None;
-                        self.on_announcement_done().await;
+                    _ = async { self.phase.playing().expect("guarded").await }, if self.phase.is_playing() => {
+                        self.on_playback_done().await;
                     }
                 }
             }
@@ -306,7 +277,7 @@ impl Call {
             self.on_cancel(side, id, &branch).await;
             return;
         }
-        if self.state == State::Finished {
+        if self.phase.is_ended() {
             if method == "INVITE" && side == Side::Caller && msg.to_tag().is_none() {
                 // A new attempt on the same Call-ID (e.g. with credentials after 401).
                 self.servers.retain(|t| t.id != id);

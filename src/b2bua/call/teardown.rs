@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{Call, State};
+use super::phase::{Ended, Phase};
+use super::Call;
 use crate::b2bua::recording::CallFacts;
 use crate::b2bua::CallSummary;
 use crate::media::Side;
@@ -32,40 +33,44 @@ impl Call {
             return;
         }
         self.respond_id(invite_id, 487, "Request Terminated").await;
+        if invite_id == self.initial {
+            self.give_up(487, "cancelled by caller").await;
+            return;
+        }
         // Cancel what we sent on the other leg for this INVITE.
         if let Some(ix) = self
             .clients
             .iter()
             .position(|c| c.relays == Some(invite_id) && c.method == "INVITE")
         {
-            if invite_id == self.initial && !self.provisional_from_callee {
-                // RFC 3261 §9.1: no CANCEL before a provisional response.
-                self.cancel_pending = true;
-            } else {
-                self.send_cancel(ix).await;
-            }
-        }
-        if invite_id == self.initial {
-            self.final_status = 487;
-            self.finish("cancelled by caller");
+            self.send_cancel(ix).await;
         }
     }
 
-    /// Withdraws the INVITE relayed to the callee for the caller's initial
-    /// INVITE: CANCEL now, or once a provisional response arrives (RFC 3261 §9.1:
-    /// no CANCEL before one).
-    pub(super) async fn cancel_callee_invite(&mut self) {
-        let Some(ix) = self
+    /// Ends a call before the answer, counted with `status`: the INVITE
+    /// relayed to the callee is withdrawn, by a CANCEL now or, when the callee
+    /// has sent no provisional response yet, once it does (RFC 3261 §9.1: no
+    /// CANCEL before one).
+    pub(super) async fn give_up(&mut self, status: u16, reason: &str) {
+        let provisional = match &self.phase {
+            Phase::Setup(s) => s.callee_provisional,
+            Phase::Live(_) | Phase::Ended(_) => true,
+        };
+        let relayed = self
             .clients
             .iter()
-            .position(|c| c.relays == Some(self.initial) && c.method == "INVITE")
-        else {
-            return;
-        };
-        if self.provisional_from_callee {
-            self.send_cancel(ix).await;
-        } else {
-            self.cancel_pending = true;
+            .position(|c| c.relays == Some(self.initial) && c.method == "INVITE");
+        let mut cancel_owed = false;
+        if let Some(ix) = relayed {
+            if provisional {
+                self.send_cancel(ix).await;
+            } else {
+                cancel_owed = true;
+            }
+        }
+        self.finish_with(status, reason);
+        if cancel_owed {
+            self.phase = Phase::Ended(Ended { cancel_owed });
         }
     }
 
@@ -93,14 +98,17 @@ impl Call {
             Side::Caller => EndedBy::Caller,
             Side::Callee => EndedBy::Callee,
         };
-        if matches!(self.state, State::Calling | State::Early) {
-            // A BYE before the answer ends the attempt like a CANCEL would.
+        if self.phase.is_setup() {
+            // A BYE before the answer ends the attempt like a CANCEL would,
+            // but the call's summary counts no final status for it.
+            let reason = format!("BYE from {} before answer", side.name());
             if side == Side::Caller {
                 self.respond_id(self.initial, 487, "Request Terminated")
                     .await;
-                self.cancel_callee_invite().await;
+                self.give_up(0, &reason).await;
+            } else {
+                self.finish(&reason);
             }
-            self.finish(&format!("BYE from {} before answer", side.name()));
             return;
         }
         let other = side.other();
@@ -112,7 +120,7 @@ impl Call {
 
     /// Ends a confirmed call from our side (timeouts): BYE on both legs.
     pub(super) async fn hang_up_both(&mut self, reason: &str) {
-        if self.state == State::Finished {
+        if self.phase.is_ended() {
             return;
         }
         for side in [Side::Caller, Side::Callee] {
@@ -157,8 +165,7 @@ impl Call {
             if let Some(server_id) = relays {
                 self.respond_id(server_id, 408, "Request Timeout").await;
                 if server_id == self.initial {
-                    self.final_status = 408;
-                    self.finish("callee did not answer");
+                    self.finish_with(408, "callee did not answer");
                 }
             }
         }
@@ -169,15 +176,16 @@ impl Call {
 
     /// The proxy is stopping and the grace period is over: end the call now.
     pub(super) async fn shut_down(&mut self) {
-        match self.state {
-            State::Answered | State::Confirmed => self.hang_up_both("proxy shutting down").await,
-            State::Calling | State::Early => {
+        const REASON: &str = "proxy shutting down";
+        match self.phase {
+            Phase::Live(_) => self.hang_up_both(REASON).await,
+            Phase::Setup(_) => {
                 self.respond_id(self.initial, 503, "Service Unavailable")
                     .await;
-                self.cancel_callee_invite().await;
-                self.finish("proxy shutting down");
+                // Counted without a final status, as before the answer.
+                self.give_up(0, REASON).await;
             }
-            State::Finished => {}
+            Phase::Ended(_) => {}
         }
     }
 
@@ -189,24 +197,22 @@ impl Call {
             .stats
             .calls_max_duration
             .fetch_add(1, Ordering::Relaxed);
-        match self.state {
-            State::Answered | State::Confirmed => self.hang_up_both(REASON).await,
-            State::Calling | State::Early => {
+        match self.phase {
+            Phase::Live(_) => self.hang_up_both(REASON).await,
+            Phase::Setup(_) => {
                 self.respond_id(self.initial, 408, "Request Timeout").await;
-                self.final_status = 408;
-                self.cancel_callee_invite().await;
                 warn!("giving up: the call reached --max-call-duration before it was answered");
-                self.finish(REASON);
+                self.give_up(408, REASON).await;
             }
-            State::Finished => {}
+            Phase::Ended(_) => {}
         }
     }
 
     pub(super) async fn check_media(&mut self) {
-        if self.state != State::Confirmed {
+        if !self.phase.is_confirmed() {
             return;
         }
-        let Some(m) = &self.media else { return };
+        let Some(m) = self.phase.media() else { return };
         if m.stream_count() == 0 || m.on_hold() {
             return;
         }
@@ -217,14 +223,28 @@ impl Call {
         }
     }
 
-    /// Marks the dialog over: media released, counters and summary updated. Idempotent.
+    /// Marks the dialog over with the status it has: the answer's once
+    /// live, none (0) before. Idempotent.
     pub(super) fn finish(&mut self, reason: &str) {
-        if self.state == State::Finished {
-            return;
-        }
-        self.state = State::Finished;
-        self.end_reason = Some(reason.to_string());
-        let media = self.media.take();
+        let status = match &self.phase {
+            Phase::Live(l) => l.code,
+            Phase::Setup(_) | Phase::Ended(_) => 0,
+        };
+        self.finish_with(status, reason);
+    }
+
+    /// Marks the dialog over, counted with `status`: media released,
+    /// recording handed over, counters and summary updated. Idempotent.
+    pub(super) fn finish_with(&mut self, status: u16, reason: &str) {
+        let (media, recording, early_answer) =
+            match std::mem::replace(&mut self.phase, Phase::Ended(Ended { cancel_owed: false })) {
+                Phase::Setup(s) => (s.media, None, s.early_answer),
+                Phase::Live(l) => (l.media, l.recording, l.early_answer),
+                ended @ Phase::Ended(_) => {
+                    self.phase = ended;
+                    return;
+                }
+            };
         let foreign = [Side::Caller, Side::Callee]
             .map(|s| media.as_ref().map_or(0, |m| m.foreign_dropped(s)));
         let (a, b, rtcp, anchored) = match &media {
@@ -237,19 +257,17 @@ impl Call {
             None => (0, 0, 0, false),
         };
         drop(media);
-        self.held_invite = None;
-        self.announcing = None;
-        // The pair of an internal call is free again: a redial is a new call (R2.8).
+        // The pair of an internal call is free again: a redial is a new call.
         if let Some(plan) = self.plan.as_mut() {
             plan.leg_claim = None;
         }
-        if let (Some(rec), Some(settings)) = (self.recording.take(), &self.core.recording) {
+        if let (Some(rec), Some(settings)) = (recording, &self.core.recording) {
             let facts = CallFacts {
                 caller_call_id: self.legs[0].call_id.clone(),
                 callee_call_id: self.legs[1].call_id.clone(),
-                caller: self.parties.0.clone(),
-                callee: self.parties.1.clone(),
-                dialled: self.parties.2.clone(),
+                caller: self.parties.caller.clone(),
+                callee: self.parties.callee.clone(),
+                dialled: self.parties.dialled.clone(),
                 direction: self.dir,
                 profile: self
                     .plan
@@ -266,7 +284,7 @@ impl Call {
                     .plan
                     .as_ref()
                     .and_then(|p| p.announcement.as_ref())
-                    .filter(|_| self.announce_sdp.is_some())
+                    .filter(|_| early_answer.is_some())
                     .map(|a| a.path().display().to_string()),
                 channels: self.plan.as_ref().map(|p| p.channels).unwrap_or_default(),
                 targets: self
@@ -286,7 +304,7 @@ impl Call {
         self.core.stats.calls_active.fetch_sub(1, Ordering::Relaxed);
         info!(
             reason,
-            status = self.final_status,
+            status,
             rtp_from_caller = a,
             rtp_from_callee = b,
             foreign_packets = foreign[0] + foreign[1],
@@ -296,7 +314,7 @@ impl Call {
             caller_call_id: self.legs[0].call_id.clone(),
             callee_call_id: self.legs[1].call_id.clone(),
             direction: self.dir,
-            status: self.final_status,
+            status,
             end_reason: reason.to_string(),
             anchored,
             rtp_from_caller: a,

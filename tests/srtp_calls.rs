@@ -95,14 +95,19 @@ fn alaw_samples(packets: &[&Datagram]) -> Vec<f64> {
         .collect()
 }
 
-/// The phone's own m=audio port with `proto` in its SIP trace: the first one
-/// that is not one of the proxy's media ports `rtp`.
-fn sdp_port(trace: &str, proto: &str, rtp: (u16, u16)) -> Option<u16> {
-    trace.lines().find_map(|l| {
-        let rest = l.trim().strip_prefix("m=audio ")?;
+/// The phone's own m=audio port with `proto` in its SIP trace: from an SDP
+/// whose c= line names the phone's address `ip` (the proxy's name 127.0.0.1).
+fn sdp_port(trace: &str, proto: &str, ip: &str) -> Option<u16> {
+    let mut c = "";
+    trace.lines().map(str::trim).find_map(|l| {
+        if let Some(addr) = l.strip_prefix("c=IN IP4 ") {
+            c = addr;
+            return None;
+        }
+        let rest = l.strip_prefix("m=audio ")?;
         let mut it = rest.split_whitespace();
         let port = it.next()?.parse().ok()?;
-        (it.next()? == proto && !in_range(port, rtp)).then_some(port)
+        (it.next()? == proto && c == ip).then_some(port)
     })
 }
 
@@ -180,7 +185,7 @@ fn srtp_trunk_calls_a_plain_pbx_in_g711_and_the_recording_is_clear() {
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(100));
         let trace = trunk.output();
-        let Some(trunk_port) = sdp_port(&trace, "RTP/SAVP", rtp) else {
+        let Some(trunk_port) = sdp_port(&trace, "RTP/SAVP", "127.0.0.3") else {
             continue;
         };
         let seen = cap.snapshot();
@@ -247,8 +252,8 @@ fn srtp_trunk_calls_a_plain_pbx_in_g711_and_the_recording_is_clear() {
     );
 
     // On the wire: the trunk leg carries no recoverable tone, the PBX leg does.
-    let trunk_port = sdp_port(&trunk_trace, "RTP/SAVP", rtp).unwrap();
-    let pbx_port = sdp_port(&pbx_trace, "RTP/AVP", rtp).unwrap();
+    let trunk_port = sdp_port(&trunk_trace, "RTP/SAVP", "127.0.0.3").unwrap();
+    let pbx_port = sdp_port(&pbx_trace, "RTP/AVP", "127.0.0.2").unwrap();
     let to_trunk: Vec<&Datagram> = packets
         .iter()
         .filter(|d| d.dst.port() == trunk_port && in_range(d.src.port(), rtp))

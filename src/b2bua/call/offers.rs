@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::warn;
 
+use super::phase::Phase;
 use super::Call;
 use crate::b2bua::Direction;
 use crate::media::recordable::{judge_terminating, Verdict};
@@ -106,7 +107,9 @@ impl Call {
             p.anchor = false;
         }
         // No stream was anchored yet (no SDP so far): the media goes untouched.
-        self.media = None;
+        if let Phase::Setup(s) = &mut self.phase {
+            s.media = None;
+        }
         if self.rejects() {
             self.core
                 .stats
@@ -127,14 +130,13 @@ impl Call {
         let mut bye = self.new_in_dialog_request(Side::Callee, "BYE");
         bye.push("Reason", "SIP;cause=488;text=\"call cannot be recorded\"");
         self.send_new_request(Side::Callee, bye, None).await;
-        self.final_status = 488;
         self.respond_id(
             self.initial,
             488,
             "Not Acceptable Here (call cannot be recorded)",
         )
         .await;
-        self.finish("refused 488: the late offer cannot be recorded");
+        self.finish_with(488, "refused 488: the late offer cannot be recorded");
     }
 
     /// A re-INVITE or UPDATE from `side` offers `body` while the call is
@@ -143,10 +145,10 @@ impl Call {
     /// call); under `reject` the offer is refused and the call keeps the media
     /// it had.
     pub(super) fn vet_reoffer(&mut self, side: Side, body: &[u8]) -> LaterOffer {
-        if let Some(m) = self.media.as_mut() {
+        if let Some(m) = self.phase.media_mut() {
             m.expect_offer();
         }
-        if self.recording.is_none() {
+        if !matches!(&self.phase, Phase::Live(l) if l.recording.is_some()) {
             return LaterOffer::Proceed;
         }
         let Some((reason, detail)) = self.unrecordable(side, body) else {
@@ -160,7 +162,7 @@ impl Call {
             );
             return LaterOffer::Refuse;
         }
-        if let Some(m) = self.media.as_mut() {
+        if let Some(m) = self.phase.media_mut() {
             m.set_tap(None);
         }
         LaterOffer::Proceed

@@ -4,7 +4,8 @@
 //! decode. Each goes through the record-failure policy like an INVITE's offer:
 //! under `continue` it is reported (never recorded as noise or silence and
 //! sealed as valid); under `reject` the late-offer call is refused with 488
-//! and the re-INVITE gets 488 while the call goes on recorded.
+//! and the re-INVITE gets 488 while the call goes on recorded. A late offer of
+//! SRTP with SDES keys callrec supports is terminated and recorded instead.
 
 mod common;
 
@@ -148,7 +149,8 @@ fn sealed_wavs(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
 
 #[test]
 fn late_offer_of_dtls_srtp_with_continue_is_reported_and_not_recorded() {
-    let proxy = Proxy::start();
+    // Allowing SDES keys changes nothing for DTLS-SRTP: callrec cannot terminate it.
+    let proxy = Proxy::builder().arg("--allow-sdes-over-udp").start();
     let (caller, callee, _dir) = run(
         &proxy,
         "late-offer/caller.xml",
@@ -280,5 +282,82 @@ fn reinvite_to_dtls_srtp_with_reject_gets_488_and_the_call_stays_recorded() {
     assert!(
         level_db(late, rate, 440.0) - level_db(late, rate, 1500.0) >= 30.0,
         "the caller's tone is missing after the refused re-INVITE"
+    );
+}
+
+const SDES_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd";
+
+#[test]
+fn late_offer_of_sdes_srtp_is_terminated_and_unauthenticated_media_is_not_recorded() {
+    let proxy = Proxy::builder().arg("--allow-sdes-over-udp").start();
+    let attr = format!("crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{SDES_KEY}");
+    let offer = Offer {
+        proto: "RTP/SAVP",
+        fmt: "8",
+        codec: "PCMA",
+        attr: Box::leak(attr.into_boxed_str()),
+    };
+    let (caller, callee, _dir) = run(
+        &proxy,
+        "late-offer/caller.xml",
+        "late-offer-unrecordable/callee.xml",
+        &offer,
+    );
+    assert_ok("caller", &caller);
+    assert_ok("callee", &callee);
+    assert_eq!(
+        recordings_after_calls(&proxy),
+        1.0,
+        "{}",
+        proxy.log_tail(30)
+    );
+    assert_eq!(failures(&proxy, "encrypted_media"), 0.0);
+    // The callee got callrec's own key in the ACK's answer, never its own back.
+    let seen = callee.read("messages.log");
+    let ack = seen
+        .split("ACK sip:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no ACK:\n{seen}"));
+    let ack = ack.split("\n\n\n").next().unwrap_or(ack);
+    assert!(
+        ack.contains("RTP/SAVP") && ack.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "{ack}"
+    );
+    assert!(
+        !ack.contains(SDES_KEY),
+        "the callee's own key was sent back:\n{ack}"
+    );
+    // SIPp's callee sends plain RTP on an SRTP leg: every packet fails
+    // authentication, is counted and never recorded; the caller is recorded.
+    let wav = sealed_wavs(&proxy, 1).remove(0);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wav.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["media"]["callee"]["srtp"], "AES_CM_128_HMAC_SHA1_80",
+        "{meta}"
+    );
+    assert!(
+        meta["media"]["callee"]["srtp_auth_failed"]
+            .as_u64()
+            .unwrap_or(0)
+            > 20,
+        "{meta}"
+    );
+    assert_eq!(meta["media"]["callee"]["packets"], 0, "{meta}");
+    assert!(metric(&proxy.metrics(), "callrec_srtp_auth_failed_total").unwrap_or(0.0) > 20.0);
+    let mut r = hound::WavReader::open(&wav).unwrap();
+    let ch = r.spec().channels as usize;
+    let rate = r.spec().sample_rate as f64;
+    let s: Vec<f64> = r.samples::<i16>().map(|s| s.unwrap() as f64).collect();
+    let left: Vec<f64> = s.iter().step_by(ch).copied().collect();
+    let right: Vec<f64> = s.iter().skip(1).step_by(ch).copied().collect();
+    let mid = (1.0 * rate) as usize..(2.0 * rate) as usize;
+    assert!(
+        level_db(&left[mid.clone()], rate, 440.0) - level_db(&left[mid.clone()], rate, 1500.0)
+            >= 30.0
+    );
+    assert!(
+        level_db(&right[mid.clone()], rate, 1000.0) < level_db(&left[mid], rate, 440.0) - 40.0,
+        "the callee's unauthenticated tone was recorded"
     );
 }

@@ -361,3 +361,61 @@ fn late_offer_of_sdes_srtp_is_terminated_and_unauthenticated_media_is_not_record
         "the callee's unauthenticated tone was recorded"
     );
 }
+
+#[test]
+fn reinvite_to_sdes_srtp_is_terminated_not_reported() {
+    let proxy = Proxy::builder().arg("--allow-sdes-over-udp").start();
+    let attr = format!("crypto:7 AES_CM_128_HMAC_SHA1_32 inline:{SDES_KEY}");
+    let offer = Offer {
+        proto: "RTP/SAVP",
+        fmt: "8",
+        codec: "PCMA",
+        attr: Box::leak(attr.into_boxed_str()),
+    };
+    let (caller, callee, _dir) = run(
+        &proxy,
+        "reinvite-unrecordable/caller.xml",
+        "reinvite/callee.xml",
+        &offer,
+    );
+    assert_ok("caller", &caller);
+    assert_ok("callee", &callee);
+    assert_eq!(recordings_after_calls(&proxy), 1.0);
+    assert_eq!(
+        failures(&proxy, "encrypted_media"),
+        0.0,
+        "{}",
+        proxy.log_tail(30)
+    );
+    // The caller's re-INVITE is answered with callrec's key under its tag.
+    let seen = caller.read("messages.log");
+    let answer = seen
+        .split("SIP/2.0 200 OK")
+        .filter(|m| m.contains("CSeq: 2 INVITE"))
+        .last()
+        .unwrap_or_else(|| panic!("no 200 to the re-INVITE:\n{seen}"));
+    assert!(
+        answer.contains("RTP/SAVP")
+            && answer.contains("a=crypto:7 AES_CM_128_HMAC_SHA1_32 inline:"),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains(SDES_KEY),
+        "the caller's own key was sent back"
+    );
+    // SIPp keeps sending plain RTP after switching to SRTP: refused, counted.
+    let wav = sealed_wavs(&proxy, 1).remove(0);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wav.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["media"]["caller"]["srtp"], "AES_CM_128_HMAC_SHA1_32",
+        "{meta}"
+    );
+    assert!(
+        meta["media"]["caller"]["srtp_auth_failed"]
+            .as_u64()
+            .unwrap_or(0)
+            > 20,
+        "{meta}"
+    );
+}

@@ -92,6 +92,12 @@ impl Call {
                 }
             }
         }
+        if method == "INVITE" && !req.has_sdp() {
+            // The offer will come in the 2xx, from the other side.
+            if let Some(m) = self.phase.media_mut() {
+                m.expect_offer();
+            }
+        }
         if req.has_sdp()
             && (method == "INVITE" || method == "UPDATE")
             && self.vet_reoffer(side, &req.body) == LaterOffer::Refuse

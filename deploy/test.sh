@@ -27,6 +27,7 @@ needs=(
     "/usr/sbin/kamailio          kamailio"     # SIP load balancer (scale-out test)
     "systemd-analyze             systemd"      # checks deploy/callrec.service
     "rclone                      rclone"           # WebDAV target (tests run rclone serve webdav)
+    "baresip                     baresip-core"     # SRTP (SDES) peer for the SRTP call tests
 )
 
 # What building callrec and running the binary need from the system (not the
@@ -96,6 +97,14 @@ for ip in 127.0.0.1 127.0.0.2 127.0.0.3; do
         'IO::Socket::INET->new(Proto=>"udp", LocalAddr=>$ARGV[0], LocalPort=>0) or exit 1' "$ip"; then
         echo "test.sh: cannot bind $ip; adding it to lo" >&2
         ip addr add "$ip/8" dev lo 2>/dev/null || true
+    fi
+done
+# baresip puts the address of a named interface into its SDP; the SRTP tests
+# name lo:2 (PBX) and lo:3 (trunk), labelled addresses on lo.
+for n in 2 3; do
+    if ! ip -4 addr show dev lo label "lo:$n" | grep -q "127.0.0.$n/"; then
+        ip addr add "127.0.0.$n/8" dev lo label "lo:$n" 2>/dev/null ||
+            echo "test.sh: cannot add 127.0.0.$n as lo:$n (the baresip tests need it)" >&2
     fi
 done
 

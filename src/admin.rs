@@ -229,7 +229,7 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
     let core = &s.core;
     let st = &core.stats;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let plain: [(&str, &str, &str, u64); 24] = [
+    let plain: [(&str, &str, &str, u64); 25] = [
         (
             "callrec_calls_active",
             "gauge",
@@ -319,6 +319,12 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
             "counter",
             "Media packets from sources other than the call's parties, dropped.",
             l(&st.rtp_foreign_dropped),
+        ),
+        (
+            "callrec_srtp_auth_failed_total",
+            "counter",
+            "SRTP/SRTCP packets that failed authentication (or were replays), dropped and never recorded.",
+            l(&st.srtp_auth_failed),
         ),
         (
             "callrec_rtp_timeouts_total",

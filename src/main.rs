@@ -452,10 +452,10 @@ struct RunArgs {
     /// Address for SIP over UDP and TCP (same port for both).
     #[arg(long, env = "CALLREC_LISTEN", default_value = "0.0.0.0:5060")]
     listen: SocketAddr,
-    /// The PBX (HOST:PORT): requests from its address are outgoing calls and go to the trunk.
+    /// The PBX (HOST:PORT, tcp:// or tls://HOST:PORT, or a sips: URI): requests from its address are outgoing calls and go to the trunk.
     #[arg(long, env = "CALLREC_PBX")]
     pbx: String,
-    /// The trunk (HOST:PORT): outgoing calls are sent here; everything else goes to the PBX.
+    /// The trunk (HOST:PORT, tcp:// or tls://HOST:PORT, or a sips: URI): outgoing calls are sent here; everything else goes to the PBX.
     #[arg(long, env = "CALLREC_TRUNK")]
     trunk: String,
     /// IP address written into rewritten SDP; relay sockets bind to it (default: the listen address, or 127.0.0.1 if that is 0.0.0.0).
@@ -473,6 +473,15 @@ struct RunArgs {
     /// Media sources accepted: strict (only the address:port each SDP names) or heuristic (also one other source, e.g. behind NAT, when nothing came from that address within 3 s of the offer/answer).
     #[arg(long, env = "CALLREC_MEDIA_LEARNING", default_value = "heuristic")]
     media_learning: callrec::media::latch::LearningMode,
+    /// What the PBX leg gets: rtp, srtp (SDES keys) or same (what the other leg offered).
+    #[arg(long, env = "CALLREC_PBX_MEDIA", default_value = "same")]
+    pbx_media: callrec::media::sdes::LegMedia,
+    /// What the trunk leg gets: rtp, srtp (SDES keys) or same (what the other leg offered).
+    #[arg(long, env = "CALLREC_TRUNK_MEDIA", default_value = "same")]
+    trunk_media: callrec::media::sdes::LegMedia,
+    /// Exchange SDES keys also on legs whose SIP is not carried over TLS (the keys are then readable on the wire).
+    #[arg(long, env = "CALLREC_ALLOW_SDES_OVER_UDP")]
+    allow_sdes_over_udp: bool,
     /// Address that gets an e-mail for every upload attempt in which a file failed, a low spool disk and a directory that cannot be refreshed (repeatable).
     #[arg(
         long = "notify-email",
@@ -535,6 +544,8 @@ struct RunArgs {
     keystore: KeystoreArgs,
     #[command(flatten)]
     trust: callrec::sip::trust::TrustArgs,
+    #[command(flatten)]
+    tls: callrec::sip::tls::TlsArgs,
     /// File holding the bearer token for the admin API's /api/ paths (or the value in env CALLREC_ADMIN_TOKEN); default: generated into <data-dir>/admin.token.
     #[arg(long, env = "CALLREC_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
@@ -570,12 +581,15 @@ struct RunArgs {
     log_level: String,
 }
 
-fn resolve(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
+fn resolve(what: &str, s: &str) -> anyhow::Result<(SocketAddr, callrec::config::NextHop)> {
     use std::net::ToSocketAddrs;
-    s.to_socket_addrs()
+    let hop: callrec::config::NextHop = s.parse().map_err(|e| anyhow::anyhow!("{what} {e}"))?;
+    let addr = (hop.host.as_str(), hop.port)
+        .to_socket_addrs()
         .with_context(|| format!("cannot resolve {what} address {s:?}; give HOST:PORT"))?
         .next()
-        .with_context(|| format!("{what} address {s:?} resolves to nothing"))
+        .with_context(|| format!("{what} address {s:?} resolves to nothing"))?;
+    Ok((addr, hop))
 }
 
 fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -658,10 +672,16 @@ impl RunArgs {
                     format!("--admin-listen {a:?}: expected ADDR:PORT or \"off\"")
                 })?),
             };
-        let (pbx, trunk) = (
+        let ((pbx, pbx_hop), (trunk, trunk_hop)) = (
             resolve("--pbx", &self.pbx)?,
             resolve("--trunk", &self.trunk)?,
         );
+        let tls_wanted = self.tls.listen_tls.is_some()
+            || [&pbx_hop, &trunk_hop].iter().any(|h| h.proto.is_secure());
+        let tls = tls_wanted.then(|| callrec::sip::tls::TlsSettings {
+            files: self.tls.clone(),
+            names: vec![(pbx, pbx_hop.host.clone()), (trunk, trunk_hop.host.clone())],
+        });
         Ok(RunConfig {
             listen: self.listen,
             pbx,
@@ -672,6 +692,11 @@ impl RunArgs {
             data_dir: self.data_dir,
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
             media_learning: self.media_learning,
+            srtp: callrec::config::SrtpConfig {
+                pbx_media: self.pbx_media,
+                trunk_media: self.trunk_media,
+                allow_sdes_over_udp: self.allow_sdes_over_udp,
+            },
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             smtp: self.smtp.clone(),
             notify_email: self.notify_email.clone(),
@@ -694,6 +719,9 @@ impl RunArgs {
                 idle_timeout: Duration::from_secs(self.tcp_idle_timeout.max(1)),
                 ..Default::default()
             },
+            pbx_proto: pbx_hop.proto,
+            trunk_proto: trunk_hop.proto,
+            tls,
         })
     }
 }

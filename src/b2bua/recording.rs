@@ -95,6 +95,10 @@ pub struct CallFacts {
     pub targets: Vec<String>,
     /// Packets from strangers dropped at the ports facing the caller and the callee.
     pub foreign_packets: [u64; 2],
+    /// SRTP packets from the caller and the callee that failed authentication.
+    pub srtp_auth_failed: [u64; 2],
+    /// The SRTP suite on the caller's and the callee's leg (None: plain RTP).
+    pub srtp_suites: [Option<&'static str>; 2],
 }
 
 struct ForkTap(Fork);
@@ -350,6 +354,10 @@ impl CallRecording {
             // The relay dropped these before the recorder; the call counted them.
             meta.media.caller.foreign_packets = facts.foreign_packets[0];
             meta.media.callee.foreign_packets = facts.foreign_packets[1];
+            meta.media.caller.srtp_auth_failed = facts.srtp_auth_failed[0];
+            meta.media.callee.srtp_auth_failed = facts.srtp_auth_failed[1];
+            meta.media.caller.srtp = facts.srtp_suites[0].map(str::to_string);
+            meta.media.callee.srtp = facts.srtp_suites[1].map(str::to_string);
             stats.stats.recorder_queue_dropped.fetch_add(
                 out.caller.queue_dropped + out.callee.queue_dropped,
                 Ordering::Relaxed,

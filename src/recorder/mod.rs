@@ -251,6 +251,14 @@ pub struct MediaStats {
     /// at the ports facing the party (never recorded); set by the call.
     #[serde(default)]
     pub foreign_packets: u64,
+    /// SRTP packets this party sent that failed authentication (or were
+    /// replays), dropped by the relay (never recorded); set by the call.
+    #[serde(default)]
+    pub srtp_auth_failed: u64,
+    /// The SRTP suite of this party's leg (absent: plain RTP); the keys
+    /// themselves are never written anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<String>,
 }
 
 /// What a finished recording produced.

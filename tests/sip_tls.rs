@@ -1,0 +1,574 @@
+//! SIP over TLS through the real binary: a PBX on UDP calling a trunk that
+//! only speaks TLS, a trunk calling in over the TLS listener, next hops whose
+//! certificate has the wrong name or has expired (refused, with a clear log
+//! line), a TCP call beside TLS, and certificates reloaded on SIGHUP while a
+//! connection stays up. The test CA and certificates are made with rcgen.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use callrec::sip::framer::{Frame, Framer};
+use callrec::sip::Message;
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// A test CA and leaf certificates it signs, in a temporary folder.
+struct Pki {
+    dir: TestDir,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+/// A leaf certificate: PEM for files, DER for rustls.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(DnType::CommonName, "callrec test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = p.self_signed(&ca_key).unwrap();
+        let dir = TestDir::new("tls");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for `name` (a DNS name); expired when `expired`.
+    fn leaf(&self, name: &str, expired: bool) -> Leaf {
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// Writes a leaf as NAME.pem and NAME.key; returns both paths.
+    fn write(&self, file: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+        let (c, k) = (
+            self.dir.join(&format!("{file}.pem")),
+            self.dir.join(&format!("{file}.key")),
+        );
+        std::fs::write(&c, &leaf.cert_pem).unwrap();
+        std::fs::write(&k, &leaf.key_pem).unwrap();
+        (c, k)
+    }
+
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    }
+}
+
+fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .unwrap(),
+    )
+}
+
+/// One SIP peer on a TLS stream (client or server side), blocking.
+struct SipTls<S: Read + Write> {
+    stream: S,
+    framer: Framer,
+    local: SocketAddr,
+}
+
+impl<S: Read + Write> SipTls<S> {
+    /// The next SIP message, skipping keep-alives; None after `wait`.
+    fn recv(&mut self, wait: Duration) -> Option<Message> {
+        let end = Instant::now() + wait;
+        let mut buf = [0u8; 8192];
+        loop {
+            match self.framer.next_frame() {
+                Ok(Some(Frame::Message(m))) => {
+                    return Some(Message::parse(&m).expect("callrec sent a parseable message"))
+                }
+                Ok(Some(Frame::Ping)) => continue,
+                Ok(None) => {}
+                Err(e) => panic!("callrec's stream cannot be framed: {e}"),
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.framer.push(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next request (answering nothing), or panics after `wait`.
+    fn expect(&mut self, method: &str, wait: Duration) -> Message {
+        loop {
+            let m = self
+                .recv(wait)
+                .unwrap_or_else(|| panic!("no {method} over TLS within {wait:?}"));
+            if m.is_request() && m.method() == method {
+                return m;
+            }
+        }
+    }
+
+    fn send(&mut self, m: &Message) {
+        self.stream.write_all(&m.to_bytes()).unwrap();
+        self.stream.flush().unwrap();
+    }
+
+    /// A response to `req` copying the headers a response must copy.
+    fn answer(&mut self, req: &Message, code: u16, sdp: Option<&str>) {
+        let mut r = Message::response(code, if code == 200 { "OK" } else { "Ringing" });
+        for v in req.header_all("Via") {
+            r.push("Via", v);
+        }
+        for h in ["From", "Call-ID", "CSeq"] {
+            r.push(h, req.header(h).unwrap());
+        }
+        let to = req.header("To").unwrap();
+        r.push(
+            "To",
+            if to.contains("tag=") {
+                to.to_string()
+            } else {
+                format!("{to};tag=trunk1")
+            },
+        );
+        r.push(
+            "Contact",
+            format!("<sip:trunk@{};transport=tls>", self.local),
+        );
+        if let Some(b) = sdp {
+            r.push("Content-Type", "application/sdp");
+            r.body = b.as_bytes().to_vec();
+        }
+        r.set("Content-Length", r.body.len().to_string());
+        self.send(&r);
+    }
+}
+
+fn sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n"
+    )
+}
+
+/// A trunk that only speaks TLS, on 127.0.0.1 (reached as "localhost").
+struct TlsTrunk {
+    addr: SocketAddr,
+    listener: TcpListener,
+}
+
+impl TlsTrunk {
+    fn new() -> TlsTrunk {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        TlsTrunk {
+            addr: listener.local_addr().unwrap(),
+            listener,
+        }
+    }
+
+    /// Accepts one connection within `wait` and completes the handshake
+    /// with `leaf`; Err holds the handshake error.
+    fn accept(
+        &self,
+        leaf: &Leaf,
+        wait: Duration,
+    ) -> Result<SipTls<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>, String> {
+        self.listener.set_nonblocking(true).unwrap();
+        let end = Instant::now() + wait;
+        let tcp = loop {
+            match self.listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if Instant::now() < end => thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("no connection from callrec: {e}")),
+            }
+        };
+        tcp.set_nonblocking(false).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let conn = rustls::ServerConnection::new(server_config(leaf)).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        while s.conn.is_handshaking() {
+            if Instant::now() > end {
+                return Err("handshake did not complete".into());
+            }
+            match s.conn.complete_io(&mut s.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(SipTls {
+            stream: s,
+            framer: Framer::default(),
+            local: self.addr,
+        })
+    }
+}
+
+fn connect_tls(
+    pki: &Pki,
+    to: SocketAddr,
+    name: &str,
+) -> SipTls<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let tcp = TcpStream::connect(to).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let local = tcp.local_addr().unwrap();
+    let conn = rustls::ClientConnection::new(
+        pki.client_config(),
+        ServerName::try_from(name.to_string()).unwrap(),
+    )
+    .unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let end = Instant::now() + Duration::from_secs(5);
+    while s.conn.is_handshaking() {
+        assert!(Instant::now() < end, "no TLS handshake with callrec");
+        match s.conn.complete_io(&mut s.sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("TLS handshake with callrec failed: {e}"),
+        }
+    }
+    SipTls {
+        stream: s,
+        framer: Framer::default(),
+        local,
+    }
+}
+
+/// A proxy whose trunk is `tls://localhost:PORT`, verified against the test CA.
+fn proxy_with_tls_trunk(pki: &Pki, trunk: &TlsTrunk, extra: &[&str]) -> Proxy {
+    let mut b = Proxy::builder()
+        .trunk(
+            trunk.addr,
+            &format!("tls://localhost:{}", trunk.addr.port()),
+        )
+        .arg("--tls-ca")
+        .arg(pki.ca_path().to_str().unwrap());
+    for a in extra {
+        b = b.arg(a);
+    }
+    b.start()
+}
+
+/// An INVITE from the PBX (127.0.0.2) over UDP, sent once.
+fn invite_from_pbx(proxy: &Proxy) -> UdpSocket {
+    let sock = UdpSocket::bind((PBX_IP, 0)).unwrap();
+    let me = sock.local_addr().unwrap();
+    let body = sdp(free_port());
+    let msg = format!(
+        "INVITE sip:0301234@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-tls-{p}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:100@{me}>;tag=pbx1\r\nTo: <sip:0301234@{to}>\r\n\
+         Call-ID: tls-{p}@pbx\r\nCSeq: 1 INVITE\r\nContact: <sip:100@{me}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len(),
+        to = proxy.sip_addr(),
+        p = me.port(),
+    );
+    sock.send_to(msg.as_bytes(), proxy.sip_addr()).unwrap();
+    sock
+}
+
+#[test]
+fn a_pbx_on_udp_calls_a_trunk_that_only_speaks_tls() {
+    require_sipp();
+    let pki = Pki::new();
+    let leaf = pki.leaf("localhost", false);
+    let trunk = TlsTrunk::new();
+    let proxy = proxy_with_tls_trunk(&pki, &trunk, &[]);
+    let run = proxy.call(pair("outgoing")).callee_at(trunk.addr);
+    let dir = TestDir::new("tls-call");
+    let caller = run.caller_sipp(dir.path()).spawn();
+    let mut t = trunk
+        .accept(&leaf, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail(60)));
+    let invite = t.expect("INVITE", Duration::from_secs(10));
+    let via = invite.header("Via").unwrap();
+    assert!(via.starts_with("SIP/2.0/TLS "), "Via on the TLS leg: {via}");
+    let contact = invite.header("Contact").unwrap();
+    assert!(
+        contact.contains(";transport=tls"),
+        "Contact on the TLS leg: {contact}"
+    );
+    t.answer(&invite, 200, Some(&sdp(free_port())));
+    t.expect("ACK", Duration::from_secs(10));
+    // The caller hangs up; the BYE comes over the connection callrec opened.
+    let bye = t.expect("BYE", Duration::from_secs(15));
+    t.answer(&bye, 200, None);
+    let out = caller.wait();
+    assert!(out.success(), "{}\n{}", out.report(), proxy.log_tail(80));
+    assert_eq!(
+        metric(&proxy.metrics(), "callrec_tls_handshake_failures_total"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_trunk_calls_in_over_the_tls_listener_and_the_dialog_stays_on_its_connection() {
+    require_sipp();
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    let tls_port = free_port();
+    let trunk_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = Proxy::builder()
+        .trunk(
+            trunk_addr,
+            &format!("tls://localhost:{}", trunk_addr.port()),
+        )
+        .arg("--tls-ca")
+        .arg(pki.ca_path().to_str().unwrap())
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .start();
+    let run = proxy.call(pair("basic"));
+    let dir = TestDir::new("tls-in");
+    let mut callee = run.callee_sipp(dir.path()).spawn();
+    assert!(callee.wait_ready(Duration::from_secs(10)));
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let mut c = connect_tls(&pki, tls_addr, "localhost");
+    let me = c.local;
+    let body = sdp(free_port());
+    let mut inv = Message::request("INVITE", &format!("sips:0301234@localhost:{tls_port}"));
+    inv.push("Via", format!("SIP/2.0/TLS {me};branch=z9hG4bK-in-1"));
+    inv.push("Max-Forwards", "70");
+    inv.push("From", format!("<sip:049111@{me}>;tag=tr1"));
+    inv.push("To", format!("<sip:0301234@localhost:{tls_port}>"));
+    inv.push("Call-ID", format!("tls-in-{}@trunk", me.port()));
+    inv.push("CSeq", "1 INVITE");
+    inv.push("Contact", format!("<sip:049111@{me};transport=tls>"));
+    inv.push("Content-Type", "application/sdp");
+    inv.push("Content-Length", body.len().to_string());
+    inv.body = body.into_bytes();
+    c.send(&inv);
+    let ok = loop {
+        let r = c
+            .recv(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no 200 over TLS\n{}", proxy.log_tail(60)));
+        if !r.is_request() && r.code() == 200 {
+            break r;
+        }
+    };
+    let contact = ok.header("Contact").unwrap().to_string();
+    assert!(
+        contact.contains(&format!(":{tls_port};transport=tls")),
+        "the 200's Contact must lead back to the TLS listener: {contact}"
+    );
+    let target = callrec::sip::message::uri_of(&contact).to_string();
+    let mut ack = Message::request("ACK", &target);
+    ack.push("Via", format!("SIP/2.0/TLS {me};branch=z9hG4bK-in-ack"));
+    ack.push("Max-Forwards", "70");
+    ack.push("From", inv.header("From").unwrap());
+    ack.push("To", ok.header("To").unwrap());
+    ack.push("Call-ID", inv.header("Call-ID").unwrap());
+    ack.push("CSeq", "1 ACK");
+    ack.push("Content-Length", "0");
+    c.send(&ack);
+    thread::sleep(Duration::from_millis(800));
+    let mut bye = Message::request("BYE", &target);
+    bye.push("Via", format!("SIP/2.0/TLS {me};branch=z9hG4bK-in-bye"));
+    bye.push("Max-Forwards", "70");
+    bye.push("From", inv.header("From").unwrap());
+    bye.push("To", ok.header("To").unwrap());
+    bye.push("Call-ID", inv.header("Call-ID").unwrap());
+    bye.push("CSeq", "2 BYE");
+    bye.push("Content-Length", "0");
+    c.send(&bye);
+    let bye_ok = loop {
+        let r = c
+            .recv(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no answer to BYE over TLS\n{}", proxy.log_tail(60)));
+        if !r.is_request() && r.cseq().is_some_and(|(_, m)| m == "BYE") {
+            break r;
+        }
+    };
+    assert_eq!(bye_ok.code(), 200);
+    let out = callee.wait();
+    assert!(out.success(), "{}\n{}", out.report(), proxy.log_tail(80));
+}
+
+/// Starts a call towards a trunk showing `leaf` and returns callrec's log
+/// once it has refused the connection.
+fn refused_trunk(leaf_name: &str, expired: bool, expect: &str) {
+    let pki = Pki::new();
+    let leaf = pki.leaf(leaf_name, expired);
+    let trunk = TlsTrunk::new();
+    let proxy = proxy_with_tls_trunk(&pki, &trunk, &[]);
+    let _pbx = invite_from_pbx(&proxy);
+    // Our side of the handshake fails as soon as callrec sends its alert.
+    let r = trunk.accept(&leaf, Duration::from_secs(10));
+    assert!(
+        r.is_err(),
+        "callrec completed a handshake with a bad certificate"
+    );
+    let seen = wait_until(Duration::from_secs(10), || proxy.log().contains(expect));
+    assert!(seen, "no log line {expect:?}\n{}", proxy.log_tail(60));
+    let line = proxy
+        .log()
+        .lines()
+        .find(|l| l.contains(expect))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("SIP TLS connection to localhost refused"),
+        "the line names the next hop: {line}"
+    );
+    assert_eq!(
+        metric(&proxy.metrics(), "callrec_tls_handshake_failures_total"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_trunk_certificate_for_another_name_is_refused_with_a_clear_log_line() {
+    refused_trunk(
+        "wrong.example.net",
+        false,
+        "the certificate is not valid for this name",
+    );
+}
+
+#[test]
+fn an_expired_trunk_certificate_is_refused_with_a_clear_log_line() {
+    refused_trunk("localhost", true, "the certificate has expired");
+}
+
+#[test]
+fn a_tcp_call_keeps_working_beside_the_tls_listener() {
+    require_sipp();
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    let proxy = Proxy::builder()
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{}", free_port()))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .start();
+    let out = proxy.call(pair("outgoing")).caller_transport("t1").run();
+    out.assert_success();
+    out.assert_media_both_ways();
+}
+
+#[test]
+fn certificates_are_reloaded_on_sighup_while_open_connections_stay() {
+    let pki = Pki::new();
+    let first = pki.leaf("localhost", false);
+    let (cert, key) = pki.write("callrec", &first);
+    let tls_port = free_port();
+    let proxy = Proxy::builder()
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .start();
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let options = |c: &mut SipTls<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+                   n: u32| {
+        let me = c.local;
+        let mut o = Message::request("OPTIONS", &format!("sip:callrec@{tls_addr}"));
+        o.push("Via", format!("SIP/2.0/TLS {me};branch=z9hG4bK-o{n}"));
+        o.push("Max-Forwards", "70");
+        o.push("From", format!("<sip:probe@{me}>;tag=o{n}"));
+        o.push("To", format!("<sip:callrec@{tls_addr}>"));
+        o.push("Call-ID", format!("opt-{n}-{}", me.port()));
+        o.push("CSeq", format!("{n} OPTIONS"));
+        o.push("Content-Length", "0");
+        c.send(&o);
+        c.recv(Duration::from_secs(5)).map(|r| r.code())
+    };
+    let mut old = connect_tls(&pki, tls_addr, "localhost");
+    assert_eq!(options(&mut old, 1), Some(200));
+    assert_eq!(old.stream.conn.peer_certificates().unwrap()[0], first.der);
+
+    let second = pki.leaf("localhost", false);
+    pki.write("callrec", &second);
+    // SAFETY: signals the child process we started.
+    unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(5), || proxy
+            .log()
+            .contains("SIGHUP: TLS certificates reloaded")),
+        "{}",
+        proxy.log_tail(40)
+    );
+    let mut new = connect_tls(&pki, tls_addr, "localhost");
+    assert_eq!(
+        new.stream.conn.peer_certificates().unwrap()[0],
+        second.der,
+        "a new connection still gets the old certificate"
+    );
+    assert_eq!(options(&mut new, 2), Some(200));
+    assert_eq!(
+        options(&mut old, 3),
+        Some(200),
+        "the connection opened before the reload was dropped"
+    );
+
+    // A broken file on reload leaves the last good certificate in use.
+    std::fs::write(&key, "not a key").unwrap();
+    unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) };
+    assert!(wait_until(Duration::from_secs(5), || proxy.log().contains(
+        "TLS certificates not reloaded, the old ones stay in use"
+    )));
+    let third = connect_tls(&pki, tls_addr, "localhost");
+    assert_eq!(
+        third.stream.conn.peer_certificates().unwrap()[0],
+        second.der
+    );
+}

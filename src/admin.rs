@@ -1,6 +1,7 @@
 //! The admin HTTP API: health and Prometheus metrics for monitoring, and under
 //! `/api/` (bearer token required) the recently finished calls and the group
-//! login/logout that a phone's URL key can trigger (DESIGN §5).
+//! login/logout that a phone's URL key can trigger. The web console
+//! (`crate::console`) is served beside it, on the same listener.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ struct Admin {
 
 /// Serves the admin API on `addr` until the process ends.
 pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io::Result<()> {
+    let app_core = core.clone();
     let state = Arc::new(Admin { core, token });
     let api = Router::new()
         .route("/api/calls/recent", get(recent))
@@ -35,17 +37,22 @@ pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io:
             get(membership).post(membership),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(api)
         .with_state(state);
+    if let Some(console) = crate::console::router(app_core.clone(), app_core.cfg.console.clone()) {
+        app = app.merge(console);
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind admin API on {addr}: {e}"))
     })?;
     tracing::info!("admin API on http://{addr}");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        // The peer address throttles console logins per address.
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::error!("admin API stopped: {e}");
         }
     });

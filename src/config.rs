@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub limits: Limits,
     /// Limits on SIP TCP connections.
     pub tcp: crate::sip::transport::TcpLimits,
+    /// The web console's sessions and cookies.
+    pub console: crate::console::ConsoleSettings,
 }
 
 /// Resource limits: what one peer, or all of them together, may make the

@@ -133,6 +133,16 @@ ALTER TABLE recordings ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE recordings ADD COLUMN answered_by TEXT;
 "#,
+    // Users of the web console (argon2 hashes).
+    r#"
+CREATE TABLE console_users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    changed_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Milliseconds since the Unix epoch, now.

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod archive;
 pub mod b2bua;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod db_repair;
 pub mod media;

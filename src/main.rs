@@ -54,6 +54,64 @@ enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Users of the web console (the password is read from standard input when it is not a terminal).
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UsersAction {
+    /// Add a user with a role: viewer (search, listen), auditor (also export, access log) or admin (also operations).
+    Add {
+        name: String,
+        #[arg(long)]
+        role: callrec::console::Role,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Set a new password (the user's sessions end).
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Remove a user (her sessions end).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// List the users and their roles.
+    List(StateArgs),
+}
+
+fn users(action: UsersAction) -> anyhow::Result<()> {
+    use callrec::console::users;
+    let db_file = |s: &StateArgs| s.data_dir.join(callrec::db::DB_FILE_NAME);
+    match action {
+        UsersAction::Add { name, role, state } => {
+            let pw = users::read_password(&format!("Password for {name}: "))?;
+            users::add(&db_file(&state), &name, role, &pw)?;
+            println!("user {name} added with role {role}");
+        }
+        UsersAction::Passwd { name, state } => {
+            let pw = users::read_password(&format!("New password for {name}: "))?;
+            users::passwd(&db_file(&state), &name, &pw)?;
+            println!("password of {name} changed");
+        }
+        UsersAction::Remove { name, state } => {
+            users::remove(&db_file(&state), &name)?;
+            println!("user {name} removed");
+        }
+        UsersAction::List(state) => {
+            for (name, role) in users::list(&state.db()?)? {
+                println!("{name}  {role}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -565,6 +623,12 @@ struct RunArgs {
     /// Seconds without a complete message after which a TCP connection is closed (not for the trunk, the PBX and trusted sources).
     #[arg(long, env = "CALLREC_TCP_IDLE_TIMEOUT", default_value_t = TcpLimits::default().idle_timeout.as_secs())]
     tcp_idle_timeout: u64,
+    /// Seconds without a request after which a web console session ends.
+    #[arg(long, env = "CALLREC_CONSOLE_IDLE_TIMEOUT", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    console_idle_timeout: u64,
+    /// Mark the console's cookies Secure: set this when the console is reached over HTTPS through a reverse proxy.
+    #[arg(long, env = "CALLREC_CONSOLE_SECURE_COOKIES")]
+    console_secure_cookies: bool,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -694,6 +758,10 @@ impl RunArgs {
                 idle_timeout: Duration::from_secs(self.tcp_idle_timeout.max(1)),
                 ..Default::default()
             },
+            console: callrec::console::ConsoleSettings {
+                idle: Duration::from_secs(self.console_idle_timeout),
+                secure_cookies: self.console_secure_cookies,
+            },
         })
     }
 }
@@ -807,6 +875,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Users { action } => users(action),
         Command::Db { action } => match db_command(action) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

@@ -56,11 +56,20 @@ async function searchAndOpen(page, role, shot) {
   return id;
 }
 
-async function playToEnd(page, role) {
-  const ranged = [];
+// The Content-Range of every partial audio response a page got.
+const ranges = new WeakMap();
+async function newPage(context) {
+  const page = await context.newPage();
+  const seen = [];
+  ranges.set(page, seen);
   page.on("response", (r) => {
-    if (r.url().includes("/audio") && r.status() === 206) ranged.push(r.headers()["content-range"]);
+    if (r.url().includes("/audio") && r.status() === 206) seen.push(r.headers()["content-range"]);
   });
+  return page;
+}
+
+async function playToEnd(page, role) {
+  const ranged = ranges.get(page);
   const result = await page.evaluate(async () => {
     const a = document.querySelector("audio");
     a.muted = true;
@@ -97,7 +106,7 @@ async function refused(page, role, pathname) {
   });
   try {
     // Viewer: search and listen; no export, access log or operations.
-    let page = await context.newPage();
+    let page = await newPage(context);
     await login(page, "viewer");
     const id = await searchAndOpen(page, "viewer", true);
     await page.screenshot({ path: path.join(OUT, "console-recording.png"), fullPage: true });
@@ -114,7 +123,7 @@ async function refused(page, role, pathname) {
     await page.close();
 
     // Auditor: also the export (verified by the Rust test with openssl) and the access log.
-    page = await context.newPage();
+    page = await newPage(context);
     await login(page, "auditor");
     await searchAndOpen(page, "auditor", false);
     await playToEnd(page, "auditor");
@@ -135,7 +144,7 @@ async function refused(page, role, pathname) {
     await page.close();
 
     // Admin: the operations view with the instance certificate.
-    page = await context.newPage();
+    page = await newPage(context);
     await login(page, "admin");
     await page.getByRole("link", { name: "Operations" }).click();
     await page.waitForURL(`${URL}/operations`);

@@ -16,7 +16,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::access_log::{AccessAction, AccessEntry};
 use crate::b2bua::{CallSummary, Core};
+
+/// The access log's actor for requests with the admin API's bearer token
+/// (there is one token; its name is what the log shows).
+pub const API_ACTOR: &str = "api:admin-token";
 
 /// Shared state of the admin API.
 struct Admin {
@@ -130,13 +135,27 @@ async fn recordings(State(s): State<Arc<Admin>>, Query(q): Query<SearchQuery>) -
         None => crate::policy::NumberPlan::default(),
     };
     let rows = tokio::task::spawn_blocking(move || {
-        crate::archive::search(
+        let rows = crate::archive::search(
             &db,
             &plan,
             &q.number,
             q.from_ms.unwrap_or(0),
             q.to_ms.unwrap_or(i64::MAX),
-        )
+        )?;
+        // Logged before the answer leaves; a search that cannot be logged is refused.
+        let entry = AccessEntry::now(
+            API_ACTOR,
+            AccessAction::Search,
+            &q.number,
+            Some(format!(
+                "{} set(s), from_ms {:?} to_ms {:?}",
+                rows.len(),
+                q.from_ms,
+                q.to_ms
+            )),
+        );
+        crate::access_log::record_sync(&db, entry)?;
+        Ok::<_, crate::archive::ArchiveError>(rows)
     })
     .await;
     match rows {

@@ -5,6 +5,7 @@
 //! both legs) → `media` (RTP relay, fork) → `recorder` (timeline, WAV, metadata)
 //! → `seal` (checksums, signature, chain).
 
+pub mod access_log;
 pub mod admin;
 pub mod archive;
 pub mod b2bua;

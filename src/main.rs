@@ -49,6 +49,8 @@ enum Command {
     Purge(PurgeArgs),
     /// Reconcile the calls decided "record" with their sealed sets and list the recording failures; exit 1 when a set is missing.
     Report(ReportArgs),
+    /// List the access log: who searched, exported, played back or held which recordings.
+    Audit(AuditArgs),
     /// Check the protocol database, or recover what is readable of a damaged one.
     Db {
         #[command(subcommand)]
@@ -160,6 +162,52 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
         println!("mail sent about {} newly found missing set(s)", new.len());
     }
     Ok(r.missing.is_empty())
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    /// Only entries at or after this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only entries of this actor (OS user, API token name or console user).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Print a JSON array instead of one line per entry.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+fn audit(a: AuditArgs) -> anyhow::Result<()> {
+    let since = a.since.as_deref().map(parse_time).transpose()?;
+    let rows = callrec::access_log::list(&a.state.db()?, since, a.actor.as_deref())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for r in &rows {
+            println!("{}", r.line());
+        }
+    }
+    Ok(())
+}
+
+/// Logs an access by the OS user before anything is shown; an access that
+/// cannot be logged is refused.
+fn log_access(
+    db: &callrec::db::Db,
+    action: callrec::access_log::AccessAction,
+    subject: &str,
+    detail: Option<String>,
+) -> anyhow::Result<()> {
+    let entry = callrec::access_log::AccessEntry::now(
+        callrec::access_log::os_user(),
+        action,
+        subject,
+        detail,
+    );
+    callrec::access_log::record_sync(db, entry)
+        .context("cannot write the access log; nothing is shown")
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,7 +382,11 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
     Ok(t.timestamp_millis())
 }
 
-fn search_rows(a: &SearchArgs) -> anyhow::Result<Vec<callrec::db::RecordingRow>> {
+/// The rows of a search, after its access is logged (`action` search or export).
+fn search_rows(
+    a: &SearchArgs,
+    action: callrec::access_log::AccessAction,
+) -> anyhow::Result<Vec<callrec::db::RecordingRow>> {
     let from = a.from.as_deref().map(parse_time).transpose()?.unwrap_or(0);
     let to =
         a.to.as_deref()
@@ -342,13 +394,13 @@ fn search_rows(a: &SearchArgs) -> anyhow::Result<Vec<callrec::db::RecordingRow>>
             .transpose()?
             .unwrap_or(i64::MAX);
     let plan = a.state.policy()?.numbers;
-    Ok(callrec::archive::search(
-        &a.state.db()?,
-        &plan,
-        &a.number,
-        from,
-        to,
-    )?)
+    let db = a.state.db()?;
+    let rows = callrec::archive::search(&db, &plan, &a.number, from, to)?;
+    if action == callrec::access_log::AccessAction::Search {
+        let range = format!("{} set(s), from {:?} to {:?}", rows.len(), a.from, a.to);
+        log_access(&db, action, &a.number, Some(range))?;
+    }
+    Ok(rows)
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -380,7 +432,7 @@ fn uploads(action: UploadsAction) -> anyhow::Result<()> {
 fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
     match action {
         RecordingsAction::Search(a) => {
-            for r in search_rows(&a)? {
+            for r in search_rows(&a, callrec::access_log::AccessAction::Search)? {
                 let answered = r
                     .answered_by
                     .map(|a| format!("  answered by {a}"))
@@ -398,7 +450,7 @@ fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
             Ok(true)
         }
         RecordingsAction::Export { search, out } => {
-            let rows = search_rows(&search)?;
+            let rows = search_rows(&search, callrec::access_log::AccessAction::Export)?;
             if rows.is_empty() {
                 bail!("no recordings of {} in that time range", search.number);
             }
@@ -409,6 +461,14 @@ fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
                     cert_path.display()
                 )
             })?;
+            // Logged before anything leaves: which number, which sets, where to.
+            let sets: Vec<&str> = rows.iter().map(|r| r.base_name.as_str()).collect();
+            log_access(
+                &search.state.db()?,
+                callrec::access_log::AccessAction::Export,
+                &search.number,
+                Some(format!("to {}: {}", out.display(), sets.join(" "))),
+            )?;
             let report = callrec::archive::export(
                 &rows,
                 &search.state.roots()?,
@@ -870,6 +930,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Onedrive { action } => onedrive(action),
+        Command::Audit(a) => audit(a),
         Command::Report(a) => match report(a) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

@@ -447,6 +447,22 @@ fn console_login_roles_range_and_tamper() {
         409
     );
 
+    // Every search, playback and export is in the access log, with the user.
+    let (code, audit) = callrec_cli(&["audit", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{audit}");
+    for (who, what, subject) in [
+        ("console:vera", "search", "+49 30 12345678"),
+        ("console:vera", "playback", id.as_str()),
+        ("console:adam", "export", id.as_str()),
+    ] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(who) && l.contains(what) && l.contains(subject)),
+            "no {who} {what} {subject} in the access log:\n{audit}"
+        );
+    }
+
     // A removed user's session ends at once.
     let (code, out) = users_cli(&data, &["remove", "adam"], "");
     assert_eq!(code, 0, "{out}");

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::auth::{self, LOGIN_COOKIE, SESSION_COOKIE};
 use super::pages::{self, Hit, RecordingView, SearchForm};
 use super::{blocking, console_on, sets, users, Console, Me, Refusal, Role};
+use crate::access_log::{AccessAction, AccessEntry};
 use crate::db::RecordingRow;
 
 fn page(m: maud::Markup) -> Response {
@@ -26,14 +27,26 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::Internal(e.to_string())
 }
 
-/// Writes one console action to the access log.
-pub(super) fn access(c: &Console, me: &Me, action: &str, what: &str) {
-    tracing::info!(user = %me.name, role = %me.role, action, what, "console access");
-    c.db.send(crate::db::Record::Error {
-        at_ms: crate::db::now_ms(),
-        component: "console-access".into(),
-        message: format!("{} ({}) {action} {what}", me.name, me.role),
-    });
+/// Writes one console action to the access log, as `console:<user>`, and
+/// waits for the commit: what is not logged is not shown.
+pub(super) async fn access(
+    c: &Console,
+    me: &Me,
+    action: AccessAction,
+    subject: &str,
+    detail: Option<String>,
+) -> Result<(), Refusal> {
+    tracing::info!(user = %me.name, role = %me.role, action = %action, subject, "console access");
+    let db = c.db.clone();
+    let entry = AccessEntry::now(actor(&me.name), action, subject, detail);
+    blocking(move || crate::access_log::record_sync(&db, entry))
+        .await?
+        .map_err(internal)
+}
+
+/// How console users appear in the access log.
+pub(super) fn actor(user: &str) -> String {
+    format!("console:{user}")
 }
 
 /// `GET /login`: the form, with a fresh CSRF token in a cookie and a field.
@@ -230,16 +243,17 @@ pub async fn search(
     access(
         &c,
         &me,
-        "search",
-        &format!(
-            "number={} from={} to={} profile={} results={}",
-            f.number,
+        AccessAction::Search,
+        &f.number,
+        Some(format!(
+            "from={} to={} profile={} results={}",
             f.from,
             f.to,
             f.profile,
             hits.len()
-        ),
-    );
+        )),
+    )
+    .await?;
     Ok(page(pages::search(&me, &f, Some(&hits), None)))
 }
 
@@ -342,7 +356,14 @@ pub async fn recording(
     } else {
         "FAILED"
     };
-    access(&c, &me, "open", &format!("{id} verification {ok}"));
+    access(
+        &c,
+        &me,
+        AccessAction::Verify,
+        &id,
+        Some(format!("recording page: {ok}")),
+    )
+    .await?;
     let view = RecordingView {
         row: found.row,
         problems: found.problems,
@@ -396,7 +417,7 @@ pub async fn audio(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok());
     if range.is_none_or(|r| r.trim() == "bytes=0-") {
-        access(&c, &me, "play", &format!("{id} {want}"));
+        access(&c, &me, AccessAction::Playback, &id, Some(want.to_string())).await?;
     }
     let mut r = tower_http::services::ServeFile::new(&file.path)
         .try_call(req)
@@ -439,7 +460,14 @@ pub async fn export(
     })
     .await?
     .map_err(Refusal::Internal)?;
-    access(&c, &me, "export", &id);
+    access(
+        &c,
+        &me,
+        AccessAction::Export,
+        &id,
+        Some("client zip".into()),
+    )
+    .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/zip".to_string()),
@@ -453,26 +481,34 @@ pub async fn export(
         .into_response())
 }
 
-/// `GET /access-log` (auditors and admins).
+/// Most access log rows the page shows (newest first, last 90 days); `callrec audit` has them all.
+const ACCESS_ROWS: usize = 500;
+
+/// `GET /access-log` (auditors and admins): the newest entries; reading it is logged too.
 pub async fn access_log(State(c): State<Arc<Console>>, me: Me) -> Result<Response, Refusal> {
     me.require(Role::Auditor)?;
+    access(&c, &me, AccessAction::Audit, "access log", None).await?;
     let db = c.db.clone();
-    let rows: Vec<(i64, String)> = blocking(move || {
-        db.read(|c| {
-            let mut st = c.prepare("SELECT at_ms, message FROM errors WHERE component = 'console-access' ORDER BY id DESC LIMIT 500")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
-    })
-    .await?
-    .map_err(internal)?;
+    let since = crate::db::now_ms() - 90 * 86_400_000;
+    let mut rows = blocking(move || crate::access_log::list(&db, Some(since), None))
+        .await?
+        .map_err(internal)?;
+    rows.reverse();
+    rows.truncate(ACCESS_ROWS);
     Ok(page(pages::layout(
         "Access log",
         Some(&me),
         maud::html! {
-            table.results {
-                thead { tr { th scope="col" { "Time" } th scope="col" { "Who and what" } } }
-                tbody { @for (at, what) in &rows { tr { td { (pages::time(*at)) } td { (what) } } } }
+            p { "The last 90 days, newest first; the whole log: " code { "callrec audit" } "." }
+            table.results #access {
+                thead { tr { th scope="col" { "Time" } th scope="col" { "Who" } th scope="col" { "Action" } th scope="col" { "What" } th scope="col" { "Detail" } } }
+                tbody { @for e in &rows { tr {
+                    td { (pages::time(e.at_ms)) }
+                    td { (e.actor) }
+                    td { (e.action) }
+                    td { @if sets::valid_id(&e.subject) && e.action != AccessAction::Search { a href={ "/recordings/" (e.subject) } { (e.subject) } } @else { (e.subject) } }
+                    td { (e.detail.as_deref().unwrap_or("")) }
+                } } }
             }
         },
     )))

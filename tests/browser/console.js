@@ -136,10 +136,10 @@ async function refused(page, role, pathname) {
     await page.goto(`${URL}/access-log`);
     const log = await page.locator("main").innerText();
     for (const [who, what] of [
-      [USERS.viewer[0], "search"], [USERS.viewer[0], "play"],
-      [USERS.auditor[0], "search"], [USERS.auditor[0], "play"], [USERS.auditor[0], "export"],
+      [USERS.viewer[0], "search"], [USERS.viewer[0], "playback"],
+      [USERS.auditor[0], "search"], [USERS.auditor[0], "playback"], [USERS.auditor[0], "export"],
     ]) {
-      check(log.split("\n").some((l) => l.includes(who) && l.includes(what) && (what === "search" || l.includes(id))), `access log shows ${who} ${what}`);
+      check(log.split("\n").some((l) => l.includes(`console:${who}`) && l.includes(what) && (what === "search" || l.includes(id))), `access log shows ${who} ${what}`);
     }
     await page.close();
 

@@ -301,24 +301,76 @@ struct Found {
     problems: Vec<String>,
 }
 
-/// Looks up set `id` (refusing ids that are not base names) and verifies it.
+/// Looks up set `id` (refusing ids that are not base names) in the local
+/// folders, else fetches it from a target that holds it, and verifies it.
 async fn find(c: &Arc<Console>, id: &str) -> Result<Found, Refusal> {
     if !sets::valid_id(id) {
         return Err(Refusal::NotFound);
     }
-    let (c2, id) = (c.clone(), id.to_string());
-    blocking(move || {
-        let row = row_of(&c2.db, &id)
-            .map_err(Refusal::Internal)?
-            .ok_or(Refusal::NotFound)?;
-        let sha = crate::archive::locate(&id, &c2.roots);
-        let problems = match &sha {
-            Some(sha) => c2.verified.verify(sha, &c2.cert_path),
-            None => vec!["the set is in no local folder of this instance".to_string()],
-        };
-        Ok(Found { row, sha, problems })
+    let (c2, base) = (c.clone(), id.to_string());
+    let (row, local) = blocking(move || {
+        let row = row_of(&c2.db, &base).map_err(Refusal::Internal)?;
+        let row = row.ok_or(Refusal::NotFound)?;
+        Ok::<_, Refusal>((row, crate::archive::locate(&base, &c2.roots)))
     })
-    .await?
+    .await??;
+    let sha = match local {
+        Some(sha) => Some(sha),
+        None => fetch_remote(c, id).await?,
+    };
+    let (c2, sha2) = (c.clone(), sha.clone());
+    let problems = blocking(move || match &sha2 {
+        Some(sha) => c2.verified.verify(sha, &c2.cert_path),
+        None => vec!["the set is in no local folder and no target could provide it".to_string()],
+    })
+    .await?;
+    Ok(Found { row, sha, problems })
+}
+
+/// Fetches set `id` from the first target that confirmed it into the console's
+/// fetch folder (kept until the next start); the caller verifies it before use.
+async fn fetch_remote(c: &Arc<Console>, id: &str) -> Result<Option<PathBuf>, Refusal> {
+    let sha_name = format!("{id}{}", crate::seal::CHECKSUM_SUFFIX);
+    let folder = c.fetched.join(id);
+    if folder.join(&sha_name).is_file() {
+        return Ok(Some(folder.join(sha_name)));
+    }
+    let (db, base) = (c.db.clone(), id.to_string());
+    let targets = blocking(move || stored_on(&db, &base))
+        .await?
+        .map_err(Refusal::Internal)?;
+    for url in targets {
+        let target = match crate::storage::open_target(&url, &c.secrets) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(set = %id, target_url = %url, error = %e, "console: cannot open the target to fetch the set");
+                continue;
+            }
+        };
+        std::fs::create_dir_all(&c.fetched).map_err(internal)?;
+        let tmp = tempfile::tempdir_in(&c.fetched).map_err(internal)?;
+        match target
+            .fetch(&crate::storage::UploadSet::by_name(id), tmp.path())
+            .await
+        {
+            Ok(files) if files.iter().any(|f| f.ends_with(&sha_name)) => {
+                // Another request may have fetched it meanwhile; either copy will do.
+                let kept = tmp.keep();
+                if std::fs::rename(&kept, &folder).is_err() {
+                    let _ = std::fs::remove_dir_all(&kept);
+                }
+                tracing::info!(set = %id, target_url = %url, files = files.len(), "console: set fetched from its target for playing");
+                return Ok(Some(folder.join(&sha_name)));
+            }
+            Ok(_) => {
+                tracing::warn!(set = %id, target_url = %url, "console: the target does not hold the set's checksum file")
+            }
+            Err(e) => {
+                tracing::warn!(set = %id, target_url = %url, error = %e, "console: fetching the set failed")
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// `GET /recordings/<id>`: verified now, with the player when it holds.
@@ -456,7 +508,9 @@ pub async fn export(
     let zip = blocking(move || {
         let cert = std::fs::read_to_string(&c2.cert_path).map_err(|e| e.to_string())?;
         let scratch = c2.core.cfg.data_dir.join("work").join("console-export");
-        sets::export_zip(&base, &c2.roots, &cert, &scratch).map_err(|e| e.to_string())
+        let mut roots = c2.roots.clone();
+        roots.push(c2.fetched.clone());
+        sets::export_zip(&base, &roots, &cert, &scratch).map_err(|e| e.to_string())
     })
     .await?
     .map_err(Refusal::Internal)?;

@@ -52,6 +52,10 @@ pub(crate) struct Console {
     settings: ConsoleSettings,
     /// Local folders holding delivered sets.
     roots: Vec<PathBuf>,
+    /// Secrets of the storage targets, to fetch sets that only a remote target holds.
+    secrets: crate::storage::Secrets,
+    /// Where fetched sets are kept (emptied at every start).
+    fetched: PathBuf,
     /// The instance certificate: sets are verified against it, so "verified"
     /// also means "made by this instance".
     cert_path: PathBuf,
@@ -62,11 +66,15 @@ pub(crate) struct Console {
 pub fn router(core: Arc<Core>, settings: ConsoleSettings) -> Option<Router> {
     let db = core.db.clone()?;
     let data_dir = core.cfg.data_dir.clone();
-    let targets = crate::proxy::resolve_targets(&core.cfg.policy, &data_dir)
-        .map(|(_, all, _)| all)
+    let (targets, secrets) = crate::proxy::resolve_targets(&core.cfg.policy, &data_dir)
+        .map(|(_, all, secrets)| (all, secrets))
         .unwrap_or_default();
+    let fetched = data_dir.join("work").join("console-fetch");
+    let _ = std::fs::remove_dir_all(&fetched);
     let state = Arc::new(Console {
         roots: crate::archive::local_roots(&data_dir, &targets),
+        secrets,
+        fetched,
         cert_path: data_dir.join(crate::seal::CERT_FILE_NAME),
         auth: auth::Auth::new(settings.idle),
         verified: sets::VerifyCache::default(),

@@ -507,7 +507,7 @@ pub async fn export(
     let (c2, base) = (c.clone(), id.clone());
     let zip = blocking(move || {
         let cert = std::fs::read_to_string(&c2.cert_path).map_err(|e| e.to_string())?;
-        let scratch = c2.core.cfg.data_dir.join("work").join("console-export");
+        let scratch = c2.core.cfg.data_dir.join("console-cache").join("export");
         let mut roots = c2.roots.clone();
         roots.push(c2.fetched.clone());
         sets::export_zip(&base, &roots, &cert, &scratch).map_err(|e| e.to_string())

@@ -69,7 +69,7 @@ pub fn router(core: Arc<Core>, settings: ConsoleSettings) -> Option<Router> {
     let (targets, secrets) = crate::proxy::resolve_targets(&core.cfg.policy, &data_dir)
         .map(|(_, all, secrets)| (all, secrets))
         .unwrap_or_default();
-    let fetched = data_dir.join("work").join("console-fetch");
+    let fetched = data_dir.join("console-cache").join("fetched");
     let _ = std::fs::remove_dir_all(&fetched);
     let state = Arc::new(Console {
         roots: crate::archive::local_roots(&data_dir, &targets),

@@ -134,6 +134,38 @@ fn console_login_roles_range_and_tamper() {
         .and_then(|s| s.split('"').next())
         .unwrap_or_else(|| panic!("no set in the result list:\n{list}"))
         .to_string();
+    let incoming = get(
+        admin,
+        &viewer,
+        "/recordings?number=03012345678&direction=incoming",
+    );
+    assert!(
+        incoming
+            .text()
+            .contains(&format!("href=\"/recordings/{id}\"")),
+        "{}",
+        incoming.text()
+    );
+    let outgoing = get(
+        admin,
+        &viewer,
+        "/recordings?number=03012345678&direction=outgoing",
+    );
+    assert!(
+        outgoing.text().contains("0 recording(s)"),
+        "{}",
+        outgoing.text()
+    );
+    let elsewhen = get(
+        admin,
+        &viewer,
+        "/recordings?number=03012345678&from=2000-01-01&to=2000-12-31",
+    );
+    assert!(
+        elsewhen.text().contains("0 recording(s)"),
+        "{}",
+        elsewhen.text()
+    );
     let page = get(admin, &viewer, &format!("/recordings/{id}"));
     assert_eq!(page.status, 200);
     assert!(page.text().contains("verified"), "{}", page.text());

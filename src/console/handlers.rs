@@ -222,9 +222,19 @@ pub async fn search(
         let rows =
             crate::archive::search(&db, &plan, &q.number, from, to).map_err(|e| e.to_string())?;
         let profile = q.profile.trim();
+        let direction = q.direction.trim();
         rows.into_iter()
             .filter(|r| profile.is_empty() || r.profile.as_deref() == Some(profile))
             .map(|row| {
+                let dir = direction_of(&db, &row.call_id)?;
+                Ok((row, dir))
+            })
+            .filter(|r: &Result<_, String>| match r {
+                Ok((_, dir)) => direction.is_empty() || dir.as_deref() == Some(direction),
+                Err(_) => true,
+            })
+            .map(|r| {
+                let (row, direction) = r?;
                 let stored = stored_on(&db, &row.base_name)?;
                 let sealed = db
                     .seal_checksum(&row.base_name)
@@ -234,6 +244,7 @@ pub async fn search(
                     row,
                     stored,
                     sealed,
+                    direction,
                 })
             })
             .collect()
@@ -246,15 +257,30 @@ pub async fn search(
         AccessAction::Search,
         &f.number,
         Some(format!(
-            "from={} to={} profile={} results={}",
+            "from={} to={} profile={} direction={} results={}",
             f.from,
             f.to,
             f.profile,
+            f.direction,
             hits.len()
         )),
     )
     .await?;
     Ok(page(pages::search(&me, &f, Some(&hits), None)))
+}
+
+/// `incoming` or `outgoing`, from the call's recorded end.
+fn direction_of(db: &crate::db::Db, call_id: &str) -> Result<Option<String>, String> {
+    db.read(|c| {
+        use rusqlite::OptionalExtension;
+        c.query_row(
+            "SELECT direction FROM calls WHERE call_id = ?1 AND direction IS NOT NULL ORDER BY id LIMIT 1",
+            [call_id],
+            |r| r.get(0),
+        )
+        .optional()
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Targets that confirmed the set.

@@ -103,6 +103,9 @@ pub struct SearchForm {
     /// Only this profile.
     #[serde(default)]
     pub profile: String,
+    /// Only `incoming` or `outgoing` calls (empty: both).
+    #[serde(default)]
+    pub direction: String,
 }
 
 /// One result row: the recording and where its set is stored.
@@ -113,6 +116,8 @@ pub struct Hit {
     pub stored: Vec<String>,
     /// Whether a seal is recorded for it.
     pub sealed: bool,
+    /// `incoming` or `outgoing`, once the call's end is recorded.
+    pub direction: Option<String>,
 }
 
 /// The search page with its results (`None`: nothing searched yet).
@@ -126,6 +131,13 @@ pub fn search(me: &Me, f: &SearchForm, hits: Option<&[Hit]>, error: Option<&str>
                 p { label for="from" { "From" } input #from name="from" type="date" value=(f.from); }
                 p { label for="to" { "To" } input #to name="to" type="date" value=(f.to); }
                 p { label for="profile" { "Profile" } input #profile name="profile" value=(f.profile); }
+                p { label for="direction" { "Direction" }
+                    select #direction name="direction" {
+                        @for (v, t) in [("", "both"), ("incoming", "incoming"), ("outgoing", "outgoing")] {
+                            option value=(v) selected[f.direction == v] { (t) }
+                        }
+                    }
+                }
                 p { button type="submit" { "Search" } }
             }
             @if let Some(e) = error { p.error role="alert" { (e) } }
@@ -134,11 +146,12 @@ pub fn search(me: &Me, f: &SearchForm, hits: Option<&[Hit]>, error: Option<&str>
                 @if !hits.is_empty() {
                     table.results {
                         caption { "Recordings of " (f.number) }
-                        thead { tr { th scope="col" { "Time" } th scope="col" { "Caller" } th scope="col" { "Callee" } th scope="col" { "Answered by" } th scope="col" { "Duration" } th scope="col" { "Seal" } th scope="col" { "Stored on" } th scope="col" { "Set" } } }
+                        thead { tr { th scope="col" { "Time" } th scope="col" { "Direction" } th scope="col" { "Caller" } th scope="col" { "Callee" } th scope="col" { "Answered by" } th scope="col" { "Duration" } th scope="col" { "Seal" } th scope="col" { "Stored on" } th scope="col" { "Set" } } }
                         tbody {
                             @for h in hits {
                                 tr {
                                     td { (time(h.row.start_ms)) }
+                                    td { (h.direction.as_deref().unwrap_or("")) }
                                     td { (h.row.caller.as_deref().unwrap_or("")) }
                                     td { (h.row.callee.as_deref().unwrap_or("")) }
                                     td { (h.row.answered_by.as_deref().unwrap_or("")) }

@@ -331,3 +331,73 @@ fn find_file(root: &Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// Sessions end after `--console-idle-timeout` and when the password changes;
+/// the admins' group membership buttons need the session's CSRF token.
+#[test]
+fn console_sessions_expire_and_membership_needs_csrf() {
+    let proxy = Proxy::builder()
+        .arg("--console-idle-timeout")
+        .arg("2")
+        .arg("--directory")
+        .arg(repo_dir().join("testdata/directory.toml").to_str().unwrap())
+        .start();
+    let admin = proxy.admin_addr();
+    let data = proxy.data_dir().to_path_buf();
+    let (code, out) = users_cli(
+        &data,
+        &["add", "adam", "--role", "admin"],
+        &format!("{ADMIN_PW}\n"),
+    );
+    assert_eq!(code, 0, "{out}");
+
+    // Idle for longer than the timeout: logged out.
+    let (_, s) = login(admin, "adam", ADMIN_PW);
+    let s = s.expect("login");
+    assert_eq!(get(admin, &s, "/recordings").status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        get(admin, &s, "/recordings").status,
+        303,
+        "idle session must end"
+    );
+
+    // The operations view lists the directory's groups with a button per member.
+    let (_, s) = login(admin, "adam", ADMIN_PW);
+    let s = s.expect("login");
+    let ops = get(admin, &s, "/operations").text();
+    assert!(ops.contains("Sales") && ops.contains("Anna Berg"), "{ops}");
+    let path = "/operations/groups/100/members/1/logout";
+    assert!(ops.contains(&format!("action=\"{path}\"")), "{ops}");
+    let post = |body: &str| {
+        http(
+            admin,
+            "POST",
+            path,
+            &[
+                ("Cookie", &s.cookie),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            body,
+        )
+    };
+    let membership = || std::fs::read_to_string(data.join("membership.json")).unwrap_or_default();
+    assert_eq!(post("").status, 403, "no CSRF token");
+    assert_eq!(post("csrf=0123").status, 403, "wrong CSRF token");
+    assert!(!membership().contains("100"), "{}", membership());
+    assert_eq!(post(&form(&[("csrf", &s.csrf)])).status, 303);
+    assert!(
+        membership().contains("100"),
+        "logout not stored: {}",
+        membership()
+    );
+
+    // A new password ends the sessions started with the old one.
+    let (code, out) = users_cli(&data, &["passwd", "adam"], "a brand new password\n");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(get(admin, &s, "/recordings").status, 303);
+    let (r, _) = login(admin, "adam", ADMIN_PW);
+    assert_eq!(r.status, 401);
+    let (r, _) = login(admin, "adam", "a brand new password");
+    assert_eq!(r.status, 303);
+}

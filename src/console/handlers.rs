@@ -4,7 +4,6 @@
 //! the access log with the user.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -14,10 +13,10 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::auth::{self, LOGIN_COOKIE, SESSION_COOKIE};
+use super::lookup::{direction_of, find, stored_on};
 use super::pages::{self, Hit, RecordingView, SearchForm};
 use super::{blocking, console_on, sets, users, Console, Me, Refusal, Role};
 use crate::access_log::{AccessAction, AccessEntry};
-use crate::db::RecordingRow;
 
 fn page(m: maud::Markup) -> Response {
     Html(m.into_string()).into_response()
@@ -267,136 +266,6 @@ pub async fn search(
     )
     .await?;
     Ok(page(pages::search(&me, &f, Some(&hits), None)))
-}
-
-/// `incoming` or `outgoing`, from the call's recorded end.
-fn direction_of(db: &crate::db::Db, call_id: &str) -> Result<Option<String>, String> {
-    db.read(|c| {
-        use rusqlite::OptionalExtension;
-        c.query_row(
-            "SELECT direction FROM calls WHERE call_id = ?1 AND direction IS NOT NULL ORDER BY id LIMIT 1",
-            [call_id],
-            |r| r.get(0),
-        )
-        .optional()
-    })
-    .map_err(|e| e.to_string())
-}
-
-/// Targets that confirmed the set.
-fn stored_on(db: &crate::db::Db, base: &str) -> Result<Vec<String>, String> {
-    Ok(db
-        .uploads_of(base)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|u| u.state == "done")
-        .map(|u| u.target)
-        .collect())
-}
-
-/// The recording row of set `id`.
-fn row_of(db: &crate::db::Db, id: &str) -> Result<Option<RecordingRow>, String> {
-    db.read(|c| {
-        use rusqlite::OptionalExtension;
-        c.query_row(
-            "SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by FROM recordings WHERE base_name = ?1 ORDER BY id DESC LIMIT 1",
-            [id],
-            |r| {
-                Ok(RecordingRow {
-                    call_id: r.get(0)?,
-                    base_name: r.get(1)?,
-                    profile: r.get(2)?,
-                    start_ms: r.get(3)?,
-                    end_ms: r.get(4)?,
-                    caller: r.get(5)?,
-                    callee: r.get(6)?,
-                    recovered: r.get::<_, i64>(7)? != 0,
-                    answered_by: r.get(8)?,
-                })
-            },
-        )
-        .optional()
-    })
-    .map_err(|e| e.to_string())
-}
-
-/// A known set: its row, checksum file and the problems found verifying it now.
-struct Found {
-    row: RecordingRow,
-    sha: Option<PathBuf>,
-    problems: Vec<String>,
-}
-
-/// Looks up set `id` (refusing ids that are not base names) in the local
-/// folders, else fetches it from a target that holds it, and verifies it.
-async fn find(c: &Arc<Console>, id: &str) -> Result<Found, Refusal> {
-    if !sets::valid_id(id) {
-        return Err(Refusal::NotFound);
-    }
-    let (c2, base) = (c.clone(), id.to_string());
-    let (row, local) = blocking(move || {
-        let row = row_of(&c2.db, &base).map_err(Refusal::Internal)?;
-        let row = row.ok_or(Refusal::NotFound)?;
-        Ok::<_, Refusal>((row, crate::archive::locate(&base, &c2.roots)))
-    })
-    .await??;
-    let sha = match local {
-        Some(sha) => Some(sha),
-        None => fetch_remote(c, id).await?,
-    };
-    let (c2, sha2) = (c.clone(), sha.clone());
-    let problems = blocking(move || match &sha2 {
-        Some(sha) => c2.verified.verify(sha, &c2.cert_path),
-        None => vec!["the set is in no local folder and no target could provide it".to_string()],
-    })
-    .await?;
-    Ok(Found { row, sha, problems })
-}
-
-/// Fetches set `id` from the first target that confirmed it into the console's
-/// fetch folder (kept until the next start); the caller verifies it before use.
-async fn fetch_remote(c: &Arc<Console>, id: &str) -> Result<Option<PathBuf>, Refusal> {
-    let sha_name = format!("{id}{}", crate::seal::CHECKSUM_SUFFIX);
-    let folder = c.fetched.join(id);
-    if folder.join(&sha_name).is_file() {
-        return Ok(Some(folder.join(sha_name)));
-    }
-    let (db, base) = (c.db.clone(), id.to_string());
-    let targets = blocking(move || stored_on(&db, &base))
-        .await?
-        .map_err(Refusal::Internal)?;
-    for url in targets {
-        let target = match crate::storage::open_target(&url, &c.secrets) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(set = %id, target_url = %url, error = %e, "console: cannot open the target to fetch the set");
-                continue;
-            }
-        };
-        std::fs::create_dir_all(&c.fetched).map_err(internal)?;
-        let tmp = tempfile::tempdir_in(&c.fetched).map_err(internal)?;
-        match target
-            .fetch(&crate::storage::UploadSet::by_name(id), tmp.path())
-            .await
-        {
-            Ok(files) if files.iter().any(|f| f.ends_with(&sha_name)) => {
-                // Another request may have fetched it meanwhile; either copy will do.
-                let kept = tmp.keep();
-                if std::fs::rename(&kept, &folder).is_err() {
-                    let _ = std::fs::remove_dir_all(&kept);
-                }
-                tracing::info!(set = %id, target_url = %url, files = files.len(), "console: set fetched from its target for playing");
-                return Ok(Some(folder.join(&sha_name)));
-            }
-            Ok(_) => {
-                tracing::warn!(set = %id, target_url = %url, "console: the target does not hold the set's checksum file")
-            }
-            Err(e) => {
-                tracing::warn!(set = %id, target_url = %url, error = %e, "console: fetching the set failed")
-            }
-        }
-    }
-    Ok(None)
 }
 
 /// `GET /recordings/<id>`: verified now, with the player when it holds.

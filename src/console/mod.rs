@@ -6,6 +6,7 @@
 
 mod auth;
 mod handlers;
+mod lookup;
 mod ops;
 mod pages;
 mod sets;

@@ -137,38 +137,16 @@ pub fn password_matches(password: &str, hash: &str) -> bool {
 /// The password typed at a terminal (not echoed) or, for scripts, the first
 /// line of standard input without its line ending.
 pub fn read_password(prompt: &str) -> Result<String, UserError> {
-    use std::io::{BufRead, IsTerminal, Write};
-    let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
-    let read_line = || -> std::io::Result<String> {
-        let mut line = String::new();
-        stdin.lock().read_line(&mut line)?;
-        while line.ends_with('\n') || line.ends_with('\r') {
-            line.pop();
-        }
-        Ok(line)
-    };
-    if !tty {
-        return Ok(read_line()?);
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password(prompt)?);
     }
-    eprint!("{prompt}");
-    std::io::stderr().flush()?;
-    // Echo off while typing, so the password does not stay on the screen.
-    let fd = libc::STDIN_FILENO;
-    // SAFETY: termios is plain data; tcgetattr fills it for a terminal fd.
-    let mut old: libc::termios = unsafe { std::mem::zeroed() };
-    let have = unsafe { libc::tcgetattr(fd, &mut old) } == 0;
-    if have {
-        let mut quiet = old;
-        quiet.c_lflag &= !libc::ECHO;
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
     }
-    let line = read_line();
-    if have {
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
-    }
-    eprintln!();
-    Ok(line?)
+    Ok(line)
 }
 
 /// A write connection to the database at `path` (migrated by opening it as [`Db`] first).

@@ -275,11 +275,29 @@ fn console_login_roles_range_and_tamper() {
     );
 
     // A tampered set is shown as failing and not played.
+    // The file keeps its size and modification time, so nothing but its
+    // content tells: a playback that starts must still not get it.
     let wav_path = find_file(&data.join("recordings"), &format!("{id}.wav")).unwrap();
+    let reference = dir.join("reference-time");
+    std::fs::write(&reference, b"").unwrap();
+    let touch = |args: &[&std::path::Path]| {
+        assert!(Command::new("touch")
+            .arg("-r")
+            .args(args)
+            .status()
+            .unwrap()
+            .success());
+    };
+    touch(&[&wav_path, &reference]);
     let mut bytes = std::fs::read(&wav_path).unwrap();
     let n = bytes.len();
     bytes[n - 10] ^= 0x55;
     std::fs::write(&wav_path, bytes).unwrap();
+    touch(&[&reference, &wav_path]);
+    assert_eq!(
+        get(admin, &adam, &format!("/recordings/{id}/audio")).status,
+        409
+    );
     let page = get(admin, &adam, &format!("/recordings/{id}"));
     assert!(page.text().contains("FAILED"), "{}", page.text());
     assert!(

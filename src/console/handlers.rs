@@ -274,7 +274,7 @@ pub async fn recording(
     me: Me,
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
-    let found = find(&c, &id).await?;
+    let found = find(&c, &id, true).await?;
     let (db, base, sha) = (c.db.clone(), id.clone(), found.sha.clone());
     let (stored, meta, parties) = blocking(move || {
         let stored = stored_on(&db, &base).unwrap_or_default();
@@ -336,7 +336,14 @@ pub async fn audio(
     Query(q): Query<AudioQuery>,
     req: Request,
 ) -> Result<Response, Refusal> {
-    let found = find(&c, &id).await?;
+    // A playback starts with the whole file or `bytes=0-`: verified now, and
+    // logged once; the player's further range requests reuse that result.
+    let start = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|r| r.trim() == "bytes=0-");
+    let found = find(&c, &id, start).await?;
     let Some(sha) = found.sha else {
         return Err(Refusal::NotFound);
     };
@@ -358,12 +365,7 @@ pub async fn audio(
         .find(|a| a.party == want)
         .or_else(|| files.first().filter(|_| q.party.is_none()))
         .ok_or(Refusal::NotFound)?;
-    // One entry per playback, not per range request of the player.
-    let range = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok());
-    if range.is_none_or(|r| r.trim() == "bytes=0-") {
+    if start {
         access(&c, &me, AccessAction::Playback, &id, Some(want.to_string())).await?;
     }
     let mut r = tower_http::services::ServeFile::new(&file.path)
@@ -385,7 +387,7 @@ pub async fn export(
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
     me.require(Role::Auditor)?;
-    let found = find(&c, &id).await?;
+    let found = find(&c, &id, true).await?;
     if found.sha.is_none() {
         return Err(Refusal::NotFound);
     }

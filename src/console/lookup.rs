@@ -71,8 +71,9 @@ pub(super) struct Found {
 }
 
 /// Looks up set `id` (refusing ids that are not base names) in the local
-/// folders, else fetches it from a target that holds it, and verifies it.
-pub(super) async fn find(c: &Arc<Console>, id: &str) -> Result<Found, Refusal> {
+/// folders, else fetches it from a target that holds it, and verifies it
+/// (`fresh`: now, not from the last minute's result; see `sets::VerifyCache`).
+pub(super) async fn find(c: &Arc<Console>, id: &str, fresh: bool) -> Result<Found, Refusal> {
     if !sets::valid_id(id) {
         return Err(Refusal::NotFound);
     }
@@ -89,7 +90,7 @@ pub(super) async fn find(c: &Arc<Console>, id: &str) -> Result<Found, Refusal> {
     };
     let (c2, sha2) = (c.clone(), sha.clone());
     let problems = blocking(move || match &sha2 {
-        Some(sha) => c2.verified.verify(sha, &c2.cert_path),
+        Some(sha) => c2.verified.verify(sha, &c2.cert_path, fresh),
         None => vec!["the set is in no local folder and no target could provide it".to_string()],
     })
     .await?;

@@ -1,13 +1,13 @@
-//! Finding a set for the console, verifying it when it is opened (cached by
-//! the files' sizes and modification times, so the many range requests of one
-//! playback do not hash the audio again and again, while a changed file is
-//! verified anew), its audio files per party, and the client export as a zip.
+//! Checking a set id, verifying a set (always anew when its page is opened;
+//! the many range requests of one playback reuse that result for a minute
+//! while the files' sizes and times are unchanged), its audio files per
+//! party, and the client export as a zip.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Whether `id` can be a set's base name: letters, digits, `-`, `_`, `.`,
 /// not starting with a dot. Anything else (slashes, `..`, NUL) is refused
@@ -37,21 +37,29 @@ fn fingerprint(sha: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 
 type Stamp = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
+/// One verification: the files as they were, when, and the problems found.
+type Verified = (Stamp, Instant, Vec<String>);
+
 /// Verification results by checksum file, valid while the set's files are unchanged.
 #[derive(Default)]
 pub struct VerifyCache {
-    results: Mutex<HashMap<PathBuf, (Stamp, Vec<String>)>>,
+    results: Mutex<HashMap<PathBuf, Verified>>,
 }
+
+/// How long a verification result serves the audio requests after it.
+const REUSE: Duration = Duration::from_secs(60);
 
 /// Most results kept; a full cache is emptied (verifying again is only slower).
 const MAX_CACHED: usize = 1000;
 
 impl VerifyCache {
-    /// Problems with the set (empty: checksums and signature hold against `cert`).
-    pub fn verify(&self, sha: &Path, cert: &Path) -> Vec<String> {
+    /// Problems with the set (empty: checksums and signature hold against
+    /// `cert`); with `fresh` always verified now, else a result of the last
+    /// minute is reused while the files look unchanged.
+    pub fn verify(&self, sha: &Path, cert: &Path, fresh: bool) -> Vec<String> {
         let stamp = fingerprint(sha);
-        if let Some((s, r)) = self.results.lock().expect("cache poisoned").get(sha) {
-            if *s == stamp {
+        if let Some((s, at, r)) = self.results.lock().expect("cache poisoned").get(sha) {
+            if !fresh && *s == stamp && at.elapsed() < REUSE {
                 return r.clone();
             }
         }
@@ -67,7 +75,7 @@ impl VerifyCache {
         if c.len() >= MAX_CACHED {
             c.clear();
         }
-        c.insert(sha.to_path_buf(), (stamp, problems.clone()));
+        c.insert(sha.to_path_buf(), (stamp, Instant::now(), problems.clone()));
         problems
     }
 }

@@ -28,6 +28,8 @@ needs=(
     "systemd-analyze             systemd"      # checks deploy/callrec.service
     "rclone                      rclone"           # WebDAV target (tests run rclone serve webdav)
     "baresip                     baresip-core"     # SRTP (SDES) peer for the SRTP call tests
+    "/usr/bin/chromium           chromium"         # web console tests in a real browser
+    "npm                         npm"              # installs playwright-core for those tests
 )
 
 # What building callrec and running the binary need from the system (not the
@@ -87,6 +89,14 @@ if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import boto3' 2>/de
         "$venv/bin/pip" install --quiet 'moto[server]>=5,<6'
     fi
     export PATH="$venv/bin:$PATH"
+fi
+
+# --- npm ----------------------------------------------------------------------
+# The web console's browser test drives Debian's chromium with playwright-core,
+# pinned in tests/browser/package-lock.json (no browser download of its own).
+if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+    echo "test.sh: installing playwright-core into tests/browser (npm ci)"
+    (cd tests/browser && npm ci --no-audit --no-fund --quiet)
 fi
 
 # --- loopback addresses -----------------------------------------------------

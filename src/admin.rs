@@ -1,6 +1,7 @@
 //! The admin HTTP API: health and Prometheus metrics for monitoring, and under
 //! `/api/` (bearer token required) the recently finished calls and the group
-//! login/logout that a phone's URL key can trigger.
+//! login/logout that a phone's URL key can trigger. The web console
+//! (`crate::console`) is served beside it, on the same listener.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -15,7 +16,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::access_log::{AccessAction, AccessEntry};
 use crate::b2bua::{CallSummary, Core};
+
+/// The access log's actor for requests with the admin API's bearer token
+/// (there is one token; its name is what the log shows).
+pub const API_ACTOR: &str = "api:admin-token";
 
 /// Shared state of the admin API.
 struct Admin {
@@ -25,6 +31,7 @@ struct Admin {
 
 /// Serves the admin API on `addr` until the process ends.
 pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io::Result<()> {
+    let app_core = core.clone();
     let state = Arc::new(Admin { core, token });
     let api = Router::new()
         .route("/api/calls/recent", get(recent))
@@ -35,17 +42,22 @@ pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io:
             get(membership).post(membership),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(api)
         .with_state(state);
+    if let Some(console) = crate::console::router(app_core.clone(), app_core.cfg.console.clone()) {
+        app = app.merge(console);
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind admin API on {addr}: {e}"))
     })?;
     tracing::info!("admin API on http://{addr}");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        // The peer address throttles console logins per address.
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::error!("admin API stopped: {e}");
         }
     });
@@ -123,13 +135,27 @@ async fn recordings(State(s): State<Arc<Admin>>, Query(q): Query<SearchQuery>) -
         None => crate::policy::NumberPlan::default(),
     };
     let rows = tokio::task::spawn_blocking(move || {
-        crate::archive::search(
+        let rows = crate::archive::search(
             &db,
             &plan,
             &q.number,
             q.from_ms.unwrap_or(0),
             q.to_ms.unwrap_or(i64::MAX),
-        )
+        )?;
+        // Logged before the answer leaves; a search that cannot be logged is refused.
+        let entry = AccessEntry::now(
+            API_ACTOR,
+            AccessAction::Search,
+            &q.number,
+            Some(format!(
+                "{} set(s), from_ms {:?} to_ms {:?}",
+                rows.len(),
+                q.from_ms,
+                q.to_ms
+            )),
+        );
+        crate::access_log::record_sync(&db, entry)?;
+        Ok::<_, crate::archive::ArchiveError>(rows)
     })
     .await;
     match rows {

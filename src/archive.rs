@@ -123,7 +123,7 @@ pub fn locate(base_name: &str, roots: &[PathBuf]) -> Option<PathBuf> {
 }
 
 /// Every file of the set whose checksum file is `sha256` (same folder, same base name).
-fn set_files(sha256: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+pub fn set_files(sha256: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
     let folder = sha256.parent().unwrap_or(Path::new("."));
     let base = sha256
         .file_name()

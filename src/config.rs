@@ -53,6 +53,8 @@ pub struct RunConfig {
     pub trunk_proto: crate::sip::Proto,
     /// TLS listener and certificates (None: no TLS at all).
     pub tls: Option<crate::sip::tls::TlsSettings>,
+    /// The web console's sessions and cookies.
+    pub console: crate::console::ConsoleSettings,
 }
 
 /// What media each leg gets, and where SDES keys may travel.

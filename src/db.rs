@@ -133,6 +133,28 @@ ALTER TABLE recordings ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE recordings ADD COLUMN answered_by TEXT;
 "#,
+    // Who searched, exported, played back or held which recordings (see access_log).
+    r#"
+CREATE TABLE access_log (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX access_log_at ON access_log(at_ms);
+"#,
+    // Users of the web console (argon2 hashes).
+    r#"
+CREATE TABLE console_users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    changed_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Milliseconds since the Unix epoch, now.
@@ -292,6 +314,8 @@ pub enum Record {
         /// SHA-256 of the set's checksum file, when known.
         checksum_sha256: Option<String>,
     },
+    /// Someone searched, exported, played back or held recordings.
+    Access(crate::access_log::AccessEntry),
 }
 
 /// What went wrong with the database.
@@ -695,6 +719,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
                 params![base_name, target],
             )?;
         }
+        Record::Access(entry) => crate::access_log::insert(tx, entry)?,
     }
     Ok(())
 }
@@ -1059,6 +1084,7 @@ impl Db {
             "group_logouts",
             "deletions",
             "failures",
+            "access_log",
         ];
         let q = |source| DbError::Query {
             path: self.path.clone(),

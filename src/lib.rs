@@ -5,10 +5,12 @@
 //! both legs) → `media` (RTP relay, fork) → `recorder` (timeline, WAV, metadata)
 //! → `seal` (checksums, signature, chain).
 
+pub mod access_log;
 pub mod admin;
 pub mod archive;
 pub mod b2bua;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod db_repair;
 pub mod media;

@@ -49,11 +49,71 @@ enum Command {
     Purge(PurgeArgs),
     /// Reconcile the calls decided "record" with their sealed sets and list the recording failures; exit 1 when a set is missing.
     Report(ReportArgs),
+    /// List the access log: who searched, exported, played back or held which recordings.
+    Audit(AuditArgs),
     /// Check the protocol database, or recover what is readable of a damaged one.
     Db {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Users of the web console (the password is read from standard input when it is not a terminal).
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UsersAction {
+    /// Add a user with a role: viewer (search, listen), auditor (also export, access log) or admin (also operations).
+    Add {
+        name: String,
+        #[arg(long)]
+        role: callrec::console::Role,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Set a new password (the user's sessions end).
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Remove a user (her sessions end).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// List the users and their roles.
+    List(StateArgs),
+}
+
+fn users(action: UsersAction) -> anyhow::Result<()> {
+    use callrec::console::users;
+    let db_file = |s: &StateArgs| s.data_dir.join(callrec::db::DB_FILE_NAME);
+    match action {
+        UsersAction::Add { name, role, state } => {
+            let pw = users::read_password(&format!("Password for {name}: "))?;
+            users::add(&db_file(&state), &name, role, &pw)?;
+            println!("user {name} added with role {role}");
+        }
+        UsersAction::Passwd { name, state } => {
+            let pw = users::read_password(&format!("New password for {name}: "))?;
+            users::passwd(&db_file(&state), &name, &pw)?;
+            println!("password of {name} changed");
+        }
+        UsersAction::Remove { name, state } => {
+            users::remove(&db_file(&state), &name)?;
+            println!("user {name} removed");
+        }
+        UsersAction::List(state) => {
+            for (name, role) in users::list(&state.db()?)? {
+                println!("{name}  {role}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +162,52 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
         println!("mail sent about {} newly found missing set(s)", new.len());
     }
     Ok(r.missing.is_empty())
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    /// Only entries at or after this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only entries of this actor (OS user, API token name or console user).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Print a JSON array instead of one line per entry.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+fn audit(a: AuditArgs) -> anyhow::Result<()> {
+    let since = a.since.as_deref().map(parse_time).transpose()?;
+    let rows = callrec::access_log::list(&a.state.db()?, since, a.actor.as_deref())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for r in &rows {
+            println!("{}", r.line());
+        }
+    }
+    Ok(())
+}
+
+/// Logs an access by the OS user before anything is shown; an access that
+/// cannot be logged is refused.
+fn log_access(
+    db: &callrec::db::Db,
+    action: callrec::access_log::AccessAction,
+    subject: &str,
+    detail: Option<String>,
+) -> anyhow::Result<()> {
+    let entry = callrec::access_log::AccessEntry::now(
+        callrec::access_log::os_user(),
+        action,
+        subject,
+        detail,
+    );
+    callrec::access_log::record_sync(db, entry)
+        .context("cannot write the access log; nothing is shown")
 }
 
 #[derive(Subcommand, Debug)]
@@ -276,7 +382,11 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
     Ok(t.timestamp_millis())
 }
 
-fn search_rows(a: &SearchArgs) -> anyhow::Result<Vec<callrec::db::RecordingRow>> {
+/// The rows of a search, after its access is logged (`action` search or export).
+fn search_rows(
+    a: &SearchArgs,
+    action: callrec::access_log::AccessAction,
+) -> anyhow::Result<Vec<callrec::db::RecordingRow>> {
     let from = a.from.as_deref().map(parse_time).transpose()?.unwrap_or(0);
     let to =
         a.to.as_deref()
@@ -284,13 +394,13 @@ fn search_rows(a: &SearchArgs) -> anyhow::Result<Vec<callrec::db::RecordingRow>>
             .transpose()?
             .unwrap_or(i64::MAX);
     let plan = a.state.policy()?.numbers;
-    Ok(callrec::archive::search(
-        &a.state.db()?,
-        &plan,
-        &a.number,
-        from,
-        to,
-    )?)
+    let db = a.state.db()?;
+    let rows = callrec::archive::search(&db, &plan, &a.number, from, to)?;
+    if action == callrec::access_log::AccessAction::Search {
+        let range = format!("{} set(s), from {:?} to {:?}", rows.len(), a.from, a.to);
+        log_access(&db, action, &a.number, Some(range))?;
+    }
+    Ok(rows)
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -322,7 +432,7 @@ fn uploads(action: UploadsAction) -> anyhow::Result<()> {
 fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
     match action {
         RecordingsAction::Search(a) => {
-            for r in search_rows(&a)? {
+            for r in search_rows(&a, callrec::access_log::AccessAction::Search)? {
                 let answered = r
                     .answered_by
                     .map(|a| format!("  answered by {a}"))
@@ -340,7 +450,7 @@ fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
             Ok(true)
         }
         RecordingsAction::Export { search, out } => {
-            let rows = search_rows(&search)?;
+            let rows = search_rows(&search, callrec::access_log::AccessAction::Export)?;
             if rows.is_empty() {
                 bail!("no recordings of {} in that time range", search.number);
             }
@@ -351,6 +461,14 @@ fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
                     cert_path.display()
                 )
             })?;
+            // Logged before anything leaves: which number, which sets, where to.
+            let sets: Vec<&str> = rows.iter().map(|r| r.base_name.as_str()).collect();
+            log_access(
+                &search.state.db()?,
+                callrec::access_log::AccessAction::Export,
+                &search.number,
+                Some(format!("to {}: {}", out.display(), sets.join(" "))),
+            )?;
             let report = callrec::archive::export(
                 &rows,
                 &search.state.roots()?,
@@ -576,6 +694,12 @@ struct RunArgs {
     /// Seconds without a complete message after which a TCP connection is closed (not for the trunk, the PBX and trusted sources).
     #[arg(long, env = "CALLREC_TCP_IDLE_TIMEOUT", default_value_t = TcpLimits::default().idle_timeout.as_secs())]
     tcp_idle_timeout: u64,
+    /// Seconds without a request after which a web console session ends.
+    #[arg(long, env = "CALLREC_CONSOLE_IDLE_TIMEOUT", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    console_idle_timeout: u64,
+    /// Mark the console's cookies Secure: set this when the console is reached over HTTPS through a reverse proxy.
+    #[arg(long, env = "CALLREC_CONSOLE_SECURE_COOKIES")]
+    console_secure_cookies: bool,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -722,6 +846,10 @@ impl RunArgs {
             pbx_proto: pbx_hop.proto,
             trunk_proto: trunk_hop.proto,
             tls,
+            console: callrec::console::ConsoleSettings {
+                idle: Duration::from_secs(self.console_idle_timeout),
+                secure_cookies: self.console_secure_cookies,
+            },
         })
     }
 }
@@ -830,11 +958,13 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Onedrive { action } => onedrive(action),
+        Command::Audit(a) => audit(a),
         Command::Report(a) => match report(a) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Users { action } => users(action),
         Command::Db { action } => match db_command(action) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

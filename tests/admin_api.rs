@@ -64,6 +64,13 @@ fn health_metrics_and_token() {
         }),
         "{body}"
     );
+    // The search is in the access log under the API token's name.
+    let (code, audit) = callrec_cli(&["audit", "--data-dir", proxy.data_dir().to_str().unwrap()]);
+    assert_eq!(code, 0, "{audit}");
+    assert!(
+        audit.contains("  api:admin-token  search  +493012345678  1 set(s)"),
+        "API search not in the access log:\n{audit}"
+    );
     let (_, active) = http_get(proxy.admin_addr(), "/api/calls/active").unwrap();
     assert_eq!(active.trim(), "[]");
 }

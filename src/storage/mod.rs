@@ -338,6 +338,16 @@ pub trait Target: Send + Sync + std::fmt::Debug {
             what: "deletion".into(),
         })
     }
+    /// Copies the files of `set` (by file name, see [`UploadSet::by_name`]) that the
+    /// target holds into the local folder `into` and returns their paths: for
+    /// playing a set that only this target holds. The caller verifies what came.
+    async fn fetch(&self, set: &UploadSet, into: &Path) -> Result<Vec<PathBuf>, TargetError> {
+        let _ = (set, into);
+        Err(TargetError::Unsupported {
+            target: self.describe(),
+            what: "fetching a set".into(),
+        })
+    }
     /// The target URL without secrets, for logs, mails and the database.
     fn describe(&self) -> String;
 }

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod audio;
+pub mod console;
 pub mod raw;
 pub mod ua;
 

@@ -94,18 +94,29 @@ impl Pki {
     }
 }
 
-fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
+/// A server showing `leaf`; with `client_ca`, a client certificate signed by
+/// it is required (mutual TLS).
+fn server_config(leaf: &Leaf, client_ca: Option<&Pki>) -> Arc<rustls::ServerConfig> {
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der.clone()], key)
-        .unwrap(),
-    )
+        .unwrap();
+    let b = match client_ca {
+        Some(pki) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(pki.ca.der().clone()).unwrap();
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            b.with_client_cert_verifier(v)
+        }
+        None => b.with_no_client_auth(),
+    };
+    Arc::new(b.with_single_cert(vec![leaf.der.clone()], key).unwrap())
 }
 
 /// One SIP peer on a TLS stream (client or server side), blocking.
@@ -184,12 +195,9 @@ impl<S: Read + Write> SipTls<S> {
             "Contact",
             format!("<sip:trunk@{};transport=tls>", self.local),
         );
-        match sdp {
-            Some(b) => {
-                r.push("Content-Type", "application/sdp");
-                r.body = b.as_bytes().to_vec();
-            }
-            None => {}
+        if let Some(b) = sdp {
+            r.push("Content-Type", "application/sdp");
+            r.body = b.as_bytes().to_vec();
         }
         r.set("Content-Length", r.body.len().to_string());
         self.send(&r);
@@ -225,6 +233,14 @@ impl TlsTrunk {
         leaf: &Leaf,
         wait: Duration,
     ) -> Result<SipTls<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>, String> {
+        self.accept_with(server_config(leaf, None), wait)
+    }
+
+    fn accept_with(
+        &self,
+        config: Arc<rustls::ServerConfig>,
+        wait: Duration,
+    ) -> Result<SipTls<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>, String> {
         self.listener.set_nonblocking(true).unwrap();
         let end = Instant::now() + wait;
         let tcp = loop {
@@ -237,7 +253,7 @@ impl TlsTrunk {
         tcp.set_nonblocking(false).unwrap();
         tcp.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        let conn = rustls::ServerConnection::new(server_config(leaf)).unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
         let mut s = rustls::StreamOwned::new(conn, tcp);
         while s.conn.is_handshaking() {
             if Instant::now() > end {
@@ -457,6 +473,15 @@ fn refused_trunk(leaf_name: &str, expired: bool, expect: &str) {
         "callrec completed a handshake with a bad certificate"
     );
     let seen = wait_until(Duration::from_secs(10), || proxy.log().contains(expect));
+    // Shown with --nocapture: the line an operator reads.
+    eprintln!(
+        "{}",
+        proxy
+            .log()
+            .lines()
+            .find(|l| l.contains(expect))
+            .unwrap_or_default()
+    );
     assert!(seen, "no log line {expect:?}\n{}", proxy.log_tail(60));
     let line = proxy
         .log()
@@ -574,4 +599,77 @@ fn certificates_are_reloaded_on_sighup_while_open_connections_stay() {
         third.stream.conn.peer_certificates().unwrap()[0],
         second.der
     );
+}
+
+#[test]
+fn a_trunk_that_demands_a_client_certificate_gets_the_configured_one() {
+    let pki = Pki::new();
+    let server = pki.leaf("localhost", false);
+    let client = pki.leaf("callrec.example.net", false);
+    let (cert, key) = pki.write("client", &client);
+    let trunk = TlsTrunk::new();
+    let proxy = proxy_with_tls_trunk(
+        &pki,
+        &trunk,
+        &[
+            "--tls-client-cert",
+            cert.to_str().unwrap(),
+            "--tls-client-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let _pbx = invite_from_pbx(&proxy);
+    let mut t = trunk
+        .accept_with(server_config(&server, Some(&pki)), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail(60)));
+    assert_eq!(
+        t.stream
+            .conn
+            .peer_certificates()
+            .expect("a client certificate")[0],
+        client.der
+    );
+    let invite = t.expect("INVITE", Duration::from_secs(10));
+    assert!(invite.header("Via").unwrap().starts_with("SIP/2.0/TLS "));
+}
+
+#[test]
+fn a_connection_that_never_completes_its_handshake_is_closed_after_the_header_timeout() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    let tls_port = free_port();
+    let proxy = Proxy::builder()
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .arg("--tcp-header-timeout")
+        .arg("1")
+        .start();
+    // A peer opens the port and says nothing: it must not hold a connection
+    // slot beyond the header timeout.
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], tls_port))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0)) || (n.is_err() && start.elapsed() < Duration::from_secs(7)),
+        "the silent connection was not closed: {n:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || metric(
+            &proxy.metrics(),
+            "callrec_tls_handshake_failures_total"
+        ) == Some(1.0)),
+        "{}",
+        proxy.log_tail(20)
+    );
+    assert!(wait_until(Duration::from_secs(3), || metric(
+        &proxy.metrics(),
+        "callrec_tcp_connections_open"
+    ) == Some(0.0)));
+    assert!(proxy.log().contains("no handshake within"));
 }

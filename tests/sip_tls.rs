@@ -673,3 +673,25 @@ fn a_connection_that_never_completes_its_handshake_is_closed_after_the_header_ti
     ) == Some(0.0)));
     assert!(proxy.log().contains("no handshake within"));
 }
+
+#[test]
+fn sighup_without_tls_does_not_stop_callrec() {
+    let mut proxy = Proxy::start();
+    // SAFETY: signals the child process we started.
+    unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(5), || proxy
+            .log()
+            .contains("SIGHUP: no TLS configured, nothing to reload")),
+        "{}",
+        proxy.log_tail(20)
+    );
+    assert!(
+        proxy.is_running(),
+        "SIGHUP (systemctl reload) killed callrec"
+    );
+    assert!(sip_options_answered(
+        proxy.sip_addr(),
+        Duration::from_secs(2)
+    ));
+}

@@ -374,3 +374,45 @@ fn sighup_without_tls_does_not_stop_callrec() {
         Duration::from_secs(2)
     ));
 }
+
+#[test]
+fn a_trunk_that_asks_for_alias_gets_our_requests_on_the_connection_it_opened() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    let tls_port = free_port();
+    // Nothing listens on the trunk's own port: only its connection reaches it.
+    let trunk_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = Proxy::builder()
+        .trunk(
+            trunk_addr,
+            &format!("tls://localhost:{}", trunk_addr.port()),
+        )
+        .arg("--tls-ca")
+        .arg(pki.ca_path().to_str().unwrap())
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .start();
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let mut c = connect_tls(&pki, tls_addr, "localhost");
+    let me = c.local;
+    let mut o = Message::request("OPTIONS", &format!("sip:callrec@{tls_addr}"));
+    o.push(
+        "Via",
+        format!("SIP/2.0/TLS {trunk_addr};branch=z9hG4bK-alias;alias"),
+    );
+    o.push("Max-Forwards", "70");
+    o.push("From", format!("<sip:trunk@{me}>;tag=a1"));
+    o.push("To", format!("<sip:callrec@{tls_addr}>"));
+    o.push("Call-ID", format!("alias-{}", me.port()));
+    o.push("CSeq", "1 OPTIONS");
+    o.push("Content-Length", "0");
+    c.send(&o);
+    assert_eq!(c.recv(Duration::from_secs(5)).map(|r| r.code()), Some(200));
+    let _pbx = invite_from_pbx(&proxy);
+    let invite = c.expect("INVITE", Duration::from_secs(10));
+    assert!(invite.header("Via").unwrap().starts_with("SIP/2.0/TLS "));
+}

@@ -37,6 +37,11 @@ fn a_pbx_on_udp_calls_a_trunk_that_only_speaks_tls() {
         contact.contains(";transport=tls"),
         "Contact on the TLS leg: {contact}"
     );
+    let ruri = invite.uri().unwrap();
+    assert!(
+        ruri.ends_with(";transport=tls"),
+        "Request-URI on the TLS leg: {ruri}"
+    );
     t.answer(&invite, 200, Some(&sdp(free_port())));
     t.expect("ACK", Duration::from_secs(10));
     // The caller hangs up; the BYE comes over the connection callrec opened.
@@ -135,6 +140,16 @@ fn a_trunk_calls_in_over_the_tls_listener_and_the_dialog_stays_on_its_connection
     assert_eq!(bye_ok.code(), 200);
     let out = callee.wait();
     assert!(out.success(), "{}\n{}", out.report(), proxy.log_tail(80));
+    // The PBX leg is plain UDP: its Request-URI must not ask for TLS.
+    let pbx_saw = out.read("messages.log");
+    let ruri = pbx_saw
+        .lines()
+        .find(|l| l.starts_with("INVITE "))
+        .expect("the PBX's INVITE in sipp's message log");
+    assert!(
+        ruri.starts_with("INVITE sip:0301234@127.0.0.2:") && !ruri.contains("transport=tls"),
+        "Request-URI towards the UDP PBX: {ruri}"
+    );
 }
 
 /// Starts a call towards a trunk showing `leaf` and returns callrec's log

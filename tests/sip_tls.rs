@@ -53,6 +53,15 @@ fn a_pbx_on_udp_calls_a_trunk_that_only_speaks_tls() {
         metric(&proxy.metrics(), "callrec_tls_handshake_failures_total"),
         Some(0.0)
     );
+    let log = proxy.log();
+    let opened = log
+        .lines()
+        .find(|l| l.contains("SIP TLS connection opened, certificate verified"))
+        .unwrap_or_else(|| panic!("the verified connection is logged\n{log}"));
+    assert!(
+        opened.contains("name=localhost") && opened.contains("TLSv1_3"),
+        "{opened}"
+    );
 }
 
 #[test]

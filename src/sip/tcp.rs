@@ -295,7 +295,11 @@ impl Table {
                 r = shake => r,
             };
             match res {
-                Ok(Ok(s)) => table.start(s, peer, slot, tx, rx, true),
+                Ok(Ok(s)) => {
+                    let c = s.get_ref().1;
+                    tracing::debug!(%peer, version = ?c.protocol_version(), suite = ?c.negotiated_cipher_suite().map(|c| c.suite()), "SIP TLS connection accepted");
+                    table.start(s, peer, slot, tx, rx, true)
+                }
                 Ok(Err(e)) => table.handshake_failed(peer, None, &explain(&e)),
                 Err(_) => {
                     table.handshake_failed(peer, None, &format!("no handshake within {limit:?}"))
@@ -401,7 +405,11 @@ impl Table {
                 r = shake => r,
             };
             match res {
-                Ok(Ok(s)) => table.start(s, peer, slot, tx, rx, false),
+                Ok(Ok(s)) => {
+                    let c = s.get_ref().1;
+                    tracing::info!(%peer, name = %shown, version = ?c.protocol_version(), suite = ?c.negotiated_cipher_suite().map(|c| c.suite()), "SIP TLS connection opened, certificate verified");
+                    table.start(s, peer, slot, tx, rx, false)
+                }
                 Ok(Err(e)) => table.handshake_failed(peer, Some(&shown), &explain(&e)),
                 Err(_) => table.handshake_failed(
                     peer,

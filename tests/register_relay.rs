@@ -223,4 +223,11 @@ fn a_pbx_on_udp_registers_with_a_tls_trunk_and_its_call_comes_back_on_that_conne
     assert_eq!(bye_ok.code(), 200);
     let out = callee.wait();
     assert!(out.success(), "{}\n{}", out.report(), proxy.log_tail(80));
+    // While the binding lasts callrec keeps the connection alive (a ping
+    // every 25 s), so the carrier can keep reaching the line through it.
+    assert!(
+        t.wait_ping(Duration::from_secs(35)),
+        "no keep-alive on the trunk connection\n{}",
+        proxy.log_tail(20)
+    );
 }

@@ -153,6 +153,34 @@ impl<S: Read + Write> SipTls<S> {
         }
     }
 
+    /// Whether a CRLF keep-alive ping arrives within `wait` (messages that
+    /// come first are skipped).
+    pub fn wait_ping(&mut self, wait: Duration) -> bool {
+        let end = Instant::now() + wait;
+        let mut buf = [0u8; 8192];
+        loop {
+            match self.framer.next_frame() {
+                Ok(Some(Frame::Ping)) => return true,
+                Ok(Some(Frame::Message(_))) => continue,
+                Ok(None) => {}
+                Err(e) => panic!("callrec's stream cannot be framed: {e}"),
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => self.framer.push(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The next request (answering nothing), or panics after `wait`.
     pub fn expect(&mut self, method: &str, wait: Duration) -> Message {
         loop {

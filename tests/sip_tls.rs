@@ -440,3 +440,93 @@ fn a_trunk_that_asks_for_alias_gets_our_requests_on_the_connection_it_opened() {
     let invite = c.expect("INVITE", Duration::from_secs(10));
     assert!(invite.header("Via").unwrap().starts_with("SIP/2.0/TLS "));
 }
+
+/// Whether `openssl s_client` output shows a completed handshake with `proto`
+/// (it prints the session block, with "Cipher is (NONE)", after a failure too).
+fn handshake_done(out: &str, proto: &str) -> bool {
+    out.contains(&format!("Protocol  : {proto}")) && !out.contains("Cipher is (NONE)")
+}
+
+/// `openssl s_client` against `to` with `version` (e.g. "-tls1_1"); its output.
+fn s_client(to: SocketAddr, version: &str) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &to.to_string(), version])
+        .args(["-cipher", "DEFAULT@SECLEVEL=0", "-servername", "localhost"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl (Debian package openssl) is needed for this test");
+    // Closing stdin ends the session once the handshake is over.
+    drop(child.stdin.take());
+    let end = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn tls_1_1_is_refused_and_tls_1_2_accepted() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    // First show that this openssl can speak TLS 1.1 at all, against its own server.
+    let port = free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-tls1_1",
+        ])
+        .args(["-cipher", "DEFAULT@SECLEVEL=0", "-www", "-cert"])
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl (Debian package openssl) is needed for this test");
+    let listening = wait_until(Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let control = s_client(SocketAddr::from(([127, 0, 0, 1], port)), "-tls1_1");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(listening, "openssl s_server did not start");
+    assert!(
+        handshake_done(&control, "TLSv1.1"),
+        "this openssl cannot speak TLS 1.1, so the refusal below would prove nothing:\n{control}"
+    );
+
+    let tls_port = free_port();
+    let proxy = Proxy::builder()
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .start();
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let old = s_client(tls_addr, "-tls1_1");
+    assert!(
+        !handshake_done(&old, "TLSv1.1") && old.contains("Cipher is (NONE)"),
+        "callrec completed a TLS 1.1 handshake:\n{old}"
+    );
+    let ok = s_client(tls_addr, "-tls1_2");
+    assert!(
+        handshake_done(&ok, "TLSv1.2"),
+        "TLS 1.2 refused:\n{ok}\n{}",
+        proxy.log_tail(20)
+    );
+}

@@ -24,7 +24,7 @@ pub enum StartError {
     #[error("{0}")]
     Bind(#[from] std::io::Error),
     /// The TLS certificates could not be loaded.
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] crate::sip::tls::TlsError),
     /// The sealing identity could not be opened or created.
     #[error("cannot open the sealing identity: {0}")]

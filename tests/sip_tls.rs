@@ -530,3 +530,49 @@ fn tls_1_1_is_refused_and_tls_1_2_accepted() {
         proxy.log_tail(20)
     );
 }
+
+#[test]
+fn a_key_that_does_not_load_stops_the_start_with_exit_status_2() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let data = pki.dir.join("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callrec"))
+        .args(["run", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--pbx", "127.0.0.2:5060", "--trunk", "127.0.0.3:5060"])
+        .args([
+            "--admin-listen",
+            "off",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .args(["--listen-tls", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ])
+        .env("CALLREC_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    if still_running {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!still_running, "callrec started with a broken key");
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("cannot read --tls-key"), "{text}");
+}

@@ -67,6 +67,7 @@ impl Relay {
     }
 }
 
+#[derive(Clone)]
 struct Pending {
     pbx: Flow,
     vias: Vec<String>,
@@ -209,12 +210,7 @@ impl State {
         let Some(p) = (if final_response {
             self.pending.remove(&branch)
         } else {
-            self.pending.get(&branch).map(|p| Pending {
-                pbx: p.pbx,
-                vias: p.vias.clone(),
-                contacts: p.contacts.clone(),
-                since: p.since,
-            })
+            self.pending.get(&branch).cloned()
         }) else {
             debug!("response to an unknown REGISTER dropped");
             return;

@@ -800,7 +800,12 @@ impl RunArgs {
             resolve("--pbx", &self.pbx)?,
             resolve("--trunk", &self.trunk)?,
         );
-        let tls_wanted = self.tls.listen_tls.is_some()
+        let t = &self.tls;
+        // Any TLS flag is loaded (and checked) at start, even if nothing uses it yet.
+        let tls_wanted = t.listen_tls.is_some()
+            || t.tls_cert.is_some()
+            || t.tls_client_cert.is_some()
+            || t.tls_ca.is_some()
             || [&pbx_hop, &trunk_hop].iter().any(|h| h.proto.is_secure());
         let tls = tls_wanted.then(|| callrec::sip::tls::TlsSettings {
             files: self.tls.clone(),

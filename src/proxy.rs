@@ -24,7 +24,7 @@ pub enum StartError {
     #[error("{0}")]
     Bind(#[from] std::io::Error),
     /// The TLS certificates could not be loaded.
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] crate::sip::tls::TlsError),
     /// The sealing identity could not be opened or created.
     #[error("cannot open the sealing identity: {0}")]
@@ -172,9 +172,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         tls.clone(),
     )
     .await?;
-    if let Some(ctx) = tls {
-        tokio::spawn(reload_on_sighup(ctx));
-    }
+    // Always watched, so that a reload never kills an instance without TLS.
+    tokio::spawn(reload_on_sighup(tls));
     let local = transport.local_addr();
     let advertised = if local.ip().is_unspecified() {
         SocketAddr::new(cfg.media_ip, local.port())
@@ -287,12 +286,16 @@ fn admin_token_file(data_dir: &std::path::Path) -> std::io::Result<String> {
 /// Reloads the TLS certificates on each SIGHUP; connections already open keep
 /// theirs, so running calls are not touched. A file that does not load leaves
 /// the old certificates in use.
-async fn reload_on_sighup(ctx: Arc<crate::sip::tls::TlsContext>) {
+async fn reload_on_sighup(ctx: Option<Arc<crate::sip::tls::TlsContext>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return tracing::warn!("cannot watch SIGHUP: TLS certificates will not be reloaded");
     };
     while hup.recv().await.is_some() {
+        let Some(ctx) = &ctx else {
+            tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+            continue;
+        };
         match ctx.reload() {
             Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
             Err(e) => tracing::error!(

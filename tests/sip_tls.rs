@@ -5,318 +5,16 @@
 //! connection stays up. The test CA and certificates are made with rcgen.
 
 mod common;
+mod tls_support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use callrec::sip::framer::{Frame, Framer};
 use callrec::sip::Message;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-
-/// A test CA and leaf certificates it signs, in a temporary folder.
-struct Pki {
-    dir: TestDir,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-/// A leaf certificate: PEM for files, DER for rustls.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(DnType::CommonName, "callrec test CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = p.self_signed(&ca_key).unwrap();
-        let dir = TestDir::new("tls");
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
-    }
-
-    fn ca_path(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// A certificate for `name` (a DNS name); expired when `expired`.
-    fn leaf(&self, name: &str, expired: bool) -> Leaf {
-        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        if expired {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    /// Writes a leaf as NAME.pem and NAME.key; returns both paths.
-    fn write(&self, file: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
-        let (c, k) = (
-            self.dir.join(&format!("{file}.pem")),
-            self.dir.join(&format!("{file}.key")),
-        );
-        std::fs::write(&c, &leaf.cert_pem).unwrap();
-        std::fs::write(&k, &leaf.key_pem).unwrap();
-        (c, k)
-    }
-
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-        )
-    }
-}
-
-fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der.clone()], key)
-        .unwrap(),
-    )
-}
-
-/// One SIP peer on a TLS stream (client or server side), blocking.
-struct SipTls<S: Read + Write> {
-    stream: S,
-    framer: Framer,
-    local: SocketAddr,
-}
-
-impl<S: Read + Write> SipTls<S> {
-    /// The next SIP message, skipping keep-alives; None after `wait`.
-    fn recv(&mut self, wait: Duration) -> Option<Message> {
-        let end = Instant::now() + wait;
-        let mut buf = [0u8; 8192];
-        loop {
-            match self.framer.next_frame() {
-                Ok(Some(Frame::Message(m))) => {
-                    return Some(Message::parse(&m).expect("callrec sent a parseable message"))
-                }
-                Ok(Some(Frame::Ping)) => continue,
-                Ok(None) => {}
-                Err(e) => panic!("callrec's stream cannot be framed: {e}"),
-            }
-            if Instant::now() >= end {
-                return None;
-            }
-            match self.stream.read(&mut buf) {
-                Ok(0) => return None,
-                Ok(n) => self.framer.push(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// The next request (answering nothing), or panics after `wait`.
-    fn expect(&mut self, method: &str, wait: Duration) -> Message {
-        loop {
-            let m = self
-                .recv(wait)
-                .unwrap_or_else(|| panic!("no {method} over TLS within {wait:?}"));
-            if m.is_request() && m.method() == method {
-                return m;
-            }
-        }
-    }
-
-    fn send(&mut self, m: &Message) {
-        self.stream.write_all(&m.to_bytes()).unwrap();
-        self.stream.flush().unwrap();
-    }
-
-    /// A response to `req` copying the headers a response must copy.
-    fn answer(&mut self, req: &Message, code: u16, sdp: Option<&str>) {
-        let mut r = Message::response(code, if code == 200 { "OK" } else { "Ringing" });
-        for v in req.header_all("Via") {
-            r.push("Via", v);
-        }
-        for h in ["From", "Call-ID", "CSeq"] {
-            r.push(h, req.header(h).unwrap());
-        }
-        let to = req.header("To").unwrap();
-        r.push(
-            "To",
-            if to.contains("tag=") {
-                to.to_string()
-            } else {
-                format!("{to};tag=trunk1")
-            },
-        );
-        r.push(
-            "Contact",
-            format!("<sip:trunk@{};transport=tls>", self.local),
-        );
-        if let Some(b) = sdp {
-            r.push("Content-Type", "application/sdp");
-            r.body = b.as_bytes().to_vec();
-        }
-        r.set("Content-Length", r.body.len().to_string());
-        self.send(&r);
-    }
-}
-
-fn sdp(port: u16) -> String {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n"
-    )
-}
-
-/// A trunk that only speaks TLS, on 127.0.0.1 (reached as "localhost").
-struct TlsTrunk {
-    addr: SocketAddr,
-    listener: TcpListener,
-}
-
-impl TlsTrunk {
-    fn new() -> TlsTrunk {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        TlsTrunk {
-            addr: listener.local_addr().unwrap(),
-            listener,
-        }
-    }
-
-    /// Accepts one connection within `wait` and completes the handshake
-    /// with `leaf`; Err holds the handshake error.
-    fn accept(
-        &self,
-        leaf: &Leaf,
-        wait: Duration,
-    ) -> Result<SipTls<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>, String> {
-        self.listener.set_nonblocking(true).unwrap();
-        let end = Instant::now() + wait;
-        let tcp = loop {
-            match self.listener.accept() {
-                Ok((s, _)) => break s,
-                Err(_) if Instant::now() < end => thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(format!("no connection from callrec: {e}")),
-            }
-        };
-        tcp.set_nonblocking(false).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let conn = rustls::ServerConnection::new(server_config(leaf)).unwrap();
-        let mut s = rustls::StreamOwned::new(conn, tcp);
-        while s.conn.is_handshaking() {
-            if Instant::now() > end {
-                return Err("handshake did not complete".into());
-            }
-            match s.conn.complete_io(&mut s.sock) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Ok(SipTls {
-            stream: s,
-            framer: Framer::default(),
-            local: self.addr,
-        })
-    }
-}
-
-fn connect_tls(
-    pki: &Pki,
-    to: SocketAddr,
-    name: &str,
-) -> SipTls<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let tcp = TcpStream::connect(to).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let local = tcp.local_addr().unwrap();
-    let conn = rustls::ClientConnection::new(
-        pki.client_config(),
-        ServerName::try_from(name.to_string()).unwrap(),
-    )
-    .unwrap();
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    let end = Instant::now() + Duration::from_secs(5);
-    while s.conn.is_handshaking() {
-        assert!(Instant::now() < end, "no TLS handshake with callrec");
-        match s.conn.complete_io(&mut s.sock) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("TLS handshake with callrec failed: {e}"),
-        }
-    }
-    SipTls {
-        stream: s,
-        framer: Framer::default(),
-        local,
-    }
-}
-
-/// A proxy whose trunk is `tls://localhost:PORT`, verified against the test CA.
-fn proxy_with_tls_trunk(pki: &Pki, trunk: &TlsTrunk, extra: &[&str]) -> Proxy {
-    let mut b = Proxy::builder()
-        .trunk(
-            trunk.addr,
-            &format!("tls://localhost:{}", trunk.addr.port()),
-        )
-        .arg("--tls-ca")
-        .arg(pki.ca_path().to_str().unwrap());
-    for a in extra {
-        b = b.arg(a);
-    }
-    b.start()
-}
-
-/// An INVITE from the PBX (127.0.0.2) over UDP, sent once.
-fn invite_from_pbx(proxy: &Proxy) -> UdpSocket {
-    let sock = UdpSocket::bind((PBX_IP, 0)).unwrap();
-    let me = sock.local_addr().unwrap();
-    let body = sdp(free_port());
-    let msg = format!(
-        "INVITE sip:0301234@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-tls-{p}\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:100@{me}>;tag=pbx1\r\nTo: <sip:0301234@{to}>\r\n\
-         Call-ID: tls-{p}@pbx\r\nCSeq: 1 INVITE\r\nContact: <sip:100@{me}>\r\n\
-         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len(),
-        to = proxy.sip_addr(),
-        p = me.port(),
-    );
-    sock.send_to(msg.as_bytes(), proxy.sip_addr()).unwrap();
-    sock
-}
+use tls_support::*;
 
 #[test]
 fn a_pbx_on_udp_calls_a_trunk_that_only_speaks_tls() {
@@ -339,6 +37,11 @@ fn a_pbx_on_udp_calls_a_trunk_that_only_speaks_tls() {
         contact.contains(";transport=tls"),
         "Contact on the TLS leg: {contact}"
     );
+    let ruri = invite.uri().unwrap();
+    assert!(
+        ruri.ends_with(";transport=tls"),
+        "Request-URI on the TLS leg: {ruri}"
+    );
     t.answer(&invite, 200, Some(&sdp(free_port())));
     t.expect("ACK", Duration::from_secs(10));
     // The caller hangs up; the BYE comes over the connection callrec opened.
@@ -349,6 +52,15 @@ fn a_pbx_on_udp_calls_a_trunk_that_only_speaks_tls() {
     assert_eq!(
         metric(&proxy.metrics(), "callrec_tls_handshake_failures_total"),
         Some(0.0)
+    );
+    let log = proxy.log();
+    let opened = log
+        .lines()
+        .find(|l| l.contains("SIP TLS connection opened, certificate verified"))
+        .unwrap_or_else(|| panic!("the verified connection is logged\n{log}"));
+    assert!(
+        opened.contains("name=localhost") && opened.contains("TLSv1_3"),
+        "{opened}"
     );
 }
 
@@ -437,6 +149,16 @@ fn a_trunk_calls_in_over_the_tls_listener_and_the_dialog_stays_on_its_connection
     assert_eq!(bye_ok.code(), 200);
     let out = callee.wait();
     assert!(out.success(), "{}\n{}", out.report(), proxy.log_tail(80));
+    // The PBX leg is plain UDP: its Request-URI must not ask for TLS.
+    let pbx_saw = out.read("messages.log");
+    let ruri = pbx_saw
+        .lines()
+        .find(|l| l.starts_with("INVITE "))
+        .expect("the PBX's INVITE in sipp's message log");
+    assert!(
+        ruri.starts_with("INVITE sip:0301234@127.0.0.2:") && !ruri.contains("transport=tls"),
+        "Request-URI towards the UDP PBX: {ruri}"
+    );
 }
 
 /// Starts a call towards a trunk showing `leaf` and returns callrec's log
@@ -454,6 +176,15 @@ fn refused_trunk(leaf_name: &str, expired: bool, expect: &str) {
         "callrec completed a handshake with a bad certificate"
     );
     let seen = wait_until(Duration::from_secs(10), || proxy.log().contains(expect));
+    // Shown with --nocapture: the line an operator reads.
+    eprintln!(
+        "{}",
+        proxy
+            .log()
+            .lines()
+            .find(|l| l.contains(expect))
+            .unwrap_or_default()
+    );
     assert!(seen, "no log line {expect:?}\n{}", proxy.log_tail(60));
     let line = proxy
         .log()
@@ -571,4 +302,277 @@ fn certificates_are_reloaded_on_sighup_while_open_connections_stay() {
         third.stream.conn.peer_certificates().unwrap()[0],
         second.der
     );
+}
+
+#[test]
+fn a_trunk_that_demands_a_client_certificate_gets_the_configured_one() {
+    let pki = Pki::new();
+    let server = pki.leaf("localhost", false);
+    let client = pki.leaf("callrec.example.net", false);
+    let (cert, key) = pki.write("client", &client);
+    let trunk = TlsTrunk::new();
+    let proxy = proxy_with_tls_trunk(
+        &pki,
+        &trunk,
+        &[
+            "--tls-client-cert",
+            cert.to_str().unwrap(),
+            "--tls-client-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let _pbx = invite_from_pbx(&proxy);
+    let mut t = trunk
+        .accept_with(server_config(&server, Some(&pki)), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail(60)));
+    assert_eq!(
+        t.stream
+            .conn
+            .peer_certificates()
+            .expect("a client certificate")[0],
+        client.der
+    );
+    let invite = t.expect("INVITE", Duration::from_secs(10));
+    assert!(invite.header("Via").unwrap().starts_with("SIP/2.0/TLS "));
+}
+
+#[test]
+fn a_connection_that_never_completes_its_handshake_is_closed_after_the_header_timeout() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    let tls_port = free_port();
+    let proxy = Proxy::builder()
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .arg("--tcp-header-timeout")
+        .arg("1")
+        .start();
+    // A peer opens the port and says nothing: it must not hold a connection
+    // slot beyond the header timeout.
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], tls_port))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0)) || (n.is_err() && start.elapsed() < Duration::from_secs(7)),
+        "the silent connection was not closed: {n:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || metric(
+            &proxy.metrics(),
+            "callrec_tls_handshake_failures_total"
+        ) == Some(1.0)),
+        "{}",
+        proxy.log_tail(20)
+    );
+    assert!(wait_until(Duration::from_secs(3), || metric(
+        &proxy.metrics(),
+        "callrec_tcp_connections_open"
+    ) == Some(0.0)));
+    assert!(proxy.log().contains("no handshake within"));
+}
+
+#[test]
+fn sighup_without_tls_does_not_stop_callrec() {
+    let mut proxy = Proxy::start();
+    // SAFETY: signals the child process we started.
+    unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(5), || proxy
+            .log()
+            .contains("SIGHUP: no TLS configured, nothing to reload")),
+        "{}",
+        proxy.log_tail(20)
+    );
+    assert!(
+        proxy.is_running(),
+        "SIGHUP (systemctl reload) killed callrec"
+    );
+    assert!(sip_options_answered(
+        proxy.sip_addr(),
+        Duration::from_secs(2)
+    ));
+}
+
+#[test]
+fn a_trunk_that_asks_for_alias_gets_our_requests_on_the_connection_it_opened() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    let tls_port = free_port();
+    // Nothing listens on the trunk's own port: only its connection reaches it.
+    let trunk_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = Proxy::builder()
+        .trunk(
+            trunk_addr,
+            &format!("tls://localhost:{}", trunk_addr.port()),
+        )
+        .arg("--tls-ca")
+        .arg(pki.ca_path().to_str().unwrap())
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .start();
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let mut c = connect_tls(&pki, tls_addr, "localhost");
+    let me = c.local;
+    let mut o = Message::request("OPTIONS", &format!("sip:callrec@{tls_addr}"));
+    o.push(
+        "Via",
+        format!("SIP/2.0/TLS {trunk_addr};branch=z9hG4bK-alias;alias"),
+    );
+    o.push("Max-Forwards", "70");
+    o.push("From", format!("<sip:trunk@{me}>;tag=a1"));
+    o.push("To", format!("<sip:callrec@{tls_addr}>"));
+    o.push("Call-ID", format!("alias-{}", me.port()));
+    o.push("CSeq", "1 OPTIONS");
+    o.push("Content-Length", "0");
+    c.send(&o);
+    assert_eq!(c.recv(Duration::from_secs(5)).map(|r| r.code()), Some(200));
+    let _pbx = invite_from_pbx(&proxy);
+    let invite = c.expect("INVITE", Duration::from_secs(10));
+    assert!(invite.header("Via").unwrap().starts_with("SIP/2.0/TLS "));
+}
+
+/// Whether `openssl s_client` output shows a completed handshake with `proto`
+/// (it prints the session block, with "Cipher is (NONE)", after a failure too).
+fn handshake_done(out: &str, proto: &str) -> bool {
+    out.contains(&format!("Protocol  : {proto}")) && !out.contains("Cipher is (NONE)")
+}
+
+/// `openssl s_client` against `to` with `version` (e.g. "-tls1_1"); its output.
+fn s_client(to: SocketAddr, version: &str) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &to.to_string(), version])
+        .args(["-cipher", "DEFAULT@SECLEVEL=0", "-servername", "localhost"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl (Debian package openssl) is needed for this test");
+    // Closing stdin ends the session once the handshake is over.
+    drop(child.stdin.take());
+    let end = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn tls_1_1_is_refused_and_tls_1_2_accepted() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    // First show that this openssl can speak TLS 1.1 at all, against its own server.
+    let port = free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-tls1_1",
+        ])
+        .args(["-cipher", "DEFAULT@SECLEVEL=0", "-www", "-cert"])
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl (Debian package openssl) is needed for this test");
+    let listening = wait_until(Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let control = s_client(SocketAddr::from(([127, 0, 0, 1], port)), "-tls1_1");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(listening, "openssl s_server did not start");
+    assert!(
+        handshake_done(&control, "TLSv1.1"),
+        "this openssl cannot speak TLS 1.1, so the refusal below would prove nothing:\n{control}"
+    );
+
+    let tls_port = free_port();
+    let proxy = Proxy::builder()
+        .arg("--listen-tls")
+        .arg(&format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .start();
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let old = s_client(tls_addr, "-tls1_1");
+    assert!(
+        !handshake_done(&old, "TLSv1.1") && old.contains("Cipher is (NONE)"),
+        "callrec completed a TLS 1.1 handshake:\n{old}"
+    );
+    let ok = s_client(tls_addr, "-tls1_2");
+    assert!(
+        handshake_done(&ok, "TLSv1.2"),
+        "TLS 1.2 refused:\n{ok}\n{}",
+        proxy.log_tail(20)
+    );
+}
+
+#[test]
+fn a_key_that_does_not_load_stops_the_start_with_exit_status_2() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write("callrec", &pki.leaf("localhost", false));
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let data = pki.dir.join("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callrec"))
+        .args(["run", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--pbx", "127.0.0.2:5060", "--trunk", "127.0.0.3:5060"])
+        .args([
+            "--admin-listen",
+            "off",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .args(["--listen-tls", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ])
+        .env("CALLREC_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    if still_running {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!still_running, "callrec started with a broken key");
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("cannot read --tls-key"), "{text}");
 }

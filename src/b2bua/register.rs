@@ -29,6 +29,9 @@ const PENDING_FOR: Duration = Duration::from_secs(32);
 /// REGISTER messages waiting for the relay; more are dropped (the PBX
 /// retransmits or retries), so the router never waits.
 const QUEUE: usize = 256;
+/// REGISTERs relayed and not yet answered; beyond this new ones are dropped
+/// (a PBX registers a handful of lines, not thousands at once).
+const MAX_PENDING: usize = 1024;
 
 /// The PBX's registered Contact URIs by callrec token.
 pub type Bindings = HashMap<String, String>;
@@ -64,6 +67,7 @@ impl Relay {
     }
 }
 
+#[derive(Clone)]
 struct Pending {
     pbx: Flow,
     vias: Vec<String>,
@@ -140,6 +144,10 @@ impl State {
     }
 
     async fn request(&mut self, msg: Message, pbx: Flow) {
+        if self.pending.len() >= MAX_PENDING {
+            warn!(peer = %pbx.addr, "{MAX_PENDING} REGISTERs await the trunk's answer: this one is dropped");
+            return;
+        }
         let trunk = self.trunk();
         let mut out = msg.clone();
         let vias: Vec<String> = msg
@@ -202,12 +210,7 @@ impl State {
         let Some(p) = (if final_response {
             self.pending.remove(&branch)
         } else {
-            self.pending.get(&branch).map(|p| Pending {
-                pbx: p.pbx,
-                vias: p.vias.clone(),
-                contacts: p.contacts.clone(),
-                since: p.since,
-            })
+            self.pending.get(&branch).cloned()
         }) else {
             debug!("response to an unknown REGISTER dropped");
             return;

@@ -2,6 +2,7 @@
 //! (and TLS on its own),
 //! RFC 3261 transaction state machines and the set of trusted peers.
 
+mod alias;
 pub mod framer;
 pub mod message;
 mod tcp;

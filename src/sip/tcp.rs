@@ -18,9 +18,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::alias::alias_of;
 use super::framer::{Frame, Framer};
 use super::tls::{explain, TlsContext};
 use super::transport::{Flow, Inbound, Proto, TcpLimits, TransportStats, TrustedPeers};
+use queue::{Push, Queue};
 
 /// How often a repeated warning (refusals, accept errors) is logged at most.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -33,45 +35,11 @@ struct Conn {
     close: Arc<watch::Sender<bool>>,
 }
 
-/// The sending end of a connection's queue, bounded in messages and in
-/// bytes (large answers to a peer that never reads must not pile up).
-#[derive(Clone)]
-struct Queue {
-    tx: mpsc::Sender<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    max_bytes: usize,
-}
-
-/// What became of bytes offered to a queue.
-enum Push {
-    Queued,
-    Full,
-    Closed(Vec<u8>),
-}
-
-impl Queue {
-    fn push(&self, bytes: Vec<u8>) -> Push {
-        let n = bytes.len();
-        if self.queued.fetch_add(n, Ordering::Relaxed) + n > self.max_bytes {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            return Push::Full;
-        }
-        match self.tx.try_send(bytes) {
-            Ok(()) => Push::Queued,
-            Err(e) => {
-                self.queued.fetch_sub(n, Ordering::Relaxed);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => Push::Full,
-                    mpsc::error::TrySendError::Closed(b) => Push::Closed(b),
-                }
-            }
-        }
-    }
-}
-
 #[derive(Default)]
 struct Inner {
     conns: HashMap<SocketAddr, Conn>,
+    /// RFC 5923 aliases: a peer's sent-by address → its connection (address, id).
+    aliases: HashMap<SocketAddr, (SocketAddr, u64)>,
     total: usize,
     per_source: HashMap<IpAddr, usize>,
     next_id: u64,
@@ -85,6 +53,17 @@ impl Inner {
         if self.conns.get(&peer).is_some_and(|c| c.id == id) {
             self.conns.remove(&peer);
         }
+        self.aliases.retain(|_, to| *to != (peer, id));
+    }
+
+    /// The connection for `peer`: its own, else one that took `peer` as alias.
+    fn lookup(&self, peer: SocketAddr) -> Option<(SocketAddr, Conn)> {
+        if let Some(c) = self.conns.get(&peer) {
+            return Some((peer, c.clone()));
+        }
+        let (at, id) = self.aliases.get(&peer)?;
+        let c = self.conns.get(at).filter(|c| c.id == *id)?;
+        Some((*at, c.clone()))
     }
 }
 
@@ -316,7 +295,11 @@ impl Table {
                 r = shake => r,
             };
             match res {
-                Ok(Ok(s)) => table.start(s, peer, slot, tx, rx, true),
+                Ok(Ok(s)) => {
+                    let c = s.get_ref().1;
+                    tracing::debug!(%peer, version = ?c.protocol_version(), suite = ?c.negotiated_cipher_suite().map(|c| c.suite()), "SIP TLS connection accepted");
+                    table.start(s, peer, slot, tx, rx, true)
+                }
                 Ok(Err(e)) => table.handshake_failed(peer, None, &explain(&e)),
                 Err(_) => {
                     table.handshake_failed(peer, None, &format!("no handshake within {limit:?}"))
@@ -351,22 +334,22 @@ impl Table {
 
     /// Queues bytes for `peer` without waiting (see `Transport::send`).
     pub(super) fn send(self: &Arc<Self>, peer: SocketAddr, bytes: Vec<u8>) -> io::Result<()> {
-        let conn = self.lock().conns.get(&peer).cloned();
-        if let Some(c) = conn {
+        let conn = self.lock().lookup(peer);
+        if let Some((at, c)) = conn {
             match c.tx.push(bytes) {
                 Push::Queued => return Ok(()),
                 Push::Full => {
                     self.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, "closing SIP {} connection: the peer does not read (send queue full)", self.name());
+                    tracing::warn!(peer = %at, "closing SIP {} connection: the peer does not read (send queue full)", self.name());
                     c.close.send_replace(true);
-                    self.lock().forget(peer, c.id);
+                    self.lock().forget(at, c.id);
                     return Err(io::Error::new(
                         io::ErrorKind::WouldBlock,
                         "peer does not read; TCP connection closed",
                     ));
                 }
                 Push::Closed(b) => {
-                    self.lock().forget(peer, c.id);
+                    self.lock().forget(at, c.id);
                     return self.open(peer, b);
                 }
             }
@@ -422,7 +405,11 @@ impl Table {
                 r = shake => r,
             };
             match res {
-                Ok(Ok(s)) => table.start(s, peer, slot, tx, rx, false),
+                Ok(Ok(s)) => {
+                    let c = s.get_ref().1;
+                    tracing::info!(%peer, name = %shown, version = ?c.protocol_version(), suite = ?c.negotiated_cipher_suite().map(|c| c.suite()), "SIP TLS connection opened, certificate verified");
+                    table.start(s, peer, slot, tx, rx, false)
+                }
                 Ok(Err(e)) => table.handshake_failed(peer, Some(&shown), &explain(&e)),
                 Err(_) => table.handshake_failed(
                     peer,
@@ -513,6 +500,8 @@ async fn read_loop<S: Stream>(
     // A stranger's connection owes us its first message at once; trusted
     // peers may open theirs ahead of need and keep it alive with pings.
     let mut message_since = (accepted && idle_applies).then(Instant::now);
+    // Only a connection the peer opened can stand in for its address.
+    let mut may_alias = accepted;
     let end = 'conn: loop {
         let deadline = match message_since {
             Some(t) => Some((t + limits.header_timeout, End::HeaderTimeout)),
@@ -541,6 +530,12 @@ async fn read_loop<S: Stream>(
                 Ok(Some(Frame::Message(data))) => {
                     last_message = Instant::now();
                     message_since = None;
+                    if may_alias {
+                        if let Some(a) = alias_of(&data, peer) {
+                            table.lock().aliases.insert(a, (peer, slot.id));
+                            may_alias = false;
+                        }
+                    }
                     if table.inbound.send(Inbound { data, flow }).await.is_err() {
                         break 'conn End::Closed;
                     }
@@ -592,5 +587,6 @@ async fn read_loop<S: Stream>(
     slot.close();
 }
 
+mod queue;
 #[cfg(test)]
 mod tests;

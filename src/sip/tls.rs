@@ -62,12 +62,32 @@ pub enum TlsError {
     /// Flags that only work together.
     #[error("{0}")]
     Usage(&'static str),
-    /// rustls refused the material (e.g. the key does not fit the certificate).
+    /// rustls refused the settings.
     #[error("TLS setup: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(String),
     /// The client verifier could not be built from the roots.
     #[error("TLS roots: {0}")]
     Roots(String),
+}
+
+impl From<rustls::Error> for TlsError {
+    // Kept as text: the message already says everything, and a source
+    // would print it twice in the start error.
+    fn from(e: rustls::Error) -> TlsError {
+        TlsError::Rustls(e.to_string())
+    }
+}
+
+/// Turns rustls refusing a key into an error that names the key file.
+fn unusable_key<'a>(
+    what: &'static str,
+    key: &'a Path,
+) -> impl FnOnce(rustls::Error) -> TlsError + 'a {
+    move |e| TlsError::File {
+        what,
+        path: key.to_path_buf(),
+        reason: format!("not a usable key for the certificate ({e})"),
+    }
 }
 
 /// The live TLS configuration; new connections take the current one, so a
@@ -135,7 +155,8 @@ impl TlsContext {
                 let cfg = ServerConfig::builder_with_provider(provider())
                     .with_protocol_versions(VERSIONS)?
                     .with_no_client_auth()
-                    .with_single_cert(certs("--tls-cert", c)?, key("--tls-key", k)?)?;
+                    .with_single_cert(certs("--tls-cert", c)?, key("--tls-key", k)?)
+                    .map_err(unusable_key("--tls-key", k))?;
                 Some(Arc::new(cfg))
             }
             (None, None) if f.listen_tls.is_none() => None,
@@ -173,10 +194,9 @@ impl TlsContext {
             .with_protocol_versions(VERSIONS)?
             .with_root_certificates(roots);
         let client = match (&f.tls_client_cert, &f.tls_client_key) {
-            (Some(c), Some(k)) => builder.with_client_auth_cert(
-                certs("--tls-client-cert", c)?,
-                key("--tls-client-key", k)?,
-            )?,
+            (Some(c), Some(k)) => builder
+                .with_client_auth_cert(certs("--tls-client-cert", c)?, key("--tls-client-key", k)?)
+                .map_err(unusable_key("--tls-client-key", k))?,
             (None, None) => builder.with_no_client_auth(),
             _ => {
                 return Err(TlsError::Usage(

@@ -9,7 +9,7 @@ use crate::b2bua::headers::copy_end_to_end;
 use crate::media::Side;
 use crate::sip::message::{tag_of, uri_hostport, uri_of, Message};
 use crate::sip::transaction::{ClientTxn, ServerTxn};
-use crate::sip::{new_branch, Flow};
+use crate::sip::{new_branch, Flow, Proto};
 
 /// Methods whose requests and 2xx carry a Contact (target refresh or dialog creation).
 pub(super) fn needs_contact(method: &str) -> bool {
@@ -94,7 +94,7 @@ impl Call {
     /// caller's), our Via and Contact, and the end-to-end headers of the
     /// caller's INVITE (from `flow`) as the header policy lets them through.
     pub(super) fn invite_for_callee(&mut self, invite: &Message, flow: Flow, hop: Flow) -> Message {
-        let ruri = retarget(invite.uri().unwrap_or_default(), hop.addr);
+        let ruri = retarget(invite.uri().unwrap_or_default(), hop);
         let b = &mut self.legs[1];
         b.flow = hop;
         b.target = ruri.clone();
@@ -278,9 +278,17 @@ fn strip_tag(value: &str) -> String {
     format!("{addr}{}", kept.join(";"))
 }
 
-/// The caller's Request-URI with its host replaced by the next hop.
-fn retarget(uri: &str, hop: std::net::SocketAddr) -> String {
+/// The caller's Request-URI with its host replaced by the next hop and its
+/// transport made the next hop's: the caller's `transport=` parameter
+/// described the caller's leg, and `sips:` (TLS on every hop) stays only
+/// when the next hop is TLS too.
+fn retarget(uri: &str, hop: Flow) -> String {
     let (scheme, rest) = uri.split_once(':').unwrap_or(("sip", uri));
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "sips" if hop.proto == Proto::Tls => "sips",
+        "sips" | "sip" => "sip",
+        _ => scheme,
+    };
     let user = rest.rsplit_once('@').map(|(u, _)| u);
     let params = match uri_hostport(uri) {
         Some(_) => {
@@ -292,10 +300,21 @@ fn retarget(uri: &str, hop: std::net::SocketAddr) -> String {
         }
         None => "",
     };
-    let hp = crate::b2bua::host_port(hop);
+    let (params, headers) = params.split_at(params.find('?').unwrap_or(params.len()));
+    let mut kept: String = params
+        .split(';')
+        .filter(|p| !p.is_empty() && !p.trim().to_ascii_lowercase().starts_with("transport="))
+        .map(|p| format!(";{p}"))
+        .collect();
+    match hop.proto {
+        Proto::Tcp => kept.insert_str(0, ";transport=tcp"),
+        Proto::Tls if scheme == "sip" => kept.insert_str(0, ";transport=tls"),
+        _ => {}
+    }
+    let hp = crate::b2bua::host_port(hop.addr);
     match user {
-        Some(u) => format!("{scheme}:{u}@{hp}{params}"),
-        None => format!("{scheme}:{hp}{params}"),
+        Some(u) => format!("{scheme}:{u}@{hp}{kept}{headers}"),
+        None => format!("{scheme}:{hp}{kept}{headers}"),
     }
 }
 
@@ -305,6 +324,15 @@ mod tests {
 
     #[test]
     fn retarget_keeps_user_and_params() {
+        let retarget = |u: &str, a| {
+            retarget(
+                u,
+                Flow {
+                    addr: a,
+                    proto: Proto::Udp,
+                },
+            )
+        };
         let hop = "127.0.0.2:5070".parse().unwrap();
         assert_eq!(
             retarget("sip:+4930123@callrec.example;user=phone", hop),
@@ -313,6 +341,36 @@ mod tests {
         assert_eq!(
             retarget("sip:100@1.2.3.4:5060", hop),
             "sip:100@127.0.0.2:5070"
+        );
+    }
+
+    #[test]
+    fn retarget_says_the_next_hop_s_transport() {
+        let udp = Flow {
+            addr: "127.0.0.2:5060".parse().unwrap(),
+            proto: Proto::Udp,
+        };
+        let tls = Flow {
+            addr: "127.0.0.3:5061".parse().unwrap(),
+            proto: Proto::Tls,
+        };
+        // A sips: call from a TLS trunk goes on to a PBX on UDP as sip:.
+        assert_eq!(
+            retarget(
+                "sips:0301234@callrec.example:5061;transport=tls;user=phone",
+                udp
+            ),
+            "sip:0301234@127.0.0.2:5060;user=phone"
+        );
+        // A PBX on UDP calling a TLS trunk: the URI says TLS.
+        assert_eq!(
+            retarget("sip:049111@callrec.example;transport=udp", tls),
+            "sip:049111@127.0.0.3:5061;transport=tls"
+        );
+        // sips: stays sips: towards a TLS hop, which it already implies.
+        assert_eq!(
+            retarget("sips:049111@callrec.example", tls),
+            "sips:049111@127.0.0.3:5061"
         );
     }
 

@@ -24,3 +24,4 @@ pub mod seal;
 pub mod sip;
 pub mod spool;
 pub mod storage;
+pub mod vocab;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use callrec::config::{Limits, RunConfig};
-use callrec::policy::{Channels, DirectoryConfig, PolicyConfig, Profile};
+use callrec::policy::{DirectoryConfig, PolicyConfig, Profile};
 use callrec::seal::{Identity, PasswordSource};
 use callrec::sip::transport::TcpLimits;
 
@@ -633,7 +633,7 @@ struct RunArgs {
     record_all: bool,
     /// Channel layout of recordings: caller, callee, stereo (left = caller, right = callee) or separate (two mono files).
     #[arg(long, env = "CALLREC_CHANNELS", default_value = "stereo")]
-    channels: callrec::recorder::ChannelMode,
+    channels: callrec::vocab::ChannelMode,
     /// WAV file played to callers of recorded incoming calls before the call is put through.
     #[arg(long, env = "CALLREC_ANNOUNCE_INCOMING")]
     announce_incoming: Option<PathBuf>,
@@ -743,18 +743,13 @@ impl RunArgs {
             None => PolicyConfig::default(),
         };
         if policy.profiles.is_empty() {
-            let channels: Channels = self
-                .channels
-                .to_string()
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--channels: {e}"))?;
             policy.profiles.push(Profile {
                 name: "default".into(),
                 group: self.group.clone(),
                 users: self.users.clone(),
                 record_direct_calls: self.record_direct_calls,
                 record_all: self.record_all,
-                channels,
+                channels: self.channels,
                 announce_incoming: self.announce_incoming.clone(),
                 announce_outgoing: self.announce_outgoing.clone(),
                 targets: self.targets.clone(),

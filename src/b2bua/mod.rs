@@ -24,15 +24,7 @@ use crate::config::RunConfig;
 use crate::media::ports::PortPool;
 use crate::sip::{Flow, Proto, Transport};
 
-/// Which way a call goes through the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From the trunk (or anyone but the PBX) to the PBX.
-    Incoming,
-    /// From the PBX to the trunk.
-    Outgoing,
-}
+pub use crate::vocab::Direction;
 
 /// Process-wide counters, exported as Prometheus metrics.
 #[derive(Debug, Default)]

@@ -12,9 +12,7 @@ use tracing::{info, warn};
 
 use super::Direction;
 use crate::media::announce::Announcement;
-use crate::policy::{
-    self, Channels, DirectoryHandle, LegClaim, LegDedup, MembershipStore, Profile,
-};
+use crate::policy::{self, DirectoryHandle, LegClaim, LegDedup, MembershipStore, Profile};
 use crate::recorder::ChannelMode;
 
 /// What to do with one call.
@@ -74,15 +72,6 @@ pub enum PlanError {
     /// An announcement file is unusable.
     #[error("{0}")]
     Announcement(#[from] crate::media::announce::AnnounceError),
-}
-
-fn channel_mode(c: Channels) -> ChannelMode {
-    match c {
-        Channels::Caller => ChannelMode::Caller,
-        Channels::Callee => ChannelMode::Callee,
-        Channels::Stereo => ChannelMode::Stereo,
-        Channels::Separate => ChannelMode::Separate,
-    }
 }
 
 impl Planner {
@@ -148,12 +137,8 @@ impl Planner {
         trusted: bool,
     ) -> CallPlan {
         let d = self.directory.current();
-        let pdir = match dir {
-            Direction::Incoming => policy::Direction::Incoming,
-            Direction::Outgoing => policy::Direction::Outgoing,
-        };
         let logged_out = self.membership.snapshot();
-        let decision = policy::decide(&self.profiles, &d, &logged_out, pdir, caller, dialled);
+        let decision = policy::decide(&self.profiles, &d, &logged_out, dir, caller, dialled);
         let (decision, leg_claim) = match trusted {
             true => self.dedup.apply(&d, decision, Instant::now()),
             false => (decision, None),
@@ -167,9 +152,7 @@ impl Planner {
             record: decision.record,
             anchor: decision.record || announcement.is_some(),
             announcement,
-            channels: profile
-                .map(|p| channel_mode(p.channels))
-                .unwrap_or_default(),
+            channels: profile.map(|p| p.channels).unwrap_or_default(),
             profile: decision.profile_name.clone().unwrap_or_default(),
             rule: format!("{:?}", decision.rule),
             reason: decision.reason.clone(),

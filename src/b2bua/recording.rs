@@ -15,15 +15,16 @@ use tracing::{error, info};
 
 use super::Direction;
 use crate::media::relay::Tap;
-use crate::media::{Session, Side};
+use crate::media::Session;
 use crate::recorder::failure::{FailureReason, RecordingFailure};
 use crate::recorder::journal::{Journal, JournalError, JOURNAL_VERSION};
 use crate::recorder::metadata::{
     local_offset_at, Announcement, AudioInfo, CallIds, EndedBy, Metadata, PartyInfo, PerParty,
     Times, SCHEMA_VERSION,
 };
-use crate::recorder::{ChannelMode, Fork, Party, PayloadMap, Recorder, RecordingSpec};
+use crate::recorder::{ChannelMode, Fork, PayloadMap, Recorder, RecordingSpec};
 use crate::seal::service::{SealJob, SealSender};
+use crate::vocab::Side;
 
 /// How recordings are made on this instance.
 #[derive(Clone)]
@@ -105,11 +106,7 @@ struct ForkTap(Fork);
 
 impl Tap for ForkTap {
     fn offer(&self, from: Side, packet: Bytes, arrival: Instant) {
-        let party = match from {
-            Side::Caller => Party::Caller,
-            Side::Callee => Party::Callee,
-        };
-        self.0.offer(party, packet, arrival);
+        self.0.offer(from, packet, arrival);
     }
 }
 
@@ -130,7 +127,7 @@ fn journal_of(
         caller: intent.caller.clone(),
         callee: intent.callee.clone(),
         dialled_number: intent.dialled.clone(),
-        direction: meta_direction(intent.direction),
+        direction: intent.direction,
         profile: intent.profile.clone(),
         matched_rule: intent.rule.clone(),
         channels: spec.channels,
@@ -143,13 +140,6 @@ fn journal_of(
         announcement: intent.announcement.clone(),
         targets: intent.targets.clone(),
         instance_id: settings.instance_id.clone(),
-    }
-}
-
-fn meta_direction(d: Direction) -> crate::recorder::metadata::Direction {
-    match d {
-        Direction::Incoming => crate::recorder::metadata::Direction::Incoming,
-        Direction::Outgoing => crate::recorder::metadata::Direction::Outgoing,
     }
 }
 
@@ -188,10 +178,7 @@ impl CallRecording {
     ) -> Result<CallRecording, crate::recorder::RecorderError> {
         let start = Utc::now();
         let local = start.with_timezone(&Local);
-        let dir = match intent.direction {
-            Direction::Incoming => "in",
-            Direction::Outgoing => "out",
-        };
+        let dir = intent.direction;
         let base_name = format!(
             "{}_{dir}_{}_{}_{}",
             local.format("%Y%m%d_%H%M%S"),
@@ -264,7 +251,8 @@ impl CallRecording {
     /// Tells the recorder which codecs each party sends: a party sends with the
     /// payload numbers the *other* party's SDP declared (RFC 3264 §5.1).
     pub fn update_payload_maps(&self, media: &Session) {
-        for (party, receiver) in [(Party::Caller, Side::Callee), (Party::Callee, Side::Caller)] {
+        for party in [Side::Caller, Side::Callee] {
+            let receiver = party.other();
             if let Some(text) = media
                 .last_sdp_text(receiver)
                 .or_else(|| media.last_sdp_text(receiver.other()))
@@ -321,7 +309,7 @@ impl CallRecording {
                 caller: facts.caller,
                 callee: facts.callee,
                 dialled_number: facts.dialled,
-                direction: meta_direction(facts.direction),
+                direction: facts.direction,
                 profile: facts.profile,
                 matched_rule: facts.rule,
                 times: Times::new(

@@ -21,49 +21,7 @@ use ports::PortPool;
 use relay::{Learning, Stream, Tap};
 use sdp::Sdp;
 
-/// A party of a call. The caller is the side that sent the initial INVITE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// Sent the initial INVITE (leg A).
-    Caller,
-    /// Received the initial INVITE from us (leg B).
-    Callee,
-}
-
-impl Side {
-    /// 0 for the caller, 1 for the callee.
-    pub fn index(self) -> usize {
-        match self {
-            Side::Caller => 0,
-            Side::Callee => 1,
-        }
-    }
-
-    /// Inverse of `index`.
-    pub fn from_index(i: usize) -> Side {
-        if i == 0 {
-            Side::Caller
-        } else {
-            Side::Callee
-        }
-    }
-
-    /// The other party.
-    pub fn other(self) -> Side {
-        match self {
-            Side::Caller => Side::Callee,
-            Side::Callee => Side::Caller,
-        }
-    }
-
-    /// Lower-case name for logs and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::Caller => "caller",
-            Side::Callee => "callee",
-        }
-    }
-}
+pub use crate::vocab::Side;
 
 /// Why media could not be anchored.
 #[derive(Debug, thiserror::Error)]

@@ -11,25 +11,7 @@ use super::directory::{Directory, Group, UserId};
 use super::membership::LoggedOut;
 use super::numbers::{Number, NumberRole};
 use super::profile::Profile;
-
-/// Direction of a call as seen by the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From the trunk to the PBX.
-    Incoming,
-    /// From the PBX to the trunk.
-    Outgoing,
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Incoming => "in",
-            Direction::Outgoing => "out",
-        })
-    }
-}
+use crate::vocab::Direction;
 
 /// Which rule led to the decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

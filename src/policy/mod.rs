@@ -30,14 +30,15 @@ pub mod profile;
 pub mod refresh;
 pub mod rest;
 
-pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Direction, Rule};
+pub use crate::vocab::{ChannelMode, Direction};
+pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Rule};
 pub use dedup::{LegClaim, LegDedup};
 pub use directory::{Directory, Group, GroupId, User, UserId};
 pub use error::{ConfigError, DirectoryError, MembershipError, RestError};
 pub use membership::{LoggedOut, MembershipStore};
 pub use numbers::{Number, NumberPlan, NumberRole};
 pub use profile::{
-    Channels, DirectoryConfig, OnRecordFailure, PolicyConfig, Profile, SmtpConfig, TargetConfig,
+    DirectoryConfig, OnRecordFailure, PolicyConfig, Profile, SmtpConfig, TargetConfig,
 };
 pub use refresh::{
     spawn_refresher, start as start_directory, DirectoryHandle, DirectorySource, RefreshError,

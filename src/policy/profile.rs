@@ -72,47 +72,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
 use super::numbers::NumberPlan;
-
-/// Which parties a recording holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channels {
-    /// The caller only.
-    Caller,
-    /// The callee only.
-    Callee,
-    /// Both in one stereo WAV (left caller, right callee).
-    #[default]
-    Stereo,
-    /// Both, one file each.
-    Separate,
-}
-
-impl FromStr for Channels {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "caller" => Ok(Channels::Caller),
-            "callee" => Ok(Channels::Callee),
-            "stereo" => Ok(Channels::Stereo),
-            "separate" => Ok(Channels::Separate),
-            other => Err(format!(
-                "unknown channels {other:?}: use caller, callee, stereo or separate"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Channels {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Channels::Caller => "caller",
-            Channels::Callee => "callee",
-            Channels::Stereo => "stereo",
-            Channels::Separate => "separate",
-        })
-    }
-}
+use crate::vocab::ChannelMode;
 
 /// What happens to a call of a recording profile whose recording cannot be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -153,7 +113,7 @@ pub struct Profile {
     /// Record every call.
     pub record_all: bool,
     /// Channel layout of the recording.
-    pub channels: Channels,
+    pub channels: ChannelMode,
     /// Announcement played to the caller of a recorded incoming call.
     pub announce_incoming: Option<PathBuf>,
     /// Announcement played to the caller of a recorded outgoing call.
@@ -180,7 +140,7 @@ impl Default for Profile {
             users: Vec::new(),
             record_direct_calls: false,
             record_all: false,
-            channels: Channels::Stereo,
+            channels: ChannelMode::Stereo,
             announce_incoming: None,
             announce_outgoing: None,
             targets: Vec::new(),

@@ -6,6 +6,7 @@ use chrono::{DateTime, FixedOffset, Local, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ChannelMode, Gap, MediaStats, RecordingOutput};
+pub use crate::vocab::Direction;
 
 /// Version of this JSON layout; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -75,16 +76,6 @@ pub struct PartyInfo {
     /// group); absent when the answer named nobody usable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answered_by: Option<String>,
-}
-
-/// Direction of the call relative to the PBX.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From the trunk to the PBX.
-    Incoming,
-    /// From the PBX to the trunk.
-    Outgoing,
 }
 
 /// Who ended the call.

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use super::Call;
 use crate::b2bua::headers::copy_end_to_end;
-use crate::media::Side;
 use crate::sip::message::{tag_of, uri_hostport, uri_of, Message};
 use crate::sip::transaction::{ClientTxn, ServerTxn};
 use crate::sip::{new_branch, Flow, Proto};
+use crate::vocab::Side;
 
 /// Methods whose requests and 2xx carry a Contact (target refresh or dialog creation).
 pub(super) fn needs_contact(method: &str) -> bool {

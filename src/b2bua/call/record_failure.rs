@@ -18,10 +18,10 @@ use crate::b2bua::plan::CallPlan;
 use crate::media::announce::{choose_codec, Announcement, G711};
 use crate::media::recordable::{judge, judge_terminating, Verdict};
 use crate::media::sdp::{answer_for_announcement, Sdp};
-use crate::media::Side;
 use crate::recorder::failure::{FailureReason, RecordingFailure};
 use crate::recorder::signal::RecordingFailed;
 use crate::sip::message::Message;
+use crate::vocab::Side;
 
 /// A call refused because it cannot be recorded.
 #[derive(Debug)]

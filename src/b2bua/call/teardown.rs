@@ -11,10 +11,10 @@ use super::phase::{Ended, Phase};
 use super::Call;
 use crate::b2bua::recording::CallFacts;
 use crate::b2bua::CallSummary;
-use crate::media::Side;
 use crate::recorder::metadata::EndedBy;
 use crate::sip::message::Message;
 use crate::sip::transaction::TimerAction;
+use crate::vocab::Side;
 
 impl Call {
     pub(super) async fn on_cancel(&mut self, side: Side, cancel_id: u64, branch: &str) {

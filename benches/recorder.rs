@@ -8,7 +8,7 @@ use std::f64::consts::PI;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use callrec::recorder::{encode_alaw, ChannelMode, Party, Recorder, RecordingSpec};
+use callrec::recorder::{encode_alaw, ChannelMode, Recorder, RecordingSpec, Side};
 
 const CALLS: usize = 200;
 const CALL_SECONDS: usize = 60;
@@ -19,7 +19,7 @@ fn tone(freq: f64, samples: usize) -> Vec<u8> {
         .collect()
 }
 
-fn packets(party: Party, tone: &[u8], ssrc: u32) -> Vec<(Party, Bytes, Duration)> {
+fn packets(party: Side, tone: &[u8], ssrc: u32) -> Vec<(Side, Bytes, Duration)> {
     let n = CALL_SECONDS * 50;
     (0..n)
         .map(|k| {
@@ -45,8 +45,8 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("create bench dir");
     let caller_tone = tone(440.0, 8000 + 160);
     let callee_tone = tone(1000.0, 8000 + 160);
-    let mut call = packets(Party::Caller, &caller_tone, 1);
-    call.extend(packets(Party::Callee, &callee_tone, 2));
+    let mut call = packets(Side::Caller, &caller_tone, 1);
+    call.extend(packets(Side::Callee, &callee_tone, 2));
     call.sort_by_key(|p| p.2);
     let per_call = call.len();
 

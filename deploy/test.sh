@@ -17,20 +17,28 @@ needs=(
     "sipp                        sip-tester"   # SIP peers (both call sides, RTP)
     "sox                         sox"          # makes/checks test tones
     "openssl                     openssl"      # independent signature checks
-    "pkg-config                  pkg-config"   # for the openssl crate's build
-    "/usr/include/openssl/ssl.h  libssl-dev"   # openssl headers
     "shasum                      perl"         # checksum file verification
     "/usr/sbin/sshd              openssh-server"   # SFTP target (tests start their own sshd)
     "ssh-keygen                  openssh-client"   # host and client keys for the SFTP tests
     "/usr/sbin/useradd           passwd"           # the SFTP tests' local user
     "/usr/sbin/smbd              samba"            # SMB target (tests start their own smbd)
     "smbclient                   smbclient"        # SMB checks
-    "/usr/include/samba-4.0/libsmbclient.h libsmbclient-dev" # pavao (SMB client) links libsmbclient
     "/usr/bin/aiosmtpd           python3-aiosmtpd" # SMTP sink for the failure-mail tests
     "/usr/sbin/kamailio          kamailio"     # SIP load balancer (scale-out test)
     "systemd-analyze             systemd"      # checks deploy/callrec.service
     "rclone                      rclone"           # WebDAV target (tests run rclone serve webdav)
+    "baresip                     baresip-core"     # SRTP (SDES) peer for the SRTP call tests
+    "/usr/bin/chromium           chromium"         # web console tests in a real browser
+    "npm                         npm"              # installs playwright-core for those tests
 )
+
+# What building callrec and running the binary need from the system (not the
+# tests' peers). deploy/Containerfile installs exactly these in its build and
+# runtime stages; tests/deploy_files.rs checks that the two agree and that
+# every shared library the binary loads (ldd) comes from the runtime list, its
+# dependencies or the base image.
+build_packages=(pkg-config libssl-dev libsmbclient-dev)
+runtime_packages=(ca-certificates openssl libsmbclient)
 
 missing=()
 for line in "${needs[@]}"; do
@@ -41,6 +49,10 @@ for line in "${needs[@]}"; do
         command -v "$probe" >/dev/null 2>&1 && continue
     fi
     missing+=("$package")
+done
+for package in "${build_packages[@]}" "${runtime_packages[@]}"; do
+    dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null | grep -qx installed ||
+        missing+=("$package")
 done
 
 if ((${#missing[@]})); then
@@ -79,6 +91,14 @@ if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import boto3' 2>/de
     export PATH="$venv/bin:$PATH"
 fi
 
+# --- npm ----------------------------------------------------------------------
+# The web console's browser test drives Debian's chromium with playwright-core,
+# pinned in tests/browser/package-lock.json (no browser download of its own).
+if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+    echo "test.sh: installing playwright-core into tests/browser (npm ci)"
+    (cd tests/browser && npm ci --no-audit --no-fund --quiet)
+fi
+
 # --- loopback addresses -----------------------------------------------------
 # The proxy listens on 127.0.0.1, the PBX side is 127.0.0.2, the trunk side
 # 127.0.0.3. Linux routes all of 127.0.0.0/8 to lo; make sure they bind.
@@ -89,6 +109,28 @@ for ip in 127.0.0.1 127.0.0.2 127.0.0.3; do
         ip addr add "$ip/8" dev lo 2>/dev/null || true
     fi
 done
+# baresip puts the address of a named interface into its SDP; the SRTP tests
+# name lo:2 (PBX) and lo:3 (trunk), labelled addresses on lo.
+for n in 2 3; do
+    if ! ip -4 addr show dev lo label "lo:$n" | grep -q "127.0.0.$n/"; then
+        ip addr add "127.0.0.$n/8" dev lo label "lo:$n" 2>/dev/null ||
+            echo "test.sh: cannot add 127.0.0.$n as lo:$n (the baresip tests need it)" >&2
+    fi
+done
+
+# --- lint -------------------------------------------------------------------
+# Formatting and clippy gate every run, before the (long) tests: a finding fails
+# the run at once with the offending lines printed.
+for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+        echo "test.sh: adding the $component component"
+        rustup component add "$component"
+    fi
+done
+echo "test.sh: cargo fmt --check"
+cargo fmt --check
+echo "test.sh: cargo clippy --all-targets -- -D warnings"
+cargo clippy --quiet --all-targets -- -D warnings
 
 # --- tests ------------------------------------------------------------------
 echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --version)"

@@ -1,6 +1,7 @@
 //! The admin HTTP API: health and Prometheus metrics for monitoring, and under
 //! `/api/` (bearer token required) the recently finished calls and the group
-//! login/logout that a phone's URL key can trigger (DESIGN §5).
+//! login/logout that a phone's URL key can trigger. The web console
+//! (`crate::console`) is served beside it, on the same listener.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ struct Admin {
 
 /// Serves the admin API on `addr` until the process ends.
 pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io::Result<()> {
+    let app_core = core.clone();
     let state = Arc::new(Admin { core, token });
     let api = Router::new()
         .route("/api/calls/recent", get(recent))
@@ -40,17 +42,22 @@ pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io:
             get(membership).post(membership),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(api)
         .with_state(state);
+    if let Some(console) = crate::console::router(app_core.clone(), app_core.cfg.console.clone()) {
+        app = app.merge(console);
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind admin API on {addr}: {e}"))
     })?;
     tracing::info!("admin API on http://{addr}");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        // The peer address throttles console logins per address.
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::error!("admin API stopped: {e}");
         }
     });
@@ -248,7 +255,7 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
     let core = &s.core;
     let st = &core.stats;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let plain: [(&str, &str, &str, u64); 24] = [
+    let plain: [(&str, &str, &str, u64); 25] = [
         (
             "callrec_calls_active",
             "gauge",
@@ -338,6 +345,12 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
             "counter",
             "Media packets from sources other than the call's parties, dropped.",
             l(&st.rtp_foreign_dropped),
+        ),
+        (
+            "callrec_srtp_auth_failed_total",
+            "counter",
+            "SRTP/SRTCP packets that failed authentication (or were replays), dropped and never recorded.",
+            l(&st.srtp_auth_failed),
         ),
         (
             "callrec_rtp_timeouts_total",

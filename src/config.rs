@@ -51,6 +51,88 @@ pub struct RunConfig {
     pub anchor_email: Vec<String>,
     /// RFC 3161 anchoring of the chain heads (None: off).
     pub anchor: Option<crate::anchoring::AnchorConfig>,
+    /// Plain RTP or SRTP on each leg.
+    pub srtp: SrtpConfig,
+    /// Transport to the PBX and to the trunk (from `tls://`, `tcp://`, `sips:`).
+    pub pbx_proto: crate::sip::Proto,
+    /// See `pbx_proto`.
+    pub trunk_proto: crate::sip::Proto,
+    /// TLS listener and certificates (None: no TLS at all).
+    pub tls: Option<crate::sip::tls::TlsSettings>,
+    /// The web console's sessions and cookies.
+    pub console: crate::console::ConsoleSettings,
+}
+
+/// What media each leg gets, and where SDES keys may travel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SrtpConfig {
+    /// What the PBX leg is offered: rtp, srtp or the same as the other leg.
+    pub pbx_media: crate::media::sdes::LegMedia,
+    /// What the trunk leg is offered.
+    pub trunk_media: crate::media::sdes::LegMedia,
+    /// SDES keys may be exchanged on legs whose SIP runs over plain UDP/TCP.
+    pub allow_sdes_over_udp: bool,
+}
+
+/// A next hop as `--trunk`/`--pbx` give it: `HOST:PORT` (UDP), `udp://`,
+/// `tcp://` or `tls://HOST:PORT`, or a `sip:`/`sips:` URI (sips means TLS;
+/// `;transport=tcp|tls` is honoured). TLS defaults to port 5061, else 5060.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    /// Transport.
+    pub proto: crate::sip::Proto,
+    /// Host name or address, as written (the name a TLS certificate must carry).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl std::str::FromStr for NextHop {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NextHop, String> {
+        use crate::sip::Proto;
+        let t = s.trim();
+        let lower = t.to_ascii_lowercase();
+        let (mut proto, rest) = [
+            ("tls://", Proto::Tls),
+            ("tcp://", Proto::Tcp),
+            ("udp://", Proto::Udp),
+            ("sips:", Proto::Tls),
+            ("sip:", Proto::Udp),
+        ]
+        .into_iter()
+        .find(|(p, _)| lower.starts_with(p))
+        .map(|(p, proto)| (proto, &t[p.len()..]))
+        .unwrap_or((Proto::Udp, t));
+        let rest = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+        let (hostport, params) = rest.split_once(';').unwrap_or((rest, ""));
+        for p in params.split(';').map(str::to_ascii_lowercase) {
+            match p.as_str() {
+                "transport=tcp" if proto == Proto::Udp => proto = Proto::Tcp,
+                "transport=tls" => proto = Proto::Tls,
+                _ => {}
+            }
+        }
+        let default_port = if proto == Proto::Tls { 5061 } else { 5060 };
+        let (host, port) = match hostport.rsplit_once(':') {
+            // A bare IPv6 address has colons but no brackets: no port then.
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("{s:?}: {p:?} is not a port number"))?,
+            ),
+            _ => (hostport, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{s:?}: no host; give HOST:PORT or tls://HOST:PORT"));
+        }
+        Ok(NextHop {
+            proto,
+            host: host.to_string(),
+            port,
+        })
+    }
 }
 
 /// Resource limits: what one peer, or all of them together, may make the
@@ -79,5 +161,37 @@ impl Default for Limits {
             rate_limit_exempt_trusted: false,
             max_call_duration: Duration::from_secs(86_400),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NextHop;
+    use crate::sip::Proto;
+
+    fn hop(s: &str) -> (Proto, String, u16) {
+        let h: NextHop = s.parse().unwrap();
+        (h.proto, h.host, h.port)
+    }
+
+    #[test]
+    fn next_hops_in_every_spelling() {
+        assert_eq!(hop("10.0.0.1:5080"), (Proto::Udp, "10.0.0.1".into(), 5080));
+        assert_eq!(
+            hop("tls://sip.example.net"),
+            (Proto::Tls, "sip.example.net".into(), 5061)
+        );
+        assert_eq!(hop("tcp://pbx:5060"), (Proto::Tcp, "pbx".into(), 5060));
+        assert_eq!(
+            hop("sips:trunk.example.net:5062"),
+            (Proto::Tls, "trunk.example.net".into(), 5062)
+        );
+        assert_eq!(
+            hop("sip:pbx.lan;transport=tls"),
+            (Proto::Tls, "pbx.lan".into(), 5061)
+        );
+        assert_eq!(hop("tls://[::1]:5061"), (Proto::Tls, "::1".into(), 5061));
+        assert!("tls://:5061".parse::<NextHop>().is_err());
+        assert!("host:x".parse::<NextHop>().is_err());
     }
 }

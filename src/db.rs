@@ -1,4 +1,4 @@
-//! The protocol database (R7.1): SQLite in WAL mode, written by one thread fed by a channel.
+//! The protocol database: SQLite in WAL mode, written by one thread fed by a channel.
 //!
 //! Callers never wait on the database: [`Db::send`] only queues a [`Record`]; the
 //! writer thread inserts it (in batches, one transaction per batch). The few writes
@@ -145,6 +145,16 @@ CREATE TABLE access_log (
 );
 CREATE INDEX access_log_at ON access_log(at_ms);
 "#,
+    // Users of the web console (argon2 hashes).
+    r#"
+CREATE TABLE console_users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    changed_ms INTEGER NOT NULL
+);
+"#,
     // A sealed set's place in its chain (JSON), for the tombstone its deletion leaves.
     r#"
 ALTER TABLE seals ADD COLUMN chain TEXT;
@@ -198,7 +208,7 @@ pub enum Record {
         /// Free text (e.g. who hung up, final status).
         detail: Option<String>,
     },
-    /// A recording decision (R2.7).
+    /// A recording decision.
     Decision {
         /// Call-ID of the caller leg.
         call_id: String,
@@ -318,7 +328,7 @@ pub enum Record {
         /// When (ms since epoch).
         at_ms: i64,
     },
-    /// A set was deleted from a target or the local folder (retention, R7.3); a done
+    /// A set was deleted from a target or the local folder (retention); a done
     /// upload row of that target becomes `deleted`.
     Deletion {
         /// Base name of the set.
@@ -449,7 +459,7 @@ pub struct UploadRow {
     pub next_ms: Option<i64>,
 }
 
-/// One documented deletion of a set from a place (retention, R7.3).
+/// One documented deletion of a set from a place (retention).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeletionRow {
     /// Base name of the set.

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use callrec::config::{Limits, RunConfig};
-use callrec::policy::{Channels, DirectoryConfig, PolicyConfig, Profile};
+use callrec::policy::{DirectoryConfig, PolicyConfig, Profile};
 use callrec::seal::{Identity, PasswordSource};
 use callrec::sip::transport::TcpLimits;
 
@@ -61,6 +61,64 @@ enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Users of the web console (the password is read from standard input when it is not a terminal).
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UsersAction {
+    /// Add a user with a role: viewer (search, listen), auditor (also export, access log) or admin (also operations).
+    Add {
+        name: String,
+        #[arg(long)]
+        role: callrec::console::Role,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Set a new password (the user's sessions end).
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Remove a user (her sessions end).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// List the users and their roles.
+    List(StateArgs),
+}
+
+fn users(action: UsersAction) -> anyhow::Result<()> {
+    use callrec::console::users;
+    let db_file = |s: &StateArgs| s.data_dir.join(callrec::db::DB_FILE_NAME);
+    match action {
+        UsersAction::Add { name, role, state } => {
+            let pw = users::read_password(&format!("Password for {name}: "))?;
+            users::add(&db_file(&state), &name, role, &pw)?;
+            println!("user {name} added with role {role}");
+        }
+        UsersAction::Passwd { name, state } => {
+            let pw = users::read_password(&format!("New password for {name}: "))?;
+            users::passwd(&db_file(&state), &name, &pw)?;
+            println!("password of {name} changed");
+        }
+        UsersAction::Remove { name, state } => {
+            users::remove(&db_file(&state), &name)?;
+            println!("user {name} removed");
+        }
+        UsersAction::List(state) => {
+            for (name, role) in users::list(&state.db()?)? {
+                println!("{name}  {role}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -626,10 +684,10 @@ struct RunArgs {
     /// Address for SIP over UDP and TCP (same port for both).
     #[arg(long, env = "CALLREC_LISTEN", default_value = "0.0.0.0:5060")]
     listen: SocketAddr,
-    /// The PBX (HOST:PORT): requests from its address are outgoing calls and go to the trunk.
+    /// The PBX (HOST:PORT, tcp:// or tls://HOST:PORT, or a sips: URI): requests from its address are outgoing calls and go to the trunk.
     #[arg(long, env = "CALLREC_PBX")]
     pbx: String,
-    /// The trunk (HOST:PORT): outgoing calls are sent here; everything else goes to the PBX.
+    /// The trunk (HOST:PORT, tcp:// or tls://HOST:PORT, or a sips: URI): outgoing calls are sent here; everything else goes to the PBX.
     #[arg(long, env = "CALLREC_TRUNK")]
     trunk: String,
     /// IP address written into rewritten SDP; relay sockets bind to it (default: the listen address, or 127.0.0.1 if that is 0.0.0.0).
@@ -647,6 +705,15 @@ struct RunArgs {
     /// Media sources accepted: strict (only the address:port each SDP names) or heuristic (also one other source, e.g. behind NAT, when nothing came from that address within 3 s of the offer/answer).
     #[arg(long, env = "CALLREC_MEDIA_LEARNING", default_value = "heuristic")]
     media_learning: callrec::media::latch::LearningMode,
+    /// What the PBX leg gets: rtp, srtp (SDES keys) or same (what the other leg offered).
+    #[arg(long, env = "CALLREC_PBX_MEDIA", default_value = "same")]
+    pbx_media: callrec::media::sdes::LegMedia,
+    /// What the trunk leg gets: rtp, srtp (SDES keys) or same (what the other leg offered).
+    #[arg(long, env = "CALLREC_TRUNK_MEDIA", default_value = "same")]
+    trunk_media: callrec::media::sdes::LegMedia,
+    /// Exchange SDES keys also on legs whose SIP is not carried over TLS (the keys are then readable on the wire).
+    #[arg(long, env = "CALLREC_ALLOW_SDES_OVER_UDP")]
+    allow_sdes_over_udp: bool,
     /// Address that gets an e-mail for every upload attempt in which a file failed, a low spool disk and a directory that cannot be refreshed (repeatable).
     #[arg(
         long = "notify-email",
@@ -680,7 +747,7 @@ struct RunArgs {
     record_all: bool,
     /// Channel layout of recordings: caller, callee, stereo (left = caller, right = callee) or separate (two mono files).
     #[arg(long, env = "CALLREC_CHANNELS", default_value = "stereo")]
-    channels: callrec::recorder::ChannelMode,
+    channels: callrec::vocab::ChannelMode,
     /// WAV file played to callers of recorded incoming calls before the call is put through.
     #[arg(long, env = "CALLREC_ANNOUNCE_INCOMING")]
     announce_incoming: Option<PathBuf>,
@@ -709,6 +776,8 @@ struct RunArgs {
     keystore: KeystoreArgs,
     #[command(flatten)]
     trust: callrec::sip::trust::TrustArgs,
+    #[command(flatten)]
+    tls: callrec::sip::tls::TlsArgs,
     /// File holding the bearer token for the admin API's /api/ paths (or the value in env CALLREC_ADMIN_TOKEN); default: generated into <data-dir>/admin.token.
     #[arg(long, env = "CALLREC_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
@@ -755,17 +824,26 @@ struct RunArgs {
     /// Seconds between two time stamps of the chain heads (also done at shutdown).
     #[arg(long, env = "CALLREC_ANCHOR_INTERVAL", default_value_t = 3600)]
     anchor_interval: u64,
+    /// Seconds without a request after which a web console session ends.
+    #[arg(long, env = "CALLREC_CONSOLE_IDLE_TIMEOUT", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    console_idle_timeout: u64,
+    /// Mark the console's cookies Secure: set this when the console is reached over HTTPS through a reverse proxy.
+    #[arg(long, env = "CALLREC_CONSOLE_SECURE_COOKIES")]
+    console_secure_cookies: bool,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
 }
 
-fn resolve(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
+fn resolve(what: &str, s: &str) -> anyhow::Result<(SocketAddr, callrec::config::NextHop)> {
     use std::net::ToSocketAddrs;
-    s.to_socket_addrs()
+    let hop: callrec::config::NextHop = s.parse().map_err(|e| anyhow::anyhow!("{what} {e}"))?;
+    let addr = (hop.host.as_str(), hop.port)
+        .to_socket_addrs()
         .with_context(|| format!("cannot resolve {what} address {s:?}; give HOST:PORT"))?
         .next()
-        .with_context(|| format!("{what} address {s:?} resolves to nothing"))
+        .with_context(|| format!("{what} address {s:?} resolves to nothing"))?;
+    Ok((addr, hop))
 }
 
 fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -795,18 +873,13 @@ impl RunArgs {
             None => PolicyConfig::default(),
         };
         if policy.profiles.is_empty() {
-            let channels: Channels = self
-                .channels
-                .to_string()
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--channels: {e}"))?;
             policy.profiles.push(Profile {
                 name: "default".into(),
                 group: self.group.clone(),
                 users: self.users.clone(),
                 record_direct_calls: self.record_direct_calls,
                 record_all: self.record_all,
-                channels,
+                channels: self.channels,
                 announce_incoming: self.announce_incoming.clone(),
                 announce_outgoing: self.announce_outgoing.clone(),
                 targets: self.targets.clone(),
@@ -848,10 +921,21 @@ impl RunArgs {
                     format!("--admin-listen {a:?}: expected ADDR:PORT or \"off\"")
                 })?),
             };
-        let (pbx, trunk) = (
+        let ((pbx, pbx_hop), (trunk, trunk_hop)) = (
             resolve("--pbx", &self.pbx)?,
             resolve("--trunk", &self.trunk)?,
         );
+        let t = &self.tls;
+        // Any TLS flag is loaded (and checked) at start, even if nothing uses it yet.
+        let tls_wanted = t.listen_tls.is_some()
+            || t.tls_cert.is_some()
+            || t.tls_client_cert.is_some()
+            || t.tls_ca.is_some()
+            || [&pbx_hop, &trunk_hop].iter().any(|h| h.proto.is_secure());
+        let tls = tls_wanted.then(|| callrec::sip::tls::TlsSettings {
+            files: self.tls.clone(),
+            names: vec![(pbx, pbx_hop.host.clone()), (trunk, trunk_hop.host.clone())],
+        });
         Ok(RunConfig {
             listen: self.listen,
             pbx,
@@ -862,6 +946,11 @@ impl RunArgs {
             data_dir: self.data_dir,
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
             media_learning: self.media_learning,
+            srtp: callrec::config::SrtpConfig {
+                pbx_media: self.pbx_media,
+                trunk_media: self.trunk_media,
+                allow_sdes_over_udp: self.allow_sdes_over_udp,
+            },
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             smtp: self.smtp.clone(),
             notify_email: self.notify_email.clone(),
@@ -893,6 +982,13 @@ impl RunArgs {
                     tsa_url,
                     interval: Duration::from_secs(self.anchor_interval.max(1)),
                 }),
+            pbx_proto: pbx_hop.proto,
+            trunk_proto: trunk_hop.proto,
+            tls,
+            console: callrec::console::ConsoleSettings {
+                idle: Duration::from_secs(self.console_idle_timeout),
+                secure_cookies: self.console_secure_cookies,
+            },
         })
     }
 }
@@ -1025,6 +1121,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Users { action } => users(action),
         Command::Db { action } => match db_command(action) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

@@ -23,6 +23,9 @@ pub enum StartError {
     /// A socket could not be bound.
     #[error("{0}")]
     Bind(#[from] std::io::Error),
+    /// The TLS certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::sip::tls::TlsError),
     /// The sealing identity could not be opened or created.
     #[error("cannot open the sealing identity: {0}")]
     Seal(#[from] crate::seal::SealError),
@@ -75,7 +78,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let notifier = notifier(&cfg)?;
     let failures =
         crate::recorder::failure::FailureReporter::with_sinks(Some(db.clone()), notifier.clone());
-    // Retention per profile, once at start and then daily (R7.3).
+    // Retention per profile, once at start and then daily.
     let _retention = tokio::spawn(crate::archive::retention_daily(
         db.clone(),
         crate::archive::local_roots(&cfg.data_dir, &all_targets),
@@ -211,13 +214,21 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         seal: seal.sender(),
     };
     // Trusted peers' TCP connections may stay idle (a trunk keeps one open for days).
-    let (transport, inbound) = Transport::bind(
+    // Loaded before anything is bound, so that a bad certificate stops the start.
+    let tls = match &cfg.tls {
+        Some(t) => Some(crate::sip::tls::TlsContext::load(t.clone())?),
+        None => None,
+    };
+    let (transport, inbound) = Transport::bind_with_tls(
         cfg.listen,
         cfg.tcp.clone(),
         cfg.trust.clone(),
         Default::default(),
+        tls.clone(),
     )
     .await?;
+    // Always watched, so that a reload never kills an instance without TLS.
+    tokio::spawn(reload_on_sighup(tls));
     let local = transport.local_addr();
     let advertised = if local.ip().is_unspecified() {
         SocketAddr::new(cfg.media_ip, local.port())
@@ -286,6 +297,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         cfg.trunk,
         cfg.media_ip
     );
+    if let Some(a) = core.transport.tls_local_addr() {
+        tracing::info!("SIP over TLS on {a}");
+    }
     let router = tokio::spawn(router::run(core.clone(), inbound));
     wait_for_stop_signal().await;
     drain(&core, cfg.shutdown_grace).await;
@@ -330,6 +344,28 @@ fn admin_token_file(data_dir: &std::path::Path) -> std::io::Result<String> {
         path.display()
     );
     Ok(token)
+}
+
+/// Reloads the TLS certificates on each SIGHUP; connections already open keep
+/// theirs, so running calls are not touched. A file that does not load leaves
+/// the old certificates in use.
+async fn reload_on_sighup(ctx: Option<Arc<crate::sip::tls::TlsContext>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return tracing::warn!("cannot watch SIGHUP: TLS certificates will not be reloaded");
+    };
+    while hup.recv().await.is_some() {
+        let Some(ctx) = &ctx else {
+            tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+            continue;
+        };
+        match ctx.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+            Err(e) => tracing::error!(
+                "SIGHUP: TLS certificates not reloaded, the old ones stay in use: {e}"
+            ),
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT.

@@ -1,4 +1,4 @@
-//! The admin API as monitoring sees it (issue 8, item 1): /health is 200 while
+//! The admin API as monitoring sees it: /health is 200 while
 //! everything works and 503 with the reason while shutting down; /metrics
 //! counts calls by direction, decisions, sealed recordings and upload attempts
 //! per target; /api/ refuses requests without the bearer token.

@@ -1,4 +1,4 @@
-//! Announcements end to end (issue 5, R3): a caller (the test's own UA, so the
+//! Announcements end to end: a caller (the test's own UA, so the
 //! RTP it receives can be inspected) hears the announcement as early media
 //! before the callee is even called; the recording starts after it and holds
 //! none of it; incoming and outgoing calls get their own file; a caller who

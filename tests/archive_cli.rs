@@ -1,5 +1,5 @@
-//! The archive subcommands on real recordings (issue 8, items 2–3; issue 6,
-//! item 2): calls from two numbers are recorded through the proxy, then
+//! The archive subcommands on real recordings: calls from two numbers are
+//! recorded through the proxy, then
 //! `recordings search` finds a party's sets in any spelling of its number,
 //! `recordings export` hands over a copy that verifies on its own with the
 //! bundled verify.sh, `uploads status` shows every set delivered, and `purge`

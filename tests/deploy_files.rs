@@ -1,4 +1,4 @@
-//! The deployment files of `deploy/` (issue 8, item 5; SPEC R8.4), checked
+//! The deployment files of `deploy/`, checked
 //! without installing them:
 //!
 //! - `callrec.service`: has the hardening and settings the project promises
@@ -16,6 +16,10 @@
 //!   ca-certificates and openssl, a non-root USER, the SIP and admin ports
 //!   exposed, the state volume, `callrec run` as the entry point, every
 //!   COPY source present in the repository, and ENV names callrec knows.
+//!   Its packages: the build and runtime stages install exactly the lists
+//!   `deploy/test.sh` keeps (`build_packages`, `runtime_packages`), and every
+//!   shared library the built binary loads (ldd, then dpkg -S) belongs to a
+//!   runtime package, one of their dependencies (apt-cache) or the base image.
 //!
 //! `systemd-analyze` comes from the Debian package systemd, which
 //! `deploy/test.sh` installs when it is missing.
@@ -431,4 +435,168 @@ fn deploy_containerfile_structure() {
             "ENV {name}: callrec does not read it"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Containerfile packages
+// ---------------------------------------------------------------------------
+
+/// The words of a bash array `name=(…)` in deploy/test.sh.
+fn test_sh_array(name: &str) -> Vec<String> {
+    let text = fs::read_to_string(repo_dir().join("deploy/test.sh")).expect("read deploy/test.sh");
+    let start = text
+        .find(&format!("\n{name}=("))
+        .unwrap_or_else(|| panic!("deploy/test.sh keeps no {name}=(…) list"));
+    let body = &text[start + name.len() + 3..];
+    let end = body.find(')').expect("closing ) of the list");
+    body[..end].split_whitespace().map(str::to_string).collect()
+}
+
+/// Packages a stage installs and keeps: every `apt-get install` minus every
+/// `apt-get purge` (a package installed only for one step and removed again).
+fn stage_packages(stage: &[(String, String)]) -> std::collections::BTreeSet<String> {
+    let mut installed = std::collections::BTreeSet::new();
+    let mut purged = std::collections::BTreeSet::new();
+    for (ins, args) in stage {
+        if ins != "RUN" {
+            continue;
+        }
+        for command in args.split("&&") {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let Some(at) = words.iter().position(|w| *w == "apt-get") else {
+                continue;
+            };
+            let rest = &words[at + 1..];
+            let set = match rest.iter().find(|w| !w.starts_with('-')) {
+                Some(&"install") => &mut installed,
+                Some(&"purge") | Some(&"remove") => &mut purged,
+                _ => continue,
+            };
+            let verb = rest.iter().position(|w| !w.starts_with('-')).unwrap();
+            for w in &rest[verb + 1..] {
+                if !w.starts_with('-') {
+                    set.insert(w.to_string());
+                }
+            }
+        }
+    }
+    installed.difference(&purged).cloned().collect()
+}
+
+/// The Debian package that owns `path` (merged /usr: try both spellings).
+fn owning_package(path: &str) -> Option<String> {
+    let mut candidates = vec![path.to_string()];
+    if let Ok(real) = fs::canonicalize(path) {
+        candidates.push(real.display().to_string());
+    }
+    for c in candidates.clone() {
+        match c.strip_prefix("/usr") {
+            Some(short) => candidates.push(short.to_string()),
+            None => candidates.push(format!("/usr{c}")),
+        }
+    }
+    candidates.into_iter().find_map(|c| {
+        let out = Command::new("dpkg").args(["-S", &c]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let first = text.lines().next()?;
+        out.status
+            .success()
+            .then(|| first.split([':', ',']).next().unwrap().trim().to_string())
+    })
+}
+
+#[test]
+fn deploy_containerfile_installs_what_build_and_binary_need() {
+    let ins = instructions(&deploy_file("Containerfile"));
+    let froms: Vec<usize> = ins
+        .iter()
+        .enumerate()
+        .filter(|(_, (i, _))| i == "FROM")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(froms.len(), 2, "two stages expected");
+    let build_stage = stage_packages(&ins[froms[0]..froms[1]]);
+    let runtime_stage = stage_packages(&ins[froms[1]..]);
+
+    // The stages install what deploy/test.sh says the build and the binary need.
+    let build_needs: std::collections::BTreeSet<String> =
+        test_sh_array("build_packages").into_iter().collect();
+    let runtime_needs: std::collections::BTreeSet<String> =
+        test_sh_array("runtime_packages").into_iter().collect();
+    assert!(!build_needs.is_empty() && !runtime_needs.is_empty());
+    assert_eq!(
+        build_stage, build_needs,
+        "the Containerfile's build stage and deploy/test.sh's build_packages differ"
+    );
+    assert_eq!(
+        runtime_stage, runtime_needs,
+        "the Containerfile's runtime stage and deploy/test.sh's runtime_packages differ"
+    );
+
+    // What the runtime image has: its packages with their dependencies (apt's
+    // view of this Debian release, the one the image is built from), plus the
+    // base image's packages (priority required or essential).
+    let mut image: std::collections::BTreeSet<String> = Default::default();
+    let deps = Command::new("apt-cache")
+        .args([
+            "depends",
+            "--recurse",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+            "--no-breaks",
+            "--no-replaces",
+            "--no-enhances",
+        ])
+        .args(&runtime_needs)
+        .output()
+        .expect("run apt-cache (package apt; deploy/test.sh installs it)");
+    assert!(deps.status.success(), "apt-cache depends failed");
+    for line in String::from_utf8_lossy(&deps.stdout).lines() {
+        if !line.starts_with(char::is_whitespace) && !line.starts_with('<') {
+            image.insert(line.trim().to_string());
+        }
+    }
+    let base = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Priority} ${Essential}\n"])
+        .output()
+        .expect("run dpkg-query");
+    for line in String::from_utf8_lossy(&base.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 2 && (f[1] == "required" || f.get(2) == Some(&"yes")) {
+            image.insert(f[0].to_string());
+        }
+    }
+    for p in &runtime_needs {
+        assert!(image.contains(p), "apt does not know {p}");
+    }
+
+    // Every shared library the built binary loads comes from the image.
+    let bin = env!("CARGO_BIN_EXE_callrec");
+    let ldd = Command::new("ldd").arg(bin).output().expect("run ldd");
+    assert!(ldd.status.success(), "ldd {bin} failed");
+    let ldd = String::from_utf8_lossy(&ldd.stdout).to_string();
+    let mut checked = 0;
+    for line in ldd.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next().unwrap_or_default(),
+            None => line.split_whitespace().next().unwrap_or_default(),
+        };
+        if !path.starts_with('/') {
+            continue; // the vDSO: provided by the kernel
+        }
+        let package = owning_package(path)
+            .unwrap_or_else(|| panic!("no Debian package owns {path} (from ldd {bin})"));
+        assert!(
+            image.contains(&package),
+            "{path} comes from {package}, which the runtime stage does not install \
+             (add it to runtime_packages in deploy/test.sh and to the Containerfile)"
+        );
+        checked += 1;
+    }
+    assert!(
+        ldd.contains("libsmbclient") && ldd.contains("libssl"),
+        "expected the binary to load libsmbclient and libssl:\n{ldd}"
+    );
+    assert!(checked >= 3, "too few libraries resolved:\n{ldd}");
 }

@@ -1,5 +1,5 @@
-//! The scale-out example of `deploy/kamailio/` with real Kamailio (issue 8,
-//! item 5; SPEC R8.4): Kamailio's dispatcher in front of two callrec
+//! The scale-out example of `deploy/kamailio/` with real Kamailio: Kamailio's
+//! dispatcher in front of two callrec
 //! instances, SIPp on both ends.
 //!
 //! Layout on loopback:

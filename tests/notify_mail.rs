@@ -1,4 +1,4 @@
-//! Failure mails (R6.7) into a real SMTP sink (aiosmtpd on loopback): a failing
+//! Failure mails into a real SMTP sink (aiosmtpd on loopback): a failing
 //! target gives exactly one mail naming the target, the set's files and the error;
 //! further failures within the interval send no second mail; after the interval
 //! they arrive as one digest. A proxy whose PBX directory cannot be refreshed

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use callrec::policy::{Channels, ConfigError, PolicyConfig};
+use callrec::policy::{ChannelMode, ConfigError, PolicyConfig};
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/callrec.toml")
@@ -26,14 +26,14 @@ fn full_example_loads() {
     assert_eq!(sales.group.as_deref(), Some("Sales"));
     assert_eq!(sales.users, ["eva"]);
     assert!(sales.record_direct_calls && !sales.record_all);
-    assert_eq!(sales.channels, Channels::Stereo);
+    assert_eq!(sales.channels, ChannelMode::Stereo);
     assert_eq!(
         sales.announce_outgoing.as_deref(),
         Some(Path::new("/etc/callrec/announcements/beep.wav"))
     );
     assert_eq!(sales.notify_email.as_deref(), Some("it@example.com"));
     let support = &cfg.profiles[1];
-    assert_eq!(support.channels, Channels::Separate);
+    assert_eq!(support.channels, ChannelMode::Separate);
     assert_eq!(support.language, "en");
     assert_eq!(support.announce_outgoing, None);
 

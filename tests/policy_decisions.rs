@@ -1,4 +1,4 @@
-//! Table tests of `policy::decide` (SPEC R2.1–R2.4, R2.6, R2.8) against the static
+//! Table tests of `policy::decide` against the static
 //! directory fixture testdata/directory.toml, plus the internal-call dedup helper.
 
 use std::path::{Path, PathBuf};
@@ -159,22 +159,22 @@ fn table() -> Vec<Case> {
     use Rule::*;
     use Set::*;
     let mut t = vec![
-        // R2.2: the group number, written four ways (R2.6).
+        // The group number, written four ways.
         case("incoming to group number +E.164", Main, NOBODY, Incoming, STRANGER, "+493012345600", SALES, GroupNumber),
         case("incoming to group number 00 prefix", Main, NOBODY, Incoming, STRANGER, "0049 30 12345600", SALES, GroupNumber),
         case("incoming to group number national", Main, NOBODY, Incoming, STRANGER, "030-12345600", SALES, GroupNumber),
         case("incoming to group number as SIP URI", Main, NOBODY, Incoming, STRANGER, "sip:12345600@pbx.example.com;user=phone", SALES, GroupNumber),
         case("anonymous caller to group number", Main, NOBODY, Incoming, "sip:anonymous@anonymous.invalid", "+493012345600", SALES, GroupNumber),
-        // R2.4: a member's own number, with and without the option.
+        // A member's own number, with and without the option.
         case("incoming to active member, direct calls on", Main, NOBODY, Incoming, STRANGER, "+493012345201", SALES, DirectCallToActiveMember),
         case("incoming to member, direct calls off", SalesNoDirect, NOBODY, Incoming, STRANGER, "+493012345201", NONE, NoRuleMatched),
         case("incoming to logged-out member, direct calls on", Main, ANNA_OUT, Incoming, STRANGER, "+493012345201", NONE, NoRuleMatched),
         case("incoming to Support member, support has direct calls off", Main, NOBODY, Incoming, STRANGER, "+493012345204", NONE, NoRuleMatched),
-        // R2.2: a selected user's personal number.
+        // A selected user's personal number.
         case("incoming to selected user", Main, NOBODY, Incoming, STRANGER, "tel:+49-30-12345205", SALES, SelectedUserNumber),
         case("incoming to second profile's group", Main, NOBODY, Incoming, STRANGER, "<sip:+493012345601@pbx>", SUPPORT, GroupNumber),
         case("incoming to unknown number", Main, NOBODY, Incoming, STRANGER, "+493012345298", NONE, NoRuleMatched),
-        // R2.3: outgoing.
+        // Outgoing.
         case("outgoing by active member (exit code dialled)", Main, NOBODY, Outgoing, "201", "0 089 555123", SALES, OutgoingActiveMember),
         case("outgoing by logged-out member", Main, ANNA_OUT, Outgoing, "sip:201@pbx", "0089555123", NONE, NoRuleMatched),
         case("outgoing by selected user", Main, NOBODY, Outgoing, "205", "00089555123", SALES, OutgoingSelectedUser),
@@ -182,10 +182,10 @@ fn table() -> Vec<Case> {
         case("outgoing by stranger (no group, not selected)", Main, NOBODY, Outgoing, "206", "0089555123", NONE, NoRuleMatched),
         case("outgoing by member of second profile's group", Main, NOBODY, Outgoing, "204", "0089555123", SUPPORT, OutgoingActiveMember),
         case("clara logged out of Sales still recorded by Support", Main, &[(100, 3)], Outgoing, "203", "0089555123", SUPPORT, OutgoingActiveMember),
-        // R2.1: overlapping profiles, first wins.
+        // Overlapping profiles, first wins.
         case("overlap: group profile first", Overlap, NOBODY, Outgoing, "203", "0089555123", Some("all-sales"), OutgoingActiveMember),
         case("overlap reversed: selected-user profile first", OverlapReversed, NOBODY, Outgoing, "203", "0089555123", Some("clara"), OutgoingSelectedUser),
-        // R2.8: internal calls are judged by the callee.
+        // Internal calls are judged by the callee.
         case("internal: active member calls a non-recorded user", Main, NOBODY, Outgoing, "201", "206", NONE, NoRuleMatched),
         case("internal: stranger calls an active member", Main, NOBODY, Outgoing, "206", "201", SALES, DirectCallToActiveMember),
         case("internal: user calls the group extension", Main, NOBODY, Outgoing, "206", "600", SALES, GroupNumber),

@@ -1,8 +1,8 @@
-//! Which calls are recorded, end to end (issue 5): real SIPp calls through the
+//! Which calls are recorded, end to end: real SIPp calls through the
 //! proxy with two profiles and the static directory in testdata/. Recorded
 //! calls leave a sealed set naming the profile and rule; a call no profile
 //! takes is proxied without media anchoring (its SDP untouched, no RTP through
-//! the proxy: R1.5); a member who logs out of the group over the admin API
+//! the proxy); a member who logs out of the group over the admin API
 //! makes unrecorded calls until logging in again.
 
 mod common;
@@ -172,7 +172,7 @@ fn profiles_decide_and_unrecorded_calls_are_not_anchored() {
     let (rec, _) = call(&proxy, true, "206", "004989123456");
     assert!(!rec);
 
-    // Every decision is in the log with its reason (R2.7).
+    // Every decision is in the log with its reason.
     let log = proxy.log();
     assert_eq!(
         log.matches("decision:").count(),

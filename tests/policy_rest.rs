@@ -1,4 +1,4 @@
-//! The directory over the PBX REST API (DESIGN §5) against an in-test axum server
+//! The directory over the PBX REST API against an in-test axum server
 //! that speaks the STARFACE shape exactly: nonce login checked with SHA-512 (a wrong
 //! password gets 400), `authToken` required (401 when missing or expired),
 //! `X-Version: 2` required, fixtures from testdata/rest/. Also the background

@@ -1,4 +1,4 @@
-//! Every SIPp scenario pair through a running callrec (issue 2, item 7): the
+//! Every SIPp scenario pair through a running callrec: the
 //! caller sends to the proxy, the callee listens where the proxy's --pbx or
 //! --trunk points. Asserted per run: both sipp exit codes 0 with every call
 //! successful; for pairs with media, RTP arrived at both m= ports (the only

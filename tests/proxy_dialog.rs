@@ -1,5 +1,5 @@
-//! In-dialog signalling through a running callrec (issue 2, item 3; SPEC
-//! R1.2, R1.3): INFO, MESSAGE, NOTIFY, UPDATE and REFER relayed both ways,
+//! In-dialog signalling through a running callrec: INFO, MESSAGE, NOTIFY,
+//! UPDATE and REFER relayed both ways,
 //! 100rel with PRACK, UPDATE in the early dialog, and a caller that writes
 //! compact headers with two Via values in one line. Each test runs one SIPp
 //! pair from sip-scenarios/ (the receiving scenario checks what arrives with

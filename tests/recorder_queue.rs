@@ -1,12 +1,12 @@
 //! Integration tests of the recorder's relay-facing side: a full queue drops
-//! and counts instead of blocking (R4.8), and a file being written is a
+//! and counts instead of blocking, and a file being written is a
 //! playable WAV at any time (header rewritten while recording).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use callrec::recorder::{encode_alaw, ChannelMode, Party, Recorder, RecordingSpec};
+use callrec::recorder::{encode_alaw, ChannelMode, Recorder, RecordingSpec, Side};
 
 fn tempdir(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -53,7 +53,7 @@ fn full_queue_drops_counts_and_never_blocks() {
     let started = Instant::now();
     for (k, p) in packets.iter().enumerate() {
         let at = t0 + Duration::from_millis(20 * (k as u64 + 1));
-        for (i, party) in [Party::Caller, Party::Callee].into_iter().enumerate() {
+        for (i, party) in [Side::Caller, Side::Callee].into_iter().enumerate() {
             if fork.offer(party, p.clone(), at) {
                 accepted[i] += 1;
             }
@@ -72,7 +72,7 @@ fn full_queue_drops_counts_and_never_blocks() {
         "offering took {offering:?}"
     );
     // After finish, offers are refused without touching the queue.
-    assert!(!fork.offer(Party::Caller, packets[0].clone(), Instant::now()));
+    assert!(!fork.offer(Side::Caller, packets[0].clone(), Instant::now()));
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn file_is_playable_while_recording() {
     let fork = rec.fork();
     for k in 0..250u16 {
         let at = t0 + Duration::from_millis(20 * (k as u64 + 1));
-        assert!(fork.offer(Party::Caller, packet(k, 2000), at));
+        assert!(fork.offer(Side::Caller, packet(k, 2000), at));
     }
     // The recorder runs on its own thread: poll (bounded) until it has written past 4 s.
     let path = dir.join("live.wav");
@@ -122,8 +122,8 @@ fn silence_until_the_hang_up_is_kept_when_the_end_is_given() {
         // One second of audio from both parties, arrival times on the wall clock.
         for k in 0..50u16 {
             let at = t0 + Duration::from_millis(20 * (k as u64 + 1));
-            assert!(fork.offer(Party::Caller, packet(k, 3000), at));
-            assert!(fork.offer(Party::Callee, packet(k, -3000), at));
+            assert!(fork.offer(Side::Caller, packet(k, 3000), at));
+            assert!(fork.offer(Side::Callee, packet(k, -3000), at));
         }
         let out = if with_end {
             rec.finish_at(t0 + Duration::from_millis(2500)).unwrap()
@@ -177,8 +177,8 @@ fn many_recordings_share_a_few_threads_without_crosstalk() {
         let at = t0 + Duration::from_millis(20 * (k as u64 + 1));
         for (c, rec) in recs.iter().enumerate() {
             let level = 100 * (c as i16 + 1);
-            assert!(rec.fork().offer(Party::Caller, packet(k, level), at));
-            assert!(rec.fork().offer(Party::Callee, packet(k, -level), at));
+            assert!(rec.fork().offer(Side::Caller, packet(k, level), at));
+            assert!(rec.fork().offer(Side::Callee, packet(k, -level), at));
         }
     }
     let cores = std::thread::available_parallelism().unwrap().get();
@@ -219,7 +219,7 @@ fn a_dropped_recorder_still_finalises_its_file() {
     let rec = Recorder::start(spec).unwrap();
     for k in 0..150u16 {
         let at = t0 + Duration::from_millis(20 * (k as u64 + 1));
-        assert!(rec.fork().offer(Party::Caller, packet(k, 3000), at));
+        assert!(rec.fork().offer(Side::Caller, packet(k, 3000), at));
     }
     drop(rec);
     let frames = readable_samples(&dir.join("dropped.wav"), 24_000);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use callrec::recorder::{
-    encode_alaw, encode_ulaw, ChannelMode, Party, PayloadMap, Recorder, RecordingSpec,
+    encode_alaw, encode_ulaw, ChannelMode, PayloadMap, Recorder, RecordingSpec, Side,
 };
 
 const RATE: f64 = 8000.0;
@@ -52,7 +52,7 @@ fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> By
 /// One packet to offer: arrival offset from the recording start.
 struct Offer {
     at: Duration,
-    party: Party,
+    party: Side,
     data: Bytes,
 }
 
@@ -77,7 +77,7 @@ struct Sent {
 
 /// Builds one party's A-law stream over the segments, with loss, jitter, reordering, duplicates and clicks.
 fn party_stream(
-    party: Party,
+    party: Side,
     freq: f64,
     segs: &[Seg],
     clicks: &[u64],
@@ -194,11 +194,11 @@ fn stereo_timeline_survives_loss_reorder_ssrc_change_hold_and_jump() {
     spec.header_interval = Duration::from_millis(1);
     let rec = Recorder::start(spec).unwrap();
     rec.set_payload_map(
-        Party::Caller,
+        Side::Caller,
         PayloadMap::from_sdp_rtpmaps([(101u8, "telephone-event/8000")]),
     );
     rec.set_payload_map(
-        Party::Callee,
+        Side::Callee,
         PayloadMap::from_sdp_rtpmaps([(101u8, "telephone-event/8000")]),
     );
 
@@ -244,7 +244,7 @@ fn stereo_timeline_survives_loss_reorder_ssrc_change_hold_and_jump() {
     ];
     let caller_clicks = [secs(5.0) + 37, secs(9.5) + 80, secs(24.0) + 11];
     party_stream(
-        Party::Caller,
+        Side::Caller,
         440.0,
         &caller_segs,
         &caller_clicks,
@@ -275,7 +275,7 @@ fn stereo_timeline_survives_loss_reorder_ssrc_change_hold_and_jump() {
     ];
     let callee_clicks = [secs(2.0) + 3, secs(11.5) + 120, secs(20.0) + 59];
     party_stream(
-        Party::Callee,
+        Side::Callee,
         1000.0,
         &callee_segs,
         &callee_clicks,
@@ -287,7 +287,7 @@ fn stereo_timeline_survives_loss_reorder_ssrc_change_hold_and_jump() {
     let cn_seq = 1 + (secs(9.0) / 160) as u16;
     callee.offers.push(Offer {
         at: Duration::from_secs_f64(9.02),
-        party: Party::Callee,
+        party: Side::Callee,
         data: rtp(13, true, cn_seq, 5000 + secs(9.0) as u32, 0x1111, &[40]),
     });
     for k in 0..10u16 {
@@ -296,7 +296,7 @@ fn stereo_timeline_survives_loss_reorder_ssrc_change_hold_and_jump() {
         let payload = [5u8, if k == 9 { 0x8a } else { 0x0a }, d[0], d[1]];
         callee.offers.push(Offer {
             at: Duration::from_secs_f64(3.0 + 0.02 * (k + 1) as f64),
-            party: Party::Callee,
+            party: Side::Callee,
             data: rtp(101, k == 0, seq, 5000 + secs(3.0) as u32, 0x1111, &payload),
         });
     }
@@ -442,7 +442,7 @@ fn stereo_timeline_survives_loss_reorder_ssrc_change_hold_and_jump() {
 
 /// A tone stream with no impairments.
 struct Clean {
-    party: Party,
+    party: Side,
     freq: f64,
     /// Start and length in seconds.
     from: f64,
@@ -498,17 +498,17 @@ fn separate_files_with_pcmu_g722_and_a_codec_change_to_opus() {
     spec.queue_capacity = 100_000;
     let rec = Recorder::start(spec).unwrap();
     rec.set_payload_map(
-        Party::Caller,
+        Side::Caller,
         PayloadMap::from_sdp("a=rtpmap:0 PCMU/8000\r\na=rtpmap:111 opus/48000/2\r\n"),
     );
-    rec.set_payload_map(Party::Callee, PayloadMap::default());
+    rec.set_payload_map(Side::Callee, PayloadMap::default());
 
     let ulaw = |pcm: &[i16]| pcm.iter().map(|&s| encode_ulaw(s)).collect::<Vec<u8>>();
     let mut g722 = audio_codec::g722::G722Encoder::new();
     let mut opus = audio_codec::opus::OpusEncoder::new(48000, 1);
     let mut offers = clean_stream(
         Clean {
-            party: Party::Caller,
+            party: Side::Caller,
             freq: 440.0,
             from: 0.0,
             dur: 3.0,
@@ -524,7 +524,7 @@ fn separate_files_with_pcmu_g722_and_a_codec_change_to_opus() {
         let enc = std::cell::RefCell::new(&mut g722);
         clean_stream(
             Clean {
-                party: Party::Callee,
+                party: Side::Callee,
                 freq: 1000.0,
                 from: 0.0,
                 dur: 6.0,
@@ -540,7 +540,7 @@ fn separate_files_with_pcmu_g722_and_a_codec_change_to_opus() {
         let enc = std::cell::RefCell::new(&mut opus);
         clean_stream(
             Clean {
-                party: Party::Caller,
+                party: Side::Caller,
                 freq: 440.0,
                 from: 3.0,
                 dur: 3.0,
@@ -609,7 +609,7 @@ fn callee_only_mode_ignores_the_caller() {
     let alaw = |pcm: &[i16]| pcm.iter().map(|&s| encode_alaw(s)).collect::<Vec<u8>>();
     let mut offers = clean_stream(
         Clean {
-            party: Party::Caller,
+            party: Side::Caller,
             freq: 440.0,
             from: 0.0,
             dur: 2.0,
@@ -623,7 +623,7 @@ fn callee_only_mode_ignores_the_caller() {
     // Same SSRC on both sides: parties are told apart by the caller of offer(), not the SSRC.
     offers.extend(clean_stream(
         Clean {
-            party: Party::Callee,
+            party: Side::Callee,
             freq: 1000.0,
             from: 0.0,
             dur: 2.0,
@@ -666,10 +666,10 @@ fn both_parties_on_hold_without_timestamp_advance_resume_at_wall_clock() {
     for w in (0..secs(2.0)).chain(secs(12.0)..secs(14.0)).step_by(160) {
         let ts = if w < secs(2.0) { w } else { w - secs(10.0) } as u32;
         let arrival = t0 + Duration::from_secs_f64((w + 160) as f64 / RATE);
-        for (party, freq, ssrc) in [(Party::Caller, 440.0, 1), (Party::Callee, 1000.0, 2)] {
+        for (party, freq, ssrc) in [(Side::Caller, 440.0, 1), (Side::Callee, 1000.0, 2)] {
             let payload: Vec<u8> = (w..w + 160)
                 .map(|n| {
-                    if party == Party::Callee && n >= click_at && n < click_at + 16 {
+                    if party == Side::Callee && n >= click_at && n < click_at + 16 {
                         encode_alaw(CLICK_AMP)
                     } else {
                         encode_alaw((TONE_AMP * (2.0 * PI * freq * n as f64 / RATE).sin()) as i16)

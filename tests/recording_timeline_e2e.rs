@@ -1,4 +1,4 @@
-//! The recording's timeline through the whole proxy (issue 3, item 7): a small
+//! The recording's timeline through the whole proxy: a small
 //! SIP caller written here sets up a call through callrec to a SIPp callee,
 //! then sends a crafted RTP stream with loss, reordering, duplicates, an SSRC
 //! change, a 10 s hold and a timestamp jump, with full-scale clicks at known

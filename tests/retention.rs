@@ -1,4 +1,4 @@
-//! Retention (R7.3, issue 8 item 3) on folder targets: sets are delivered through
+//! Retention on folder targets: sets are delivered through
 //! the real spool to two `file://` targets, then purged by age. A set past the
 //! period is deleted from every target the database says holds it, one deletion
 //! row per target (set, target, time, reason, SHA-256 of the checksum file) and

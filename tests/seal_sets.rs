@@ -167,7 +167,7 @@ fn set_passes_shasum_sha256sum_openssl_and_verify_sh() {
     let out = run(&folder, "sha256sum", &[&sums_name]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&set.checksum_sha256));
 
-    // The DESIGN §4 recipe with openssl and base64.
+    // The README's verification recipe with openssl and base64.
     let cert = data.join("cert.pem");
     assert_eq!(
         std::fs::read_to_string(&cert).unwrap(),

@@ -1,4 +1,4 @@
-//! Graceful shutdown (issue 8, item 4): after SIGTERM new calls get 503,
+//! Graceful shutdown: after SIGTERM new calls get 503,
 //! running calls may finish within the grace period, calls still running
 //! after it are hung up on both legs, and every recording is sealed before
 //! the process exits 0.

@@ -1,4 +1,4 @@
-//! What a call leaves behind in callrec (issue 2, items 5 and 7), seen from
+//! What a call leaves behind in callrec, seen from
 //! outside through the admin API and /proc:
 //!
 //! - `rtp_timeout_hangs_up_both_legs`: a call whose parties go silent after

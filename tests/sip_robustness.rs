@@ -1,5 +1,5 @@
-//! Malformed and hostile SIP input while a real call is up (issue 2, item 5;
-//! R1.6). A SIPp call with ~9 s of media runs through the proxy; meanwhile
+//! Malformed and hostile SIP input while a real call is up. A SIPp call with
+//! ~9 s of media runs through the proxy; meanwhile
 //! raw UDP sockets and TCP connections on loopback send it dozens of distinct
 //! broken messages. Each one is checked for exactly the answer it must get:
 //! 400 (505 for an unknown SIP version) with the sender's Via branch, CSeq and

@@ -1,4 +1,4 @@
-//! RFC 3261 transactions on the wire (issue 2, item 2), with raw UDP peers
+//! RFC 3261 transactions on the wire, with raw UDP peers
 //! on loopback: a retransmitted INVITE is absorbed (one call, the last
 //! response repeated), an unanswered INVITE is retransmitted to the callee on
 //! timer A's schedule with the same branch, and the 200 to the caller is

@@ -1,8 +1,8 @@
-//! Restarts lose nothing (R6.6): sets pending when the Spool (and the database
+//! Restarts lose nothing: sets pending when the Spool (and the database
 //! handle) are dropped are found again by a new Spool on the same data directory
 //! and delivered; targets that already confirmed a set are not uploaded to again;
 //! an interrupted entry leaves the sealer's files untouched. The queue is the
-//! database's `uploads` table (issue 6, item 2): after a restart a row removed
+//! database's `uploads` table: after a restart a row removed
 //! from it is not uploaded, a row added to it is, the stored next retry time is
 //! kept, a set folder the database does not know is queued again from its entry
 //! marker, and a pending row without its files becomes `lost`.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole load benchmark of issue 9 (BENCHMARKS.md, "Load: callrec vs
+# Runs the whole load benchmark (BENCHMARKS.md, "Load: callrec vs
 # Kamailio + rtpengine"): the step series of concurrent recorded calls for
 # both stacks (alternating at each step, each stack until its first degraded
 # step), then the signalling-only call-rate ladder for each. Results: one JSON

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Load harness for callrec and the peer stack (Kamailio + rtpengine +
-rtpengine-recording). Python 3 standard library only. Issue 9, SPEC R8.5.
+rtpengine-recording). Python 3 standard library only. See BENCHMARKS.md.
 
 Every call: SIPp caller (127.0.1.3, "trunk") -> proxy (127.0.1.1) -> SIPp callee
 (127.0.1.2, "PBX"), PCMA 20 ms RTP both ways for the hold time (SIPp's

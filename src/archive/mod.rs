@@ -1,8 +1,8 @@
 //! The archive of sealed sets for the people who answer to auditors and
 //! clients: search recordings by party number and time (from the protocol
-//! database), export one client's sets with everything needed to verify them
-//! (R7.2), and delete sets past the retention period, documenting each deletion
-//! (R7.3). Search and export find sets in local folders: the default recordings
+//! database), export one client's sets with everything needed to verify them,
+//! and delete sets past the retention period, documenting each deletion.
+//! Search and export find sets in local folders: the default recordings
 //! folder and every `file://` target. Retention deletes a set from every storage
 //! target the database says holds it (upload rows in state `done`, see
 //! [`purge_everywhere`]), per profile and daily with [`retention_daily`], and
@@ -132,7 +132,7 @@ pub fn locate(base_name: &str, roots: &[PathBuf]) -> Option<PathBuf> {
 }
 
 /// Every file of the set whose checksum file is `sha256` (same folder, same base name).
-fn set_files(sha256: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+pub fn set_files(sha256: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
     let folder = sha256.parent().unwrap_or(Path::new("."));
     let base = sha256
         .file_name()

@@ -7,9 +7,9 @@
 use std::net::IpAddr;
 
 use super::Direction;
-use crate::media::Side;
 use crate::sip::message::Message;
 use crate::sip::trust::Trust;
+use crate::vocab::Side;
 
 /// Who may send a header that is passed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

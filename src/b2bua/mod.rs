@@ -10,6 +10,7 @@ pub mod headers;
 pub mod peers;
 pub mod plan;
 pub mod recording;
+pub mod register;
 pub mod router;
 
 use std::collections::VecDeque;
@@ -23,15 +24,7 @@ use crate::config::RunConfig;
 use crate::media::ports::PortPool;
 use crate::sip::{Flow, Proto, Transport};
 
-/// Which way a call goes through the proxy (R1.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From the trunk (or anyone but the PBX) to the PBX.
-    Incoming,
-    /// From the PBX to the trunk.
-    Outgoing,
-}
+pub use crate::vocab::Direction;
 
 /// Process-wide counters, exported as Prometheus metrics.
 #[derive(Debug, Default)]
@@ -73,6 +66,9 @@ pub struct Stats {
     /// Media packets from a source other than a party's, dropped by the relays
     /// as they arrive (shared with every stream).
     pub rtp_foreign_dropped: Arc<AtomicU64>,
+    /// SRTP/SRTCP packets that failed authentication or were replays,
+    /// dropped by the relays as they arrive (shared with every stream).
+    pub srtp_auth_failed: Arc<AtomicU64>,
     /// RTP packets the recorder's queue refused (slow disk), from finished recordings.
     pub recorder_queue_dropped: AtomicU64,
     /// New INVITEs refused because `--max-calls` calls were in progress.
@@ -181,6 +177,7 @@ impl Core {
             mode: self.cfg.media_learning,
             window: crate::media::latch::LEARNING_WINDOW,
             foreign_total: self.stats.rtp_foreign_dropped.clone(),
+            auth_failed_total: self.stats.srtp_auth_failed.clone(),
         }
     }
 
@@ -214,27 +211,41 @@ impl Core {
         format!(
             "SIP/2.0/{} {};branch={branch};rport",
             proto.via_token(),
-            host_port(self.advertised)
+            host_port(self.advertised_for(proto))
         )
     }
 
     /// Contact value for a leg on `proto`.
     pub fn contact(&self, proto: Proto) -> String {
+        let at = host_port(self.advertised_for(proto));
         match proto {
-            Proto::Udp => format!("<sip:callrec@{}>", host_port(self.advertised)),
-            Proto::Tcp => format!("<sip:callrec@{};transport=tcp>", host_port(self.advertised)),
+            Proto::Udp => format!("<sip:callrec@{at}>"),
+            Proto::Tcp => format!("<sip:callrec@{at};transport=tcp>"),
+            Proto::Tls => format!("<sip:callrec@{at};transport=tls>"),
         }
     }
 
-    /// Where the next hop of a call in `dir` is.
+    /// Our address as peers on `proto` should use it: the TLS listener's
+    /// port for TLS (when there is one), the SIP port otherwise.
+    pub fn advertised_for(&self, proto: Proto) -> SocketAddr {
+        match (proto, self.transport.tls_local_addr()) {
+            (Proto::Tls, Some(a)) => SocketAddr::new(self.advertised.ip(), a.port()),
+            _ => self.advertised,
+        }
+    }
+
+    /// Where the next hop of a call in `dir` is, on the transport that
+    /// `--pbx`/`--trunk` name.
     pub fn next_hop(&self, dir: Direction) -> Flow {
-        let addr = match dir {
-            Direction::Incoming => self.cfg.pbx,
-            Direction::Outgoing => self.cfg.trunk,
-        };
-        Flow {
-            addr,
-            proto: Proto::Udp,
+        match dir {
+            Direction::Incoming => Flow {
+                addr: self.cfg.pbx,
+                proto: self.cfg.pbx_proto,
+            },
+            Direction::Outgoing => Flow {
+                addr: self.cfg.trunk,
+                proto: self.cfg.trunk_proto,
+            },
         }
     }
 }

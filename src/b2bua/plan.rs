@@ -1,7 +1,7 @@
 //! What a new call needs from the recording policy, decided at once when its
 //! INVITE arrives: record or not, by which profile and rule, the channel
 //! layout and the announcement. The decision reads the last directory
-//! snapshot and never waits on the network (R2.5); every decision is logged.
+//! snapshot and never waits on the network; every decision is logged.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,9 +12,7 @@ use tracing::{info, warn};
 
 use super::Direction;
 use crate::media::announce::Announcement;
-use crate::policy::{
-    self, Channels, DirectoryHandle, LegClaim, LegDedup, MembershipStore, Profile,
-};
+use crate::policy::{self, DirectoryHandle, LegClaim, LegDedup, MembershipStore, Profile};
 use crate::recorder::ChannelMode;
 
 /// What to do with one call.
@@ -22,7 +20,7 @@ use crate::recorder::ChannelMode;
 pub struct CallPlan {
     /// Record the call.
     pub record: bool,
-    /// Anchor its media (recorded or announced); otherwise SDP passes untouched (R1.5).
+    /// Anchor its media (recorded or announced); otherwise SDP passes untouched.
     pub anchor: bool,
     /// Announcement to play to the caller before the callee is called.
     pub announcement: Option<Arc<Announcement>>,
@@ -37,7 +35,7 @@ pub struct CallPlan {
     /// Storage target URLs of the profile.
     pub targets: Vec<String>,
     /// For the first leg of an internal call: holds the (caller, callee) pair
-    /// while this call lives, so its other leg is not recorded twice (R2.8).
+    /// while this call lives, so its other leg is not recorded twice.
     pub leg_claim: Option<Arc<LegClaim>>,
     /// What the profile wants when the recording cannot be made.
     pub on_failure: FailurePolicy,
@@ -64,7 +62,7 @@ pub struct Planner {
     announcements: HashMap<PathBuf, Arc<Announcement>>,
     /// Target URLs per profile (names from the config resolved, default applied).
     targets: Vec<Vec<String>>,
-    /// Where decisions are stored (R2.7).
+    /// Where decisions are stored.
     db: Option<crate::db::Db>,
 }
 
@@ -74,15 +72,6 @@ pub enum PlanError {
     /// An announcement file is unusable.
     #[error("{0}")]
     Announcement(#[from] crate::media::announce::AnnounceError),
-}
-
-fn channel_mode(c: Channels) -> ChannelMode {
-    match c {
-        Channels::Caller => ChannelMode::Caller,
-        Channels::Callee => ChannelMode::Callee,
-        Channels::Stereo => ChannelMode::Stereo,
-        Channels::Separate => ChannelMode::Separate,
-    }
 }
 
 impl Planner {
@@ -148,12 +137,8 @@ impl Planner {
         trusted: bool,
     ) -> CallPlan {
         let d = self.directory.current();
-        let pdir = match dir {
-            Direction::Incoming => policy::Direction::Incoming,
-            Direction::Outgoing => policy::Direction::Outgoing,
-        };
         let logged_out = self.membership.snapshot();
-        let decision = policy::decide(&self.profiles, &d, &logged_out, pdir, caller, dialled);
+        let decision = policy::decide(&self.profiles, &d, &logged_out, dir, caller, dialled);
         let (decision, leg_claim) = match trusted {
             true => self.dedup.apply(&d, decision, Instant::now()),
             false => (decision, None),
@@ -167,9 +152,7 @@ impl Planner {
             record: decision.record,
             anchor: decision.record || announcement.is_some(),
             announcement,
-            channels: profile
-                .map(|p| channel_mode(p.channels))
-                .unwrap_or_default(),
+            channels: profile.map(|p| p.channels).unwrap_or_default(),
             profile: decision.profile_name.clone().unwrap_or_default(),
             rule: format!("{:?}", decision.rule),
             reason: decision.reason.clone(),

@@ -15,15 +15,16 @@ use tracing::{error, info};
 
 use super::Direction;
 use crate::media::relay::Tap;
-use crate::media::{Session, Side};
+use crate::media::Session;
 use crate::recorder::failure::{FailureReason, RecordingFailure};
 use crate::recorder::journal::{Journal, JournalError, JOURNAL_VERSION};
 use crate::recorder::metadata::{
     local_offset_at, Announcement, AudioInfo, CallIds, EndedBy, Metadata, PartyInfo, PerParty,
     Times, SCHEMA_VERSION,
 };
-use crate::recorder::{ChannelMode, Fork, Party, PayloadMap, Recorder, RecordingSpec};
+use crate::recorder::{ChannelMode, Fork, PayloadMap, Recorder, RecordingSpec};
 use crate::seal::service::{SealJob, SealSender};
+use crate::vocab::Side;
 
 /// How recordings are made on this instance.
 #[derive(Clone)]
@@ -95,17 +96,17 @@ pub struct CallFacts {
     pub targets: Vec<String>,
     /// Packets from strangers dropped at the ports facing the caller and the callee.
     pub foreign_packets: [u64; 2],
+    /// SRTP packets from the caller and the callee that failed authentication.
+    pub srtp_auth_failed: [u64; 2],
+    /// The SRTP suite on the caller's and the callee's leg (None: plain RTP).
+    pub srtp_suites: [Option<&'static str>; 2],
 }
 
 struct ForkTap(Fork);
 
 impl Tap for ForkTap {
     fn offer(&self, from: Side, packet: Bytes, arrival: Instant) {
-        let party = match from {
-            Side::Caller => Party::Caller,
-            Side::Callee => Party::Callee,
-        };
-        self.0.offer(party, packet, arrival);
+        self.0.offer(from, packet, arrival);
     }
 }
 
@@ -126,7 +127,7 @@ fn journal_of(
         caller: intent.caller.clone(),
         callee: intent.callee.clone(),
         dialled_number: intent.dialled.clone(),
-        direction: meta_direction(intent.direction),
+        direction: intent.direction,
         profile: intent.profile.clone(),
         matched_rule: intent.rule.clone(),
         channels: spec.channels,
@@ -139,13 +140,6 @@ fn journal_of(
         announcement: intent.announcement.clone(),
         targets: intent.targets.clone(),
         instance_id: settings.instance_id.clone(),
-    }
-}
-
-fn meta_direction(d: Direction) -> crate::recorder::metadata::Direction {
-    match d {
-        Direction::Incoming => crate::recorder::metadata::Direction::Incoming,
-        Direction::Outgoing => crate::recorder::metadata::Direction::Outgoing,
     }
 }
 
@@ -184,10 +178,7 @@ impl CallRecording {
     ) -> Result<CallRecording, crate::recorder::RecorderError> {
         let start = Utc::now();
         let local = start.with_timezone(&Local);
-        let dir = match intent.direction {
-            Direction::Incoming => "in",
-            Direction::Outgoing => "out",
-        };
+        let dir = intent.direction;
         let base_name = format!(
             "{}_{dir}_{}_{}_{}",
             local.format("%Y%m%d_%H%M%S"),
@@ -260,7 +251,8 @@ impl CallRecording {
     /// Tells the recorder which codecs each party sends: a party sends with the
     /// payload numbers the *other* party's SDP declared (RFC 3264 §5.1).
     pub fn update_payload_maps(&self, media: &Session) {
-        for (party, receiver) in [(Party::Caller, Side::Callee), (Party::Callee, Side::Caller)] {
+        for party in [Side::Caller, Side::Callee] {
+            let receiver = party.other();
             if let Some(text) = media
                 .last_sdp_text(receiver)
                 .or_else(|| media.last_sdp_text(receiver.other()))
@@ -317,7 +309,7 @@ impl CallRecording {
                 caller: facts.caller,
                 callee: facts.callee,
                 dialled_number: facts.dialled,
-                direction: meta_direction(facts.direction),
+                direction: facts.direction,
                 profile: facts.profile,
                 matched_rule: facts.rule,
                 times: Times::new(
@@ -350,6 +342,10 @@ impl CallRecording {
             // The relay dropped these before the recorder; the call counted them.
             meta.media.caller.foreign_packets = facts.foreign_packets[0];
             meta.media.callee.foreign_packets = facts.foreign_packets[1];
+            meta.media.caller.srtp_auth_failed = facts.srtp_auth_failed[0];
+            meta.media.callee.srtp_auth_failed = facts.srtp_auth_failed[1];
+            meta.media.caller.srtp = facts.srtp_suites[0].map(str::to_string);
+            meta.media.callee.srtp = facts.srtp_suites[1].map(str::to_string);
             stats.stats.recorder_queue_dropped.fetch_add(
                 out.caller.queue_dropped + out.callee.queue_dropped,
                 Ordering::Relaxed,

@@ -2,7 +2,7 @@
 //! transport received, answers malformed requests with 400 and out-of-dialog
 //! OPTIONS with 200, refuses new requests from untrusted peers, starts a `Call`
 //! task for each new INVITE and hands every other message to the call that
-//! owns its Call-ID.
+//! owns its Call-ID. REGISTER traffic goes to the registration relay.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,10 +13,11 @@ use tracing::{debug, info, warn};
 
 use super::admission::{self, Admission, Refusal};
 use super::call::{Call, CallEvent};
+use super::register::Relay;
 use super::{Core, Direction};
-use crate::sip::message::{Message, ParseError};
+use crate::sip::message::{Message, ParseError, StartLine};
 use crate::sip::transport::Inbound;
-use crate::sip::{random_token, Flow, Proto};
+use crate::sip::{random_token, Flow};
 
 /// Messages from calls back to the router.
 #[derive(Debug)]
@@ -59,6 +60,7 @@ pub async fn run(core: Arc<Core>, mut inbound: mpsc::Receiver<Inbound>) {
     let mut admission = Admission::new(core.cfg.limits.clone());
     let mut calls: HashMap<String, Entry> = HashMap::new();
     let mut serial: u64 = 0;
+    let relay = Relay::spawn(core.clone());
     loop {
         tokio::select! {
             biased;
@@ -83,7 +85,7 @@ pub async fn run(core: Arc<Core>, mut inbound: mpsc::Receiver<Inbound>) {
             i = inbound.recv() => {
                 let Some(i) = i else { return };
                 core.stats.sip_received.fetch_add(1, Ordering::Relaxed);
-                route(&core, &mut calls, &mut serial, i, &back_tx, &mut admission).await;
+                route(&core, &mut calls, &mut serial, i, &back_tx, &mut admission, &relay).await;
             }
         }
     }
@@ -96,6 +98,7 @@ async fn route(
     i: Inbound,
     back_tx: &mpsc::UnboundedSender<RouterMsg>,
     admission: &mut Admission,
+    relay: &Relay,
 ) {
     if i.data.iter().all(|b| b.is_ascii_whitespace()) {
         return; // keep-alive
@@ -103,12 +106,12 @@ async fn route(
     let parsed = Message::parse(&i.data).and_then(|m| {
         // RFC 3261 §18.3: on a stream a message without Content-Length cannot
         // be framed (the transport hands it over only to have it answered).
-        if i.flow.proto == Proto::Tcp && m.header("Content-Length").is_none() {
+        if i.flow.proto.is_stream() && m.header("Content-Length").is_none() {
             return Err(ParseError::Missing("Content-Length"));
         }
         Ok(m)
     });
-    let msg = match parsed {
+    let mut msg = match parsed {
         Ok(m) => m,
         Err(e) => {
             core.stats.sip_malformed.fetch_add(1, Ordering::Relaxed);
@@ -137,6 +140,10 @@ async fn route(
         }
     }
     if !msg.is_request() {
+        if msg.cseq().is_some_and(|(_, m)| m == "REGISTER") {
+            relay.offer(msg, i.flow);
+            return;
+        }
         debug!(peer = %i.flow.addr, "stray response {msg} dropped");
         return;
     }
@@ -150,9 +157,17 @@ async fn route(
         return;
     }
     match method.as_str() {
+        "REGISTER" if i.flow.addr.ip() == core.cfg.pbx.ip() => relay.offer(msg, i.flow),
         "INVITE" if !has_tag => {
             if !admit_new_invite(core, admission, &msg, i.flow).await {
                 return;
+            }
+            // The carrier calls the Contact the PBX registered through us.
+            if let Some(target) = relay.target(msg.uri().unwrap_or_default()) {
+                debug!(%target, "INVITE for a registered binding");
+                if let StartLine::Request { uri, .. } = &mut msg.start {
+                    *uri = target;
+                }
             }
             *serial += 1;
             start_call(core, calls, *serial, msg, i.flow, back_tx);

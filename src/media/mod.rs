@@ -1,12 +1,15 @@
-//! Media anchoring: the RTP port pool, one relay per stream, SDP rewriting, and
-//! the per-call `Session` that ties them to a call's offer/answer exchanges.
+//! Media anchoring: the RTP port pool, one relay per stream, SDP rewriting,
+//! SRTP termination, and the per-call `Session` that ties them to a call's
+//! offer/answer exchanges.
 
 pub mod announce;
 pub mod latch;
 pub mod ports;
 pub mod recordable;
 pub mod relay;
+pub mod sdes;
 pub mod sdp;
+pub mod srtp;
 pub mod threads;
 
 use std::net::IpAddr;
@@ -18,49 +21,7 @@ use ports::PortPool;
 use relay::{Learning, Stream, Tap};
 use sdp::Sdp;
 
-/// A party of a call. The caller is the side that sent the initial INVITE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// Sent the initial INVITE (leg A).
-    Caller,
-    /// Received the initial INVITE from us (leg B).
-    Callee,
-}
-
-impl Side {
-    /// 0 for the caller, 1 for the callee.
-    pub fn index(self) -> usize {
-        match self {
-            Side::Caller => 0,
-            Side::Callee => 1,
-        }
-    }
-
-    /// Inverse of `index`.
-    pub fn from_index(i: usize) -> Side {
-        if i == 0 {
-            Side::Caller
-        } else {
-            Side::Callee
-        }
-    }
-
-    /// The other party.
-    pub fn other(self) -> Side {
-        match self {
-            Side::Caller => Side::Callee,
-            Side::Callee => Side::Caller,
-        }
-    }
-
-    /// Lower-case name for logs and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::Caller => "caller",
-            Side::Callee => "callee",
-        }
-    }
-}
+pub use crate::vocab::Side;
 
 /// Why media could not be anchored.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +40,7 @@ struct Retired {
     rtp: [u64; 2],
     rtcp: [u64; 2],
     foreign: [u64; 2],
+    auth_failed: [u64; 2],
 }
 
 impl Retired {
@@ -89,6 +51,7 @@ impl Retired {
             self.rtp[i] += s.stats.rtp_packets[i].load(Ordering::Relaxed);
             self.rtcp[i] += s.stats.rtcp_packets[i].load(Ordering::Relaxed);
             self.foreign[i] += s.stats.foreign_dropped[i].load(Ordering::Relaxed);
+            self.auth_failed[i] += s.stats.auth_failed[i].load(Ordering::Relaxed);
         }
     }
 }
@@ -108,6 +71,11 @@ pub struct Session {
     retired: Retired,
     last: [Option<Sdp>; 2],
     last_text: [Option<String>; 2],
+    /// SDES keys and who gets SRTP.
+    sdes: sdes::Negotiation,
+    /// Why the latest SDP's encryption passed through untouched (callrec
+    /// cannot terminate it), if it did.
+    opaque: Option<String>,
 }
 
 impl Session {
@@ -129,7 +97,19 @@ impl Session {
             retired: Retired::default(),
             last: [None, None],
             last_text: [None, None],
+            sdes: sdes::Negotiation::default(),
+            opaque: None,
         }
+    }
+
+    /// Sets which legs get SRTP and may exchange SDES keys.
+    pub fn set_srtp_policy(&mut self, policy: sdes::SrtpPolicy) {
+        self.sdes.policy = policy;
+    }
+
+    /// The next SDP is an offer (a re-INVITE's), whoever sends it.
+    pub fn expect_offer(&mut self) {
+        self.sdes.expect_offer();
     }
 
     /// Takes an SDP that `from` sent: points the relays at its addresses and
@@ -162,6 +142,22 @@ impl Session {
             self.streams[i] = Some(s);
             self.anchored = true;
         }
+        // Encryption callrec cannot terminate passes untouched (the call's
+        // failure policy decides about it); SDES it can is terminated here.
+        self.opaque = sdes::cannot_terminate(body, self.sdes.policy.sdes_allowed[from.index()]);
+        let crypto = match self.opaque {
+            None => Some(self.sdes.on_sdp(from, body)),
+            Some(_) => None,
+        };
+        if let Some(c) = &crypto {
+            for (keys, slot) in c.keys.iter().zip(self.streams.iter()) {
+                for (side, k) in keys {
+                    if let Some(s) = slot {
+                        s.set_keys(*side, k.clone());
+                    }
+                }
+            }
+        }
         let mut ports = Vec::with_capacity(sdp.media.len());
         for (m, slot) in sdp.media.iter().zip(self.streams.iter_mut()) {
             match slot {
@@ -175,9 +171,14 @@ impl Session {
                 }
             }
         }
-        let out = sdp::rewrite(body, self.ip, &ports);
+        let mut out = sdp::rewrite(body, self.ip, &ports);
+        if let Some(c) = crypto {
+            out = sdes::apply(&out, &c.lines);
+        }
         self.last[from.index()] = Some(sdp);
-        self.last_text[from.index()] = Some(String::from_utf8_lossy(body).into_owned());
+        // Kept for payload maps only; its keys are not needed and not kept.
+        let text = String::from_utf8_lossy(body);
+        self.last_text[from.index()] = Some(srtp::redact(&text).into_owned());
         Ok(out)
     }
 
@@ -260,6 +261,33 @@ impl Session {
             .map(|s| s.stats.foreign_dropped[side.index()].load(Ordering::Relaxed))
             .sum::<u64>()
             + self.retired.foreign[side.index()]
+    }
+
+    /// An answer callrec wrote itself to the latest offer (an announcement's),
+    /// with the SRTP profile and key the offerer's leg uses.
+    pub fn secure_answer(&self, body: Vec<u8>) -> Vec<u8> {
+        if self.opaque.is_some() {
+            return body;
+        }
+        sdes::apply(&body, &self.sdes.answer_lines())
+    }
+
+    /// SRTP packets from `side` dropped because they failed authentication.
+    pub fn auth_failed(&self, side: Side) -> u64 {
+        self.live()
+            .map(|s| s.stats.auth_failed[side.index()].load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self.retired.auth_failed[side.index()]
+    }
+
+    /// The SRTP suite used with each side (None: plain RTP), for the metadata.
+    pub fn suites(&self) -> [Option<&'static str>; 2] {
+        self.sdes.suites()
+    }
+
+    /// Why the latest SDP carried encryption callrec passed through untouched.
+    pub fn opaque_media(&self) -> Option<&str> {
+        self.opaque.as_deref()
     }
 
     /// Number of streams set up now.

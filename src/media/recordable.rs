@@ -1,5 +1,6 @@
 //! Whether an SDP offer describes media callrec can record: encrypted media
-//! (SRTP, DTLS-SRTP) is detected so it is never recorded as noise, and the
+//! callrec cannot terminate (DTLS-SRTP, unknown SDES suites, SDES where keys
+//! may not be exchanged) is detected so it is never recorded as noise, and the
 //! offer's audio formats are cut down to the codecs the recorder decodes, so
 //! that the answer can only pick one of them.
 
@@ -16,12 +17,19 @@ pub enum Verdict {
     Undecodable(String),
 }
 
-/// Judges an SDP offer (or answer) for recording.
+/// Judges an SDP offer (or answer) for recording on a leg where SDES keys
+/// may not be exchanged: any encryption counts as encrypted.
 pub fn judge(body: &[u8]) -> Verdict {
-    let text = String::from_utf8_lossy(body);
-    if let Some(why) = encryption(&text) {
+    judge_terminating(body, false)
+}
+
+/// Judges an SDP offer (or answer) for recording; with `sdes_allowed`, SRTP
+/// with SDES keys callrec supports is recordable (callrec terminates it).
+pub fn judge_terminating(body: &[u8], sdes_allowed: bool) -> Verdict {
+    if let Some(why) = super::sdes::cannot_terminate(body, sdes_allowed) {
         return Verdict::Encrypted(why);
     }
+    let text = String::from_utf8_lossy(body);
     let Some(Formats { keep, all }) = first_audio_formats(&text) else {
         // No audio stream at all: nothing to filter, nothing to refuse here.
         return Verdict::Recordable(body.to_vec());
@@ -35,24 +43,6 @@ pub fn judge(body: &[u8]) -> Verdict {
         return Verdict::Recordable(body.to_vec());
     }
     Verdict::Recordable(super::sdp::restrict_audio_formats(body, &pts))
-}
-
-/// How the media of `text` is encrypted, if it is: a secure RTP profile on an
-/// audio or video line, or key material (`a=crypto`, `a=fingerprint`).
-fn encryption(text: &str) -> Option<String> {
-    for line in text.lines().map(str::trim) {
-        if let Some(m) = line.strip_prefix("m=") {
-            let proto = m.split_whitespace().nth(2).unwrap_or_default();
-            if proto.to_ascii_uppercase().contains("SAVP") {
-                return Some(format!("media profile {proto}"));
-            }
-        } else if line.starts_with("a=crypto:") {
-            return Some("SDES keys (a=crypto)".into());
-        } else if line.starts_with("a=fingerprint:") {
-            return Some("DTLS-SRTP (a=fingerprint)".into());
-        }
-    }
-    None
 }
 
 /// The formats of an offer's first active audio stream.
@@ -168,6 +158,32 @@ mod tests {
                 "{m} {a}"
             );
         }
+    }
+
+    #[test]
+    fn sdes_callrec_supports_is_recordable_where_keys_may_be_exchanged() {
+        let key = crate::media::srtp::MasterKey::fresh(crate::media::srtp::Suite::AeadAes128Gcm);
+        let o = offer(
+            "m=audio 4000 RTP/SAVP 18 8",
+            &format!("{}\r\n", key.attribute(1)),
+        );
+        assert!(matches!(judge(&o), Verdict::Encrypted(_)));
+        let Verdict::Recordable(out) = judge_terminating(&o, true) else {
+            panic!("terminable SDES")
+        };
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("RTP/SAVP 8\r\n") && out.contains("a=crypto:1 "),
+            "{out}"
+        );
+        let g729 = offer(
+            "m=audio 4000 RTP/SAVP 18",
+            &format!("{}\r\n", key.attribute(1)),
+        );
+        assert!(matches!(
+            judge_terminating(&g729, true),
+            Verdict::Undecodable(_)
+        ));
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! never recorded. Counters are atomics the call reads; nothing on the packet
 //! path locks, allocates (unless a recorder takes a copy) or waits on anything
 //! but the sockets. The task runs on one of the media threads (`threads`),
-//! never on the signalling runtime.
+//! never on the signalling runtime. A side that speaks SRTP has its packets
+//! authenticated and decrypted before anything else looks at them (a packet
+//! that fails is counted and dropped); the recorder gets the plain packet,
+//! and the other side gets it encrypted with its own leg's key, or plain.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +23,8 @@ use tracing::{info, warn};
 
 use super::latch::{Carries, Latch, LearningMode, PayloadTypes, LEARNING_WINDOW};
 use super::ports::PortPair;
+use super::sdes::LegKeys;
+use super::srtp::Protection;
 use super::threads::MediaThreads;
 use super::Side;
 
@@ -33,6 +38,8 @@ pub struct Learning {
     pub window: Duration,
     /// Foreign packets dropped by every stream of the process.
     pub foreign_total: Arc<AtomicU64>,
+    /// SRTP packets that failed authentication (or replayed), process-wide.
+    pub auth_failed_total: Arc<AtomicU64>,
 }
 
 impl Default for Learning {
@@ -41,6 +48,7 @@ impl Default for Learning {
             mode: LearningMode::default(),
             window: LEARNING_WINDOW,
             foreign_total: Arc::default(),
+            auth_failed_total: Arc::default(),
         }
     }
 }
@@ -63,6 +71,9 @@ pub struct StreamStats {
     /// Packets from a source other than the accepted one, dropped; index 0 =
     /// at the ports facing the caller, 1 = facing the callee.
     pub foreign_dropped: [AtomicU64; 2],
+    /// SRTP/SRTCP packets that failed authentication or were replays, dropped;
+    /// index 0 = sent by the caller, 1 = by the callee.
+    pub auth_failed: [AtomicU64; 2],
     /// Milliseconds since `epoch()` of the last accepted packet on any socket.
     pub last_rx_ms: AtomicU64,
 }
@@ -95,6 +106,52 @@ pub enum Control {
     Tap(Option<Arc<dyn Tap>>),
     /// Play these RTP packets to the caller, one every 20 ms; `done` fires after the last.
     Play(Vec<Bytes>, tokio::sync::oneshot::Sender<()>),
+    /// Plain RTP or SRTP keys for a side.
+    Keys(Side, LegKeys),
+}
+
+/// A side's packet protection as the task holds it.
+enum Crypto {
+    Plain,
+    /// SRTP negotiated but no keys yet: nothing passes to or from the side.
+    Pending,
+    On {
+        rx: Box<Protection>,
+        tx: Box<Protection>,
+    },
+}
+
+impl Crypto {
+    /// The state for `keys`, keeping the contexts (and so their rollover
+    /// counters and replay windows) of a key that did not change.
+    fn update(self, keys: LegKeys) -> Crypto {
+        match (self, keys) {
+            (_, LegKeys::Plain) => Crypto::Plain,
+            (_, LegKeys::Pending) => Crypto::Pending,
+            (
+                Crypto::On {
+                    rx: old_rx,
+                    tx: old_tx,
+                },
+                LegKeys::Keys { rx, tx },
+            ) => Crypto::On {
+                rx: if *old_rx.key() == rx {
+                    old_rx
+                } else {
+                    Box::new(Protection::new(rx))
+                },
+                tx: if *old_tx.key() == tx {
+                    old_tx
+                } else {
+                    Box::new(Protection::new(tx))
+                },
+            },
+            (_, LegKeys::Keys { rx, tx }) => Crypto::On {
+                rx: Box::new(Protection::new(rx)),
+                tx: Box::new(Protection::new(tx)),
+            },
+        }
+    }
 }
 
 /// The call's handle on a running stream; dropping it stops the task and frees the ports.
@@ -172,6 +229,11 @@ impl Stream {
         });
     }
 
+    /// Sets how `side`'s packets are protected.
+    pub fn set_keys(&self, side: Side, keys: LegKeys) {
+        let _ = self.control.send(Control::Keys(side, keys));
+    }
+
     /// Starts or stops forking this stream's RTP into a recorder.
     pub fn set_tap(&self, tap: Option<Arc<dyn Tap>>) {
         let _ = self.control.send(Control::Tap(tap));
@@ -216,6 +278,7 @@ fn apply(
     pts: &mut [PayloadTypes; 2],
     tap: &mut Option<Arc<dyn Tap>>,
     player: &mut Player,
+    crypto: &mut [Crypto; 2],
     window: Duration,
 ) {
     match c {
@@ -243,6 +306,11 @@ fn apply(
         Control::Play(packets, done) => {
             *player = Some((packets.into(), tokio::time::Instant::now(), done));
         }
+        Control::Keys(side, keys) => {
+            let i = side.index();
+            let old = std::mem::replace(&mut crypto[i], Crypto::Plain);
+            crypto[i] = old.update(keys);
+        }
     }
 }
 
@@ -266,6 +334,10 @@ async fn run(
     let mut bufs = Box::new([[[0u8; MAX_DATAGRAM]; 2]; 2]);
     // An announcement being played to the caller: packets left, next send time.
     let mut player: Player = None;
+    // Each side's SRTP state, by side index.
+    let mut crypto = [Crypto::Plain, Crypto::Plain];
+    // Whether the first packet failing authentication from each side was logged.
+    let mut warned_auth = [false; 2];
     loop {
         let next_play = player.as_ref().map(|p| p.1);
         let [[b00, b01], [b10, b11]] = &mut *bufs;
@@ -277,7 +349,14 @@ async fn run(
             _ = tokio::time::sleep_until(next_play.unwrap_or_else(tokio::time::Instant::now)), if next_play.is_some() => {
                 if let Some((queue, next, _)) = player.as_mut() {
                     if let (Some(pkt), Some(dst)) = (queue.pop_front(), latch[0][0].target()) {
-                        let _ = socks[0][0].send_to(&pkt, dst).await;
+                        let out = match &mut crypto[0] {
+                            Crypto::Plain => Some(pkt),
+                            Crypto::Pending => None,
+                            Crypto::On { tx, .. } => tx.protect(&pkt, false),
+                        };
+                        if let Some(out) = out {
+                            let _ = socks[0][0].send_to(&out, dst).await;
+                        }
                     }
                     *next += Duration::from_millis(20);
                     if queue.is_empty() {
@@ -290,7 +369,7 @@ async fn run(
             }
             c = control.recv() => {
                 let Some(c) = c else { return };
-                apply(c, &mut latch, &mut pts, &mut tap, &mut player, learning.window);
+                apply(c, &mut latch, &mut pts, &mut tap, &mut player, &mut crypto, learning.window);
                 continue;
             }
         };
@@ -311,14 +390,36 @@ async fn run(
                     &mut pts,
                     &mut tap,
                     &mut player,
+                    &mut crypto,
                     learning.window,
                 ),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         }
-        // SRTP (later): authenticate the packet here, before the latch sees
-        // it, so that only packets that authenticate may fix or use a source.
+        let rtcp = kind == 1 || is_rtcp(pkt);
+        // Authenticated before the latch sees it, so that only packets that
+        // authenticate may fix or use a source.
+        let decrypted;
+        let pkt: &[u8] = match &mut crypto[side] {
+            Crypto::Plain => pkt,
+            Crypto::Pending => continue,
+            Crypto::On { rx, .. } => match rx.unprotect(pkt, rtcp) {
+                Ok(p) => {
+                    decrypted = p;
+                    &decrypted
+                }
+                Err(_) => {
+                    stats.auth_failed[side].fetch_add(1, Ordering::Relaxed);
+                    learning.auth_failed_total.fetch_add(1, Ordering::Relaxed);
+                    if !warned_auth[side] {
+                        warned_auth[side] = true;
+                        warn!(%src, "dropping SRTP from the {}'s side that fails authentication (or is a replay)", Side::from_index(side).name());
+                    }
+                    continue;
+                }
+            },
+        };
         let carries = if kind == 0 {
             Carries::Rtp(pts[0].union(pts[1]))
         } else {
@@ -350,10 +451,21 @@ async fn run(
         let Some(dst) = latch[other][kind].target() else {
             continue;
         };
-        if socks[other][kind].send_to(pkt, dst).await.is_err() {
+        let encrypted;
+        let out: &[u8] = match &mut crypto[other] {
+            Crypto::Plain => pkt,
+            Crypto::Pending => continue,
+            Crypto::On { tx, .. } => match tx.protect(pkt, rtcp) {
+                Some(p) => {
+                    encrypted = p;
+                    &encrypted
+                }
+                None => continue,
+            },
+        };
+        if socks[other][kind].send_to(out, dst).await.is_err() {
             continue;
         }
-        let rtcp = kind == 1 || is_rtcp(pkt);
         if rtcp {
             stats.rtcp_packets[side].fetch_add(1, Ordering::Relaxed);
         } else {
@@ -366,5 +478,7 @@ async fn run(
     }
 }
 
+#[cfg(test)]
+mod srtp_tests;
 #[cfg(test)]
 mod tests;

@@ -43,9 +43,10 @@ pub fn check_stream_count(body: &[u8], max: usize) -> Result<(), SdpError> {
     Ok(())
 }
 
-/// Media direction attribute.
+/// Which way a media stream flows: the SDP direction attribute (sendrecv,
+/// sendonly, recvonly, inactive); not the direction of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub enum MediaDirection {
     /// a=sendrecv (default).
     SendRecv,
     /// a=sendonly
@@ -74,7 +75,7 @@ pub struct MediaDesc {
     /// a=rtpmap entries: (payload type, "NAME/rate[/channels]").
     pub rtpmaps: Vec<(u8, String)>,
     /// Direction attribute (media level, else session level).
-    pub direction: Direction,
+    pub direction: MediaDirection,
 }
 
 /// A parsed session description.
@@ -94,12 +95,12 @@ fn parse_c(value: &str, line: usize) -> Result<IpAddr, SdpError> {
     addr.parse().map_err(|_| SdpError::BadConnection(line))
 }
 
-fn parse_direction(attr: &str) -> Option<Direction> {
+fn parse_direction(attr: &str) -> Option<MediaDirection> {
     match attr {
-        "sendrecv" => Some(Direction::SendRecv),
-        "sendonly" => Some(Direction::SendOnly),
-        "recvonly" => Some(Direction::RecvOnly),
-        "inactive" => Some(Direction::Inactive),
+        "sendrecv" => Some(MediaDirection::SendRecv),
+        "sendonly" => Some(MediaDirection::SendOnly),
+        "recvonly" => Some(MediaDirection::RecvOnly),
+        "inactive" => Some(MediaDirection::Inactive),
         _ => None,
     }
 }
@@ -117,12 +118,12 @@ impl Sdp {
             return Err(SdpError::NoVersion);
         }
         let mut session_c: Option<IpAddr> = None;
-        let mut session_dir = Direction::SendRecv;
+        let mut session_dir = MediaDirection::SendRecv;
         struct Raw {
             desc: MediaDesc,
             c: Option<IpAddr>,
             rtcp_attr: Option<(u16, Option<IpAddr>)>,
-            dir: Option<Direction>,
+            dir: Option<MediaDirection>,
         }
         let mut media: Vec<Raw> = Vec::new();
         for (i, line) in lines.iter().enumerate() {
@@ -152,7 +153,7 @@ impl Sdp {
                             rtcp_mux: false,
                             formats: parts[3..].iter().map(|s| s.to_string()).collect(),
                             rtpmaps: Vec::new(),
-                            direction: Direction::SendRecv,
+                            direction: MediaDirection::SendRecv,
                         },
                         c: None,
                         rtcp_attr: None,
@@ -226,7 +227,7 @@ impl Sdp {
     pub fn all_inactive(&self) -> bool {
         self.media
             .iter()
-            .all(|m| m.port == 0 || m.direction == Direction::Inactive)
+            .all(|m| m.port == 0 || m.direction == MediaDirection::Inactive)
     }
 }
 
@@ -417,7 +418,7 @@ a=sendonly\r\na=candidate:1 1 UDP 1 10.0.0.5 4000 typ host\r\n";
         let m = &s.media[0];
         assert_eq!(m.rtp, Some("10.0.0.5:4000".parse().unwrap()));
         assert_eq!(m.rtcp, Some("10.0.0.5:4001".parse().unwrap()));
-        assert_eq!(m.direction, Direction::SendOnly);
+        assert_eq!(m.direction, MediaDirection::SendOnly);
         assert_eq!(m.rtpmaps.len(), 2);
     }
 

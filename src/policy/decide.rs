@@ -1,4 +1,4 @@
-//! The recording decision (SPEC R2.1–R2.4, R2.8): a pure, synchronous function of
+//! The recording decision: a pure, synchronous function of
 //! the profiles, a directory snapshot, the logged-out set, the direction and the two
 //! numbers. It never touches the network or the disk.
 
@@ -11,39 +11,21 @@ use super::directory::{Directory, Group, UserId};
 use super::membership::LoggedOut;
 use super::numbers::{Number, NumberRole};
 use super::profile::Profile;
-
-/// Direction of a call as seen by the proxy (SPEC R1.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From the trunk to the PBX.
-    Incoming,
-    /// From the PBX to the trunk.
-    Outgoing,
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Incoming => "in",
-            Direction::Outgoing => "out",
-        })
-    }
-}
+use crate::vocab::Direction;
 
 /// Which rule led to the decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
-    /// Incoming call to the profile's group number (R2.2).
+    /// Incoming call to the profile's group number.
     GroupNumber,
-    /// Incoming call to the personal number of a selected user (R2.2).
+    /// Incoming call to the personal number of a selected user.
     SelectedUserNumber,
-    /// Incoming call to the personal number of an active group member (R2.4).
+    /// Incoming call to the personal number of an active group member.
     DirectCallToActiveMember,
-    /// Outgoing call by an active member of the profile's group (R2.3).
+    /// Outgoing call by an active member of the profile's group.
     OutgoingActiveMember,
-    /// Outgoing call by a selected user (R2.3).
+    /// Outgoing call by a selected user.
     OutgoingSelectedUser,
     /// The profile records every call.
     RecordAll,
@@ -51,7 +33,7 @@ pub enum Rule {
     NoRulesConfigured,
     /// Rules exist but none matched: not recorded.
     NoRuleMatched,
-    /// The other leg of this internal call is already recorded (R2.8; set by `LegDedup::apply`).
+    /// The other leg of this internal call is already recorded (set by `LegDedup::apply`).
     DuplicateLeg,
 }
 
@@ -87,9 +69,9 @@ pub struct Decision {
     pub reason: String,
     /// Announcement to play to the caller before the call is offered to the callee.
     pub announcement: Option<PathBuf>,
-    /// The direction the rules were applied in (`Incoming` for an internal call, R2.8).
+    /// The direction the rules were applied in (`Incoming` for an internal call).
     pub judged_as: Direction,
-    /// True when both parties are internal (R2.8: judged by the callee).
+    /// True when both parties are internal (judged by the callee).
     pub internal: bool,
     /// The caller's number, normalised.
     pub caller: Number,
@@ -129,7 +111,7 @@ pub fn unresolved_entries(profiles: &[Profile], dir: &Directory) -> Vec<String> 
     out
 }
 
-/// Decide whether a call is recorded: profiles in order, first match wins (R2.1).
+/// Decide whether a call is recorded: profiles in order, first match wins.
 ///
 /// `caller` and `dialled` may be bare numbers, `sip:`/`tel:` URIs or name-addrs.
 pub fn decide(
@@ -300,7 +282,8 @@ impl<'a> ProfileView<'a> {
         }
     }
 
-    /// R2.2 and R2.4 for a call to `dialled`.
+    /// The incoming rules (group number, selected users, members' own
+    /// numbers) for a call to `dialled`.
     fn incoming(
         &self,
         logged_out: &LoggedOut,
@@ -352,7 +335,7 @@ impl<'a> ProfileView<'a> {
         None
     }
 
-    /// R2.3 for a call by `caller`.
+    /// The outgoing rules (active group members, selected users) for a call by `caller`.
     fn outgoing(
         &self,
         logged_out: &LoggedOut,

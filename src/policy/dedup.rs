@@ -1,4 +1,4 @@
-//! Record an internal call once when both of its legs pass the proxy (SPEC R2.8):
+//! Record an internal call once when both of its legs pass the proxy:
 //! the call flow asks `LegDedup` before recording. The first leg of a (caller,
 //! callee) pair takes a `LegClaim`; a second sighting while that claim is held
 //! and younger than the window is the other leg of the same call. The claim is

@@ -1,4 +1,4 @@
-//! The directory snapshot (SPEC R2.5): users, groups, their numbers and configured
+//! The directory snapshot: users, groups, their numbers and configured
 //! memberships, normalised with the number plan and indexed for the decision. A
 //! snapshot is immutable; the refresher swaps in a new one (see `refresh`).
 

@@ -20,7 +20,7 @@ pub enum DirectoryError {
     Invalid { source_name: String, detail: String },
 }
 
-/// Talking to the PBX's REST API (DESIGN §5) failed.
+/// Talking to the PBX's REST API failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RestError {
     /// The PBX could not be reached or the connection broke.

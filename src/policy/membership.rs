@@ -1,4 +1,4 @@
-//! Active group membership (SPEC R2.3, R2.5): which assigned members are logged out
+//! Active group membership: which assigned members are logged out
 //! of a group right now. The PBX's REST API knows only assignment; login/logout
 //! comes through callrec's admin API and is persisted here in a JSON file in the
 //! data dir (atomic replace). The API is kept small so it can move into the database.

@@ -1,4 +1,4 @@
-//! Which calls are recorded (SPEC R2, DESIGN §1 `policy`): number normalisation,
+//! Which calls are recorded: number normalisation,
 //! the directory snapshot and its sources (static file, PBX REST), recording
 //! profiles from the config file, the persisted group login/logout state, and the
 //! pure decision function the call flow asks for every new call.
@@ -15,7 +15,7 @@
 //! let dir = directory.current();                             // Arc<Directory>, never waits
 //! let out = membership.snapshot();                           // Arc<LoggedOut>
 //! let d = policy::decide(&cfg.profiles, &dir, &out, Direction::Incoming, from_uri, request_uri);
-//! let (d, claim) = dedup.apply(&dir, d, Instant::now());     // R2.8: second leg not recorded;
+//! let (d, claim) = dedup.apply(&dir, d, Instant::now());     // second leg of an internal call: not recorded;
 //!                                                            // keep `claim` until the call ends
 //! tracing::info!(record = d.record, profile = ?d.profile_name, rule = %d.rule, "{}", d.reason);
 //! ```
@@ -30,14 +30,15 @@ pub mod profile;
 pub mod refresh;
 pub mod rest;
 
-pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Direction, Rule};
+pub use crate::vocab::{ChannelMode, Direction};
+pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Rule};
 pub use dedup::{LegClaim, LegDedup};
 pub use directory::{Directory, Group, GroupId, User, UserId};
 pub use error::{ConfigError, DirectoryError, MembershipError, RestError};
 pub use membership::{LoggedOut, MembershipStore};
 pub use numbers::{Number, NumberPlan, NumberRole};
 pub use profile::{
-    Channels, DirectoryConfig, OnRecordFailure, PolicyConfig, Profile, SmtpConfig, TargetConfig,
+    DirectoryConfig, OnRecordFailure, PolicyConfig, Profile, SmtpConfig, TargetConfig,
 };
 pub use refresh::{
     spawn_refresher, start as start_directory, DirectoryHandle, DirectorySource, RefreshError,

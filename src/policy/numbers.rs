@@ -1,4 +1,4 @@
-//! Number normalisation (SPEC R2.6): every way a number is written (SIP/tel URI,
+//! Number normalisation: every way a number is written (SIP/tel URI,
 //! `+49…`, `0049…`, `030…`, a local number, a PBX exit code, separators) is turned
 //! into one canonical form before numbers are compared.
 

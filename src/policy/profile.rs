@@ -1,4 +1,4 @@
-//! Recording profiles ("module configurations", SPEC R2.1) and the config file that
+//! Recording profiles ("module configurations") and the config file that
 //! defines several of them together with targets, SMTP, the number plan and the
 //! directory source.
 //!
@@ -10,7 +10,7 @@
 //!                                 # p-asserted-identity, remote-party-id or contact; at the
 //!                                 # top, before any [section]
 //!
-//! [numbers]                       # dialling plan for normalisation (R2.6); all optional
+//! [numbers]                       # dialling plan for normalisation; all optional
 //! country_code = "49"             # default 49
 //! area_code = "30"                # for local numbers without prefix; default none
 //! international_prefix = "00"     # default 00
@@ -40,7 +40,7 @@
 //! name = "sales"                  # unique
 //! group = "600"                   # group number or group name; optional
 //! users = ["201", "anna"]         # selected users: number or login; optional
-//! record_direct_calls = true      # R2.4; default false
+//! record_direct_calls = true      # calls to a member's own number; default false
 //! record_all = false              # record every call; default false
 //! channels = "stereo"             # caller | callee | stereo | separate; default stereo
 //! announce_incoming = "/etc/callrec/incoming.wav"   # optional
@@ -72,47 +72,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
 use super::numbers::NumberPlan;
-
-/// Which parties a recording holds (SPEC R4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channels {
-    /// The caller only.
-    Caller,
-    /// The callee only.
-    Callee,
-    /// Both in one stereo WAV (left caller, right callee).
-    #[default]
-    Stereo,
-    /// Both, one file each.
-    Separate,
-}
-
-impl FromStr for Channels {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "caller" => Ok(Channels::Caller),
-            "callee" => Ok(Channels::Callee),
-            "stereo" => Ok(Channels::Stereo),
-            "separate" => Ok(Channels::Separate),
-            other => Err(format!(
-                "unknown channels {other:?}: use caller, callee, stereo or separate"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Channels {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Channels::Caller => "caller",
-            Channels::Callee => "callee",
-            Channels::Stereo => "stereo",
-            Channels::Separate => "separate",
-        })
-    }
-}
+use crate::vocab::ChannelMode;
 
 /// What happens to a call of a recording profile whose recording cannot be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -148,12 +108,12 @@ pub struct Profile {
     pub group: Option<String>,
     /// Selected users: a number (works without a directory) or a login.
     pub users: Vec<String>,
-    /// Also record incoming calls to the personal number of an active group member (R2.4).
+    /// Also record incoming calls to the personal number of an active group member.
     pub record_direct_calls: bool,
     /// Record every call.
     pub record_all: bool,
     /// Channel layout of the recording.
-    pub channels: Channels,
+    pub channels: ChannelMode,
     /// Announcement played to the caller of a recorded incoming call.
     pub announce_incoming: Option<PathBuf>,
     /// Announcement played to the caller of a recorded outgoing call.
@@ -180,7 +140,7 @@ impl Default for Profile {
             users: Vec::new(),
             record_direct_calls: false,
             record_all: false,
-            channels: Channels::Stereo,
+            channels: ChannelMode::Stereo,
             announce_incoming: None,
             announce_outgoing: None,
             targets: Vec::new(),
@@ -291,7 +251,7 @@ impl fmt::Debug for SmtpConfig {
 /// A named storage target: its URL plus kind-specific options and secrets.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetConfig {
-    /// Target URL (DESIGN §3: `file://`, `sftp://`, `smb://`, `onedrive://`, `s3://`, `webdav://`).
+    /// Target URL (`file://`, `sftp://`, `smb://`, `onedrive://`, `s3://`, `webdav://`).
     pub url: String,
     /// Everything else (password, domain, key_file, tenant_id, client_id, client_secret, …).
     #[serde(flatten)]

@@ -1,4 +1,4 @@
-//! Background refresh of the directory (SPEC R2.5): a tokio task fetches from the
+//! Background refresh of the directory: a tokio task fetches from the
 //! source on an interval and swaps in a new snapshot only when a fetch fully
 //! succeeds; on error it keeps the last good one and logs what to check. Decisions
 //! read the current snapshot through `DirectoryHandle::current`, which never waits

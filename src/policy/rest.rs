@@ -1,4 +1,4 @@
-//! Client for the PBX's REST API in the STARFACE shape (DESIGN §5): nonce login with
+//! Client for the PBX's REST API in the STARFACE shape: nonce login with
 //! SHA-512, `authToken` reused until a 401, then one re-login; fetches users, groups,
 //! group members and phone numbers and turns them into a `Directory` snapshot.
 
@@ -35,7 +35,7 @@ pub fn sha512_hex(data: &str) -> String {
     hex::encode(Sha512::digest(data.as_bytes()))
 }
 
-/// The login secret of DESIGN §5.
+/// The login secret (the PBX's REST login).
 pub fn login_secret(login_id: &str, nonce: &str, password: &str) -> String {
     let inner = sha512_hex(password);
     format!(

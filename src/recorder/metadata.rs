@@ -1,4 +1,4 @@
-//! The per-recording metadata of SPEC R4.6 as a serde structure. The chain
+//! The per-recording metadata of the README ("Metadata") as a serde structure. The chain
 //! reference ("previous") is added by the sealing module, not here; another
 //! module writes the file from `Metadata::to_json_value`.
 
@@ -6,6 +6,7 @@ use chrono::{DateTime, FixedOffset, Local, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ChannelMode, Gap, MediaStats, RecordingOutput};
+pub use crate::vocab::Direction;
 
 /// Version of this JSON layout; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -17,7 +18,7 @@ pub struct Metadata {
     pub schema_version: u32,
     /// Unique id of this recording (the `<id>` part of the base name).
     pub recording_id: String,
-    /// Base name shared by all files of the set (DESIGN §4).
+    /// Base name shared by all files of the set (see README, "A sealed recording set").
     pub base_name: String,
     /// SIP Call-IDs of both legs.
     pub call_ids: CallIds,
@@ -75,16 +76,6 @@ pub struct PartyInfo {
     /// group); absent when the answer named nobody usable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answered_by: Option<String>,
-}
-
-/// Direction of the call relative to the PBX.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From the trunk to the PBX.
-    Incoming,
-    /// From the PBX to the trunk.
-    Outgoing,
 }
 
 /// Who ended the call.

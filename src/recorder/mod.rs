@@ -19,9 +19,7 @@ mod timeline;
 mod wav;
 mod worker;
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -35,80 +33,11 @@ pub use g711::{encode_alaw, encode_ulaw, ALAW_TO_LINEAR, ULAW_TO_LINEAR};
 pub use gaps::Gap;
 pub use wav::{repair as repair_wav, Repaired as RepairedWav, WavWriter};
 
-/// Which side of the call a packet comes from (never derived from the SSRC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Party {
-    /// The calling party (left channel in stereo).
-    Caller,
-    /// The called party (right channel in stereo).
-    Callee,
-}
-
-impl Party {
-    fn index(self) -> usize {
-        match self {
-            Party::Caller => 0,
-            Party::Callee => 1,
-        }
-    }
-}
-
-/// Which parties are recorded and how they are laid out in files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelMode {
-    /// Caller only, mono `<base>.wav`.
-    Caller,
-    /// Callee only, mono `<base>.wav`.
-    Callee,
-    /// Both in `<base>.wav`: left = caller, right = callee.
-    #[default]
-    Stereo,
-    /// Both as mono files `<base>_caller.wav` and `<base>_callee.wav`.
-    Separate,
-}
-
-impl ChannelMode {
-    /// Whether this mode records `party`.
-    pub fn records(self, party: Party) -> bool {
-        !matches!(
-            (self, party),
-            (ChannelMode::Caller, Party::Callee) | (ChannelMode::Callee, Party::Caller)
-        )
-    }
-}
-
-impl fmt::Display for ChannelMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ChannelMode::Caller => "caller",
-            ChannelMode::Callee => "callee",
-            ChannelMode::Stereo => "stereo",
-            ChannelMode::Separate => "separate",
-        })
-    }
-}
-
-impl FromStr for ChannelMode {
-    type Err = RecorderError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "caller" => Ok(ChannelMode::Caller),
-            "callee" => Ok(ChannelMode::Callee),
-            "stereo" => Ok(ChannelMode::Stereo),
-            "separate" => Ok(ChannelMode::Separate),
-            _ => Err(RecorderError::InvalidChannelMode(s.to_string())),
-        }
-    }
-}
+pub use crate::vocab::{ChannelMode, Side};
 
 /// What failed in the recorder.
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
-    /// A channel mode string was not recognised.
-    #[error("invalid channel mode {0:?}: expected caller, callee, stereo or separate")]
-    InvalidChannelMode(String),
     /// The recording spec is unusable.
     #[error("invalid recording spec: {0}")]
     InvalidSpec(String),
@@ -143,7 +72,7 @@ pub enum RecorderError {
 pub struct RecordingSpec {
     /// Folder the audio files are written to (must exist).
     pub dir: PathBuf,
-    /// Base file name without extension (DESIGN §4).
+    /// Base file name without extension (see README, "A sealed recording set").
     pub base_name: String,
     /// Which parties are written, and how.
     pub channels: ChannelMode,
@@ -187,7 +116,7 @@ impl RecordingSpec {
         }
     }
 
-    /// The audio files this spec produces (DESIGN §4 names).
+    /// The audio files this spec produces (names as in README, "A sealed recording set").
     pub fn file_paths(&self) -> Vec<PathBuf> {
         match self.channels {
             ChannelMode::Separate => vec![
@@ -251,12 +180,20 @@ pub struct MediaStats {
     /// at the ports facing the party (never recorded); set by the call.
     #[serde(default)]
     pub foreign_packets: u64,
+    /// SRTP packets this party sent that failed authentication (or were
+    /// replays), dropped by the relay (never recorded); set by the call.
+    #[serde(default)]
+    pub srtp_auth_failed: u64,
+    /// The SRTP suite of this party's leg (absent: plain RTP); the keys
+    /// themselves are never written anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<String>,
 }
 
 /// What a finished recording produced.
 #[derive(Debug, Clone)]
 pub struct RecordingOutput {
-    /// Audio files written (DESIGN §4 names).
+    /// Audio files written (names as in README, "A sealed recording set").
     pub files: Vec<PathBuf>,
     /// Sample rate of the files.
     pub sample_rate: u32,
@@ -278,17 +215,17 @@ pub struct RecordingOutput {
 
 impl RecordingOutput {
     /// The counters of one party.
-    pub fn stats(&self, party: Party) -> &MediaStats {
+    pub fn stats(&self, party: Side) -> &MediaStats {
         match party {
-            Party::Caller => &self.caller,
-            Party::Callee => &self.callee,
+            Side::Caller => &self.caller,
+            Side::Callee => &self.callee,
         }
     }
 }
 
 /// A packet on its way from the relay to the worker.
 struct Packet {
-    party: Party,
+    party: Side,
     data: Bytes,
     arrival: Instant,
 }
@@ -317,7 +254,7 @@ pub struct Fork {
 
 impl Fork {
     /// Offers a whole RTP packet; false when it was dropped (queue full) or the recording has finished.
-    pub fn offer(&self, party: Party, packet: Bytes, arrival: Instant) -> bool {
+    pub fn offer(&self, party: Side, packet: Bytes, arrival: Instant) -> bool {
         if self.shared.closed.load(Ordering::Relaxed) {
             return false;
         }
@@ -335,7 +272,7 @@ impl Fork {
         }
     }
 
-    fn count_drop(&self, party: Party, arrival: Instant) {
+    fn count_drop(&self, party: Side, arrival: Instant) {
         let s = &self.shared;
         let total = s.queue_dropped[party.index()].fetch_add(1, Ordering::Relaxed) + 1;
         let at = arrival.saturating_duration_since(s.epoch).as_millis() as u64;
@@ -401,7 +338,7 @@ impl Recorder {
     }
 
     /// Sets the payload-type map of one party (at start and after a re-INVITE).
-    pub fn set_payload_map(&self, party: Party, map: PayloadMap) {
+    pub fn set_payload_map(&self, party: Side, map: PayloadMap) {
         // The lanes live as long as the process: a send error cannot happen.
         let _ = self
             .lane
@@ -525,9 +462,9 @@ mod tests {
             }),
         };
         let p = Bytes::from_static(&[0x80, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        assert!(fork.offer(Party::Caller, p.clone(), Instant::now()));
-        assert!(!fork.offer(Party::Caller, p.clone(), Instant::now()));
-        assert!(!fork.offer(Party::Callee, p, Instant::now()));
+        assert!(fork.offer(Side::Caller, p.clone(), Instant::now()));
+        assert!(!fork.offer(Side::Caller, p.clone(), Instant::now()));
+        assert!(!fork.offer(Side::Callee, p, Instant::now()));
         assert_eq!(fork.shared.queue_dropped[0].load(Ordering::Relaxed), 1);
         assert_eq!(fork.shared.queue_dropped[1].load(Ordering::Relaxed), 1);
     }
@@ -542,7 +479,7 @@ mod tests {
         let reporter = failure::FailureReporter::new();
         rec.watch_failures(reporter.clone(), "call-1", Default::default());
         rec.set_payload_map(
-            Party::Caller,
+            Side::Caller,
             PayloadMap::from_sdp("v=0\r\nm=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"),
         );
         let fork = rec.fork();
@@ -556,7 +493,7 @@ mod tests {
             p.extend_from_slice(&[0, 0, 0, 1]);
             p.extend_from_slice(&[0xd5; 160]);
             let at = t0 + Duration::from_millis(20 * u64::from(i));
-            if !fork.offer(Party::Caller, Bytes::from(p), at) {
+            if !fork.offer(Side::Caller, Bytes::from(p), at) {
                 dropped.push(20 * u64::from(i));
             }
         }

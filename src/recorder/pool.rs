@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::worker::{Watch, Worker};
-use super::{Packet, Party, PayloadMap, RecorderError};
+use super::{Packet, PayloadMap, RecorderError, Side};
 
 /// How often a lane takes the queued packets of its recordings.
 pub(crate) const TICK: Duration = Duration::from_millis(20);
@@ -34,7 +34,7 @@ pub(crate) enum Command {
         packets: Receiver<Packet>,
     },
     /// Codec table of one party (at start, after a re-INVITE).
-    PayloadMap(u64, Party, Box<PayloadMap>),
+    PayloadMap(u64, Side, Box<PayloadMap>),
     /// Who is told about the recording's failures.
     Watch(u64, Box<Watch>),
     /// Place everything queued and hand the worker back; with an instant, the

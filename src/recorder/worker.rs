@@ -14,8 +14,8 @@ use super::gaps::Gaps;
 use super::timeline::{Thresholds, Timeline};
 use super::wav::{WavWriter, WriteLoss};
 use super::{
-    rtp, ChannelMode, ForkShared, Packet, Party, PayloadMap, RecorderError, RecordingOutput,
-    RecordingSpec,
+    rtp, ChannelMode, ForkShared, Packet, PayloadMap, RecorderError, RecordingOutput,
+    RecordingSpec, Side,
 };
 
 /// Samples committed to the files in one go at most.
@@ -208,7 +208,7 @@ impl Worker {
     }
 
     /// Sets the payload-type table one party sends with.
-    pub(crate) fn set_payload_map(&mut self, party: Party, map: PayloadMap) {
+    pub(crate) fn set_payload_map(&mut self, party: Side, map: PayloadMap) {
         self.maps[party.index()] = map;
     }
 
@@ -349,7 +349,7 @@ impl Worker {
         } else {
             self.rate
         };
-        let mut stats = [Party::Caller, Party::Callee].map(|p| {
+        let mut stats = [Side::Caller, Side::Callee].map(|p| {
             let i = p.index();
             let mut s = self.timelines[i].stats.clone();
             s.lost = self.timelines[i].lost();

@@ -3,7 +3,7 @@
 //! Certificate lookup: when no certificate is given, the first `cert.pem` found
 //! in the set's folder or one of its parents is used. The instance writes its
 //! certificate to `data_dir/cert.pem` on every start, so sets in the spool below
-//! the data dir verify without `--cert`; exports (R7.2) put `cert.pem` at their
+//! the data dir verify without `--cert`; exports put `cert.pem` at their
 //! root. A certificate found beside the sets proves integrity, not origin: to
 //! prove that a set comes from a given instance, pass that instance's
 //! certificate explicitly (or check the found one's fingerprint, which is logged).

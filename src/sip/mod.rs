@@ -1,9 +1,12 @@
-//! SIP plumbing: message parsing and building, UDP/TCP transport on one port,
+//! SIP plumbing: message parsing and building, UDP/TCP transport on one port
+//! (and TLS on its own),
 //! RFC 3261 transaction state machines and the set of trusted peers.
 
+mod alias;
 pub mod framer;
 pub mod message;
 mod tcp;
+pub mod tls;
 pub mod transaction;
 pub mod transport;
 pub mod trust;

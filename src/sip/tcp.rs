@@ -1,6 +1,8 @@
-//! SIP over TCP: the table of open connections with its limits, the accept
-//! loop, and per connection a reader (incremental framing, keep-alive pongs,
-//! header and idle timeouts) and a writer (bounded queue, write timeout).
+//! SIP over TCP and TLS: the table of open connections with its limits, the
+//! accept loop, and per connection a reader (incremental framing, keep-alive
+//! pongs, header and idle timeouts) and a writer (bounded queue, write
+//! timeout). A TLS table wraps each socket in a TLS session first (the
+//! handshake counts against the header timeout); the rest is the same code.
 //! Nothing here lets one peer hold up another: a connection that cannot keep
 //! up, stalls or idles is closed, and the table never grows past its limits.
 
@@ -11,14 +13,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::alias::alias_of;
 use super::framer::{Frame, Framer};
+use super::tls::{explain, TlsContext};
 use super::transport::{Flow, Inbound, Proto, TcpLimits, TransportStats, TrustedPeers};
+use queue::{Push, Queue};
 
 /// How often a repeated warning (refusals, accept errors) is logged at most.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -31,45 +35,11 @@ struct Conn {
     close: Arc<watch::Sender<bool>>,
 }
 
-/// The sending end of a connection's queue, bounded in messages and in
-/// bytes (large answers to a peer that never reads must not pile up).
-#[derive(Clone)]
-struct Queue {
-    tx: mpsc::Sender<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    max_bytes: usize,
-}
-
-/// What became of bytes offered to a queue.
-enum Push {
-    Queued,
-    Full,
-    Closed(Vec<u8>),
-}
-
-impl Queue {
-    fn push(&self, bytes: Vec<u8>) -> Push {
-        let n = bytes.len();
-        if self.queued.fetch_add(n, Ordering::Relaxed) + n > self.max_bytes {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            return Push::Full;
-        }
-        match self.tx.try_send(bytes) {
-            Ok(()) => Push::Queued,
-            Err(e) => {
-                self.queued.fetch_sub(n, Ordering::Relaxed);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => Push::Full,
-                    mpsc::error::TrySendError::Closed(b) => Push::Closed(b),
-                }
-            }
-        }
-    }
-}
-
 #[derive(Default)]
 struct Inner {
     conns: HashMap<SocketAddr, Conn>,
+    /// RFC 5923 aliases: a peer's sent-by address → its connection (address, id).
+    aliases: HashMap<SocketAddr, (SocketAddr, u64)>,
     total: usize,
     per_source: HashMap<IpAddr, usize>,
     next_id: u64,
@@ -83,17 +53,34 @@ impl Inner {
         if self.conns.get(&peer).is_some_and(|c| c.id == id) {
             self.conns.remove(&peer);
         }
+        self.aliases.retain(|_, to| *to != (peer, id));
+    }
+
+    /// The connection for `peer`: its own, else one that took `peer` as alias.
+    fn lookup(&self, peer: SocketAddr) -> Option<(SocketAddr, Conn)> {
+        if let Some(c) = self.conns.get(&peer) {
+            return Some((peer, c.clone()));
+        }
+        let (at, id) = self.aliases.get(&peer)?;
+        let c = self.conns.get(at).filter(|c| c.id == *id)?;
+        Some((*at, c.clone()))
     }
 }
 
-/// All TCP connections and their limits.
+/// All TCP (or all TLS) connections and their limits.
 pub(super) struct Table {
     inner: Mutex<Inner>,
     limits: TcpLimits,
     trusted: TrustedPeers,
     stats: Arc<TransportStats>,
     inbound: mpsc::Sender<Inbound>,
+    /// Set for the TLS table: every connection is wrapped in TLS.
+    tls: Option<Arc<TlsContext>>,
 }
+
+/// A byte stream a connection can run on (a TCP socket or a TLS session).
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
 
 /// A connection's place in the table; freed when its last task ends.
 struct Slot {
@@ -127,10 +114,9 @@ impl Drop for Slot {
             }
         }
         g.forget(self.peer, self.id);
-        self.table
-            .stats
-            .tcp_open
-            .store(g.total as u64, Ordering::Relaxed);
+        // Counted up and down (not stored) because the TCP and the TLS table
+        // share the gauge.
+        self.table.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -150,6 +136,7 @@ impl Table {
         trusted: TrustedPeers,
         stats: Arc<TransportStats>,
         inbound: mpsc::Sender<Inbound>,
+        tls: Option<Arc<TlsContext>>,
     ) -> Arc<Table> {
         Arc::new(Table {
             inner: Mutex::new(Inner::default()),
@@ -157,7 +144,24 @@ impl Table {
             trusted,
             stats,
             inbound,
+            tls,
         })
+    }
+
+    fn proto(&self) -> Proto {
+        if self.tls.is_some() {
+            Proto::Tls
+        } else {
+            Proto::Tcp
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        if self.tls.is_some() {
+            "TLS"
+        } else {
+            "TCP"
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -206,7 +210,7 @@ impl Table {
             // A new connection with the same address replaces a dying one.
             old.close.send_replace(true);
         }
-        self.stats.tcp_open.store(g.total as u64, Ordering::Relaxed);
+        self.stats.tcp_open.fetch_add(1, Ordering::Relaxed);
         drop(g);
         let slot = Arc::new(Slot {
             table: self.clone(),
@@ -268,46 +272,84 @@ impl Table {
             {
                 g.last_refusal_warning = Some(Instant::now());
                 drop(g);
-                tracing::warn!(%peer, "SIP TCP connection refused: limit of {} connections in total or {} per source reached", self.limits.max_connections, self.limits.max_per_source);
+                tracing::warn!(%peer, "SIP {} connection refused: limit of {} connections in total or {} per source reached", self.name(), self.limits.max_connections, self.limits.max_per_source);
             }
             return;
         };
-        self.start(stream, peer, slot, tx, rx, true);
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return self.start(stream, peer, slot, tx, rx, true);
+        };
+        let Some(acceptor) = tls.acceptor() else {
+            return;
+        };
+        // The handshake runs in the connection's own task, bounded by the
+        // header timeout, so a peer that stalls it holds only its own slot.
+        let table = self.clone();
+        tokio::spawn(async move {
+            let mut closed = slot.close.subscribe();
+            let limit = table.limits.header_timeout;
+            let shake = tokio::time::timeout(limit, acceptor.accept(stream));
+            let res = tokio::select! {
+                _ = closed.wait_for(|c| *c) => return,
+                r = shake => r,
+            };
+            match res {
+                Ok(Ok(s)) => {
+                    let c = s.get_ref().1;
+                    tracing::debug!(%peer, version = ?c.protocol_version(), suite = ?c.negotiated_cipher_suite().map(|c| c.suite()), "SIP TLS connection accepted");
+                    table.start(s, peer, slot, tx, rx, true)
+                }
+                Ok(Err(e)) => table.handshake_failed(peer, None, &explain(&e)),
+                Err(_) => {
+                    table.handshake_failed(peer, None, &format!("no handshake within {limit:?}"))
+                }
+            }
+        });
     }
 
-    fn start(
+    fn handshake_failed(&self, peer: SocketAddr, name: Option<&str>, why: &str) {
+        self.stats
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        match name {
+            Some(n) => tracing::warn!(%peer, "SIP TLS connection to {n} refused: {why}"),
+            None => tracing::warn!(%peer, "SIP TLS handshake from {peer} failed: {why}"),
+        }
+    }
+
+    fn start<S: Stream>(
         self: &Arc<Self>,
-        stream: TcpStream,
+        stream: S,
         peer: SocketAddr,
         slot: Arc<Slot>,
         tx: Queue,
         rx: mpsc::Receiver<Vec<u8>>,
         accepted: bool,
     ) {
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = tokio::io::split(stream);
         tokio::spawn(write_loop(self.clone(), wr, rx, slot.clone()));
         tokio::spawn(read_loop(self.clone(), rd, peer, slot, tx, accepted));
     }
 
     /// Queues bytes for `peer` without waiting (see `Transport::send`).
     pub(super) fn send(self: &Arc<Self>, peer: SocketAddr, bytes: Vec<u8>) -> io::Result<()> {
-        let conn = self.lock().conns.get(&peer).cloned();
-        if let Some(c) = conn {
+        let conn = self.lock().lookup(peer);
+        if let Some((at, c)) = conn {
             match c.tx.push(bytes) {
                 Push::Queued => return Ok(()),
                 Push::Full => {
                     self.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, "closing SIP TCP connection: the peer does not read (send queue full)");
+                    tracing::warn!(peer = %at, "closing SIP {} connection: the peer does not read (send queue full)", self.name());
                     c.close.send_replace(true);
-                    self.lock().forget(peer, c.id);
+                    self.lock().forget(at, c.id);
                     return Err(io::Error::new(
                         io::ErrorKind::WouldBlock,
                         "peer does not read; TCP connection closed",
                     ));
                 }
                 Push::Closed(b) => {
-                    self.lock().forget(peer, c.id);
+                    self.lock().forget(at, c.id);
                     return self.open(peer, b);
                 }
             }
@@ -334,17 +376,46 @@ impl Table {
         let timeout = self.limits.connect_timeout;
         tokio::spawn(async move {
             let mut closed = slot.close.subscribe();
+            let kind = table.name();
             let connect = tokio::time::timeout(timeout, TcpStream::connect(peer));
             let res = tokio::select! {
                 _ = closed.wait_for(|c| *c) => return,
                 r = connect => r,
             };
-            match res {
-                Ok(Ok(stream)) => table.start(stream, peer, slot, tx, rx, false),
-                Ok(Err(e)) => tracing::warn!(%peer, "cannot open SIP TCP connection: {e}"),
-                Err(_) => {
-                    tracing::warn!(%peer, "cannot open SIP TCP connection: no answer within {timeout:?}")
+            let stream = match res {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    return tracing::warn!(%peer, "cannot open SIP {kind} connection: {e}")
                 }
+                Err(_) => {
+                    return tracing::warn!(%peer, "cannot open SIP {kind} connection: no answer within {timeout:?}")
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = &table.tls else {
+                return table.start(stream, peer, slot, tx, rx, false);
+            };
+            // The next hop's certificate must chain to our roots and carry
+            // the configured name (RFC 5922: subjectAltName only).
+            let name = tls.server_name(peer);
+            let shown = name.to_str().into_owned();
+            let shake = tokio::time::timeout(timeout, tls.connector().connect(name, stream));
+            let res = tokio::select! {
+                _ = closed.wait_for(|c| *c) => return,
+                r = shake => r,
+            };
+            match res {
+                Ok(Ok(s)) => {
+                    let c = s.get_ref().1;
+                    tracing::info!(%peer, name = %shown, version = ?c.protocol_version(), suite = ?c.negotiated_cipher_suite().map(|c| c.suite()), "SIP TLS connection opened, certificate verified");
+                    table.start(s, peer, slot, tx, rx, false)
+                }
+                Ok(Err(e)) => table.handshake_failed(peer, Some(&shown), &explain(&e)),
+                Err(_) => table.handshake_failed(
+                    peer,
+                    Some(&shown),
+                    &format!("no handshake within {timeout:?}"),
+                ),
             }
         });
         Ok(())
@@ -353,9 +424,9 @@ impl Table {
 
 /// Writes queued messages; a write without progress for the write timeout
 /// closes the connection.
-async fn write_loop(
+async fn write_loop<S: Stream>(
     table: Arc<Table>,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf<S>,
     mut rx: mpsc::Receiver<Vec<u8>>,
     slot: Arc<Slot>,
 ) {
@@ -383,20 +454,34 @@ async fn write_loop(
                 Ok(Ok(n)) => at += n,
                 Err(_) => {
                     table.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(peer = %slot.peer, "closing SIP TCP connection: the peer has not read for {limit:?}");
+                    tracing::warn!(peer = %slot.peer, "closing SIP {} connection: the peer has not read for {limit:?}", table.name());
                     break 'conn;
                 }
             }
         }
+        // TLS keeps records it could not write yet; push them out now, under
+        // the same timeout (a no-op for plain TCP).
+        let flushed = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => break 'conn,
+            r = tokio::time::timeout(limit, wr.flush()) => r,
+        };
+        if !matches!(flushed, Ok(Ok(()))) {
+            break 'conn;
+        }
+    }
+    if table.tls.is_some() {
+        // close_notify, best effort: the peer may be gone already.
+        let _ = tokio::time::timeout(Duration::from_millis(200), wr.shutdown()).await;
     }
     slot.close();
 }
 
 /// Frames messages and hands them to the router; answers keep-alive pings;
 /// enforces the header and idle timeouts.
-async fn read_loop(
+async fn read_loop<S: Stream>(
     table: Arc<Table>,
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf<S>,
     peer: SocketAddr,
     slot: Arc<Slot>,
     tx: Queue,
@@ -405,7 +490,7 @@ async fn read_loop(
     let mut closed = slot.close.subscribe();
     let flow = Flow {
         addr: peer,
-        proto: Proto::Tcp,
+        proto: table.proto(),
     };
     let limits = &table.limits;
     let idle_applies = !table.trusted.is_trusted(peer.ip());
@@ -415,6 +500,8 @@ async fn read_loop(
     // A stranger's connection owes us its first message at once; trusted
     // peers may open theirs ahead of need and keep it alive with pings.
     let mut message_since = (accepted && idle_applies).then(Instant::now);
+    // Only a connection the peer opened can stand in for its address.
+    let mut may_alias = accepted;
     let end = 'conn: loop {
         let deadline = match message_since {
             Some(t) => Some((t + limits.header_timeout, End::HeaderTimeout)),
@@ -443,6 +530,12 @@ async fn read_loop(
                 Ok(Some(Frame::Message(data))) => {
                     last_message = Instant::now();
                     message_since = None;
+                    if may_alias {
+                        if let Some(a) = alias_of(&data, peer) {
+                            table.lock().aliases.insert(a, (peer, slot.id));
+                            may_alias = false;
+                        }
+                    }
                     if table.inbound.send(Inbound { data, flow }).await.is_err() {
                         break 'conn End::Closed;
                     }
@@ -456,7 +549,7 @@ async fn read_loop(
                 Err(e) => {
                     // The stream cannot be framed any more: hand what we have
                     // to the router (it may answer 400) and close.
-                    tracing::warn!(%peer, "closing SIP TCP connection: {e}");
+                    tracing::warn!(%peer, "closing SIP {} connection: {e}", table.name());
                     let data = framer.take_unframed();
                     let _ = table.inbound.send(Inbound { data, flow }).await;
                     // Keep the connection a moment so the router's 400 can
@@ -470,7 +563,7 @@ async fn read_loop(
         // on this connection only.
         if pongs > 0 && !matches!(tx.push(b"\r\n".repeat(pongs)), Push::Queued) {
             table.stats.tcp_closed_slow.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "closing SIP TCP connection: the peer does not read");
+            tracing::warn!(%peer, "closing SIP {} connection: the peer does not read", table.name());
             break End::Closed;
         }
     };
@@ -480,123 +573,20 @@ async fn read_loop(
                 .stats
                 .tcp_header_timeouts
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%peer, "closing SIP TCP connection: no complete message within {:?}", limits.header_timeout);
+            tracing::info!(%peer, "closing SIP {} connection: no complete message within {:?}", table.name(), limits.header_timeout);
         }
         End::IdleTimeout => {
             table
                 .stats
                 .tcp_idle_timeouts
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, "closing idle SIP TCP connection");
+            tracing::debug!(%peer, "closing idle SIP {} connection", table.name());
         }
         End::Closed => {}
     }
     slot.close();
 }
 
+mod queue;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sip::transport::{Transport, TrustedPeers};
-
-    const OPTIONS: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: 0\r\n\r\n";
-
-    async fn transport(limits: TcpLimits) -> (Arc<Transport>, mpsc::Receiver<Inbound>) {
-        let stats = Arc::new(TransportStats::default());
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        Transport::bind(any, limits, TrustedPeers::default(), stats)
-            .await
-            .expect("bind")
-    }
-
-    #[tokio::test]
-    async fn a_peer_that_stops_reading_loses_its_connection_after_the_write_timeout() {
-        let limits = TcpLimits {
-            write_timeout: Duration::from_millis(500),
-            send_queue: 100_000,
-            send_queue_bytes: usize::MAX,
-            ..Default::default()
-        };
-        let (t, mut rx) = transport(limits).await;
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let mut client = sock.connect(t.local_addr()).await.unwrap();
-        client.write_all(OPTIONS).await.unwrap();
-        let flow = rx.recv().await.expect("framed").flow;
-        // Far more than the socket buffers hold; the client never reads.
-        let big = vec![b'x'; 60_000];
-        for _ in 0..300 {
-            t.send(flow, big.clone())
-                .await
-                .expect("queued without waiting");
-        }
-        let slow = || t.stats().tcp_closed_slow.load(Ordering::Relaxed);
-        let until = Instant::now() + Duration::from_secs(10);
-        while slow() == 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(slow(), 1, "the stalled write did not close the connection");
-        let until = Instant::now() + Duration::from_secs(5);
-        while t.stats().tcp_open.load(Ordering::Relaxed) != 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(t.stats().tcp_open.load(Ordering::Relaxed), 0);
-    }
-
-    #[tokio::test]
-    async fn queued_bytes_are_bounded_for_a_peer_that_never_reads() {
-        let limits = TcpLimits {
-            write_timeout: Duration::from_secs(3600),
-            send_queue: 100_000,
-            send_queue_bytes: 200_000,
-            ..Default::default()
-        };
-        let (t, mut rx) = transport(limits).await;
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let mut client = sock.connect(t.local_addr()).await.unwrap();
-        client.write_all(OPTIONS).await.unwrap();
-        let flow = rx.recv().await.expect("framed").flow;
-        let big = vec![b'x'; 60_000];
-        let mut refused = None;
-        // The socket buffers take a few MB first; then the queue fills.
-        for n in 0..1000 {
-            if t.send(flow, big.clone()).await.is_err() {
-                refused = Some(n);
-                break;
-            }
-            // Let the writer move what the kernel takes.
-            tokio::task::yield_now().await;
-        }
-        assert!(
-            refused.is_some(),
-            "60 MB queued for a peer that never reads"
-        );
-        assert_eq!(t.stats().tcp_closed_slow.load(Ordering::Relaxed), 1);
-    }
-
-    #[tokio::test]
-    async fn a_double_crlf_ping_gets_one_crlf_pong() {
-        let (t, _rx) = transport(TcpLimits::default()).await;
-        let mut client = TcpStream::connect(t.local_addr()).await.unwrap();
-        client.write_all(b"\r\n\r\n").await.unwrap();
-        let mut buf = [0u8; 8];
-        let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut buf))
-            .await
-            .expect("pong in time")
-            .unwrap();
-        assert_eq!(&buf[..n], b"\r\n");
-    }
-
-    #[tokio::test]
-    async fn a_response_never_opens_a_connection() {
-        let (t, _rx) = transport(TcpLimits::default()).await;
-        let nowhere = Flow {
-            addr: SocketAddr::from(([127, 0, 0, 1], 9)),
-            proto: Proto::Tcp,
-        };
-        let r = t.send(nowhere, b"SIP/2.0 200 OK\r\n\r\n".to_vec()).await;
-        assert!(r.is_err());
-        assert_eq!(t.stats().tcp_open.load(Ordering::Relaxed), 0);
-    }
-}
+mod tests;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::message::Message;
 use super::transport::{Flow, Proto};
-use crate::media::Side;
+use crate::vocab::Side;
 
 /// T1: RTT estimate.
 pub const T1: Duration = Duration::from_millis(500);

@@ -1,4 +1,5 @@
-//! SIP transports: one UDP socket and one TCP listener on the same address.
+//! SIP transports: one UDP socket and one TCP listener on the same address,
+//! and optionally a TLS listener (and TLS connections to tls:// next hops).
 //! Everything received is handed to the router as raw bytes with its flow;
 //! everything sent goes out on the flow it names. Sending never waits on a
 //! peer: UDP uses a non-blocking send, TCP bytes go into the connection's
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::message::MAX_MESSAGE;
 use super::tcp::Table;
+use super::tls::TlsContext;
 
 /// The transport protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +27,9 @@ pub enum Proto {
     Udp,
     /// Stream; reliable, no retransmissions.
     Tcp,
+    /// TCP with TLS (RFC 3261 §26): the only transport on which SDES keys
+    /// may be sent, since the signalling carries them.
+    Tls,
 }
 
 impl Proto {
@@ -33,7 +38,19 @@ impl Proto {
         match self {
             Proto::Udp => "UDP",
             Proto::Tcp => "TCP",
+            Proto::Tls => "TLS",
         }
+    }
+
+    /// Whether messages on it are framed by Content-Length in a byte stream
+    /// (TCP and TLS) rather than datagrams.
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Proto::Udp)
+    }
+
+    /// Whether the signalling on it is encrypted.
+    pub fn is_secure(self) -> bool {
+        matches!(self, Proto::Tls)
     }
 }
 
@@ -103,8 +120,10 @@ impl Default for TcpLimits {
 /// Counters of the transport, exported on /metrics.
 #[derive(Debug, Default)]
 pub struct TransportStats {
-    /// TCP connections open now.
+    /// TCP connections open now (TLS ones included).
     pub tcp_open: AtomicU64,
+    /// TLS handshakes that failed (certificate refused, peer gave up, timeout).
+    pub tls_handshake_failures: AtomicU64,
     /// Accepted connections closed at once because a limit was reached.
     pub tcp_refused: AtomicU64,
     /// Connections closed because the peer did not read (queue full or write stalled).
@@ -124,7 +143,8 @@ impl TransportStats {
     pub fn write_prometheus(&self, out: &mut String) {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let series = [
-            ("callrec_tcp_connections_open", "gauge", "SIP TCP connections open.", l(&self.tcp_open)),
+            ("callrec_tcp_connections_open", "gauge", "SIP TCP connections open (TLS included).", l(&self.tcp_open)),
+            ("callrec_tls_handshake_failures_total", "counter", "SIP TLS handshakes that failed (certificate refused, timeout, peer gave up).", l(&self.tls_handshake_failures)),
             ("callrec_tcp_refused_total", "counter", "SIP TCP connections closed right after accept because a connection limit was reached.", l(&self.tcp_refused)),
             ("callrec_tcp_closed_slow_total", "counter", "SIP TCP connections closed because the peer did not read what was sent.", l(&self.tcp_closed_slow)),
             ("callrec_tcp_header_timeouts_total", "counter", "SIP TCP connections closed because a message did not complete within --tcp-header-timeout.", l(&self.tcp_header_timeouts)),
@@ -146,6 +166,7 @@ pub struct Transport {
     udp: Arc<UdpSocket>,
     local: SocketAddr,
     tcp: Arc<Table>,
+    tls: Option<(Arc<Table>, Option<SocketAddr>)>,
     stats: Arc<TransportStats>,
 }
 
@@ -156,6 +177,19 @@ impl Transport {
         limits: TcpLimits,
         trusted: TrustedPeers,
         stats: Arc<TransportStats>,
+    ) -> io::Result<(Arc<Transport>, mpsc::Receiver<Inbound>)> {
+        Self::bind_with_tls(addr, limits, trusted, stats, None).await
+    }
+
+    /// As `bind`, plus TLS: a listener when the context names an address,
+    /// and TLS connections to next hops in any case. Its connections have
+    /// their own table with the same limits as TCP.
+    pub async fn bind_with_tls(
+        addr: SocketAddr,
+        limits: TcpLimits,
+        trusted: TrustedPeers,
+        stats: Arc<TransportStats>,
+        tls: Option<Arc<TlsContext>>,
     ) -> io::Result<(Arc<Transport>, mpsc::Receiver<Inbound>)> {
         let udp =
             Arc::new(UdpSocket::bind(addr).await.map_err(|e| {
@@ -168,12 +202,34 @@ impl Transport {
         // Shared by the UDP reader and every TCP reader; the router empties it
         // without waiting on any peer, so its bound only paces the readers.
         let (tx, rx) = mpsc::channel(4096);
-        fd_headroom(limits.max_connections);
-        let tcp = Table::new(limits, trusted, stats.clone(), tx.clone());
+        fd_headroom(limits.max_connections * if tls.is_some() { 2 } else { 1 });
+        let mut tls_table = None;
+        if let Some(ctx) = tls {
+            let listener = match ctx.listen() {
+                Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot bind SIP TLS {a}: {e}"))
+                })?),
+                None => None,
+            };
+            let bound = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+            let table = Table::new(
+                limits.clone(),
+                trusted.clone(),
+                stats.clone(),
+                tx.clone(),
+                Some(ctx),
+            );
+            if let Some(l) = listener {
+                tokio::spawn(table.clone().accept_loop(l));
+            }
+            tls_table = Some((table, bound));
+        }
+        let tcp = Table::new(limits, trusted, stats.clone(), tx.clone(), None);
         let t = Arc::new(Transport {
             udp: udp.clone(),
             local,
             tcp: tcp.clone(),
+            tls: tls_table,
             stats,
         });
         tokio::spawn(async move {
@@ -204,6 +260,11 @@ impl Transport {
         self.local
     }
 
+    /// The bound TLS listener's address, if there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(_, a)| *a)
+    }
+
     /// The transport's counters.
     pub fn stats(&self) -> Arc<TransportStats> {
         self.stats.clone()
@@ -227,6 +288,13 @@ impl Transport {
                 }
             },
             Proto::Tcp => self.tcp.send(flow.addr, bytes),
+            Proto::Tls => match &self.tls {
+                Some((t, _)) => t.send(flow.addr, bytes),
+                None => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "SIP over TLS is not configured",
+                )),
+            },
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The spool (R6.6): sealed sets wait in `data_dir/spool/<base name>/` until every
+//! The spool: sealed sets wait in `data_dir/spool/<base name>/` until every
 //! target of their profile has confirmed every file.
 //!
 //! The upload queue lives in the protocol database (table `uploads`): one row per
@@ -405,7 +405,7 @@ impl Spool {
     }
 
     /// Starts the workers of `targets` now (instead of at their first set) and logs each
-    /// target's state at INFO (R8.2).
+    /// target's state at INFO.
     pub fn add_targets(&self, targets: &[String]) {
         for url in targets {
             let worker = worker(&self.inner, url);

@@ -1,4 +1,4 @@
-//! Storage targets: where sealed sets go from the spool (R6.1–R6.3, R6.5, R6.8).
+//! Storage targets: where sealed sets go from the spool.
 //!
 //! One [`Target`] trait, one implementation per URL scheme:
 //! - `file:///path/$Y/$M` — a local or mounted (NFS, CIFS) folder;
@@ -54,7 +54,7 @@ pub struct UploadSet {
 
 impl UploadSet {
     /// Builds an upload set from files; the start time is read from the base name
-    /// (`YYYYMMDD_hhmmss_…`, DESIGN §4) and falls back to the local time now.
+    /// (`YYYYMMDD_hhmmss_…`) and falls back to the local time now.
     pub fn new(base_name: &str, files: Vec<PathBuf>) -> UploadSet {
         let start = start_from_base_name(base_name).unwrap_or_else(|| {
             tracing::warn!(
@@ -336,6 +336,16 @@ pub trait Target: Send + Sync + std::fmt::Debug {
         Err(TargetError::Unsupported {
             target: self.describe(),
             what: "deletion".into(),
+        })
+    }
+    /// Copies the files of `set` (by file name, see [`UploadSet::by_name`]) that the
+    /// target holds into the local folder `into` and returns their paths: for
+    /// playing a set that only this target holds. The caller verifies what came.
+    async fn fetch(&self, set: &UploadSet, into: &Path) -> Result<Vec<PathBuf>, TargetError> {
+        let _ = (set, into);
+        Err(TargetError::Unsupported {
+            target: self.describe(),
+            what: "fetching a set".into(),
         })
     }
     /// The target URL without secrets, for logs, mails and the database.

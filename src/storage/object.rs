@@ -1,5 +1,5 @@
 //! `s3://bucket/prefix/$Y` (S3-compatible object storage) and `webdav://[user@]host[:port]/path/$Y`
-//! (`webdavs://` for HTTPS) through opendal (R6.8).
+//! (`webdavs://` for HTTPS) through opendal.
 //!
 //! Endpoint, region and keys (S3) or the password (WebDAV) come from the target's
 //! secrets table, never from the URL. A file already on the target with the local

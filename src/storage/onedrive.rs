@@ -1,5 +1,5 @@
 //! `onedrive://DRIVE/folder/$Y`: OneDrive for Business / SharePoint through Microsoft
-//! Graph (R6.4), with our own small client ([`graph`], [`token`]).
+//! Graph, with our own small client ([`graph`], [`token`]).
 //!
 //! DRIVE selects the drive:
 //! - `me` (or empty: `onedrive:///folder`) — the signed-in user's drive (delegated);

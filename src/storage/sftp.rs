@@ -1,4 +1,4 @@
-//! `sftp://user@host[:port]/dir/$Y-$M`: SFTP over SSH (russh + russh-sftp), R6.3.
+//! `sftp://user@host[:port]/dir/$Y-$M`: SFTP over SSH (russh + russh-sftp).
 //!
 //! The folder is relative to the user's home (`sftp://u@h/.` or `sftp://u@h/` is the
 //! home itself, `sftp://u@h//srv/rec` an absolute path). Authentication by password
@@ -6,6 +6,7 @@
 //! known_hosts file or a SHA-256 fingerprint — an unknown or changed key is refused.
 //! Deleting a set removes its files (signature first); the folders stay.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -336,6 +337,48 @@ impl SftpTarget {
         Ok(())
     }
 
+    async fn download(
+        &self,
+        sftp: &SftpSession,
+        set: &UploadSet,
+        into: &Path,
+    ) -> Result<Vec<PathBuf>, TargetError> {
+        let folder = self.folder_for(set);
+        let mut got = Vec::new();
+        for name in set.names_for_deletion(&self.url)? {
+            let path = format!("{folder}/{name}");
+            let exists = sftp
+                .try_exists(path.as_str())
+                .await
+                .map_err(|e| self.sftp_error("look up", &path, e))?;
+            if !exists {
+                continue;
+            }
+            let dest = into.join(&name);
+            let local_err = |e: std::io::Error| TargetError::Local {
+                target: self.url.clone(),
+                path: dest.display().to_string(),
+                detail: e.to_string(),
+            };
+            let mut input = sftp
+                .open(path.as_str())
+                .await
+                .map_err(|e| self.sftp_error("open", &path, e))?;
+            let mut out = tokio::fs::File::create(&dest).await.map_err(local_err)?;
+            tokio::io::copy(&mut input, &mut out)
+                .await
+                .map_err(|e| TargetError::Io {
+                    target: self.url.clone(),
+                    op: "read".into(),
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
+            out.sync_all().await.map_err(local_err)?;
+            got.push(dest);
+        }
+        Ok(got)
+    }
+
     async fn remove(&self, sftp: &SftpSession, set: &UploadSet) -> Result<(), TargetError> {
         let folder = self.folder_for(set);
         for name in set.names_for_deletion(&self.url)? {
@@ -374,6 +417,16 @@ impl Target for SftpTarget {
     async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
         let (handle, sftp) = self.connect().await?;
         let result = self.remove(&sftp, set).await;
+        let _ = sftp.close().await;
+        let _ = handle
+            .disconnect(russh::Disconnect::ByApplication, "done", "en")
+            .await;
+        result
+    }
+
+    async fn fetch(&self, set: &UploadSet, into: &Path) -> Result<Vec<PathBuf>, TargetError> {
+        let (handle, sftp) = self.connect().await?;
+        let result = self.download(&sftp, set, into).await;
         let _ = sftp.close().await;
         let _ = handle
             .disconnect(russh::Disconnect::ByApplication, "done", "en")

@@ -1,4 +1,4 @@
-//! `smb://[domain;]user@host[:port]/share/sub/$Y`: a Windows share over SMB 2/3 (R6.2).
+//! `smb://[domain;]user@host[:port]/share/sub/$Y`: a Windows share over SMB 2/3.
 //!
 //! Uses libsmbclient through pavao; its calls block, so each upload runs on a
 //! blocking thread (pavao serialises libsmbclient calls process-wide). The host is a

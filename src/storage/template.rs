@@ -1,4 +1,4 @@
-//! The dynamic parts of target folders: `$Y $M $D $h $m $s` (R6.5).
+//! The dynamic parts of target folders: `$Y $M $D $h $m $s`.
 
 use chrono::{Datelike, NaiveDateTime, Timelike};
 

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod audio;
+pub mod console;
 pub mod raw;
 pub mod ua;
 
@@ -1187,6 +1188,7 @@ pub struct ProxyBuilder {
     rtp_span: Option<u16>,
     ready_timeout: Option<Duration>,
     data_dir: Option<PathBuf>,
+    trunk: Option<(SocketAddr, String)>,
 }
 
 impl ProxyBuilder {
@@ -1198,6 +1200,12 @@ impl ProxyBuilder {
 
     pub fn env(mut self, k: &str, v: &str) -> ProxyBuilder {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// A trunk at `addr` given to `--trunk` as `spec` (e.g. "tls://localhost:5061").
+    pub fn trunk(mut self, addr: SocketAddr, spec: &str) -> ProxyBuilder {
+        self.trunk = Some((addr, spec.into()));
         self
     }
 
@@ -1229,7 +1237,10 @@ impl ProxyBuilder {
         let dir = TestDir::new("proxy");
         let sip = SocketAddr::from((PROXY_IP, free_port()));
         let pbx = SocketAddr::from((PBX_IP, free_port()));
-        let trunk = SocketAddr::from((TRUNK_IP, free_port()));
+        let (trunk, trunk_spec) = self.trunk.clone().unwrap_or_else(|| {
+            let a = SocketAddr::from((TRUNK_IP, free_port()));
+            (a, a.to_string())
+        });
         let admin = SocketAddr::from((PROXY_IP, free_port()));
         let span = self.rtp_span.unwrap_or(400);
         let rtp_lo = free_ports(span);
@@ -1244,7 +1255,7 @@ impl ProxyBuilder {
             "--pbx".into(),
             pbx.to_string(),
             "--trunk".into(),
-            trunk.to_string(),
+            trunk_spec,
             "--media-ip".into(),
             PROXY_IP.to_string(),
             "--rtp-ports".into(),

@@ -9,32 +9,25 @@
 
 use std::sync::atomic::Ordering;
 
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{Call, State};
+use super::phase::{AfterPrelude, Phase, Prelude};
+use super::Call;
 use crate::b2bua::plan::CallPlan;
 use crate::media::announce::{choose_codec, Announcement, G711};
-use crate::media::recordable::{judge, Verdict};
+use crate::media::recordable::{judge, judge_terminating, Verdict};
 use crate::media::sdp::{answer_for_announcement, Sdp};
-use crate::media::{Session, Side};
 use crate::recorder::failure::{FailureReason, RecordingFailure};
 use crate::recorder::signal::RecordingFailed;
 use crate::sip::message::Message;
+use crate::vocab::Side;
 
 /// A call refused because it cannot be recorded.
 #[derive(Debug)]
 pub(super) struct Refusal {
     code: u16,
     text: &'static str,
-}
-
-/// What happens once the notice played before a refusal or hang-up has ended.
-#[derive(Debug)]
-pub(super) enum AfterNotice {
-    /// Send this final response to the caller's INVITE.
-    Refuse(Refusal),
-    /// Hang up the caller (the callee was hung up before the notice).
-    HangUp(String),
 }
 
 /// The response code for a call that cannot be recorded for `reason`:
@@ -74,15 +67,19 @@ fn probe_folder(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// The offer `body` with only recordable audio formats, when the call is
 /// recorded and something recordable is left; else `body` unchanged.
-pub(super) fn recordable_only(plan: Option<&CallPlan>, body: &[u8]) -> Vec<u8> {
-    match (plan.is_some_and(|p| p.record), judge(body)) {
+/// `sdes_allowed`: SRTP with SDES keys is terminated on this leg.
+pub(super) fn recordable_only(plan: Option<&CallPlan>, body: &[u8], sdes_allowed: bool) -> Vec<u8> {
+    match (
+        plan.is_some_and(|p| p.record),
+        judge_terminating(body, sdes_allowed),
+    ) {
         (true, Verdict::Recordable(b)) => b,
         _ => body.to_vec(),
     }
 }
 
 impl Call {
-    fn report_failure(&self, reason: FailureReason, detail: String) {
+    pub(super) fn report_failure(&self, reason: FailureReason, detail: String) {
         self.core.failures.report(RecordingFailure::now(
             &self.legs[0].call_id,
             None,
@@ -105,12 +102,14 @@ impl Call {
         }
         let mut failure = None;
         if invite.has_sdp() {
-            match judge(&invite.body) {
+            match judge_terminating(&invite.body, self.sdes_allowed(Side::Caller)) {
                 Verdict::Recordable(_) => {}
                 Verdict::Encrypted(why) => {
                     failure = Some((
                         FailureReason::EncryptedMedia,
-                        format!("the caller's media is encrypted ({why}) and callrec holds no key"),
+                        format!(
+                        "the caller's media is encrypted ({why}) and callrec cannot terminate it"
+                    ),
                     ))
                 }
                 Verdict::Undecodable(codecs) => {
@@ -190,94 +189,92 @@ impl Call {
         if let Some(n) = notice {
             if matches!(judge(&invite.body), Verdict::Recordable(_)) {
                 if let Ok(offer) = Sdp::parse(&invite.body) {
-                    if self.media.is_none() {
-                        self.media = Some(Session::new(
-                            self.core.ports.clone(),
-                            self.core.cfg.media_ip,
-                            None,
-                            self.core.learning(),
-                        ));
+                    if self.phase.media().is_none() {
+                        let session = self.new_session();
+                        if let Phase::Setup(s) = &mut self.phase {
+                            s.media = Some(session);
+                        }
                     }
                     let bound = self.rewrite_sdp(Side::Caller, &invite.body).is_ok();
-                    if bound && self.play_early(&n, &offer).await {
-                        self.after_notice = Some(AfterNotice::Refuse(r));
+                    let done = match bound {
+                        true => self.play_early(&n, &offer).await,
+                        false => None,
+                    };
+                    if let (Some(done), Phase::Setup(s)) = (done, &mut self.phase) {
+                        s.prelude = Some(Prelude {
+                            done,
+                            then: AfterPrelude::Refuse(r),
+                        });
                         return;
                     }
                 }
             }
         }
-        self.final_status = r.code;
+        self.refuse_now(r).await;
+    }
+
+    /// Sends the refusal to the caller's INVITE and ends the call.
+    pub(super) async fn refuse_now(&mut self, r: Refusal) {
         self.respond_id(self.initial, r.code, r.text).await;
-        self.finish(&format!("refused {}: cannot be recorded", r.code));
+        self.finish_with(r.code, &format!("refused {}: cannot be recorded", r.code));
     }
 
     /// Plays `ann` to the caller as early media (183 with our own SDP answer to
-    /// `offer`). Returns whether it started; `announcing` fires at its end.
-    pub(super) async fn play_early(&mut self, ann: &Announcement, offer: &Sdp) -> bool {
-        let Some((codec, pt)) = choose_codec(offer) else {
-            return false;
-        };
-        let Some(port) = self.media.as_ref().and_then(|m| m.caller_port(0)) else {
-            return false;
-        };
+    /// `offer`). Returns, when it started, what fires at its end.
+    pub(super) async fn play_early(
+        &mut self,
+        ann: &Announcement,
+        offer: &Sdp,
+    ) -> Option<oneshot::Receiver<()>> {
+        let (codec, pt) = choose_codec(offer)?;
+        let port = self.phase.media().and_then(|m| m.caller_port(0))?;
         let name = match codec {
             G711::Alaw => "PCMA",
             G711::Ulaw => "PCMU",
         };
         let answer = answer_for_announcement(offer, self.core.cfg.media_ip, port, pt, name);
-        let Some(txn) = self.server(self.initial) else {
-            return false;
+        // An SRTP caller gets the key its leg's packets are encrypted with.
+        let answer = match self.phase.media() {
+            Some(m) => m.secure_answer(answer),
+            None => answer,
         };
+        let txn = self.server(self.initial)?;
         let mut progress = self.response_for(txn, 183, "Session Progress");
         progress.push("Content-Type", "application/sdp");
         progress.body = answer.clone();
         self.respond_msg(self.initial, progress).await;
-        self.announce_sdp = Some(answer);
-        self.state = State::Early;
-        let Some(media) = self.media.as_ref() else {
-            return false;
+        let Phase::Setup(setup) = &mut self.phase else {
+            return None;
         };
-        self.announcing = Some(media.play_to_caller(ann.rtp_packets(codec, pt)));
+        setup.early_answer = Some(answer);
+        let done = setup
+            .media
+            .as_ref()?
+            .play_to_caller(ann.rtp_packets(codec, pt));
         info!(
             file = %ann.path().display(),
             seconds = ann.duration().as_secs_f64(),
             "playing announcement to the caller"
         );
-        true
+        Some(done)
     }
 
-    /// A notice has ended: refuse or hang up as decided before it. Returns
-    /// false when no notice was pending (an ordinary announcement ended).
-    pub(super) async fn on_notice_done(&mut self) -> bool {
-        let Some(after) = self.after_notice.take() else {
-            return false;
-        };
-        match after {
-            AfterNotice::Refuse(r) => {
-                if self.state != State::Finished {
-                    self.final_status = r.code;
-                    self.respond_id(self.initial, r.code, r.text).await;
-                    self.finish(&format!("refused {}: cannot be recorded", r.code));
-                }
-            }
-            AfterNotice::HangUp(reason) => {
-                if self.state != State::Finished {
-                    let mut bye = self.new_in_dialog_request(Side::Caller, "BYE");
-                    bye.push("Reason", format!("SIP;cause=480;text=\"{reason}\""));
-                    self.send_new_request(Side::Caller, bye, None).await;
-                    warn!("hanging up: {reason}");
-                    self.finish(&reason);
-                }
-            }
-        }
-        true
+    /// The "recording failed" notice has ended: the caller, alone since the
+    /// callee was hung up before it, is hung up too.
+    pub(super) async fn hang_up_caller(&mut self, reason: &str) {
+        let mut bye = self.new_in_dialog_request(Side::Caller, "BYE");
+        bye.push("Reason", format!("SIP;cause=480;text=\"{reason}\""));
+        self.send_new_request(Side::Caller, bye, None).await;
+        warn!("hanging up: {reason}");
+        self.finish(reason);
     }
 
     /// The recording could not start at the answer: reported, and under
     /// `reject` the call is ended once the answer has gone to the caller.
     pub(super) fn recording_did_not_start(&self, detail: String) {
         self.report_failure(FailureReason::StartFailed, detail.clone());
-        self.rec_failed.0.raise(FailureReason::StartFailed, detail);
+        self.failure_signal
+            .raise(FailureReason::StartFailed, detail);
     }
 
     /// The recording failed while the call runs (or could not start at the
@@ -287,11 +284,11 @@ impl Call {
     /// gap) as the call ends.
     pub(super) async fn on_recording_failed(&mut self, f: RecordingFailed) {
         let reject = self.plan.as_ref().is_some_and(|p| p.on_failure.reject);
-        if !reject || !matches!(self.state, State::Answered | State::Confirmed) {
+        if !reject || !self.phase.is_live() {
             info!(reason = %f.reason, "recording failed ({}); the call goes on", f.detail);
             return;
         }
-        if self.after_notice.is_some() {
+        if self.phase.is_playing() {
             return;
         }
         self.core
@@ -305,8 +302,8 @@ impl Call {
         );
         let notice = self.plan.as_ref().and_then(|p| p.on_failure.notice.clone());
         let heard_in = self
-            .media
-            .as_ref()
+            .phase
+            .media()
             .and_then(|m| m.last_sdp(Side::Caller))
             .and_then(choose_codec);
         if let (Some(n), Some((codec, pt))) = (notice, heard_in) {
@@ -314,10 +311,12 @@ impl Call {
             let mut bye = self.new_in_dialog_request(Side::Callee, "BYE");
             bye.push("Reason", format!("SIP;cause=480;text=\"{reason}\""));
             self.send_new_request(Side::Callee, bye, None).await;
-            if let Some(media) = self.media.as_ref() {
-                self.announcing = Some(media.play_to_caller(n.rtp_packets(codec, pt)));
-                self.after_notice = Some(AfterNotice::HangUp(reason));
-                return;
+            if let Phase::Live(l) = &mut self.phase {
+                if let Some(media) = l.media.as_ref() {
+                    let done = media.play_to_caller(n.rtp_packets(codec, pt));
+                    l.notice = Some((done, reason));
+                    return;
+                }
             }
         }
         self.hang_up_both(&reason).await;

@@ -1,0 +1,278 @@
+//! Console sessions, login throttling and CSRF tokens, all in memory: a
+//! restart logs everyone out, which is the safe direction. Sessions expire
+//! after an idle time; the user and her role are re-read from the database on
+//! every request, so a removed user or a changed password ends her sessions.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "callrec_session";
+/// Name of the cookie that carries the login form's CSRF token.
+pub const LOGIN_COOKIE: &str = "callrec_login";
+
+/// Failed logins per user name allowed within [`FAIL_WINDOW`].
+pub const MAX_FAILS: usize = 5;
+/// Failed logins per address allowed within [`FAIL_WINDOW`]: higher than per
+/// user, since colleagues behind one NAT or reverse proxy share an address.
+pub const MAX_FAILS_PER_ADDR: usize = 20;
+/// How long a failed login counts against the user and the address.
+pub const FAIL_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Most keys the throttle tracks; beyond this the oldest are forgotten, so a
+/// flood of invented user names cannot fill the memory.
+const MAX_TRACKED: usize = 10_000;
+/// Most sessions at once; the least recently used goes first.
+const MAX_SESSIONS: usize = 10_000;
+
+/// 32 random bytes, hex: session ids and CSRF tokens.
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Compares secrets in constant time (hashing first hides their lengths).
+pub fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    !b.is_empty()
+        && bool::from(
+            Sha256::digest(a)
+                .as_slice()
+                .ct_eq(Sha256::digest(b).as_slice()),
+        )
+}
+
+/// One logged-in browser.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The user's login name.
+    pub user: String,
+    /// The password hash at login: a new password ends the session.
+    pub hash: String,
+    /// The token every state-changing form must carry.
+    pub csrf: String,
+    last_seen: Instant,
+}
+
+/// All sessions and the failed-login record.
+pub struct Auth {
+    idle: Duration,
+    sessions: Mutex<HashMap<String, Session>>,
+    fails: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl Auth {
+    /// Sessions end after `idle` without a request.
+    pub fn new(idle: Duration) -> Auth {
+        Auth {
+            idle,
+            sessions: Mutex::default(),
+            fails: Mutex::default(),
+        }
+    }
+
+    /// Starts a session; returns its id (the cookie's value).
+    pub fn start(&self, user: &str, hash: &str) -> String {
+        let id = random_token();
+        let mut s = self.sessions.lock().expect("sessions poisoned");
+        let now = Instant::now();
+        s.retain(|_, v| now.duration_since(v.last_seen) < self.idle);
+        if s.len() >= MAX_SESSIONS {
+            if let Some(oldest) = s
+                .iter()
+                .min_by_key(|(_, v)| v.last_seen)
+                .map(|(k, _)| k.clone())
+            {
+                s.remove(&oldest);
+            }
+        }
+        s.insert(
+            id.clone(),
+            Session {
+                user: user.to_string(),
+                hash: hash.to_string(),
+                csrf: random_token(),
+                last_seen: now,
+            },
+        );
+        id
+    }
+
+    /// The live session with id `id`, touched; an idle one is ended.
+    pub fn get(&self, id: &str) -> Option<Session> {
+        self.get_at(id, Instant::now())
+    }
+
+    fn get_at(&self, id: &str, now: Instant) -> Option<Session> {
+        let mut s = self.sessions.lock().expect("sessions poisoned");
+        let live = s
+            .get(id)
+            .is_some_and(|v| now.saturating_duration_since(v.last_seen) < self.idle);
+        if !live {
+            s.remove(id);
+            return None;
+        }
+        let v = s.get_mut(id)?;
+        v.last_seen = now;
+        Some(v.clone())
+    }
+
+    /// Ends a session.
+    pub fn end(&self, id: &str) {
+        self.sessions.lock().expect("sessions poisoned").remove(id);
+    }
+
+    /// When a login for `user` from `addr` is refused for too many failures,
+    /// how long until it is allowed again.
+    pub fn throttled(&self, user: &str, addr: IpAddr) -> Option<Duration> {
+        self.throttled_at(user, addr, Instant::now())
+    }
+
+    fn throttled_at(&self, user: &str, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let mut f = self.fails.lock().expect("fails poisoned");
+        [
+            (user_key(user), MAX_FAILS),
+            (addr_key(addr), MAX_FAILS_PER_ADDR),
+        ]
+        .iter()
+        .filter_map(|(k, max)| {
+            let q = f.get_mut(k)?;
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= FAIL_WINDOW)
+            {
+                q.pop_front();
+            }
+            (q.len() >= *max).then(|| FAIL_WINDOW - now.duration_since(q[0]))
+        })
+        .max()
+    }
+
+    /// Counts a failed login against the user name and the address.
+    pub fn failed(&self, user: &str, addr: IpAddr) {
+        self.failed_at(user, addr, Instant::now())
+    }
+
+    fn failed_at(&self, user: &str, addr: IpAddr, now: Instant) {
+        let mut f = self.fails.lock().expect("fails poisoned");
+        if f.len() >= MAX_TRACKED {
+            f.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.duration_since(*t) < FAIL_WINDOW)
+            });
+        }
+        for (k, max) in [
+            (user_key(user), MAX_FAILS),
+            (addr_key(addr), MAX_FAILS_PER_ADDR),
+        ] {
+            if f.len() >= MAX_TRACKED && !f.contains_key(&k) {
+                continue;
+            }
+            let q = f.entry(k).or_default();
+            q.push_back(now);
+            if q.len() > max {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// A successful login clears the user's record (not the address's).
+    pub fn succeeded(&self, user: &str) {
+        self.fails
+            .lock()
+            .expect("fails poisoned")
+            .remove(&user_key(user));
+    }
+}
+
+fn user_key(user: &str) -> String {
+    format!("user:{}", user.to_lowercase())
+}
+
+fn addr_key(addr: IpAddr) -> String {
+    format!("addr:{addr}")
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, Path=/, Secure when asked.
+pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<u64>) -> String {
+    let mut c = format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/");
+    if let Some(a) = max_age {
+        c.push_str(&format!("; Max-Age={a}"));
+    }
+    if secure {
+        c.push_str("; Secure");
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_sessions_end() {
+        let a = Auth::new(Duration::from_secs(60));
+        let id = a.start("ann", "h");
+        let t0 = Instant::now();
+        assert!(a.get_at(&id, t0 + Duration::from_secs(59)).is_some());
+        // Touched at 59 s: still alive at 118 s, gone after a minute of silence.
+        assert!(a.get_at(&id, t0 + Duration::from_secs(118)).is_some());
+        assert!(a.get_at(&id, t0 + Duration::from_secs(179)).is_none());
+        assert!(a.get_at(&id, t0).is_none(), "an expired session stays gone");
+        assert!(a.get("not a session").is_none());
+    }
+
+    #[test]
+    fn failures_throttle_per_user_and_per_address() {
+        let a = Auth::new(Duration::from_secs(60));
+        let (x, y): (IpAddr, IpAddr) = ("127.0.0.5".parse().unwrap(), "127.0.0.6".parse().unwrap());
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILS {
+            assert!(a.throttled_at("ann", x, t0).is_none(), "after {i}");
+            // Each guess from another address: the user's count still grows.
+            a.failed_at("Ann", if i % 2 == 0 { x } else { y }, t0);
+        }
+        assert!(a
+            .throttled_at("ann", "127.0.0.9".parse().unwrap(), t0)
+            .is_some());
+        // Address x guessed 3 times; other names from x are still allowed.
+        assert!(a.throttled_at("bob", x, t0).is_none());
+        for _ in 0..MAX_FAILS_PER_ADDR {
+            a.failed_at(&random_token(), x, t0);
+        }
+        assert!(
+            a.throttled_at("bob", x, t0).is_some(),
+            "address spraying names"
+        );
+        assert!(a.throttled_at("bob", y, t0).is_none());
+        assert!(
+            a.throttled_at("ann", y, t0 + FAIL_WINDOW).is_none(),
+            "the window passes"
+        );
+    }
+
+    #[test]
+    fn cookies() {
+        assert_eq!(
+            cookie("a=1; callrec_session=xyz; b=2", SESSION_COOKIE),
+            Some("xyz")
+        );
+        assert_eq!(cookie("xcallrec_session=1", SESSION_COOKIE), None);
+        let c = set_cookie(SESSION_COOKIE, "v", true, None);
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("Secure"));
+        assert!(same_secret("abc", "abc") && !same_secret("abd", "abc") && !same_secret("", ""));
+    }
+}

@@ -1,0 +1,296 @@
+//! Console users and their roles, kept in the protocol database's
+//! `console_users` table with argon2 password hashes. Written by the
+//! `callrec users` command (its own connection: the running proxy only reads
+//! this table), read by the console at every login and request.
+
+use std::path::Path;
+use std::time::Duration;
+
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::db::{now_ms, Db, DbError};
+
+/// Fewest characters a console password may have.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// What a user may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Search and listen.
+    Viewer,
+    /// Also export and read the access log.
+    Auditor,
+    /// Also the operations view (uploads, failures, groups, certificate).
+    Admin,
+}
+
+impl Role {
+    /// The role's name as stored and typed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = UserError;
+    fn from_str(s: &str) -> Result<Role, UserError> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "auditor" => Ok(Role::Auditor),
+            "admin" => Ok(Role::Admin),
+            other => Err(UserError::Role(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong managing users.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// Unknown role name.
+    #[error("unknown role {0:?}; use viewer, auditor or admin")]
+    Role(String),
+    /// The password is too short.
+    #[error("the password has {0} characters; at least {MIN_PASSWORD_CHARS} are needed")]
+    Short(usize),
+    /// The user name is not usable.
+    #[error("user name {0:?}: use 1 to 64 letters, digits, '.', '-', '_' or '@'")]
+    Name(String),
+    /// `add` for a user that exists.
+    #[error("user {0:?} exists; use `callrec users passwd` to change the password, or remove the user first")]
+    Exists(String),
+    /// `passwd`/`remove` for a user that does not exist.
+    #[error("no console user {0:?}")]
+    Missing(String),
+    /// Hashing failed.
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+    /// Reading the password failed.
+    #[error("cannot read the password: {0}")]
+    Read(#[from] std::io::Error),
+    /// The database could not be opened or read.
+    #[error("{0}")]
+    Db(#[from] DbError),
+    /// A write failed.
+    #[error("protocol database {path}: {source}")]
+    Sql {
+        /// The database file.
+        path: String,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+}
+
+/// A stored user.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Argon2 PHC string.
+    pub hash: String,
+}
+
+fn check_name(name: &str) -> Result<(), UserError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(UserError::Name(name.to_string()))
+    }
+}
+
+/// Hashes a password with argon2id and a random salt.
+pub fn hash_password(password: &str) -> Result<String, UserError> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD_CHARS {
+        return Err(UserError::Short(n));
+    }
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| UserError::Hash(e.to_string()))
+}
+
+/// Whether `password` matches the stored `hash`.
+pub fn password_matches(password: &str, hash: &str) -> bool {
+    Argon2::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
+/// The password typed at a terminal (not echoed) or, for scripts, the first
+/// line of standard input without its line ending.
+pub fn read_password(prompt: &str) -> Result<String, UserError> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password(prompt)?);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+/// A write connection to the database at `path` (migrated by opening it as [`Db`] first).
+fn open_for_write(path: &Path) -> Result<Connection, UserError> {
+    drop(Db::open(path)?);
+    let conn = Connection::open(path).map_err(|source| UserError::Sql {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // The running proxy writes the same file; wait for its transactions.
+    let _ = conn.busy_timeout(Duration::from_secs(10));
+    Ok(conn)
+}
+
+fn sql(path: &Path) -> impl FnOnce(rusqlite::Error) -> UserError + '_ {
+    move |source| UserError::Sql {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Adds a user; an existing one is left as it is.
+pub fn add(db_path: &Path, name: &str, role: Role, password: &str) -> Result<(), UserError> {
+    check_name(name)?;
+    let hash = hash_password(password)?;
+    let conn = open_for_write(db_path)?;
+    let n = conn
+        .execute(
+            "INSERT OR IGNORE INTO console_users (name, role, hash, created_ms, changed_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![name, role.as_str(), hash, now_ms()],
+        )
+        .map_err(sql(db_path))?;
+    if n == 0 {
+        return Err(UserError::Exists(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Sets a new password; the user's sessions end at their next request.
+pub fn passwd(db_path: &Path, name: &str, password: &str) -> Result<(), UserError> {
+    let hash = hash_password(password)?;
+    let conn = open_for_write(db_path)?;
+    let n = conn
+        .execute(
+            "UPDATE console_users SET hash = ?2, changed_ms = ?3 WHERE name = ?1",
+            params![name, hash, now_ms()],
+        )
+        .map_err(sql(db_path))?;
+    if n == 0 {
+        return Err(UserError::Missing(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Removes a user; her sessions end at their next request.
+pub fn remove(db_path: &Path, name: &str) -> Result<(), UserError> {
+    let conn = open_for_write(db_path)?;
+    let n = conn
+        .execute("DELETE FROM console_users WHERE name = ?1", params![name])
+        .map_err(sql(db_path))?;
+    if n == 0 {
+        return Err(UserError::Missing(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Every user as (name, role), by name.
+pub fn list(db: &Db) -> Result<Vec<(String, String)>, UserError> {
+    Ok(db.read(|c| {
+        let mut st = c.prepare("SELECT name, role FROM console_users ORDER BY name")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    })?)
+}
+
+/// One user, if she exists.
+pub fn find(db: &Db, name: &str) -> Result<Option<User>, UserError> {
+    let row: Option<(String, String, String)> = db.read(|c| {
+        c.query_row(
+            "SELECT name, role, hash FROM console_users WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+    })?;
+    Ok(row.and_then(|(name, role, hash)| {
+        Some(User {
+            role: role.parse().ok()?,
+            name,
+            hash,
+        })
+    }))
+}
+
+/// Whether any user exists: the console is off until one does.
+pub fn any(db: &Db) -> Result<bool, UserError> {
+    Ok(db.read(|c| {
+        c.query_row("SELECT EXISTS (SELECT 1 FROM console_users)", [], |r| {
+            r.get(0)
+        })
+    })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_short_passwords_are_refused() {
+        let h = hash_password("twelve chars").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(password_matches("twelve chars", &h));
+        assert!(!password_matches("twelve charS", &h));
+        assert!(matches!(
+            hash_password("eleven char"),
+            Err(UserError::Short(11))
+        ));
+    }
+
+    #[test]
+    fn users_are_added_changed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("callrec.sqlite");
+        add(&path, "ann", Role::Auditor, "first password").unwrap();
+        assert!(matches!(
+            add(&path, "ann", Role::Admin, "second password"),
+            Err(UserError::Exists(_))
+        ));
+        assert!(matches!(
+            add(&path, "../x", Role::Admin, "second password"),
+            Err(UserError::Name(_))
+        ));
+        let db = Db::open(&path).unwrap();
+        let u = find(&db, "ann").unwrap().unwrap();
+        assert_eq!(u.role, Role::Auditor);
+        assert!(password_matches("first password", &u.hash));
+        passwd(&path, "ann", "second password").unwrap();
+        let u = find(&db, "ann").unwrap().unwrap();
+        assert!(password_matches("second password", &u.hash));
+        remove(&path, "ann").unwrap();
+        assert!(find(&db, "ann").unwrap().is_none());
+        assert!(!any(&db).unwrap());
+        assert!(matches!(remove(&path, "ann"), Err(UserError::Missing(_))));
+    }
+}

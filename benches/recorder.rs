@@ -8,7 +8,8 @@ use std::f64::consts::PI;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use callrec::recorder::{encode_alaw, ChannelMode, Recorder, RecordingSpec, Side};
+use callrec::recorder::{encode_alaw, Recorder, RecordingSpec};
+use callrec::vocab::{ChannelMode, Side};
 
 const CALLS: usize = 200;
 const CALL_SECONDS: usize = 60;

@@ -30,7 +30,7 @@ pub struct RunConfig {
     /// Bearer token for the admin API's /api/ paths (None: generated into the data dir).
     pub admin_token: Option<String>,
     /// Channel layout of recordings.
-    pub channels: crate::recorder::ChannelMode,
+    pub channels: crate::vocab::ChannelMode,
     /// Profiles, dialling plan, directory, targets and SMTP (from --config or the single-profile flags).
     pub policy: crate::policy::PolicyConfig,
     /// SMTP server URL for failure mails (overrides the config file's).

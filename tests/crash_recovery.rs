@@ -392,11 +392,12 @@ fn a_set_whose_head_update_was_cut_off_becomes_the_head() {
 async fn a_set_cut_off_while_sealing_keeps_its_metadata_and_is_uploaded() {
     use callrec::db::{Db, Record};
     use callrec::recorder::journal::{Journal, JOURNAL_VERSION};
-    use callrec::recorder::metadata::{CallIds, Direction, PartyInfo};
-    use callrec::recorder::{ChannelMode, WavWriter};
+    use callrec::recorder::metadata::{CallIds, PartyInfo};
+    use callrec::recorder::WavWriter;
     use callrec::seal::service::SealService;
     use callrec::seal::{Identity, PasswordSource, Sealer};
     use callrec::spool::{Spool, SpoolConfig};
+    use callrec::vocab::{ChannelMode, Direction};
 
     let keep = TestDir::new("recover-sealing");
     let data = keep.join("data");

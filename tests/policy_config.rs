@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use callrec::policy::{ChannelMode, ConfigError, PolicyConfig};
+use callrec::policy::{ConfigError, PolicyConfig};
+use callrec::vocab::ChannelMode;
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/callrec.toml")

@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use callrec::policy::{
-    decide, has_no_rules, Direction, Directory, LegDedup, LoggedOut, Number, NumberPlan, Profile,
-    Rule,
+    decide, has_no_rules, Directory, LegDedup, LoggedOut, Number, NumberPlan, Profile, Rule,
 };
 
-use Direction::{Incoming, Outgoing};
+use callrec::vocab::Direction::{self, Incoming, Outgoing};
 
 fn plan() -> NumberPlan {
     NumberPlan {

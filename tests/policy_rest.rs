@@ -17,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use callrec::policy::{
-    decide, spawn_refresher, start_directory, Direction, Directory, DirectoryConfig,
-    DirectoryHandle, DirectorySource, LoggedOut, NumberPlan, PbxClient, Profile, RestError, Rule,
+    decide, spawn_refresher, start_directory, Directory, DirectoryConfig, DirectoryHandle,
+    DirectorySource, LoggedOut, NumberPlan, PbxClient, Profile, RestError, Rule,
 };
+use callrec::vocab::Direction;
 use rand::Rng;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha512};

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use callrec::recorder::{encode_alaw, ChannelMode, Recorder, RecordingSpec, Side};
+use callrec::recorder::{encode_alaw, Recorder, RecordingSpec};
+use callrec::vocab::{ChannelMode, Side};
 
 fn tempdir(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()

@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use callrec::recorder::{
-    encode_alaw, encode_ulaw, ChannelMode, PayloadMap, Recorder, RecordingSpec, Side,
-};
+use callrec::recorder::{encode_alaw, encode_ulaw, PayloadMap, Recorder, RecordingSpec};
+use callrec::vocab::{ChannelMode, Side};
 
 const RATE: f64 = 8000.0;
 const TONE_AMP: f64 = 6000.0;

@@ -24,7 +24,7 @@ use crate::config::RunConfig;
 use crate::media::ports::PortPool;
 use crate::sip::{Flow, Proto, Transport};
 
-pub use crate::vocab::Direction;
+use crate::vocab::Direction;
 
 /// Process-wide counters, exported as Prometheus metrics.
 #[derive(Debug, Default)]

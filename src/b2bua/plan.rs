@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::Direction;
 use crate::media::announce::Announcement;
 use crate::policy::{self, DirectoryHandle, LegClaim, LegDedup, MembershipStore, Profile};
-use crate::recorder::ChannelMode;
+use crate::vocab::ChannelMode;
 
 /// What to do with one call.
 #[derive(Debug, Clone)]

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Local, Utc};
 use tracing::{error, info};
 
-use super::Direction;
 use crate::media::relay::Tap;
 use crate::media::Session;
 use crate::recorder::failure::{FailureReason, RecordingFailure};
@@ -22,9 +21,10 @@ use crate::recorder::metadata::{
     local_offset_at, Announcement, AudioInfo, CallIds, EndedBy, Metadata, PartyInfo, PerParty,
     Times, SCHEMA_VERSION,
 };
-use crate::recorder::{ChannelMode, Fork, PayloadMap, Recorder, RecordingSpec};
+use crate::recorder::{Fork, PayloadMap, Recorder, RecordingSpec};
 use crate::seal::service::{SealJob, SealSender};
 use crate::vocab::Side;
+use crate::vocab::{ChannelMode, Direction};
 
 /// How recordings are made on this instance.
 #[derive(Clone)]

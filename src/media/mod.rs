@@ -21,7 +21,7 @@ use ports::PortPool;
 use relay::{Learning, Stream, Tap};
 use sdp::Sdp;
 
-pub use crate::vocab::Side;
+use crate::vocab::Side;
 
 /// Why media could not be anchored.
 #[derive(Debug, thiserror::Error)]

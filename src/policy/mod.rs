@@ -30,7 +30,6 @@ pub mod profile;
 pub mod refresh;
 pub mod rest;
 
-pub use crate::vocab::{ChannelMode, Direction};
 pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Rule};
 pub use dedup::{LegClaim, LegDedup};
 pub use directory::{Directory, Group, GroupId, User, UserId};

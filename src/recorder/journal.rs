@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::metadata::{CallIds, Direction, PartyInfo};
+use super::metadata::{CallIds, PartyInfo};
 use super::ChannelMode;
+use crate::vocab::Direction;
 
 /// Suffix of a journal file, appended to the set's base name.
 pub const JOURNAL_SUFFIX: &str = ".journal.json";

@@ -6,7 +6,7 @@ use chrono::{DateTime, FixedOffset, Local, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ChannelMode, Gap, MediaStats, RecordingOutput};
-pub use crate::vocab::Direction;
+use crate::vocab::Direction;
 
 /// Version of this JSON layout; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -33,7 +33,7 @@ pub use g711::{encode_alaw, encode_ulaw, ALAW_TO_LINEAR, ULAW_TO_LINEAR};
 pub use gaps::Gap;
 pub use wav::{repair as repair_wav, Repaired as RepairedWav, WavWriter};
 
-pub use crate::vocab::{ChannelMode, Side};
+use crate::vocab::{ChannelMode, Side};
 
 /// What failed in the recorder.
 #[derive(Debug, thiserror::Error)]

@@ -14,12 +14,12 @@ use tracing::warn;
 
 use super::phase::Phase;
 use super::Call;
-use crate::b2bua::Direction;
 use crate::media::recordable::{judge_terminating, Verdict};
 use crate::media::sdes::SrtpPolicy;
-use crate::media::Side;
 use crate::recorder::failure::FailureReason;
 use crate::sip::transport::Flow;
+use crate::vocab::Direction;
+use crate::vocab::Side;
 
 /// What to do with an offer that came after the INVITE.
 #[derive(Debug, PartialEq, Eq)]

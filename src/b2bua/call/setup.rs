@@ -16,12 +16,12 @@ use super::phase::{AfterPrelude, Live, Phase, Prelude};
 use super::{Call, Parties};
 use crate::b2bua::plan::CallPlan;
 use crate::b2bua::recording::{CallRecording, RecordingIntent};
-use crate::b2bua::Direction;
 use crate::media::Session;
 use crate::recorder::metadata::PartyInfo;
 use crate::sip::message::{uri_of, uri_user, Message};
 use crate::sip::transaction::ServerTxn;
 use crate::sip::Flow;
+use crate::vocab::Direction;
 use crate::vocab::Side;
 
 impl Parties {

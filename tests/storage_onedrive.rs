@@ -7,8 +7,10 @@
 //! over 4 MiB are refused, non-final chunks must be multiples of 320 KiB, an upload
 //! URL must be called without the bearer token, and every protocol slip is recorded
 //! and asserted empty. Uploaded bytes are compared with the local files. Deleting a
-//! set (retention) removes exactly its files.
+//! set (retention) removes exactly its files. The web console plays a set only the
+//! drive holds (its content downloaded through Graph) and refuses one changed there.
 
+mod common;
 mod storage_support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -1174,4 +1176,53 @@ async fn onedrive_national_cloud_germany_uses_its_login_and_graph_hosts() {
     let err = OneDriveTarget::from_url("onedrive://u@x/y", app, None).unwrap_err();
     assert!(err.to_string().contains("unknown cloud"), "{err}");
     let _: PathBuf = work.path().to_path_buf();
+}
+
+/// The web console plays a set that only OneDrive holds: its content downloaded
+/// through Graph on demand, verified, played whole and by range; after the WAV is
+/// changed in the drive a new start refuses to play it.
+#[test]
+fn console_plays_a_set_only_onedrive_holds() {
+    use common::console::{assert_plays, assert_refuses, record_one_remote_set, start_with_config};
+    // The fake serves from this runtime's threads while the test drives callrec.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let graph = rt.block_on(FakeGraph::start());
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("callrec.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[targets.offsite]\nurl = \"onedrive://{UPN}/Console\"\ntenant = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nlogin_host = \"{0}\"\ngraph_host = \"{0}\"\n\n[[profiles]]\nname = \"default\"\nrecord_all = true\ntargets = [\"offsite\"]\n",
+            graph.base
+        ),
+    )
+    .unwrap();
+    let data = work.path().join("data");
+    let drive = format!("user:{UPN}");
+    let (proxy, id) = record_one_remote_set(&data, &config, || {
+        graph.fake().items.keys().find_map(|(d, p)| {
+            (*d == drive)
+                .then(|| {
+                    p.strip_prefix("Console/")?
+                        .strip_suffix(".sha256.SHA256withRSA.sig")
+                })
+                .flatten()
+                .map(str::to_string)
+        })
+    });
+    let wav_path = format!("Console/{id}.wav");
+    let wav = graph.file(&drive, &wav_path).unwrap();
+    assert_plays(&proxy, &data, &id, &wav);
+
+    drop(proxy);
+    let mut changed = wav.clone();
+    let n = changed.len();
+    changed[n - 7] ^= 0x5a;
+    graph
+        .fake()
+        .items
+        .insert((drive.clone(), wav_path), Node::File(changed));
+    let proxy = start_with_config(&data, &config);
+    assert_refuses(&proxy, &data, &id);
+    graph.assert_no_violations();
 }

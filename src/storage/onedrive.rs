@@ -18,7 +18,9 @@
 //! is already there counts as delivered when its size matches and its content, read
 //! back, has the local file's SHA-256; else the upload fails. Deleting a set removes
 //! its items (signature first; a missing one counts as deleted) to the recycle bin.
+//! Fetching a set (for the console) downloads each of its files the drive holds.
 
+mod fetch;
 pub mod graph;
 pub mod token;
 
@@ -1033,6 +1035,10 @@ impl Target for OneDriveTarget {
             }
         }
         Ok(())
+    }
+
+    async fn fetch(&self, set: &UploadSet, into: &Path) -> Result<Vec<PathBuf>, TargetError> {
+        self.fetch_set(set, into).await
     }
 
     fn describe(&self) -> String {

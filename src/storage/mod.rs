@@ -13,7 +13,9 @@
 //! and confirm its size (and, for folders, its SHA-256) before it counts; OneDrive
 //! and S3 uploads appear whole or not at all, WebDAV files are replaced on retry.
 //! The signature file goes last. For retention every target can also delete a set
-//! ([`Target::delete`]): signature first, missing files count as deleted.
+//! ([`Target::delete`]): signature first, missing files count as deleted. Every
+//! remote target can also copy a set back ([`Target::fetch`]) for the web console,
+//! which verifies it before playing.
 //! Secrets never come from the URL: see [`Secrets`].
 
 mod cloud_secret;

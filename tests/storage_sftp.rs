@@ -516,7 +516,10 @@ async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
 /// set changed on the server is shown as failing and not played.
 #[test]
 fn console_plays_a_set_only_the_sftp_target_holds() {
-    use common::console::{get, login, users_cli};
+    use common::console::{
+        assert_plays, assert_refuses, record_one_remote_set, signed_set_in, start_with_config,
+        tamper,
+    };
     let work = tempfile::tempdir().unwrap();
     let sshd = Sshd::start(&work.path().join("sshd"), free_port());
     let folder = unique_folder("console");
@@ -531,98 +534,16 @@ fn console_plays_a_set_only_the_sftp_target_holds() {
     )
     .unwrap();
     let data = work.path().join("data");
-    let proxy = common::Proxy::builder()
-        .data_dir(&data)
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .start();
-    proxy
-        .call(common::pair("basic"))
-        .numbers("03012345678", "200")
-        .run()
-        .assert_success();
     let server = Path::new(HOME).join(&folder);
-    let delivered = || {
-        std::fs::read_dir(&server)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.path().extension().is_some_and(|x| x == "sig"))
-            })
-            .unwrap_or(false)
-    };
-    assert!(
-        common::wait_until(Duration::from_secs(30), delivered),
-        "set not delivered to the SFTP server: {}",
-        proxy.log_tail(30)
-    );
-    let local_wavs = walkdir_wavs(&data);
-    let wav = std::fs::read_dir(&server)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "wav"))
-        .unwrap();
-    let id = wav.file_stem().unwrap().to_str().unwrap().to_string();
-    assert!(
-        !local_wavs.iter().any(|p| p.ends_with(format!("{id}.wav"))),
-        "the set must be only on the SFTP server, found locally: {local_wavs:?}"
-    );
-
-    let (code, out) = users_cli(
-        &data,
-        &["add", "vera", "--role", "viewer"],
-        "viewer password 1\n",
-    );
-    assert_eq!(code, 0, "{out}");
-    let admin = proxy.admin_addr();
-    let (_, session) = login(admin, "vera", "viewer password 1");
-    let s = session.expect("login");
-    let page = get(admin, &s, &format!("/recordings/{id}"));
-    assert_eq!(page.status, 200);
-    assert!(page.text().contains("verified:"), "{}", page.text());
-    let audio = get(admin, &s, &format!("/recordings/{id}/audio"));
-    assert_eq!(audio.status, 200);
-    assert_eq!(
-        audio.body,
-        std::fs::read(&wav).unwrap(),
-        "the server's audio, byte for byte"
-    );
+    let (proxy, id) = record_one_remote_set(&data, &config, || signed_set_in(&server));
+    let wav = server.join(format!("{id}.wav"));
+    assert_plays(&proxy, &data, &id, &std::fs::read(&wav).unwrap());
 
     // Changed on the server: a new start fetches it again and refuses to play it.
     drop(proxy);
-    let mut bytes = std::fs::read(&wav).unwrap();
-    let n = bytes.len();
-    bytes[n - 7] ^= 0x5a;
-    std::fs::write(&wav, bytes).unwrap();
-    let proxy = common::Proxy::builder()
-        .data_dir(&data)
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .start();
-    let admin = proxy.admin_addr();
-    let (_, session) = login(admin, "vera", "viewer password 1");
-    let s = session.expect("login");
-    let page = get(admin, &s, &format!("/recordings/{id}"));
-    assert!(page.text().contains("FAILED"), "{}", page.text());
-    assert_eq!(
-        get(admin, &s, &format!("/recordings/{id}/audio")).status,
-        409
-    );
+    tamper(&wav);
+    let proxy = start_with_config(&data, &config);
+    assert_refuses(&proxy, &data, &id);
+    drop(proxy);
     let _ = std::fs::remove_dir_all(&server);
-}
-
-fn walkdir_wavs(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "wav") {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

@@ -4,8 +4,10 @@
 //! compared byte for byte with the sealed files in the share's folder and checked
 //! with `shasum -a 256 -c`; a wrong password, a missing share and a stopped server
 //! give clear errors and keep the set in the spool. Deleting a set (retention)
-//! through the share removes its files and leaves the other set.
+//! through the share removes its files and leaves the other set. The web console
+//! plays a set only the share holds and refuses one changed there.
 
+mod common;
 mod storage_support;
 
 use std::io::Write;
@@ -253,4 +255,36 @@ async fn a_stopped_server_keeps_the_set_until_it_is_back() {
         smbd.daemon.log_text()
     );
     assert_delivered(&smbd.share_dir.join("2026"), m);
+}
+
+/// The web console plays a set that only the share holds: fetched on demand,
+/// verified, the share's WAV played whole and by range; after the WAV is changed
+/// on the share a new start refuses to play it.
+#[test]
+fn console_plays_a_set_only_the_smb_share_holds() {
+    use common::console::{
+        assert_plays, assert_refuses, record_one_remote_set, signed_set_in, start_with_config,
+        tamper,
+    };
+    let work = tempfile::tempdir().unwrap();
+    let smbd = Smbd::start(&work.path().join("smbd"), free_port());
+    let config = work.path().join("callrec.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[targets.offsite]\nurl = \"smb://{USER}@127.0.0.1:{}/{SHARE}/console\"\npassword = \"{PASSWORD}\"\n\n[[profiles]]\nname = \"default\"\nrecord_all = true\ntargets = [\"offsite\"]\n",
+            smbd.port
+        ),
+    )
+    .unwrap();
+    let data = work.path().join("data");
+    let folder = smbd.share_dir.join("console");
+    let (proxy, id) = record_one_remote_set(&data, &config, || signed_set_in(&folder));
+    let wav = folder.join(format!("{id}.wav"));
+    assert_plays(&proxy, &data, &id, &std::fs::read(&wav).unwrap());
+
+    drop(proxy);
+    tamper(&wav);
+    let proxy = start_with_config(&data, &config);
+    assert_refuses(&proxy, &data, &id);
 }

@@ -3,7 +3,9 @@
 //! Uploads are checked on disk in the served folder, byte for byte and with
 //! `shasum -a 256 -c`; a wrong password and a stopped server keep the set in the spool.
 //! Deleting a set (retention) removes its files and nothing else from the folder.
+//! The web console plays a set only the server holds and refuses one changed there.
 
+mod common;
 mod storage_support;
 
 use std::path::{Path, PathBuf};
@@ -201,4 +203,37 @@ async fn webdav_wrong_password_and_stopped_server_keep_the_set_until_fixed() {
     );
     assert_delivered(&served.join("in/2026"), m);
     let _: PathBuf = served;
+}
+
+/// The web console plays a set that only the WebDAV server holds: fetched on
+/// demand, verified, the served WAV played whole and by range; after the WAV is
+/// changed on the server a new start refuses to play it.
+#[test]
+fn console_plays_a_set_only_the_webdav_server_holds() {
+    use common::console::{
+        assert_plays, assert_refuses, record_one_remote_set, signed_set_in, start_with_config,
+        tamper,
+    };
+    let work = tempfile::tempdir().unwrap();
+    let served = work.path().join("served");
+    let port = free_port();
+    let _dav = start_rclone(work.path(), &served, port);
+    let config = work.path().join("callrec.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[targets.offsite]\nurl = \"webdav://{USER}@127.0.0.1:{port}/console\"\npassword = \"{PASSWORD}\"\n\n[[profiles]]\nname = \"default\"\nrecord_all = true\ntargets = [\"offsite\"]\n"
+        ),
+    )
+    .unwrap();
+    let data = work.path().join("data");
+    let folder = served.join("console");
+    let (proxy, id) = record_one_remote_set(&data, &config, || signed_set_in(&folder));
+    let wav = folder.join(format!("{id}.wav"));
+    assert_plays(&proxy, &data, &id, &std::fs::read(&wav).unwrap());
+
+    drop(proxy);
+    tamper(&wav);
+    let proxy = start_with_config(&data, &config);
+    assert_refuses(&proxy, &data, &id);
 }

@@ -13,7 +13,9 @@
 //! and confirm its size (and, for folders, its SHA-256) before it counts; OneDrive
 //! and S3 uploads appear whole or not at all, WebDAV files are replaced on retry.
 //! The signature file goes last. For retention every target can also delete a set
-//! ([`Target::delete`]): signature first, missing files count as deleted.
+//! ([`Target::delete`]): signature first, missing files count as deleted. Every
+//! remote target can also copy a set back ([`Target::fetch`]) for the web console,
+//! which verifies it before playing.
 //! Secrets never come from the URL: see [`Secrets`].
 
 mod cloud_secret;
@@ -352,15 +354,21 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 }
 
-/// Runs a blocking `put` or `delete` on tokio's blocking pool, so the spool's workers
-/// never block the runtime; a task that panicked becomes a [`TargetError::Io`] for `op`.
-pub(crate) async fn on_blocking_pool<T: Clone + Send + 'static>(
+/// Runs a blocking `put`, `delete` or `fetch` on tokio's blocking pool, so the spool's
+/// workers and the console never block the runtime; a task that panicked becomes a
+/// [`TargetError::Io`] for `op`.
+pub(crate) async fn on_blocking_pool<T, R, F>(
     target: &T,
     url: &str,
     op: &str,
     set: &UploadSet,
-    work: fn(&T, &UploadSet) -> Result<(), TargetError>,
-) -> Result<(), TargetError> {
+    work: F,
+) -> Result<R, TargetError>
+where
+    T: Clone + Send + 'static,
+    R: Send + 'static,
+    F: FnOnce(&T, &UploadSet) -> Result<R, TargetError> + Send + 'static,
+{
     let (me, set) = (target.clone(), set.clone());
     tokio::task::spawn_blocking(move || work(&me, &set))
         .await

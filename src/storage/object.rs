@@ -8,8 +8,9 @@
 //! partial leftover — and the size on the target is read back before the file counts. Files go in the
 //! set's order, so the signature file is last. Deleting a set removes its objects
 //! (signature first; a missing one counts as deleted) and checks they are gone.
+//! Fetching a set (for the console) reads each of its files the target holds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use opendal::{ErrorKind, Operator};
 
@@ -199,6 +200,35 @@ impl ObjectTarget {
         Ok(hex::encode(h.finalize()) == local_sum)
     }
 
+    /// Copies `path` (of `size` bytes on the target) into the local file `dest`, in parts.
+    async fn download(&self, path: &str, size: u64, dest: &Path) -> Result<(), TargetError> {
+        use tokio::io::AsyncWriteExt;
+        let local_err = |e: std::io::Error| TargetError::Local {
+            target: self.url.clone(),
+            path: dest.display().to_string(),
+            detail: e.to_string(),
+        };
+        let reader = self
+            .op
+            .reader(path)
+            .await
+            .map_err(|e| self.error("read", path, e))?;
+        let mut out = tokio::fs::File::create(dest).await.map_err(local_err)?;
+        let mut at = 0u64;
+        while at < size {
+            let end = (at + PART as u64).min(size);
+            let buf = reader
+                .read(at..end)
+                .await
+                .map_err(|e| self.error("read", path, e))?;
+            for chunk in buf {
+                out.write_all(&chunk).await.map_err(local_err)?;
+            }
+            at = end;
+        }
+        out.sync_all().await.map_err(local_err)
+    }
+
     async fn upload(&self, path: &str, local: &Path, size: u64) -> Result<(), TargetError> {
         let local_err = |e: std::io::Error| TargetError::Local {
             target: self.url.clone(),
@@ -297,6 +327,22 @@ impl Target for ObjectTarget {
             tracing::debug!(target_url = %self.url, path, "object storage: file deleted");
         }
         Ok(())
+    }
+
+    async fn fetch(&self, set: &UploadSet, into: &Path) -> Result<Vec<PathBuf>, TargetError> {
+        let folder = self.folder_for(set);
+        let names = set.names_for_deletion(&self.url)?;
+        let paths = set.paths_for_deletion(&self.url, &folder)?;
+        let mut got = Vec::new();
+        for (name, path) in names.iter().zip(paths) {
+            let Some(size) = self.remote_size(&path).await? else {
+                continue;
+            };
+            let dest = into.join(name);
+            self.download(&path, size, &dest).await?;
+            got.push(dest);
+        }
+        Ok(got)
     }
 
     fn describe(&self) -> String {

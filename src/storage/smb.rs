@@ -4,9 +4,11 @@
 //! blocking thread (pavao serialises libsmbclient calls process-wide). The host is a
 //! name or IP only, the domain has its own field (before `;`), the share has no
 //! subfolders; the folder below it takes `$Y $M $D $h $m $s` and is created if missing.
-//! Deleting a set removes its files (signature first); the folders stay.
+//! Deleting a set removes its files (signature first); the folders stay. Fetching a
+//! set (for the console) reads each of its files the share holds.
 
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use pavao::{SmbClient, SmbCredentials, SmbDialect, SmbError, SmbMode, SmbOpenOptions, SmbOptions};
 
@@ -184,6 +186,42 @@ impl SmbTarget {
         Ok(())
     }
 
+    /// Copies the files of `set` that the share holds into `into`.
+    fn fetch_blocking(&self, set: &UploadSet, into: &Path) -> Result<Vec<PathBuf>, TargetError> {
+        let client = self.client()?;
+        let folder = self.folder_for(set);
+        let mut got = Vec::new();
+        for name in set.names_for_deletion(&self.url)? {
+            let path = format!("{folder}/{name}");
+            if client.stat(path.as_str()).is_err() {
+                continue;
+            }
+            let dest = into.join(&name);
+            let local_err = |e: std::io::Error| TargetError::Local {
+                target: self.url.clone(),
+                path: dest.display().to_string(),
+                detail: e.to_string(),
+            };
+            let mut input = client
+                .open_with(path.as_str(), SmbOpenOptions::default().read(true))
+                .map_err(|e| self.errno_error("open", &path, e, false))?;
+            let mut out = std::fs::File::create(&dest).map_err(local_err)?;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = input
+                    .read(&mut buf)
+                    .map_err(|e| self.errno_error("read", &path, SmbError::Io(e), false))?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n]).map_err(local_err)?;
+            }
+            out.sync_all().map_err(local_err)?;
+            got.push(dest);
+        }
+        Ok(got)
+    }
+
     fn put_blocking(&self, set: &UploadSet) -> Result<(), TargetError> {
         let client = self.client()?;
         let folder = self.folder_for(set);
@@ -260,6 +298,14 @@ impl Target for SmbTarget {
 
     async fn delete(&self, set: &UploadSet) -> Result<(), TargetError> {
         super::on_blocking_pool(self, &self.url, "delete", set, SmbTarget::delete_blocking).await
+    }
+
+    async fn fetch(&self, set: &UploadSet, into: &Path) -> Result<Vec<PathBuf>, TargetError> {
+        let into = into.to_path_buf();
+        super::on_blocking_pool(self, &self.url, "fetch", set, move |t, s| {
+            t.fetch_blocking(s, &into)
+        })
+        .await
     }
 
     fn describe(&self) -> String {

@@ -196,3 +196,142 @@ pub fn login(admin: SocketAddr, user: &str, password: &str) -> (Resp, Option<Ses
 pub fn get(admin: SocketAddr, s: &Session, path: &str) -> Resp {
     http(admin, "GET", path, &[("Cookie", &s.cookie)], "")
 }
+
+/// Starts callrec on `data` with `config` (one profile recording every call into a
+/// remote target), records one call and waits until `delivered()` names the set on
+/// the target and no WAV of it is left below `data`: the set is then only there.
+pub fn record_one_remote_set(
+    data: &Path,
+    config: &Path,
+    mut delivered: impl FnMut() -> Option<String>,
+) -> (super::Proxy, String) {
+    let proxy = start_with_config(data, config);
+    proxy
+        .call(super::pair("basic"))
+        .numbers("03012345678", "200")
+        .run()
+        .assert_success();
+    let mut id = None;
+    let only_remote = super::wait_until(Duration::from_secs(60), || {
+        id = id.take().or_else(&mut delivered);
+        id.as_ref()
+            .is_some_and(|id| !wav_names(data).iter().any(|n| n.starts_with(id.as_str())))
+    });
+    assert!(
+        only_remote,
+        "set {id:?} not delivered to the target only (local WAVs {:?}): {}",
+        wav_names(data),
+        proxy.log_tail(30)
+    );
+    (proxy, id.unwrap())
+}
+
+/// callrec on `data` with `config` (again, e.g. after changing the target's copy:
+/// a new start forgets the sets the console fetched).
+pub fn start_with_config(data: &Path, config: &Path) -> super::Proxy {
+    super::Proxy::builder()
+        .data_dir(data)
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .start()
+}
+
+/// Logs in viewer `vera`, creating her in `data` on first use.
+pub fn viewer(proxy: &super::Proxy, data: &Path) -> Session {
+    let admin = proxy.admin_addr();
+    let (_, list) = users_cli(data, &["list"], "");
+    if !list.contains("vera") {
+        let (code, out) = users_cli(
+            data,
+            &["add", "vera", "--role", "viewer"],
+            "viewer password 1\n",
+        );
+        assert_eq!(code, 0, "{out}");
+    }
+    login(admin, "vera", "viewer password 1").1.expect("login")
+}
+
+/// The console shows set `id` as verified and serves `wav` (its WAV as the
+/// target holds it) whole and by range.
+pub fn assert_plays(proxy: &super::Proxy, data: &Path, id: &str, wav: &[u8]) {
+    let admin = proxy.admin_addr();
+    let s = viewer(proxy, data);
+    // The database writer may record the set a moment after the upload.
+    let mut page = get(admin, &s, &format!("/recordings/{id}"));
+    super::wait_until(Duration::from_secs(10), || {
+        page = get(admin, &s, &format!("/recordings/{id}"));
+        page.status != 404
+    });
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(
+        page.text().contains("verified:") && !page.text().contains("FAILED"),
+        "{}\n{}",
+        page.text(),
+        proxy.log_tail(20)
+    );
+    let audio = get(admin, &s, &format!("/recordings/{id}/audio"));
+    assert_eq!(audio.status, 200, "{}", audio.text());
+    assert!(audio.body == wav, "the target's audio, byte for byte");
+    let part = http(
+        admin,
+        "GET",
+        &format!("/recordings/{id}/audio"),
+        &[("Cookie", &s.cookie), ("Range", "bytes=100-1099")],
+        "",
+    );
+    assert_eq!(part.status, 206);
+    assert!(
+        part.body == wav[100..1100],
+        "the range of the target's audio"
+    );
+}
+
+/// The console shows set `id` as failing verification (a file of it altered) and
+/// refuses its audio.
+pub fn assert_refuses(proxy: &super::Proxy, data: &Path, id: &str) {
+    let admin = proxy.admin_addr();
+    let s = viewer(proxy, data);
+    let page = get(admin, &s, &format!("/recordings/{id}"));
+    // Fetched anew and found changed, not merely unavailable.
+    assert!(
+        page.text().contains("FAILED") && page.text().contains("the file was altered"),
+        "{}",
+        page.text()
+    );
+    let audio = get(admin, &s, &format!("/recordings/{id}/audio"));
+    assert_eq!(audio.status, 409, "a changed set is not played");
+}
+
+/// Names of the WAV files anywhere below `root`.
+pub fn wav_names(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "wav") {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The id of a set whose signature file is in `folder` on disk (a served folder).
+pub fn signed_set_in(folder: &Path) -> Option<String> {
+    std::fs::read_dir(folder).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.strip_suffix(".sha256.SHA256withRSA.sig")
+            .map(str::to_string)
+    })
+}
+
+/// Flips a byte near the end of `file` (a WAV on a target's disk).
+pub fn tamper(file: &Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let n = bytes.len();
+    bytes[n - 7] ^= 0x5a;
+    std::fs::write(file, bytes).unwrap();
+}

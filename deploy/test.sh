@@ -94,10 +94,18 @@ fi
 # --- npm ----------------------------------------------------------------------
 # The web console's browser test drives Debian's chromium with playwright-core,
 # pinned in tests/browser/package-lock.json (no browser download of its own).
-if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
-    echo "test.sh: installing playwright-core into tests/browser (npm ci)"
-    (cd tests/browser && npm ci --no-audit --no-fund --quiet)
+# It is installed outside the source tree (like the PyPI venv above), so the
+# checkout holds only the project's own files; the test finds it through
+# CALLREC_TEST_NODE_MODULES and fails loudly when it is not there.
+node_dir="${CALLREC_TEST_NODE:-/var/tmp/callrec-test-node}"
+if [[ ! -d $node_dir/node_modules/playwright-core ]] ||
+    ! cmp -s tests/browser/package-lock.json "$node_dir/package-lock.json"; then
+    echo "test.sh: installing playwright-core into $node_dir (npm ci)"
+    mkdir -p "$node_dir"
+    cp tests/browser/package.json tests/browser/package-lock.json "$node_dir/"
+    (cd "$node_dir" && npm ci --no-audit --no-fund --quiet)
 fi
+export CALLREC_TEST_NODE_MODULES="$node_dir/node_modules"
 
 # --- loopback addresses -----------------------------------------------------
 # The proxy listens on 127.0.0.1, the PBX side is 127.0.0.2, the trunk side

@@ -6,7 +6,9 @@
 //! allow and finds the actions in the access log. The export it downloaded is
 //! then verified here with the bundled verify.sh (openssl).
 //!
-//! Needs /usr/bin/chromium and `npm ci` in tests/browser (deploy/test.sh does
+//! Needs /usr/bin/chromium and playwright-core installed outside the source
+//! tree from tests/browser/package-lock.json into CALLREC_TEST_NODE_MODULES
+//! (default /var/tmp/callrec-test-node/node_modules; deploy/test.sh does
 //! both); fails loudly without them. With CALLREC_TEST_SCREENSHOTS=DIR the
 //! screenshots of the search and recording pages are copied to DIR.
 
@@ -47,9 +49,16 @@ fn console_in_chromium() {
         "/usr/bin/chromium is missing: run deploy/test.sh (installs Debian's chromium)"
     );
     let browser_dir = repo_dir().join("tests/browser");
+    // playwright-core lives outside the source tree; deploy/test.sh installs it
+    // from tests/browser/package-lock.json and names the folder.
+    let node_modules = std::path::PathBuf::from(
+        std::env::var_os("CALLREC_TEST_NODE_MODULES")
+            .unwrap_or_else(|| "/var/tmp/callrec-test-node/node_modules".into()),
+    );
     assert!(
-        browser_dir.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is missing: run `npm ci` in tests/browser (deploy/test.sh does)"
+        node_modules.join("playwright-core").is_dir(),
+        "playwright-core is missing in {}: run deploy/test.sh (it installs it with npm ci)",
+        node_modules.display()
     );
     let proxy = Proxy::start();
     proxy
@@ -84,6 +93,7 @@ fn console_in_chromium() {
     let mut cmd = Command::new("node");
     cmd.arg(browser_dir.join("console.js"))
         .current_dir(&browser_dir)
+        .env("NODE_PATH", &node_modules)
         .env("CONSOLE_URL", format!("http://{}", proxy.admin_addr()))
         .env("CONSOLE_OUT_DIR", out_dir.path())
         .env("CONSOLE_NUMBER", "+49 (30) 1234-5678")

@@ -4,6 +4,7 @@
 //! read the current snapshot through `DirectoryHandle::current`, which never waits
 //! on the network. When refreshes keep failing, an alert hook (the mail
 //! notifier, wired by the proxy) hears of it once the snapshot is old enough.
+//! At shutdown `DirectoryHandle::logout` ends the PBX session.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -107,6 +108,8 @@ pub struct DirectoryHandle {
     status: RwLock<RefreshStatus>,
     created: SystemTime,
     stale_alert: RwLock<Option<(Duration, StaleAlert)>>,
+    /// The PBX session started by `start`, logged out at shutdown.
+    session: RwLock<Option<Arc<PbxClient>>>,
 }
 
 impl std::fmt::Debug for DirectoryHandle {
@@ -125,7 +128,25 @@ impl DirectoryHandle {
             status: RwLock::new(RefreshStatus::default()),
             created: SystemTime::now(),
             stale_alert: RwLock::new(None),
+            session: RwLock::new(None),
         })
+    }
+
+    /// Log out of the PBX's REST API (`DELETE /login`), if a REST source was
+    /// started; for shutdown, after the refresher has stopped, so the token does
+    /// not stay live on the PBX. A failure is logged: shutdown goes on.
+    pub async fn logout(&self) {
+        let client = self
+            .session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(client) = client {
+            match client.logout().await {
+                Ok(()) => tracing::info!(source = %client.base(), "logged out of the PBX REST API"),
+                Err(e) => tracing::warn!(source = %client.base(), "PBX REST logout failed: {e}"),
+            }
+        }
     }
 
     /// Calls `alert` after every failed refresh once the snapshot in use (or,
@@ -233,6 +254,9 @@ pub async fn start(
         return Ok((handle, None));
     };
     let source = DirectorySource::from_config(cfg)?;
+    if let DirectorySource::Rest(client) = &source {
+        *handle.session.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+    }
     let interval = Duration::from_secs(cfg.refresh_secs.max(1));
     let mut tick_now = true;
     if let DirectorySource::File(_) = source {

@@ -19,6 +19,9 @@ use super::rest::PbxClient;
 /// Timeout for one HTTP request to the PBX.
 pub const REST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long the logout at shutdown may take.
+pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A refresh failed (the last good snapshot stays in use).
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -142,9 +145,19 @@ impl DirectoryHandle {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(client) = client {
-            match client.logout().await {
-                Ok(()) => tracing::info!(source = %client.base(), "logged out of the PBX REST API"),
-                Err(e) => tracing::warn!(source = %client.base(), "PBX REST logout failed: {e}"),
+            // A PBX that stopped answering must not hold up the shutdown.
+            match tokio::time::timeout(LOGOUT_TIMEOUT, client.logout()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(source = %client.base(), "logged out of the PBX REST API")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(source = %client.base(), "PBX REST logout failed: {e}")
+                }
+                Err(_) => tracing::warn!(
+                    source = %client.base(),
+                    "PBX REST logout gave no answer within {}s; the token expires on the PBX",
+                    LOGOUT_TIMEOUT.as_secs()
+                ),
             }
         }
     }

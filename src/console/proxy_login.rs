@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
@@ -19,15 +20,33 @@ use super::{auth, blocking, users, Console, Me, Refusal};
 /// emptied (their open forms then need a reload).
 const MAX_TOKENS: usize = 10_000;
 
-/// The CSRF token of each user signed in by the proxy. There is no session
-/// cookie for them (the proxy signs every request), so the token lives here
-/// for the life of the process.
+/// The CSRF token of each user signed in by the proxy (there is no session
+/// cookie for them: the proxy signs every request, so the token lives here
+/// for the life of the process), and when the header was last reported from
+/// an untrusted peer.
 #[derive(Default)]
-pub struct ProxyTokens(Mutex<HashMap<String, String>>);
+pub struct ProxyTokens {
+    tokens: Mutex<HashMap<String, String>>,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+/// Shortest time between two warnings about the header from an untrusted peer.
+const WARN_EVERY: Duration = Duration::from_secs(1);
 
 impl ProxyTokens {
+    /// Whether a warning about an untrusted peer may be logged now.
+    fn may_warn(&self) -> bool {
+        let mut last = self.last_warning.lock().expect("proxy warning poisoned");
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     fn token(&self, user: &str) -> String {
-        let mut m = self.0.lock().expect("proxy tokens poisoned");
+        let mut m = self.tokens.lock().expect("proxy tokens poisoned");
         if m.len() >= MAX_TOKENS && !m.contains_key(user) {
             m.clear();
         }
@@ -69,11 +88,12 @@ pub(super) async fn from_header(parts: &Parts, c: &Arc<Console>) -> Result<Optio
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(a)| a.ip());
     let Some(peer) = peer.filter(|p| trusted(&c.settings.trusted_proxies, *p)) else {
-        let from = peer.map_or_else(|| "an unknown address".to_string(), |p| p.to_string());
-        refused(
-            c,
-            format!("console: header {header} from {from} ignored: not a trusted proxy (--console-trusted-proxy)"),
-        );
+        // Anyone can send this, so it is only logged, and at most once a
+        // second: a flood of such requests cannot fill the log or the database.
+        if c.proxy_tokens.may_warn() {
+            let from = peer.map_or_else(|| "an unknown address".to_string(), |p| p.to_string());
+            tracing::warn!("console: header {header} from {from} ignored: not a trusted proxy (--console-trusted-proxy)");
+        }
         return Ok(None);
     };
     // One value of a usable user name; anything else is a proxy
@@ -138,9 +158,11 @@ mod tests {
     }
 
     #[test]
-    fn a_user_keeps_her_token() {
+    fn a_user_keeps_her_token_and_warnings_are_spaced() {
         let t = ProxyTokens::default();
         assert_eq!(t.token("ann"), t.token("ann"));
         assert_ne!(t.token("ann"), t.token("bob"));
+        assert!(t.may_warn());
+        assert!(!t.may_warn(), "a second warning within a second");
     }
 }

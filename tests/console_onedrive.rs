@@ -3,7 +3,8 @@
 //! delegated sign-in from the browser (admins only, CSRF checked, the token
 //! stored, the account shown, every step in the access log); and sets fetched
 //! from a remote target for playing are bounded: a set within the limit
-//! plays, one larger than the limit is refused with a clear message while its
+//! plays, the least recently used set is deleted to make room for another,
+//! and one larger than the limit is refused with a clear message while its
 //! download is stopped early, so the disk never fills. The new settings are
 //! given as environment variables.
 
@@ -262,39 +263,84 @@ fn console_fetch_folder_is_bounded_and_a_too_large_set_is_refused() {
     proxy
         .call(pair("basic"))
         .numbers("03012345678", "200")
+        .calls(2)
         .run()
         .assert_success();
-    let mut id = None;
+    // Both sets on the drive only.
+    let mut ids: Vec<String> = Vec::new();
     let only_remote = wait_until(Duration::from_secs(60), || {
-        id = id.take().or_else(|| {
-            graph.fake().items.keys().find_map(|(d, p)| {
-                (*d == drive)
-                    .then(|| {
-                        p.strip_prefix("Console/")?
-                            .strip_suffix(".sha256.SHA256withRSA.sig")
-                    })
-                    .flatten()
+        ids = graph
+            .fake()
+            .items
+            .keys()
+            .filter(|(d, _)| *d == drive)
+            .filter_map(|(_, p)| {
+                p.strip_prefix("Console/")?
+                    .strip_suffix(".sha256.SHA256withRSA.sig")
                     .map(str::to_string)
             })
-        });
-        id.as_ref()
-            .is_some_and(|id| !wav_names(&data).iter().any(|n| n.starts_with(id.as_str())))
+            .collect();
+        ids.len() == 2
+            && !wav_names(&data)
+                .iter()
+                .any(|n| ids.iter().any(|id| n.starts_with(id.as_str())))
     });
     assert!(
         only_remote,
-        "set not delivered to the drive only: {}",
+        "sets not delivered to the drive only ({ids:?}): {}",
         proxy.log_tail(30)
     );
-    let id = id.unwrap();
-    let wav_path = format!("Console/{id}.wav");
-    let wav = graph.file(&drive, &wav_path).unwrap();
+    ids.sort();
+    let (a, b) = (ids[0].clone(), ids[1].clone());
+    let set_bytes = |id: &str| -> usize {
+        let f = graph.fake();
+        f.items
+            .iter()
+            .filter(|((d, p), _)| *d == drive && p.starts_with(&format!("Console/{id}")))
+            .map(|(_, n)| match n {
+                Node::File(b) => b.len(),
+                Node::Folder => 0,
+            })
+            .sum()
+    };
+    const LIMIT: usize = 1024 * 1024;
+    let wav_a = graph.file(&drive, &format!("Console/{a}.wav")).unwrap();
+    // Within the limit: fetched, verified, played; kept in the fetch folder.
+    common::console::assert_plays(&proxy, &data, &a, &wav_a);
+    let fetched = data.join("console-cache").join("fetched");
+    assert!(fetched.join(&a).is_dir());
+
+    // Set b grows on the drive so that a and b together exceed the limit
+    // (b alone still fits): fetching b deletes a, the least recently used.
+    let b_wav = format!("Console/{b}.wav");
+    let b_others = set_bytes(&b) - graph.file(&drive, &b_wav).unwrap().len();
+    let grown = vec![0x55u8; LIMIT - b_others - 1024];
+    graph
+        .fake()
+        .items
+        .insert((drive.clone(), b_wav.clone()), Node::File(grown));
+    assert!(set_bytes(&a) + set_bytes(&b) > LIMIT && set_bytes(&b) <= LIMIT);
+    let admin = proxy.admin_addr();
+    let vera = common::console::viewer(&proxy, &data);
+    let page = get(admin, &vera, &format!("/recordings/{b}"));
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("FAILED"), "b was changed on the drive");
     assert!(
-        wav.len() < 1024 * 1024,
-        "the recorded set must fit the 1 MB limit"
+        !fetched.join(&a).exists() && fetched.join(&b).is_dir(),
+        "a (least recently used) must make room for b"
     );
-    // Within the limit: fetched, verified, played.
-    common::console::assert_plays(&proxy, &data, &id, &wav);
+    assert!(tree_size(&fetched) <= LIMIT as u64);
+    // a again: fetched anew (b makes room now) and still verified.
+    let page = get(admin, &vera, &format!("/recordings/{a}"));
+    assert!(
+        page.text().contains("verified:") && !page.text().contains("FAILED"),
+        "{}",
+        page.text()
+    );
+    assert!(fetched.join(&a).is_dir() && !fetched.join(&b).exists());
+    assert!(tree_size(&fetched) <= LIMIT as u64);
     drop(proxy);
+    let (id, wav_path) = (b, b_wav);
 
     // The drive's copy grows to 64 MB (a huge or hostile set): a new start
     // (which forgets what was fetched) must not download it whole.
@@ -305,8 +351,9 @@ fn console_fetch_folder_is_bounded_and_a_too_large_set_is_refused() {
         .insert((drive.clone(), wav_path), Node::File(huge));
     let proxy = start(&data, &config, "1");
     let admin = proxy.admin_addr();
-    let vera = common::console::viewer(&proxy, &data);
-    let fetched = data.join("console-cache").join("fetched");
+    let vera = common::console::login(admin, "vera", "viewer password 1")
+        .1
+        .expect("login");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watch = {
         let (fetched, stop) = (fetched.clone(), stop.clone());

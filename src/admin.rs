@@ -29,8 +29,13 @@ struct Admin {
     token: String,
 }
 
-/// Serves the admin API on `addr` until the process ends.
-pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io::Result<()> {
+/// Serves the admin API on `addr` until the process ends; over HTTPS with `tls`.
+pub async fn serve(
+    core: Arc<Core>,
+    addr: SocketAddr,
+    token: String,
+    tls: Option<Arc<crate::sip::tls::TlsContext>>,
+) -> std::io::Result<()> {
     let app_core = core.clone();
     let state = Arc::new(Admin { core, token });
     let api = Router::new()
@@ -53,14 +58,28 @@ pub async fn serve(core: Arc<Core>, addr: SocketAddr, token: String) -> std::io:
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind admin API on {addr}: {e}"))
     })?;
-    tracing::info!("admin API on http://{addr}");
-    tokio::spawn(async move {
-        // The peer address throttles console logins per address.
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service).await {
-            tracing::error!("admin API stopped: {e}");
+    // The peer address throttles console logins per address.
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(ctx) => {
+            use axum::serve::ListenerExt;
+            tracing::info!("admin API on https://{addr}");
+            let listener = crate::admin_tls::TlsListener::new(listener, ctx)?.tap_io(|_| ());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, service).await {
+                    tracing::error!("admin API stopped: {e}");
+                }
+            });
         }
-    });
+        None => {
+            tracing::info!("admin API on http://{addr}");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, service).await {
+                    tracing::error!("admin API stopped: {e}");
+                }
+            });
+        }
+    }
     Ok(())
 }
 

@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub tls: Option<crate::sip::tls::TlsSettings>,
     /// The web console's sessions and cookies.
     pub console: crate::console::ConsoleSettings,
+    /// Serve the admin listener over TLS with the certificate of `tls`.
+    pub admin_tls: bool,
 }
 
 /// What media each leg gets, and where SDES keys may travel.

@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_tls;
 pub mod anchoring;
 pub mod archive;
 pub mod b2bua;

@@ -830,6 +830,22 @@ struct RunArgs {
     /// Mark the console's cookies Secure: set this when the console is reached over HTTPS through a reverse proxy.
     #[arg(long, env = "CALLREC_CONSOLE_SECURE_COOKIES")]
     console_secure_cookies: bool,
+    /// Serve the admin listener (API and web console) over HTTPS with --tls-cert and --tls-key; the console's cookies are then Secure.
+    #[arg(long, env = "CALLREC_ADMIN_TLS")]
+    admin_tls: bool,
+    /// Header in which a trusted reverse proxy names the console user it authenticated (e.g. X-Remote-User); believed only from --console-trusted-proxy.
+    #[arg(
+        long,
+        env = "CALLREC_CONSOLE_TRUSTED_HEADER",
+        requires = "console_trusted_proxy"
+    )]
+    console_trusted_header: Option<axum::http::HeaderName>,
+    /// Address or network (ADDR or ADDR/PREFIX) of a reverse proxy whose --console-trusted-header is believed (repeatable).
+    #[arg(long, env = "CALLREC_CONSOLE_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_net)]
+    console_trusted_proxy: Vec<ipnet::IpNet>,
+    /// Most megabytes of sets fetched from remote targets for playing kept at once; the least recently used go first, a larger set is refused.
+    #[arg(long, env = "CALLREC_CONSOLE_FETCH_MAX_MB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    console_fetch_max_mb: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -844,6 +860,10 @@ fn resolve(what: &str, s: &str) -> anyhow::Result<(SocketAddr, callrec::config::
         .next()
         .with_context(|| format!("{what} address {s:?} resolves to nothing"))?;
     Ok((addr, hop))
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    callrec::sip::trust::parse_net(s).map_err(|e| e.to_string())
 }
 
 fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -926,6 +946,9 @@ impl RunArgs {
             resolve("--trunk", &self.trunk)?,
         );
         let t = &self.tls;
+        if self.admin_tls && (t.tls_cert.is_none() || t.tls_key.is_none()) {
+            bail!("--admin-tls needs --tls-cert and --tls-key");
+        }
         // Any TLS flag is loaded (and checked) at start, even if nothing uses it yet.
         let tls_wanted = t.listen_tls.is_some()
             || t.tls_cert.is_some()
@@ -987,8 +1010,12 @@ impl RunArgs {
             tls,
             console: callrec::console::ConsoleSettings {
                 idle: Duration::from_secs(self.console_idle_timeout),
-                secure_cookies: self.console_secure_cookies,
+                secure_cookies: self.console_secure_cookies || self.admin_tls,
+                trusted_header: self.console_trusted_header,
+                trusted_proxies: self.console_trusted_proxy,
+                fetch_max_bytes: self.console_fetch_max_mb.saturating_mul(1024 * 1024),
             },
+            admin_tls: self.admin_tls,
         })
     }
 }

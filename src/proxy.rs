@@ -227,6 +227,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         tls.clone(),
     )
     .await?;
+    let admin_tls = tls.clone().filter(|_| cfg.admin_tls);
     // Always watched, so that a reload never kills an instance without TLS.
     tokio::spawn(reload_on_sighup(tls));
     let local = transport.local_addr();
@@ -290,7 +291,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             Some(t) => t.clone(),
             None => admin_token_file(&cfg.data_dir)?,
         };
-        crate::admin::serve(core.clone(), admin, token).await?;
+        crate::admin::serve(core.clone(), admin, token, admin_tls).await?;
     }
     tracing::info!(
         "callrec listening on {local} (UDP and TCP); PBX {}, trunk {}; media on {} ports {lo}-{hi}",

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{blocking, sets, Console, Refusal};
+use super::{blocking, fetch_cache, sets, Console, Refusal};
 use crate::db::RecordingRow;
 
 fn internal(e: impl std::fmt::Display) -> Refusal {
@@ -98,11 +98,12 @@ pub(super) async fn find(c: &Arc<Console>, id: &str, fresh: bool) -> Result<Foun
 }
 
 /// Fetches set `id` from the first target that confirmed it into the console's
-/// fetch folder (kept until the next start); the caller verifies it before use.
+/// fetch folder (kept until the next start or until room is needed, see
+/// `fetch_cache`); the caller verifies it before use.
 async fn fetch_remote(c: &Arc<Console>, id: &str) -> Result<Option<PathBuf>, Refusal> {
     let sha_name = format!("{id}{}", crate::seal::CHECKSUM_SUFFIX);
     let folder = c.fetched.join(id);
-    if folder.join(&sha_name).is_file() {
+    if c.fetch_cache.touch(id) && folder.join(&sha_name).is_file() {
         return Ok(Some(folder.join(sha_name)));
     }
     let (db, base) = (c.db.clone(), id.to_string());
@@ -119,26 +120,76 @@ async fn fetch_remote(c: &Arc<Console>, id: &str) -> Result<Option<PathBuf>, Ref
         };
         std::fs::create_dir_all(&c.fetched).map_err(internal)?;
         let tmp = tempfile::tempdir_in(&c.fetched).map_err(internal)?;
-        match target
-            .fetch(&crate::storage::UploadSet::by_name(id), tmp.path())
-            .await
-        {
+        let ticket = c.fetch_cache.begin();
+        let got = bounded_fetch(c, ticket, target.as_ref(), id, tmp.path()).await;
+        match got {
             Ok(files) if files.iter().any(|f| f.ends_with(&sha_name)) => {
+                let size = fetch_cache::folder_size(tmp.path());
                 // Another request may have fetched it meanwhile; either copy will do.
                 let kept = tmp.keep();
                 if std::fs::rename(&kept, &folder).is_err() {
                     let _ = std::fs::remove_dir_all(&kept);
                 }
-                tracing::info!(set = %id, target_url = %url, files = files.len(), "console: set fetched from its target for playing");
+                c.fetch_cache.end(ticket, Some((id, size)));
+                tracing::info!(set = %id, target_url = %url, files = files.len(), bytes = size, "console: set fetched from its target for playing");
                 return Ok(Some(folder.join(&sha_name)));
             }
             Ok(_) => {
+                c.fetch_cache.end(ticket, None);
                 tracing::warn!(set = %id, target_url = %url, "console: the target does not hold the set's checksum file")
             }
-            Err(e) => {
+            Err(FetchFailed::Full(full)) => {
+                c.fetch_cache.end(ticket, None);
+                drop(tmp);
+                tracing::warn!(set = %id, target_url = %url, "console: fetch stopped: {full}");
+                return Err(Refusal::TooLarge(format!("Not fetched: {full}.")));
+            }
+            Err(FetchFailed::Target(e)) => {
+                c.fetch_cache.end(ticket, None);
                 tracing::warn!(set = %id, target_url = %url, error = %e, "console: fetching the set failed")
             }
         }
     }
     Ok(None)
+}
+
+/// Why a bounded fetch gave nothing.
+enum FetchFailed {
+    Full(fetch_cache::Full),
+    Target(crate::storage::TargetError),
+}
+
+/// How often a running fetch's folder is measured against the limit.
+const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Runs the target's fetch into `into`, measuring the folder while it grows:
+/// least recently used sets make room, and the fetch is stopped (dropped)
+/// as soon as it needs more than the fetch folder may hold.
+async fn bounded_fetch(
+    c: &Console,
+    ticket: u64,
+    target: &dyn crate::storage::Target,
+    id: &str,
+    into: &std::path::Path,
+) -> Result<Vec<PathBuf>, FetchFailed> {
+    let set = crate::storage::UploadSet::by_name(id);
+    let fetch = target.fetch(&set, into);
+    tokio::pin!(fetch);
+    let mut tick = tokio::time::interval(MEASURE_EVERY);
+    loop {
+        tokio::select! {
+            r = &mut fetch => {
+                let r = r.map_err(FetchFailed::Target)?;
+                c.fetch_cache
+                    .grow(ticket, fetch_cache::folder_size(into))
+                    .map_err(FetchFailed::Full)?;
+                return Ok(r);
+            }
+            _ = tick.tick() => {
+                c.fetch_cache
+                    .grow(ticket, fetch_cache::folder_size(into))
+                    .map_err(FetchFailed::Full)?;
+            }
+        }
+    }
 }

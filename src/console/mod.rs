@@ -5,10 +5,13 @@
 //! role sees only what it may (see `users::Role`). See README "Web console".
 
 mod auth;
+mod fetch_cache;
 mod handlers;
 mod lookup;
+mod onedrive;
 mod ops;
 mod pages;
+mod proxy_login;
 mod sets;
 pub mod users;
 
@@ -32,8 +35,14 @@ pub use users::Role;
 pub struct ConsoleSettings {
     /// A session ends after this long without a request.
     pub idle: Duration,
-    /// Mark cookies `Secure` (the console is reached over HTTPS through a reverse proxy).
+    /// Mark cookies `Secure` (served over TLS, or reached over HTTPS through a reverse proxy).
     pub secure_cookies: bool,
+    /// Header in which a trusted reverse proxy names the user it authenticated.
+    pub trusted_header: Option<axum::http::HeaderName>,
+    /// Peers whose `trusted_header` is believed; from anyone else it is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Most bytes of sets fetched from remote targets kept at once for playing.
+    pub fetch_max_bytes: u64,
 }
 
 impl Default for ConsoleSettings {
@@ -41,6 +50,9 @@ impl Default for ConsoleSettings {
         ConsoleSettings {
             idle: Duration::from_secs(30 * 60),
             secure_cookies: false,
+            trusted_header: None,
+            trusted_proxies: Vec::new(),
+            fetch_max_bytes: 2048 * 1024 * 1024,
         }
     }
 }
@@ -57,6 +69,12 @@ pub(crate) struct Console {
     secrets: crate::storage::Secrets,
     /// Where fetched sets are kept (emptied at every start).
     fetched: PathBuf,
+    /// Which fetched sets are kept, their sizes and last use (bounded in total).
+    fetch_cache: fetch_cache::FetchCache,
+    /// The OneDrive targets that sign in delegated (the operations view's button).
+    onedrive_targets: Vec<String>,
+    /// CSRF tokens of users signed in by the trusted reverse proxy.
+    proxy_tokens: proxy_login::ProxyTokens,
     /// The instance certificate: sets are verified against it, so "verified"
     /// also means "made by this instance".
     cert_path: PathBuf,
@@ -72,10 +90,14 @@ pub fn router(core: Arc<Core>, settings: ConsoleSettings) -> Option<Router> {
         .unwrap_or_default();
     let fetched = data_dir.join("console-cache").join("fetched");
     let _ = std::fs::remove_dir_all(&fetched);
+    let onedrive_targets = onedrive::delegated(&targets, &secrets);
     let state = Arc::new(Console {
         roots: crate::archive::local_roots(&data_dir, &targets),
         secrets,
+        fetch_cache: fetch_cache::FetchCache::new(fetched.clone(), settings.fetch_max_bytes),
         fetched,
+        proxy_tokens: proxy_login::ProxyTokens::default(),
+        onedrive_targets,
         cert_path: data_dir.join(crate::seal::CERT_FILE_NAME),
         auth: auth::Auth::new(settings.idle),
         verified: sets::VerifyCache::default(),
@@ -98,6 +120,8 @@ pub fn router(core: Arc<Core>, settings: ConsoleSettings) -> Option<Router> {
                 "/operations/groups/{group}/members/{user}/{action}",
                 post(ops::membership),
             )
+            .route("/operations/onedrive/start", post(onedrive::start))
+            .route("/operations/onedrive/finish", post(onedrive::finish))
             .route("/console.js", get(handlers::script))
             .route("/console.css", get(handlers::style))
             .layer(axum::middleware::map_response(security_headers))
@@ -144,6 +168,10 @@ pub(crate) enum Refusal {
     Forbidden,
     /// A state change without a valid CSRF token.
     Csrf,
+    /// The trusted reverse proxy named no usable console user.
+    ProxyUser,
+    /// A set too large for the console's fetch folder (the text says why).
+    TooLarge(String),
     /// Something failed on our side.
     Internal(String),
 }
@@ -161,6 +189,11 @@ impl IntoResponse for Refusal {
                 StatusCode::FORBIDDEN,
                 "The form is missing its security token or it has expired; reload the page and try again.".to_string(),
             ),
+            Refusal::ProxyUser => (
+                StatusCode::FORBIDDEN,
+                "The sign-in server did not name a console user. Ask an admin to add you with `callrec users add`.".to_string(),
+            ),
+            Refusal::TooLarge(text) => (StatusCode::INSUFFICIENT_STORAGE, text),
             Refusal::Internal(e) => {
                 tracing::error!(error = %e, "console request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "Internal error; see the log.".to_string())
@@ -224,6 +257,9 @@ impl FromRequestParts<Arc<Console>> for Me {
     async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Me, Refusal> {
         if !console_on(c).await? {
             return Err(Refusal::NotFound);
+        }
+        if let Some(me) = proxy_login::from_header(parts, c).await? {
+            return Ok(me);
         }
         let id = parts
             .headers

@@ -124,6 +124,7 @@ pub async fn operations(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
                 }
             }
         }
+        (super::onedrive::section(&c, &me))
         section aria-labelledby="cert" {
             h2 #cert { "Instance certificate" }
             p { "SHA-256 fingerprint: " code #fingerprint { (fingerprint(&pem).unwrap_or_else(|| "(no certificate)".into())) } }

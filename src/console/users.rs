@@ -102,13 +102,17 @@ pub struct User {
     pub hash: String,
 }
 
-fn check_name(name: &str) -> Result<(), UserError> {
-    let ok = !name.is_empty()
+/// Whether `name` can be a user name: 1 to 64 letters, digits, `.`, `-`, `_` or `@`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
+}
+
+fn check_name(name: &str) -> Result<(), UserError> {
+    if valid_name(name) {
         Ok(())
     } else {
         Err(UserError::Name(name.to_string()))

@@ -220,7 +220,7 @@ impl TlsContext {
         self.settings.files.listen_tls
     }
 
-    pub(super) fn acceptor(&self) -> Option<TlsAcceptor> {
+    pub(crate) fn acceptor(&self) -> Option<TlsAcceptor> {
         let s = self.server.read().expect("tls config poisoned");
         s.clone().map(TlsAcceptor::from)
     }
@@ -244,7 +244,7 @@ impl TlsContext {
 
 /// Words for the log line of a failed handshake, so that an operator sees at
 /// once which of the usual certificate faults it is.
-pub(super) fn explain(e: &std::io::Error) -> String {
+pub(crate) fn explain(e: &std::io::Error) -> String {
     use rustls::{CertificateError as C, Error as E};
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     let why = match inner {

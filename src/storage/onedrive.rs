@@ -20,12 +20,14 @@
 //! its items (signature first; a missing one counts as deleted) to the recycle bin.
 //! Fetching a set (for the console) downloads each of its files the drive holds.
 
+mod account;
 mod authorize;
 mod fetch;
 pub mod graph;
 mod setup;
 pub mod token;
 
+pub use account::*;
 pub use authorize::*;
 pub use setup::*;
 

@@ -151,6 +151,8 @@ async function refused(page, role, pathname) {
     const ops = await page.locator("main").innerText();
     check(ops.includes("BEGIN CERTIFICATE") && /([0-9A-F]{2}:){31}[0-9A-F]{2}/.test(ops), "admin sees the certificate and its fingerprint");
     check(ops.includes("Upload queue") && ops.includes("Recording failures"), "admin sees uploads and failures");
+    // No OneDrive target here: the section says so (the sign-in itself is tested in tests/console_onedrive.rs).
+    check(ops.includes("OneDrive sign-in") && ops.includes("No OneDrive target with delegated sign-in"), "admin sees the OneDrive sign-in section");
     await page.close();
     console.log("ALL OK");
   } finally {

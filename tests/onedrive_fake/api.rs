@@ -187,6 +187,15 @@ impl Fake {
         } else {
             return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "unknown resource");
         };
+        // The drive itself: who owns it (the signed-in user for /me/drive).
+        if rest.is_empty() && *method == Method::GET {
+            return axum::Json(json!({
+                "id": format!("drive-{drive}"),
+                "driveType": "business",
+                "owner": {"user": {"displayName": OWNER_NAME, "email": UPN, "id": "owner-id"}}
+            }))
+            .into_response();
+        }
         // "/root" ["/children"] or "/root:/{path}:" ["/children" | "/content" | "/createUploadSession"]
         let (item, action) = if let Some(r) = rest.strip_prefix("/root:/") {
             let idx = r.rfind(':').unwrap_or(r.len());

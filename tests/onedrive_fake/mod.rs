@@ -22,6 +22,8 @@ pub const TENANT: &str = "contoso-tenant-id";
 pub const CLIENT_ID: &str = "app-client-id";
 pub const CLIENT_SECRET: &str = "the-right-client-secret";
 pub const UPN: &str = "rec@contoso.example";
+/// The display name of every drive's owner.
+pub const OWNER_NAME: &str = "Recording Account";
 pub const SITE: &str = "contoso.sharepoint.com,1111,2222";
 pub const CHUNK_UNIT: usize = 320 * 1024;
 

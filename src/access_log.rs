@@ -23,17 +23,21 @@ pub enum AccessAction {
     Hold,
     /// The access log itself was read (subject: the filter).
     Audit,
+    /// A member's personal phone link was rotated (subject: the member's login).
+    #[serde(rename = "phone-key")]
+    PhoneKey,
 }
 
 impl AccessAction {
     /// Every action, for parsing and help texts.
-    pub const ALL: [AccessAction; 6] = [
+    pub const ALL: [AccessAction; 7] = [
         AccessAction::Search,
         AccessAction::Playback,
         AccessAction::Export,
         AccessAction::Verify,
         AccessAction::Hold,
         AccessAction::Audit,
+        AccessAction::PhoneKey,
     ];
 
     /// The word stored in the table; never changes for an existing action,
@@ -46,6 +50,7 @@ impl AccessAction {
             AccessAction::Verify => "verify",
             AccessAction::Hold => "hold",
             AccessAction::Audit => "audit",
+            AccessAction::PhoneKey => "phone-key",
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub tls: Option<crate::sip::tls::TlsSettings>,
     /// The web console's sessions and cookies.
     pub console: crate::console::ConsoleSettings,
+    /// The phone listener for the members' recording keys (off unless set).
+    pub phone: crate::phone::PhoneSettings,
 }
 
 /// What media each leg gets, and where SDES keys may travel.

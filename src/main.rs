@@ -830,6 +830,12 @@ struct RunArgs {
     /// Mark the console's cookies Secure: set this when the console is reached over HTTPS through a reverse proxy.
     #[arg(long, env = "CALLREC_CONSOLE_SECURE_COOKIES")]
     console_secure_cookies: bool,
+    /// Address (ADDR:PORT) that serves the members' phone recording keys, GET /phone/<token>/recording/{login|logout|toggle}; off unless given.
+    #[arg(long, env = "CALLREC_PHONE_LISTEN")]
+    phone_listen: Option<SocketAddr>,
+    /// Start of the phone links as phones reach them (e.g. http://callrec.example.com:8090); default http://<--phone-listen>.
+    #[arg(long, env = "CALLREC_PHONE_BASE_URL")]
+    phone_base_url: Option<String>,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -888,6 +894,7 @@ impl RunArgs {
                 on_record_failure: self.on_record_failure,
                 record_failure_announcement: self.record_failure_announcement.clone(),
                 record_without_announcement: self.record_without_announcement,
+                provision_phone_keys: false,
             });
         }
         if let Some(src) = &self.directory {
@@ -988,6 +995,10 @@ impl RunArgs {
             console: callrec::console::ConsoleSettings {
                 idle: Duration::from_secs(self.console_idle_timeout),
                 secure_cookies: self.console_secure_cookies,
+            },
+            phone: callrec::phone::PhoneSettings {
+                listen: self.phone_listen,
+                base_url: self.phone_base_url,
             },
         })
     }

@@ -4,11 +4,12 @@
 //! needs a session (see `auth`), every state change a CSRF token, and each
 //! role sees only what it may (see `users::Role`). See README "Web console".
 
-mod auth;
+pub(crate) mod auth;
 mod handlers;
 mod lookup;
 mod ops;
 mod pages;
+mod phone_links;
 mod sets;
 pub mod users;
 
@@ -97,6 +98,10 @@ pub fn router(core: Arc<Core>, settings: ConsoleSettings) -> Option<Router> {
             .route(
                 "/operations/groups/{group}/members/{user}/{action}",
                 post(ops::membership),
+            )
+            .route(
+                "/operations/phone-keys/{user}/rotate",
+                post(phone_links::rotate),
             )
             .route("/console.js", get(handlers::script))
             .route("/console.css", get(handlers::style))

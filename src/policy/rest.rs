@@ -1,6 +1,10 @@
 //! Client for the PBX's REST API in the STARFACE shape: nonce login with
 //! SHA-512, `authToken` reused until a 401, then one re-login; fetches users, groups,
 //! group members and phone numbers and turns them into a `Directory` snapshot.
+//! The function key sets are in `function_keys`.
+
+mod function_keys;
+pub use function_keys::{FunctionKey, FunctionKeySet, GENERIC_URL};
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,32 +1,23 @@
-//! The directory over the PBX REST API against an in-test axum server
-//! that speaks the STARFACE shape exactly: nonce login checked with SHA-512 (a wrong
-//! password gets 400), `authToken` required (401 when missing or expired),
-//! `X-Version: 2` required, fixtures from testdata/rest/. Also the background
-//! refresher: last good snapshot kept while the PBX is down.
+//! The directory over the PBX REST API against the fake STARFACE in
+//! tests/starface_fake (nonce login checked with SHA-512, a wrong password gets 400,
+//! `authToken` required, 401 when missing or expired, `X-Version: 2` required,
+//! fixtures from testdata/rest/). Also the background refresher: last good snapshot
+//! kept while the PBX is down.
 
-use std::collections::HashSet;
+#[path = "starface_fake/mod.rs"]
+mod starface_fake;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use callrec::policy::{
     decide, spawn_refresher, start_directory, Directory, DirectoryConfig, DirectoryHandle,
     DirectorySource, LoggedOut, NumberPlan, PbxClient, Profile, RestError, Rule,
 };
 use callrec::vocab::Direction;
-use rand::Rng;
-use serde_json::{json, Value};
-use sha2::{Digest, Sha512};
-
-const LOGIN_ID: &str = "0001";
-const PASSWORD: &str = "s3cret-Pbx";
+use starface_fake::{serve, testdata, Pbx, LOGIN_ID, PASSWORD};
 
 fn plan() -> NumberPlan {
     NumberPlan {
@@ -37,176 +28,8 @@ fn plan() -> NumberPlan {
     }
 }
 
-fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
-}
-
 fn fixture_directory() -> Directory {
     Directory::load_file(&testdata().join("directory.toml"), plan()).unwrap()
-}
-
-/// State of the fake PBX.
-#[derive(Default)]
-struct Pbx {
-    nonces: Mutex<HashSet<String>>,
-    tokens: Mutex<HashSet<String>>,
-    /// Successful logins.
-    logins: AtomicU32,
-    /// Requests that carried a valid token.
-    authorized: AtomicU32,
-    /// Revoke every token when the authorized request counter reaches this (0 = never).
-    expire_at: AtomicU32,
-}
-
-fn sha512_hex(s: &str) -> String {
-    hex::encode(Sha512::digest(s.as_bytes()))
-}
-
-fn random_hex() -> String {
-    let bytes: [u8; 16] = rand::thread_rng().gen();
-    hex::encode(bytes)
-}
-
-fn error(status: StatusCode, msg: &str) -> Response {
-    (
-        status,
-        Json(json!({ "code": status.as_u16(), "message": msg })),
-    )
-        .into_response()
-}
-
-/// The rejection for a request without `X-Version: 2`, if any.
-fn check_version(h: &HeaderMap) -> Option<Response> {
-    match h.get("X-Version").and_then(|v| v.to_str().ok()) {
-        Some("2") => None,
-        _ => Some(error(StatusCode::BAD_REQUEST, "X-Version: 2 required")),
-    }
-}
-
-impl Pbx {
-    /// The rejection (400 or 401) for a request without version or valid token, if any.
-    fn authorize(&self, h: &HeaderMap) -> Option<Response> {
-        if let Some(r) = check_version(h) {
-            return Some(r);
-        }
-        let n = self.authorized.load(Ordering::SeqCst) + 1;
-        if self.expire_at.load(Ordering::SeqCst) == n {
-            self.expire_at.store(0, Ordering::SeqCst);
-            self.tokens.lock().unwrap().clear();
-        }
-        let token = h.get("authToken").and_then(|v| v.to_str().ok());
-        match token {
-            Some(t) if self.tokens.lock().unwrap().contains(t) => {
-                self.authorized.fetch_add(1, Ordering::SeqCst);
-                None
-            }
-            _ => Some(error(
-                StatusCode::UNAUTHORIZED,
-                "authToken missing or expired",
-            )),
-        }
-    }
-}
-
-async fn login_get(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
-    if let Some(r) = check_version(&h) {
-        return r;
-    }
-    let nonce = random_hex();
-    pbx.nonces.lock().unwrap().insert(nonce.clone());
-    Json(json!({ "loginType": "Internal", "nonce": nonce, "secret": null })).into_response()
-}
-
-async fn login_post(
-    State(pbx): State<Arc<Pbx>>,
-    h: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    if let Some(r) = check_version(&h) {
-        return r;
-    }
-    let nonce = body["nonce"].as_str().unwrap_or_default().to_string();
-    if body["loginType"] != "Internal" || !pbx.nonces.lock().unwrap().remove(&nonce) {
-        return error(StatusCode::BAD_REQUEST, "unknown nonce");
-    }
-    let want = format!(
-        "{LOGIN_ID}:{}",
-        sha512_hex(&format!("{LOGIN_ID}{nonce}{}", sha512_hex(PASSWORD)))
-    );
-    if body["secret"].as_str() != Some(want.as_str()) {
-        return error(StatusCode::BAD_REQUEST, "login failed");
-    }
-    let token = random_hex();
-    pbx.tokens.lock().unwrap().insert(token.clone());
-    pbx.logins.fetch_add(1, Ordering::SeqCst);
-    Json(json!({ "token": token })).into_response()
-}
-
-async fn login_delete(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
-    if let Some(r) = pbx.authorize(&h) {
-        return r;
-    }
-    if let Some(t) = h.get("authToken").and_then(|v| v.to_str().ok()) {
-        pbx.tokens.lock().unwrap().remove(t);
-    }
-    StatusCode::NO_CONTENT.into_response()
-}
-
-fn fixture(name: &str) -> Response {
-    let text = std::fs::read_to_string(testdata().join("rest").join(name)).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    Json(v).into_response()
-}
-
-async fn users(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
-    pbx.authorize(&h).unwrap_or_else(|| fixture("users.json"))
-}
-
-async fn groups(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
-    pbx.authorize(&h).unwrap_or_else(|| fixture("groups.json"))
-}
-
-async fn group(State(pbx): State<Arc<Pbx>>, h: HeaderMap, UrlPath(id): UrlPath<u64>) -> Response {
-    if let Some(r) = pbx.authorize(&h) {
-        return r;
-    }
-    if testdata()
-        .join("rest")
-        .join(format!("group_{id}.json"))
-        .exists()
-    {
-        fixture(&format!("group_{id}.json"))
-    } else {
-        error(StatusCode::NOT_FOUND, "no such group")
-    }
-}
-
-async fn phonenumbers(State(pbx): State<Arc<Pbx>>, h: HeaderMap) -> Response {
-    pbx.authorize(&h)
-        .unwrap_or_else(|| fixture("phonenumbers.json"))
-}
-
-fn app(pbx: Arc<Pbx>) -> Router {
-    Router::new()
-        .route(
-            "/rest/login",
-            get(login_get).post(login_post).delete(login_delete),
-        )
-        .route("/rest/users", get(users))
-        .route("/rest/groups", get(groups))
-        .route("/rest/groups/{id}", get(group))
-        .route("/rest/phonenumbers", get(phonenumbers))
-        .with_state(pbx)
-}
-
-/// Serve the fake PBX on `addr` (port 0: any); returns the address and the server task.
-async fn serve(pbx: Arc<Pbx>, addr: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app(pbx)).await.unwrap();
-    });
-    (addr, task)
 }
 
 fn client(addr: SocketAddr, password: &str) -> PbxClient {

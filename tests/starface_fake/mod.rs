@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod keys;
 mod routes;
 
 use std::collections::HashSet;
@@ -40,6 +41,8 @@ pub struct Pbx {
     pub authorized: AtomicU32,
     /// Revoke every token when the authorized request counter reaches this (0 = never).
     pub expire_at: AtomicU32,
+    /// The users' function key sets.
+    pub keys: keys::Keys,
 }
 
 pub fn sha512_hex(s: &str) -> String {
@@ -94,7 +97,9 @@ impl Pbx {
 
 /// Every route of the fake. A new route file adds one `.merge(file::router(pbx.clone()))`.
 pub fn app(pbx: Arc<Pbx>) -> Router {
-    Router::new().merge(routes::router(pbx))
+    Router::new()
+        .merge(routes::router(pbx.clone()))
+        .merge(keys::router(pbx))
 }
 
 /// Serve the fake PBX on `addr` (port 0: any); returns the address and the server task.

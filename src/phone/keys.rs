@@ -50,6 +50,26 @@ pub fn log_name(token: &str) -> String {
     format!("key#{}", &digest(token)[..8])
 }
 
+/// `text` with every token that follows `/phone/` replaced by its log name:
+/// for messages that may carry a link (e.g. a PBX's error answer echoing a key).
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("/phone/") {
+        let (head, tail) = rest.split_at(at + "/phone/".len());
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(tail.len());
+        if end > 0 {
+            out.push_str(&log_name(&tail[..end]));
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A write connection beside the database's writer thread (it waits for that
 /// thread's transactions instead of failing).
 fn write_conn(path: &Path) -> Result<Connection, PhoneKeyError> {
@@ -192,5 +212,14 @@ mod tests {
         assert_eq!(member_of(&db, &first[1].1).unwrap(), None);
         assert_eq!(member_of(&db, &new).unwrap(), Some(2));
         assert!(!log_name(&new).contains(&new[..8]));
+        let msg =
+            format!("PBX said 400: {{\"genericURL\":\"http://h:1/phone/{new}/recording/toggle\"}}");
+        let red = redact(&msg);
+        assert!(!red.contains(&new[..8]), "{red}");
+        assert!(
+            red.contains(&format!("/phone/{}/recording/toggle", log_name(&new))),
+            "{red}"
+        );
+        assert_eq!(redact("no link /phone/"), "no link /phone/");
     }
 }

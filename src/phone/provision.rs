@@ -119,7 +119,7 @@ impl Provisioner {
             match self.place(&user.login, uid, &url).await {
                 Ok(()) => self.mark(uid, Some(user.login.clone())).await?,
                 Err(e) => {
-                    tracing::warn!(member = %user.login, error = %e, "phone key not provisioned; retried at the next refresh")
+                    tracing::warn!(member = %user.login, error = %keys::redact(&e.to_string()), "phone key not provisioned; retried at the next refresh")
                 }
             }
         }
@@ -127,7 +127,7 @@ impl Provisioner {
             match self.remove(&login).await {
                 Ok(()) => self.mark(uid, None).await?,
                 Err(e) => {
-                    tracing::warn!(member = %login, error = %e, "phone key of a former member not removed; retried at the next refresh")
+                    tracing::warn!(member = %login, error = %keys::redact(&e.to_string()), "phone key of a former member not removed; retried at the next refresh")
                 }
             }
         }
@@ -222,7 +222,7 @@ impl Provisioner {
                 tracing::info!(member = login, set, phones = ?phones, "phones asked to reload their function keys")
             }
             Err(e) => {
-                tracing::warn!(member = login, set, error = %e, "phones not asked to reload their function keys; the key arrives with their next provisioning")
+                tracing::warn!(member = login, set, error = %keys::redact(&e.to_string()), "phones not asked to reload their function keys; the key arrives with their next provisioning")
             }
         }
     }

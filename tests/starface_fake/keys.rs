@@ -84,18 +84,19 @@ impl Keys {
 type Q = Query<BTreeMap<String, String>>;
 
 /// The acting user's sets, or the rejection.
-fn acting(pbx: &Pbx, h: &HeaderMap, q: &BTreeMap<String, String>) -> Result<String, Response> {
+fn acting(pbx: &Pbx, h: &HeaderMap, q: &BTreeMap<String, String>) -> Result<String, Box<Response>> {
     if let Some(r) = pbx.authorize(h) {
-        return Err(r);
+        return Err(Box::new(r));
     }
     match q.get("actOnBehalfOf") {
         Some(login) if pbx.keys.sets.lock().unwrap().contains_key(login) => Ok(login.clone()),
-        Some(login) => Err(pbx
-            .keys
-            .violation(format!("actOnBehalfOf {login:?}: no such user"))),
-        None => Err(pbx
-            .keys
-            .violation("function keys of the REST user itself requested".into())),
+        Some(login) => Err(Box::new(
+            pbx.keys
+                .violation(format!("actOnBehalfOf {login:?}: no such user")),
+        )),
+        None => Err(Box::new(pbx.keys.violation(
+            "function keys of the REST user itself requested".into(),
+        ))),
     }
 }
 
@@ -137,7 +138,7 @@ fn check_key(k: &Value, creating: bool) -> Result<(), String> {
 async fn list_sets(State(pbx): State<Arc<Pbx>>, h: HeaderMap, Query(q): Q) -> Response {
     let login = match acting(&pbx, &h, &q) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let sets = pbx.keys.sets.lock().unwrap()[&login].clone();
     Json(
@@ -164,7 +165,7 @@ fn with_set(
 ) -> Response {
     let login = match acting(pbx, h, q) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut sets = pbx.keys.sets.lock().unwrap();
     match sets

@@ -200,6 +200,7 @@ impl PbxClient {
                 // 400: auto-provisioning off or the phone not provisioned by the PBX; the
                 // key arrives with the phone's next provisioning.
                 let e = status_error("PUT", &self.url(&path), resp).await;
+                let e = crate::phone::keys::redact(&e.to_string());
                 tracing::warn!(user = login, phone, error = %e, "PBX did not reload the phone's function keys");
             }
         }

@@ -236,9 +236,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         local
     };
     let ports = PortPool::new(cfg.media_ip, lo, hi);
-    let (directory, _refresher) =
+    let (directory, refresher) =
         crate::policy::start_directory(cfg.policy.directory.as_ref(), cfg.policy.numbers.clone())
             .await?;
+    let pbx_session = directory.clone();
     if let (Some(dir_cfg), Some(notifier)) = (&cfg.policy.directory, notifier) {
         directory.alert_when_stale(
             Duration::from_secs(dir_cfg.alert_after_secs),
@@ -308,6 +309,12 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     wait_for_stop_signal().await;
     drain(&core, cfg.shutdown_grace).await;
     router.abort();
+    // No refresh may log in again after the logout.
+    if let Some(r) = refresher {
+        r.abort();
+        let _ = r.await;
+    }
+    pbx_session.logout().await;
     drop(core);
     // Joins the sealing thread: every queued recording is sealed before we exit.
     drop(seal);

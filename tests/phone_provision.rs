@@ -3,7 +3,8 @@
 //! the spec's `/functionkeysets` shapes: one URL key appended after each
 //! member's own keys (which never move), the phones asked to reload, nothing
 //! done twice, a rotated link changed in place, and the key taken off the
-//! phones of members who are no longer in the group.
+//! phones of members who leave the group on the PBX or whose group is no
+//! longer provisioned (also across a restart).
 
 #[path = "starface_fake/mod.rs"]
 mod starface_fake;
@@ -201,6 +202,49 @@ fn keys_are_appended_kept_rotated_in_place_and_removed() {
         "phone not reloaded"
     );
     let clara_key = pbx.keys.keys_of("clara")[2].clone();
+
+    // Anna leaves Sales on the PBX: at the next refresh her key goes; her own
+    // keys stay, and so do the others' keys.
+    let mut sales_group = pbx.fixture("group_100.json").unwrap();
+    for u in sales_group["assignableUsers"].as_array_mut().unwrap() {
+        if u["id"] == 1 {
+            u["assigned"] = json!(false);
+        }
+    }
+    pbx.fixtures
+        .lock()
+        .unwrap()
+        .insert("group_100.json".into(), sales_group);
+    assert!(
+        wait_until(Duration::from_secs(10), || url_keys(
+            &pbx.keys.keys_of("anna")
+        )
+        .is_empty()),
+        "the key of a member who left is still on her phone: {:?}",
+        pbx.keys.keys_of("anna")
+    );
+    let anna: Vec<_> = pbx
+        .keys
+        .keys_of("anna")
+        .iter()
+        .map(|k| k["id"].clone())
+        .collect();
+    assert_eq!(anna, ["own-anna-0", "own-anna-1", "own-anna-dnd"]);
+    assert_eq!(url_keys(&pbx.keys.keys_of("ben")).len(), 1);
+    assert_eq!(
+        http(phone, "GET", &path_of(&keys[2], phone), &[], "").status,
+        403,
+        "in no group now"
+    );
+    pbx.fixtures.lock().unwrap().clear();
+    assert!(
+        wait_until(Duration::from_secs(10), || url_keys(
+            &pbx.keys.keys_of("anna")
+        )
+        .len()
+            == 1),
+        "back in Sales, no key again"
+    );
     let first_log = proxy.log();
     drop(proxy);
 
@@ -228,6 +272,7 @@ fn keys_are_appended_kept_rotated_in_place_and_removed() {
     assert_eq!(pbx.keys.keys_of("clara")[2], clara_key);
     assert_eq!(pbx.keys.keys_of("david")[..2], own("david", 4, 2)[..]);
     assert!(pbx.keys.violations.lock().unwrap().is_empty());
+    assert!(pbx.violations().is_empty(), "{:?}", pbx.violations());
 
     // Every change is logged; the links (credentials) are not.
     let log = format!("{first_log}{}", proxy.log());

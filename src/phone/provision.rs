@@ -14,9 +14,7 @@ use std::time::Duration;
 use super::{keys, link};
 use crate::db::Db;
 use crate::policy::rest::{FunctionKey, GENERIC_URL};
-use crate::policy::{
-    Directory, DirectoryHandle, DirectorySource, PbxClient, Profile, RestError, UserId,
-};
+use crate::policy::{Directory, DirectoryHandle, PbxClient, Profile, RestError, UserId};
 
 /// The key's label on the phone.
 pub const KEY_LABEL: &str = "Recording";
@@ -54,7 +52,8 @@ pub fn spawn(
     let Some(dir_cfg) = cfg.policy.directory.as_ref() else {
         return refuse("no [directory] is configured");
     };
-    let Ok(DirectorySource::Rest(client)) = DirectorySource::from_config(dir_cfg) else {
+    // The directory's own session: one token on the PBX, logged out at shutdown.
+    let Some(client) = directory.session().filter(|_| dir_cfg.is_rest()) else {
         return refuse("the directory is not the PBX's REST API");
     };
     if cfg.phone.listen.is_none() {

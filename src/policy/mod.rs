@@ -29,6 +29,8 @@ pub mod numbers;
 pub mod profile;
 pub mod refresh;
 pub mod rest;
+mod rest_directory;
+pub mod rest_numbers;
 
 pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Rule};
 pub use dedup::{LegClaim, LegDedup};

@@ -4,6 +4,7 @@
 //! read the current snapshot through `DirectoryHandle::current`, which never waits
 //! on the network. When refreshes keep failing, an alert hook (the mail
 //! notifier, wired by the proxy) hears of it once the snapshot is old enough.
+//! At shutdown `DirectoryHandle::logout` ends the PBX session.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -17,6 +18,9 @@ use super::rest::PbxClient;
 
 /// Timeout for one HTTP request to the PBX.
 pub const REST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the logout at shutdown may take.
+pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A refresh failed (the last good snapshot stays in use).
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,8 @@ pub struct DirectoryHandle {
     status: RwLock<RefreshStatus>,
     created: SystemTime,
     stale_alert: RwLock<Option<(Duration, StaleAlert)>>,
+    /// The PBX session started by `start`, logged out at shutdown.
+    session: RwLock<Option<Arc<PbxClient>>>,
 }
 
 impl std::fmt::Debug for DirectoryHandle {
@@ -125,7 +131,44 @@ impl DirectoryHandle {
             status: RwLock::new(RefreshStatus::default()),
             created: SystemTime::now(),
             stale_alert: RwLock::new(None),
+            session: RwLock::new(None),
         })
+    }
+
+    /// The PBX session of a REST source, shared with other REST users (the
+    /// phone key provisioning), so one token is kept and logged out at shutdown.
+    pub fn session(&self) -> Option<Arc<PbxClient>> {
+        self.session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Log out of the PBX's REST API (`DELETE /login`), if a REST source was
+    /// started; for shutdown, after the refresher has stopped, so the token does
+    /// not stay live on the PBX. A failure is logged: shutdown goes on.
+    pub async fn logout(&self) {
+        let client = self
+            .session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(client) = client {
+            // A PBX that stopped answering must not hold up the shutdown.
+            match tokio::time::timeout(LOGOUT_TIMEOUT, client.logout()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(source = %client.base(), "logged out of the PBX REST API")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(source = %client.base(), "PBX REST logout failed: {e}")
+                }
+                Err(_) => tracing::warn!(
+                    source = %client.base(),
+                    "PBX REST logout gave no answer within {}s; the token expires on the PBX",
+                    LOGOUT_TIMEOUT.as_secs()
+                ),
+            }
+        }
     }
 
     /// Calls `alert` after every failed refresh once the snapshot in use (or,
@@ -233,6 +276,9 @@ pub async fn start(
         return Ok((handle, None));
     };
     let source = DirectorySource::from_config(cfg)?;
+    if let DirectorySource::Rest(client) = &source {
+        *handle.session.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+    }
     let interval = Duration::from_secs(cfg.refresh_secs.max(1));
     let mut tick_now = true;
     if let DirectorySource::File(_) = source {

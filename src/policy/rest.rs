@@ -1,13 +1,19 @@
-//! Client for the PBX's REST API in the STARFACE shape: nonce login with
-//! SHA-512, `authToken` reused until a 401, then one re-login; fetches users, groups,
-//! group members and phone numbers and turns them into a `Directory` snapshot.
+//! Client for a STARFACE PBX's REST API: nonce login (the secret is built for the
+//! login type the PBX asks for: `Internal` with SHA-512, `ActiveDirectory` with
+//! base64), `authToken` reused until a 401, then one re-login; a replaced token
+//! and the last one at shutdown are logged out (`DELETE /login`) so no session
+//! stays live on the PBX. Fetches users, groups, group members and phone numbers;
+//! `rest_directory` turns them into a `Directory` snapshot.
 //! The function key sets are in `function_keys`.
 
 mod function_keys;
 pub use function_keys::{FunctionKey, FunctionKeySet, GENERIC_URL};
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use base64::Engine;
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -15,22 +21,32 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 use tokio::sync::Mutex;
 
-use super::directory::{Directory, Group, GroupId, User, UserId};
+use super::directory::{Directory, UserId};
 use super::error::RestError;
 use super::numbers::NumberPlan;
+use super::rest_directory::{
+    build, link_mismatches, user_links, Fetched, LogOnce, RestAssignment, RestGroup,
+    RestGroupDetail, RestPhoneNumber, RestUser,
+};
 
 /// The API version sent in `X-Version` on every request.
 pub const API_VERSION: &str = "2";
+
+/// Users whose number links are checked against their own route per refresh
+/// (rotating, so every user is checked over a few refreshes; all of them once
+/// one disagrees).
+pub const LINK_SAMPLE: usize = 4;
 
 /// The login object of `GET/POST /rest/login`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoginObject {
-    /// Always "Internal" for a PBX user.
+    /// The login type the PBX asks for: `Internal` or `ActiveDirectory`.
     pub login_type: String,
     /// One-time nonce issued by the PBX.
     pub nonce: String,
-    /// `loginId:sha512hex(loginId + nonce + sha512hex(password))`, null in the GET answer.
+    /// The secret (see `login_secret`); absent in the GET answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
 
@@ -39,8 +55,14 @@ pub fn sha512_hex(data: &str) -> String {
     hex::encode(Sha512::digest(data.as_bytes()))
 }
 
-/// The login secret (the PBX's REST login).
-pub fn login_secret(login_id: &str, nonce: &str, password: &str) -> String {
+/// The login secret for the login type the PBX named in `GET /login`: for a user
+/// of Active Directory `base64(loginId + nonce + password)`, otherwise (`Internal`)
+/// `loginId:sha512hex(loginId + nonce + sha512hex(password))`.
+pub fn login_secret(login_type: &str, login_id: &str, nonce: &str, password: &str) -> String {
+    if login_type.eq_ignore_ascii_case("ActiveDirectory") {
+        return base64::engine::general_purpose::STANDARD
+            .encode(format!("{login_id}{nonce}{password}"));
+    }
     let inner = sha512_hex(password);
     format!(
         "{login_id}:{}",
@@ -55,6 +77,9 @@ pub struct PbxClient {
     password: String,
     http: reqwest::Client,
     token: Mutex<Option<String>>,
+    /// Where the next sample of users for the link check starts.
+    sample_at: AtomicUsize,
+    once: LogOnce,
 }
 
 impl std::fmt::Debug for PbxClient {
@@ -93,6 +118,8 @@ impl PbxClient {
             password: password.to_string(),
             http,
             token: Mutex::new(None),
+            sample_at: AtomicUsize::new(0),
+            once: LogOnce::default(),
         })
     }
 
@@ -112,7 +139,8 @@ impl PbxClient {
             .header("X-Version", API_VERSION)
     }
 
-    /// Log in (nonce, secret) and keep the token; returns it.
+    /// Log in (nonce, secret) and keep the token; returns it. A token held before
+    /// is logged out, so replacing it leaves no live session behind.
     pub async fn login(&self) -> Result<String, RestError> {
         let url = self.url("/login");
         let unreachable = |source| RestError::Unreachable {
@@ -125,7 +153,12 @@ impl PbxClient {
             .await
             .map_err(unreachable)?;
         let mut login: LoginObject = decode(&url, "GET", resp).await?;
-        login.secret = Some(login_secret(&self.login_id, &login.nonce, &self.password));
+        login.secret = Some(login_secret(
+            &login.login_type,
+            &self.login_id,
+            &login.nonce,
+            &self.password,
+        ));
         let resp = self
             .request(Method::POST, &url)
             .json(&login)
@@ -142,8 +175,11 @@ impl PbxClient {
             token: String,
         }
         let token: Token = decode(&url, "POST", resp).await?;
-        tracing::debug!(base = %self.base, "PBX REST login succeeded");
-        *self.token.lock().await = Some(token.token.clone());
+        tracing::debug!(base = %self.base, login_type = login.login_type, "PBX REST login succeeded");
+        let old = self.token.lock().await.replace(token.token.clone());
+        if let Some(old) = old.filter(|o| *o != token.token) {
+            self.logout_token(old).await;
+        }
         Ok(token.token)
     }
 
@@ -152,6 +188,21 @@ impl PbxClient {
         let Some(token) = self.token.lock().await.take() else {
             return Ok(());
         };
+        self.delete_token(token).await
+    }
+
+    /// Log out a token that is being replaced; a failure is only logged, since
+    /// the new token works either way.
+    async fn logout_token(&self, token: String) {
+        match self.delete_token(token).await {
+            Ok(()) => tracing::debug!(base = %self.base, "replaced PBX REST token logged out"),
+            Err(e) => {
+                tracing::warn!(base = %self.base, "logging out the replaced PBX REST token failed: {e}")
+            }
+        }
+    }
+
+    async fn delete_token(&self, token: String) -> Result<(), RestError> {
         let url = self.url("/login");
         let resp = self
             .request(Method::DELETE, &url)
@@ -198,100 +249,91 @@ impl PbxClient {
                     url,
                     "PBX REST token expired or revoked (401): logging in again"
                 );
-                *self.token.lock().await = None;
+                // The refused token is logged out once the new one is there (see `login`).
+                relogged = true;
+                self.login().await?;
                 continue;
             }
             return decode(&url, "GET", resp).await;
         }
     }
 
-    /// Fetch users, groups (with members) and phone numbers and build a snapshot.
+    /// Fetch users, groups (with members) and phone numbers, check the number
+    /// links of a sample of users against their own route, and build a snapshot.
     pub async fn fetch_directory(&self, plan: &NumberPlan) -> Result<Directory, RestError> {
         let users: Vec<RestUser> = self.get("/users").await?;
         let groups: Vec<RestGroup> = self.get("/groups").await?;
-        let mut details = Vec::with_capacity(groups.len());
+        let mut details: Vec<RestGroupDetail> = Vec::with_capacity(groups.len());
         for g in &groups {
-            let d: RestGroupDetail = self.get(&format!("/groups/{}", g.id)).await?;
-            details.push(d);
+            details.push(self.get(&format!("/groups/{}", g.id)).await?);
         }
         let numbers: Vec<RestPhoneNumber> = self.get("/phonenumbers").await?;
 
-        let mut user_numbers: HashMap<UserId, (Vec<_>, Vec<_>)> = HashMap::new();
-        let mut group_numbers: HashMap<GroupId, (Vec<_>, Vec<_>)> = HashMap::new();
-        for n in &numbers {
-            let Some(raw) = n.number.as_deref().filter(|s| !s.is_empty()) else {
-                continue;
-            };
-            let kind = n.kind.as_deref().unwrap_or("").to_ascii_uppercase();
-            let (internal, normalised) = match kind.as_str() {
-                "INTERNAL" => (true, plan.normalise_internal(raw)),
-                "EXTERNAL" => (false, plan.normalise(&n.full_external())),
-                other => {
-                    tracing::debug!(id = ?n.id, kind = other, "PBX phone number of another type ignored");
-                    continue;
+        let links = user_links(&numbers);
+        let mut ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
+        ids.sort_unstable();
+        let start = self.sample_at.fetch_add(LINK_SAMPLE, Ordering::Relaxed);
+        let sample: Vec<UserId> = ids
+            .iter()
+            .cycle()
+            .skip(start % ids.len().max(1))
+            .take(LINK_SAMPLE.min(ids.len()))
+            .copied()
+            .collect();
+        let mut per_user = self.user_routes(&sample).await?;
+        if !link_mismatches(&links, &per_user).is_empty() {
+            // One disagreement means the links cannot be trusted: check everyone.
+            let rest: Vec<UserId> = ids
+                .iter()
+                .filter(|u| !per_user.contains_key(u))
+                .copied()
+                .collect();
+            per_user.extend(self.user_routes(&rest).await?);
+        }
+        Ok(build(
+            Fetched {
+                users,
+                groups,
+                details,
+                numbers,
+                per_user,
+            },
+            plan,
+            &self.base,
+            &self.once,
+        )?)
+    }
+
+    /// Phone number ids of each user from `/users/{id}/phonenumberconfig/phonenumbers/`.
+    /// A route the PBX refuses only skips that check (logged once).
+    async fn user_routes(
+        &self,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, BTreeSet<u64>>, RestError> {
+        let mut out = HashMap::new();
+        for &u in users {
+            let path = format!("/users/{u}/phonenumberconfig/phonenumbers/");
+            match self.get::<Vec<RestAssignment>>(&path).await {
+                Ok(list) => {
+                    let ids = list
+                        .iter()
+                        .filter(|a| a.account_id == u)
+                        .map(|a| a.phone_number_id)
+                        .collect();
+                    out.insert(u, ids);
                 }
-            };
-            let push = |slot: &mut (Vec<_>, Vec<_>)| {
-                if internal {
-                    slot.0.push(normalised.clone())
-                } else {
-                    slot.1.push(normalised.clone())
+                Err(e @ RestError::Status { .. }) => {
+                    if self.once.first(format!("user route {u}")) {
+                        tracing::warn!(
+                            account_id = u,
+                            "cannot check the number links of user {u}: {e}"
+                        );
+                    }
                 }
-            };
-            if let Some(u) = n.assigned_user_account_id {
-                push(user_numbers.entry(u).or_default());
-            }
-            if let Some(g) = n.assigned_group_account_id {
-                push(group_numbers.entry(g).or_default());
+                Err(e) => return Err(e),
             }
         }
-
-        let users = users
-            .into_iter()
-            .map(|u| {
-                let (internal, external) = user_numbers.remove(&u.id).unwrap_or_default();
-                User {
-                    id: u.id,
-                    login: u.login,
-                    first_name: u.first_name.unwrap_or_default(),
-                    family_name: u.family_name.unwrap_or_default(),
-                    email: u.email.filter(|e| !e.is_empty()),
-                    internal_numbers: internal,
-                    external_numbers: external,
-                }
-            })
-            .collect();
-        let groups = groups
-            .into_iter()
-            .zip(details)
-            .map(|(g, d)| {
-                let (mut internal, mut external) = group_numbers.remove(&g.id).unwrap_or_default();
-                if let Some(n) = text(&g.groupinternalnumber) {
-                    internal.push(plan.normalise_internal(&n));
-                }
-                if let Some(n) = text(&g.groupexternalnumber) {
-                    external.push(plan.normalise(&n));
-                }
-                Group {
-                    id: g.id,
-                    name: g.groupname.or(d.name).unwrap_or_default(),
-                    internal_numbers: internal,
-                    external_numbers: external,
-                    members: d
-                        .assignable_users
-                        .iter()
-                        .filter(|m| m.assigned)
-                        .map(|m| m.id)
-                        .collect(),
-                }
-            })
-            .collect();
-        Ok(Directory::new(
-            plan.clone(),
-            self.base.clone(),
-            users,
-            groups,
-        )?)
+        Ok(out)
     }
 }
 
@@ -328,83 +370,13 @@ async fn status_error(method: &'static str, url: &str, resp: reqwest::Response) 
     }
 }
 
-/// A JSON string or number as text; null and "" are none.
-fn text(v: &Option<serde_json::Value>) -> Option<String> {
-    match v {
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RestUser {
-    id: UserId,
-    login: String,
-    first_name: Option<String>,
-    family_name: Option<String>,
-    email: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RestGroup {
-    id: GroupId,
-    groupname: Option<String>,
-    groupinternalnumber: Option<serde_json::Value>,
-    groupexternalnumber: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RestGroupDetail {
-    name: Option<String>,
-    #[serde(default)]
-    assignable_users: Vec<RestMember>,
-}
-
-#[derive(Deserialize)]
-struct RestMember {
-    id: UserId,
-    #[serde(default)]
-    assigned: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RestPhoneNumber {
-    id: Option<serde_json::Value>,
-    number: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    exit_code: Option<String>,
-    national_prefix: Option<String>,
-    local_prefix: Option<String>,
-    assigned_user_account_id: Option<UserId>,
-    assigned_group_account_id: Option<GroupId>,
-}
-
-impl RestPhoneNumber {
-    /// exitCode ("+" or "00") + nationalPrefix (country) + localPrefix (area) + number.
-    fn full_external(&self) -> String {
-        let number = self.number.as_deref().unwrap_or("");
-        match (&self.exit_code, &self.national_prefix) {
-            (Some(exit), Some(country)) if !exit.is_empty() && !country.is_empty() => format!(
-                "{exit}{country}{}{number}",
-                self.local_prefix.as_deref().unwrap_or("")
-            ),
-            _ => number.to_string(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn secret_has_the_documented_shape() {
-        let s = login_secret("0001", "abc", "pw");
+        let s = login_secret("Internal", "0001", "abc", "pw");
         let (id, hash) = s.split_once(':').unwrap();
         assert_eq!(id, "0001");
         assert_eq!(hash, sha512_hex(&format!("0001abc{}", sha512_hex("pw"))));
@@ -412,6 +384,11 @@ mod tests {
         assert_eq!(
             sha512_hex(""),
             "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e"
+        );
+        // Active Directory: base64 of login id, nonce and password.
+        assert_eq!(
+            login_secret("ActiveDirectory", "0001", "abc", "pw"),
+            "MDAwMWFiY3B3"
         );
     }
 }

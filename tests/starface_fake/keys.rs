@@ -76,16 +76,21 @@ impl Keys {
     }
 
     fn violation(&self, what: String) -> Response {
-        self.violations.lock().unwrap().push(what.clone());
-        error(StatusCode::INTERNAL_SERVER_ERROR, &what)
+        self.violations.lock().unwrap().push(what);
+        status(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
 type Q = Query<BTreeMap<String, String>>;
 
 /// The acting user's sets, or the rejection.
-fn acting(pbx: &Pbx, h: &HeaderMap, q: &BTreeMap<String, String>) -> Result<String, Box<Response>> {
-    if let Some(r) = pbx.authorize(h) {
+fn acting(
+    pbx: &Pbx,
+    h: &HeaderMap,
+    q: &BTreeMap<String, String>,
+    what: &str,
+) -> Result<String, Box<Response>> {
+    if let Some(r) = pbx.authorize(h, what) {
         return Err(Box::new(r));
     }
     match q.get("actOnBehalfOf") {
@@ -136,7 +141,7 @@ fn check_key(k: &Value, creating: bool) -> Result<(), String> {
 }
 
 async fn list_sets(State(pbx): State<Arc<Pbx>>, h: HeaderMap, Query(q): Q) -> Response {
-    let login = match acting(&pbx, &h, &q) {
+    let login = match acting(&pbx, &h, &q, "GET /functionkeysets") {
         Ok(l) => l,
         Err(r) => return *r,
     };
@@ -158,12 +163,11 @@ async fn list_sets(State(pbx): State<Arc<Pbx>>, h: HeaderMap, Query(q): Q) -> Re
 /// Runs `f` on set `set` of the acting user.
 fn with_set(
     pbx: &Pbx,
-    h: &HeaderMap,
-    q: &BTreeMap<String, String>,
+    (h, q, what): (&HeaderMap, &BTreeMap<String, String>, &str),
     set: &str,
     f: impl FnOnce(&mut KeySet) -> Response,
 ) -> Response {
-    let login = match acting(pbx, h, q) {
+    let login = match acting(pbx, h, q, what) {
         Ok(l) => l,
         Err(r) => return *r,
     };
@@ -187,7 +191,10 @@ async fn list_keys(
     Query(q): Q,
     UrlPath(set): UrlPath<String>,
 ) -> Response {
-    with_set(&pbx, &h, &q, &set, |s| Json(s.keys.clone()).into_response())
+    let what = format!("GET /functionkeysets/{set}/");
+    with_set(&pbx, (&h, &q, &what), &set, |s| {
+        Json(s.keys.clone()).into_response()
+    })
 }
 
 async fn create_key(
@@ -197,17 +204,16 @@ async fn create_key(
     UrlPath(set): UrlPath<String>,
     Json(mut key): Json<Value>,
 ) -> Response {
+    let what = format!("POST /functionkeysets/{set}/");
     if let Err(e) = check_key(&key, true) {
-        if pbx.authorize(&h).is_none() {
-            return pbx.keys.violation(e);
-        }
+        return pbx.keys.violation(format!("{what}: {e}"));
     }
     let id = format!(
         "fk-{}",
         pbx.keys.next_id.fetch_add(1, Ordering::SeqCst) + 100
     );
     let keys = &pbx.keys;
-    with_set(&pbx, &h, &q, &set, |s| {
+    with_set(&pbx, (&h, &q, &what), &set, |s| {
         key["id"] = json!(id);
         let at = key["position"]
             .as_i64()
@@ -227,15 +233,14 @@ async fn update_key(
     UrlPath((set, id)): UrlPath<(String, String)>,
     Json(key): Json<Value>,
 ) -> Response {
+    let what = format!("PUT /functionkeysets/{set}/{id}");
     if let Err(e) = check_key(&key, false) {
-        if pbx.authorize(&h).is_none() {
-            return pbx.keys.violation(e);
-        }
+        return pbx.keys.violation(format!("{what}: {e}"));
     }
     let keys = &pbx.keys;
-    with_set(&pbx, &h, &q, &set, |s| {
+    with_set(&pbx, (&h, &q, &what), &set, |s| {
         let Some(at) = s.keys.iter().position(|k| k["id"] == id.as_str()) else {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "no such key");
+            return status(StatusCode::INTERNAL_SERVER_ERROR);
         };
         // A changed position moves the key (and the others aside), as the PBX does.
         let to =
@@ -255,7 +260,8 @@ async fn delete_key(
     UrlPath((set, id)): UrlPath<(String, String)>,
 ) -> Response {
     let keys = &pbx.keys;
-    with_set(&pbx, &h, &q, &set, |s| {
+    let what = format!("DELETE /functionkeysets/{set}/{id}");
+    with_set(&pbx, (&h, &q, &what), &set, |s| {
         s.keys.retain(|k| k["id"] != id.as_str());
         renumber(&mut s.keys);
         keys.changes.lock().unwrap().push(format!("DELETE {set}"));
@@ -269,7 +275,8 @@ async fn phones(
     Query(q): Q,
     UrlPath(set): UrlPath<String>,
 ) -> Response {
-    with_set(&pbx, &h, &q, &set, |s| {
+    let what = format!("GET /functionkeysets/{set}/phones");
+    with_set(&pbx, (&h, &q, &what), &set, |s| {
         Json(s.phones.clone()).into_response()
     })
 }
@@ -282,9 +289,10 @@ async fn reload(
 ) -> Response {
     let keys = &pbx.keys;
     let phone = q.get("phone").cloned().unwrap_or_default();
-    with_set(&pbx, &h, &q, &set, |s| {
+    let what = format!("PUT /functionkeysets/{set}/phone");
+    with_set(&pbx, (&h, &q, &what), &set, |s| {
         if !s.phones.contains(&phone) {
-            return error(StatusCode::NOT_FOUND, "Phone was invalid or not found");
+            return status(StatusCode::NOT_FOUND);
         }
         keys.reloads.lock().unwrap().push((set.clone(), phone));
         StatusCode::OK.into_response()

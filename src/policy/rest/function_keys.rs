@@ -102,12 +102,14 @@ impl PbxClient {
                 url: url.clone(),
                 source,
             })?;
-            if resp.status() == StatusCode::UNAUTHORIZED && !relogged {
-                *self.token.lock().await = None;
-                continue;
-            }
             if resp.status() == StatusCode::UNAUTHORIZED {
-                return Err(RestError::TokenRefused { url });
+                if relogged {
+                    return Err(RestError::TokenRefused { url });
+                }
+                // As for the directory: the refused token is logged out once the new one is there.
+                relogged = true;
+                self.login().await?;
+                continue;
             }
             return Ok(resp);
         }

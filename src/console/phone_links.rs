@@ -39,11 +39,12 @@ pub async fn section(c: &Arc<Console>, me: &Me) -> Result<Markup, Refusal> {
                 "Rotating a link stops the old one at once."
             }
             @if phone.listen.is_none() {
-                p.error role="alert" { "The phone listener is off: start callrec with --phone-listen ADDR:PORT to serve these links." }
+                p { "The phone listener is off: start callrec with --phone-listen ADDR:PORT to serve these links." }
             } @else if base.is_none() {
                 p.error role="alert" { "The phone listener has no address a phone can use: set --phone-base-url." }
             }
-            table.results #phone-keys {
+            @if tokens.is_empty() { p { "The directory has no members." } }
+            @else { table.results #phone-keys {
                 thead { tr { th scope="col" { "Member" } th scope="col" { "Login" } th scope="col" { "Link" } th scope="col" { "Rotate" } } }
                 tbody { @for (uid, token) in &tokens {
                     @if let Some(u) = dir.user(*uid) {
@@ -60,7 +61,7 @@ pub async fn section(c: &Arc<Console>, me: &Me) -> Result<Markup, Refusal> {
                         }
                     }
                 } }
-            }
+            } }
         }
     })
 }

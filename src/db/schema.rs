@@ -176,6 +176,18 @@ CREATE TABLE holds (
     PRIMARY KEY (kind, value)
 );
 "#,
+    // The personal phone links (see phone::keys): one random token per directory member.
+    r#"
+CREATE TABLE phone_keys (
+    user_id INTEGER PRIMARY KEY,
+    token TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    rotated_ms INTEGER NOT NULL,
+    -- The login under which the link was put on the member's phones (NULL: not on a phone).
+    provisioned_login TEXT
+);
+"#,
 ];
 
 pub(super) fn open_rw(path: &Path) -> Result<Connection, DbError> {

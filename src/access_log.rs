@@ -26,11 +26,14 @@ pub enum AccessAction {
     /// An admin changed how recordings are stored, e.g. signed a storage
     /// target in (subject: the target).
     Configure,
+    /// A member's personal phone link was rotated (subject: the member's login).
+    #[serde(rename = "phone-key")]
+    PhoneKey,
 }
 
 impl AccessAction {
     /// Every action, for parsing and help texts.
-    pub const ALL: [AccessAction; 7] = [
+    pub const ALL: [AccessAction; 8] = [
         AccessAction::Search,
         AccessAction::Playback,
         AccessAction::Export,
@@ -38,6 +41,7 @@ impl AccessAction {
         AccessAction::Hold,
         AccessAction::Audit,
         AccessAction::Configure,
+        AccessAction::PhoneKey,
     ];
 
     /// The word stored in the table; never changes for an existing action,
@@ -51,6 +55,7 @@ impl AccessAction {
             AccessAction::Hold => "hold",
             AccessAction::Audit => "audit",
             AccessAction::Configure => "configure",
+            AccessAction::PhoneKey => "phone-key",
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct RunConfig {
     pub console: crate::console::ConsoleSettings,
     /// Serve the admin listener over TLS with the certificate of `tls`.
     pub admin_tls: bool,
+    /// The phone listener for the members' recording keys (off unless set).
+    pub phone: crate::phone::PhoneSettings,
 }
 
 /// What media each leg gets, and where SDES keys may travel.

@@ -18,6 +18,7 @@ pub mod db_repair;
 pub mod hold;
 pub mod media;
 pub mod notify;
+pub mod phone;
 pub mod policy;
 pub mod proxy;
 pub mod reconcile;

@@ -846,6 +846,12 @@ struct RunArgs {
     /// Most megabytes of sets fetched from remote targets for playing kept at once; the least recently used go first, a larger set is refused.
     #[arg(long, env = "CALLREC_CONSOLE_FETCH_MAX_MB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     console_fetch_max_mb: u64,
+    /// Address (ADDR:PORT) that serves the members' phone recording keys, GET /phone/<token>/recording/{login|logout|toggle}; off unless given.
+    #[arg(long, env = "CALLREC_PHONE_LISTEN")]
+    phone_listen: Option<SocketAddr>,
+    /// Start of the phone links as phones reach them (e.g. http://callrec.example.com:8090); default http://<--phone-listen>.
+    #[arg(long, env = "CALLREC_PHONE_BASE_URL")]
+    phone_base_url: Option<String>,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -908,6 +914,7 @@ impl RunArgs {
                 on_record_failure: self.on_record_failure,
                 record_failure_announcement: self.record_failure_announcement.clone(),
                 record_without_announcement: self.record_without_announcement,
+                provision_phone_keys: false,
             });
         }
         if let Some(src) = &self.directory {
@@ -1016,6 +1023,10 @@ impl RunArgs {
                 fetch_max_bytes: self.console_fetch_max_mb.saturating_mul(1024 * 1024),
             },
             admin_tls: self.admin_tls,
+            phone: callrec::phone::PhoneSettings {
+                listen: self.phone_listen,
+                base_url: self.phone_base_url,
+            },
         })
     }
 }

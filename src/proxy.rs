@@ -249,6 +249,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             }),
         );
     }
+    let _phone_keys = crate::phone::provision::spawn(&cfg, directory.clone(), db.clone());
     let membership = Arc::new(crate::policy::MembershipStore::open(&cfg.data_dir)?);
     let planner = Planner::new(
         cfg.policy.profiles.clone(),
@@ -292,6 +293,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             None => admin_token_file(&cfg.data_dir)?,
         };
         crate::admin::serve(core.clone(), admin, token, admin_tls).await?;
+    }
+    if let Some(phone) = cfg.phone.listen {
+        crate::phone::server::serve(core.clone(), phone).await?;
     }
     tracing::info!(
         "callrec listening on {local} (UDP and TCP); PBX {}, trunk {}; media on {} ports {lo}-{hi}",

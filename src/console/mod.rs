@@ -4,13 +4,14 @@
 //! needs a session (see `auth`), every state change a CSRF token, and each
 //! role sees only what it may (see `users::Role`). See README "Web console".
 
-mod auth;
+pub(crate) mod auth;
 mod fetch_cache;
 mod handlers;
 mod lookup;
 mod onedrive;
 mod ops;
 mod pages;
+mod phone_links;
 mod proxy_login;
 mod sets;
 pub mod users;
@@ -122,6 +123,10 @@ pub fn router(core: Arc<Core>, settings: ConsoleSettings) -> Option<Router> {
             )
             .route("/operations/onedrive/start", post(onedrive::start))
             .route("/operations/onedrive/finish", post(onedrive::finish))
+            .route(
+                "/operations/phone-keys/{user}/rotate",
+                post(phone_links::rotate),
+            )
             .route("/console.js", get(handlers::script))
             .route("/console.css", get(handlers::style))
             .layer(axum::middleware::map_response(security_headers))

@@ -1,6 +1,7 @@
 //! The admins' operations view: the upload queue per target, recent
-//! recording failures, group membership with login/logout buttons, and the
-//! instance certificate with its fingerprint.
+//! recording failures, group membership with login/logout buttons, the
+//! members' phone links (see `phone_links`), and the instance certificate
+//! with its fingerprint.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,6 +84,7 @@ pub async fn operations(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
             })
             .collect::<Vec<_>>()
     });
+    let phone_links = super::phone_links::section(&c, &me).await?;
     let body = html! {
         section aria-labelledby="uploads" {
             h2 #uploads { "Upload queue" }
@@ -125,6 +127,7 @@ pub async fn operations(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
             }
         }
         (super::onedrive::section(&c, &me))
+        (phone_links)
         section aria-labelledby="cert" {
             h2 #cert { "Instance certificate" }
             p { "SHA-256 fingerprint: " code #fingerprint { (fingerprint(&pem).unwrap_or_else(|| "(no certificate)".into())) } }

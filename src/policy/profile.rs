@@ -56,6 +56,8 @@
 //!                                 # to the caller before such a refusal
 //! record_without_announcement = false  # record even when the announcement cannot
 //!                                 # be played; default false (connected unrecorded)
+//! provision_phone_keys = false    # put each group member's phone link on her phone
+//!                                 # (PBX REST user with admin rights); default false
 //! ```
 //!
 //! `retention` is kept in [`PolicyConfig::retention`] (profile name → period), not in
@@ -130,6 +132,9 @@ pub struct Profile {
     pub record_failure_announcement: Option<PathBuf>,
     /// Record even when the profile's announcement could not be played.
     pub record_without_announcement: bool,
+    /// Put each group member's phone link on her phone as a URL function key
+    /// through the PBX's REST API (needs a REST user with admin rights).
+    pub provision_phone_keys: bool,
 }
 
 impl Default for Profile {
@@ -149,6 +154,7 @@ impl Default for Profile {
             on_record_failure: OnRecordFailure::Continue,
             record_failure_announcement: None,
             record_without_announcement: false,
+            provision_phone_keys: false,
         }
     }
 }

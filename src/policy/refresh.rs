@@ -135,6 +135,15 @@ impl DirectoryHandle {
         })
     }
 
+    /// The PBX session of a REST source, shared with other REST users (the
+    /// phone key provisioning), so one token is kept and logged out at shutdown.
+    pub fn session(&self) -> Option<Arc<PbxClient>> {
+        self.session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Log out of the PBX's REST API (`DELETE /login`), if a REST source was
     /// started; for shutdown, after the refresher has stopped, so the token does
     /// not stay live on the PBX. A failure is logged: shutdown goes on.

@@ -4,6 +4,10 @@
 //! and the last one at shutdown are logged out (`DELETE /login`) so no session
 //! stays live on the PBX. Fetches users, groups, group members and phone numbers;
 //! `rest_directory` turns them into a `Directory` snapshot.
+//! The function key sets are in `function_keys`.
+
+mod function_keys;
+pub use function_keys::{FunctionKey, FunctionKeySet, GENERIC_URL};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod keys;
 mod routes;
 pub mod schema;
 
@@ -47,6 +48,8 @@ pub struct Pbx {
     pub authorized: AtomicU32,
     /// Revoke every token when the authorized request counter reaches this (0 = never).
     pub expire_at: AtomicU32,
+    /// The users' function key sets.
+    pub keys: keys::Keys,
     /// Answer 401 once when the authorized request counter reaches this, without
     /// revoking the token (a refusal the client cannot tell from expiry).
     pub refuse_at: AtomicU32,
@@ -127,7 +130,9 @@ impl Pbx {
 
 /// Every route of the fake. A new route file adds one `.merge(file::router(pbx.clone()))`.
 pub fn app(pbx: Arc<Pbx>) -> Router {
-    Router::new().merge(routes::router(pbx))
+    Router::new()
+        .merge(routes::router(pbx.clone()))
+        .merge(keys::router(pbx))
 }
 
 /// Serve the fake PBX on `addr` (port 0: any); returns the address and the server task.

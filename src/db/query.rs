@@ -1,0 +1,389 @@
+//! Reads: the row types the commands and the admin API show, a small pool of
+//! read-only connections (WAL lets them run beside the writer), and the queries.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{Db, DbError};
+
+/// A recording, as `callrec recordings search` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecordingRow {
+    /// Call-ID of the caller's leg.
+    pub call_id: String,
+    /// Base name of the set.
+    pub base_name: String,
+    /// Profile that recorded it.
+    pub profile: Option<String>,
+    /// Start (ms since epoch).
+    pub start_ms: i64,
+    /// End (ms since epoch).
+    pub end_ms: Option<i64>,
+    /// Caller's number.
+    pub caller: Option<String>,
+    /// Callee's number.
+    pub callee: Option<String>,
+    /// Finished at start-up after a crash (audio up to the crash).
+    pub recovered: bool,
+    /// Who answered on the callee's side.
+    pub answered_by: Option<String>,
+}
+
+/// The state of one set on one target, as `callrec uploads status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRow {
+    /// Base name of the set.
+    pub base_name: String,
+    /// Target URL.
+    pub target: String,
+    /// "pending", "done", "lost" (the set's files vanished from the spool) or
+    /// "deleted" (removed from the target by retention).
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// The last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was queued (ms since epoch).
+    pub queued_ms: i64,
+    /// When it was confirmed (ms since epoch).
+    pub done_ms: Option<i64>,
+    /// When the next attempt is due (ms since epoch), after a failed one.
+    pub next_ms: Option<i64>,
+}
+
+/// One documented deletion of a set from a place (retention).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionRow {
+    /// Base name of the set.
+    pub base_name: String,
+    /// Target URL or local folder it was deleted from.
+    pub target: String,
+    /// When (ms since epoch).
+    pub at_ms: i64,
+    /// Why.
+    pub reason: String,
+    /// SHA-256 of the set's checksum file, when known.
+    pub checksum_sha256: Option<String>,
+}
+
+/// One upload attempt, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    /// Base name of the set.
+    pub base_name: String,
+    /// Target URL.
+    pub target: String,
+    /// Start (ms since epoch).
+    pub started_ms: i64,
+    /// Whether every file was confirmed.
+    pub ok: bool,
+    /// The error of a failed attempt.
+    pub error: Option<String>,
+}
+
+/// Most idle read-only connections kept.
+pub(super) const IDLE_READERS: usize = 4;
+
+/// A read-only connection borrowed from the pool; goes back on drop.
+pub(super) struct Reader<'a> {
+    conn: Option<Connection>,
+    pool: &'a std::sync::Mutex<Vec<Connection>>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("reader used after drop")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.pool.lock()) {
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+impl Db {
+    fn reader(&self) -> Result<Reader<'_>, DbError> {
+        let idle = self.readers.lock().ok().and_then(|mut idle| idle.pop());
+        if let Some(conn) = idle {
+            return Ok(Reader {
+                conn: Some(conn),
+                pool: &self.readers,
+            });
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        })?;
+        let _ = conn.busy_timeout(Duration::from_secs(10));
+        Ok(Reader {
+            conn: Some(conn),
+            pool: &self.readers,
+        })
+    }
+
+    fn query_uploads(&self, filter: &str, args: &[&str]) -> Result<Vec<UploadRow>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let sql = format!(
+            "SELECT base_name, target, state, attempts, last_error, queued_ms, done_ms, next_ms FROM uploads {filter} ORDER BY queued_ms, base_name, target"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(q)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(UploadRow {
+                    base_name: r.get(0)?,
+                    target: r.get(1)?,
+                    state: r.get(2)?,
+                    attempts: r.get(3)?,
+                    last_error: r.get(4)?,
+                    queued_ms: r.get(5)?,
+                    done_ms: r.get(6)?,
+                    next_ms: r.get(7)?,
+                })
+            })
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
+    /// Every upload (set × target) with its state, oldest first (`callrec uploads status`).
+    pub fn uploads(&self) -> Result<Vec<UploadRow>, DbError> {
+        self.query_uploads("", &[])
+    }
+
+    /// Every upload row of one set, whatever its state.
+    pub fn uploads_of(&self, base_name: &str) -> Result<Vec<UploadRow>, DbError> {
+        self.query_uploads("WHERE base_name = ?1", &[base_name])
+    }
+
+    /// Uploads not yet confirmed, oldest first: the upload queue.
+    pub fn pending_uploads(&self) -> Result<Vec<UploadRow>, DbError> {
+        self.query_uploads("WHERE state = 'pending'", &[])
+    }
+
+    /// Per target: upload attempts and failed attempts so far.
+    pub fn attempt_counts(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT target, COUNT(*), COALESCE(SUM(ok = 0), 0) FROM upload_attempts GROUP BY target ORDER BY target")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
+    /// Recordings that started in `[from_ms, to_ms]`, oldest first.
+    pub fn recordings(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RecordingRow>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([from_ms, to_ms], |r| {
+                Ok(RecordingRow {
+                    call_id: r.get(0)?,
+                    base_name: r.get(1)?,
+                    profile: r.get(2)?,
+                    start_ms: r.get(3)?,
+                    end_ms: r.get(4)?,
+                    caller: r.get(5)?,
+                    callee: r.get(6)?,
+                    recovered: r.get::<_, i64>(7)? != 0,
+                    answered_by: r.get(8)?,
+                })
+            })
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
+    /// Whether a recording row exists for set `base_name`.
+    pub fn has_recording(&self, base_name: &str) -> Result<bool, DbError> {
+        let conn = self.reader()?;
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM recordings WHERE base_name = ?1)",
+            [base_name],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n != 0)
+        .map_err(|source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Every attempt for a set, oldest first.
+    pub fn attempts(&self, base_name: &str) -> Result<Vec<AttemptRow>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT base_name, target, started_ms, ok, error FROM upload_attempts WHERE base_name = ?1 ORDER BY id")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([base_name], |r| {
+                Ok(AttemptRow {
+                    base_name: r.get(0)?,
+                    target: r.get(1)?,
+                    started_ms: r.get(2)?,
+                    ok: r.get(3)?,
+                    error: r.get(4)?,
+                })
+            })
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
+    /// Every documented deletion of a set, oldest first.
+    pub fn deletions_of(&self, base_name: &str) -> Result<Vec<DeletionRow>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT base_name, target, at_ms, reason, checksum_sha256 FROM deletions WHERE base_name = ?1 ORDER BY id")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([base_name], |r| {
+                Ok(DeletionRow {
+                    base_name: r.get(0)?,
+                    target: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    reason: r.get(3)?,
+                    checksum_sha256: r.get(4)?,
+                })
+            })
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+
+    /// SHA-256 of a sealed set's checksum file, from its seal record.
+    pub fn seal_checksum(&self, base_name: &str) -> Result<Option<String>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT checksum_sha256 FROM seals WHERE base_name = ?1")
+            .map_err(q)?;
+        let mut rows = stmt.query([base_name]).map_err(q)?;
+        match rows.next().map_err(q)? {
+            Some(r) => Ok(Some(r.get(0).map_err(q)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A sealed set's chain position, from its seal record (`None` for sets
+    /// sealed before positions were recorded).
+    pub fn seal_position(
+        &self,
+        base_name: &str,
+    ) -> Result<Option<crate::seal::ChainPosition>, DbError> {
+        let text: Option<String> = self.read(|c| {
+            c.query_row(
+                "SELECT chain FROM seals WHERE base_name = ?1",
+                [base_name],
+                |r| r.get(0),
+            )
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+        })?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Number of rows in `table` (one of the schema's tables), for checks and status.
+    pub fn count(&self, table: &str) -> Result<i64, DbError> {
+        const TABLES: &[&str] = &[
+            "calls",
+            "decisions",
+            "recordings",
+            "seals",
+            "uploads",
+            "upload_attempts",
+            "errors",
+            "group_logouts",
+            "deletions",
+            "failures",
+            "access_log",
+            "anchors",
+            "holds",
+        ];
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        if !TABLES.contains(&table) {
+            return Err(q(rusqlite::Error::InvalidParameterName(table.to_string())));
+        }
+        let conn = self.reader()?;
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .map_err(q)
+    }
+
+    /// Runs a read-only query on a pooled connection (for modules with their own SQL).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, DbError> {
+        let conn = self.reader()?;
+        f(&conn).map_err(|source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Group memberships switched off (logged out), as (group, user) pairs.
+    pub fn group_logouts(&self) -> Result<Vec<(String, String)>, DbError> {
+        let q = |source| DbError::Query {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT group_number, user_number FROM group_logouts WHERE logged_out = 1 ORDER BY 1, 2")
+            .map_err(q)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(q)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q)?;
+        Ok(rows)
+    }
+}

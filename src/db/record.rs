@@ -1,0 +1,176 @@
+//! What callers write: one [`Record`] per fact, queued to the writer thread.
+
+/// One thing to write into the protocol database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A call event (started, answered, ended, …).
+    Call {
+        /// Call-ID of the caller leg.
+        call_id: String,
+        /// When it happened (ms since epoch).
+        at_ms: i64,
+        /// What happened, e.g. "start", "answer", "end".
+        event: String,
+        /// "in" or "out".
+        direction: Option<String>,
+        /// Calling number.
+        caller: Option<String>,
+        /// Called number.
+        callee: Option<String>,
+        /// Free text (e.g. who hung up, final status).
+        detail: Option<String>,
+    },
+    /// A recording decision.
+    Decision {
+        /// Call-ID of the caller leg.
+        call_id: String,
+        /// When (ms since epoch).
+        at_ms: i64,
+        /// Whether the call is recorded.
+        recorded: bool,
+        /// The profile that took it.
+        profile: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// A recording (its set's base name).
+    Recording {
+        /// Call-ID of the caller leg.
+        call_id: String,
+        /// Base name of the set.
+        base_name: String,
+        /// The profile.
+        profile: Option<String>,
+        /// Start (ms since epoch).
+        start_ms: i64,
+        /// End (ms since epoch).
+        end_ms: Option<i64>,
+        /// Calling number.
+        caller: Option<String>,
+        /// Called number.
+        callee: Option<String>,
+        /// Who answered on the callee's side, when the answer named them.
+        answered_by: Option<String>,
+    },
+    /// A recording was finished at start-up after a crash (marks its row).
+    RecordingRecovered {
+        /// Base name of the set.
+        base_name: String,
+    },
+    /// A sealed set.
+    Seal {
+        /// Base name of the set.
+        base_name: String,
+        /// When (ms since epoch).
+        at_ms: i64,
+        /// SHA-256 of the checksum file.
+        checksum_sha256: String,
+        /// Number of files in the set.
+        files: u32,
+        /// Its chain position as JSON (`seal::ChainPosition`), when it has one.
+        chain: Option<String>,
+    },
+    /// A set was queued for a target (idempotent while pending; a done or lost upload becomes pending again).
+    UploadQueued {
+        /// Base name of the set.
+        base_name: String,
+        /// Target URL.
+        target: String,
+        /// When (ms since epoch).
+        at_ms: i64,
+    },
+    /// One upload attempt of a set to a target; also updates the upload's state.
+    UploadAttempt {
+        /// Base name of the set.
+        base_name: String,
+        /// Target URL.
+        target: String,
+        /// Start of the attempt (ms since epoch).
+        started_ms: i64,
+        /// End of the attempt (ms since epoch).
+        ended_ms: i64,
+        /// Number of files in the set.
+        files: u32,
+        /// Bytes in the set.
+        bytes: u64,
+        /// `None` when every file was confirmed, else what failed.
+        error: Option<String>,
+        /// When the next attempt is due (ms since epoch), after a failure.
+        next_ms: Option<i64>,
+    },
+    /// A pending upload can never happen: the set's files are gone from the spool.
+    UploadLost {
+        /// Base name of the set.
+        base_name: String,
+        /// Target URL.
+        target: String,
+        /// Why it is lost.
+        reason: String,
+    },
+    /// An error worth keeping.
+    Error {
+        /// When (ms since epoch).
+        at_ms: i64,
+        /// Where it came from, e.g. "spool".
+        component: String,
+        /// What happened.
+        message: String,
+    },
+    /// A group member logged out of (or back into) a group.
+    GroupLogout {
+        /// Group number.
+        group_number: String,
+        /// User number.
+        user_number: String,
+        /// True when logged out.
+        logged_out: bool,
+        /// When (ms since epoch).
+        at_ms: i64,
+    },
+    /// A recording failure (see `recorder::failure`), linked to the call.
+    Failure {
+        /// Call-ID of the caller leg.
+        call_id: String,
+        /// Base name of the set, when one exists.
+        base_name: Option<String>,
+        /// The reason's name, e.g. "disk_full".
+        reason: String,
+        /// What happened.
+        detail: String,
+        /// When (ms since epoch).
+        at_ms: i64,
+    },
+    /// A set was deleted from a target or the local folder (retention); a done
+    /// upload row of that target becomes `deleted`.
+    Deletion {
+        /// Base name of the set.
+        base_name: String,
+        /// Where it was deleted.
+        target: String,
+        /// When (ms since epoch).
+        at_ms: i64,
+        /// Why (e.g. "retention 5y").
+        reason: String,
+        /// SHA-256 of the set's checksum file, when known.
+        checksum_sha256: Option<String>,
+    },
+    /// Someone searched, exported, played back or held recordings.
+    Access(crate::access_log::AccessEntry),
+    /// A chain head was time-stamped.
+    Anchor(crate::anchoring::AnchorRow),
+    /// A legal hold was placed or lifted.
+    Hold(crate::hold::HoldChange),
+    /// A set is deleted everywhere: its rows are reduced to the deletion record
+    /// and its base name replaced by its set id.
+    Reduce {
+        /// Base name of the set.
+        base_name: String,
+        /// What names it from now on.
+        set_id: String,
+    },
+    /// Rows of unrecorded calls older than this go (see `redact`).
+    ExpireUnrecorded {
+        /// Cut-off (ms since epoch).
+        before_ms: i64,
+    },
+}

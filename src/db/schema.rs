@@ -1,0 +1,240 @@
+//! The schema: the migration list and the code that opens a file read-write and
+//! brings it up to date. A new table or column is one new entry at the END of
+//! [`MIGRATIONS`]; an entry, once released, is never edited.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::DbError;
+
+/// File name of the database below the data directory.
+pub const DB_FILE_NAME: &str = "callrec.sqlite";
+
+/// The schema, one entry per version; entry `i` brings version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE calls (
+    id INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    direction TEXT,
+    caller TEXT,
+    callee TEXT,
+    detail TEXT
+);
+CREATE INDEX calls_call_id ON calls(call_id);
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    recorded INTEGER NOT NULL,
+    profile TEXT,
+    reason TEXT NOT NULL
+);
+CREATE INDEX decisions_call_id ON decisions(call_id);
+CREATE TABLE recordings (
+    id INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    base_name TEXT NOT NULL,
+    profile TEXT,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER,
+    caller TEXT,
+    callee TEXT
+);
+CREATE INDEX recordings_base_name ON recordings(base_name);
+CREATE INDEX recordings_caller ON recordings(caller, start_ms);
+CREATE INDEX recordings_callee ON recordings(callee, start_ms);
+CREATE TABLE seals (
+    id INTEGER PRIMARY KEY,
+    base_name TEXT NOT NULL UNIQUE,
+    at_ms INTEGER NOT NULL,
+    checksum_sha256 TEXT NOT NULL,
+    files INTEGER NOT NULL
+);
+CREATE TABLE uploads (
+    id INTEGER PRIMARY KEY,
+    base_name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    queued_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    done_ms INTEGER,
+    UNIQUE(base_name, target)
+);
+CREATE TABLE upload_attempts (
+    id INTEGER PRIMARY KEY,
+    base_name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    error TEXT
+);
+CREATE INDEX upload_attempts_set ON upload_attempts(base_name, target);
+CREATE TABLE errors (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    component TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE TABLE group_logouts (
+    group_number TEXT NOT NULL,
+    user_number TEXT NOT NULL,
+    logged_out INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_number, user_number)
+);
+"#,
+    r#"
+CREATE TABLE deletions (
+    id INTEGER PRIMARY KEY,
+    base_name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    checksum_sha256 TEXT
+);
+CREATE INDEX deletions_base_name ON deletions(base_name);
+"#,
+    r#"
+ALTER TABLE uploads ADD COLUMN next_ms INTEGER;
+CREATE INDEX uploads_state ON uploads(state, base_name);
+"#,
+    r#"
+CREATE TABLE failures (
+    id INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    base_name TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX failures_call_id ON failures(call_id);
+CREATE INDEX failures_at ON failures(at_ms);
+CREATE INDEX recordings_call_id ON recordings(call_id);
+CREATE INDEX decisions_recorded_at ON decisions(recorded, at_ms);
+"#,
+    r#"
+ALTER TABLE recordings ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
+"#,
+    // Who answered on the callee's side (an agent of a called group).
+    r#"
+ALTER TABLE recordings ADD COLUMN answered_by TEXT;
+"#,
+    // Who searched, exported, played back or held which recordings (see access_log).
+    r#"
+CREATE TABLE access_log (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX access_log_at ON access_log(at_ms);
+"#,
+    // Users of the web console (argon2 hashes).
+    r#"
+CREATE TABLE console_users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    changed_ms INTEGER NOT NULL
+);
+"#,
+    // A sealed set's place in its chain (JSON), for the tombstone its deletion leaves.
+    r#"
+ALTER TABLE seals ADD COLUMN chain TEXT;
+"#,
+    // RFC 3161 time stamps of the chain heads (see anchoring).
+    r#"
+CREATE TABLE anchors (
+    profile TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    reply BLOB NOT NULL,
+    PRIMARY KEY (profile, seq)
+);
+"#,
+    // Legal holds (see hold): sets retention must not delete.
+    r#"
+CREATE TABLE holds (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, value)
+);
+"#,
+    // The personal phone links (see phone::keys): one random token per directory member.
+    r#"
+CREATE TABLE phone_keys (
+    user_id INTEGER PRIMARY KEY,
+    token TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    rotated_ms INTEGER NOT NULL,
+    -- The login under which the link was put on the member's phones (NULL: not on a phone).
+    provisioned_login TEXT
+);
+"#,
+];
+
+pub(super) fn open_rw(path: &Path) -> Result<Connection, DbError> {
+    let err = |op| {
+        move |source| DbError::Open {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    let conn = Connection::open(path).map_err(err("open"))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(err("set busy timeout"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err("enable WAL"))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err("set synchronous"))?;
+    Ok(conn)
+}
+
+/// Brings the schema of `conn` up to date (see [`MIGRATIONS`]).
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
+    let err = |op| {
+        move |source| DbError::Open {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err("read schema version"))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(DbError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(err("begin migration"))?;
+        tx.execute_batch(sql).map_err(err("migrate"))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(err("store schema version"))?;
+        tx.commit().map_err(err("commit migration"))?;
+        tracing::info!(path = %path.display(), version = i + 1, "protocol database migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The personal phone links' tokens: one random token (256 bits from the
+//! operating system's CSPRNG) per directory member, in the protocol
+//! database's `phone_keys` table. A token is created when it is first needed
+//! and kept, because once it is on a phone's key it must not change; only an
+//! admin's rotation replaces it. Lookups go by the token's SHA-256, so the
+//! index search reveals nothing about the token through its timing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rand::RngCore;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use crate::db::{now_ms, Db, DbError};
+use crate::policy::UserId;
+
+/// What went wrong reading or writing the tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum PhoneKeyError {
+    /// Reading through the shared connection pool failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Writing failed.
+    #[error("protocol database {path}: phone key {action} failed: {source}")]
+    Write {
+        /// The database file.
+        path: String,
+        /// What was being done.
+        action: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+}
+
+/// A new token: 32 random bytes, hex.
+fn new_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// How a token appears in logs: a short digest that lets lines be matched up
+/// but gives nothing away (the token itself is a credential).
+pub fn log_name(token: &str) -> String {
+    format!("key#{}", &digest(token)[..8])
+}
+
+/// `text` with every token that follows `/phone/` replaced by its log name:
+/// for messages that may carry a link (e.g. a PBX's error answer echoing a key).
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("/phone/") {
+        let (head, tail) = rest.split_at(at + "/phone/".len());
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(tail.len());
+        if end > 0 {
+            out.push_str(&log_name(&tail[..end]));
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A write connection beside the database's writer thread (it waits for that
+/// thread's transactions instead of failing).
+fn write_conn(path: &Path) -> Result<Connection, PhoneKeyError> {
+    let conn = Connection::open(path).map_err(|source| PhoneKeyError::Write {
+        path: path.display().to_string(),
+        action: "open",
+        source,
+    })?;
+    let _ = conn.busy_timeout(Duration::from_secs(10));
+    Ok(conn)
+}
+
+/// The tokens of `users`, creating those that do not exist yet.
+pub fn ensure(db: &Db, users: &[UserId]) -> Result<Vec<(UserId, String)>, PhoneKeyError> {
+    let mut have = all(db)?;
+    let missing: Vec<UserId> = users
+        .iter()
+        .copied()
+        .filter(|u| !have.iter().any(|(h, _)| h == u))
+        .collect();
+    if !missing.is_empty() {
+        let path = db.path();
+        let fail = |action| {
+            move |source| PhoneKeyError::Write {
+                path: path.display().to_string(),
+                action,
+                source,
+            }
+        };
+        let mut conn = write_conn(path)?;
+        let tx = conn.transaction().map_err(fail("begin"))?;
+        for u in &missing {
+            let t = new_token();
+            // OR IGNORE: another request may have created it meanwhile; that one stays.
+            tx.execute(
+                "INSERT OR IGNORE INTO phone_keys (user_id, token, token_sha256, created_ms, rotated_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![*u as i64, t, digest(&t), now_ms()],
+            )
+            .map_err(fail("create"))?;
+        }
+        tx.commit().map_err(fail("commit"))?;
+        tracing::info!(members = missing.len(), "phone key links created");
+        have = all(db)?;
+    }
+    Ok(have
+        .into_iter()
+        .filter(|(u, _)| users.contains(u))
+        .collect())
+}
+
+/// Every stored (member, token), by member.
+fn all(db: &Db) -> Result<Vec<(UserId, String)>, PhoneKeyError> {
+    Ok(db.read(|c| {
+        let mut st = c.prepare("SELECT user_id, token FROM phone_keys ORDER BY user_id")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as UserId, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    })?)
+}
+
+/// The member whose token `token` is, if any.
+pub fn member_of(db: &Db, token: &str) -> Result<Option<UserId>, PhoneKeyError> {
+    let d = digest(token);
+    Ok(db
+        .read(|c| {
+            c.query_row(
+                "SELECT user_id FROM phone_keys WHERE token_sha256 = ?1",
+                [d],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+        })?
+        .map(|u| u as UserId))
+}
+
+/// Replaces the member's token: the old link stops working with the commit.
+pub fn rotate(db: &Db, user: UserId) -> Result<String, PhoneKeyError> {
+    let path = db.path();
+    let t = new_token();
+    write_conn(path)?
+        .execute(
+            "INSERT INTO phone_keys (user_id, token, token_sha256, created_ms, rotated_ms) VALUES (?1, ?2, ?3, ?4, ?4) \
+             ON CONFLICT (user_id) DO UPDATE SET token = ?2, token_sha256 = ?3, rotated_ms = ?4",
+            params![user as i64, t, digest(&t), now_ms()],
+        )
+        .map_err(|source| PhoneKeyError::Write {
+            path: path.display().to_string(),
+            action: "rotate",
+            source,
+        })?;
+    Ok(t)
+}
+
+/// Members whose link callrec put on their phones, with the login it used.
+pub fn provisioned(db: &Db) -> Result<Vec<(UserId, String)>, PhoneKeyError> {
+    Ok(db.read(|c| {
+        let mut st = c.prepare(
+            "SELECT user_id, provisioned_login FROM phone_keys WHERE provisioned_login IS NOT NULL ORDER BY user_id",
+        )?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as UserId, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    })?)
+}
+
+/// Records that the member's link is on her phones under `login` (`None`: taken off).
+pub fn set_provisioned(db: &Db, user: UserId, login: Option<&str>) -> Result<(), PhoneKeyError> {
+    let path = db.path();
+    write_conn(path)?
+        .execute(
+            "UPDATE phone_keys SET provisioned_login = ?2 WHERE user_id = ?1",
+            params![user as i64, login],
+        )
+        .map_err(|source| PhoneKeyError::Write {
+            path: path.display().to_string(),
+            action: "mark provisioned",
+            source,
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_created_once_found_by_value_and_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        let first = ensure(&db, &[1, 2]).unwrap();
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0].1, first[1].1);
+        assert_eq!(first[0].1.len(), 64);
+        assert_eq!(ensure(&db, &[1, 2, 3]).unwrap()[..2], first[..]);
+        assert_eq!(member_of(&db, &first[1].1).unwrap(), Some(2));
+        assert_eq!(member_of(&db, "nope").unwrap(), None);
+        let new = rotate(&db, 2).unwrap();
+        assert_eq!(member_of(&db, &first[1].1).unwrap(), None);
+        assert_eq!(member_of(&db, &new).unwrap(), Some(2));
+        assert!(!log_name(&new).contains(&new[..8]));
+        let msg =
+            format!("PBX said 400: {{\"genericURL\":\"http://h:1/phone/{new}/recording/toggle\"}}");
+        let red = redact(&msg);
+        assert!(!red.contains(&new[..8]), "{red}");
+        assert!(
+            red.contains(&format!("/phone/{}/recording/toggle", log_name(&new))),
+            "{red}"
+        );
+        assert_eq!(redact("no link /phone/"), "no link /phone/");
+    }
+}

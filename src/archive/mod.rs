@@ -358,7 +358,7 @@ pub async fn purge_everywhere(
         let tombstone = tombstone_for(request, position, checksum.as_deref());
         let held: Vec<String> = uploads
             .into_iter()
-            .filter(|u| u.state == "done")
+            .filter(|u| u.state == crate::db::UploadState::Done)
             .map(|u| u.target)
             .collect();
         if held.is_empty() {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 pub use query::{AttemptRow, DeletionRow, RecordingRow, UploadRow};
-pub use record::Record;
+pub use record::{Record, UploadState};
 pub(crate) use schema::migrate;
 pub use schema::{DB_FILE_NAME, MIGRATIONS};
 use writer::{Msg, WriterGuard};
@@ -246,7 +246,7 @@ mod tests {
         // No flush: a reader sees both rows as soon as write_sync returns.
         let rows = db.uploads_of("s1").unwrap();
         assert_eq!(rows.len(), 2);
-        assert!(rows.iter().all(|r| r.state == "pending"));
+        assert!(rows.iter().all(|r| r.state.as_str() == "pending"));
         db.write_sync(vec![Record::UploadLost {
             base_name: "s1".into(),
             target: "file:///a".into(),
@@ -290,5 +290,36 @@ mod tests {
             Db::open_in(dir.path()),
             Err(DbError::TooNew { .. })
         ));
+    }
+
+    #[test]
+    fn upload_states_round_trip_and_an_unknown_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        db.write_sync(vec![Record::UploadQueued {
+            base_name: "s1".into(),
+            target: "file:///a".into(),
+            at_ms: 1,
+        }])
+        .unwrap();
+        let conn = rusqlite::Connection::open(db.path()).unwrap();
+        for state in [
+            UploadState::Pending,
+            UploadState::Done,
+            UploadState::Lost,
+            UploadState::Deleted,
+        ] {
+            conn.execute("UPDATE uploads SET state = ?1", [state])
+                .unwrap();
+            let stored: String = conn
+                .query_row("SELECT state FROM uploads", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(stored, state.to_string());
+            assert_eq!(db.uploads_of("s1").unwrap()[0].state, state);
+        }
+        conn.execute("UPDATE uploads SET state = 'uploading'", [])
+            .unwrap();
+        let err = db.uploads().unwrap_err().to_string();
+        assert!(err.contains("uploading"), "{err}");
     }
 }

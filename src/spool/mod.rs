@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
-use crate::db::{now_ms, Db, DbError, Record, UploadRow};
+use crate::db::{now_ms, Db, DbError, Record, UploadRow, UploadState};
 use crate::notify::{Notifier, UploadFailure};
 use crate::seal::SealedSet;
 use crate::storage::{open_target, Secrets, Target, TargetError, UploadSet};
@@ -47,10 +47,6 @@ const DELIVERED_PREFIX: &str = ".delivered-";
 pub const RETRY_TRIGGER: &str = ".retry-now";
 /// How often a running spool looks for [`RETRY_TRIGGER`].
 const TRIGGER_POLL: Duration = Duration::from_secs(1);
-/// Upload state of a row still waiting for its target.
-const PENDING: &str = "pending";
-/// Upload state of a row whose target confirmed every file.
-const DONE: &str = "done";
 
 /// Settings of the spool.
 #[derive(Debug, Clone)]
@@ -448,13 +444,13 @@ impl Spool {
         let mut resumed = 0usize;
         for base in &folders {
             match rows.get(base) {
-                Some(rs) if rs.iter().any(|r| r.state == PENDING) => {
-                    for r in rs.iter().filter(|r| r.state == PENDING) {
+                Some(rs) if rs.iter().any(|r| r.state == UploadState::Pending) => {
+                    for r in rs.iter().filter(|r| r.state == UploadState::Pending) {
                         queue_job(inner, &r.target, base, r.attempts, due_at(r.next_ms));
                     }
                     resumed += 1;
                 }
-                Some(rs) if rs.iter().all(|r| r.state == DONE) => {
+                Some(rs) if rs.iter().all(|r| r.state == UploadState::Done) => {
                     // Every target confirmed it; only the removal was interrupted.
                     tracing::info!(set = %base, "spool: removing a set every target already holds");
                     if let Err(e) = remove_delivered(inner, base) {
@@ -477,7 +473,7 @@ impl Spool {
         for r in rows
             .values()
             .flatten()
-            .filter(|r| r.state == PENDING && !present.contains(&r.base_name))
+            .filter(|r| r.state == UploadState::Pending && !present.contains(&r.base_name))
         {
             let reason = format!(
                 "set {} is pending for {} in the database but its files are not in the spool {} (removed by hand?); marked lost",
@@ -751,9 +747,12 @@ pub fn status_text(rows: &[crate::db::UploadRow]) -> String {
             r.last_error.as_deref().unwrap_or("-")
         ));
     }
-    let pending = rows.iter().filter(|r| r.state == PENDING).count();
+    let pending = rows
+        .iter()
+        .filter(|r| r.state == UploadState::Pending)
+        .count();
     out.push_str(&format!("{pending} of {} uploads pending\n", rows.len()));
-    let lost = rows.iter().filter(|r| r.state == "lost").count();
+    let lost = rows.iter().filter(|r| r.state == UploadState::Lost).count();
     if lost > 0 {
         out.push_str(&format!(
             "{lost} uploads lost (their files left the spool)\n"
@@ -834,7 +833,7 @@ fn settle(inner: &Inner, base_name: &str) -> Result<bool, SpoolError> {
         .db
         .uploads_of(base_name)
         .map_err(queue_err(base_name))?;
-    if rows.is_empty() || rows.iter().any(|r| r.state != DONE) {
+    if rows.is_empty() || rows.iter().any(|r| r.state != UploadState::Done) {
         return Ok(false);
     }
     remove_delivered(inner, base_name)?;
@@ -861,7 +860,7 @@ async fn attempt(inner: &Arc<Inner>, worker: &Worker, base_name: &str) -> Outcom
         Ok(Ok(rows)) => {
             if !rows
                 .iter()
-                .any(|r| r.target == worker.url && r.state == PENDING)
+                .any(|r| r.target == worker.url && r.state == UploadState::Pending)
             {
                 return Outcome::Skipped;
             }

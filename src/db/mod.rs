@@ -322,4 +322,36 @@ mod tests {
         let err = db.uploads().unwrap_err().to_string();
         assert!(err.contains("uploading"), "{err}");
     }
+
+    #[test]
+    fn a_file_of_the_previous_version_loses_only_the_unused_group_logouts_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE_NAME);
+        let before = MIGRATIONS.len() - 1;
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..before] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before as i64)
+                .unwrap();
+            conn.execute(
+                "INSERT INTO decisions (call_id, at_ms, recorded, reason) VALUES ('c1', 1, 1, 'r')",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let tables: Vec<String> = db
+            .read(|c| {
+                c.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .unwrap();
+        assert!(!tables.iter().any(|t| t == "group_logouts"), "{tables:?}");
+        assert!(tables.iter().any(|t| t == "calls"), "{tables:?}");
+        assert_eq!(db.count("decisions").unwrap(), 1);
+        assert!(db.count("group_logouts").is_err());
+    }
 }

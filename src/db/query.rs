@@ -299,7 +299,6 @@ impl Db {
             "uploads",
             "upload_attempts",
             "errors",
-            "group_logouts",
             "deletions",
             "failures",
             "access_log",
@@ -325,14 +324,5 @@ impl Db {
             path: self.path.clone(),
             source,
         })
-    }
-
-    /// Group memberships switched off (logged out), as (group, user) pairs.
-    pub fn group_logouts(&self) -> Result<Vec<(String, String)>, DbError> {
-        self.rows(
-            "SELECT group_number, user_number FROM group_logouts WHERE logged_out = 1 ORDER BY 1, 2",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
     }
 }

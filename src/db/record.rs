@@ -177,17 +177,6 @@ pub enum Record {
         /// What happened.
         message: String,
     },
-    /// A group member logged out of (or back into) a group.
-    GroupLogout {
-        /// Group number.
-        group_number: String,
-        /// User number.
-        user_number: String,
-        /// True when logged out.
-        logged_out: bool,
-        /// When (ms since epoch).
-        at_ms: i64,
-    },
     /// A recording failure (see `recorder::failure`), linked to the call.
     Failure {
         /// Call-ID of the caller leg.

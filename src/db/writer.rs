@@ -177,17 +177,6 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
                 params![at_ms, component, message],
             )?;
         }
-        Record::GroupLogout {
-            group_number,
-            user_number,
-            logged_out,
-            at_ms,
-        } => {
-            tx.execute(
-                "INSERT OR REPLACE INTO group_logouts (group_number, user_number, logged_out, at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![group_number, user_number, logged_out, at_ms],
-            )?;
-        }
         Record::Deletion {
             base_name,
             target,

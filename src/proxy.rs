@@ -273,7 +273,6 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         planner: Some(planner),
         draining: AtomicBool::new(false),
         hang_up_all: tokio::sync::watch::channel(false).0,
-        spool: Some(spool.clone()),
         db: Some(db.clone()),
         failures: failures.clone(),
     });
@@ -289,7 +288,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             Some(t) => t.clone(),
             None => admin_token_file(&cfg.data_dir)?,
         };
-        crate::admin::serve(core.clone(), admin, token).await?;
+        crate::admin::serve(core.clone(), Some(spool.clone()), admin, token).await?;
     }
     tracing::info!(
         "callrec listening on {local} (UDP and TCP); PBX {}, trunk {}; media on {} ports {lo}-{hi}",

@@ -20,6 +20,7 @@
 //! tracing::info!(record = d.record, profile = ?d.profile_name, rule = %d.rule, "{}", d.reason);
 //! ```
 
+pub mod age;
 pub mod decide;
 pub mod dedup;
 pub mod directory;
@@ -30,6 +31,7 @@ pub mod profile;
 pub mod refresh;
 pub mod rest;
 
+pub use age::{parse_age, AgeError};
 pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Rule};
 pub use dedup::{LegClaim, LegDedup};
 pub use directory::{Directory, Group, GroupId, User, UserId};

@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod admin;
 pub mod anchoring;
 pub mod archive;
+pub mod audio;
 pub mod b2bua;
 pub mod config;
 pub mod console;

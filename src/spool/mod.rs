@@ -2,7 +2,7 @@
 //! target of their profile has confirmed every file.
 //!
 //! The upload queue lives in the protocol database (table `uploads`): one row per
-//! set and target with its state (`pending`, `done`, `lost`), attempts, next retry
+//! set and target with its state (`db::UploadState`), attempts, next retry
 //! time and last error. The spool folder holds only the files, plus `spool.json`,
 //! an entry marker written once when the set enters and never updated (base name,
 //! checksum hash, files, the targets asked for at entry). The marker is read in
@@ -23,7 +23,6 @@
 //! the database is not uploaded. A confirmation is committed before the set's
 //! folder is removed. Nothing here runs on the media path: [`Spool::enqueue`]
 //! does file-system work and one database commit and is meant for the sealing task.
-
 //!
 //! Files: `intake` (a set enters), `recovery` (start-up), `worker` (uploads and
 //! retries), `cli` (status text and the retry trigger).

@@ -26,18 +26,21 @@ pub const API_ACTOR: &str = "api:admin-token";
 /// Shared state of the admin API.
 struct Admin {
     core: Arc<Core>,
+    /// The upload spool, for its metrics; calls never touch it, so it is not in `Core`.
+    spool: Option<crate::spool::Spool>,
     token: String,
 }
 
 /// Serves the admin API on `addr` until the process ends; over HTTPS with `tls`.
 pub async fn serve(
     core: Arc<Core>,
+    spool: Option<crate::spool::Spool>,
     addr: SocketAddr,
     token: String,
     tls: Option<Arc<crate::sip::tls::TlsContext>>,
 ) -> std::io::Result<()> {
     let app_core = core.clone();
-    let state = Arc::new(Admin { core, token });
+    let state = Arc::new(Admin { core, spool, token });
     let api = Router::new()
         .route("/api/calls/recent", get(recent))
         .route("/api/calls/active", get(active))
@@ -487,7 +490,7 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
             );
         }
     }
-    if let Some(spool) = &core.spool {
+    if let Some(spool) = &s.spool {
         let spool = spool.clone();
         let pending = tokio::task::spawn_blocking(move || spool.pending())
             .await

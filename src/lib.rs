@@ -10,6 +10,7 @@ pub mod admin;
 pub mod admin_tls;
 pub mod anchoring;
 pub mod archive;
+pub mod audio;
 pub mod b2bua;
 pub mod config;
 pub mod console;

@@ -276,7 +276,6 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         planner: Some(planner),
         draining: AtomicBool::new(false),
         hang_up_all: tokio::sync::watch::channel(false).0,
-        spool: Some(spool.clone()),
         db: Some(db.clone()),
         failures: failures.clone(),
     });
@@ -292,7 +291,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             Some(t) => t.clone(),
             None => admin_token_file(&cfg.data_dir)?,
         };
-        crate::admin::serve(core.clone(), admin, token, admin_tls).await?;
+        crate::admin::serve(core.clone(), Some(spool.clone()), admin, token, admin_tls).await?;
     }
     if let Some(phone) = cfg.phone.listen {
         crate::phone::server::serve(core.clone(), phone).await?;

@@ -154,7 +154,10 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
     }
     assert!(db.deletions_of(&young.set.base_name).unwrap().is_empty());
     let uploads = db.uploads_of(&purged_id).unwrap();
-    assert!(uploads.iter().all(|u| u.state == "deleted"), "{uploads:?}");
+    assert!(
+        uploads.iter().all(|u| u.state.as_str() == "deleted"),
+        "{uploads:?}"
+    );
 
     // Nothing left to do the next day: no new rows, nothing reported missing.
     let reports = purge_profiles(&db, &[], &secrets, &policy, None)

@@ -235,7 +235,7 @@ async fn after_a_restart_the_queue_is_read_from_the_database() {
         assert!(failed_both, "{:?}", db.uploads_of(&m.set.base_name));
         let rows = db.uploads_of(&m.set.base_name).unwrap();
         for r in &rows {
-            assert_eq!(r.state, "pending");
+            assert_eq!(r.state.as_str(), "pending");
             assert!(r.last_error.as_deref().unwrap_or("").contains(&r.target));
             assert!(
                 r.next_ms.is_some_and(|n| n >= r.queued_ms),
@@ -288,8 +288,8 @@ async fn after_a_restart_the_queue_is_read_from_the_database() {
     assert!(!data.join("spool").join(&m.set.base_name).exists());
     let rows = db.uploads_of(&m.set.base_name).unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert_eq!(row(&rows, &a_url).unwrap().state, "done");
-    assert_eq!(row(&rows, &c_url).unwrap().state, "done");
+    assert_eq!(row(&rows, &a_url).unwrap().state.as_str(), "done");
+    assert_eq!(row(&rows, &c_url).unwrap().state.as_str(), "done");
     assert!(row(&rows, &b_url).is_none());
 }
 
@@ -342,7 +342,7 @@ async fn a_set_unknown_to_the_database_is_queued_from_its_marker_and_files_gone_
         (dest_url.as_str(), "done")
     );
     let gone = db.uploads_of("20260301_090000_in_1_2_gone").unwrap();
-    assert_eq!(gone[0].state, "lost", "{gone:?}");
+    assert_eq!(gone[0].state.as_str(), "lost", "{gone:?}");
     assert!(gone[0]
         .last_error
         .as_deref()

@@ -52,7 +52,7 @@ async fn sets_land_in_the_templated_folder() {
     assert_eq!(rows.len(), 2);
     assert!(
         rows.iter()
-            .all(|r| r.state == "done" && r.attempts == 1 && r.target == url),
+            .all(|r| r.state.as_str() == "done" && r.attempts == 1 && r.target == url),
         "{rows:?}"
     );
 }
@@ -136,7 +136,7 @@ async fn full_disk_keeps_the_set_in_the_spool_until_space_is_back() {
     assert_delivered(&folder, m);
     db.flush();
     let rows = db.uploads().unwrap();
-    assert_eq!(rows[0].state, "done");
+    assert_eq!(rows[0].state.as_str(), "done");
     assert!(rows[0].attempts >= 3);
     assert!(rows[0].last_error.is_none());
 }

@@ -507,7 +507,10 @@ async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
         Some(old.set.checksum_sha256.as_str())
     );
     assert!(db.deletions_of(&young.set.base_name).unwrap().is_empty());
-    assert_eq!(db.uploads_of(&purged_id).unwrap()[0].state, "deleted");
+    assert_eq!(
+        db.uploads_of(&purged_id).unwrap()[0].state.as_str(),
+        "deleted"
+    );
     let _ = std::fs::remove_dir_all(Path::new(HOME).join(&folder));
 }
 

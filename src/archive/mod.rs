@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::db::{Db, Record, RecordingRow};
+pub use crate::policy::parse_age;
 use crate::policy::{NumberPlan, PolicyConfig};
 use crate::storage::{open_target, Secrets, UploadSet};
 
@@ -43,8 +44,8 @@ pub enum ArchiveError {
     #[error("cannot write the tombstone: {0}; the set was not deleted")]
     Tombstone(String),
     /// A duration like `5y` could not be read.
-    #[error("cannot read {0:?} as an age; use a number and a unit: 5y, 90d, 12h, 30m")]
-    Age(String),
+    #[error(transparent)]
+    Age(#[from] crate::policy::AgeError),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ArchiveError + 'a {
@@ -53,23 +54,6 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Reads an age such as `5y`, `7y`, `90d`, `12h`, `30m`, `45s`.
-pub fn parse_age(s: &str) -> Result<Duration, ArchiveError> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| ArchiveError::Age(s.to_string()))?;
-    let secs = match unit {
-        "y" => 365 * 86_400 + 86_400 / 4,
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        _ => return Err(ArchiveError::Age(s.to_string())),
-    };
-    Ok(Duration::from_secs(n * secs))
 }
 
 /// Recordings in `[from_ms, to_ms]` where `number` is the caller, the callee or
@@ -358,7 +342,7 @@ pub async fn purge_everywhere(
         let tombstone = tombstone_for(request, position, checksum.as_deref());
         let held: Vec<String> = uploads
             .into_iter()
-            .filter(|u| u.state == "done")
+            .filter(|u| u.state == crate::db::UploadState::Done)
             .map(|u| u.target)
             .collect();
         if held.is_empty() {
@@ -552,18 +536,5 @@ pub async fn retention_daily(
                 message: e.to_string(),
             });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages() {
-        assert_eq!(parse_age("90d").unwrap(), Duration::from_secs(90 * 86_400));
-        assert!(parse_age("5y").unwrap() > Duration::from_secs(5 * 365 * 86_400));
-        assert!(parse_age("5 years").is_err());
-        assert!(parse_age("y").is_err());
     }
 }

@@ -159,9 +159,8 @@ pub struct Core {
     pub draining: std::sync::atomic::AtomicBool,
     /// Flips to true when running calls must be hung up (grace period over).
     pub hang_up_all: tokio::sync::watch::Sender<bool>,
-    /// The upload spool (for metrics and health).
-    pub spool: Option<crate::spool::Spool>,
-    /// The protocol database (for metrics and health).
+    /// The protocol database: a finished call's end is written to it (see
+    /// [`Core::remember`]); the admin API and console read it too.
     pub db: Option<crate::db::Db>,
     /// Where recording failures are reported (log, metrics, …).
     pub failures: crate::recorder::failure::FailureReporter,

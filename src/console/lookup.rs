@@ -32,7 +32,7 @@ pub(super) fn stored_on(db: &crate::db::Db, base: &str) -> Result<Vec<String>, S
         .uploads_of(base)
         .map_err(|e| e.to_string())?
         .into_iter()
-        .filter(|u| u.state == "done")
+        .filter(|u| u.state == crate::db::UploadState::Done)
         .map(|u| u.target)
         .collect())
 }

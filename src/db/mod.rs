@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 pub use query::{AttemptRow, DeletionRow, RecordingRow, UploadRow};
-pub use record::Record;
+pub use record::{Record, UploadState};
 pub(crate) use schema::migrate;
 pub use schema::{DB_FILE_NAME, MIGRATIONS};
 use writer::{Msg, WriterGuard};
@@ -246,7 +246,7 @@ mod tests {
         // No flush: a reader sees both rows as soon as write_sync returns.
         let rows = db.uploads_of("s1").unwrap();
         assert_eq!(rows.len(), 2);
-        assert!(rows.iter().all(|r| r.state == "pending"));
+        assert!(rows.iter().all(|r| r.state.as_str() == "pending"));
         db.write_sync(vec![Record::UploadLost {
             base_name: "s1".into(),
             target: "file:///a".into(),
@@ -290,5 +290,68 @@ mod tests {
             Db::open_in(dir.path()),
             Err(DbError::TooNew { .. })
         ));
+    }
+
+    #[test]
+    fn upload_states_round_trip_and_an_unknown_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        db.write_sync(vec![Record::UploadQueued {
+            base_name: "s1".into(),
+            target: "file:///a".into(),
+            at_ms: 1,
+        }])
+        .unwrap();
+        let conn = rusqlite::Connection::open(db.path()).unwrap();
+        for state in [
+            UploadState::Pending,
+            UploadState::Done,
+            UploadState::Lost,
+            UploadState::Deleted,
+        ] {
+            conn.execute("UPDATE uploads SET state = ?1", [state])
+                .unwrap();
+            let stored: String = conn
+                .query_row("SELECT state FROM uploads", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(stored, state.to_string());
+            assert_eq!(db.uploads_of("s1").unwrap()[0].state, state);
+        }
+        conn.execute("UPDATE uploads SET state = 'uploading'", [])
+            .unwrap();
+        let err = db.uploads().unwrap_err().to_string();
+        assert!(err.contains("uploading"), "{err}");
+    }
+
+    #[test]
+    fn a_file_of_the_previous_version_loses_only_the_unused_group_logouts_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE_NAME);
+        let before = MIGRATIONS.len() - 1;
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..before] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before as i64)
+                .unwrap();
+            conn.execute(
+                "INSERT INTO decisions (call_id, at_ms, recorded, reason) VALUES ('c1', 1, 1, 'r')",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let tables: Vec<String> = db
+            .read(|c| {
+                c.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .unwrap();
+        assert!(!tables.iter().any(|t| t == "group_logouts"), "{tables:?}");
+        assert!(tables.iter().any(|t| t == "calls"), "{tables:?}");
+        assert_eq!(db.count("decisions").unwrap(), 1);
+        assert!(db.count("group_logouts").is_err());
     }
 }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
-use super::{Db, DbError};
+use super::{Db, DbError, UploadState};
 
 /// A recording, as `callrec recordings search` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -37,9 +37,8 @@ pub struct UploadRow {
     pub base_name: String,
     /// Target URL.
     pub target: String,
-    /// "pending", "done", "lost" (the set's files vanished from the spool) or
-    /// "deleted" (removed from the target by retention).
-    pub state: String,
+    /// Where the upload stands.
+    pub state: UploadState,
     /// Attempts so far.
     pub attempts: u32,
     /// The last error, if the last attempt failed.
@@ -132,80 +131,82 @@ impl Db {
         })
     }
 
-    fn query_uploads(&self, filter: &str, args: &[&str]) -> Result<Vec<UploadRow>, DbError> {
-        let q = |source| DbError::Query {
-            path: self.path.clone(),
-            source,
-        };
-        let conn = self.reader()?;
+    /// Runs `sql` on a pooled connection and maps every row with `map`.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, DbError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(sql)?;
+            let rows = stmt.query_map(params, map)?.collect();
+            rows
+        })
+    }
+
+    /// Runs `sql` on a pooled connection; `None` when it yields no row.
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, DbError> {
+        self.read(|c| c.query_row(sql, params, map).optional())
+    }
+
+    fn query_uploads(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<UploadRow>, DbError> {
         let sql = format!(
             "SELECT base_name, target, state, attempts, last_error, queued_ms, done_ms, next_ms FROM uploads {filter} ORDER BY queued_ms, base_name, target"
         );
-        let mut stmt = conn.prepare(&sql).map_err(q)?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok(UploadRow {
-                    base_name: r.get(0)?,
-                    target: r.get(1)?,
-                    state: r.get(2)?,
-                    attempts: r.get(3)?,
-                    last_error: r.get(4)?,
-                    queued_ms: r.get(5)?,
-                    done_ms: r.get(6)?,
-                    next_ms: r.get(7)?,
-                })
+        self.rows(&sql, params, |r| {
+            Ok(UploadRow {
+                base_name: r.get(0)?,
+                target: r.get(1)?,
+                state: r.get(2)?,
+                attempts: r.get(3)?,
+                last_error: r.get(4)?,
+                queued_ms: r.get(5)?,
+                done_ms: r.get(6)?,
+                next_ms: r.get(7)?,
             })
-            .map_err(q)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(q)?;
-        Ok(rows)
+        })
     }
 
     /// Every upload (set × target) with its state, oldest first (`callrec uploads status`).
     pub fn uploads(&self) -> Result<Vec<UploadRow>, DbError> {
-        self.query_uploads("", &[])
+        self.query_uploads("", [])
     }
 
     /// Every upload row of one set, whatever its state.
     pub fn uploads_of(&self, base_name: &str) -> Result<Vec<UploadRow>, DbError> {
-        self.query_uploads("WHERE base_name = ?1", &[base_name])
+        self.query_uploads("WHERE base_name = ?1", [base_name])
     }
 
     /// Uploads not yet confirmed, oldest first: the upload queue.
     pub fn pending_uploads(&self) -> Result<Vec<UploadRow>, DbError> {
-        self.query_uploads("WHERE state = 'pending'", &[])
+        self.query_uploads("WHERE state = ?1", [UploadState::Pending])
     }
 
     /// Per target: upload attempts and failed attempts so far.
     pub fn attempt_counts(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
-        let q = |source| DbError::Query {
-            path: self.path.clone(),
-            source,
-        };
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare("SELECT target, COUNT(*), COALESCE(SUM(ok = 0), 0) FROM upload_attempts GROUP BY target ORDER BY target")
-            .map_err(q)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(q)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(q)?;
-        Ok(rows)
+        self.rows(
+            "SELECT target, COUNT(*), COALESCE(SUM(ok = 0), 0) FROM upload_attempts GROUP BY target ORDER BY target",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
     }
 
     /// Recordings that started in `[from_ms, to_ms]`, oldest first.
     pub fn recordings(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RecordingRow>, DbError> {
-        let q = |source| DbError::Query {
-            path: self.path.clone(),
-            source,
-        };
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare("SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id")
-            .map_err(q)?;
-        let rows = stmt
-            .query_map([from_ms, to_ms], |r| {
+        self.rows(
+            "SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id",
+            [from_ms, to_ms],
+            |r| {
                 Ok(RecordingRow {
                     call_id: r.get(0)?,
                     base_name: r.get(1)?,
@@ -217,40 +218,26 @@ impl Db {
                     recovered: r.get::<_, i64>(7)? != 0,
                     answered_by: r.get(8)?,
                 })
-            })
-            .map_err(q)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(q)?;
-        Ok(rows)
+            },
+        )
     }
 
     /// Whether a recording row exists for set `base_name`.
     pub fn has_recording(&self, base_name: &str) -> Result<bool, DbError> {
-        let conn = self.reader()?;
-        conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM recordings WHERE base_name = ?1)",
+        let found = self.row(
+            "SELECT 1 FROM recordings WHERE base_name = ?1 LIMIT 1",
             [base_name],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|n| n != 0)
-        .map_err(|source| DbError::Query {
-            path: self.path.clone(),
-            source,
-        })
+            |_| Ok(()),
+        )?;
+        Ok(found.is_some())
     }
 
     /// Every attempt for a set, oldest first.
     pub fn attempts(&self, base_name: &str) -> Result<Vec<AttemptRow>, DbError> {
-        let q = |source| DbError::Query {
-            path: self.path.clone(),
-            source,
-        };
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare("SELECT base_name, target, started_ms, ok, error FROM upload_attempts WHERE base_name = ?1 ORDER BY id")
-            .map_err(q)?;
-        let rows = stmt
-            .query_map([base_name], |r| {
+        self.rows(
+            "SELECT base_name, target, started_ms, ok, error FROM upload_attempts WHERE base_name = ?1 ORDER BY id",
+            [base_name],
+            |r| {
                 Ok(AttemptRow {
                     base_name: r.get(0)?,
                     target: r.get(1)?,
@@ -258,25 +245,16 @@ impl Db {
                     ok: r.get(3)?,
                     error: r.get(4)?,
                 })
-            })
-            .map_err(q)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(q)?;
-        Ok(rows)
+            },
+        )
     }
 
     /// Every documented deletion of a set, oldest first.
     pub fn deletions_of(&self, base_name: &str) -> Result<Vec<DeletionRow>, DbError> {
-        let q = |source| DbError::Query {
-            path: self.path.clone(),
-            source,
-        };
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare("SELECT base_name, target, at_ms, reason, checksum_sha256 FROM deletions WHERE base_name = ?1 ORDER BY id")
-            .map_err(q)?;
-        let rows = stmt
-            .query_map([base_name], |r| {
+        self.rows(
+            "SELECT base_name, target, at_ms, reason, checksum_sha256 FROM deletions WHERE base_name = ?1 ORDER BY id",
+            [base_name],
+            |r| {
                 Ok(DeletionRow {
                     base_name: r.get(0)?,
                     target: r.get(1)?,
@@ -284,28 +262,17 @@ impl Db {
                     reason: r.get(3)?,
                     checksum_sha256: r.get(4)?,
                 })
-            })
-            .map_err(q)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(q)?;
-        Ok(rows)
+            },
+        )
     }
 
     /// SHA-256 of a sealed set's checksum file, from its seal record.
     pub fn seal_checksum(&self, base_name: &str) -> Result<Option<String>, DbError> {
-        let q = |source| DbError::Query {
-            path: self.path.clone(),
-            source,
-        };
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare("SELECT checksum_sha256 FROM seals WHERE base_name = ?1")
-            .map_err(q)?;
-        let mut rows = stmt.query([base_name]).map_err(q)?;
-        match rows.next().map_err(q)? {
-            Some(r) => Ok(Some(r.get(0).map_err(q)?)),
-            None => Ok(None),
-        }
+        self.row(
+            "SELECT checksum_sha256 FROM seals WHERE base_name = ?1",
+            [base_name],
+            |r| r.get(0),
+        )
     }
 
     /// A sealed set's chain position, from its seal record (`None` for sets
@@ -314,18 +281,12 @@ impl Db {
         &self,
         base_name: &str,
     ) -> Result<Option<crate::seal::ChainPosition>, DbError> {
-        let text: Option<String> = self.read(|c| {
-            c.query_row(
-                "SELECT chain FROM seals WHERE base_name = ?1",
-                [base_name],
-                |r| r.get(0),
-            )
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })
-        })?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        let text: Option<Option<String>> = self.row(
+            "SELECT chain FROM seals WHERE base_name = ?1",
+            [base_name],
+            |r| r.get(0),
+        )?;
+        Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// Number of rows in `table` (one of the schema's tables), for checks and status.
@@ -338,23 +299,19 @@ impl Db {
             "uploads",
             "upload_attempts",
             "errors",
-            "group_logouts",
             "deletions",
             "failures",
             "access_log",
             "anchors",
             "holds",
         ];
-        let q = |source| DbError::Query {
-            path: self.path.clone(),
-            source,
-        };
         if !TABLES.contains(&table) {
-            return Err(q(rusqlite::Error::InvalidParameterName(table.to_string())));
+            return Err(DbError::Query {
+                path: self.path.clone(),
+                source: rusqlite::Error::InvalidParameterName(table.to_string()),
+            });
         }
-        let conn = self.reader()?;
-        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-            .map_err(q)
+        self.read(|c| c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)))
     }
 
     /// Runs a read-only query on a pooled connection (for modules with their own SQL).
@@ -367,23 +324,5 @@ impl Db {
             path: self.path.clone(),
             source,
         })
-    }
-
-    /// Group memberships switched off (logged out), as (group, user) pairs.
-    pub fn group_logouts(&self) -> Result<Vec<(String, String)>, DbError> {
-        let q = |source| DbError::Query {
-            path: self.path.clone(),
-            source,
-        };
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare("SELECT group_number, user_number FROM group_logouts WHERE logged_out = 1 ORDER BY 1, 2")
-            .map_err(q)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(q)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(q)?;
-        Ok(rows)
     }
 }

@@ -1,4 +1,65 @@
-//! What callers write: one [`Record`] per fact, queued to the writer thread.
+//! What callers write: one [`Record`] per fact, queued to the writer thread;
+//! and the state of an upload, stored as its name.
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
+/// Where the upload of one set to one target stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UploadState {
+    /// Queued, not yet confirmed by the target: the spool keeps the set's files.
+    Pending,
+    /// Every file confirmed by the target.
+    Done,
+    /// The set's files vanished from the spool before the upload: it can never happen.
+    Lost,
+    /// Confirmed once, then removed from the target by retention.
+    Deleted,
+}
+
+impl UploadState {
+    /// The name stored in the database and shown by `callrec uploads status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadState::Pending => "pending",
+            UploadState::Done => "done",
+            UploadState::Lost => "lost",
+            UploadState::Deleted => "deleted",
+        }
+    }
+
+    fn parse(name: &str) -> Option<UploadState> {
+        [
+            UploadState::Pending,
+            UploadState::Done,
+            UploadState::Lost,
+            UploadState::Deleted,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for UploadState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // pad, not write_str: the status table aligns the state by width.
+        f.pad(self.as_str())
+    }
+}
+
+impl ToSql for UploadState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for UploadState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let name = value.as_str()?;
+        // An unknown name is a damaged or newer file: say which value, do not guess.
+        UploadState::parse(name)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown upload state {name:?}").into()))
+    }
+}
 
 /// One thing to write into the protocol database.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,17 +176,6 @@ pub enum Record {
         component: String,
         /// What happened.
         message: String,
-    },
-    /// A group member logged out of (or back into) a group.
-    GroupLogout {
-        /// Group number.
-        group_number: String,
-        /// User number.
-        user_number: String,
-        /// True when logged out.
-        logged_out: bool,
-        /// When (ms since epoch).
-        at_ms: i64,
     },
     /// A recording failure (see `recorder::failure`), linked to the call.
     Failure {

@@ -176,6 +176,11 @@ CREATE TABLE holds (
     PRIMARY KEY (kind, value)
 );
 "#,
+    // Group logouts live in the data dir's membership file (see
+    // policy::membership); this table never received a row.
+    r#"
+DROP TABLE group_logouts;
+"#,
     // The personal phone links (see phone::keys): one random token per directory member.
     r#"
 CREATE TABLE phone_keys (

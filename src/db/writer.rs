@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection};
 
-use super::Record;
+use super::{Record, UploadState};
 
 /// Reply to a synchronous write: `Err` carries what failed.
 pub(super) type SyncReply = mpsc::Sender<Result<(), String>>;
@@ -123,9 +123,9 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         } => {
             // Queuing again (e.g. a set re-created under the same name) makes it pending again.
             tx.execute(
-                "INSERT INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, 'pending') \
-                 ON CONFLICT(base_name, target) DO UPDATE SET state = 'pending', next_ms = NULL, done_ms = NULL WHERE state != 'pending'",
-                params![base_name, target, at_ms],
+                "INSERT INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(base_name, target) DO UPDATE SET state = ?4, next_ms = NULL, done_ms = NULL WHERE state != ?4",
+                params![base_name, target, at_ms, UploadState::Pending],
             )?;
         }
         Record::UploadAttempt {
@@ -143,10 +143,14 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
                 params![base_name, target, started_ms, ended_ms, error.is_none(), files, *bytes as i64, error],
             )?;
             tx.execute(
-                "INSERT OR IGNORE INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, 'pending')",
-                params![base_name, target, started_ms],
+                "INSERT OR IGNORE INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, ?4)",
+                params![base_name, target, started_ms, UploadState::Pending],
             )?;
-            let state = if error.is_none() { "done" } else { "pending" };
+            let state = if error.is_none() {
+                UploadState::Done
+            } else {
+                UploadState::Pending
+            };
             let done_ms = error.is_none().then_some(*ended_ms);
             tx.execute(
                 "UPDATE uploads SET attempts = attempts + 1, state = ?3, last_error = ?4, done_ms = ?5, next_ms = ?6 WHERE base_name = ?1 AND target = ?2",
@@ -159,8 +163,8 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             reason,
         } => {
             tx.execute(
-                "UPDATE uploads SET state = 'lost', last_error = ?3, next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = 'pending'",
-                params![base_name, target, reason],
+                "UPDATE uploads SET state = ?4, last_error = ?3, next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = ?5",
+                params![base_name, target, reason, UploadState::Lost, UploadState::Pending],
             )?;
         }
         Record::Error {
@@ -171,17 +175,6 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             tx.execute(
                 "INSERT INTO errors (at_ms, component, message) VALUES (?1, ?2, ?3)",
                 params![at_ms, component, message],
-            )?;
-        }
-        Record::GroupLogout {
-            group_number,
-            user_number,
-            logged_out,
-            at_ms,
-        } => {
-            tx.execute(
-                "INSERT OR REPLACE INTO group_logouts (group_number, user_number, logged_out, at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![group_number, user_number, logged_out, at_ms],
             )?;
         }
         Record::Deletion {
@@ -197,8 +190,8 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             )?;
             // The target no longer holds the set.
             tx.execute(
-                "UPDATE uploads SET state = 'deleted', next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = 'done'",
-                params![base_name, target],
+                "UPDATE uploads SET state = ?3, next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = ?4",
+                params![base_name, target, UploadState::Deleted, UploadState::Done],
             )?;
         }
         Record::Access(entry) => crate::access_log::insert(tx, entry)?,

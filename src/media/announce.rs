@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::sdp::Sdp;
-use crate::recorder::{encode_alaw, encode_ulaw};
+use crate::audio::{encode_alaw, encode_ulaw};
 
 /// Why an announcement file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ impl Announcement {
         let m = (mono.len() as u64 * 8000 / spec.sample_rate.max(1) as u64) as usize;
         let mut pcm = Vec::with_capacity(m);
         let mut scratch = Vec::new();
-        crate::recorder::resample::resample(&mono, m.max(1), &mut pcm, &mut scratch);
+        crate::audio::resample::resample(&mono, m.max(1), &mut pcm, &mut scratch);
         Ok(Announcement {
             path: path.to_path_buf(),
             pcm,
@@ -195,7 +195,7 @@ mod tests {
             // Half-scale 2 kHz tone: decoded samples reach about 16000.
             let mut pcm = Vec::new();
             for b in &pk[10][12..] {
-                pcm.push(crate::recorder::ALAW_TO_LINEAR[*b as usize]);
+                pcm.push(crate::audio::ALAW_TO_LINEAR[*b as usize]);
             }
             let peak = pcm.iter().map(|v| v.unsigned_abs()).max().unwrap();
             assert!((13000..20000).contains(&peak), "{rate}/{bits}: peak {peak}");

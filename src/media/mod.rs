@@ -239,12 +239,15 @@ impl Session {
             + self.retired.rtcp[side.index()]
     }
 
-    /// Milliseconds (relay::now_ms clock) of the newest packet on any stream.
-    pub fn last_rx_ms(&self) -> u64 {
-        self.live()
+    /// Time since the newest packet on any stream (zero without a live stream).
+    pub fn silent_for(&self) -> std::time::Duration {
+        let now = relay::monotonic_ms();
+        let newest = self
+            .live()
             .map(|s| s.stats.last_rx_ms.load(Ordering::Relaxed))
             .max()
-            .unwrap_or_else(relay::now_ms)
+            .unwrap_or(now);
+        std::time::Duration::from_millis(now.saturating_sub(newest))
     }
 
     /// Local port facing the caller of stream `i`.

@@ -84,8 +84,9 @@ pub fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// Milliseconds since `epoch()`.
-pub fn now_ms() -> u64 {
+/// Monotonic milliseconds since `epoch()`: the clock of `last_rx_ms`, not wall-clock
+/// time (that is `db::now_ms`).
+pub fn monotonic_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
@@ -190,7 +191,7 @@ impl Stream {
             [[a, b], [c, d]]
         };
         let stats = Arc::new(StreamStats::default());
-        stats.last_rx_ms.store(now_ms(), Ordering::Relaxed);
+        stats.last_rx_ms.store(monotonic_ms(), Ordering::Relaxed);
         // Unbounded but small: the call sends one message per SDP it accepts
         // (itself bounded by its SIP queue), and this task handles each at once.
         let (tx, rx) = mpsc::unbounded_channel();

@@ -20,6 +20,7 @@
 //! tracing::info!(record = d.record, profile = ?d.profile_name, rule = %d.rule, "{}", d.reason);
 //! ```
 
+pub mod age;
 pub mod decide;
 pub mod dedup;
 pub mod directory;
@@ -32,6 +33,7 @@ pub mod rest;
 mod rest_directory;
 pub mod rest_numbers;
 
+pub use age::{parse_age, AgeError};
 pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Rule};
 pub use dedup::{LegClaim, LegDedup};
 pub use directory::{Directory, Group, GroupId, User, UserId};

@@ -319,7 +319,7 @@ fn take_retention(table: &mut toml::Table) -> Result<BTreeMap<String, String>, S
                 i + 1
             )
         })?;
-        crate::archive::parse_age(period)
+        super::age::parse_age(period)
             .map_err(|e| format!("profile #{} ({name}): retention: {e}", i + 1))?;
         out.insert(name, period.to_string());
     }

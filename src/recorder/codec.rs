@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::g711;
+use crate::audio::g711;
 
 /// A codec as named in an SDP rtpmap line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

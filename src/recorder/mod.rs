@@ -7,12 +7,10 @@ mod codec;
 pub mod failure;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-mod g711;
 pub mod gaps;
 pub mod journal;
 pub mod metadata;
 mod pool;
-pub(crate) mod resample;
 mod rtp;
 pub mod signal;
 mod timeline;
@@ -28,8 +26,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use crate::audio::{encode_alaw, encode_ulaw, ALAW_TO_LINEAR, ULAW_TO_LINEAR};
 pub use codec::{Codec, PayloadMap, PayloadType};
-pub use g711::{encode_alaw, encode_ulaw, ALAW_TO_LINEAR, ULAW_TO_LINEAR};
 pub use gaps::Gap;
 pub use wav::{repair as repair_wav, Repaired as RepairedWav, WavWriter};
 

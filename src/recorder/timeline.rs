@@ -6,9 +6,9 @@
 use std::collections::VecDeque;
 
 use super::codec::{AudioDecoder, Codec, PayloadType};
-use super::resample::resample;
 use super::rtp::RtpPacket;
 use super::MediaStats;
+use crate::audio::resample::resample;
 
 /// Thresholds of a timeline, in samples at the file's rate.
 #[derive(Debug, Clone, Copy)]
@@ -424,7 +424,7 @@ mod tests {
 
     /// 160 A-law bytes encoding a constant value.
     fn frame(value: i16) -> Vec<u8> {
-        vec![super::super::g711::encode_alaw(value); 160]
+        vec![crate::audio::encode_alaw(value); 160]
     }
 
     fn push(t: &mut Timeline, seq: u16, ts: u32, ssrc: u32, payload: &[u8], arrival: i64) {
@@ -666,8 +666,8 @@ mod tests {
         let out = drain_all(&mut t, 3200);
         for k in 0..20usize {
             let v = out[160 * k + 80];
-            let want = super::super::g711::ALAW_TO_LINEAR
-                [super::super::g711::encode_alaw(100 * (k as i16 + 1)) as usize];
+            let want = crate::audio::ALAW_TO_LINEAR
+                [crate::audio::encode_alaw(100 * (k as i16 + 1)) as usize];
             assert_eq!(v, want, "packet {k} in place");
         }
     }

@@ -2,7 +2,7 @@
 //! target of their profile has confirmed every file.
 //!
 //! The upload queue lives in the protocol database (table `uploads`): one row per
-//! set and target with its state (`pending`, `done`, `lost`), attempts, next retry
+//! set and target with its state (`db::UploadState`), attempts, next retry
 //! time and last error. The spool folder holds only the files, plus `spool.json`,
 //! an entry marker written once when the set enters and never updated (base name,
 //! checksum hash, files, the targets asked for at entry). The marker is read in
@@ -23,19 +23,31 @@
 //! the database is not uploaded. A confirmation is committed before the set's
 //! folder is removed. Nothing here runs on the media path: [`Spool::enqueue`]
 //! does file-system work and one database commit and is meant for the sealing task.
+//!
+//! Files: `intake` (a set enters), `recovery` (start-up), `worker` (uploads and
+//! retries), `cli` (status text and the retry trigger).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod cli;
+mod intake;
+mod recovery;
+mod worker;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
-use crate::db::{now_ms, Db, DbError, Record, UploadRow};
-use crate::notify::{Notifier, UploadFailure};
-use crate::seal::SealedSet;
-use crate::storage::{open_target, Secrets, Target, TargetError, UploadSet};
+use crate::db::{now_ms, Db, DbError, Record};
+use crate::notify::Notifier;
+use crate::storage::Secrets;
+
+pub use cli::{request_retry, status_text};
+pub use recovery::rebuild_queue;
+use recovery::set_folders;
+use worker::{retry_all, watch_retry_trigger, worker, Worker};
 
 /// Name of the entry marker inside each spooled set's folder (written once, never updated).
 pub const MANIFEST: &str = "spool.json";
@@ -47,10 +59,6 @@ const DELIVERED_PREFIX: &str = ".delivered-";
 pub const RETRY_TRIGGER: &str = ".retry-now";
 /// How often a running spool looks for [`RETRY_TRIGGER`].
 const TRIGGER_POLL: Duration = Duration::from_secs(1);
-/// Upload state of a row still waiting for its target.
-const PENDING: &str = "pending";
-/// Upload state of a row whose target confirmed every file.
-const DONE: &str = "done";
 
 /// Settings of the spool.
 #[derive(Debug, Clone)]
@@ -168,22 +176,6 @@ pub struct PendingSet {
     pub waiting_for: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
-struct Job {
-    base_name: String,
-    attempts: u32,
-    not_before: Instant,
-}
-
-struct Worker {
-    url: String,
-    target: Result<Arc<dyn Target>, TargetError>,
-    queue: Mutex<VecDeque<Job>>,
-    /// The set being uploaded right now, so a reload does not queue it twice.
-    current: Mutex<Option<String>>,
-    wake: Notify,
-}
-
 struct Inner {
     config: SpoolConfig,
     db: Db,
@@ -195,6 +187,9 @@ struct Inner {
     set_lock: Mutex<()>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The runtime the spool was started on. Sets are enqueued on the sealing
+    /// thread, which has no runtime: a worker started there is spawned through this.
+    runtime: tokio::runtime::Handle,
 }
 
 /// Aborts the worker tasks when the last [`Spool`] handle is dropped.
@@ -231,135 +226,11 @@ impl std::fmt::Debug for Spool {
     }
 }
 
-fn write_marker(folder: &Path, m: &EntryMarker) -> Result<(), SpoolError> {
-    let tmp = folder.join(format!("{MANIFEST}.tmp"));
-    let dest = folder.join(MANIFEST);
-    let json = serde_json::to_vec_pretty(m).map_err(|e| SpoolError::Manifest {
-        path: dest.clone(),
-        detail: e.to_string(),
-    })?;
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
-        f.write_all(&json).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-    }
-    std::fs::rename(&tmp, &dest).map_err(io("rename", &dest))?;
-    sync_dir(folder);
-    Ok(())
-}
-
-fn read_marker(folder: &Path) -> Result<EntryMarker, SpoolError> {
-    let path = folder.join(MANIFEST);
-    let bytes = std::fs::read(&path).map_err(io("read", &path))?;
-    serde_json::from_slice(&bytes).map_err(|e| SpoolError::Manifest {
-        path,
-        detail: e.to_string(),
-    })
-}
-
-/// The set's files in its spool folder: every regular file but the marker and hidden ones.
-fn set_files(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for e in std::fs::read_dir(folder)? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') || name.starts_with(MANIFEST) || !e.file_type()?.is_file() {
-            continue;
-        }
-        files.push(e.path());
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// The base names of the set folders in the spool (no hidden or staging folders).
-fn set_folders(dir: &Path) -> Result<Vec<String>, SpoolError> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
-        let entry = entry.map_err(io("list", dir))?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        if entry.path().is_dir() && !name.starts_with('.') {
-            out.push(name);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Commits pending upload rows for the set folder `base` from its entry marker
-/// and returns the marker's targets; None (logged and kept as an error) when
-/// the marker is missing or names no target.
-fn rows_from_marker(dir: &Path, base: &str, db: &Db) -> Result<Option<Vec<String>>, SpoolError> {
-    let folder = dir.join(base);
-    let marker = match read_marker(&folder) {
-        Ok(m) if !m.targets.is_empty() => m,
-        Ok(_) | Err(_) => {
-            let message = format!("set folder {} has no rows in the uploads table and no usable {MANIFEST}; it is not uploaded: add its rows (state pending) or remove the folder", folder.display());
-            tracing::error!("spool: {message}");
-            db.send(Record::Error {
-                at_ms: now_ms(),
-                component: "spool".into(),
-                message,
-            });
-            return Ok(None);
-        }
-    };
-    tracing::warn!(set = %base, targets = marker.targets.len(), "spool: set folder unknown to the database (crash while entering, or a recovered database); queued again from {MANIFEST}");
-    let at_ms = now_ms();
-    let records = marker
-        .targets
-        .iter()
-        .map(|t| Record::UploadQueued {
-            base_name: base.to_string(),
-            target: t.clone(),
-            at_ms,
-        })
-        .collect();
-    db.write_sync(records).map_err(queue_err(base))?;
-    Ok(Some(marker.targets))
-}
-
-/// Rebuilds the upload queue of the spool folder `dir` in `db` without starting
-/// any upload: every set folder the database has no upload row for is queued
-/// again for the targets of its entry marker (as a running spool does at
-/// start). Returns the sets queued. For `callrec db recover`.
-pub fn rebuild_queue(dir: &Path, db: &Db) -> Result<Vec<String>, SpoolError> {
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut queued = Vec::new();
-    for base in set_folders(dir)? {
-        if !db.uploads_of(&base).map_err(queue_err(&base))?.is_empty() {
-            continue;
-        }
-        if rows_from_marker(dir, &base, db)?.is_some() {
-            queued.push(base);
-        }
-    }
-    Ok(queued)
-}
-
-/// The instant a retry stored as `next_ms` (ms since epoch) is due; now when unknown or past.
-fn due_at(next_ms: Option<i64>) -> Instant {
-    let wait = next_ms.map(|n| n - now_ms()).unwrap_or(0).max(0);
-    Instant::now() + Duration::from_millis(wait as u64)
-}
-
+/// Makes a rename or removal in `dir` durable.
 fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-}
-
-/// Free bytes on the file system holding `path`.
-fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `s` a properly sized out-parameter.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    (rc == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
 }
 
 /// Wait before retry number `attempts` (1 = first retry): doubling from `initial`, capped, ±20 % jitter.
@@ -373,7 +244,8 @@ pub fn backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {
 impl Spool {
     /// Opens the spool folder, takes the upload queue from the database (see the
     /// module docs for sets the database does not know), and starts the workers.
-    /// Needs a tokio runtime.
+    /// Must be called on a tokio runtime; the workers run on it, whichever thread
+    /// enqueues later.
     pub fn start(
         config: SpoolConfig,
         db: Db,
@@ -391,6 +263,7 @@ impl Spool {
             set_lock: Mutex::new(()),
             stop,
             tasks: Mutex::new(Vec::new()),
+            runtime: tokio::runtime::Handle::current(),
         });
         let spool = Spool {
             _guard: Arc::new(TaskGuard {
@@ -399,7 +272,10 @@ impl Spool {
             inner,
         };
         spool.recover()?;
-        let watcher = tokio::spawn(watch_retry_trigger(spool.inner.clone()));
+        let watcher = spool
+            .inner
+            .runtime
+            .spawn(watch_retry_trigger(spool.inner.clone()));
         lock(&spool.inner.tasks).push(watcher);
         Ok(spool)
     }
@@ -419,212 +295,6 @@ impl Spool {
     /// The spool folder.
     pub fn dir(&self) -> &Path {
         &self.inner.config.dir
-    }
-
-    /// Clears interrupted entries and removals, then queues what the database calls pending.
-    fn recover(&self) -> Result<(), SpoolError> {
-        let inner = &self.inner;
-        let dir = inner.config.dir.clone();
-        for entry in std::fs::read_dir(&dir).map_err(io("list", &dir))?.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().to_string();
-            if !path.is_dir() {
-                continue;
-            }
-            if name.starts_with(DELIVERED_PREFIX) {
-                // Every target had confirmed this set; only the removal was interrupted.
-                let _ = std::fs::remove_dir_all(&path);
-            } else if name.starts_with(INCOMING_PREFIX) {
-                // Entering was interrupted before the rename: the originals are still in place.
-                tracing::warn!(path = %path.display(), "spool: removing an interrupted entry (its source files were kept)");
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
-        let mut rows: HashMap<String, Vec<UploadRow>> = HashMap::new();
-        for r in inner.db.uploads().map_err(queue_err("*"))? {
-            rows.entry(r.base_name.clone()).or_default().push(r);
-        }
-        let folders = set_folders(&dir)?;
-        let mut resumed = 0usize;
-        for base in &folders {
-            match rows.get(base) {
-                Some(rs) if rs.iter().any(|r| r.state == PENDING) => {
-                    for r in rs.iter().filter(|r| r.state == PENDING) {
-                        queue_job(inner, &r.target, base, r.attempts, due_at(r.next_ms));
-                    }
-                    resumed += 1;
-                }
-                Some(rs) if rs.iter().all(|r| r.state == DONE) => {
-                    // Every target confirmed it; only the removal was interrupted.
-                    tracing::info!(set = %base, "spool: removing a set every target already holds");
-                    if let Err(e) = remove_delivered(inner, base) {
-                        report_error(inner, e.to_string());
-                    }
-                }
-                Some(_) => {
-                    let message = format!("set {base} is in the spool {} but none of its uploads is pending (some are lost); it is left in place: re-queue it with a pending row in the uploads table or remove the folder", dir.display());
-                    report_error(inner, message);
-                }
-                None => {
-                    if self.requeue_from_marker(base)? {
-                        resumed += 1;
-                    }
-                }
-            }
-        }
-        // Pending rows whose set folder is gone can never be uploaded.
-        let present: HashSet<&String> = folders.iter().collect();
-        for r in rows
-            .values()
-            .flatten()
-            .filter(|r| r.state == PENDING && !present.contains(&r.base_name))
-        {
-            let reason = format!(
-                "set {} is pending for {} in the database but its files are not in the spool {} (removed by hand?); marked lost",
-                r.base_name,
-                r.target,
-                dir.display()
-            );
-            inner.db.send(Record::UploadLost {
-                base_name: r.base_name.clone(),
-                target: r.target.clone(),
-                reason: reason.clone(),
-            });
-            report_error(inner, reason);
-        }
-        if resumed > 0 {
-            tracing::info!(sets = resumed, dir = %dir.display(), "spool: resuming pending uploads from the database");
-        }
-        Ok(())
-    }
-
-    /// Re-creates the rows of a set folder the database does not know from its entry
-    /// marker (a crash between entering and committing); true when queued.
-    fn requeue_from_marker(&self, base: &str) -> Result<bool, SpoolError> {
-        let inner = &self.inner;
-        let Some(targets) = rows_from_marker(&inner.config.dir, base, &inner.db)? else {
-            return Ok(false);
-        };
-        for t in &targets {
-            queue_job(inner, t, base, 0, Instant::now());
-        }
-        Ok(true)
-    }
-
-    /// Takes a sealed set into the spool for `targets` (URLs) and queues its uploads.
-    ///
-    /// The set's files are moved (hard link + remove, or copy + remove across file
-    /// systems); a set already in `spool/<base>/` stays where it is. The set counts
-    /// as queued once its rows are committed to the database, which this waits for.
-    /// Blocks on file-system and database work: call it from the sealing task, not
-    /// the media path.
-    pub fn enqueue(&self, set: &SealedSet, targets: &[String]) -> Result<PathBuf, SpoolError> {
-        if targets.is_empty() {
-            return Err(SpoolError::NoTargets {
-                base_name: set.base_name.clone(),
-            });
-        }
-        let spool_dir = &self.inner.config.dir;
-        let dest = spool_dir.join(&set.base_name);
-        let upload = UploadSet::from_sealed(set);
-        let names: Vec<String> = upload
-            .files
-            .iter()
-            .map(|f| {
-                f.file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default()
-            })
-            .collect();
-        let mut seen = HashSet::new();
-        let marker = EntryMarker {
-            base_name: set.base_name.clone(),
-            checksum_sha256: set.checksum_sha256.clone(),
-            files: names.clone(),
-            targets: targets
-                .iter()
-                .filter(|t| seen.insert(t.to_string()))
-                .cloned()
-                .collect(),
-            queued_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
-        let same_folder = std::fs::canonicalize(&set.folder).ok()
-            == std::fs::canonicalize(&dest).ok()
-            && dest.exists();
-        if same_folder {
-            if dest.join(MANIFEST).exists() {
-                return Err(SpoolError::AlreadySpooled {
-                    base_name: set.base_name.clone(),
-                });
-            }
-            write_marker(&dest, &marker)?;
-        } else {
-            if dest.exists() {
-                return Err(SpoolError::AlreadySpooled {
-                    base_name: set.base_name.clone(),
-                });
-            }
-            let staging = spool_dir.join(format!("{INCOMING_PREFIX}{}", set.base_name));
-            let _ = std::fs::remove_dir_all(&staging);
-            std::fs::create_dir_all(&staging).map_err(io("create", &staging))?;
-            for (src, name) in upload.files.iter().zip(&names) {
-                let to = staging.join(name);
-                if std::fs::hard_link(src, &to).is_err() {
-                    std::fs::copy(src, &to).map_err(io("copy into the spool", src))?;
-                    std::fs::File::open(&to)
-                        .and_then(|f| f.sync_all())
-                        .map_err(io("fsync", &to))?;
-                }
-            }
-            write_marker(&staging, &marker)?;
-            std::fs::rename(&staging, &dest).map_err(io("rename", &dest))?;
-            sync_dir(spool_dir);
-            for src in &upload.files {
-                if let Err(e) = std::fs::remove_file(src) {
-                    tracing::warn!(file = %src.display(), error = %e, "spool: original file not removed");
-                }
-            }
-        }
-        let at_ms = now_ms();
-        let records = marker
-            .targets
-            .iter()
-            .map(|t| Record::UploadQueued {
-                base_name: set.base_name.clone(),
-                target: t.clone(),
-                at_ms,
-            })
-            .collect();
-        self.inner
-            .db
-            .write_sync(records)
-            .map_err(queue_err(&set.base_name))?;
-        for t in &marker.targets {
-            queue_job(&self.inner, t, &set.base_name, 0, Instant::now());
-        }
-        tracing::info!(set = %set.base_name, targets = marker.targets.len(), "spool: set queued for upload");
-        self.check_disk();
-        Ok(dest)
-    }
-
-    fn check_disk(&self) {
-        let dir = &self.inner.config.dir;
-        if let Some(free) = free_bytes(dir) {
-            if free < self.inner.config.low_disk_bytes {
-                tracing::warn!(
-                    dir = %dir.display(),
-                    free_mib = free / (1024 * 1024),
-                    "spool: disk low on space; check the targets (callrec uploads status)"
-                );
-                if let Some(n) = &self.inner.notifier {
-                    n.low_disk(
-                        &dir.display().to_string(),
-                        free,
-                        self.inner.config.low_disk_bytes,
-                    );
-                }
-            }
-        }
     }
 
     /// Sets still waiting for at least one target, read from the database's upload queue.
@@ -687,402 +357,6 @@ fn report_error(inner: &Inner, message: String) {
         at_ms: now_ms(),
         component: "spool".into(),
         message,
-    });
-}
-
-/// Puts a set on a target's queue, starting the target's worker if needed.
-fn queue_job(inner: &Arc<Inner>, url: &str, base_name: &str, attempts: u32, not_before: Instant) {
-    let worker = worker(inner, url);
-    {
-        // Same lock order as the worker: queue, then current.
-        let mut q = lock(&worker.queue);
-        let busy = lock(&worker.current).as_deref() == Some(base_name);
-        if !busy && !q.iter().any(|j| j.base_name == base_name) {
-            q.push_back(Job {
-                base_name: base_name.to_string(),
-                attempts,
-                not_before,
-            });
-        }
-    }
-    worker.wake.notify_one();
-}
-
-/// The worker of a target URL, started on first use.
-fn worker(inner: &Arc<Inner>, url: &str) -> Arc<Worker> {
-    let mut workers = lock(&inner.workers);
-    if let Some(w) = workers.get(url) {
-        return w.clone();
-    }
-    let target = open_target(url, &inner.secrets);
-    if let Err(e) = &target {
-        tracing::error!(error = %e, "spool: target unusable; its uploads will fail until the configuration is fixed");
-    }
-    let w = Arc::new(Worker {
-        url: url.to_string(),
-        target,
-        queue: Mutex::new(VecDeque::new()),
-        current: Mutex::new(None),
-        wake: Notify::new(),
-    });
-    workers.insert(url.to_string(), w.clone());
-    let task = tokio::spawn(run_worker(inner.clone(), w.clone()));
-    lock(&inner.tasks).push(task);
-    w
-}
-
-/// Asks the spool running on `spool_dir` (in another process) to retry every waiting
-/// upload now, without waiting for its back-off: `callrec uploads retry`.
-pub fn request_retry(spool_dir: &Path) -> Result<(), SpoolError> {
-    let path = spool_dir.join(RETRY_TRIGGER);
-    std::fs::write(&path, b"retry\n").map_err(io("write", &path))
-}
-
-/// The upload queue as text for `callrec uploads status`: one line per set and target.
-pub fn status_text(rows: &[crate::db::UploadRow]) -> String {
-    let mut out = String::from("STATE    ATTEMPTS  SET  TARGET  LAST ERROR\n");
-    for r in rows {
-        out.push_str(&format!(
-            "{:<8} {:>8}  {}  {}  {}\n",
-            r.state,
-            r.attempts,
-            r.base_name,
-            r.target,
-            r.last_error.as_deref().unwrap_or("-")
-        ));
-    }
-    let pending = rows.iter().filter(|r| r.state == PENDING).count();
-    out.push_str(&format!("{pending} of {} uploads pending\n", rows.len()));
-    let lost = rows.iter().filter(|r| r.state == "lost").count();
-    if lost > 0 {
-        out.push_str(&format!(
-            "{lost} uploads lost (their files left the spool)\n"
-        ));
-    }
-    out
-}
-
-/// Retries everything when [`RETRY_TRIGGER`] appears in the spool folder.
-async fn watch_retry_trigger(inner: Arc<Inner>) {
-    let mut stop = inner.stop.subscribe();
-    let path = inner.config.dir.join(RETRY_TRIGGER);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(TRIGGER_POLL) => {}
-            _ = stop.changed() => return,
-        }
-        if std::fs::remove_file(&path).is_ok() {
-            tracing::info!("spool: retry requested; retrying every waiting upload now");
-            let inner = inner.clone();
-            let _ = tokio::task::spawn_blocking(move || retry_all(&inner)).await;
-        }
-    }
-}
-
-/// Queues every pending row of the database whose set is in the spool (rows added
-/// by hand included), makes every queued job due now and wakes the workers.
-fn retry_all(inner: &Arc<Inner>) {
-    match inner.db.pending_uploads() {
-        Ok(rows) => {
-            for r in rows {
-                if inner.config.dir.join(&r.base_name).is_dir() {
-                    queue_job(inner, &r.target, &r.base_name, r.attempts, Instant::now());
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "spool: cannot re-read the upload queue; retrying what is queued")
-        }
-    }
-    let workers: Vec<_> = lock(&inner.workers).values().cloned().collect();
-    for w in workers {
-        for job in lock(&w.queue).iter_mut() {
-            job.not_before = Instant::now();
-        }
-        w.wake.notify_one();
-    }
-}
-
-/// Renames a delivered set's folder out of the way and removes it.
-fn remove_delivered(inner: &Inner, base_name: &str) -> Result<(), SpoolError> {
-    let folder = inner.config.dir.join(base_name);
-    // Rename first: a crash mid-way leaves no half set that looks pending.
-    let gone = inner
-        .config
-        .dir
-        .join(format!("{DELIVERED_PREFIX}{base_name}"));
-    std::fs::rename(&folder, &gone).map_err(io("rename", &folder))?;
-    sync_dir(&inner.config.dir);
-    std::fs::remove_dir_all(&gone).map_err(io("remove", &gone))
-}
-
-/// Commits a confirmed attempt; removes the set from the spool when no upload of it
-/// is pending any more. True when removed.
-fn mark_done(inner: &Inner, base_name: &str, confirmed: Record) -> Result<bool, SpoolError> {
-    let _lock = lock(&inner.set_lock);
-    inner
-        .db
-        .write_sync(vec![confirmed])
-        .map_err(queue_err(base_name))?;
-    settle(inner, base_name)
-}
-
-/// Removes a set from the spool when every upload row of it is done; true when
-/// removed. The caller holds `set_lock`.
-fn settle(inner: &Inner, base_name: &str) -> Result<bool, SpoolError> {
-    let rows = inner
-        .db
-        .uploads_of(base_name)
-        .map_err(queue_err(base_name))?;
-    if rows.is_empty() || rows.iter().any(|r| r.state != DONE) {
-        return Ok(false);
-    }
-    remove_delivered(inner, base_name)?;
-    Ok(true)
-}
-
-/// What one turn of a worker came to.
-enum Outcome {
-    /// The database no longer lists this upload as pending: nothing to do.
-    Skipped,
-    /// Every file is confirmed on the target.
-    Confirmed(UploadSet),
-    /// The attempt failed; `None` when the set's files are gone from the spool.
-    Failed(Option<UploadSet>, TargetError),
-}
-
-async fn attempt(inner: &Arc<Inner>, worker: &Worker, base_name: &str) -> Outcome {
-    // The database is the queue: a row that was removed or is no longer pending is skipped.
-    let still_pending = {
-        let (db, base) = (inner.db.clone(), base_name.to_string());
-        tokio::task::spawn_blocking(move || db.uploads_of(&base)).await
-    };
-    match still_pending {
-        Ok(Ok(rows)) => {
-            if !rows
-                .iter()
-                .any(|r| r.target == worker.url && r.state == PENDING)
-            {
-                return Outcome::Skipped;
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(set = %base_name, error = %e, "spool: upload queue unreadable; uploading anyway")
-        }
-        Err(e) => tracing::warn!(set = %base_name, error = %e, "spool: queue check failed"),
-    }
-    let folder = inner.config.dir.join(base_name);
-    let files = match set_files(&folder) {
-        Ok(f) if !f.is_empty() => f,
-        other => {
-            let detail = match other {
-                Err(e) => e.to_string(),
-                Ok(_) => "no files".into(),
-            };
-            return Outcome::Failed(
-                None,
-                TargetError::Local {
-                    target: worker.url.clone(),
-                    path: folder.display().to_string(),
-                    detail,
-                },
-            );
-        }
-    };
-    let set = UploadSet::new(base_name, files);
-    let target = match &worker.target {
-        Ok(t) => t.clone(),
-        Err(e) => return Outcome::Failed(Some(set), e.clone()),
-    };
-    match tokio::time::timeout(inner.config.attempt_timeout, target.put(&set)).await {
-        Ok(Ok(())) => Outcome::Confirmed(set),
-        Ok(Err(e)) => Outcome::Failed(Some(set), e),
-        Err(_) => Outcome::Failed(
-            Some(set),
-            TargetError::Timeout {
-                target: worker.url.clone(),
-                seconds: inner.config.attempt_timeout.as_secs(),
-            },
-        ),
-    }
-}
-
-/// File names of a set, for mails.
-fn names_of(set: Option<&UploadSet>) -> Vec<String> {
-    set.map(|s| {
-        s.files
-            .iter()
-            .map(|f| {
-                f.file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default()
-            })
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
-async fn run_worker(inner: Arc<Inner>, worker: Arc<Worker>) {
-    let mut stop = inner.stop.subscribe();
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        // The job that is due first.
-        let next = lock(&worker.queue).iter().map(|j| j.not_before).min();
-        let now = Instant::now();
-        match next {
-            None => {
-                tokio::select! {
-                    _ = worker.wake.notified() => {}
-                    _ = stop.changed() => return,
-                }
-                continue;
-            }
-            Some(t) if t > now => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(t.into()) => {}
-                    _ = worker.wake.notified() => {}
-                    _ = stop.changed() => return,
-                }
-                continue;
-            }
-            Some(_) => {}
-        }
-        let job = {
-            let mut q = lock(&worker.queue);
-            let i = q
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, j)| j.not_before)
-                .map(|(i, _)| i);
-            match i.and_then(|i| q.remove(i)) {
-                Some(j) => {
-                    *lock(&worker.current) = Some(j.base_name.clone());
-                    j
-                }
-                None => continue,
-            }
-        };
-        handle(&inner, &worker, job).await;
-        *lock(&worker.current) = None;
-    }
-}
-
-/// Runs one attempt of `job` and records its outcome.
-async fn handle(inner: &Arc<Inner>, worker: &Worker, job: Job) {
-    let started_ms = now_ms();
-    let result = attempt(inner, worker, &job.base_name).await;
-    let ended_ms = now_ms();
-    match result {
-        Outcome::Skipped => {
-            tracing::info!(set = %job.base_name, target = %worker.url, "upload no longer pending in the database; skipped");
-            let (inner, base) = (inner.clone(), job.base_name.clone());
-            let settled = tokio::task::spawn_blocking(move || {
-                let _lock = lock(&inner.set_lock);
-                settle(&inner, &base)
-            })
-            .await;
-            if let Ok(Err(e)) = settled {
-                tracing::warn!(set = %job.base_name, error = %e, "spool: could not remove a set no target waits for");
-            }
-        }
-        Outcome::Confirmed(set) => {
-            let confirmed = Record::UploadAttempt {
-                base_name: job.base_name.clone(),
-                target: worker.url.clone(),
-                started_ms,
-                ended_ms,
-                files: set.files.len() as u32,
-                bytes: set.total_bytes(),
-                error: None,
-                next_ms: None,
-            };
-            let done = {
-                let (inner, base) = (inner.clone(), job.base_name.clone());
-                tokio::task::spawn_blocking(move || mark_done(&inner, &base, confirmed)).await
-            };
-            match done {
-                Ok(Ok(true)) => {
-                    tracing::info!(set = %job.base_name, target = %worker.url, "upload confirmed; every target holds the set, removed from the spool")
-                }
-                Ok(Ok(false)) => {
-                    tracing::info!(set = %job.base_name, target = %worker.url, "upload confirmed; other targets pending")
-                }
-                Ok(Err(e)) => {
-                    // Not committed: upload again later rather than lose the confirmation.
-                    tracing::error!(set = %job.base_name, error = %e, "spool: upload confirmed but not recorded; it is retried");
-                    requeue(inner, worker, job);
-                }
-                Err(e) => {
-                    tracing::error!(set = %job.base_name, error = %e, "spool: recording a confirmation failed; it is retried");
-                    requeue(inner, worker, job);
-                }
-            }
-        }
-        Outcome::Failed(set, error) => {
-            let attempts = job.attempts + 1;
-            let wait = backoff(
-                inner.config.initial_backoff,
-                inner.config.max_backoff,
-                attempts,
-            );
-            let files = names_of(set.as_ref());
-            inner.db.send(Record::UploadAttempt {
-                base_name: job.base_name.clone(),
-                target: worker.url.clone(),
-                started_ms,
-                ended_ms,
-                files: files.len() as u32,
-                bytes: set.as_ref().map(|s| s.total_bytes()).unwrap_or(0),
-                error: Some(error.to_string()),
-                next_ms: set.as_ref().map(|_| ended_ms + wait.as_millis() as i64),
-            });
-            if let Some(n) = &inner.notifier {
-                n.upload_failed(UploadFailure {
-                    target: worker.url.clone(),
-                    base_name: job.base_name.clone(),
-                    files,
-                    error: error.to_string(),
-                    at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                });
-            }
-            if set.is_none() {
-                // The set's files are gone from the spool: nothing left to retry.
-                let reason = format!(
-                    "set {} left the spool before it reached {}: {error}",
-                    job.base_name, worker.url
-                );
-                inner.db.send(Record::UploadLost {
-                    base_name: job.base_name.clone(),
-                    target: worker.url.clone(),
-                    reason: reason.clone(),
-                });
-                report_error(inner, reason);
-                return;
-            }
-            tracing::warn!(set = %job.base_name, target = %worker.url, attempt = attempts, retry_in_s = wait.as_secs_f64(), error = %error, "upload failed; the set stays in the spool");
-            lock(&worker.queue).push_back(Job {
-                base_name: job.base_name,
-                attempts,
-                not_before: Instant::now() + wait,
-            });
-        }
-    }
-}
-
-/// Puts a job back after its back-off.
-fn requeue(inner: &Inner, worker: &Worker, job: Job) {
-    let attempts = job.attempts + 1;
-    let wait = backoff(
-        inner.config.initial_backoff,
-        inner.config.max_backoff,
-        attempts,
-    );
-    lock(&worker.queue).push_back(Job {
-        base_name: job.base_name,
-        attempts,
-        not_before: Instant::now() + wait,
     });
 }
 

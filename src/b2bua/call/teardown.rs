@@ -216,8 +216,7 @@ impl Call {
         if m.stream_count() == 0 || m.on_hold() {
             return;
         }
-        let silent = crate::media::relay::now_ms().saturating_sub(m.last_rx_ms());
-        if silent > self.core.cfg.rtp_timeout.as_millis() as u64 {
+        if m.silent_for() > self.core.cfg.rtp_timeout {
             self.core.stats.rtp_timeouts.fetch_add(1, Ordering::Relaxed);
             self.hang_up_both("RTP timeout").await;
         }

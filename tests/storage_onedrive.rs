@@ -433,8 +433,6 @@ impl Outage for WrongSecret<'_> {
         secrets
     }
 
-    fn down(&mut self, _made: &MadeSet) {}
-
     fn error_says(&self) -> Vec<String> {
         ["login refused", "invalid_client", "client_id"]
             .map(String::from)

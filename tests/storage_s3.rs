@@ -295,8 +295,6 @@ impl Outage for WrongKey<'_> {
         secrets
     }
 
-    fn down(&mut self, _made: &MadeSet) {}
-
     fn error_says(&self) -> Vec<String> {
         vec!["login refused".into(), "secret_access_key".into()]
     }

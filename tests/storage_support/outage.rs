@@ -21,7 +21,8 @@ pub trait Outage {
     /// The secrets the spool starts with while the target is down.
     fn secrets(&self) -> Secrets;
     /// Makes the target unusable; called with the set before it is queued.
-    fn down(&mut self, made: &MadeSet);
+    /// Nothing to do when `secrets` already makes it unusable.
+    fn down(&mut self, _made: &MadeSet) {}
     /// Words every failed attempt's error must contain (the problem and where).
     fn error_says(&self) -> Vec<String>;
     /// Words no error may contain (a wrong secret must not be shown).

@@ -140,6 +140,25 @@ cargo fmt --check
 echo "test.sh: cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
 
+# --- the temp folder ---------------------------------------------------------
+# Every test keeps its files in a tempfile folder that is removed when the test
+# is done, so a run must leave no new callrec-* entry in the temp folder. Only
+# entries that appear during this run count: other runs on a shared machine own
+# the ones that were there before.
+tmp_root=${TMPDIR:-/tmp}
+callrec_tmp() { ls -1A "$tmp_root" 2>/dev/null | grep '^callrec' | sort || true; }
+tmp_before=$(callrec_tmp)
+check_tmp() {
+    local left
+    left=$(comm -13 <(echo "$tmp_before") <(callrec_tmp) | grep . || true)
+    if [[ -n $left ]]; then
+        echo "test.sh: the run left these in $tmp_root (remove them, and fix the test or code that made them):" >&2
+        sed 's/^/    /' <<<"$left" >&2
+        return 1
+    fi
+    echo "test.sh: nothing new left in $tmp_root"
+}
+
 # --- tests ------------------------------------------------------------------
 echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --version)"
 # Benchmarks are measurements, not tests (see BENCHMARKS.md); they are not run here.
@@ -147,11 +166,11 @@ echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --versio
 # toolchain cargo-fuzz needs is there (CALLREC_FUZZ_SECONDS per target, 0 = skip);
 # a crash fails the run. Longer runs: deploy/fuzz.sh, see SECURITY.md.
 fuzz_seconds=${CALLREC_FUZZ_SECONDS:-30}
+status=0
 if (($# == 0)) && ((fuzz_seconds > 0)) && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     # Fuzz first, so that the run closes with cargo test's summary.
-    status=0
     ./deploy/fuzz.sh "$fuzz_seconds" || status=$?
-    cargo test --no-fail-fast --lib --bins --tests --examples || status=$?
-    exit $status
 fi
-exec cargo test --no-fail-fast --lib --bins --tests --examples "$@"
+cargo test --no-fail-fast --lib --bins --tests --examples "$@" || status=$?
+check_tmp || status=1
+exit $status

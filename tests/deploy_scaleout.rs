@@ -112,129 +112,40 @@ fn wait_exit(child: &mut Child, grace: Duration) -> bool {
 // callrec instances
 // ---------------------------------------------------------------------------
 
-/// One callrec instance with its own data dir and ports, whose `--pbx` and
-/// `--trunk` are given (the `Proxy` helper picks its own PBX address, but
-/// here both instances must send to the same callee).
+/// One callrec instance: the common `Proxy` with given `--pbx` and `--trunk`,
+/// because here both instances must send to the same callee.
 struct Instance {
     name: &'static str,
-    child: Child,
+    proxy: Proxy,
     sip: SocketAddr,
-    admin: SocketAddr,
-    data_dir: PathBuf,
-    log_path: PathBuf,
-    command: String,
-    _dir: TestDir,
 }
 
 impl Instance {
     fn start(name: &'static str, pbx: SocketAddr, trunk: SocketAddr) -> Instance {
-        let dir = TestDir::new(&format!("scaleout-{name}"));
-        let sip = SocketAddr::from((PROXY_IP, free_port()));
-        let admin = SocketAddr::from((PROXY_IP, free_port()));
-        let rtp_lo = free_ports(200);
-        let data_dir = dir.join("data");
-        let log_path = dir.join("callrec.log");
-        let log = File::create(&log_path).expect("instance log file");
-        let args: Vec<String> = vec![
-            "run".into(),
-            "--listen".into(),
-            sip.to_string(),
-            "--pbx".into(),
-            pbx.to_string(),
-            "--trunk".into(),
-            trunk.to_string(),
-            "--media-ip".into(),
-            PROXY_IP.to_string(),
-            "--rtp-ports".into(),
-            format!("{}-{}", rtp_lo, rtp_lo + 199),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--admin-listen".into(),
-            admin.to_string(),
-            "--log-level".into(),
-            "debug".into(),
+        let proxy = Proxy::builder()
+            .pbx(pbx)
+            .trunk(trunk, &trunk.to_string())
+            .rtp_ports(200)
             // Calls arrive from Kamailio, which shares the instances' address.
-            "--trusted-source".into(),
-            PROXY_IP.to_string(),
-        ];
-        let bin = std::env::var("CALLREC_TEST_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callrec").to_string());
-        let command = format!("{bin} {}", args.join(" "));
-        let mut cmd = Command::new(&bin);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CALLREC_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("CALLREC_ADMIN_TOKEN", TEST_ADMIN_TOKEN);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
-        let mut inst = Instance {
-            name,
-            child,
-            sip,
-            admin,
-            data_dir,
-            log_path,
-            command,
-            _dir: dir,
-        };
-        let ready = wait_until(Duration::from_secs(20), || {
-            if matches!(inst.child.try_wait(), Ok(Some(_))) {
-                return true;
-            }
-            sip_options_answered(inst.sip, Duration::from_millis(200))
-        });
-        assert!(
-            ready && inst.is_running(),
-            "callrec {name} did not come up\ncommand: {}\n{}",
-            inst.command,
-            inst.log_tail(100)
-        );
-        inst
+            .arg("--trusted-source")
+            .arg(&PROXY_IP.to_string())
+            .start();
+        let sip = proxy.sip_addr();
+        Instance { name, proxy, sip }
     }
 
     fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.proxy.is_running()
     }
 
     fn log_tail(&self, n: usize) -> String {
-        format!(
-            "--- callrec {} log {} ---\n{}",
-            self.name,
-            self.log_path.display(),
-            last_lines(&read_lossy(&self.log_path), n)
-        )
-    }
-
-    /// Finished calls from `GET /api/calls/recent`.
-    fn recent(&self) -> Vec<serde_json::Value> {
-        let (status, body) = http_get(self.admin, "/api/calls/recent")
-            .unwrap_or_else(|e| panic!("GET http://{}/api/calls/recent: {e}", self.admin));
-        assert_eq!(
-            status, 200,
-            "/api/calls/recent of {} → {status}\n{body}",
-            self.name
-        );
-        serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_else(|| {
-                panic!(
-                    "/api/calls/recent of {} is not a JSON array: {body}",
-                    self.name
-                )
-            })
+        format!("callrec {}: {}", self.name, self.proxy.log_tail(n))
     }
 
     /// Finished calls that were answered (final INVITE status 2xx).
     fn answered(&self) -> Vec<serde_json::Value> {
-        self.recent()
+        self.proxy
+            .recent_calls()
             .into_iter()
             .filter(|c| {
                 c["status"]
@@ -258,31 +169,14 @@ impl Instance {
             }
         }
         let mut n = 0;
-        walk(&self.data_dir.join("recordings"), &mut n);
+        walk(&self.proxy.data_dir().join("recordings"), &mut n);
         n
     }
 
     /// SIGTERM, then SIGKILL if it is still running after 10 s.
     fn stop(&mut self) {
-        send_signal("TERM", &self.child.id().to_string());
-        if !wait_exit(&mut self.child, Duration::from_secs(10)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!(
-                "callrec {} command: {}\n{}",
-                self.name,
-                self.command,
-                self.log_tail(150)
-            );
+        if self.proxy.terminate(Duration::from_secs(10)).is_none() {
+            self.proxy.kill_hard();
         }
     }
 }

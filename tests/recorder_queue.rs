@@ -2,22 +2,11 @@
 //! and counts instead of blocking, and a file being written is a
 //! playable WAV at any time (header rewritten while recording).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use callrec::recorder::{encode_alaw, Recorder, RecordingSpec};
 use callrec::vocab::{ChannelMode, Side};
-
-fn tempdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("callrec-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn packet(seq: u16, value: i16) -> Bytes {
     let mut p = vec![0x80u8, 8];
@@ -42,7 +31,8 @@ fn readable_samples(path: &std::path::Path, want: u32) -> u32 {
 
 #[test]
 fn full_queue_drops_counts_and_never_blocks() {
-    let dir = tempdir("queue");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let t0 = Instant::now();
     let mut spec = RecordingSpec::new(&dir, "q", ChannelMode::Stereo);
     spec.start = t0;
@@ -78,7 +68,8 @@ fn full_queue_drops_counts_and_never_blocks() {
 
 #[test]
 fn file_is_playable_while_recording() {
-    let dir = tempdir("live");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let t0 = Instant::now();
     let mut spec = RecordingSpec::new(&dir, "live", ChannelMode::Caller);
     spec.start = t0;
@@ -114,7 +105,8 @@ fn file_is_playable_while_recording() {
 #[test]
 fn silence_until_the_hang_up_is_kept_when_the_end_is_given() {
     for (with_end, want_secs) in [(true, 2.5), (false, 1.0)] {
-        let dir = tempdir("tail");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let t0 = Instant::now();
         let mut spec = RecordingSpec::new(&dir, "tail", ChannelMode::Stereo);
         spec.start = t0;
@@ -162,7 +154,8 @@ fn threads_of_this_process() -> usize {
 #[test]
 fn many_recordings_share_a_few_threads_without_crosstalk() {
     const CALLS: usize = 64;
-    let dir = tempdir("pool");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let t0 = Instant::now();
     let before = threads_of_this_process();
     let recs: Vec<Recorder> = (0..CALLS)
@@ -213,7 +206,8 @@ fn many_recordings_share_a_few_threads_without_crosstalk() {
 /// leaves a complete, playable file with every packet it was given.
 #[test]
 fn a_dropped_recorder_still_finalises_its_file() {
-    let dir = tempdir("dropped");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let t0 = Instant::now();
     let mut spec = RecordingSpec::new(&dir, "dropped", ChannelMode::Caller);
     spec.start = t0;

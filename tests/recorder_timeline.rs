@@ -4,7 +4,6 @@
 //! files read back with hound.
 
 use std::f64::consts::PI;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,16 +24,6 @@ impl Lcg {
             .wrapping_add(1442695040888963407);
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("callrec-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Bytes {
@@ -185,7 +174,8 @@ fn find_click(ch: &[f64], expect: f64) -> Option<f64> {
 
 #[test]
 fn stereo_timeline_survives_loss_reorder_ssrc_change_hold_and_jump() {
-    let dir = tempdir("timeline");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let t0 = Instant::now();
     let mut spec = RecordingSpec::new(&dir, "call", ChannelMode::Stereo);
     spec.start = t0;
@@ -490,7 +480,8 @@ fn clean_stream(c: Clean, encode: &dyn Fn(&[i16]) -> Vec<u8>) -> Vec<Offer> {
 #[test]
 fn separate_files_with_pcmu_g722_and_a_codec_change_to_opus() {
     use audio_codec::Encoder as _;
-    let dir = tempdir("separate");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let t0 = Instant::now();
     let mut spec = RecordingSpec::new(&dir, "sep", ChannelMode::Separate);
     spec.start = t0;
@@ -599,7 +590,8 @@ fn separate_files_with_pcmu_g722_and_a_codec_change_to_opus() {
 
 #[test]
 fn callee_only_mode_ignores_the_caller() {
-    let dir = tempdir("calleeonly");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let t0 = Instant::now();
     let mut spec = RecordingSpec::new(&dir, "one", ChannelMode::Callee);
     spec.start = t0;
@@ -652,7 +644,8 @@ fn callee_only_mode_ignores_the_caller() {
 
 #[test]
 fn both_parties_on_hold_without_timestamp_advance_resume_at_wall_clock() {
-    let dir = tempdir("bothhold");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let t0 = Instant::now();
     let mut spec = RecordingSpec::new(&dir, "hold", ChannelMode::Stereo);
     spec.start = t0;

@@ -5,12 +5,16 @@
 
 mod storage_support;
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use callrec::db::Db;
 use callrec::spool::Spool;
 use callrec::storage::Secrets;
-use storage_support::{assert_delivered, eventually, fast_spool, make_sets};
+use storage_support::outage::{target_down_then_back, Outage};
+use storage_support::{assert_delivered, fast_spool, make_sets, MadeSet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sets_land_in_the_templated_folder() {
@@ -57,85 +61,88 @@ async fn sets_land_in_the_templated_folder() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_disk_keeps_the_set_in_the_spool_until_space_is_back() {
-    let work = tempfile::tempdir().unwrap();
-    let made = make_sets(work.path(), 1);
-    let m = &made[0];
-    let dest = work.path().join("archive");
-    let url = format!("file://{}/$Y-$M", dest.display());
-    let folder = dest.join("2026-03");
-    std::fs::create_dir_all(&folder).unwrap();
-    // The first file's temporary name points at /dev/full: every write fails with ENOSPC.
-    // The target removes a failed temporary file, so a helper puts the link back
-    // (within 5 ms; retries are at least 160 ms apart) until the disk is "freed".
-    let first = m.contents[0].0.clone();
-    let part = folder.join(format!(".{first}.part"));
-    std::os::unix::fs::symlink("/dev/full", &part).unwrap();
-    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let keeper = {
-        let (full, part) = (full.clone(), part.clone());
-        std::thread::spawn(move || {
-            while full.load(std::sync::atomic::Ordering::SeqCst) {
-                if std::fs::symlink_metadata(&part).is_err() {
-                    let _ = std::os::unix::fs::symlink("/dev/full", &part);
+/// A folder target whose disk is full: the first file's temporary name points
+/// at /dev/full, so every write fails with ENOSPC. The target removes a failed
+/// temporary file, so a keeper thread puts the link back (within 5 ms; retries
+/// are at least 160 ms apart) until the disk is "freed".
+struct FullDisk {
+    dest: PathBuf,
+    part: Option<PathBuf>,
+    full: Arc<AtomicBool>,
+    keeper: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FullDisk {
+    fn folder(&self) -> PathBuf {
+        self.dest.join("2026-03")
+    }
+}
+
+impl Outage for FullDisk {
+    fn url(&self) -> String {
+        format!("file://{}/$Y-$M", self.dest.display())
+    }
+
+    fn secrets(&self) -> Secrets {
+        Secrets::new()
+    }
+
+    fn down(&mut self, made: &MadeSet) {
+        let first = &made.contents[0].0;
+        let folder = self.folder();
+        std::fs::create_dir_all(&folder).unwrap();
+        let part = folder.join(format!(".{first}.part"));
+        std::os::unix::fs::symlink("/dev/full", &part).unwrap();
+        let (full, p) = (self.full.clone(), part.clone());
+        self.keeper = Some(std::thread::spawn(move || {
+            while full.load(Ordering::SeqCst) {
+                if std::fs::symlink_metadata(&p).is_err() {
+                    let _ = std::os::unix::fs::symlink("/dev/full", &p);
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-        })
+        }));
+        self.part = Some(part);
+    }
+
+    fn error_says(&self) -> Vec<String> {
+        vec!["disk full".into(), self.url()]
+    }
+
+    fn up(&mut self) -> Option<Secrets> {
+        self.full.store(false, Ordering::SeqCst);
+        if let Some(k) = self.keeper.take() {
+            k.join().unwrap();
+        }
+        if let Some(p) = self.part.take() {
+            let _ = std::fs::remove_file(p);
+        }
+        None
+    }
+
+    fn read_back(&self, _made: &MadeSet, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.folder().join(name)).ok()
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        self.full.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_keeps_the_set_in_the_spool_until_space_is_back() {
+    let work = tempfile::tempdir().unwrap();
+    let mut disk = FullDisk {
+        dest: work.path().join("archive"),
+        part: None,
+        full: Arc::new(AtomicBool::new(true)),
+        keeper: None,
     };
-
-    let data = work.path().join("data");
-    let db = Db::open_in(&data).unwrap();
-    let spool = Spool::start(fast_spool(&data), db.clone(), Secrets::new(), None).unwrap();
-    spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
-
-    let failed_twice = eventually(Duration::from_secs(20), || {
-        db.flush();
-        db.attempts(&m.set.base_name)
-            .unwrap()
-            .iter()
-            .filter(|a| !a.ok)
-            .count()
-            >= 2
-    })
-    .await;
-    assert!(
-        failed_twice,
-        "expected at least two failed attempts: {:?}, pending {:?}, target folder {:?}",
-        db.attempts(&m.set.base_name),
-        spool.pending(),
-        std::fs::read_dir(&folder)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect::<Vec<_>>()
-    );
-    let attempts = db.attempts(&m.set.base_name).unwrap();
-    let err = attempts[0].error.clone().unwrap();
-    assert!(
-        err.contains("disk full") && err.contains(&url),
-        "error names the problem and target: {err}"
-    );
-    assert_eq!(spool.pending().len(), 1, "the set stays in the spool");
-    assert!(data
-        .join("spool")
-        .join(&m.set.base_name)
-        .join(&first)
-        .exists());
-    assert!(!folder.join(&first).exists(), "nothing counts as delivered");
-
-    // Space is back: the next retry delivers.
-    full.store(false, std::sync::atomic::Ordering::SeqCst);
-    keeper.join().unwrap();
-    let _ = std::fs::remove_file(&part);
-    assert!(
-        spool.wait_empty(Duration::from_secs(20)).await,
-        "not delivered after the disk was freed"
-    );
-    assert_delivered(&folder, m);
-    db.flush();
-    let rows = db.uploads().unwrap();
+    let run = target_down_then_back(work.path(), &mut disk).await;
+    assert_delivered(&disk.folder(), &run.made);
+    let rows = run.db.uploads().unwrap();
     assert_eq!(rows[0].state.as_str(), "done");
     assert!(rows[0].attempts >= 3);
     assert!(rows[0].last_error.is_none());

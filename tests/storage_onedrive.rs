@@ -18,14 +18,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use callrec::db::Db;
-use callrec::spool::Spool;
 use callrec::storage::onedrive::{authorize, AuthorizeError, AuthorizeOutcome};
 use callrec::storage::{
     open_target, OneDriveTarget, Secrets, Target, TargetError, TargetSecret, UploadSet,
 };
 use serde_json::{json, Value};
-use storage_support::{eventually, fast_spool, make_sets, MadeSet};
+use storage_support::outage::{target_down_then_back, Outage};
+use storage_support::{make_sets, MadeSet};
 
 use onedrive_fake::*;
 
@@ -417,53 +416,50 @@ async fn onedrive_never_overwrites_identical_counts_as_delivered_different_fails
     graph.assert_no_violations();
 }
 
+/// The drive with the spool holding a wrong client secret; fixed by a
+/// restart with the right one.
+struct WrongSecret<'a> {
+    graph: &'a FakeGraph,
+}
+
+impl Outage for WrongSecret<'_> {
+    fn url(&self) -> String {
+        format!("onedrive://{UPN}/Rec/$Y/$M")
+    }
+
+    fn secrets(&self) -> Secrets {
+        let mut secrets = Secrets::new();
+        secrets.insert(self.url(), self.graph.app_secret("not-the-secret"));
+        secrets
+    }
+
+    fn error_says(&self) -> Vec<String> {
+        ["login refused", "invalid_client", "client_id"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn error_hides(&self) -> Vec<String> {
+        vec!["not-the-secret".into()]
+    }
+
+    fn up(&mut self) -> Option<Secrets> {
+        let mut secrets = Secrets::new();
+        secrets.insert(self.url(), self.graph.app_secret(CLIENT_SECRET));
+        Some(secrets)
+    }
+
+    fn read_back(&self, _made: &MadeSet, name: &str) -> Option<Vec<u8>> {
+        self.graph
+            .file(&format!("user:{UPN}"), &format!("Rec/2026/03/{name}"))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onedrive_wrong_client_secret_is_a_clear_error_and_the_set_stays_until_fixed() {
     let graph = FakeGraph::start().await;
     let work = tempfile::tempdir().unwrap();
-    let made = make_sets(work.path(), 1);
-    let m = &made[0];
-    let url = format!("onedrive://{UPN}/Rec/$Y/$M");
-    let data = work.path().join("data");
-    {
-        let mut secrets = Secrets::new();
-        secrets.insert(url.clone(), graph.app_secret("not-the-secret"));
-        let db = Db::open_in(&data).unwrap();
-        let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
-        spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
-        assert!(
-            eventually(Duration::from_secs(30), || {
-                db.flush();
-                !db.attempts(&m.set.base_name).unwrap().is_empty()
-            })
-            .await
-        );
-        let err = db.attempts(&m.set.base_name).unwrap()[0]
-            .error
-            .clone()
-            .unwrap();
-        assert!(
-            err.contains("login refused")
-                && err.contains("invalid_client")
-                && err.contains("client_id"),
-            "clear error: {err}"
-        );
-        assert!(
-            !err.contains("not-the-secret"),
-            "the secret is not in the error: {err}"
-        );
-        assert_eq!(spool.pending().len(), 1, "the set stays in the spool");
-    }
-    let mut secrets = Secrets::new();
-    secrets.insert(url.clone(), graph.app_secret(CLIENT_SECRET));
-    let db = Db::open_in(&data).unwrap();
-    let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
-    assert!(
-        spool.wait_empty(Duration::from_secs(60)).await,
-        "{:?}",
-        spool.pending()
-    );
-    graph.assert_holds(&format!("user:{UPN}"), "Rec/2026/03", &m.contents);
+    target_down_then_back(work.path(), &mut WrongSecret { graph: &graph }).await;
     graph.assert_no_violations();
 }
 

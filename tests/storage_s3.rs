@@ -17,9 +17,8 @@ use std::time::Duration;
 use callrec::db::Db;
 use callrec::spool::Spool;
 use callrec::storage::{ObjectTarget, Secrets, Target, TargetError, TargetSecret, UploadSet};
-use storage_support::{
-    assert_delivered, eventually, fast_spool, free_port, make_sets, run, Daemon,
-};
+use storage_support::outage::{target_down_then_back, Outage};
+use storage_support::{assert_delivered, fast_spool, free_port, make_sets, run, Daemon, MadeSet};
 
 const BUCKET: &str = "recordings";
 
@@ -279,11 +278,52 @@ async fn s3_large_file_goes_up_in_parts_and_arrives_whole() {
     assert!(log.contains("GET /recordings/big/"), "read back: {log}");
 }
 
+/// The bucket with the spool holding a wrong secret key; fixed by a restart
+/// with the right one.
+struct WrongKey<'a> {
+    moto: &'a Moto,
+}
+
+impl Outage for WrongKey<'_> {
+    fn url(&self) -> String {
+        format!("s3://{BUCKET}/k/$Y")
+    }
+
+    fn secrets(&self) -> Secrets {
+        let mut secrets = Secrets::new();
+        secrets.insert(self.url(), self.moto.secret("not-the-secret-key"));
+        secrets
+    }
+
+    fn error_says(&self) -> Vec<String> {
+        vec!["login refused".into(), "secret_access_key".into()]
+    }
+
+    fn error_hides(&self) -> Vec<String> {
+        vec!["not-the-secret-key".into()]
+    }
+
+    fn up(&mut self) -> Option<Secrets> {
+        let mut secrets = Secrets::new();
+        secrets.insert(self.url(), self.moto.secret(&self.moto.secret_key));
+        Some(secrets)
+    }
+
+    fn read_back(&self, _made: &MadeSet, name: &str) -> Option<Vec<u8>> {
+        let key = format!("k/2026/{name}");
+        let listed = String::from_utf8(self.moto.object("list", &key, b"")).unwrap();
+        listed
+            .lines()
+            .any(|k| k == key)
+            .then(|| self.moto.object("get", &key, b""))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_wrong_key_or_missing_bucket_is_a_clear_error_and_the_set_stays_until_fixed() {
     let work = tempfile::tempdir().unwrap();
     let moto = Moto::start(work.path());
-    let made = make_sets(work.path(), 1);
+    let made = make_sets(&work.path().join("missing"), 1);
     let m = &made[0];
 
     // A bucket that does not exist.
@@ -298,45 +338,9 @@ async fn s3_wrong_key_or_missing_bucket_is_a_clear_error_and_the_set_stays_until
         "{err}"
     );
 
-    let url = format!("s3://{BUCKET}/k/$Y");
-    let data = work.path().join("data");
-    {
-        let mut secrets = Secrets::new();
-        secrets.insert(url.clone(), moto.secret("not-the-secret-key"));
-        let db = Db::open_in(&data).unwrap();
-        let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
-        spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
-        assert!(
-            eventually(Duration::from_secs(30), || {
-                db.flush();
-                !db.attempts(&m.set.base_name).unwrap().is_empty()
-            })
-            .await
-        );
-        let err = db.attempts(&m.set.base_name).unwrap()[0]
-            .error
-            .clone()
-            .unwrap();
-        assert!(
-            err.contains("login refused") && err.contains("secret_access_key"),
-            "clear error: {err}"
-        );
-        assert!(
-            !err.contains("not-the-secret-key"),
-            "no secret in errors: {err}"
-        );
-        assert_eq!(spool.pending().len(), 1, "the set stays in the spool");
-    }
-    let mut secrets = Secrets::new();
-    secrets.insert(url.clone(), moto.secret(&moto.secret_key));
-    let db = Db::open_in(&data).unwrap();
-    let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
-    assert!(
-        spool.wait_empty(Duration::from_secs(60)).await,
-        "{:?}",
-        spool.pending()
-    );
-    assert_delivered(&moto.fetch("k/2026", &names(m), "fixed"), m);
+    let mut target = WrongKey { moto: &moto };
+    let run = target_down_then_back(work.path(), &mut target).await;
+    assert_delivered(&moto.fetch("k/2026", &names(&run.made), "fixed"), &run.made);
 }
 
 /// The web console plays a set that only the bucket holds: fetched on demand,

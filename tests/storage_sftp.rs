@@ -18,8 +18,10 @@ use callrec::db::Db;
 use callrec::notify::{MailConfig, Notifier};
 use callrec::spool::Spool;
 use callrec::storage::{Secrets, SftpTarget, Target, TargetError, TargetSecret, UploadSet};
+use storage_support::outage::{target_down_then_back, Outage};
 use storage_support::{
-    assert_delivered, eventually, fast_spool, free_port, make_sets, require, run, Daemon, MailSink,
+    assert_delivered, eventually, fast_spool, free_port, make_sets, require, run, Daemon, MadeSet,
+    MailSink,
 };
 
 const USER: &str = "callrec-sftp";
@@ -339,45 +341,66 @@ async fn wrong_password_is_a_clear_error_the_set_stays_and_a_fixed_restart_deliv
     let _ = std::fs::remove_dir_all(Path::new(HOME).join(&folder));
 }
 
+/// An sshd that is stopped while the set is queued and started again on the
+/// same port with the same host key.
+struct StoppedSshd {
+    dir: PathBuf,
+    port: u16,
+    known_hosts: PathBuf,
+    folder: String,
+    sshd: Option<Sshd>,
+}
+
+impl Outage for StoppedSshd {
+    fn url(&self) -> String {
+        format!("sftp://{USER}@127.0.0.1:{}/{}", self.port, self.folder)
+    }
+
+    fn secrets(&self) -> Secrets {
+        let mut secrets = Secrets::new();
+        secrets.insert(
+            self.url(),
+            password_secret(self.known_hosts.clone(), PASSWORD),
+        );
+        secrets
+    }
+
+    fn down(&mut self, _made: &MadeSet) {
+        if let Some(mut sshd) = self.sshd.take() {
+            sshd.daemon.stop();
+        }
+    }
+
+    fn error_says(&self) -> Vec<String> {
+        vec!["server unreachable".into()]
+    }
+
+    fn up(&mut self) -> Option<Secrets> {
+        self.sshd = Some(Sshd::start(&self.dir, self.port));
+        None
+    }
+
+    fn read_back(&self, _made: &MadeSet, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(Path::new(HOME).join(&self.folder).join(name)).ok()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_keeps_the_set_until_it_is_back() {
     let work = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut sshd = Sshd::start(&work.path().join("sshd"), port);
-    let known_hosts = sshd.known_hosts();
-    sshd.daemon.stop();
-    let made = make_sets(work.path(), 1);
-    let m = &made[0];
-    let folder = unique_folder("down");
-    let url = format!("sftp://{USER}@127.0.0.1:{port}/{folder}");
-    let mut secrets = Secrets::new();
-    secrets.insert(url.clone(), password_secret(known_hosts, PASSWORD));
-    let data = work.path().join("data");
-    let db = Db::open_in(&data).unwrap();
-    let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
-    spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
-    let failed = eventually(Duration::from_secs(30), || {
-        db.flush();
-        db.attempts(&m.set.base_name).unwrap().len() >= 2
-    })
-    .await;
-    assert!(failed);
-    let err = db.attempts(&m.set.base_name).unwrap()[0]
-        .error
-        .clone()
-        .unwrap();
-    assert!(err.contains("server unreachable"), "{err}");
-    assert_eq!(spool.pending().len(), 1);
-    // The server comes back on the same port.
-    let sshd = Sshd::start(&work.path().join("sshd"), port);
-    assert!(
-        spool.wait_empty(Duration::from_secs(60)).await,
-        "{:?} {}",
-        db.attempts(&m.set.base_name),
-        sshd.daemon.log_text()
-    );
-    assert_delivered(&Path::new(HOME).join(&folder), m);
-    let _ = std::fs::remove_dir_all(Path::new(HOME).join(&folder));
+    let dir = work.path().join("sshd");
+    let sshd = Sshd::start(&dir, port);
+    let mut target = StoppedSshd {
+        known_hosts: sshd.known_hosts(),
+        dir,
+        port,
+        folder: unique_folder("down"),
+        sshd: Some(sshd),
+    };
+    let run = target_down_then_back(work.path(), &mut target).await;
+    assert_delivered(&Path::new(HOME).join(&target.folder), &run.made);
+    let _ = std::fs::remove_dir_all(Path::new(HOME).join(&target.folder));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

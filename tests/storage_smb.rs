@@ -18,8 +18,9 @@ use std::time::Duration;
 use callrec::db::Db;
 use callrec::spool::Spool;
 use callrec::storage::{Secrets, SmbTarget, Target, TargetError, TargetSecret, UploadSet};
+use storage_support::outage::{target_down_then_back, Outage};
 use storage_support::{
-    assert_delivered, eventually, fast_spool, free_port, make_sets, require, Daemon,
+    assert_delivered, fast_spool, free_port, make_sets, require, Daemon, MadeSet,
 };
 
 const USER: &str = "root";
@@ -220,41 +221,58 @@ async fn wrong_password_and_missing_share_are_clear_errors() {
     assert!(!smbd.share_dir.join("x").exists());
 }
 
+/// An smbd that is stopped while the set is queued and started again on the
+/// same port with the same share.
+struct StoppedSmbd {
+    dir: PathBuf,
+    port: u16,
+    smbd: Option<Smbd>,
+}
+
+impl Outage for StoppedSmbd {
+    fn url(&self) -> String {
+        format!("smb://{USER}@127.0.0.1:{}/{SHARE}/$Y", self.port)
+    }
+
+    fn secrets(&self) -> Secrets {
+        let mut secrets = Secrets::new();
+        secrets.insert(self.url(), secret(PASSWORD));
+        secrets
+    }
+
+    fn down(&mut self, _made: &MadeSet) {
+        if let Some(mut smbd) = self.smbd.take() {
+            smbd.daemon.stop();
+        }
+    }
+
+    fn error_says(&self) -> Vec<String> {
+        vec!["unreachable".into()]
+    }
+
+    fn up(&mut self) -> Option<Secrets> {
+        self.smbd = Some(Smbd::start(&self.dir, self.port));
+        None
+    }
+
+    fn read_back(&self, _made: &MadeSet, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join("share").join("2026").join(name)).ok()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_keeps_the_set_until_it_is_back() {
     let work = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut smbd = Smbd::start(&work.path().join("smbd"), port);
-    smbd.daemon.stop();
-    let made = make_sets(work.path(), 1);
-    let m = &made[0];
-    let url = format!("smb://{USER}@127.0.0.1:{port}/{SHARE}/$Y");
-    let mut secrets = Secrets::new();
-    secrets.insert(url.clone(), secret(PASSWORD));
-    let data = work.path().join("data");
-    let db = Db::open_in(&data).unwrap();
-    let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
-    spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
-    let failed = eventually(Duration::from_secs(30), || {
-        db.flush();
-        db.attempts(&m.set.base_name).unwrap().len() >= 2
-    })
-    .await;
-    assert!(failed);
-    let err = db.attempts(&m.set.base_name).unwrap()[0]
-        .error
-        .clone()
-        .unwrap();
-    assert!(err.contains("unreachable"), "{err}");
-    assert_eq!(spool.pending().len(), 1);
-    let smbd = Smbd::start(&work.path().join("smbd"), port);
-    assert!(
-        spool.wait_empty(Duration::from_secs(60)).await,
-        "{:?} {}",
-        db.attempts(&m.set.base_name),
-        smbd.daemon.log_text()
-    );
-    assert_delivered(&smbd.share_dir.join("2026"), m);
+    let dir = work.path().join("smbd");
+    let smbd = Smbd::start(&dir, port);
+    let mut target = StoppedSmbd {
+        dir,
+        port,
+        smbd: Some(smbd),
+    };
+    let run = target_down_then_back(work.path(), &mut target).await;
+    assert_delivered(&target.dir.join("share").join("2026"), &run.made);
 }
 
 /// The web console plays a set that only the share holds: fetched on demand,

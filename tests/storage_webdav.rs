@@ -1,7 +1,8 @@
 //! WebDAV targets against a real server on loopback: `rclone serve webdav` (Debian
 //! package rclone) with basic-auth user and password, serving a temporary folder.
 //! Uploads are checked on disk in the served folder, byte for byte and with
-//! `shasum -a 256 -c`; a wrong password and a stopped server keep the set in the spool.
+//! `shasum -a 256 -c`; a wrong password is a clear error, and a stopped server keeps
+//! the set in the spool until it is back.
 //! Deleting a set (retention) removes its files and nothing else from the folder.
 //! The web console plays a set only the server holds and refuses one changed there.
 
@@ -14,9 +15,10 @@ use std::time::Duration;
 
 use callrec::db::Db;
 use callrec::spool::Spool;
-use callrec::storage::{ObjectTarget, Secrets, Target, TargetError, TargetSecret, UploadSet};
+use callrec::storage::{ObjectTarget, Secrets, Target, TargetSecret, UploadSet};
+use storage_support::outage::{target_down_then_back, Outage};
 use storage_support::{
-    assert_delivered, eventually, fast_spool, free_port, make_sets, require, Daemon,
+    assert_delivered, fast_spool, free_port, make_sets, require, Daemon, MadeSet,
 };
 
 const USER: &str = "rec";
@@ -144,65 +146,85 @@ async fn webdav_replaces_leftovers_and_keeps_identical_files() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webdav_wrong_password_and_stopped_server_keep_the_set_until_fixed() {
+async fn webdav_wrong_password_is_a_clear_error_without_the_secret() {
     let work = tempfile::tempdir().unwrap();
     let served = work.path().join("served");
     let port = free_port();
     let made = make_sets(work.path(), 1);
     let m = &made[0];
     let url = format!("webdav://{USER}@127.0.0.1:{port}/in/$Y");
-    let data = work.path().join("data");
-
-    // Server stopped: unreachable, the set stays.
+    let _dav = start_rclone(work.path(), &served, port);
     let set = UploadSet::from_sealed(&m.set);
-    let err = ObjectTarget::from_url(&url, secret(PASSWORD))
+    let err = ObjectTarget::from_url(&url, secret("not-the-password"))
         .unwrap()
         .put(&set)
         .await
-        .unwrap_err();
-    assert!(matches!(err, TargetError::Unreachable { .. }), "{err}");
-
-    let dav = start_rclone(work.path(), &served, port);
-    {
-        let mut secrets = Secrets::new();
-        secrets.insert(url.clone(), secret("not-the-password"));
-        let db = Db::open_in(&data).unwrap();
-        let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
-        spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
-        assert!(
-            eventually(Duration::from_secs(30), || {
-                db.flush();
-                !db.attempts(&m.set.base_name).unwrap().is_empty()
-            })
-            .await
-        );
-        let err = db.attempts(&m.set.base_name).unwrap()[0]
-            .error
-            .clone()
-            .unwrap();
-        assert!(
-            err.contains("login refused") && err.contains("password"),
-            "clear error: {err}"
-        );
-        assert!(
-            !err.contains("not-the-password"),
-            "no secret in errors: {err}"
-        );
-        assert_eq!(spool.pending().len(), 1, "the set stays in the spool");
-        assert!(!served.join("in/2026").join(&m.contents[0].0).exists());
-    }
-    let mut secrets = Secrets::new();
-    secrets.insert(url.clone(), secret(PASSWORD));
-    let db = Db::open_in(&data).unwrap();
-    let spool = Spool::start(fast_spool(&data), db.clone(), secrets, None).unwrap();
+        .unwrap_err()
+        .to_string();
     assert!(
-        spool.wait_empty(Duration::from_secs(60)).await,
-        "{:?} {}",
-        spool.pending(),
-        dav.log_text()
+        err.contains("login refused") && err.contains("password"),
+        "clear error: {err}"
     );
-    assert_delivered(&served.join("in/2026"), m);
-    let _: PathBuf = served;
+    assert!(
+        !err.contains("not-the-password"),
+        "no secret in errors: {err}"
+    );
+    assert!(!served.join("in/2026").join(&m.contents[0].0).exists());
+}
+
+/// A WebDAV server that is not running while the set is queued and is started
+/// later on the port of the URL.
+struct StoppedDav {
+    work: PathBuf,
+    port: u16,
+    dav: Option<Daemon>,
+}
+
+impl StoppedDav {
+    fn served(&self) -> PathBuf {
+        self.work.join("served")
+    }
+}
+
+impl Outage for StoppedDav {
+    fn url(&self) -> String {
+        format!("webdav://{USER}@127.0.0.1:{}/in/$Y", self.port)
+    }
+
+    fn secrets(&self) -> Secrets {
+        let mut secrets = Secrets::new();
+        secrets.insert(self.url(), secret(PASSWORD));
+        secrets
+    }
+
+    fn down(&mut self, _made: &MadeSet) {
+        self.dav = None;
+    }
+
+    fn error_says(&self) -> Vec<String> {
+        vec!["unreachable".into()]
+    }
+
+    fn up(&mut self) -> Option<Secrets> {
+        self.dav = Some(start_rclone(&self.work, &self.served(), self.port));
+        None
+    }
+
+    fn read_back(&self, _made: &MadeSet, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.served().join("in/2026").join(name)).ok()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webdav_stopped_server_keeps_the_set_until_it_is_back() {
+    let work = tempfile::tempdir().unwrap();
+    let mut target = StoppedDav {
+        work: work.path().to_path_buf(),
+        port: free_port(),
+        dav: None,
+    };
+    let run = target_down_then_back(work.path(), &mut target).await;
+    assert_delivered(&target.served().join("in/2026"), &run.made);
 }
 
 /// The web console plays a set that only the WebDAV server holds: fetched on

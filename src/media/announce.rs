@@ -178,8 +178,8 @@ mod tests {
 
     #[test]
     fn any_rate_and_width_becomes_8k_packets() {
-        let dir = std::env::temp_dir().join(format!("callrec-ann-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         for (rate, bits, ch) in [(8000, 16, 1), (44100, 16, 2), (48000, 24, 1), (16000, 8, 1)] {
             let p = dir.join(format!("a{rate}-{bits}-{ch}.wav"));
             write_wav(&p, rate, bits, ch, 1.0);
@@ -200,7 +200,6 @@ mod tests {
             let peak = pcm.iter().map(|v| v.unsigned_abs()).max().unwrap();
             assert!((13000..20000).contains(&peak), "{rate}/{bits}: peak {peak}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

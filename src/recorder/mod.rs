@@ -442,9 +442,8 @@ mod tests {
 
     #[test]
     fn full_queue_drops_and_counts_without_blocking() {
-        let dir = std::env::temp_dir().join(format!("callrec-q-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut spec = RecordingSpec::new(&dir, "q", ChannelMode::Stereo);
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = RecordingSpec::new(dir.path(), "q", ChannelMode::Stereo);
         spec.queue_capacity = 1;
         let (tx, _rx) = mpsc::sync_channel(1);
         let fork = Fork {

@@ -276,7 +276,8 @@ mod tests {
 
     #[test]
     fn riff_file_reads_back_with_hound() {
-        let dir = tempdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("a.wav");
         let mut w = WavWriter::create(&path, 2, 8000, u64::MAX, Duration::from_secs(3600)).unwrap();
         w.set_sample_rate(16000).unwrap();
@@ -292,7 +293,8 @@ mod tests {
 
     #[test]
     fn header_is_current_after_interval_without_finalize() {
-        let dir = tempdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("b.wav");
         let mut w = WavWriter::create(&path, 1, 8000, u64::MAX, Duration::ZERO).unwrap();
         w.write_samples(&[1, 2, 3, 4]).unwrap();
@@ -304,7 +306,8 @@ mod tests {
 
     #[test]
     fn switches_to_rf64_past_threshold() {
-        let dir = tempdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("c.wav");
         let mut w = WavWriter::create(&path, 1, 8000, 1000, Duration::from_secs(3600)).unwrap();
         let samples: Vec<i16> = (0..1500).map(|i| i as i16).collect();
@@ -342,7 +345,8 @@ mod tests {
 
     #[test]
     fn repair_declares_the_whole_frames_on_disk() {
-        let dir = tempdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("r.wav");
         let mut w = WavWriter::create(&path, 2, 8000, u64::MAX, Duration::from_secs(3600)).unwrap();
         w.set_sample_rate(16000).unwrap();
@@ -368,18 +372,5 @@ mod tests {
         assert!(repair(&dir.join("missing.wav"), u64::MAX).is_err());
         std::fs::write(dir.join("junk.wav"), vec![7u8; 200]).unwrap();
         assert!(repair(&dir.join("junk.wav"), u64::MAX).is_err());
-    }
-
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "callrec-wav-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 }

@@ -2,8 +2,11 @@
 //! with the real Sealer, free loopback ports, and real server programs (sshd,
 //! smbd, aiosmtpd) started on loopback with their own temporary configuration and
 //! stopped when their guard is dropped. A missing program fails the test loudly.
+//! `outage` holds the "target down, then back" scenario all targets share.
 
 #![allow(dead_code)]
+
+pub mod outage;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -415,6 +415,33 @@ fn deploy_containerfile_structure() {
             );
         }
     }
+    // Every file the build embeds (include_str!/include_bytes!) is copied into
+    // the build stage, or `cargo build` there fails.
+    let copied: Vec<String> = build_stage
+        .iter()
+        .filter(|(i, a)| i == "COPY" && !a.starts_with("--from"))
+        .flat_map(|(_, a)| {
+            let parts: Vec<String> = a.split_whitespace().map(str::to_string).collect();
+            parts[..parts.len() - 1].to_vec()
+        })
+        .collect();
+    for (file, embedded) in embedded_files(&repo_dir().join("src")) {
+        let rel = embedded.strip_prefix(repo_dir()).unwrap_or_else(|_| {
+            panic!(
+                "{} embeds {} outside the repository",
+                file.display(),
+                embedded.display()
+            )
+        });
+        assert!(
+            copied
+                .iter()
+                .any(|c| rel.starts_with(c.trim_end_matches('/'))),
+            "{} embeds {}, which the build stage does not COPY ({copied:?})",
+            file.display(),
+            rel.display()
+        );
+    }
     // The binary the runtime stage takes from the build stage is the one built.
     assert!(
         all(runtime, "COPY")
@@ -442,6 +469,39 @@ fn deploy_containerfile_structure() {
 // ---------------------------------------------------------------------------
 
 /// The words of a bash array `name=(…)` in deploy/test.sh.
+/// (source file, embedded file) for every `include_str!`/`include_bytes!` under `dir`.
+fn embedded_files(dir: &std::path::Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(embedded_files(&path));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Test modules are not compiled by `cargo build`.
+        let text = text.split("#[cfg(test)]").next().unwrap();
+        for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+            for (at, _) in text.match_indices(macro_name) {
+                let rest = &text[at + macro_name.len()..];
+                let name = &rest[..rest.find('"').unwrap()];
+                let target = path.parent().unwrap().join(name);
+                let target = target.canonicalize().unwrap_or_else(|_| {
+                    panic!("{} embeds {name}, which does not exist", path.display())
+                });
+                found.push((path.clone(), target));
+            }
+        }
+    }
+    found
+}
+
 fn test_sh_array(name: &str) -> Vec<String> {
     let text = fs::read_to_string(repo_dir().join("deploy/test.sh")).expect("read deploy/test.sh");
     let start = text

@@ -95,9 +95,16 @@ fn keys_are_appended_kept_rotated_in_place_and_removed() {
     // Sales (anna, ben, clara): each gets the key after her own two.
     let sales = [("anna", 1u64), ("ben", 2), ("clara", 3)];
     assert!(
-        wait_until(Duration::from_secs(20), || sales
-            .iter()
-            .all(|(l, _)| url_keys(&pbx.keys.keys_of(l)).len() == 1)),
+        wait_until(Duration::from_secs(20), || sales.iter().all(|(l, _)| {
+            // The reload is asked for after the key is written: wait for both.
+            url_keys(&pbx.keys.keys_of(l)).len() == 1
+                && pbx
+                    .keys
+                    .reloads
+                    .lock()
+                    .unwrap()
+                    .contains(&(format!("fks-{l}"), format!("phone-of-{l}")))
+        })),
         "keys not provisioned: {:?}\n{}",
         pbx.keys.sets.lock().unwrap(),
         proxy.log()
@@ -252,7 +259,7 @@ fn keys_are_appended_kept_rotated_in_place_and_removed() {
     // longer members; their keys go, clara's stays as it is, david gets one.
     let proxy = start(&data, &config(dir.path(), pbx_addr, "Support"), phone);
     assert!(
-        wait_until(Duration::from_secs(20), || {
+        wait_until(Duration::from_secs(30), || {
             url_keys(&pbx.keys.keys_of("anna")).is_empty()
                 && url_keys(&pbx.keys.keys_of("ben")).is_empty()
                 && url_keys(&pbx.keys.keys_of("david")).len() == 1

@@ -12,7 +12,7 @@ mod tls_support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use callrec::sip::message::uri_of;
+use callrec::sip::header_value::uri_of;
 use callrec::sip::Message;
 use common::*;
 use tls_support::*;

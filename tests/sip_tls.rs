@@ -118,7 +118,7 @@ fn a_trunk_calls_in_over_the_tls_listener_and_the_dialog_stays_on_its_connection
         contact.contains(&format!(":{tls_port};transport=tls")),
         "the 200's Contact must lead back to the TLS listener: {contact}"
     );
-    let target = callrec::sip::message::uri_of(&contact).to_string();
+    let target = callrec::sip::header_value::uri_of(&contact).to_string();
     let mut ack = Message::request("ACK", &target);
     ack.push("Via", format!("SIP/2.0/TLS {me};branch=z9hG4bK-in-ack"));
     ack.push("Max-Forwards", "70");

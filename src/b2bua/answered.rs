@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sip::message::{uri_of, Message};
+use crate::sip::header_value::uri_of;
+use crate::sip::message::Message;
 
 /// Which header of the 2xx names the answering party (config key `answered_by_header`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{Core, Direction};
-use crate::sip::message::{uri_of, uri_user, Message};
+use crate::sip::header_value::{uri_of, uri_user};
+use crate::sip::message::Message;
 use crate::sip::{new_branch, random_token, Flow};
 
 /// How often the flow to the trunk is refreshed while a binding exists.

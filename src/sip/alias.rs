@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::message::Via;
+use super::header_value::Via;
 
 /// The address a request's top Via names with `;alias`, when it is the
 /// connection's own IP on another port. Looks at the header section only.

@@ -4,6 +4,7 @@
 
 mod alias;
 pub mod framer;
+pub mod header_value;
 pub mod message;
 mod tcp;
 pub mod tls;

@@ -151,7 +151,7 @@ pub fn is_leg_peer(src: IpAddr, flow: SocketAddr, target_uri: &str) -> bool {
     if src == canonical(flow.ip()) {
         return true;
     }
-    super::message::uri_hostport(target_uri)
+    super::header_value::uri_hostport(target_uri)
         .and_then(|(h, _)| h.parse::<IpAddr>().ok())
         .is_some_and(|ip| canonical(ip) == src)
 }

@@ -12,7 +12,8 @@ use super::offers::LaterOffer;
 use super::phase::{Live, Phase};
 use super::{record_failure, Call};
 use crate::b2bua::headers::copy_end_to_end;
-use crate::sip::message::{uri_of, Message, StartLine};
+use crate::sip::header_value::uri_of;
+use crate::sip::message::{Message, StartLine};
 use crate::vocab::Side;
 
 /// An ACK we owe `to` once the other side's ACK brings the SDP answer (late offer).

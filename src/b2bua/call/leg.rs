@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use super::Call;
 use crate::b2bua::headers::copy_end_to_end;
-use crate::sip::message::{tag_of, uri_hostport, uri_of, Message};
+use crate::sip::header_value::{tag_of, uri_hostport, uri_of};
+use crate::sip::message::Message;
 use crate::sip::transaction::{ClientTxn, ServerTxn};
 use crate::sip::{new_branch, Flow, Proto};
 use crate::vocab::Side;

@@ -40,6 +40,9 @@
 //!
 //! The test installs nothing: `deploy/test.sh` installs the Debian package
 //! `kamailio` (and SIPp) before running the tests.
+//!
+//! Over 600 lines: four scenarios, each starting Kamailio and several
+//! instances and following calls and their sets across them.
 
 mod common;
 

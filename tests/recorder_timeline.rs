@@ -1,7 +1,8 @@
 //! Integration test of the recorder's timeline: crafted RTP streams (tones,
 //! loss, reordering, duplicates, SSRC change, hold, timestamp jump, DTX,
 //! telephone-event, clicks) with synthetic arrival times, checked on the WAV
-//! files read back with hound.
+//! files read back with hound. Over 600 lines: each timeline irregularity
+//! is a scripted arrival sequence spelled out packet by packet.
 
 use std::f64::consts::PI;
 use std::time::{Duration, Instant};

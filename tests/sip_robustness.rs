@@ -19,6 +19,9 @@
 //! `unframeable_tcp_request_gets_400_before_close` checks that a TCP request
 //! without a usable Content-Length gets its 400 on the connection before the
 //! proxy closes it.
+//!
+//! Over 600 lines because most of it is one table (`udp_cases`) of hostile
+//! inputs, each beside the answer it must get; it reads top to bottom.
 
 mod common;
 

@@ -11,6 +11,7 @@ pub mod peers;
 pub mod plan;
 pub mod recording;
 pub mod register;
+pub mod reply;
 pub mod router;
 
 use std::collections::VecDeque;

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::{debug, warn};
 
-use super::router::response_to;
+use super::reply::response_to;
 use super::Core;
 use crate::sip::message::Message;
 use crate::sip::trust::is_leg_peer;

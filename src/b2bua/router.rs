@@ -12,34 +12,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::admission::{self, Admission, Refusal};
-use super::call::{Call, CallEvent};
+use super::call::{Call, CallEvent, RouterMsg};
 use super::register::Relay;
+use super::reply::response_to;
 use super::{Core, Direction};
 use crate::sip::message::{Message, ParseError, StartLine};
 use crate::sip::transport::Inbound;
 use crate::sip::{random_token, Flow};
-
-/// Messages from calls back to the router.
-#[derive(Debug)]
-pub enum RouterMsg {
-    /// The call with this serial has ended; forget its Call-IDs.
-    Gone {
-        /// Serial of the call.
-        serial: u64,
-        /// Its Call-IDs.
-        call_ids: Vec<String>,
-    },
-    /// A finished call received a new INVITE for its Call-ID (e.g. after a
-    /// 401): start a fresh call for it.
-    Reroute {
-        /// Serial of the call that gives it back.
-        serial: u64,
-        /// The request.
-        msg: Message,
-        /// Where it came from.
-        flow: Flow,
-    },
-}
 
 /// SIP messages waiting for one call task. A call that falls this far behind
 /// (or a peer flooding one dialog) loses messages like a full UDP socket
@@ -246,37 +225,6 @@ fn start_call(
     info!(call = %a_id, direction = ?dir, from = %flow.addr, "new call");
     let call = Call::new(core.clone(), serial, dir, a_id, b_id, back_tx.clone());
     tokio::spawn(call.run(msg, flow, rx));
-}
-
-/// Builds a response that copies the request's Via, From, To, Call-ID and CSeq.
-pub fn response_to(core: &Core, req: &Message, code: u16, reason: &str) -> Message {
-    let mut r = Message::response(code, reason);
-    for h in req.headers.iter().filter(|h| h.name == "Via") {
-        r.push("Via", h.value.clone());
-    }
-    for name in ["From", "To", "Call-ID", "CSeq"] {
-        if let Some(v) = req.header(name) {
-            r.push(name, v.to_string());
-        }
-    }
-    if code > 100 && req.to_tag().is_none() {
-        if let Some(to) = r.headers.iter_mut().find(|h| h.name == "To") {
-            to.value = format!("{};tag={}", to.value, random_token(10));
-        }
-    }
-    r.push("Server", concat!("callrec/", env!("CARGO_PKG_VERSION")));
-    if code == 200 || code == 405 {
-        r.push(
-            "Allow",
-            "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, NOTIFY, REFER, MESSAGE",
-        );
-    }
-    if code == 200 && req.method() == "OPTIONS" {
-        r.push("Accept", "application/sdp");
-        r.push("Supported", "100rel, timer");
-        r.push("Contact", core.contact(crate::sip::Proto::Udp));
-    }
-    r
 }
 
 /// Turns a new INVITE away with 503 and Retry-After.

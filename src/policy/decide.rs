@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::directory::{Directory, Group, UserId};
+use super::account::UserId;
+use super::directory::{Directory, Group};
 use super::membership::LoggedOut;
 use super::numbers::{Number, NumberRole};
 use super::profile::Profile;

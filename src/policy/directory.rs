@@ -11,10 +11,7 @@ use super::error::DirectoryError;
 use super::membership::LoggedOut;
 use super::numbers::{Number, NumberPlan};
 
-/// Identifier of a PBX user account.
-pub type UserId = u64;
-/// Identifier of a PBX group account.
-pub type GroupId = u64;
+use super::account::{GroupId, UserId};
 
 /// A PBX user.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::directory::{GroupId, UserId};
+use super::account::{GroupId, UserId};
 use super::error::MembershipError;
 
 /// File name of the persisted state inside the data dir.

@@ -20,6 +20,7 @@
 //! tracing::info!(record = d.record, profile = ?d.profile_name, rule = %d.rule, "{}", d.reason);
 //! ```
 
+mod account;
 pub mod age;
 pub mod decide;
 pub mod dedup;
@@ -33,10 +34,11 @@ pub mod rest;
 mod rest_directory;
 pub mod rest_numbers;
 
+pub use account::{GroupId, UserId};
 pub use age::{parse_age, AgeError};
 pub use decide::{decide, has_no_rules, unresolved_entries, Decision, Rule};
 pub use dedup::{LegClaim, LegDedup};
-pub use directory::{Directory, Group, GroupId, User, UserId};
+pub use directory::{Directory, Group, User};
 pub use error::{ConfigError, DirectoryError, MembershipError, RestError};
 pub use membership::{LoggedOut, MembershipStore};
 pub use numbers::{Number, NumberPlan, NumberRole};

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 use tokio::sync::Mutex;
 
-use super::directory::{Directory, UserId};
+use super::account::UserId;
+use super::directory::Directory;
 use super::error::RestError;
 use super::numbers::NumberPlan;
 use super::rest_directory::{

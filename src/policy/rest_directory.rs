@@ -12,7 +12,8 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 
-use super::directory::{Directory, Group, GroupId, User, UserId};
+use super::account::{GroupId, UserId};
+use super::directory::{Directory, Group, User};
 use super::error::DirectoryError;
 use super::numbers::{Number, NumberPlan};
 use super::rest_numbers::{assemble, NumberParts};

@@ -31,7 +31,6 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::headers::Origin;
 use super::plan::CallPlan;
-use super::router::RouterMsg;
 use super::{Core, Direction};
 use crate::recorder::metadata::{EndedBy, PartyInfo};
 use crate::recorder::signal::{FailureSignal, RecordingFailed};
@@ -43,6 +42,28 @@ use crate::vocab::Side;
 use dialog::PendingAck;
 use leg::{ack_for_failure, Leg};
 use phase::Phase;
+
+/// What a call tells the router (which owns the Call-ID map).
+#[derive(Debug)]
+pub enum RouterMsg {
+    /// The call with this serial has ended; forget its Call-IDs.
+    Gone {
+        /// Serial of the call.
+        serial: u64,
+        /// Its Call-IDs.
+        call_ids: Vec<String>,
+    },
+    /// A finished call received a new INVITE for its Call-ID (e.g. after a
+    /// 401): start a fresh call for it.
+    Reroute {
+        /// Serial of the call that gives it back.
+        serial: u64,
+        /// The request.
+        msg: Message,
+        /// Where it came from.
+        flow: Flow,
+    },
+}
 
 /// Something that happened to the call.
 #[derive(Debug)]

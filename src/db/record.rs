@@ -210,6 +210,8 @@ pub enum Record {
     Anchor(crate::anchoring::AnchorRow),
     /// A legal hold was placed or lifted.
     Hold(crate::hold::HoldChange),
+    /// A member's phone link was created, rotated or put on her phones.
+    PhoneKey(crate::phone::keys::PhoneKeyChange),
     /// A set is deleted everywhere: its rows are reduced to the deletion record
     /// and its base name replaced by its set id.
     Reduce {

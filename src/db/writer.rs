@@ -197,6 +197,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         Record::Access(entry) => crate::access_log::insert(tx, entry)?,
         Record::Anchor(row) => crate::anchoring::insert(tx, row)?,
         Record::Hold(change) => crate::hold::apply(tx, change)?,
+        Record::PhoneKey(change) => crate::phone::keys::apply(tx, change)?,
         Record::Reduce { base_name, set_id } => crate::redact::reduce(tx, base_name, set_id)?,
         Record::ExpireUnrecorded { before_ms } => crate::redact::expire_unrecorded(tx, *before_ms)?,
     }

@@ -5,32 +5,19 @@
 //! admin's rotation replaces it. Lookups go by the token's SHA-256, so the
 //! index search reveals nothing about the token through its timing.
 
-use std::path::Path;
-use std::time::Duration;
-
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::db::{now_ms, Db, DbError};
+use crate::db::{now_ms, Db, DbError, Record};
 use crate::policy::UserId;
 
 /// What went wrong reading or writing the tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum PhoneKeyError {
-    /// Reading through the shared connection pool failed.
+    /// Reading, or writing through the database's writer thread, failed.
     #[error(transparent)]
     Db(#[from] DbError),
-    /// Writing failed.
-    #[error("protocol database {path}: phone key {action} failed: {source}")]
-    Write {
-        /// The database file.
-        path: String,
-        /// What was being done.
-        action: &'static str,
-        /// The SQLite error.
-        source: rusqlite::Error,
-    },
 }
 
 /// A new token: 32 random bytes, hex.
@@ -70,16 +57,49 @@ pub fn redact(text: &str) -> String {
     out
 }
 
-/// A write connection beside the database's writer thread (it waits for that
-/// thread's transactions instead of failing).
-fn write_conn(path: &Path) -> Result<Connection, PhoneKeyError> {
-    let conn = Connection::open(path).map_err(|source| PhoneKeyError::Write {
-        path: path.display().to_string(),
-        action: "open",
-        source,
-    })?;
-    let _ = conn.busy_timeout(Duration::from_secs(10));
-    Ok(conn)
+/// A change to the `phone_keys` table, written by the database's writer
+/// thread (the one writer of the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhoneKeyChange {
+    /// A member's first token; an existing one stays (another request may
+    /// have created it meanwhile).
+    Create {
+        user: UserId,
+        token: String,
+        at_ms: i64,
+    },
+    /// A member's token is replaced; the old link stops working with the commit.
+    Rotate {
+        user: UserId,
+        token: String,
+        at_ms: i64,
+    },
+    /// The member's link is on her phones under this login (`None`: taken off).
+    Provisioned { user: UserId, login: Option<String> },
+}
+
+/// Applies a change; called by the database's writer thread.
+pub(crate) fn apply(conn: &rusqlite::Connection, c: &PhoneKeyChange) -> rusqlite::Result<()> {
+    match c {
+        PhoneKeyChange::Create { user, token, at_ms } => conn.execute(
+            "INSERT OR IGNORE INTO phone_keys (user_id, token, token_sha256, created_ms, rotated_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![*user as i64, token, digest(token), at_ms],
+        ),
+        PhoneKeyChange::Rotate { user, token, at_ms } => conn.execute(
+            "INSERT INTO phone_keys (user_id, token, token_sha256, created_ms, rotated_ms) VALUES (?1, ?2, ?3, ?4, ?4) \
+             ON CONFLICT (user_id) DO UPDATE SET token = ?2, token_sha256 = ?3, rotated_ms = ?4",
+            params![*user as i64, token, digest(token), at_ms],
+        ),
+        PhoneKeyChange::Provisioned { user, login } => conn.execute(
+            "UPDATE phone_keys SET provisioned_login = ?2 WHERE user_id = ?1",
+            params![*user as i64, login],
+        ),
+    }?;
+    Ok(())
+}
+
+fn write(db: &Db, changes: Vec<PhoneKeyChange>) -> Result<(), PhoneKeyError> {
+    Ok(db.write_sync(changes.into_iter().map(Record::PhoneKey).collect())?)
 }
 
 /// The tokens of `users`, creating those that do not exist yet.
@@ -91,26 +111,18 @@ pub fn ensure(db: &Db, users: &[UserId]) -> Result<Vec<(UserId, String)>, PhoneK
         .filter(|u| !have.iter().any(|(h, _)| h == u))
         .collect();
     if !missing.is_empty() {
-        let path = db.path();
-        let fail = |action| {
-            move |source| PhoneKeyError::Write {
-                path: path.display().to_string(),
-                action,
-                source,
-            }
-        };
-        let mut conn = write_conn(path)?;
-        let tx = conn.transaction().map_err(fail("begin"))?;
-        for u in &missing {
-            let t = new_token();
-            // OR IGNORE: another request may have created it meanwhile; that one stays.
-            tx.execute(
-                "INSERT OR IGNORE INTO phone_keys (user_id, token, token_sha256, created_ms, rotated_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![*u as i64, t, digest(&t), now_ms()],
-            )
-            .map_err(fail("create"))?;
-        }
-        tx.commit().map_err(fail("commit"))?;
+        let at_ms = now_ms();
+        write(
+            db,
+            missing
+                .iter()
+                .map(|&user| PhoneKeyChange::Create {
+                    user,
+                    token: new_token(),
+                    at_ms,
+                })
+                .collect(),
+        )?;
         tracing::info!(members = missing.len(), "phone key links created");
         have = all(db)?;
     }
@@ -148,20 +160,16 @@ pub fn member_of(db: &Db, token: &str) -> Result<Option<UserId>, PhoneKeyError> 
 
 /// Replaces the member's token: the old link stops working with the commit.
 pub fn rotate(db: &Db, user: UserId) -> Result<String, PhoneKeyError> {
-    let path = db.path();
-    let t = new_token();
-    write_conn(path)?
-        .execute(
-            "INSERT INTO phone_keys (user_id, token, token_sha256, created_ms, rotated_ms) VALUES (?1, ?2, ?3, ?4, ?4) \
-             ON CONFLICT (user_id) DO UPDATE SET token = ?2, token_sha256 = ?3, rotated_ms = ?4",
-            params![user as i64, t, digest(&t), now_ms()],
-        )
-        .map_err(|source| PhoneKeyError::Write {
-            path: path.display().to_string(),
-            action: "rotate",
-            source,
-        })?;
-    Ok(t)
+    let token = new_token();
+    write(
+        db,
+        vec![PhoneKeyChange::Rotate {
+            user,
+            token: token.clone(),
+            at_ms: now_ms(),
+        }],
+    )?;
+    Ok(token)
 }
 
 /// Members whose link callrec put on their phones, with the login it used.
@@ -179,18 +187,13 @@ pub fn provisioned(db: &Db) -> Result<Vec<(UserId, String)>, PhoneKeyError> {
 
 /// Records that the member's link is on her phones under `login` (`None`: taken off).
 pub fn set_provisioned(db: &Db, user: UserId, login: Option<&str>) -> Result<(), PhoneKeyError> {
-    let path = db.path();
-    write_conn(path)?
-        .execute(
-            "UPDATE phone_keys SET provisioned_login = ?2 WHERE user_id = ?1",
-            params![user as i64, login],
-        )
-        .map_err(|source| PhoneKeyError::Write {
-            path: path.display().to_string(),
-            action: "mark provisioned",
-            source,
-        })?;
-    Ok(())
+    write(
+        db,
+        vec![PhoneKeyChange::Provisioned {
+            user,
+            login: login.map(str::to_string),
+        }],
+    )
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct Outcome {
     pub ok: u32,
     pub failed: BTreeMap<String, u32>,
     pub setup_ms: Vec<f64>,
+    /// When the first and the last call were answered.
+    pub answered: Option<(Instant, Instant)>,
     pub callee_dialogs: u32,
     pub callee_failed: BTreeMap<String, u32>,
     pub max_concurrent: u32,
@@ -512,6 +514,8 @@ impl Sip {
                 self.out
                     .setup_ms
                     .push((now - self.callers[ki].started).as_secs_f64() * 1000.0);
+                let first = self.out.answered.map_or(now, |(f, _)| f);
+                self.out.answered = Some((first, now));
                 let c = &mut self.callers[ki];
                 c.state = CState::Confirmed;
                 c.ack = ack;

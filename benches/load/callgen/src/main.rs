@@ -6,6 +6,7 @@
 
 mod calls;
 mod media;
+mod report;
 mod sip;
 mod tone;
 
@@ -131,6 +132,9 @@ fn main() -> ExitCode {
 
 /// Runs the calls, prints the summary; Ok(false) when a call failed or its media check did.
 fn run(args: Args) -> std::io::Result<bool> {
+    if args.plan.per_call_sockets {
+        raise_fd_limit();
+    }
     let mut frames = [Vec::new(), Vec::new()];
     for (p, f) in args.audio_files.iter().enumerate() {
         let mut data =
@@ -216,4 +220,14 @@ fn run(args: Args) -> std::io::Result<bool> {
     Ok(ok)
 }
 
-mod report;
+/// Two sockets per call need more descriptors than the usual soft limit of 1024.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}

@@ -178,6 +178,15 @@ pub fn build(
         ("media_caller", by_party(CALLER)),
         ("media_callee", by_party(CALLEE)),
         (
+            "setup_rate_cps",
+            match out.answered {
+                Some((a, b)) if out.setup_ms.len() > 1 && b > a => {
+                    J::Num((out.setup_ms.len() - 1) as f64 / (b - a).as_secs_f64())
+                }
+                _ => J::Null,
+            },
+        ),
+        (
             "setup_ms",
             obj(vec![
                 ("n", int(out.setup_ms.len() as i64)),

@@ -829,6 +829,9 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         res["setup_ms"] = {"n": len(rtt), "median": pct(rtt, 50), "p95": pct(rtt, 95), "max": max(rtt) if rtt else None}
     if media:
         expected = calls * 2 * pkts_per_party
+        if callgen and res["callgen"].get("packets_sent") is not None:
+            # callgen counts what it handed to the kernel: exact, also when calls failed
+            expected = res["callgen"]["packets_sent"]
         res["rtp_expected_packets"] = expected
         if stack_name == "callrec":
             tot, seal = callrec_metadata(stack.rec_dir)

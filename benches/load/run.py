@@ -616,7 +616,8 @@ def callgen_cmd(args, work, stack_port, calls, rate, hold, audio_s):
             "--hold", str(hold), "--audio-seconds", str(audio_s),
             "--caller-audio", os.path.join(AUDIO, "caller-440.al"),
             "--callee-audio", os.path.join(AUDIO, "callee-1000.al"),
-            "--threads", str(args.callgen_threads), "--json", os.path.join(work, "callgen.json")]
+            "--threads", str(args.callgen_threads), "--rtp-sockets", args.callgen_rtp_sockets,
+            "--json", os.path.join(work, "callgen.json")]
 
 
 def callgen_summary(work):
@@ -662,7 +663,7 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     if media and args.rtpstream:
         tag += "-rtpstream"
     if callgen:
-        tag += "-callgen"
+        tag += "-callgen" + ("-percall" if args.callgen_rtp_sockets == "per-call" else "")
     res = {"stack": stack_name, "kind": tag, "generator": args.generator, "rtp_source": ("rtp_stream" if args.rtpstream else "pcap") if media else None, "calls": calls, "hold_s": hold, "rate_cps": rate,
            "media": media, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": machine_info(), "work": work}
@@ -1022,6 +1023,8 @@ def main():
     ap.add_argument("--callgen-bin", default=os.path.join(HERE, "callgen", "target", "release", "callgen"),
                     help="callgen binary (built with cargo --release when missing)")
     ap.add_argument("--callgen-threads", type=int, default=1, help="callgen's RTP threads")
+    ap.add_argument("--callgen-rtp-sockets", choices=("shared", "per-call"), default="shared",
+                    help="callgen's RTP sockets: one per party (default) or one per party and call, like SIPp")
     ap.add_argument("--rtpstream", action="store_true",
                     help="RTP from SIPp's rtp_stream (shared SSRC per call) instead of the pcaps")
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -617,6 +617,7 @@ def callgen_cmd(args, work, stack_port, calls, rate, hold, audio_s):
             "--caller-audio", os.path.join(AUDIO, "caller-440.al"),
             "--callee-audio", os.path.join(AUDIO, "callee-1000.al"),
             "--threads", str(args.callgen_threads), "--rtp-sockets", args.callgen_rtp_sockets,
+            "--tick-us", str(args.callgen_tick_us),
             "--json", os.path.join(work, "callgen.json")]
 
 
@@ -664,6 +665,7 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         tag += "-rtpstream"
     if callgen:
         tag += "-callgen" + ("-percall" if args.callgen_rtp_sockets == "per-call" else "")
+        tag += f"-tick{args.callgen_tick_us}us" if args.callgen_tick_us != 1000 else ""
     res = {"stack": stack_name, "kind": tag, "generator": args.generator, "rtp_source": ("rtp_stream" if args.rtpstream else "pcap") if media else None, "calls": calls, "hold_s": hold, "rate_cps": rate,
            "media": media, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": machine_info(), "work": work}
@@ -1023,6 +1025,8 @@ def main():
     ap.add_argument("--callgen-bin", default=os.path.join(HERE, "callgen", "target", "release", "callgen"),
                     help="callgen binary (built with cargo --release when missing)")
     ap.add_argument("--callgen-threads", type=int, default=1, help="callgen's RTP threads")
+    ap.add_argument("--callgen-tick-us", type=int, default=1000,
+                    help="callgen's send-time resolution in µs (packets due in one tick leave together)")
     ap.add_argument("--callgen-rtp-sockets", choices=("shared", "per-call"), default="shared",
                     help="callgen's RTP sockets: one per party (default) or one per party and call, like SIPp")
     ap.add_argument("--rtpstream", action="store_true",

@@ -27,6 +27,8 @@ const USAGE: &str = "callgen --calls N --rate CPS --hold SECONDS [options]
   --rtp-sockets shared|per-call  one RTP socket per party and media thread (default),
                           or one per party and call
   --threads T             media threads (default 1)
+  --tick-us U             send-time resolution in µs, a divisor of 20000 (default 1000): the
+                          packets due in one tick leave together in one sendmmsg
   --service NUMBER --number NUMBER   called / calling user (default 200 / 03012345678)
   --json FILE             write the summary there instead of stdout";
 
@@ -35,6 +37,7 @@ struct Args {
     audio_files: [String; 2],
     hz: [f32; 2],
     threads: usize,
+    tick_us: u64,
     json: Option<String>,
 }
 
@@ -62,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         // What each party hears: the caller the callee's tone and vice versa.
         hz: [1000.0, 440.0],
         threads: 1,
+        tick_us: 1000,
         json: None,
     };
     let mut audio_s: Option<f64> = None;
@@ -96,11 +100,15 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--threads" => a.threads = v.parse().map_err(|e| bad(&e))?,
+            "--tick-us" => a.tick_us = v.parse().map_err(|e| bad(&e))?,
             "--service" => a.plan.service = v,
             "--number" => a.plan.number = v,
             "--json" => a.json = Some(v),
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
+    }
+    if a.tick_us == 0 || 20_000 % a.tick_us != 0 {
+        return Err(format!("--tick-us must divide 20000\n{USAGE}"));
     }
     if a.plan.calls == 0 || a.plan.rate <= 0.0 || a.plan.hold.is_zero() || a.threads == 0 {
         return Err(format!(
@@ -170,7 +178,7 @@ fn run(args: Args) -> std::io::Result<bool> {
             frames: frames.clone(),
             expect_hz: args.hz,
         };
-        let engine = media::Engine::new(shared, audio)?;
+        let engine = media::Engine::new(shared, audio, args.tick_us)?;
         let (tx, rx) = mpsc::channel();
         senders.push(tx);
         handles.push(

@@ -15,8 +15,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-/// RTP packets per second of a 20 ms stream; the wheel has one slot per millisecond of a period.
-const PERIOD_MS: u64 = 20;
+/// A stream sends every 20 ms; the wheel has one slot per tick of that period.
+const PERIOD_US: u64 = 20_000;
 const PAYLOAD: usize = 160;
 const PKT: usize = 12 + PAYLOAD;
 const RECV_BATCH: usize = 64;
@@ -110,7 +110,8 @@ pub struct Engine {
     by_key: HashMap<(u32, Party), usize>,
     by_ssrc: HashMap<(usize, u32), usize>,
     wheel: Vec<Vec<usize>>,
-    done_ms: u64,
+    done_tick: u64,
+    tick_us: u64,
     audio: Audio,
     detect: [Goertzel; 2],
     alaw: Alaw,
@@ -157,7 +158,9 @@ pub fn big_buffers(sock: &UdpSocket, bytes: usize) {
 }
 
 impl Engine {
-    pub fn new(shared: [Option<UdpSocket>; 2], audio: Audio) -> io::Result<Engine> {
+    /// `tick_us` (a divisor of 20,000) is how finely the send times of the
+    /// streams are spread: the packets due in one tick leave together.
+    pub fn new(shared: [Option<UdpSocket>; 2], audio: Audio, tick_us: u64) -> io::Result<Engine> {
         // SAFETY: plain system call.
         let epfd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         let detect = [
@@ -172,8 +175,9 @@ impl Engine {
             streams: Vec::new(),
             by_key: HashMap::new(),
             by_ssrc: HashMap::new(),
-            wheel: (0..PERIOD_MS).map(|_| Vec::new()).collect(),
-            done_ms: 0,
+            wheel: (0..PERIOD_US / tick_us).map(|_| Vec::new()).collect(),
+            done_tick: 0,
+            tick_us,
             audio,
             detect,
             alaw: Alaw::new(),
@@ -202,8 +206,8 @@ impl Engine {
         Ok(idx)
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    fn now_tick(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64 / self.tick_us
     }
 
     fn apply(&mut self, cmd: Cmd) -> io::Result<bool> {
@@ -253,12 +257,14 @@ impl Engine {
             } => {
                 if let (Some(&idx), true) = (self.by_key.get(&(call, party)), packets > 0) {
                     // Never in a tick already processed: a late start begins at the next one.
-                    let at_ms = at.saturating_duration_since(self.epoch).as_millis() as u64;
-                    let start = at_ms.max(self.done_ms + 1);
+                    let at_tick =
+                        at.saturating_duration_since(self.epoch).as_micros() as u64 / self.tick_us;
+                    let start = at_tick.max(self.done_tick + 1);
                     let s = &mut self.streams[idx];
                     s.to_send = packets;
                     s.start_ms = start;
-                    self.wheel[(start % PERIOD_MS) as usize].push(idx);
+                    let slots = self.wheel.len() as u64;
+                    self.wheel[(start % slots) as usize].push(idx);
                 }
             }
             Cmd::Stop => return Ok(false),
@@ -274,7 +280,11 @@ impl Engine {
         let mut rxs = RecvScratch::new();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut max_lag = 0u64;
-        self.done_ms = self.now_ms();
+        // The default 50 µs timer slack would merge ticks finer than that.
+        // SAFETY: prctl on the calling thread with plain integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+        self.done_tick = self.now_tick();
+        let slots = self.wheel.len() as u64;
         'outer: loop {
             loop {
                 match rx.try_recv() {
@@ -287,16 +297,16 @@ impl Engine {
                     Err(TryRecvError::Disconnected) => break 'outer,
                 }
             }
-            // Sending: every millisecond tick up to now whose slot holds streams.
-            let now = self.now_ms();
+            // Sending: every tick up to now whose slot holds streams.
+            let now = self.now_tick();
             if self.wheel.iter().any(|w| !w.is_empty()) {
-                max_lag = max_lag.max(now.saturating_sub(self.done_ms + 1));
+                max_lag = max_lag.max(now.saturating_sub(self.done_tick + 1) * self.tick_us / 1000);
             }
             due.clear();
-            while self.done_ms < now {
-                self.done_ms += 1;
-                let t = self.done_ms;
-                let slot = &mut self.wheel[(t % PERIOD_MS) as usize];
+            while self.done_tick < now {
+                self.done_tick += 1;
+                let t = self.done_tick;
+                let slot = &mut self.wheel[(t % slots) as usize];
                 let mut i = 0;
                 while i < slot.len() {
                     let idx = slot[i];
@@ -319,22 +329,33 @@ impl Engine {
                 self.send_due(&due, &mut tx);
             }
             // Receiving until the next tick.
-            let wait = (self.epoch + Duration::from_millis(self.done_ms + 1))
+            let wait = (self.epoch + Duration::from_micros((self.done_tick + 1) * self.tick_us))
                 .saturating_duration_since(Instant::now());
             // With nothing to send, wake only to look for new commands.
             let idle = self.wheel.iter().all(Vec::is_empty);
-            let timeout = if idle {
-                5
+            let wait = if idle {
+                Duration::from_millis(5)
             } else {
-                wait.as_micros().div_ceil(1000).min(5) as libc::c_int
+                wait.min(Duration::from_millis(5))
             };
-            // SAFETY: events buffer of the given length.
+            // epoll_wait counts in milliseconds; ppoll on the epoll fd waits to the tick exactly.
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: wait.as_nanos() as libc::c_long,
+            };
+            let mut pfd = libc::pollfd {
+                fd: self.epfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd and timespec; events buffer of the given length.
             let n = unsafe {
+                libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
                 libc::epoll_wait(
                     self.epfd,
                     events.as_mut_ptr(),
                     events.len() as libc::c_int,
-                    timeout,
+                    0,
                 )
             };
             if n < 0 {

@@ -162,6 +162,15 @@ check_tmp() {
 # --- tests ------------------------------------------------------------------
 echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --version)"
 # Benchmarks are measurements, not tests (see BENCHMARKS.md); they are not run here.
+# The load generator (benches/load/callgen) is a crate of its own, outside the
+# proxy's build: a full run (no filter) checks, builds and tests it too (seconds).
+if (($# == 0)); then
+    callgen=(--manifest-path benches/load/callgen/Cargo.toml)
+    echo "test.sh: benches/load/callgen: fmt, clippy, test"
+    cargo fmt --check "${callgen[@]}"
+    cargo clippy --quiet --all-targets "${callgen[@]}" -- -D warnings
+    cargo test --quiet "${callgen[@]}"
+fi
 # A full run (no filter) also fuzzes each target briefly when the nightly
 # toolchain cargo-fuzz needs is there (CALLREC_FUZZ_SECONDS per target, 0 = skip);
 # a crash fails the run. Longer runs: deploy/fuzz.sh, see SECURITY.md.

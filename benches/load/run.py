@@ -19,6 +19,9 @@ Common options: --work DIR (scratch, default /tmp/callrec-load), --results DIR
 default $CARGO_TARGET_DIR/release/callrec), --perf SECONDS (perf record the
 proxy for that long at the plateau of a load run; callrec only; with
 --perf-at N only in the run with N calls),
+--generator sipp|callgen (who places and answers the calls: SIPp caller + callee,
+the default, or benches/load/callgen, one process of our own for both sides, with
+--callgen-bin PATH, --callgen-threads N; its JSON summary is kept in the result),
 --keep (keep recordings), --rtpstream (RTP from SIPp's rtp_stream as in
 sip-scenarios/, where caller and callee of a call share one SSRC; loss is
 then counted against what the stack received, not what SIPp sent).
@@ -600,6 +603,42 @@ def make_pcaps(work, seconds):
                         os.path.join(work, side + ".pcap"), str(seconds), hex(ssrc)], check=True)
 
 
+def callgen_cmd(args, work, stack_port, calls, rate, hold, audio_s):
+    """the generator of our own (benches/load/callgen): both parties in one
+    process, the same addresses, flow and audio as the SIPp scenarios; audio_s 0
+    = signalling only"""
+    binary = args.callgen_bin
+    if not os.path.exists(binary):
+        subprocess.run(["cargo", "build", "--release", "--manifest-path",
+                        os.path.join(HERE, "callgen", "Cargo.toml")], check=True)
+    return [binary, "--proxy", f"{PROXY_IP}:{stack_port}", "--caller", f"{TRUNK_IP}:{SIPP_PORT}",
+            "--callee", f"{PBX_IP}:{SIPP_PORT}", "--calls", str(calls), "--rate", str(rate),
+            "--hold", str(hold), "--audio-seconds", str(audio_s),
+            "--caller-audio", os.path.join(AUDIO, "caller-440.al"),
+            "--callee-audio", os.path.join(AUDIO, "callee-1000.al"),
+            "--threads", str(args.callgen_threads), "--rtp-sockets", args.callgen_rtp_sockets,
+            "--tick-us", str(args.callgen_tick_us),
+            "--json", os.path.join(work, "callgen.json")]
+
+
+def callgen_summary(work):
+    try:
+        with open(os.path.join(work, "callgen.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def gen_core_pct(r):
+    return r.get("generator_core_pct", r.get("sipp_core_pct"))
+
+
+def retrans(r):
+    if "sipp" in r:
+        return f"{r['sipp']['caller_retrans']}/{r['sipp']['callee_retrans']}"
+    return "–"
+
+
 def sipp_pids(procs):
     return [p.pid for p in procs if p.poll() is None]
 
@@ -613,7 +652,10 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     audio_s = max(0.2, hold - 0.5)
     pkts_per_party = int(round(audio_s * 50))
     rtpstream = media and args.rtpstream
-    if media and not rtpstream:
+    callgen = args.generator == "callgen"
+    if rtpstream and callgen:
+        raise SystemExit("--rtpstream is a SIPp mode; callgen always sends its own tone per party")
+    if media and not rtpstream and not callgen:
         make_pcaps(work, audio_s)
     if rtpstream:  # the scenarios name audio/*.al relative to SIPp's working directory
         os.symlink(AUDIO, os.path.join(work, "audio"))
@@ -621,7 +663,10 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     stack = Callrec(work, args.callrec) if stack_name == "callrec" else Peer(work)
     if media and args.rtpstream:
         tag += "-rtpstream"
-    res = {"stack": stack_name, "kind": tag, "rtp_source": ("rtp_stream" if args.rtpstream else "pcap") if media else None, "calls": calls, "hold_s": hold, "rate_cps": rate,
+    if callgen:
+        tag += "-callgen" + ("-percall" if args.callgen_rtp_sockets == "per-call" else "")
+        tag += f"-tick{args.callgen_tick_us}us" if args.callgen_tick_us != 1000 else ""
+    res = {"stack": stack_name, "kind": tag, "generator": args.generator, "rtp_source": ("rtp_stream" if args.rtpstream else "pcap") if media else None, "calls": calls, "hold_s": hold, "rate_cps": rate,
            "media": media, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": machine_info(), "work": work}
     log(f"{stack_name}: {calls} calls, hold {hold} s, {rate} cps, media={media}; work {work}")
@@ -639,18 +684,28 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         threads = ThreadTracker(pids["callrec"][0]) if stack_name == "callrec" else None
         m0 = machine_ticks()
         udp0 = udp_errors()
-        caller_cmd, callee_cmd = sipp_cmds(work, stack.sip_port, calls, rate, int(hold * 1000), media,
-                                           timeout_s=int(hold + calls / rate + 120), rtpstream=rtpstream)
-        res["sipp_caller_cmd"], res["sipp_callee_cmd"] = caller_cmd, callee_cmd
-        callee_out = open(os.path.join(work, "callee.out"), "w")
-        caller_out = open(os.path.join(work, "caller.out"), "w")
-        callee = subprocess.Popen(callee_cmd, cwd=sipp_cwd, stdout=callee_out, stderr=subprocess.STDOUT,
-                                  preexec_fn=raise_limits, start_new_session=True)
-        if not wait_udp_bound(PBX_IP, SIPP_PORT, callee.pid):
-            raise RuntimeError("callee SIPp did not bind")
-        t0 = time.time()
-        caller = subprocess.Popen(caller_cmd, cwd=sipp_cwd, stdout=caller_out, stderr=subprocess.STDOUT,
-                                  preexec_fn=raise_limits, start_new_session=True)
+        if callgen:
+            # one process plays caller and callee; its summary goes to callgen.json
+            gen_cmd = callgen_cmd(args, work, stack.sip_port, calls, rate, hold, audio_s if media else 0)
+            res["callgen_cmd"] = gen_cmd
+            callee, callee_out = None, None
+            caller_out = open(os.path.join(work, "callgen.out"), "w")
+            t0 = time.time()
+            caller = subprocess.Popen(gen_cmd, stdout=caller_out, stderr=subprocess.STDOUT,
+                                      preexec_fn=raise_limits, start_new_session=True)
+        else:
+            caller_cmd, callee_cmd = sipp_cmds(work, stack.sip_port, calls, rate, int(hold * 1000), media,
+                                               timeout_s=int(hold + calls / rate + 120), rtpstream=rtpstream)
+            res["sipp_caller_cmd"], res["sipp_callee_cmd"] = caller_cmd, callee_cmd
+            callee_out = open(os.path.join(work, "callee.out"), "w")
+            caller_out = open(os.path.join(work, "caller.out"), "w")
+            callee = subprocess.Popen(callee_cmd, cwd=sipp_cwd, stdout=callee_out, stderr=subprocess.STDOUT,
+                                      preexec_fn=raise_limits, start_new_session=True)
+            if not wait_udp_bound(PBX_IP, SIPP_PORT, callee.pid):
+                raise RuntimeError("callee SIPp did not bind")
+            t0 = time.time()
+            caller = subprocess.Popen(caller_cmd, cwd=sipp_cwd, stdout=caller_out, stderr=subprocess.STDOUT,
+                                      preexec_fn=raise_limits, start_new_session=True)
         sipp_cpu = {}
         drops0 = udp_socket_drops()  # sockets of earlier runs still open count from here
         drops = {}
@@ -662,6 +717,8 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
             time.sleep(1.0)
             el = time.time() - t0
             for p in (caller, callee):
+                if p is None:
+                    continue
                 c = proc_cpu(p.pid)
                 if c is not None:
                     sipp_cpu[p.pid] = c
@@ -700,16 +757,20 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
                 log("caller overran; killing")
                 caller.kill()
         t_caller_done = time.time()
-        try:
-            callee.wait(30)
-        except subprocess.TimeoutExpired:
-            callee.kill()
-            callee.wait()
+        if callee is not None:
+            try:
+                callee.wait(30)
+            except subprocess.TimeoutExpired:
+                callee.kill()
+                callee.wait()
+            callee_out.close()
         caller_out.close()
-        callee_out.close()
         # wait until every recording is finished
         expect = calls if media or stack_name == "callrec" else 0
-        succ, fail, retr = sipp_counts(os.path.join(work, "caller.out"))
+        if callgen:
+            succ = callgen_summary(work).get("calls_ok")
+        else:
+            succ, fail, retr = sipp_counts(os.path.join(work, "caller.out"))
         expect = min(expect, succ or 0)
         end = time.time() + (120 if media else 30)
         while time.time() < end and not stack.finished(expect):
@@ -744,24 +805,36 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         res["callrec_threads_unattributed_s"] = round(total_cpu - sum(by.values()), 2)
     tot_t, idle_t = m1[0] - m0[0], m1[1] - m0[1]
     res["machine_busy_pct"] = round(100.0 * (1 - idle_t / tot_t), 1) if tot_t else None
-    res["sipp_cpu_s"] = round(sum(sipp_cpu.values()), 2)
-    res["sipp_core_pct"] = round(100.0 * sum(sipp_cpu.values()) / (t_caller_done - t0), 1)
+    res["generator_cpu_s"] = round(sum(sipp_cpu.values()), 2)
+    res["generator_core_pct"] = round(100.0 * sum(sipp_cpu.values()) / (t_caller_done - t0), 1)
     res["mem_idle_kb"] = idle_mem
     res["mem_plateau_kb"] = peak_mem
     res["mem_kb_per_call"] = round((peak_mem - idle_mem) / calls, 1) if peak_mem else None
     res["mem_kind"] = "VmRSS" if stack_name == "callrec" else "PSS sum"
     res["peak_active_calls"] = peak_active or None
-    c_succ, c_fail, c_retr = sipp_counts(os.path.join(work, "caller.out"))
-    e_succ, e_fail, e_retr = sipp_counts(os.path.join(work, "callee.out"))
-    res["sipp"] = {"caller_successful": c_succ, "caller_failed": c_fail, "caller_retrans": c_retr,
-                   "callee_successful": e_succ, "callee_failed": e_fail, "callee_retrans": e_retr,
-                   "caller_rc": caller.returncode, "callee_rc": callee.returncode}
-    res["failed_calls"] = (c_fail or 0) + (e_fail or 0) + max(0, calls - (c_succ or 0))
-    res["setup_rate_cps"] = setup_rate(work)
-    rtt = rtt_values(work)
-    res["setup_ms"] = {"n": len(rtt), "median": pct(rtt, 50), "p95": pct(rtt, 95), "max": max(rtt) if rtt else None}
+    if callgen:
+        cg = callgen_summary(work)
+        res["callgen"] = cg
+        res["callgen_rc"] = caller.returncode
+        res["failed_calls"] = ((cg.get("calls_failed") or 0) + sum((cg.get("callee_failures") or {}).values())
+                               + max(0, calls - (cg.get("calls_ok") or 0) - (cg.get("calls_failed") or 0)))
+        res["setup_rate_cps"] = cg.get("setup_rate_cps")
+        res["setup_ms"] = {k: cg.get("setup_ms", {}).get(k) for k in ("n", "median", "p95", "max")}
+    else:
+        c_succ, c_fail, c_retr = sipp_counts(os.path.join(work, "caller.out"))
+        e_succ, e_fail, e_retr = sipp_counts(os.path.join(work, "callee.out"))
+        res["sipp"] = {"caller_successful": c_succ, "caller_failed": c_fail, "caller_retrans": c_retr,
+                       "callee_successful": e_succ, "callee_failed": e_fail, "callee_retrans": e_retr,
+                       "caller_rc": caller.returncode, "callee_rc": callee.returncode}
+        res["failed_calls"] = (c_fail or 0) + (e_fail or 0) + max(0, calls - (c_succ or 0))
+        res["setup_rate_cps"] = setup_rate(work)
+        rtt = rtt_values(work)
+        res["setup_ms"] = {"n": len(rtt), "median": pct(rtt, 50), "p95": pct(rtt, 95), "max": max(rtt) if rtt else None}
     if media:
         expected = calls * 2 * pkts_per_party
+        if callgen and res["callgen"].get("packets_sent") is not None:
+            # callgen counts what it handed to the kernel: exact, also when calls failed
+            expected = res["callgen"]["packets_sent"]
         res["rtp_expected_packets"] = expected
         if stack_name == "callrec":
             tot, seal = callrec_metadata(stack.rec_dir)
@@ -810,7 +883,7 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
 
 def summary(r):
     s = (f"{r['stack']} N={r['calls']} failed={r['failed_calls']} cpu={r['cpu_s_total']}s "
-         f"machine={r['machine_busy_pct']}% sipp={r['sipp_core_pct']}%core ")
+         f"machine={r['machine_busy_pct']}% {r.get('generator', 'sipp')}={gen_core_pct(r)}%core ")
     if r["media"]:
         s += f"cpu/call-min={r['cpu_s_per_call_minute']} loss={r['loss_pct']}% mem/call={r['mem_kb_per_call']}kB "
     s += f"setup median={r['setup_ms']['median']}ms"
@@ -849,7 +922,7 @@ def cmd_cps(args):
         r = load_run(args, args.stack, calls, args.hold_ms / 1000.0, rate, media=False, tag=f"cps{rate}")
         achieved = r["setup_rate_cps"] or 0
         log(f"  cps {rate}: failed {r['failed_calls']}, achieved {achieved:.0f} cps, "
-            f"retrans caller {r['sipp']['caller_retrans']} callee {r['sipp']['callee_retrans']}")
+            f"retrans {retrans(r)}")
         if r["failed_calls"] > 0:
             break
         if achieved < 0.9 * rate:
@@ -913,7 +986,7 @@ def cmd_report(args):
                                                       f"{1000 * r['seal_latency_s']['max']:.0f}")
              if r.get("seal_latency_s") and r["seal_latency_s"]["p95"] is not None else None)
         line("whole machine busy, %", lambda r: r["machine_busy_pct"], 0)
-        line("SIPp (both) CPU, % of one core", lambda r: r["sipp_core_pct"], 0)
+        line("generator (SIPp both sides, or callgen) CPU, % of one core", gen_core_pct, 0)
         print()
         print("| step | callrec CPU-s by thread | peer CPU-s kamailio / rtpengine / recording |")
         print("|---|---|---|")
@@ -933,7 +1006,7 @@ def cmd_report(args):
         for r in cps:
             sm = r["setup_ms"]
             print(f"| {r['stack']} | {r['rate_cps']} | {fmt(r.get('setup_rate_cps'), 0)} | {r['calls']} | "
-                  f"{r['failed_calls']} | {r['sipp']['caller_retrans']}/{r['sipp']['callee_retrans']} | "
+                  f"{r['failed_calls']} | {retrans(r)} | "
                   f"{fmt(r['cpu_ms_per_call'], 3)} | {fmt(sm['median'], 0)} / {fmt(sm['p95'], 0)} / "
                   f"{fmt(sm['max'], 0)} | {fmt(r['machine_busy_pct'], 0)} |")
 
@@ -947,6 +1020,15 @@ def main():
     ap.add_argument("--perf", type=int, default=0)
     ap.add_argument("--perf-at", type=int, default=0, help="only in the load run with this many calls")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--generator", choices=("sipp", "callgen"), default="sipp",
+                    help="SIPp caller + callee (default), or callgen (benches/load/callgen), one process for both")
+    ap.add_argument("--callgen-bin", default=os.path.join(HERE, "callgen", "target", "release", "callgen"),
+                    help="callgen binary (built with cargo --release when missing)")
+    ap.add_argument("--callgen-threads", type=int, default=1, help="callgen's RTP threads")
+    ap.add_argument("--callgen-tick-us", type=int, default=1000,
+                    help="callgen's send-time resolution in µs (packets due in one tick leave together)")
+    ap.add_argument("--callgen-rtp-sockets", choices=("shared", "per-call"), default="shared",
+                    help="callgen's RTP sockets: one per party (default) or one per party and call, like SIPp")
     ap.add_argument("--rtpstream", action="store_true",
                     help="RTP from SIPp's rtp_stream (shared SSRC per call) instead of the pcaps")
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -18,6 +18,18 @@ use crate::policy::{NumberPlan, PolicyConfig};
 use crate::storage::{open_target, Secrets, UploadSet};
 
 mod tombstones;
+
+/// Local time of a millisecond timestamp, for people (search results, the
+/// console, `hold list`).
+pub fn local_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
 pub use tombstones::TombstoneSigner;
 use tombstones::{reduce, stage_tombstone, tombstone_for};
 

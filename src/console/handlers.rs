@@ -454,7 +454,7 @@ pub async fn access_log(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
             table.results #access {
                 thead { tr { th scope="col" { "Time" } th scope="col" { "Who" } th scope="col" { "Action" } th scope="col" { "What" } th scope="col" { "Detail" } } }
                 tbody { @for e in &rows { tr {
-                    td { (pages::time(e.at_ms)) }
+                    td { (crate::archive::local_time(e.at_ms)) }
                     td { (e.actor) }
                     td { (e.action) }
                     td { @if sets::valid_id(&e.subject) && e.action != AccessAction::Search { a href={ "/recordings/" (e.subject) } { (e.subject) } } @else { (e.subject) } }

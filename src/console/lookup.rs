@@ -39,28 +39,7 @@ pub(super) fn stored_on(db: &crate::db::Db, base: &str) -> Result<Vec<String>, S
 
 /// The recording row of set `id`.
 fn row_of(db: &crate::db::Db, id: &str) -> Result<Option<RecordingRow>, String> {
-    db.read(|c| {
-        use rusqlite::OptionalExtension;
-        c.query_row(
-            "SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by FROM recordings WHERE base_name = ?1 ORDER BY id DESC LIMIT 1",
-            [id],
-            |r| {
-                Ok(RecordingRow {
-                    call_id: r.get(0)?,
-                    base_name: r.get(1)?,
-                    profile: r.get(2)?,
-                    start_ms: r.get(3)?,
-                    end_ms: r.get(4)?,
-                    caller: r.get(5)?,
-                    callee: r.get(6)?,
-                    recovered: r.get::<_, i64>(7)? != 0,
-                    answered_by: r.get(8)?,
-                })
-            },
-        )
-        .optional()
-    })
-    .map_err(|e| e.to_string())
+    db.recording(id).map_err(|e| e.to_string())
 }
 
 /// A known set: its row, checksum file and the problems found verifying it now.

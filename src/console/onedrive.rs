@@ -46,7 +46,7 @@ pub(super) fn section(c: &Console, me: &Me) -> Markup {
                 li {
                     code { (url) } ": "
                     @match token_stored(c, url) {
-                        Some(at) => { "token stored " (pages::time(at)) " " },
+                        Some(at) => { "token stored " (crate::archive::local_time(at)) " " },
                         None => { "not signed in " },
                     }
                     form.inline method="post" action="/operations/onedrive/start" {

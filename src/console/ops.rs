@@ -92,7 +92,7 @@ pub async fn operations(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
             @else {
                 table.results {
                     thead { tr { th scope="col" { "Target" } th scope="col" { "Sets waiting" } th scope="col" { "Oldest since" } th scope="col" { "Last error" } } }
-                    tbody { @for (t, q) in &queues { tr { td { (t) } td { (q.pending) } td { (q.oldest_ms.map(pages::time).unwrap_or_default()) } td { (q.last_error.as_deref().unwrap_or("")) } } } }
+                    tbody { @for (t, q) in &queues { tr { td { (t) } td { (q.pending) } td { (q.oldest_ms.map(crate::archive::local_time).unwrap_or_default()) } td { (q.last_error.as_deref().unwrap_or("")) } } } }
                 }
             }
         }
@@ -102,7 +102,7 @@ pub async fn operations(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
             @else {
                 table.results {
                     thead { tr { th scope="col" { "Time" } th scope="col" { "Reason" } th scope="col" { "Call-ID" } th scope="col" { "Set" } th scope="col" { "Detail" } } }
-                    tbody { @for (at, call, base, reason, detail) in &failures { tr { td { (pages::time(*at)) } td { (reason) } td { (call) } td { (base.as_deref().unwrap_or("")) } td { (detail) } } } }
+                    tbody { @for (at, call, base, reason, detail) in &failures { tr { td { (crate::archive::local_time(*at)) } td { (reason) } td { (call) } td { (base.as_deref().unwrap_or("")) } td { (detail) } } } }
                 }
             }
         }

@@ -4,18 +4,8 @@
 use maud::{html, Markup, DOCTYPE};
 
 use super::{Me, Role};
+use crate::archive::local_time;
 use crate::db::RecordingRow;
-
-/// Local time of a millisecond timestamp, for people.
-pub fn time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
 
 /// `m:ss` of a recording's length.
 pub fn duration(r: &RecordingRow) -> String {
@@ -150,7 +140,7 @@ pub fn search(me: &Me, f: &SearchForm, hits: Option<&[Hit]>, error: Option<&str>
                         tbody {
                             @for h in hits {
                                 tr {
-                                    td { (time(h.row.start_ms)) }
+                                    td { (local_time(h.row.start_ms)) }
                                     td { (h.direction.as_deref().unwrap_or("")) }
                                     td { (h.row.caller.as_deref().unwrap_or("")) }
                                     td { (h.row.callee.as_deref().unwrap_or("")) }
@@ -238,7 +228,7 @@ pub fn recording(me: &Me, v: &RecordingView) -> Markup {
             section aria-labelledby="meta" {
                 h2 #meta { "Details" }
                 dl {
-                    dt { "Start" } dd { (time(v.row.start_ms)) }
+                    dt { "Start" } dd { (local_time(v.row.start_ms)) }
                     dt { "Duration" } dd { (duration(&v.row)) }
                     dt { "Profile" } dd { (v.row.profile.as_deref().unwrap_or("")) }
                     dt { "Call-ID" } dd { (v.row.call_id) }

@@ -204,21 +204,18 @@ impl Db {
     /// Recordings that started in `[from_ms, to_ms]`, oldest first.
     pub fn recordings(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RecordingRow>, DbError> {
         self.rows(
-            "SELECT call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id",
+            &format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id"),
             [from_ms, to_ms],
-            |r| {
-                Ok(RecordingRow {
-                    call_id: r.get(0)?,
-                    base_name: r.get(1)?,
-                    profile: r.get(2)?,
-                    start_ms: r.get(3)?,
-                    end_ms: r.get(4)?,
-                    caller: r.get(5)?,
-                    callee: r.get(6)?,
-                    recovered: r.get::<_, i64>(7)? != 0,
-                    answered_by: r.get(8)?,
-                })
-            },
+            recording_row,
+        )
+    }
+
+    /// The newest recording row of the set named `base_name`.
+    pub fn recording(&self, base_name: &str) -> Result<Option<RecordingRow>, DbError> {
+        self.row(
+            &format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE base_name = ?1 ORDER BY id DESC LIMIT 1"),
+            [base_name],
+            recording_row,
         )
     }
 
@@ -325,4 +322,22 @@ impl Db {
             source,
         })
     }
+}
+
+/// The columns `recording_row` reads, in its order.
+const RECORDING_COLUMNS: &str =
+    "call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by";
+
+fn recording_row(r: &Row<'_>) -> rusqlite::Result<RecordingRow> {
+    Ok(RecordingRow {
+        call_id: r.get(0)?,
+        base_name: r.get(1)?,
+        profile: r.get(2)?,
+        start_ms: r.get(3)?,
+        end_ms: r.get(4)?,
+        caller: r.get(5)?,
+        callee: r.get(6)?,
+        recovered: r.get::<_, i64>(7)? != 0,
+        answered_by: r.get(8)?,
+    })
 }

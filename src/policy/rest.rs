@@ -220,8 +220,20 @@ impl PbxClient {
         Ok(())
     }
 
-    /// `GET path` with the token; on 401 log in again once and repeat.
+    /// `GET path` with the token, decoded; on 401 log in again once and repeat.
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, RestError> {
+        let resp = self.send_authorized(Method::GET, path, None).await?;
+        decode(&self.url(path), "GET", resp).await
+    }
+
+    /// `method path` with the token (and a JSON body); on 401 logs in again
+    /// once and repeats. A second 401 means the PBX refuses this REST user.
+    async fn send_authorized(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response, RestError> {
         let url = self.url(path);
         let mut relogged = false;
         loop {
@@ -233,15 +245,16 @@ impl PbxClient {
                     self.login().await?
                 }
             };
-            let resp = self
-                .request(Method::GET, &url)
-                .header("authToken", token)
-                .send()
-                .await
-                .map_err(|source| RestError::Unreachable {
-                    url: url.clone(),
-                    source,
-                })?;
+            let mut req = self
+                .request(method.clone(), &url)
+                .header("authToken", token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.map_err(|source| RestError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
             if resp.status() == StatusCode::UNAUTHORIZED {
                 if relogged {
                     return Err(RestError::TokenRefused { url });
@@ -255,7 +268,7 @@ impl PbxClient {
                 self.login().await?;
                 continue;
             }
-            return decode(&url, "GET", resp).await;
+            return Ok(resp);
         }
     }
 

@@ -122,7 +122,7 @@ pub(crate) fn hold(action: HoldAction) -> anyhow::Result<()> {
             for h in callrec::hold::list(&db)? {
                 println!(
                     "{}  {} {}  by {}  {}",
-                    fmt_ms(h.at_ms),
+                    callrec::archive::local_time(h.at_ms),
                     h.kind.as_str(),
                     h.value,
                     h.actor,
@@ -282,16 +282,6 @@ pub(crate) fn search_rows(
     Ok(rows)
 }
 
-pub(crate) fn fmt_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 pub(crate) fn uploads(action: UploadsAction) -> anyhow::Result<()> {
     match action {
         UploadsAction::Status(s) => {
@@ -318,7 +308,7 @@ pub(crate) fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
                     .unwrap_or_default();
                 println!(
                     "{}  {}  {} -> {}  {}{}{answered}",
-                    fmt_ms(r.start_ms),
+                    callrec::archive::local_time(r.start_ms),
                     r.base_name,
                     r.caller.unwrap_or_default(),
                     r.callee.unwrap_or_default(),

@@ -4,7 +4,7 @@
 //! ask the phones using a set to load it again. Request and answer shapes
 //! follow the STARFACE REST API (`FunctionKeySet`, `FunctionKey`).
 
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
 use super::{decode, status_error, PbxClient};
@@ -74,47 +74,6 @@ fn on_behalf(login: &str) -> String {
 }
 
 impl PbxClient {
-    /// `method path` with the token (and a JSON body); on 401 logs in again once.
-    async fn send_authorized(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<reqwest::Response, RestError> {
-        let url = self.url(path);
-        let mut relogged = false;
-        loop {
-            let cached = self.token.lock().await.clone();
-            let token = match cached {
-                Some(t) => t,
-                None => {
-                    relogged = true;
-                    self.login().await?
-                }
-            };
-            let mut req = self
-                .request(method.clone(), &url)
-                .header("authToken", token);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            let resp = req.send().await.map_err(|source| RestError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-            if resp.status() == StatusCode::UNAUTHORIZED {
-                if relogged {
-                    return Err(RestError::TokenRefused { url });
-                }
-                // As for the directory: the refused token is logged out once the new one is there.
-                relogged = true;
-                self.login().await?;
-                continue;
-            }
-            return Ok(resp);
-        }
-    }
-
     /// The function key sets of user `login`.
     pub async fn function_key_sets(&self, login: &str) -> Result<Vec<FunctionKeySet>, RestError> {
         let path = format!("/functionkeysets?{}", on_behalf(login));

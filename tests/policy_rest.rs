@@ -8,41 +8,17 @@
 #[path = "starface_fake/mod.rs"]
 mod starface_fake;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use callrec::policy::{
     decide, spawn_refresher, start_directory, Directory, DirectoryConfig, DirectoryHandle,
-    DirectorySource, LoggedOut, NumberPlan, PbxClient, Profile, RestError, Rule,
+    DirectorySource, LoggedOut, Profile, RestError, Rule,
 };
 use callrec::vocab::Direction;
+use starface_fake::client::{client, fixture_directory, plan};
 use starface_fake::{serve, testdata, Pbx, LOGIN_ID, PASSWORD};
-
-fn plan() -> NumberPlan {
-    NumberPlan {
-        country_code: "49".into(),
-        area_code: "30".into(),
-        exit_code: "0".into(),
-        ..NumberPlan::default()
-    }
-}
-
-fn fixture_directory() -> Directory {
-    Directory::load_file(&testdata().join("directory.toml"), plan()).unwrap()
-}
-
-fn client(addr: SocketAddr, password: &str) -> PbxClient {
-    PbxClient::new(
-        &format!("http://{addr}/rest"),
-        LOGIN_ID,
-        password,
-        false,
-        Duration::from_secs(5),
-    )
-    .unwrap()
-}
 
 #[tokio::test]
 async fn fetched_directory_equals_the_fixture() {

@@ -2,7 +2,7 @@
 //! STARFACE in tests/starface_fake. What a user would notice: the numbers in the
 //! snapshot (outside-line exit code and every other spelling, links checked
 //! against each account's own route), the ERROR naming an account whose links
-//! disagree, a member the REST user cannot see skipped instead of a failed
+//! disagree, a member the REST user cannot see left out instead of a failed
 //! refresh, an Active Directory login that works, and no token left live on the
 //! PBX (after a replacement and after the proxy's shutdown).
 
@@ -11,38 +11,14 @@ mod common;
 mod starface_fake;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use callrec::policy::{Directory, Number, NumberPlan, PbxClient, RestError};
+use callrec::policy::{Number, RestError};
 use serde_json::{json, Value};
-use starface_fake::{serve, testdata, Pbx, LOGIN_ID, PASSWORD};
-
-fn plan() -> NumberPlan {
-    NumberPlan {
-        country_code: "49".into(),
-        area_code: "30".into(),
-        exit_code: "0".into(),
-        ..NumberPlan::default()
-    }
-}
-
-fn fixture_directory() -> Directory {
-    Directory::load_file(&testdata().join("directory.toml"), plan()).unwrap()
-}
-
-fn client(addr: SocketAddr, password: &str) -> PbxClient {
-    PbxClient::new(
-        &format!("http://{addr}/rest"),
-        LOGIN_ID,
-        password,
-        false,
-        Duration::from_secs(5),
-    )
-    .unwrap()
-}
+use starface_fake::client::{client, fixture_directory, plan};
+use starface_fake::{serve, Pbx, LOGIN_ID, PASSWORD};
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..200 {
@@ -109,7 +85,7 @@ fn edit_fixture(pbx: &Pbx, name: &str, edit: impl FnOnce(&mut Value)) {
 
 /// A STARFACE commonly lists the outside-line digit as exit code: `0` + `49` + `30`
 /// + number is +49 30 number, not 049…; every other spelling the spec allows gives
-/// the same number, and one that cannot be normalised is logged once and skipped.
+/// the same number, and one that cannot be normalised is logged once and left_out.
 #[tokio::test]
 async fn external_numbers_are_assembled_for_every_spelling() {
     let (logs, _guard) = Logs::capture();
@@ -168,12 +144,13 @@ async fn external_numbers_are_assembled_for_every_spelling() {
     assert_eq!(ext("eva"), Vec::<Number>::new());
     // The rest of the snapshot is used.
     assert_eq!(dir.find_group("Sales").unwrap().members, vec![1, 2, 3]);
-    let skipped = logs.lines_with("WARN", "phone_number_id=19");
-    assert_eq!(skipped.len(), 1, "{}", logs.text());
+    let left_out = logs.lines_with("WARN", "phone_number_id=19");
+    assert_eq!(left_out.len(), 1, "{}", logs.text());
     assert!(
-        skipped[0].contains(r#"exitCode="+" nationalPrefix="" localPrefix="30" number="12345205""#),
+        left_out[0]
+            .contains(r#"exitCode="+" nationalPrefix="" localPrefix="30" number="12345205""#),
         "the raw fields are logged: {}",
-        skipped[0]
+        left_out[0]
     );
     // Logged once, not at every refresh.
     c.fetch_directory(&plan()).await.unwrap();
@@ -238,10 +215,10 @@ async fn a_group_keeps_only_the_numbers_it_lists_itself() {
     assert!(errors[0].contains("Sales"), "{}", errors[0]);
 }
 
-/// A group member the REST user cannot see in `/users` is skipped (and named in
+/// A group member the REST user cannot see in `/users` is left out (and named in
 /// the log); the rest of the snapshot is used.
 #[tokio::test]
-async fn a_member_missing_from_users_is_skipped() {
+async fn a_member_missing_from_users_is_left_out() {
     let (logs, _guard) = Logs::capture();
     let pbx = Arc::new(Pbx::default());
     edit_fixture(&pbx, "users.json", |v| {

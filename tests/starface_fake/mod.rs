@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod client;
 pub mod keys;
 mod routes;
 pub mod schema;

@@ -124,7 +124,7 @@ pub struct SipTls<S: Read + Write> {
 }
 
 impl<S: Read + Write> SipTls<S> {
-    /// The next SIP message, skipping keep-alives; None after `wait`.
+    /// The next SIP message, keep-alives passed over; None after `wait`.
     pub fn recv(&mut self, wait: Duration) -> Option<Message> {
         let end = Instant::now() + wait;
         let mut buf = [0u8; 8192];
@@ -154,7 +154,7 @@ impl<S: Read + Write> SipTls<S> {
     }
 
     /// Whether a CRLF keep-alive ping arrives within `wait` (messages that
-    /// come first are skipped).
+    /// come first are passed over).
     pub fn wait_ping(&mut self, wait: Duration) -> bool {
         let end = Instant::now() + wait;
         let mut buf = [0u8; 8192];

@@ -100,14 +100,7 @@ pub async fn start(
         Ok(other) => return Err(Refusal::Internal(format!("unexpected {other:?}"))),
         Err(e) => {
             let e = e.to_string();
-            access(
-                &c,
-                &me,
-                AccessAction::Configure,
-                url,
-                Some(format!("OneDrive sign-in not started: {e}")),
-            )
-            .await?;
+            configured(&c, &me, url, format!("OneDrive sign-in not started: {e}")).await?;
             return Ok(page(
                 &me,
                 StatusCode::BAD_GATEWAY,
@@ -115,14 +108,7 @@ pub async fn start(
             ));
         }
     };
-    access(
-        &c,
-        &me,
-        AccessAction::Configure,
-        url,
-        Some("OneDrive sign-in started".into()),
-    )
-    .await?;
+    configured(&c, &me, url, "OneDrive sign-in started".into()).await?;
     Ok(page(
         &me,
         StatusCode::OK,
@@ -157,14 +143,7 @@ pub async fn finish(
     let data_dir = &c.core.cfg.data_dir;
     if let Err(e) = onedrive::authorize(data_dir, url, &c.secrets, Some(&f.code)).await {
         let e = e.to_string();
-        access(
-            &c,
-            &me,
-            AccessAction::Configure,
-            url,
-            Some(format!("OneDrive sign-in failed: {e}")),
-        )
-        .await?;
+        configured(&c, &me, url, format!("OneDrive sign-in failed: {e}")).await?;
         let body = html! {
             p role="alert" { "Sign-in failed: " (e) }
             p { "Start again with the button on the Operations page for a new link." }
@@ -179,7 +158,7 @@ pub async fn finish(
         ),
     };
     tracing::info!(user = %me.name, target_url = %url, account = %who, "console: OneDrive signed in");
-    access(&c, &me, AccessAction::Configure, url, Some(detail)).await?;
+    configured(&c, &me, url, detail).await?;
     Ok(page(
         &me,
         StatusCode::OK,
@@ -188,4 +167,9 @@ pub async fn finish(
             p { "The token for " code { (url) } " is stored in the data folder (readable only by callrec) and renewed automatically; uploads to this target use it from now on." }
         },
     ))
+}
+
+/// Puts a step of the sign-in into the access log (action `configure`).
+async fn configured(c: &Console, me: &Me, url: &str, detail: String) -> Result<(), Refusal> {
+    access(c, me, AccessAction::Configure, url, Some(detail)).await
 }

@@ -26,13 +26,13 @@ fn a_pbx_registers_through_callrec_and_the_carrier_calls_the_registered_line() {
     let pbx_reg = SocketAddr::from((PBX_IP, free_port()));
     let mut trunk = Sipp::new("trunk", "register/trunk-registrar.xml")
         .local(proxy.trunk_addr())
-        .media(TRUNK_IP.into(), free_ports(2))
+        .media(TRUNK_IP.into(), media_ports())
         .timeout(Duration::from_secs(30))
         .trace_dir(dir.path())
         .spawn();
     let mut callee = Sipp::new("pbx-callee", "register/pbx-callee.xml")
         .local(pbx_uas)
-        .media(PBX_IP.into(), free_ports(2))
+        .media(PBX_IP.into(), media_ports())
         .timeout(Duration::from_secs(30))
         .trace_dir(dir.path())
         .spawn();
@@ -112,7 +112,7 @@ fn a_pbx_on_udp_registers_with_a_tls_trunk_and_its_call_comes_back_on_that_conne
     let dir = TestDir::new("register-tls");
     let mut callee = Sipp::new("pbx-callee", "register/pbx-callee.xml")
         .local(proxy.pbx_addr())
-        .media(PBX_IP.into(), free_ports(2))
+        .media(PBX_IP.into(), media_ports())
         .timeout(Duration::from_secs(30))
         .trace_dir(dir.path())
         .spawn();

@@ -155,7 +155,7 @@ fn stranger_with_the_dialog_identifiers_cannot_end_or_redirect_a_call() {
     let dir = TestDir::new("stranger-bye");
     let mut callee = Sipp::new("long-call-callee", "long-call/callee.xml")
         .local(proxy.pbx_addr())
-        .media(PBX_IP.into(), free_ports(4))
+        .media(PBX_IP.into(), media_ports())
         .timeout(Duration::from_secs(40))
         .trace_dir(dir.path())
         .spawn();

@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 use super::{is_bound, scenarios_dir, tail, TestDir};
 
 /// The sipp binary, or a panic telling how to install it.
+/// A block of loopback ports for one SIPp's media: SIPp 3.6.1 binds `-mp`
+/// and `-mp`+2 (and RTCP beside them), so four are reserved.
+pub fn media_ports() -> u16 {
+    super::free_ports(4)
+}
+
 pub fn require_sipp() -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -86,6 +92,8 @@ impl Sipp {
 
     /// Media address and port: `-mi IP -mp PORT`. SIPp 3.6.1 binds PORT and
     /// PORT+2 at start and streams RTP from PORT, which is also the m= port.
+    /// Take PORT from [`media_ports`], which reserves all the ports SIPp binds;
+    /// a smaller block lets a parallel test take PORT+2 and SIPp exits.
     pub fn media(mut self, ip: IpAddr, port: u16) -> Sipp {
         self.media = Some((ip, port));
         self

@@ -87,11 +87,20 @@ pub struct Db {
     _writer: std::sync::Arc<WriterGuard>,
     /// Idle read-only connections, reused: opening one per query costs more than the query.
     readers: std::sync::Arc<std::sync::Mutex<Vec<rusqlite::Connection>>>,
+    /// The instance whose recordings and uploads this handle writes (see crate::instance).
+    instance: std::sync::Arc<str>,
 }
 
 impl Db {
-    /// Opens (creating and migrating) the database at `path` and starts its writer thread.
+    /// Opens (creating and migrating) the database at `path` and starts its
+    /// writer thread, writing as the instance named by the host name.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        Db::open_as(path, &crate::instance::default_name())
+    }
+
+    /// Opens the database at `path` as the instance `instance`: its recording and
+    /// upload rows carry that name, and its upload queue is that instance's rows.
+    pub fn open_as(path: &Path, instance: &str) -> Result<Db, DbError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| DbError::Open {
                 path: path.to_path_buf(),
@@ -115,9 +124,10 @@ impl Db {
         // and per upload; the protocol must not lose a record.
         let (tx, rx) = mpsc::channel();
         let p = path.to_path_buf();
+        let me = instance.to_string();
         let thread = std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || writer::writer_loop(conn, rx, p))
+            .spawn(move || writer::writer_loop(conn, rx, p, me))
             .map_err(|e| DbError::Open {
                 path: path.to_path_buf(),
                 op: "start writer thread",
@@ -130,12 +140,23 @@ impl Db {
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
             readers: Default::default(),
+            instance: instance.into(),
         })
     }
 
     /// Opens `data_dir/callrec.sqlite`.
     pub fn open_in(data_dir: &Path) -> Result<Db, DbError> {
         Db::open(&data_dir.join(DB_FILE_NAME))
+    }
+
+    /// Opens `data_dir/callrec.sqlite` as the instance `instance` (see [`Db::open_as`]).
+    pub fn open_in_as(data_dir: &Path, instance: &str) -> Result<Db, DbError> {
+        Db::open_as(&data_dir.join(DB_FILE_NAME), instance)
+    }
+
+    /// The instance this handle writes as.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The database file.

@@ -28,6 +28,8 @@ pub struct RecordingRow {
     pub recovered: bool,
     /// Who answered on the callee's side.
     pub answered_by: Option<String>,
+    /// The instance that sealed it (`None` for rows from before instances were named).
+    pub instance: Option<String>,
 }
 
 /// The state of one set on one target, as `callrec uploads status` shows it.
@@ -49,6 +51,8 @@ pub struct UploadRow {
     pub done_ms: Option<i64>,
     /// When the next attempt is due (ms since epoch), after a failed one.
     pub next_ms: Option<i64>,
+    /// The instance whose spool holds the set (`None`: not yet claimed, see `Record::UploadsClaimed`).
+    pub instance: Option<String>,
 }
 
 /// One documented deletion of a set from a place (retention).
@@ -161,7 +165,7 @@ impl Db {
         params: impl rusqlite::Params,
     ) -> Result<Vec<UploadRow>, DbError> {
         let sql = format!(
-            "SELECT base_name, target, state, attempts, last_error, queued_ms, done_ms, next_ms FROM uploads {filter} ORDER BY queued_ms, base_name, target"
+            "SELECT base_name, target, state, attempts, last_error, queued_ms, done_ms, next_ms, instance FROM uploads {filter} ORDER BY queued_ms, base_name, target"
         );
         self.rows(&sql, params, |r| {
             Ok(UploadRow {
@@ -173,11 +177,12 @@ impl Db {
                 queued_ms: r.get(5)?,
                 done_ms: r.get(6)?,
                 next_ms: r.get(7)?,
+                instance: r.get(8)?,
             })
         })
     }
 
-    /// Every upload (set × target) with its state, oldest first (`callrec uploads status`).
+    /// Every upload (set × target) of every instance with its state, oldest first (`callrec uploads status`).
     pub fn uploads(&self) -> Result<Vec<UploadRow>, DbError> {
         self.query_uploads("", [])
     }
@@ -187,8 +192,17 @@ impl Db {
         self.query_uploads("WHERE base_name = ?1", [base_name])
     }
 
-    /// Uploads not yet confirmed, oldest first: the upload queue.
+    /// This instance's uploads not yet confirmed, oldest first: its upload queue.
+    /// Other instances' rows are theirs to upload (their spools hold the files).
     pub fn pending_uploads(&self) -> Result<Vec<UploadRow>, DbError> {
+        self.query_uploads(
+            "WHERE state = ?1 AND instance = ?2",
+            rusqlite::params![UploadState::Pending, &*self.instance],
+        )
+    }
+
+    /// Every instance's uploads not yet confirmed, oldest first (the console's view).
+    pub fn all_pending_uploads(&self) -> Result<Vec<UploadRow>, DbError> {
         self.query_uploads("WHERE state = ?1", [UploadState::Pending])
     }
 
@@ -325,8 +339,8 @@ impl Db {
 }
 
 /// The columns `recording_row` reads, in its order.
-const RECORDING_COLUMNS: &str =
-    "call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by";
+pub(crate) const RECORDING_COLUMNS: &str =
+    "call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by, instance";
 
 fn recording_row(r: &Row<'_>) -> rusqlite::Result<RecordingRow> {
     Ok(RecordingRow {
@@ -339,5 +353,6 @@ fn recording_row(r: &Row<'_>) -> rusqlite::Result<RecordingRow> {
         callee: r.get(6)?,
         recovered: r.get::<_, i64>(7)? != 0,
         answered_by: r.get(8)?,
+        instance: r.get(9)?,
     })
 }

@@ -168,6 +168,20 @@ pub enum Record {
         /// Why it is lost.
         reason: String,
     },
+    /// Upload rows that name no instance (written before instances were
+    /// named) become this instance's: they are from the time it had the
+    /// database to itself.
+    UploadsClaimed,
+    /// The pending uploads of set `base_name` that instance `from` owned become
+    /// this instance's (`callrec spool adopt` moved the set into its spool).
+    UploadAdopted {
+        /// Base name of the set.
+        base_name: String,
+        /// The instance that owned them.
+        from: String,
+    },
+    /// An instance started: its name, identity and certificate.
+    Instance(crate::instance::InstanceRow),
     /// An error worth keeping.
     Error {
         /// When (ms since epoch).

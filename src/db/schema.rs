@@ -193,6 +193,21 @@ CREATE TABLE phone_keys (
     provisioned_login TEXT
 );
 "#,
+    // Which instance sealed a set and owns its uploads, when instances share
+    // the database (see crate::instance); rows written before stay NULL. Each
+    // instance's certificate, so that any instance can verify and export the
+    // sets of the others.
+    r#"
+ALTER TABLE recordings ADD COLUMN instance TEXT;
+ALTER TABLE uploads ADD COLUMN instance TEXT;
+CREATE INDEX uploads_instance ON uploads(instance, state);
+CREATE TABLE instances (
+    name TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    cert_pem TEXT NOT NULL,
+    seen_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 pub(super) fn open_rw(path: &Path) -> Result<Connection, DbError> {

@@ -43,7 +43,8 @@ impl std::fmt::Debug for Msg {
     }
 }
 
-fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
+/// Writes one record; `me` is the instance the rows of recordings and uploads name.
+fn write(tx: &Connection, r: &Record, me: &str) -> rusqlite::Result<()> {
     match r {
         Record::Call {
             call_id,
@@ -94,8 +95,8 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             answered_by,
         } => {
             tx.execute(
-                "INSERT INTO recordings (call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by],
+                "INSERT INTO recordings (call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by, instance) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by, me],
             )?;
         }
         Record::RecordingRecovered { base_name } => {
@@ -121,11 +122,13 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             target,
             at_ms,
         } => {
-            // Queuing again (e.g. a set re-created under the same name) makes it pending again.
+            // Queuing again (e.g. a set re-created under the same name) makes it
+            // pending again, for the instance whose spool now holds the files.
             tx.execute(
-                "INSERT INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT(base_name, target) DO UPDATE SET state = ?4, next_ms = NULL, done_ms = NULL WHERE state != ?4",
-                params![base_name, target, at_ms, UploadState::Pending],
+                "INSERT INTO uploads (base_name, target, queued_ms, state, instance) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT(base_name, target) DO UPDATE SET state = ?4, next_ms = NULL, done_ms = NULL, instance = ?5 \
+                 WHERE uploads.state != ?4 OR uploads.instance IS NULL OR uploads.instance != ?5",
+                params![base_name, target, at_ms, UploadState::Pending, me],
             )?;
         }
         Record::UploadAttempt {
@@ -143,8 +146,8 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
                 params![base_name, target, started_ms, ended_ms, error.is_none(), files, *bytes as i64, error],
             )?;
             tx.execute(
-                "INSERT OR IGNORE INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, ?4)",
-                params![base_name, target, started_ms, UploadState::Pending],
+                "INSERT INTO uploads (base_name, target, queued_ms, state, instance) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![base_name, target, started_ms, UploadState::Pending, me],
             )?;
             let state = if error.is_none() {
                 UploadState::Done
@@ -163,8 +166,20 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             reason,
         } => {
             tx.execute(
-                "UPDATE uploads SET state = ?4, last_error = ?3, next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = ?5",
-                params![base_name, target, reason, UploadState::Lost, UploadState::Pending],
+                "UPDATE uploads SET state = ?4, last_error = ?3, next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = ?5 AND instance = ?6",
+                params![base_name, target, reason, UploadState::Lost, UploadState::Pending, me],
+            )?;
+        }
+        Record::UploadsClaimed => {
+            tx.execute(
+                "UPDATE uploads SET instance = ?1 WHERE instance IS NULL",
+                params![me],
+            )?;
+        }
+        Record::UploadAdopted { base_name, from } => {
+            tx.execute(
+                "UPDATE uploads SET instance = ?1 WHERE base_name = ?2 AND instance = ?3 AND state = ?4",
+                params![me, base_name, from, UploadState::Pending],
             )?;
         }
         Record::Error {
@@ -195,6 +210,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             )?;
         }
         Record::Access(entry) => crate::access_log::insert(tx, entry)?,
+        Record::Instance(row) => crate::instance::upsert(tx, row)?,
         Record::Anchor(row) => crate::anchoring::insert(tx, row)?,
         Record::Hold(change) => crate::hold::apply(tx, change)?,
         Record::PhoneKey(change) => crate::phone::keys::apply(tx, change)?,
@@ -204,7 +220,12 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub(super) fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
+pub(super) fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Msg>,
+    path: PathBuf,
+    me: String,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -221,7 +242,7 @@ pub(super) fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: P
             for m in &batch {
                 match m {
                     Msg::Write(r) => {
-                        if let Err(e) = write(&tx, r) {
+                        if let Err(e) = write(&tx, r, &me) {
                             tracing::error!(path = %path.display(), record = ?r, error = %e, "protocol database: record not written");
                         }
                     }
@@ -230,7 +251,7 @@ pub(super) fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: P
                         let outcome = (|| -> rusqlite::Result<()> {
                             let sp = tx.savepoint()?;
                             for r in records {
-                                write(&sp, r)?;
+                                write(&sp, r, &me)?;
                             }
                             sp.commit()
                         })();

@@ -1,5 +1,6 @@
 //! Offline commands on the instance's state: where it lives (`StateArgs`),
-//! console users, the protocol database check/recovery, OneDrive sign-in.
+//! console users, the protocol database check/recovery, OneDrive sign-in,
+//! taking over a gone instance's spool.
 
 use std::path::PathBuf;
 
@@ -82,6 +83,56 @@ pub(crate) fn db_command(action: DbAction) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SpoolAction {
+    /// Move the pending sets of a stopped instance (its data directory made reachable here) into this instance's spool; its upload rows become this instance's.
+    Adopt {
+        /// The gone instance's data directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The gone instance's name (as in its instance.lock).
+        #[arg(long)]
+        instance: String,
+        /// This instance's name, as `run` uses it.
+        #[arg(long, env = "CALLREC_INSTANCE_NAME", default_value_t = callrec::instance::default_name())]
+        instance_name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+/// Returns whether every pending set was adopted.
+pub(crate) fn spool(action: SpoolAction) -> anyhow::Result<bool> {
+    let SpoolAction::Adopt {
+        from,
+        instance,
+        instance_name,
+        state,
+    } = action;
+    callrec::instance::check_name(&instance_name)?;
+    if !state.data_dir.join(callrec::db::DB_FILE_NAME).exists() {
+        bail!(
+            "no protocol database in {}; give the --data-dir that `callrec run` uses",
+            state.data_dir.display()
+        );
+    }
+    let db = callrec::db::Db::open_in_as(&state.data_dir, &instance_name)?;
+    let report = callrec::spool::adopt(&from, &instance, &state.data_dir.join("spool"), &db)?;
+    for (base, targets) in &report.adopted {
+        println!("adopted {base} (waiting for {})", targets.join(", "));
+    }
+    for (base, why) in &report.left {
+        println!("LEFT {base}: {why}");
+    }
+    println!(
+        "{} set(s) adopted from instance {instance}, {} left in {}",
+        report.adopted.len(),
+        report.left.len(),
+        from.display()
+    );
+    Ok(report.left.is_empty())
 }
 
 /// Where an offline subcommand finds the instance's state.

@@ -180,11 +180,11 @@ pub struct InstanceRow {
 }
 
 /// Stores (or refreshes) an instance's row; run by the database writer.
-pub(crate) fn upsert(tx: &rusqlite::Connection, row: &InstanceRow) -> rusqlite::Result<()> {
+pub(crate) fn upsert(tx: &crate::db::Conn, row: &InstanceRow) -> Result<(), crate::db::SqlError> {
     tx.execute(
         "INSERT INTO instances (name, instance_id, cert_pem, seen_ms) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT(name) DO UPDATE SET instance_id = ?2, cert_pem = ?3, seen_ms = ?4",
-        rusqlite::params![row.name, row.instance_id, row.cert_pem, row.seen_ms],
+         ON CONFLICT (name) DO UPDATE SET instance_id = excluded.instance_id, cert_pem = excluded.cert_pem, seen_ms = excluded.seen_ms",
+        &[&row.name, &row.instance_id, &row.cert_pem, &row.seen_ms],
     )?;
     Ok(())
 }
@@ -192,19 +192,20 @@ pub(crate) fn upsert(tx: &rusqlite::Connection, row: &InstanceRow) -> rusqlite::
 /// Every instance that has registered in the database, by name.
 pub fn known(db: &crate::db::Db) -> Result<Vec<InstanceRow>, crate::db::DbError> {
     db.read(|c| {
-        let mut st =
-            c.prepare("SELECT name, instance_id, cert_pem, seen_ms FROM instances ORDER BY name")?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(InstanceRow {
-                    name: r.get(0)?,
-                    instance_id: r.get(1)?,
-                    cert_pem: r.get(2)?,
-                    seen_ms: r.get(3)?,
-                })
-            })?
-            .collect();
-        rows
+        c.query(
+            "SELECT name, instance_id, cert_pem, seen_ms FROM instances ORDER BY name",
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(InstanceRow {
+                name: r.get(0)?,
+                instance_id: r.get(1)?,
+                cert_pem: r.get(2)?,
+                seen_ms: r.get(3)?,
+            })
+        })
+        .collect()
     })
 }
 

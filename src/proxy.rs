@@ -86,7 +86,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let mut sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
     let work = cfg.data_dir.join("work");
     crate::recovery::adopt_sealed_sets(&mut sealer, &work);
-    let db = Db::open_in_as(&cfg.data_dir, &cfg.instance_name)?;
+    let db = Db::open_at_as(&cfg.database, &cfg.instance_name)?;
     // Other instances sharing the database verify and export this one's sets with it.
     db.write_sync(vec![crate::db::Record::Instance(instance_row)])?;
     let (profile_targets, all_targets, secrets) = resolve_targets(&cfg.policy, &cfg.data_dir)?;

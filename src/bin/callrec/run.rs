@@ -37,6 +37,8 @@ pub(crate) struct RunArgs {
     /// This instance's name (default: the host name): written into every set it seals and its database rows; keep it stable across restarts and unique among instances sharing a database.
     #[arg(long, env = "CALLREC_INSTANCE_NAME", default_value_t = callrec::instance::default_name())]
     pub(crate) instance_name: String,
+    #[command(flatten)]
+    pub(crate) database: crate::instance::DatabaseArgs,
     /// Seconds without any RTP in either direction after which a call is hung up on both legs.
     #[arg(long, env = "CALLREC_RTP_TIMEOUT", default_value_t = 60)]
     pub(crate) rtp_timeout: u64,
@@ -314,6 +316,7 @@ impl RunArgs {
             trust: self.trust.build(trunk, pbx),
             media_ip,
             rtp_ports: parse_ports(&self.rtp_ports)?,
+            database: self.database.location(&self.data_dir)?,
             data_dir: self.data_dir,
             instance_name: {
                 callrec::instance::check_name(&self.instance_name)?;

@@ -1,13 +1,15 @@
-//! Two instances sharing one protocol database (here one SQLite file: the
-//! second instance's data directory links to the first one's database file),
-//! each with its own data directory, key and chain, both delivering to one
-//! folder. Each set names the instance that sealed it; search, export, chain
+//! Two instances sharing one protocol database (PostgreSQL, or one SQLite
+//! file: the second instance's data directory links to the first one's
+//! database file), each with its own data directory, key and chain, both
+//! delivering to one folder. Each set names the instance that sealed it; search, export, chain
 //! verification and the web console through either instance see both
 //! instances' sets; the start of one instance leaves the other's pending
 //! uploads alone (they are in the other's spool, not lost).
 
 mod common;
 
+use callrec::db::scratch::ScratchDb;
+use callrec::db::Engine;
 use common::console::{get, login, users_cli};
 use common::*;
 use std::path::{Path, PathBuf};
@@ -25,44 +27,79 @@ fn config(dir: &Path, name: &str, target: &str) -> PathBuf {
     path
 }
 
-/// Starts instance `name` on `data` with `config`; a second instance gets its
-/// database file linked to `shared_db` before it starts.
-fn start(name: &str, data: &Path, config: &Path, shared_db: Option<&Path>) -> Proxy {
-    if let Some(db) = shared_db {
-        std::fs::create_dir_all(data).unwrap();
-        std::os::unix::fs::symlink(db, data.join("callrec.sqlite")).unwrap();
-    }
-    Proxy::builder()
-        .data_dir(data)
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .env("CALLREC_INSTANCE_NAME", name)
-        .start()
+/// The database the instances share: a PostgreSQL database, or the SQLite
+/// file in the first instance's data directory.
+struct Shared {
+    db: ScratchDb,
+    engine: Engine,
 }
 
-fn db_rows(db: &Path, sql: &str) -> Vec<Vec<String>> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut st = conn.prepare(sql).unwrap();
-    let n = st.column_count();
-    st.query_map([], |r| {
-        (0..n)
-            .map(|i| {
-                r.get::<_, rusqlite::types::Value>(i).map(|v| match v {
-                    rusqlite::types::Value::Text(t) => t,
-                    rusqlite::types::Value::Integer(i) => i.to_string(),
-                    rusqlite::types::Value::Null => "NULL".into(),
-                    other => format!("{other:?}"),
-                })
+impl Shared {
+    fn new(engine: Engine, first_data: &Path) -> Shared {
+        Shared {
+            db: ScratchDb::new(engine, first_data),
+            engine,
+        }
+    }
+
+    /// Starts instance `name` on `data` with `config`; with SQLite, a second
+    /// instance gets its database file linked to the first one's.
+    fn start(&self, name: &str, data: &Path, config: &Path) -> Proxy {
+        if let (Engine::Sqlite, Some(file)) = (self.engine, self.db.location.sqlite_path()) {
+            if !file.starts_with(data) && !data.join("callrec.sqlite").exists() {
+                std::fs::create_dir_all(data).unwrap();
+                std::os::unix::fs::symlink(file, data.join("callrec.sqlite")).unwrap();
+            }
+        }
+        let mut b = Proxy::builder()
+            .data_dir(data)
+            .arg("--config")
+            .arg(config.to_str().unwrap())
+            .env("CALLREC_INSTANCE_NAME", name);
+        for f in self.db.flags() {
+            b = b.arg(&f);
+        }
+        b.start()
+    }
+
+    /// `callrec ARGS` with the flags naming the shared database.
+    fn cli(&self, args: &[&str]) -> (i32, String) {
+        let flags = self.db.flags();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(flags.iter().map(String::as_str));
+        callrec_cli(&all)
+    }
+
+    /// Rows of `sql` (every column TEXT or NULL, shown as "NULL").
+    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let conn = self.db.location.connect().unwrap();
+        conn.query(sql, &[])
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (0..r.0.len())
+                    .map(|i| {
+                        r.get::<Option<String>>(i)
+                            .unwrap()
+                            .unwrap_or_else(|| "NULL".into())
+                    })
+                    .collect()
             })
             .collect()
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
+    }
 }
 
 #[test]
-fn the_start_of_a_second_instance_leaves_the_pending_uploads_of_the_first_alone() {
+fn the_start_of_a_second_instance_leaves_the_pending_uploads_of_the_first_alone_sqlite() {
+    pending_uploads_of_the_first_are_left_alone(Engine::Sqlite);
+}
+
+#[test]
+fn the_start_of_a_second_instance_leaves_the_pending_uploads_of_the_first_alone_postgres() {
+    pending_uploads_of_the_first_are_left_alone(Engine::Postgres);
+}
+
+fn pending_uploads_of_the_first_are_left_alone(engine: Engine) {
     let work = TestDir::new("instances-pending");
     // The first instance's target cannot be written: a plain file sits where its folder goes.
     std::fs::write(work.join("blocked"), b"not a folder").unwrap();
@@ -71,15 +108,16 @@ fn the_start_of_a_second_instance_leaves_the_pending_uploads_of_the_first_alone(
     let good = format!("file://{}", work.join("archive").display());
     let cfg_b = config(work.path(), "b.toml", &good);
     let (data_a, data_b) = (work.join("a"), work.join("b"));
+    let shared = Shared::new(engine, &data_a);
 
-    let mut a = start("rec-a", &data_a, &cfg_a, None);
+    let mut a = shared.start("rec-a", &data_a, &cfg_a);
     a.call(pair("basic"))
         .numbers("03012345678", "200")
         .run()
         .assert_success();
-    let db = data_a.join("callrec.sqlite");
     let failed = wait_until(Duration::from_secs(30), || {
-        db_rows(&db, "SELECT attempts FROM uploads WHERE state = 'pending'")
+        shared
+            .rows("SELECT CAST(attempts AS TEXT) FROM uploads WHERE state = 'pending'")
             .iter()
             .any(|r| r[0] != "0")
     });
@@ -94,7 +132,7 @@ fn the_start_of_a_second_instance_leaves_the_pending_uploads_of_the_first_alone(
         "{}",
         a.log_tail(30)
     );
-    let pending = db_rows(&db, "SELECT base_name FROM uploads WHERE state = 'pending'");
+    let pending = shared.rows("SELECT base_name FROM uploads WHERE state = 'pending'");
     assert_eq!(pending.len(), 1, "{pending:?}");
     let base = pending[0][0].clone();
     assert!(
@@ -103,7 +141,7 @@ fn the_start_of_a_second_instance_leaves_the_pending_uploads_of_the_first_alone(
     );
 
     // The second instance starts on the shared database with its own spool.
-    let mut b = start("rec-b", &data_b, &cfg_b, Some(&db));
+    let mut b = shared.start("rec-b", &data_b, &cfg_b);
     b.call(pair("basic"))
         .numbers("08955512345", "200")
         .run()
@@ -116,12 +154,11 @@ fn the_start_of_a_second_instance_leaves_the_pending_uploads_of_the_first_alone(
     );
     assert!(
         !data_b.join("callrec.sqlite-wal").exists(),
-        "both instances must use one database file, not one each"
+        "both instances must use one database, not one each"
     );
-    let states = db_rows(
-        &db,
-        &format!("SELECT state, COALESCE(last_error, '') FROM uploads WHERE base_name = '{base}'"),
-    );
+    let states = shared.rows(&format!(
+        "SELECT state, COALESCE(last_error, '') FROM uploads WHERE base_name = '{base}'"
+    ));
     assert_eq!(
         states,
         vec![vec!["pending".to_string(), states[0][1].clone()]],
@@ -133,20 +170,29 @@ fn the_start_of_a_second_instance_leaves_the_pending_uploads_of_the_first_alone(
         "set still in rec-a's spool"
     );
     // rec-b's own set was delivered by rec-b.
-    let done = db_rows(&db, "SELECT COUNT(*) FROM uploads WHERE state = 'done'");
+    let done = shared.rows("SELECT CAST(COUNT(*) AS TEXT) FROM uploads WHERE state = 'done'");
     assert_eq!(done[0][0], "1", "{}", b.log_tail(30));
 }
 
 #[test]
-fn search_export_verify_and_the_console_through_either_instance_see_both() {
+fn search_export_verify_and_the_console_through_either_instance_see_both_sqlite() {
+    either_instance_sees_both(Engine::Sqlite);
+}
+
+#[test]
+fn search_export_verify_and_the_console_through_either_instance_see_both_postgres() {
+    either_instance_sees_both(Engine::Postgres);
+}
+
+fn either_instance_sees_both(engine: Engine) {
     let work = TestDir::new("instances-shared");
     let archive = work.join("archive");
     let target = format!("file://{}", archive.display());
     let cfg = config(work.path(), "shared.toml", &target);
     let (data_a, data_b) = (work.join("a"), work.join("b"));
-    let mut a = start("rec-a", &data_a, &cfg, None);
-    let db = data_a.join("callrec.sqlite");
-    let mut b = start("rec-b", &data_b, &cfg, Some(&db));
+    let shared = Shared::new(engine, &data_a);
+    let mut a = shared.start("rec-a", &data_a, &cfg);
+    let mut b = shared.start("rec-b", &data_b, &cfg);
     a.call(pair("basic"))
         .numbers("03011111111", "200")
         .run()
@@ -175,7 +221,7 @@ fn search_export_verify_and_the_console_through_either_instance_see_both() {
         (&data_a, "03022222222", "rec-b"),
         (&data_b, "03011111111", "rec-a"),
     ] {
-        let (code, out) = callrec_cli(&[
+        let (code, out) = shared.cli(&[
             "recordings",
             "search",
             "--number",
@@ -195,7 +241,7 @@ fn search_export_verify_and_the_console_through_either_instance_see_both() {
         let words: Vec<&str> = out.split_whitespace().collect();
         let at = words.iter().position(|w| *w == sealed_by).unwrap();
         let base = words[at + 1].to_string();
-        let (_, only) = callrec_cli(&[
+        let (_, only) = shared.cli(&[
             "recordings",
             "search",
             "--number",
@@ -206,7 +252,7 @@ fn search_export_verify_and_the_console_through_either_instance_see_both() {
             data.to_str().unwrap(),
         ]);
         assert_eq!(only.lines().count(), 1, "{only}");
-        let (_, none) = callrec_cli(&[
+        let (_, none) = shared.cli(&[
             "recordings",
             "search",
             "--number",
@@ -228,7 +274,7 @@ fn search_export_verify_and_the_console_through_either_instance_see_both() {
 
     // Export through rec-a of rec-b's set verifies, with rec-b's certificate beside it.
     let out = work.join("export");
-    let (code, text) = callrec_cli(&[
+    let (code, text) = shared.cli(&[
         "recordings",
         "export",
         "--number",
@@ -285,22 +331,13 @@ fn search_export_verify_and_the_console_through_either_instance_see_both() {
     assert_eq!(code, 1, "{text}");
 
     // The console of either instance lists and verifies the other's set.
-    let (code, out) = users_cli(
-        &data_a,
-        &["add", "vera", "--role", "viewer"],
-        "viewer password 1\n",
-    );
+    let mut add = vec!["add", "vera", "--role", "viewer"];
+    let flags = shared.db.flags();
+    add.extend(flags.iter().map(String::as_str));
+    let (code, out) = users_cli(&data_a, &add, "viewer password 1\n");
     assert_eq!(code, 0, "{out}");
-    let a = start("rec-a", &data_a, &cfg, None);
-    let b_console = {
-        // rec-b's database link is already there.
-        Proxy::builder()
-            .data_dir(&data_b)
-            .arg("--config")
-            .arg(cfg_s)
-            .env("CALLREC_INSTANCE_NAME", "rec-b")
-            .start()
-    };
+    let a = shared.start("rec-a", &data_a, &cfg);
+    let b_console = shared.start("rec-b", &data_b, &cfg);
     for (proxy, number, (base, sealed_by)) in [
         (&a, "03022222222", &sets[0]),
         (&b_console, "03011111111", &sets[1]),

@@ -184,10 +184,11 @@ fn a_gone_instances_pending_uploads_reach_the_target_through_another() {
         !on_target.iter().any(|n| n.starts_with(&half)),
         "{on_target:?}"
     );
-    assert!(
-        !data_b.join("spool").join(&good).exists(),
-        "delivered sets leave the spool"
-    );
+    // The confirmation is committed before the delivered set's folder goes.
+    let gone = wait_until(Duration::from_secs(10), || {
+        !data_b.join("spool").join(&good).exists()
+    });
+    assert!(gone, "delivered sets leave the spool");
     let ok_attempts = rows(
         &db,
         &format!("SELECT base_name, CAST(COUNT(*) AS TEXT), NULL FROM upload_attempts WHERE ok = 1 AND base_name = '{good}' GROUP BY base_name"),

@@ -8,9 +8,9 @@
 
 mod common;
 
-use callrec::db::scratch::ScratchDb;
 use callrec::db::Engine;
 use common::console::{get, login, users_cli};
+use common::shared_db::Shared;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,68 +25,6 @@ fn config(dir: &Path, name: &str, target: &str) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-/// The database the instances share: a PostgreSQL database, or the SQLite
-/// file in the first instance's data directory.
-struct Shared {
-    db: ScratchDb,
-    engine: Engine,
-}
-
-impl Shared {
-    fn new(engine: Engine, first_data: &Path) -> Shared {
-        Shared {
-            db: ScratchDb::new(engine, first_data),
-            engine,
-        }
-    }
-
-    /// Starts instance `name` on `data` with `config`; with SQLite, a second
-    /// instance gets its database file linked to the first one's.
-    fn start(&self, name: &str, data: &Path, config: &Path) -> Proxy {
-        if let (Engine::Sqlite, Some(file)) = (self.engine, self.db.location.sqlite_path()) {
-            if !file.starts_with(data) && !data.join("callrec.sqlite").exists() {
-                std::fs::create_dir_all(data).unwrap();
-                std::os::unix::fs::symlink(file, data.join("callrec.sqlite")).unwrap();
-            }
-        }
-        let mut b = Proxy::builder()
-            .data_dir(data)
-            .arg("--config")
-            .arg(config.to_str().unwrap())
-            .env("CALLREC_INSTANCE_NAME", name);
-        for f in self.db.flags() {
-            b = b.arg(&f);
-        }
-        b.start()
-    }
-
-    /// `callrec ARGS` with the flags naming the shared database.
-    fn cli(&self, args: &[&str]) -> (i32, String) {
-        let flags = self.db.flags();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(flags.iter().map(String::as_str));
-        callrec_cli(&all)
-    }
-
-    /// Rows of `sql` (every column TEXT or NULL, shown as "NULL").
-    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
-        let conn = self.db.location.connect().unwrap();
-        conn.query(sql, &[])
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (0..r.0.len())
-                    .map(|i| {
-                        r.get::<Option<String>>(i)
-                            .unwrap()
-                            .unwrap_or_else(|| "NULL".into())
-                    })
-                    .collect()
-            })
-            .collect()
-    }
 }
 
 #[test]

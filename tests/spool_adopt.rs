@@ -6,37 +6,27 @@
 
 mod common;
 
+use callrec::db::Engine;
 use common::console::{get, login, users_cli};
+use common::shared_db::Shared;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn start(name: &str, data: &Path, config: &Path) -> Proxy {
-    Proxy::builder()
-        .data_dir(data)
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .env("CALLREC_INSTANCE_NAME", name)
-        .start()
+/// The queue: set, state, instance of every upload row.
+const QUEUE: &str =
+    "SELECT base_name, state, COALESCE(instance, '') FROM uploads ORDER BY base_name";
+
+fn queue(shared: &Shared) -> Vec<(String, String, String)> {
+    shared
+        .rows(QUEUE)
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .collect()
 }
 
-fn rows(db: &Path, sql: &str) -> Vec<(String, String, String)> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut st = conn.prepare(sql).unwrap();
-    st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-        ))
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
-}
-
-fn adopt(from: &Path, instance: &str, data: &Path) -> (i32, String) {
-    callrec_cli(&[
+fn adopt(shared: &Shared, from: &Path, instance: &str, data: &Path) -> (i32, String) {
+    shared.cli(&[
         "spool",
         "adopt",
         "--from",
@@ -66,7 +56,16 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn a_gone_instances_pending_uploads_reach_the_target_through_another() {
+fn a_gone_instances_pending_uploads_reach_the_target_through_another_sqlite() {
+    adopted_uploads_reach_the_target(Engine::Sqlite);
+}
+
+#[test]
+fn a_gone_instances_pending_uploads_reach_the_target_through_another_postgres() {
+    adopted_uploads_reach_the_target(Engine::Postgres);
+}
+
+fn adopted_uploads_reach_the_target(engine: Engine) {
     let work = TestDir::new("adopt");
     // The target is blocked while rec-a runs: a plain file sits where its folder goes.
     let blocker = work.join("archive");
@@ -81,29 +80,25 @@ fn a_gone_instances_pending_uploads_reach_the_target_through_another() {
     )
     .unwrap();
     let (data_a, data_b) = (work.join("a"), work.join("b"));
-    let mut a = start("rec-a", &data_a, &config);
+    let shared = Shared::new(engine, &data_a);
+    let mut a = shared.start("rec-a", &data_a, &config);
     for caller in ["03012345678", "08955512345"] {
         a.call(pair("basic"))
             .numbers(caller, "200")
             .run()
             .assert_success();
     }
-    let db = data_a.join("callrec.sqlite");
-    let queue = "SELECT base_name, state, instance FROM uploads ORDER BY base_name";
     let failed = wait_until(Duration::from_secs(30), || {
-        rows(
-            &db,
-            "SELECT base_name, state, instance FROM uploads WHERE attempts > 0",
-        )
-        .len()
+        shared
+            .rows("SELECT base_name FROM uploads WHERE attempts > 0")
+            .len()
             == 2
     });
-    assert!(failed, "{:?}\n{}", rows(&db, queue), a.log_tail(30));
+    assert!(failed, "{:?}\n{}", queue(&shared), a.log_tail(30));
 
     // While rec-a runs, its spool is its own.
-    std::fs::create_dir_all(&data_b).unwrap();
-    std::os::unix::fs::symlink(&db, data_b.join("callrec.sqlite")).unwrap();
-    let (code, out) = adopt(&data_a, "rec-a", &data_b);
+    shared.link(&data_b);
+    let (code, out) = adopt(&shared, &data_a, "rec-a", &data_b);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("still runs"), "{out}");
     assert_eq!(
@@ -113,8 +108,8 @@ fn a_gone_instances_pending_uploads_reach_the_target_through_another() {
         a.log_tail(30)
     );
 
-    let b = start("rec-b", &data_b, &config);
-    let before = rows(&db, queue);
+    let b = shared.start("rec-b", &data_b, &config);
+    let before = queue(&shared);
     assert_eq!(before.len(), 2, "{before:?}");
     assert!(
         before
@@ -135,11 +130,11 @@ fn a_gone_instances_pending_uploads_reach_the_target_through_another() {
         (data_a.clone(), "rec-x", "belongs to instance \"rec-a\""),
         (data_a.clone(), "rec-b", "this instance's own name"),
     ] {
-        let (code, out) = adopt(&from, name, &data_b);
+        let (code, out) = adopt(&shared, &from, name, &data_b);
         assert_ne!(code, 0, "{out}");
         assert!(out.contains(says), "{says:?} expected in: {out}");
     }
-    assert_eq!(rows(&db, queue), before);
+    assert_eq!(queue(&shared), before);
 
     // One set was cut short in rec-a's spool (a disk that filled up mid-write).
     let wav = data_a.join("spool").join(&half).join(format!("{half}.wav"));
@@ -153,7 +148,7 @@ fn a_gone_instances_pending_uploads_reach_the_target_through_another() {
     // The target works again.
     std::fs::remove_file(&blocker).unwrap();
 
-    let (code, out) = adopt(&data_a, "rec-a", &data_b);
+    let (code, out) = adopt(&shared, &data_a, "rec-a", &data_b);
     assert_eq!(
         code, 1,
         "one set is left, so not everything was adopted: {out}"
@@ -167,11 +162,11 @@ fn a_gone_instances_pending_uploads_reach_the_target_through_another() {
 
     // The running rec-b takes the adopted set at once and delivers it.
     let delivered = wait_until(Duration::from_secs(30), || {
-        rows(&db, queue)
+        queue(&shared)
             .iter()
             .any(|(s, st, i)| *s == good && st == "done" && i == "rec-b")
     });
-    assert!(delivered, "{:?}\n{}", rows(&db, queue), b.log_tail(30));
+    assert!(delivered, "{:?}\n{}", queue(&shared), b.log_tail(30));
     let on_target: Vec<String> = files_below(&blocker)
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -189,29 +184,20 @@ fn a_gone_instances_pending_uploads_reach_the_target_through_another() {
         !data_b.join("spool").join(&good).exists()
     });
     assert!(gone, "delivered sets leave the spool");
-    let ok_attempts = rows(
-        &db,
-        &format!("SELECT base_name, CAST(COUNT(*) AS TEXT), NULL FROM upload_attempts WHERE ok = 1 AND base_name = '{good}' GROUP BY base_name"),
-    );
-    assert_eq!(
-        ok_attempts,
-        vec![(good.clone(), "1".into(), String::new())],
-        "uploaded once"
-    );
+    let ok_attempts = shared.rows(&format!(
+        "SELECT CAST(COUNT(*) AS TEXT) FROM upload_attempts WHERE ok = 1 AND base_name = '{good}'"
+    ));
+    assert_eq!(ok_attempts, vec![vec!["1".to_string()]], "uploaded once");
     // The cut set is neither lost nor taken: still rec-a's, still pending, still there.
-    let left: Vec<_> = rows(&db, queue)
-        .into_iter()
-        .filter(|r| r.0 == half)
-        .collect();
+    let left: Vec<_> = queue(&shared).into_iter().filter(|r| r.0 == half).collect();
     assert_eq!(left, vec![(half.clone(), "pending".into(), "rec-a".into())]);
     assert!(data_a.join("spool").join(&half).is_dir());
 
     // The console's upload view lists every instance's waiting uploads.
-    let (code, out) = users_cli(
-        &data_b,
-        &["add", "ada", "--role", "admin"],
-        "admin password 1\n",
-    );
+    let mut add = vec!["add", "ada", "--role", "admin"];
+    let flags = shared.db.flags();
+    add.extend(flags.iter().map(String::as_str));
+    let (code, out) = users_cli(&data_b, &add, "admin password 1\n");
     assert_eq!(code, 0, "{out}");
     let s = login(b.admin_addr(), "ada", "admin password 1")
         .1

@@ -119,8 +119,30 @@ fn purge_is_exclusive(engine: Engine) {
     assert!(wav.exists(), "nothing deleted while another purges");
     assert_eq!(db.count("deletions").unwrap(), 0);
 
-    // Released: the purge runs, and signs the tombstone as this instance.
+    // Released, but a legal hold (placed through the shared database) keeps the set.
     drop(held);
+    let hold = |words: &[&str]| cli(&args(words, &data, &flags));
+    let (code, out) = hold(&[
+        "hold",
+        "add",
+        "--number",
+        "030 12345678",
+        "--reason",
+        "case 7",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (_, list) = hold(&["hold", "list"]);
+    assert!(
+        list.contains("number +493012345678") && list.contains("case 7"),
+        "{list}"
+    );
+    let (code, out) = cli(&args(&["purge", "--older-than", "1m"], &data, &flags));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 set(s) deleted") && wav.exists(), "{out}");
+    let (code, out) = hold(&["hold", "remove", "--number", "+493012345678"]);
+    assert_eq!(code, 0, "{out}");
+
+    // The purge runs, and signs the tombstone as this instance.
     let (code, out) = cli(&args(&["purge", "--older-than", "1m"], &data, &flags));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 set(s) deleted"), "{out}");
@@ -267,6 +289,34 @@ fn db_migrate_copies_every_row_into_an_empty_postgres_and_refuses_a_full_one() {
     );
     let (code, out) = cli(&args(&["users", "list"], &data, &pg_flags));
     assert_eq!((code, out.trim()), (0, "ann  admin"));
+    let (code, out) = cli(&args(&["db", "check"], &data, &pg_flags));
+    assert_eq!(code, 0, "{out}");
+    let version = callrec::db::MIGRATIONS.len();
+    assert!(
+        out.contains(&format!(
+            "schema version {version}, this callrec knows {version}"
+        )),
+        "{out}"
+    );
+    // The password may come from the environment instead of a file.
+    let password = std::fs::read_to_string(&pg_flags[3]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_callrec"))
+        .args(["audit", "--database", &pg_flags[1]])
+        .env("CALLREC_DATABASE_PASSWORD", password.trim_end())
+        .env_remove("CALLREC_DATABASE_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("search")
+            .count(),
+        2
+    );
 
     // A second copy into the same (now full) database is refused, untouched.
     let (code, out) = cli(&migrate);

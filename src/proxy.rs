@@ -50,6 +50,9 @@ pub enum StartError {
     /// A storage target in the configuration is unusable.
     #[error("{0}")]
     Target(String),
+    /// The data directory is held by another running instance, or the name is unusable.
+    #[error("{0}")]
+    Instance(#[from] crate::instance::InstanceError),
     /// The RTP port range is empty or inverted.
     #[error("RTP port range {0}-{1} is empty; give --rtp-ports LO-HI with LO < HI")]
     Ports(u16, u16),
@@ -61,11 +64,21 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     if lo >= hi {
         return Err(StartError::Ports(lo, hi));
     }
+    // Held until the process ends: a second process on this data directory
+    // would share its spool and chain, and `spool adopt` must see that it runs.
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let _instance_lock = crate::instance::InstanceLock::acquire(&cfg.data_dir, &cfg.instance_name)?;
     // Open (or create) the identity first: a wrong keystore password must stop
     // the start before any call is taken.
     let identity =
         crate::seal::Identity::load_or_create(&cfg.data_dir, cfg.keystore_password.clone())?;
     let instance_id = identity.instance_id().to_string();
+    let instance_row = crate::instance::InstanceRow {
+        name: cfg.instance_name.clone(),
+        instance_id: instance_id.clone(),
+        cert_pem: identity.certificate_pem(),
+        seen_ms: crate::db::now_ms(),
+    };
     let tombstones = crate::archive::TombstoneSigner {
         identity: identity.clone(),
         staging: cfg.data_dir.join("tombstones"),
@@ -73,7 +86,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let mut sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
     let work = cfg.data_dir.join("work");
     crate::recovery::adopt_sealed_sets(&mut sealer, &work);
-    let db = Db::open_in(&cfg.data_dir)?;
+    let db = Db::open_at_as(&cfg.database, &cfg.instance_name)?;
+    // Other instances sharing the database verify and export this one's sets with it.
+    db.write_sync(vec![crate::db::Record::Instance(instance_row)])?;
     let (profile_targets, all_targets, secrets) = resolve_targets(&cfg.policy, &cfg.data_dir)?;
     let notifier = notifier(&cfg)?;
     let failures =
@@ -211,6 +226,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         db: Some(db.clone()),
         channels: cfg.channels,
         instance_id: instance_id.clone(),
+        instance_name: cfg.instance_name.clone(),
         seal: seal.sender(),
     };
     // Trusted peers' TCP connections may stay idle (a trunk keeps one open for days).

@@ -363,6 +363,7 @@ impl Recovery {
                     callee: MediaStats::default(),
                 },
                 instance_id: journal.instance_id.clone(),
+                instance_name: journal.instance_name.clone(),
                 software_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             meta.set_recording_output(out);

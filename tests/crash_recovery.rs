@@ -433,6 +433,7 @@ async fn a_set_cut_off_while_sealing_keeps_its_metadata_and_is_uploaded() {
         announcement: None,
         targets: vec![format!("file://{}", out.display())],
         instance_id: "i".into(),
+        instance_name: "rec-a".into(),
     }
     .write(&work)
     .unwrap();

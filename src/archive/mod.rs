@@ -58,6 +58,9 @@ pub enum ArchiveError {
     /// A duration like `5y` could not be read.
     #[error(transparent)]
     Age(#[from] crate::policy::AgeError),
+    /// Another instance (or `callrec purge`) sharing the database is purging now.
+    #[error("another callrec instance or `callrec purge` sharing this protocol database is purging now; nothing was deleted, try again when it is done")]
+    Busy,
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ArchiveError + 'a {
@@ -171,10 +174,47 @@ pub fn export(
     cert_pem: &str,
     verify_script: &str,
 ) -> Result<ExportReport, ArchiveError> {
+    export_with(
+        rows,
+        roots,
+        out,
+        cert_pem,
+        &Default::default(),
+        verify_script,
+    )
+}
+
+/// As [`export`], for sets of several instances sharing a database: a set
+/// whose row names an instance in `others` (name → certificate PEM) is
+/// verified against that certificate, written beside it as `cert-<name>.pem`;
+/// every other set against `cert_pem` (`cert.pem`).
+pub fn export_with(
+    rows: &[RecordingRow],
+    roots: &[PathBuf],
+    out: &Path,
+    cert_pem: &str,
+    others: &std::collections::BTreeMap<String, String>,
+    verify_script: &str,
+) -> Result<ExportReport, ArchiveError> {
     std::fs::create_dir_all(out).map_err(io("create", out))?;
     std::fs::write(out.join("cert.pem"), cert_pem).map_err(io("write", out))?;
     let script = out.join("verify.sh");
     std::fs::write(&script, verify_script).map_err(io("write", &script))?;
+    let cert_of = |r: &RecordingRow| -> Result<PathBuf, ArchiveError> {
+        let other = r
+            .instance
+            .as_deref()
+            .filter(|n| crate::instance::check_name(n).is_ok())
+            .and_then(|n| others.get(n).map(|pem| (n, pem)));
+        match other {
+            Some((name, pem)) => {
+                let path = out.join(format!("cert-{name}.pem"));
+                std::fs::write(&path, pem).map_err(io("write", &path))?;
+                Ok(path)
+            }
+            None => Ok(out.join("cert.pem")),
+        }
+    };
     let mut report = ExportReport::default();
     for r in rows {
         let Some(sha) = locate(&r.base_name, roots) else {
@@ -183,7 +223,8 @@ pub fn export(
                 .push(format!("{}: not found in any local folder", r.base_name));
             continue;
         };
-        let before = crate::seal::verify_set(&sha, Some(&out.join("cert.pem")));
+        let cert = cert_of(r)?;
+        let before = crate::seal::verify_set(&sha, Some(&cert));
         if !before.is_empty() {
             for p in before {
                 report
@@ -197,7 +238,7 @@ pub fn export(
             std::fs::copy(&f, &dest).map_err(io("copy", &f))?;
         }
         let copied = out.join(sha.file_name().unwrap_or_default());
-        let after = crate::seal::verify_set(&copied, Some(&out.join("cert.pem")));
+        let after = crate::seal::verify_set(&copied, Some(&cert));
         if after.is_empty() {
             report.exported.push(r.base_name.clone());
         } else {
@@ -295,6 +336,15 @@ pub async fn purge_everywhere(
     secrets: &Secrets,
     request: &PurgeRequest,
 ) -> Result<PurgeReport, ArchiveError> {
+    // Instances sharing the database never purge at once: the lock is held
+    // until this purge returns (a dry run deletes nothing and needs none).
+    let _lock = if request.dry_run {
+        None
+    } else {
+        let db = db.clone();
+        let lock = blocking(move || Ok(db.try_lock(crate::db::LockName::Purge)?)).await?;
+        Some(lock.ok_or(ArchiveError::Busy)?)
+    };
     let cutoff = crate::db::now_ms() - request.older_than.as_millis() as i64;
     let mut report = PurgeReport::default();
     let (expired, holds) = {
@@ -540,7 +590,10 @@ pub async fn retention_daily(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = purge_profiles(&db, &roots, &secrets, &policy, tombstones.as_ref()).await {
+        let done = purge_profiles(&db, &roots, &secrets, &policy, tombstones.as_ref()).await;
+        if let Err(ArchiveError::Busy) = done {
+            tracing::info!("retention: another instance is purging the shared database now; this one purges again tomorrow");
+        } else if let Err(e) = done {
             tracing::error!(error = %e, "retention: daily purge failed; it runs again tomorrow");
             db.send(Record::Error {
                 at_ms: crate::db::now_ms(),

@@ -35,6 +35,8 @@ pub struct RecordingSettings {
     pub channels: ChannelMode,
     /// This instance's id (from the sealing identity).
     pub instance_id: String,
+    /// This instance's name (see crate::instance).
+    pub instance_name: String,
     /// Where finished recordings go to be sealed.
     pub seal: SealSender,
     /// The protocol database.
@@ -140,6 +142,7 @@ fn journal_of(
         announcement: intent.announcement.clone(),
         targets: intent.targets.clone(),
         instance_id: settings.instance_id.clone(),
+        instance_name: settings.instance_name.clone(),
     }
 }
 
@@ -336,6 +339,7 @@ impl CallRecording {
                 },
                 gaps: Vec::new(),
                 instance_id: settings.instance_id.clone(),
+                instance_name: settings.instance_name.clone(),
                 software_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             meta.set_recording_output(&out);

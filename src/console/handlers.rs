@@ -222,8 +222,10 @@ pub async fn search(
             crate::archive::search(&db, &plan, &q.number, from, to).map_err(|e| e.to_string())?;
         let profile = q.profile.trim();
         let direction = q.direction.trim();
+        let instance = q.instance.trim();
         rows.into_iter()
             .filter(|r| profile.is_empty() || r.profile.as_deref() == Some(profile))
+            .filter(|r| instance.is_empty() || r.instance.as_deref() == Some(instance))
             .map(|row| {
                 let dir = direction_of(&db, &row.call_id)?;
                 Ok((row, dir))
@@ -256,11 +258,12 @@ pub async fn search(
         AccessAction::Search,
         &f.number,
         Some(format!(
-            "from={} to={} profile={} direction={} results={}",
+            "from={} to={} profile={} direction={} instance={} results={}",
             f.from,
             f.to,
             f.profile,
             f.direction,
+            f.instance,
             hits.len()
         )),
     )
@@ -276,10 +279,11 @@ pub async fn recording(
 ) -> Result<Response, Refusal> {
     let found = find(&c, &id, true).await?;
     let (db, base, sha) = (c.db.clone(), id.clone(), found.sha.clone());
-    let (stored, meta, parties) = blocking(move || {
+    let (stored, meta, parties, chain) = blocking(move || {
         let stored = stored_on(&db, &base).unwrap_or_default();
+        let chain = db.seal_position(&base).ok().flatten();
         let Some(sha) = sha else {
-            return (stored, None, Vec::new());
+            return (stored, None, Vec::new(), chain);
         };
         let folder = sha.parent().map(|p| p.to_path_buf()).unwrap_or_default();
         let meta = std::fs::read(folder.join(format!("{base}.json")))
@@ -289,7 +293,7 @@ pub async fn recording(
             .into_iter()
             .map(|a| a.party)
             .collect();
-        (stored, meta, parties)
+        (stored, meta, parties, chain)
     })
     .await?;
     let channels = meta
@@ -318,6 +322,7 @@ pub async fn recording(
         parties,
         channels,
         stored,
+        chain,
     };
     Ok(page(pages::recording(&me, &view)))
 }
@@ -401,9 +406,9 @@ pub async fn export(
         )
             .into_response());
     }
-    let (c2, base) = (c.clone(), id.clone());
+    let (c2, base, cert_path) = (c.clone(), id.clone(), found.cert);
     let zip = blocking(move || {
-        let cert = std::fs::read_to_string(&c2.cert_path).map_err(|e| e.to_string())?;
+        let cert = std::fs::read_to_string(&cert_path).map_err(|e| e.to_string())?;
         let scratch = c2.core.cfg.data_dir.join("console-cache").join("export");
         let mut roots = c2.roots.clone();
         roots.push(c2.fetched.clone());

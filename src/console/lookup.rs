@@ -15,13 +15,12 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
 /// `incoming` or `outgoing`, from the call's recorded end.
 pub(super) fn direction_of(db: &crate::db::Db, call_id: &str) -> Result<Option<String>, String> {
     db.read(|c| {
-        use rusqlite::OptionalExtension;
-        c.query_row(
+        c.query_opt(
             "SELECT direction FROM calls WHERE call_id = ?1 AND direction IS NOT NULL ORDER BY id LIMIT 1",
-            [call_id],
-            |r| r.get(0),
-        )
-        .optional()
+            &[&call_id],
+        )?
+        .map(|r| r.get(0))
+        .transpose()
     })
     .map_err(|e| e.to_string())
 }
@@ -47,6 +46,31 @@ pub(super) struct Found {
     pub row: RecordingRow,
     pub sha: Option<PathBuf>,
     pub problems: Vec<String>,
+    /// The certificate it was verified against (its instance's).
+    pub cert: PathBuf,
+}
+
+/// The certificate of the instance that sealed `row`: this instance's file, or
+/// for another instance sharing the database the one it registered there,
+/// written into the console's cache so that the verifier can read it.
+fn cert_for(c: &Console, row: &RecordingRow) -> Result<PathBuf, String> {
+    let Some(name) = row.instance.as_deref() else {
+        return Ok(c.cert_path.clone());
+    };
+    if name == c.core.cfg.instance_name || crate::instance::check_name(name).is_err() {
+        return Ok(c.cert_path.clone());
+    }
+    let known = crate::instance::known(&c.db).map_err(|e| e.to_string())?;
+    let Some(other) = known.into_iter().find(|i| i.name == name) else {
+        return Ok(c.cert_path.clone());
+    };
+    let dir = c.core.cfg.data_dir.join("console-cache").join("certs");
+    let path = dir.join(format!("cert-{name}.pem"));
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(other.cert_pem.as_str()) {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(&path, other.cert_pem).map_err(|e| e.to_string())?;
+    }
+    Ok(path)
 }
 
 /// Looks up set `id` (refusing ids that are not base names) in the local
@@ -57,23 +81,30 @@ pub(super) async fn find(c: &Arc<Console>, id: &str, fresh: bool) -> Result<Foun
         return Err(Refusal::NotFound);
     }
     let (c2, base) = (c.clone(), id.to_string());
-    let (row, local) = blocking(move || {
+    let row = blocking(move || {
         let row = row_of(&c2.db, &base).map_err(Refusal::Internal)?;
         let row = row.ok_or(Refusal::NotFound)?;
-        Ok::<_, Refusal>((row, crate::archive::locate(&base, &c2.roots)))
+        let cert = cert_for(&c2, &row).map_err(Refusal::Internal)?;
+        Ok::<_, Refusal>((row, crate::archive::locate(&base, &c2.roots), cert))
     })
     .await??;
+    let (row, local, cert) = (row.0, row.1, row.2);
     let sha = match local {
         Some(sha) => Some(sha),
         None => fetch_remote(c, id).await?,
     };
-    let (c2, sha2) = (c.clone(), sha.clone());
+    let (c2, sha2, cert2) = (c.clone(), sha.clone(), cert.clone());
     let problems = blocking(move || match &sha2 {
-        Some(sha) => c2.verified.verify(sha, &c2.cert_path, fresh),
+        Some(sha) => c2.verified.verify(sha, &cert2, fresh),
         None => vec!["the set is in no local folder and no target could provide it".to_string()],
     })
     .await?;
-    Ok(Found { row, sha, problems })
+    Ok(Found {
+        row,
+        sha,
+        problems,
+        cert,
+    })
 }
 
 /// Fetches set `id` from the first target that confirmed it into the console's

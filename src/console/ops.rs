@@ -1,4 +1,4 @@
-//! The admins' operations view: the upload queue per target, recent
+//! The admins' operations view: the upload queue per instance and target, recent
 //! recording failures, group membership with login/logout buttons, the
 //! members' phone links (see `phone_links`), and the instance certificate
 //! with its fingerprint.
@@ -39,9 +39,12 @@ pub async fn operations(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
     me.require(Role::Admin)?;
     let c2 = c.clone();
     let (queues, failures, pem) = blocking(move || -> Result<_, String> {
-        let mut queues: BTreeMap<String, Queue> = BTreeMap::new();
-        for u in c2.db.pending_uploads().map_err(|e| e.to_string())? {
-            let q = queues.entry(u.target).or_default();
+        // Every instance sharing the database: each uploads from its own spool.
+        let mut queues: BTreeMap<(String, String), Queue> = BTreeMap::new();
+        for u in c2.db.all_pending_uploads().map_err(|e| e.to_string())? {
+            let q = queues
+                .entry((u.instance.unwrap_or_default(), u.target))
+                .or_default();
             q.pending += 1;
             q.oldest_ms = Some(q.oldest_ms.map_or(u.queued_ms, |o| o.min(u.queued_ms)));
             if u.last_error.is_some() {
@@ -51,11 +54,10 @@ pub async fn operations(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
         let failures: Vec<(i64, String, Option<String>, String, String)> = c2
             .db
             .read(|c| {
-                let mut st = c.prepare("SELECT at_ms, call_id, base_name, reason, detail FROM failures ORDER BY id DESC LIMIT 100")?;
-                let rows = st
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
+                c.query("SELECT at_ms, call_id, base_name, reason, detail FROM failures ORDER BY id DESC LIMIT 100", &[])?
+                    .iter()
+                    .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                    .collect()
             })
             .map_err(|e| e.to_string())?;
         let pem = std::fs::read_to_string(&c2.cert_path).unwrap_or_default();
@@ -91,8 +93,8 @@ pub async fn operations(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
             @if queues.is_empty() { p { "Nothing waiting: every set is delivered." } }
             @else {
                 table.results {
-                    thead { tr { th scope="col" { "Target" } th scope="col" { "Sets waiting" } th scope="col" { "Oldest since" } th scope="col" { "Last error" } } }
-                    tbody { @for (t, q) in &queues { tr { td { (t) } td { (q.pending) } td { (q.oldest_ms.map(crate::archive::local_time).unwrap_or_default()) } td { (q.last_error.as_deref().unwrap_or("")) } } } }
+                    thead { tr { th scope="col" { "Instance" } th scope="col" { "Target" } th scope="col" { "Sets waiting" } th scope="col" { "Oldest since" } th scope="col" { "Last error" } } }
+                    tbody { @for ((i, t), q) in &queues { tr { td.instance { (i) } td { (t) } td { (q.pending) } td { (q.oldest_ms.map(crate::archive::local_time).unwrap_or_default()) } td { (q.last_error.as_deref().unwrap_or("")) } } } }
                 }
             }
         }

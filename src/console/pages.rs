@@ -96,6 +96,9 @@ pub struct SearchForm {
     /// Only `incoming` or `outgoing` calls (empty: both).
     #[serde(default)]
     pub direction: String,
+    /// Only sets sealed by this instance (empty: every instance sharing the database).
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// One result row: the recording and where its set is stored.
@@ -121,6 +124,7 @@ pub fn search(me: &Me, f: &SearchForm, hits: Option<&[Hit]>, error: Option<&str>
                 p { label for="from" { "From" } input #from name="from" type="date" value=(f.from); }
                 p { label for="to" { "To" } input #to name="to" type="date" value=(f.to); }
                 p { label for="profile" { "Profile" } input #profile name="profile" value=(f.profile); }
+                p { label for="instance" { "Instance" } input #instance name="instance" value=(f.instance); }
                 p { label for="direction" { "Direction" }
                     select #direction name="direction" {
                         @for (v, t) in [("", "both"), ("incoming", "incoming"), ("outgoing", "outgoing")] {
@@ -136,7 +140,7 @@ pub fn search(me: &Me, f: &SearchForm, hits: Option<&[Hit]>, error: Option<&str>
                 @if !hits.is_empty() {
                     table.results {
                         caption { "Recordings of " (f.number) }
-                        thead { tr { th scope="col" { "Time" } th scope="col" { "Direction" } th scope="col" { "Caller" } th scope="col" { "Callee" } th scope="col" { "Answered by" } th scope="col" { "Duration" } th scope="col" { "Seal" } th scope="col" { "Stored on" } th scope="col" { "Set" } } }
+                        thead { tr { th scope="col" { "Time" } th scope="col" { "Direction" } th scope="col" { "Caller" } th scope="col" { "Callee" } th scope="col" { "Answered by" } th scope="col" { "Duration" } th scope="col" { "Seal" } th scope="col" { "Instance" } th scope="col" { "Stored on" } th scope="col" { "Set" } } }
                         tbody {
                             @for h in hits {
                                 tr {
@@ -147,6 +151,7 @@ pub fn search(me: &Me, f: &SearchForm, hits: Option<&[Hit]>, error: Option<&str>
                                     td { (h.row.answered_by.as_deref().unwrap_or("")) }
                                     td { (duration(&h.row)) }
                                     td { @if h.sealed { "sealed" } @else { "not sealed yet" } @if h.row.recovered { " (recovered)" } }
+                                    td.instance { (h.row.instance.as_deref().unwrap_or("")) }
                                     td { @for t in &h.stored { span.target { (t) } " " } }
                                     td { a href={ "/recordings/" (h.row.base_name) } { (h.row.base_name) } }
                                 }
@@ -173,6 +178,8 @@ pub struct RecordingView {
     pub channels: String,
     /// Targets holding the set.
     pub stored: Vec<String>,
+    /// The set's chain: its instance's id, profile and number, from its seal record.
+    pub chain: Option<crate::seal::ChainPosition>,
 }
 
 /// The recording page: parties, verification, player, metadata, export.
@@ -193,10 +200,14 @@ pub fn recording(me: &Me, v: &RecordingView) -> Markup {
             section aria-labelledby="ver" {
                 h2 #ver { "Verification" }
                 @if v.problems.is_empty() {
-                    p.ok #verification { "verified: checksums and signature hold against this instance's certificate" }
+                    p.ok #verification { "verified: checksums and signature hold against the certificate of instance " (v.row.instance.as_deref().unwrap_or("(unnamed)")) }
                 } @else {
                     p.error #verification role="alert" { "verification FAILED: this set is not played" }
                     ul { @for p in &v.problems { li { (p) } } }
+                }
+                p #chain {
+                    "Sealed by instance " strong.instance { (v.row.instance.as_deref().unwrap_or("(unnamed)")) }
+                    @if let Some(c) = &v.chain { "; chain " code { (c.instance_id) "/" (c.profile) } ", number " (c.seq) }
                 }
                 p { "Chain: " @match previous { Some(p) => { "follows " a href={ "/recordings/" (p) } { (p) } }, None => { "first set of the chain" } } }
             }

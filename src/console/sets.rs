@@ -147,6 +147,7 @@ pub fn export_zip(
         callee: None,
         recovered: false,
         answered_by: None,
+        instance: None,
     };
     let report = crate::archive::export(
         &[row],

@@ -81,8 +81,10 @@ fn a_truncated_file_keeps_its_first_half() {
     let report = recover(dir.path()).unwrap();
     let errors = report.tables.iter().find(|t| t.table == "errors").unwrap();
     assert!(errors.damaged, "{report:?}");
+    // The other tables' (empty) pages come first, so a little less than half
+    // of the rows lie before the cut.
     assert!(
-        errors.rows > 700 && errors.rows < 1100,
+        errors.rows > 600 && errors.rows < 1100,
         "about the first half survives: {report:?}"
     );
 }

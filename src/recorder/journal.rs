@@ -51,6 +51,9 @@ pub struct Journal {
     pub targets: Vec<String>,
     /// Id of the instance that recorded.
     pub instance_id: String,
+    /// Name of the instance that recorded (empty in journals written before names).
+    #[serde(default)]
+    pub instance_name: String,
 }
 
 /// A journal file that cannot be read or written.
@@ -166,6 +169,7 @@ mod tests {
             announcement: None,
             targets: vec!["file:///x".into()],
             instance_id: "i".into(),
+            instance_name: "rec-a".into(),
         };
         let path = j.write(dir.path()).unwrap();
         assert_eq!(Journal::read(&path).unwrap(), j);

@@ -50,8 +50,11 @@ pub struct Metadata {
     /// which is also the position in the audio files, with the reason.
     #[serde(default)]
     pub gaps: Vec<Gap>,
-    /// Id of the callrec instance that recorded the call.
+    /// Id of the callrec instance that recorded the call (its sealing identity).
     pub instance_id: String,
+    /// Name of that instance (see `--instance-name`); absent in sets sealed before names.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance_name: String,
     /// callrec version that wrote the recording.
     pub software_version: String,
 }
@@ -280,6 +283,7 @@ mod tests {
             },
             gaps: Vec::new(),
             instance_id: "inst-1".into(),
+            instance_name: "rec-a".into(),
             software_version: "0.1.0".into(),
         }
     }
@@ -306,6 +310,7 @@ mod tests {
             "media",
             "gaps",
             "instance_id",
+            "instance_name",
             "software_version",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");

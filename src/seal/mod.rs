@@ -34,7 +34,7 @@ pub use error::SealError;
 pub use identity::{Identity, PasswordSource};
 pub use sealer::{position_of, sealed_on_disk, SealedSet, Sealer};
 pub use tombstone::{tombstone_base, write_tombstone, ChainPosition, Tombstone, TOMBSTONE_SUFFIX};
-pub use verify::{verify_chain, verify_chain_report, verify_set, Problem};
+pub use verify::{verify_chain, verify_chain_report, verify_chain_report_of, verify_set, Problem};
 
 /// The chain heads kept in `data_dir` (profile → last set sealed), for anchoring.
 pub fn chain_heads(

@@ -182,8 +182,24 @@ pub fn verify_chain_report(
     cert_pem: Option<&Path>,
     tsa_ca: Option<&Path>,
 ) -> (Vec<Problem>, ChainNotes) {
+    verify_chain_report_of(dir, cert_pem, tsa_ca, None)
+}
+
+/// As [`verify_chain_report`], for the chains of one instance only: sets whose
+/// metadata names `instance` (its name or its id), and the tombstones of those
+/// chains. Each instance signs with its own key, so a folder holding the sets
+/// of several instances is checked once per instance, each with its certificate.
+pub fn verify_chain_report_of(
+    dir: &Path,
+    cert_pem: Option<&Path>,
+    tsa_ca: Option<&Path>,
+    instance: Option<&str>,
+) -> (Vec<Problem>, ChainNotes) {
     let mut certs = Certs::new(cert_pem);
-    let (sets, mut problems) = collect_sets(dir);
+    let (mut sets, mut problems) = collect_sets(dir);
+    if let Some(instance) = instance {
+        sets = sets_of_instance(sets, instance);
+    }
     let mut nodes = Vec::new();
     let mut members = Vec::new();
     for set in &sets {
@@ -203,6 +219,46 @@ pub fn verify_chain_report(
     problems.extend(chain_problems);
     problems.extend(check_stamps(dir, tsa_ca, &members, &mut notes));
     (problems, notes)
+}
+
+/// The instance id and name a set's (or tombstone's) metadata names.
+fn instance_of(sums: &Path) -> (Option<String>, Option<String>) {
+    let (folder, base) = split_set(sums);
+    let Some(meta) = std::fs::read(folder.join(format!("{base}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return (None, None);
+    };
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
+    let id = match Tombstone::from_json(&meta) {
+        Some(Ok(t)) => Some(t.position.instance_id),
+        _ => text(meta.get("instance_id")),
+    };
+    (id, text(meta.get("instance_name")))
+}
+
+/// The sets of `instance` (a name or an id) among `sets`: those naming it, and
+/// those (tombstones included) of an instance id such a set carries. A set
+/// that cannot be read is kept, so that its problem is reported.
+fn sets_of_instance(sets: Vec<PathBuf>, instance: &str) -> Vec<PathBuf> {
+    let seen: Vec<(PathBuf, Option<String>, Option<String>)> = sets
+        .into_iter()
+        .map(|s| {
+            let (id, name) = instance_of(&s);
+            (s, id, name)
+        })
+        .collect();
+    let mut ids: std::collections::HashSet<String> = seen
+        .iter()
+        .filter(|(_, _, name)| name.as_deref() == Some(instance))
+        .filter_map(|(_, id, _)| id.clone())
+        .collect();
+    ids.insert(instance.to_string());
+    seen.into_iter()
+        .filter(|(_, id, _)| id.as_ref().is_none_or(|id| ids.contains(id)))
+        .map(|(s, _, _)| s)
+        .collect()
 }
 
 /// What a checksum file's metadata turned out to be.

@@ -15,14 +15,15 @@ pub fn request_retry(spool_dir: &Path) -> Result<(), SpoolError> {
 
 /// The upload queue as text for `callrec uploads status`: one line per set and target.
 pub fn status_text(rows: &[crate::db::UploadRow]) -> String {
-    let mut out = String::from("STATE    ATTEMPTS  SET  TARGET  LAST ERROR\n");
+    let mut out = String::from("STATE    ATTEMPTS  SET  TARGET  INSTANCE  LAST ERROR\n");
     for r in rows {
         out.push_str(&format!(
-            "{:<8} {:>8}  {}  {}  {}\n",
+            "{:<8} {:>8}  {}  {}  {}  {}\n",
             r.state,
             r.attempts,
             r.base_name,
             r.target,
+            r.instance.as_deref().unwrap_or("-"),
             r.last_error.as_deref().unwrap_or("-")
         ));
     }

@@ -24,9 +24,14 @@
 //! folder is removed. Nothing here runs on the media path: [`Spool::enqueue`]
 //! does file-system work and one database commit and is meant for the sealing task.
 //!
+//! Each instance sharing a database uploads only its own rows (`uploads.instance`):
+//! the other instances' sets are in their spools. `adopt` takes over the
+//! pending sets of an instance that is gone for good.
+//!
 //! Files: `intake` (a set enters), `recovery` (start-up), `worker` (uploads and
-//! retries), `cli` (status text and the retry trigger).
+//! retries), `cli` (status text and the retry trigger), `adopt` (taking over).
 
+mod adopt;
 mod cli;
 mod intake;
 mod recovery;
@@ -44,6 +49,7 @@ use crate::db::{now_ms, Db, DbError, Record};
 use crate::notify::Notifier;
 use crate::storage::Secrets;
 
+pub use adopt::{adopt, AdoptError, AdoptReport};
 pub use cli::{request_retry, status_text};
 pub use recovery::rebuild_queue;
 use recovery::set_folders;

@@ -33,9 +33,20 @@ impl Spool {
                 let _ = std::fs::remove_dir_all(&path);
             }
         }
+        // Rows from before instances were named are this instance's: it had the
+        // database to itself then.
+        inner
+            .db
+            .write_sync(vec![Record::UploadsClaimed])
+            .map_err(queue_err("*"))?;
+        // Only this instance's rows: another instance sharing the database keeps
+        // its sets in its own spool, so their absence here says nothing.
+        let me = inner.db.instance();
         let mut rows: HashMap<String, Vec<UploadRow>> = HashMap::new();
         for r in inner.db.uploads().map_err(queue_err("*"))? {
-            rows.entry(r.base_name.clone()).or_default().push(r);
+            if r.instance.as_deref() == Some(me) {
+                rows.entry(r.base_name.clone()).or_default().push(r);
+            }
         }
         let folders = set_folders(&dir)?;
         let mut resumed = 0usize;

@@ -21,6 +21,7 @@ pub mod net;
 pub mod pairs;
 pub mod proxy;
 pub mod raw;
+pub mod shared_db;
 pub mod sipp;
 pub mod ua;
 

@@ -57,6 +57,9 @@ pub(crate) struct VerifyArgs {
     /// With --chain: the time-stamping authority's certificate (or CA), to check the chain-*.tsr time stamps.
     #[arg(long)]
     pub(crate) tsa_ca: Option<PathBuf>,
+    /// With --chain: only the chains of this instance (its name or id), when several instances' sets share the folder; give its certificate with --cert.
+    #[arg(long, requires = "chain")]
+    pub(crate) instance: Option<String>,
 }
 
 pub(crate) fn cert(args: CertArgs) -> anyhow::Result<()> {
@@ -87,8 +90,12 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
             bail!("{} does not exist", p.display());
         }
         if args.chain {
-            let (found, notes) =
-                callrec::seal::verify_chain_report(p, args.cert.as_deref(), args.tsa_ca.as_deref());
+            let (found, notes) = callrec::seal::verify_chain_report_of(
+                p,
+                args.cert.as_deref(),
+                args.tsa_ca.as_deref(),
+                args.instance.as_deref(),
+            );
             problems.extend(found);
             for d in notes.deletions.iter().chain(&notes.stamps) {
                 println!("{d}");

@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         action: UploadsAction,
     },
+    /// Take over the pending uploads of an instance that is gone for good.
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
     /// Search recordings by party number and time, or export a client's recordings.
     Recordings {
         #[command(subcommand)]
@@ -80,6 +85,11 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Uploads { action } => uploads(action),
+        Command::Spool { action } => match spool(action) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Recordings { action } => match recordings(action) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

@@ -215,6 +215,9 @@ pub(crate) struct SearchArgs {
     /// Only recordings that started before this time (RFC 3339 or YYYY-MM-DD).
     #[arg(long)]
     pub(crate) to: Option<String>,
+    /// Only sets sealed by this instance (default: every instance sharing the database).
+    #[arg(long)]
+    pub(crate) instance: Option<String>,
     #[command(flatten)]
     pub(crate) state: StateArgs,
 }
@@ -274,7 +277,10 @@ pub(crate) fn search_rows(
             .unwrap_or(i64::MAX);
     let plan = a.state.policy()?.numbers;
     let db = a.state.db()?;
-    let rows = callrec::archive::search(&db, &plan, &a.number, from, to)?;
+    let mut rows = callrec::archive::search(&db, &plan, &a.number, from, to)?;
+    if let Some(i) = &a.instance {
+        rows.retain(|r| r.instance.as_deref() == Some(i.as_str()));
+    }
     if action == callrec::access_log::AccessAction::Search {
         let range = format!("{} set(s), from {:?} to {:?}", rows.len(), a.from, a.to);
         log_access(&db, action, &a.number, Some(range))?;
@@ -307,8 +313,9 @@ pub(crate) fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
                     .map(|a| format!("  answered by {a}"))
                     .unwrap_or_default();
                 println!(
-                    "{}  {}  {} -> {}  {}{}{answered}",
+                    "{}  {}  {}  {} -> {}  {}{}{answered}",
                     callrec::archive::local_time(r.start_ms),
+                    r.instance.as_deref().unwrap_or("-"),
                     r.base_name,
                     r.caller.unwrap_or_default(),
                     r.callee.unwrap_or_default(),
@@ -338,11 +345,18 @@ pub(crate) fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
                 &search.number,
                 Some(format!("to {}: {}", out.display(), sets.join(" "))),
             )?;
-            let report = callrec::archive::export(
+            // Sets of other instances sharing the database verify against their certificates.
+            let others = callrec::instance::known(&search.state.db()?)?
+                .into_iter()
+                .filter(|i| i.cert_pem != id)
+                .map(|i| (i.name, i.cert_pem))
+                .collect();
+            let report = callrec::archive::export_with(
                 &rows,
                 &search.state.roots()?,
                 &out,
                 &id,
+                &others,
                 include_str!("../../../deploy/verify.sh"),
             )?;
             for b in &report.exported {

@@ -222,14 +222,45 @@ fn write(tx: &Conn, r: &Record, me: &str) -> Result<(), SqlError> {
     Ok(())
 }
 
+/// A synchronous writer and what to tell it.
+type Reply = (SyncReply, Result<(), String>);
+
 /// Writes one batch in one transaction; the replies to its synchronous
-/// groups, sent by the caller once the commit's fate is known.
+/// groups, sent by the caller once the commit's fate is known. First without
+/// savepoints (one statement per record: a round trip each on PostgreSQL);
+/// only when something in it fails, the batch is rolled back and written
+/// again with a savepoint per record and group, so that a refused record or
+/// group loses only itself.
 fn run_batch(
     conn: &Conn,
     batch: &[Msg],
     path: &std::path::Path,
     me: &str,
-) -> (Result<(), SqlError>, Vec<(SyncReply, Result<(), String>)>) {
+) -> (Result<(), SqlError>, Vec<Reply>) {
+    let fast = conn.batch("BEGIN").and_then(|()| {
+        for m in batch {
+            match m {
+                Msg::Write(r) => write(conn, r, me)?,
+                Msg::WriteSync(records, _) => records.iter().try_for_each(|r| write(conn, r, me))?,
+                Msg::Flush(_) => {}
+            }
+        }
+        conn.batch("COMMIT")
+    });
+    if fast.is_ok() {
+        let replies = batch
+            .iter()
+            .filter_map(|m| match m {
+                Msg::WriteSync(_, reply) => Some((reply.clone(), Ok(()))),
+                _ => None,
+            })
+            .collect();
+        return (Ok(()), replies);
+    }
+    let _ = conn.batch("ROLLBACK");
+    if conn.is_broken() {
+        return (fast, Vec::new());
+    }
     let mut replies = Vec::new();
     let result = conn.batch("BEGIN").and_then(|()| {
         for m in batch {

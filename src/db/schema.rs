@@ -193,6 +193,15 @@ CREATE TABLE phone_keys (
     provisioned_login TEXT
 );
 "#,
+    // Group logouts (see policy::membership), shared by every instance using this database.
+    r#"
+CREATE TABLE logged_out_members (
+    group_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+);
+"#,
 ];
 
 pub(super) fn open_rw(path: &Path) -> Result<Connection, DbError> {

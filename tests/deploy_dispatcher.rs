@@ -24,8 +24,10 @@
 //! 5. B stopped (SIGTERM), Kamailio's keepalives mark it down and its new
 //!    calls go to A.
 //!
-//! The database is a shared SQLite file (B's data dir links to A's) unless
-//! CALLREC_TEST_POSTGRES names a PostgreSQL server.
+//! The test runs twice: with PostgreSQL on loopback (a fresh database on the
+//! cluster `deploy/test.sh` starts, named by CALLREC_TEST_POSTGRES and
+//! CALLREC_TEST_POSTGRES_PASSWORD_FILE; the test fails without them), and
+//! with a shared SQLite file (B's data dir links to A's), the one-box form.
 
 mod common;
 
@@ -57,19 +59,80 @@ fn policy(dir: &TestDir) -> std::path::PathBuf {
     path
 }
 
+/// A fresh PostgreSQL database on the test cluster, dropped with this value.
+struct PgDatabase {
+    admin: postgres::Client,
+    name: String,
+    url: String,
+    password_file: String,
+}
+
+impl PgDatabase {
+    fn create() -> PgDatabase {
+        let url = std::env::var("CALLREC_TEST_POSTGRES").unwrap_or_else(|_| {
+            panic!("this test needs PostgreSQL: env CALLREC_TEST_POSTGRES is not set; run it through deploy/test.sh, which starts a PostgreSQL cluster on loopback")
+        });
+        let password_file = std::env::var("CALLREC_TEST_POSTGRES_PASSWORD_FILE")
+            .expect("CALLREC_TEST_POSTGRES_PASSWORD_FILE is not set (deploy/test.sh sets it)");
+        let password = std::fs::read_to_string(&password_file).unwrap();
+        let mut config: postgres::Config = url.parse().expect("CALLREC_TEST_POSTGRES is a URL");
+        config.password(password.trim_end());
+        let mut admin = config
+            .connect(postgres::NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        let name = format!("callrec_dispatch_{:016x}", rand::random::<u64>());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
+        let url = format!("{base}/{name}");
+        PgDatabase {
+            admin,
+            name,
+            url,
+            password_file,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = self.admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// Where the two instances keep their one protocol database.
+enum Shared {
+    Postgres(PgDatabase),
+    SqliteFile,
+}
+
 fn instance(
     name: &'static str,
     data: &Path,
     cfg: &Path,
+    db: &Shared,
     pbx: SocketAddr,
     trunk: SocketAddr,
 ) -> Instance {
     Instance::start_with(name, pbx, trunk, |b| {
-        b.data_dir(data)
+        let b = b
+            .data_dir(data)
             .arg("--config")
             .arg(cfg.to_str().unwrap())
             .arg("--membership-refresh")
-            .arg(&REFRESH.to_string())
+            .arg(&REFRESH.to_string());
+        match db {
+            Shared::Postgres(pg) => b
+                .arg("--database")
+                .arg(&pg.url)
+                .arg("--database-password-file")
+                .arg(&pg.password_file),
+            Shared::SqliteFile => b,
+        }
     })
 }
 
@@ -127,17 +190,28 @@ fn switch(i: &Instance, action: &str) {
 }
 
 #[test]
-fn deploy_kamailio_two_instances_share_direction_logouts_and_recordings() {
+fn deploy_kamailio_two_instances_on_postgres() {
+    two_instances_behind_kamailio(Shared::Postgres(PgDatabase::create()));
+}
+
+#[test]
+fn deploy_kamailio_two_instances_on_a_shared_sqlite_file() {
+    two_instances_behind_kamailio(Shared::SqliteFile);
+}
+
+fn two_instances_behind_kamailio(shared: Shared) {
     let dir = TestDir::new("dispatch");
     let cfg = policy(&dir);
     let pbx = SocketAddr::from((PBX_IP, free_port()));
     let trunk = SocketAddr::from((TRUNK_IP, free_port()));
     let (da, db) = (dir.join("a"), dir.join("b"));
     std::fs::create_dir_all(&db).unwrap();
-    let a = instance("A", &da, &cfg, pbx, trunk);
-    // One database for both: B's data dir links to A's file.
-    std::os::unix::fs::symlink(da.join("callrec.sqlite"), db.join("callrec.sqlite")).unwrap();
-    let mut b = instance("B", &db, &cfg, pbx, trunk);
+    let a = instance("A", &da, &cfg, &shared, pbx, trunk);
+    if let Shared::SqliteFile = shared {
+        // One database for both: B's data dir links to A's file.
+        std::os::unix::fs::symlink(da.join("callrec.sqlite"), db.join("callrec.sqlite")).unwrap();
+    }
+    let mut b = instance("B", &db, &cfg, &shared, pbx, trunk);
     let k = Kamailio::start(&dir, &[a.sip, b.sip], 1);
 
     // 1. A stranger names the PBX in a forged header: Kamailio replaces it,

@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::account::{GroupId, UserId};
 use super::error::MembershipError;
-use crate::db::{now_ms, Db, Record};
+use crate::db::{now_ms, Conn, Db, Record, SqlError};
 
 /// File name of the state kept in the data dir before it moved into the database.
 pub const MEMBERSHIP_FILE: &str = "membership.json";
@@ -74,16 +73,16 @@ pub enum MembershipChange {
 
 /// Applies a change; called by the database's writer thread. Each change is
 /// one row insert or delete, so instances writing at once lose nothing.
-pub(crate) fn apply(conn: &rusqlite::Connection, c: &MembershipChange) -> rusqlite::Result<()> {
+pub(crate) fn apply(conn: &Conn, c: &MembershipChange) -> Result<(), SqlError> {
     match c {
         MembershipChange::Logout { group, user, at_ms } => conn.execute(
             "INSERT INTO logged_out_members (group_id, user_id, at_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (group_id, user_id) DO NOTHING",
-            params![*group as i64, *user as i64, at_ms],
+            &[&(*group as i64), &(*user as i64), at_ms],
         ),
         MembershipChange::Login { group, user } => conn.execute(
             "DELETE FROM logged_out_members WHERE group_id = ?1 AND user_id = ?2",
-            params![*group as i64, *user as i64],
+            &[&(*group as i64), &(*user as i64)],
         ),
     }?;
     Ok(())
@@ -92,9 +91,10 @@ pub(crate) fn apply(conn: &rusqlite::Connection, c: &MembershipChange) -> rusqli
 /// The logged-out pairs as the database holds them now.
 fn load(db: &Db) -> Result<LoggedOut, MembershipError> {
     let pairs = db.read(|c| {
-        c.prepare("SELECT group_id, user_id FROM logged_out_members")?
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
-            .collect::<rusqlite::Result<Vec<(i64, i64)>>>()
+        c.query("SELECT group_id, user_id FROM logged_out_members", &[])?
+            .iter()
+            .map(|r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)))
+            .collect::<Result<Vec<(i64, i64)>, SqlError>>()
     })?;
     let mut out = LoggedOut::new();
     for (g, u) in pairs {
@@ -270,51 +270,64 @@ fn import_file(db: &Db, data_dir: &Path) -> Result<(), MembershipError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::scratch::{ScratchDb, ENGINES};
 
     #[test]
     fn changes_are_in_the_database_and_reach_a_second_store_on_refresh() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_in(dir.path()).unwrap();
-        let a = MembershipStore::open(db.clone(), dir.path()).unwrap();
-        let b = MembershipStore::open(db.clone(), dir.path()).unwrap();
-        assert!(!a.is_logged_out(100, 1));
-        assert!(a.logout(100, 1).unwrap());
-        assert!(!a.logout(100, 1).unwrap());
-        let snap = a.snapshot();
-        assert!(snap.is_logged_out(100, 1));
-        assert!(!b.is_logged_out(100, 1), "b has not refreshed yet");
-        b.refresh().unwrap();
-        assert!(b.is_logged_out(100, 1));
-        // b logs the member in although a's view still says logged out.
-        assert!(b.login(100, 1).unwrap());
-        a.refresh().unwrap();
-        assert!(!a.is_logged_out(100, 1));
-        // An old snapshot is unchanged.
-        assert!(snap.is_logged_out(100, 1));
-        let again = MembershipStore::open(Db::open_in(dir.path()).unwrap(), dir.path()).unwrap();
-        assert!(!again.is_logged_out(100, 1));
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let scratch = ScratchDb::new(engine, dir.path());
+            // Two instances: each its own data dir and handle, one database.
+            let (da, dbb) = (dir.path().join("a"), dir.path().join("b"));
+            let a = MembershipStore::open(scratch.open(), &da).unwrap();
+            let b = MembershipStore::open(scratch.open(), &dbb).unwrap();
+            assert!(!a.is_logged_out(100, 1));
+            assert!(a.logout(100, 1).unwrap());
+            assert!(!a.logout(100, 1).unwrap());
+            let snap = a.snapshot();
+            assert!(snap.is_logged_out(100, 1));
+            assert!(
+                !b.is_logged_out(100, 1),
+                "{engine:?}: b has not refreshed yet"
+            );
+            b.refresh().unwrap();
+            assert!(b.is_logged_out(100, 1), "{engine:?}");
+            // b logs the member in although a's view still says logged out.
+            assert!(b.login(100, 1).unwrap());
+            a.refresh().unwrap();
+            assert!(!a.is_logged_out(100, 1), "{engine:?}");
+            // An old snapshot is unchanged.
+            assert!(snap.is_logged_out(100, 1));
+            let again = MembershipStore::open(scratch.open(), &da).unwrap();
+            assert!(!again.is_logged_out(100, 1), "{engine:?}");
+        }
     }
 
     #[test]
     fn an_old_file_is_imported_once_and_renamed() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(MEMBERSHIP_FILE),
-            br#"{"logged_out": [[100, 1], [200, 7]]}"#,
-        )
-        .unwrap();
-        let db = Db::open_in(dir.path()).unwrap();
-        let s = MembershipStore::open(db.clone(), dir.path()).unwrap();
-        assert!(s.is_logged_out(100, 1) && s.is_logged_out(200, 7));
-        assert!(!dir.path().join(MEMBERSHIP_FILE).exists());
-        assert!(dir
-            .path()
-            .join(format!("{MEMBERSHIP_FILE}{IMPORTED_SUFFIX}"))
-            .exists());
-        s.login(100, 1).unwrap();
-        // Reopening does not bring the imported logout back.
-        let again = MembershipStore::open(db, dir.path()).unwrap();
-        assert!(!again.is_logged_out(100, 1) && again.is_logged_out(200, 7));
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join(MEMBERSHIP_FILE),
+                br#"{"logged_out": [[100, 1], [200, 7]]}"#,
+            )
+            .unwrap();
+            let scratch = ScratchDb::new(engine, dir.path());
+            let s = MembershipStore::open(scratch.open(), dir.path()).unwrap();
+            assert!(
+                s.is_logged_out(100, 1) && s.is_logged_out(200, 7),
+                "{engine:?}"
+            );
+            assert!(!dir.path().join(MEMBERSHIP_FILE).exists());
+            assert!(dir
+                .path()
+                .join(format!("{MEMBERSHIP_FILE}{IMPORTED_SUFFIX}"))
+                .exists());
+            s.login(100, 1).unwrap();
+            // Reopening does not bring the imported logout back.
+            let again = MembershipStore::open(scratch.open(), dir.path()).unwrap();
+            assert!(!again.is_logged_out(100, 1) && again.is_logged_out(200, 7));
+        }
     }
 
     #[test]

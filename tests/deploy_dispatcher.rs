@@ -106,7 +106,7 @@ impl Drop for PgDatabase {
 
 /// Where the two instances keep their one protocol database.
 enum Shared {
-    Postgres(PgDatabase),
+    Postgres(Box<PgDatabase>),
     SqliteFile,
 }
 
@@ -191,7 +191,7 @@ fn switch(i: &Instance, action: &str) {
 
 #[test]
 fn deploy_kamailio_two_instances_on_postgres() {
-    two_instances_behind_kamailio(Shared::Postgres(PgDatabase::create()));
+    two_instances_behind_kamailio(Shared::Postgres(Box::new(PgDatabase::create())));
 }
 
 #[test]

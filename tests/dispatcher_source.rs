@@ -90,13 +90,25 @@ fn the_source_a_dispatcher_names_decides_direction_identity_and_rate() {
 
     // Named the PBX: an outgoing call, sent on to the trunk with the PBX's
     // identity; the dispatcher's header stays behind.
-    send(&proxy, &lb, "lb-out", "pbxcaller", &[pbx_phone.clone()]);
+    send(
+        &proxy,
+        &lb,
+        "lb-out",
+        "pbxcaller",
+        std::slice::from_ref(&pbx_phone),
+    );
     let got = relayed_invite(&trunk, "pbxcaller");
     assert!(got.header("P-Asserted-Identity").is_some(), "{}", got.0);
     assert!(got.header("X-Callrec-Source").is_none(), "{}", got.0);
 
     // Named the trunk: incoming, to the PBX, the carrier's identity believed.
-    send(&proxy, &lb, "lb-in", "carriercaller", &[carrier.clone()]);
+    send(
+        &proxy,
+        &lb,
+        "lb-in",
+        "carriercaller",
+        std::slice::from_ref(&carrier),
+    );
     let got = relayed_invite(&pbx, "carriercaller");
     assert!(got.header("P-Asserted-Identity").is_some(), "{}", got.0);
     assert!(got.header("X-Callrec-Source").is_none(), "{}", got.0);
@@ -157,7 +169,7 @@ fn a_forged_source_header_from_anyone_else_changes_nothing() {
         &t,
         "forge-trunk",
         "trunkforger",
-        &[pbx_phone.clone()],
+        std::slice::from_ref(&pbx_phone),
     );
     let got = relayed_invite(&pbx, "trunkforger");
     assert!(got.header("X-Callrec-Source").is_none(), "{}", got.0);
@@ -170,7 +182,7 @@ fn a_forged_source_header_from_anyone_else_changes_nothing() {
         &s,
         "forge-stranger",
         "strangerforger",
-        &[pbx_phone.clone()],
+        std::slice::from_ref(&pbx_phone),
     );
     assert_eq!(final_code(&s, "forge-stranger"), 403);
     assert!(nothing_arrives(&trunk, "strangerforger") && nothing_arrives(&pbx, "strangerforger"));

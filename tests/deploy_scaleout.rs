@@ -11,9 +11,10 @@
 //!
 //! Kamailio runs the shipped `deploy/kamailio/kamailio.cfg` unchanged; only its
 //! pre-processor defines (listen address, dispatcher list, ping interval,
-//! timers, control socket) are set with `-A`. Both instances see requests from
-//! Kamailio's address, which is not the PBX's, so every call is incoming and
-//! goes to `--pbx` (the callee). Kamailio record-routes, and SIPp sends every
+//! timers, control socket) are set with `-A`. The instances run with
+//! `--dispatcher` Kamailio's address; Kamailio names the caller (on the trunk
+//! side), so every call is incoming and goes to `--pbx` (the callee).
+//! Kamailio record-routes, and SIPp sends every
 //! in-dialog request to Kamailio, so ACK and BYE pass it too.
 //!
 //! Asserted:

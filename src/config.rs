@@ -69,6 +69,8 @@ pub struct RunConfig {
     pub admin_tls: bool,
     /// The phone listener for the members' recording keys (off unless set).
     pub phone: crate::phone::PhoneSettings,
+    /// How often the group logouts are re-read from the protocol database.
+    pub membership_refresh: Duration,
 }
 
 /// What media each leg gets, and where SDES keys may travel.

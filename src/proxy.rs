@@ -266,7 +266,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         );
     }
     let _phone_keys = crate::phone::provision::spawn(&cfg, directory.clone(), db.clone());
-    let membership = Arc::new(crate::policy::MembershipStore::open(&cfg.data_dir)?);
+    let membership = Arc::new(crate::policy::MembershipStore::open(
+        db.clone(),
+        &cfg.data_dir,
+    )?);
+    let _membership_refresh = membership.spawn_refresh(cfg.membership_refresh);
     let planner = Planner::new(
         cfg.policy.profiles.clone(),
         profile_targets,

@@ -399,7 +399,19 @@ fn console_sessions_expire_and_membership_needs_csrf() {
             body,
         )
     };
-    let membership = || std::fs::read_to_string(data.join("membership.json")).unwrap_or_default();
+    // The logged-out (group, member) pairs as the protocol database holds them.
+    let membership = || {
+        let c = rusqlite::Connection::open(data.join("callrec.sqlite")).unwrap();
+        let mut st = c
+            .prepare("SELECT group_id, user_id FROM logged_out_members")
+            .unwrap();
+        let pairs: Vec<(i64, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        format!("{pairs:?}")
+    };
     assert_eq!(post("").status, 403, "no CSRF token");
     assert_eq!(post("csrf=0123").status, 403, "wrong CSRF token");
     assert!(!membership().contains("100"), "{}", membership());

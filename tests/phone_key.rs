@@ -90,19 +90,27 @@ fn token_of(ops: &str, phone: SocketAddr, name: &str) -> String {
         .1
 }
 
+/// The logged-out (group, member) pairs in the protocol database.
+fn logged_out(data: &Path) -> Vec<(i64, i64)> {
+    let c = rusqlite::Connection::open(data.join("callrec.sqlite")).unwrap();
+    let mut st = c
+        .prepare("SELECT group_id, user_id FROM logged_out_members")
+        .unwrap();
+    let pairs = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    pairs
+}
+
 fn membership(data: &Path) -> String {
-    std::fs::read_to_string(data.join("membership.json")).unwrap_or_default()
+    format!("{:?}", logged_out(data))
 }
 
 /// Whether member 1 (Anna) is logged out of Sales (group 100) in the stored state.
 fn anna_logged_out(data: &Path) -> bool {
-    let v: serde_json::Value =
-        serde_json::from_str(&membership(data)).unwrap_or(serde_json::json!({"logged_out": []}));
-    v["logged_out"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p == &serde_json::json!([100, 1]))
+    logged_out(data).contains(&(100, 1))
 }
 
 fn phone_get(phone: SocketAddr, token: &str, action: &str) -> Resp {

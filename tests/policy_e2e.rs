@@ -153,8 +153,13 @@ fn profiles_decide_and_unrecorded_calls_are_not_anchored() {
     let (rec, _) = call(&proxy, true, "202", "004989123456");
     assert!(!rec, "a logged-out member's outgoing call was recorded");
 
-    // 7. The logout is persisted in the data dir.
-    assert!(proxy.data_dir().join("membership.json").exists());
+    // 7. The logout is stored in the protocol database.
+    let db = rusqlite::Connection::open(proxy.data_dir().join("callrec.sqlite")).unwrap();
+    let stored: i64 = db
+        .query_row("SELECT COUNT(*) FROM logged_out_members", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 1, "the logout is not in the database");
+    drop(db);
 
     // 8. Logged in again: recorded again.
     let (code, body) = http_request(

@@ -5,6 +5,7 @@
 //! owns its Call-ID. REGISTER traffic goes to the registration relay.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use super::register::Relay;
 use super::reply::response_to;
 use super::{Core, Direction};
 use crate::sip::message::{Message, ParseError, StartLine};
+use crate::sip::relayed::{source_of, Source, SOURCE_HEADER};
 use crate::sip::transport::Inbound;
 use crate::sip::{random_token, Flow};
 
@@ -52,11 +54,15 @@ pub async fn run(core: Arc<Core>, mut inbound: mpsc::Receiver<Inbound>) {
                     }
                 }
                 Some(RouterMsg::Reroute { serial: s, msg, flow }) => {
-                    if calls.get(msg.call_id().unwrap_or_default()).is_some_and(|e| e.serial == s)
-                        && admit_new_invite(&core, &mut admission, &msg, flow).await
-                    {
-                        serial += 1;
-                        start_call(&core, &mut calls, serial, msg, flow, &back_tx);
+                    // Judged like the first INVITE: by its sender, or the one a dispatcher names.
+                    let origin = source_of(&core.cfg.trust, &msg, flow.addr).ip();
+                    if let Some(origin) = origin.filter(|_| {
+                        calls.get(msg.call_id().unwrap_or_default()).is_some_and(|e| e.serial == s)
+                    }) {
+                        if admit_new_invite(&core, &mut admission, &msg, flow, origin).await {
+                            serial += 1;
+                            start_call(&core, &mut calls, serial, msg, flow, origin, &back_tx);
+                        }
                     }
                 }
                 None => return,
@@ -128,17 +134,32 @@ async fn route(
     }
     let method = msg.method();
     let has_tag = msg.to_tag().is_some();
+    // What starts something is judged by its original sender, which a
+    // dispatcher names; what belongs to a dialog or transaction, by the peer.
+    let source = if has_tag || method == "ACK" || method == "CANCEL" {
+        Source::Direct(i.flow.addr)
+    } else {
+        source_of(&core.cfg.trust, &msg, i.flow.addr)
+    };
     // Only trusted peers may start anything; keep-alive OPTIONS are answered
     // to anyone unless untrusted peers are to learn nothing at all.
     let probe = method == "OPTIONS" && core.cfg.trust.answers(i.flow.addr.ip());
-    if !probe && !core.cfg.trust.is_trusted(i.flow.addr.ip()) {
+    let origin = source.ip().filter(|ip| core.cfg.trust.is_trusted(*ip));
+    let Some(origin) = origin.or(probe.then(|| i.flow.addr.ip())) else {
+        if source == Source::Unnamed {
+            warn!(peer = %i.flow.addr, "{method} from a dispatcher without one readable {SOURCE_HEADER} header refused");
+        } else if let Source::Relayed(from) = source {
+            debug!(peer = %i.flow.addr, %from, "{method} relayed for an untrusted sender refused");
+        }
+        // A dispatcher always gets the 403: silence would make it take this
+        // instance out of service.
         super::peers::refuse(core, &msg, i.flow, false).await;
         return;
-    }
+    };
     match method.as_str() {
-        "REGISTER" if i.flow.addr.ip() == core.cfg.pbx.ip() => relay.offer(msg, i.flow),
+        "REGISTER" if origin == core.cfg.pbx.ip().to_canonical() => relay.offer(msg, i.flow),
         "INVITE" if !has_tag => {
-            if !admit_new_invite(core, admission, &msg, i.flow).await {
+            if !admit_new_invite(core, admission, &msg, i.flow, origin).await {
                 return;
             }
             // The carrier calls the Contact the PBX registered through us.
@@ -149,7 +170,7 @@ async fn route(
                 }
             }
             *serial += 1;
-            start_call(core, calls, *serial, msg, i.flow, back_tx);
+            start_call(core, calls, *serial, msg, i.flow, origin, back_tx);
         }
         "ACK" => debug!(peer = %i.flow.addr, "ACK outside any call dropped"),
         "OPTIONS" if !has_tag => {
@@ -173,18 +194,19 @@ async fn route(
 /// The checks every INVITE that would start a call passes, whether it is new
 /// or handed back by a finished call on the same Call-ID: refused (and
 /// answered) when Max-Forwards is exhausted, while draining, or beyond the
-/// call and rate limits.
+/// call and rate limits (counted per original sender `origin`).
 async fn admit_new_invite(
     core: &Arc<Core>,
     admission: &mut Admission,
     msg: &Message,
     flow: Flow,
+    origin: IpAddr,
 ) -> bool {
     if msg.max_forwards() == 0 {
         respond_stateless(core, msg, flow, 483, "Too Many Hops").await;
         return false;
     }
-    if let Err(r) = admission::admit(core, admission, flow.addr.ip()) {
+    if let Err(r) = admission::admit(core, admission, origin) {
         refuse_new_call(core, msg, flow, r).await;
         return false;
     }
@@ -204,9 +226,12 @@ fn start_call(
     serial: u64,
     msg: Message,
     flow: Flow,
+    origin: IpAddr,
     back_tx: &mpsc::UnboundedSender<RouterMsg>,
 ) {
-    let dir = if flow.addr.ip() == core.cfg.pbx.ip() {
+    // The original sender decides the side: behind a dispatcher every call
+    // arrives from the dispatcher's address.
+    let dir = if origin == core.cfg.pbx.ip().to_canonical() {
         Direction::Outgoing
     } else {
         Direction::Incoming
@@ -222,8 +247,16 @@ fn start_call(
         },
     );
     calls.insert(b_id.clone(), Entry { serial, tx });
-    info!(call = %a_id, direction = ?dir, from = %flow.addr, "new call");
-    let call = Call::new(core.clone(), serial, dir, a_id, b_id, back_tx.clone());
+    info!(call = %a_id, direction = ?dir, from = %flow.addr, %origin, "new call");
+    let call = Call::new(
+        core.clone(),
+        serial,
+        dir,
+        origin,
+        a_id,
+        b_id,
+        back_tx.clone(),
+    );
     tokio::spawn(call.run(msg, flow, rx));
 }
 

@@ -225,6 +225,8 @@ pub enum Record {
     Hold(crate::hold::HoldChange),
     /// A member's phone link was created, rotated or put on her phones.
     PhoneKey(crate::phone::keys::PhoneKeyChange),
+    /// A member logged out of a group or in again.
+    Membership(crate::policy::membership::MembershipChange),
     /// A set is deleted everywhere: its rows are reduced to the deletion record
     /// and its base name replaced by its set id.
     Reduce {

@@ -213,6 +213,15 @@ CREATE TABLE instances (
     seen_ms INTEGER NOT NULL
 );
 "#,
+    // Group logouts (see policy::membership), shared by every instance using this database.
+    r#"
+CREATE TABLE logged_out_members (
+    group_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+);
+"#,
 ];
 
 /// The migration `sql` as `engine` runs it: the tokens replaced, and on

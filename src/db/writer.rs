@@ -216,6 +216,7 @@ fn write(tx: &Conn, r: &Record, me: &str) -> Result<(), SqlError> {
         Record::Anchor(row) => crate::anchoring::insert(tx, row)?,
         Record::Hold(change) => crate::hold::apply(tx, change)?,
         Record::PhoneKey(change) => crate::phone::keys::apply(tx, change)?,
+        Record::Membership(change) => crate::policy::membership::apply(tx, change)?,
         Record::Reduce { base_name, set_id } => crate::redact::reduce(tx, base_name, set_id)?,
         Record::ExpireUnrecorded { before_ms } => crate::redact::expire_unrecorded(tx, *before_ms)?,
     }

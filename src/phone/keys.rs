@@ -209,6 +209,28 @@ mod tests {
         }
     }
 
+    /// Two instances sharing one database: both creating a member's link at
+    /// once end up with the same token, a link made through one is found
+    /// through the other, and a rotation through one ends it on both.
+    #[test]
+    fn two_instances_sharing_a_database_agree_on_the_links() {
+        for engine in crate::db::scratch::ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let scratch = crate::db::scratch::ScratchDb::new(engine, dir.path());
+            let (a, b) = (scratch.open(), scratch.open());
+            let (ta, tb) = std::thread::scope(|s| {
+                let ha = s.spawn(|| ensure(&a, &[1, 2]).unwrap());
+                let hb = s.spawn(|| ensure(&b, &[1, 2]).unwrap());
+                (ha.join().unwrap(), hb.join().unwrap())
+            });
+            assert_eq!(ta, tb, "{engine:?}: both instances hand out the same links");
+            assert_eq!(member_of(&b, &ta[0].1).unwrap(), Some(1), "{engine:?}");
+            let new = rotate(&a, 1).unwrap();
+            assert_eq!(member_of(&b, &ta[0].1).unwrap(), None, "{engine:?}");
+            assert_eq!(member_of(&b, &new).unwrap(), Some(1), "{engine:?}");
+        }
+    }
+
     fn tokens_on(db: &Db) {
         let db = db.clone();
         let first = ensure(&db, &[1, 2]).unwrap();

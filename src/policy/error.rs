@@ -77,7 +77,7 @@ pub enum ConfigError {
 /// Reading or writing the persisted group login/logout state failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
-    /// The state file could not be read, written or renamed.
+    /// The old state file could not be read or renamed.
     #[error("{action} membership state {path}: {source} (check the data dir's permissions and free disk space)")]
     Io {
         action: &'static str,
@@ -88,4 +88,7 @@ pub enum MembershipError {
     /// The state file is not valid JSON.
     #[error("membership state {path} is corrupt: {detail} (fix or remove the file; removing it logs every member in again)")]
     Corrupt { path: PathBuf, detail: String },
+    /// The protocol database, which holds the state, failed.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
 }

@@ -1,6 +1,6 @@
 //! Which calls are recorded: number normalisation,
 //! the directory snapshot and its sources (static file, PBX REST), recording
-//! profiles from the config file, the persisted group login/logout state, and the
+//! profiles from the config file, the group login/logout state (in the protocol database), and the
 //! pure decision function the call flow asks for every new call.
 //!
 //! Typical use by the call flow:
@@ -8,7 +8,7 @@
 //! // at start
 //! let cfg = PolicyConfig::load(path)?;                       // or profiles from flags
 //! let (directory, _task) = policy::refresh::start(cfg.directory.as_ref(), cfg.numbers.clone()).await?;
-//! let membership = MembershipStore::open(&data_dir)?;
+//! let membership = MembershipStore::open(db.clone(), &data_dir)?;   // the protocol database
 //! let dedup = LegDedup::new(Duration::from_secs(5));
 //! if has_no_rules(&cfg.profiles) { tracing::warn!("no recording rule: every call is recorded") }
 //! // per call

@@ -6,6 +6,7 @@ mod alias;
 pub mod framer;
 pub mod header_value;
 pub mod message;
+pub mod relayed;
 mod tcp;
 pub mod tls;
 pub mod transaction;

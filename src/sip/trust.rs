@@ -69,6 +69,9 @@ pub struct TrustArgs {
         default_value = "trunk,pbx"
     )]
     pub identity_trusted: Vec<IdentityPeer>,
+    /// Address or network (CIDR) of a SIP load balancer in front (e.g. Kamailio) whose X-Callrec-Source header names the original sender; trust decisions then go by that sender (repeatable).
+    #[arg(long = "dispatcher", env = "CALLREC_DISPATCHER", value_delimiter = ',', value_parser = parse_net)]
+    pub dispatchers: Vec<IpNet>,
     /// What an untrusted peer's request gets: reject (403) or drop (no answer at all).
     #[arg(long, env = "CALLREC_UNTRUSTED", value_enum, default_value_t = Untrusted::Reject)]
     pub untrusted: Untrusted,
@@ -92,6 +95,7 @@ impl TrustArgs {
         Trust {
             sources,
             identity,
+            dispatchers: self.dispatchers.clone(),
             untrusted: self.untrusted,
         }
     }
@@ -102,6 +106,7 @@ impl TrustArgs {
 pub struct Trust {
     sources: Vec<IpNet>,
     identity: Vec<IpNet>,
+    dispatchers: Vec<IpNet>,
     /// What an untrusted request gets.
     pub untrusted: Untrusted,
 }
@@ -112,6 +117,7 @@ impl Default for Trust {
         Trust {
             sources: Vec::new(),
             identity: Vec::new(),
+            dispatchers: Vec::new(),
             untrusted: Untrusted::Reject,
         }
     }
@@ -123,10 +129,18 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl Trust {
-    /// May a peer at `ip` start calls (and keep a TCP connection idle)?
+    /// May a peer at `ip` start calls (and keep a TCP connection idle)? A
+    /// dispatcher is trusted as a peer; what it relays is judged by the
+    /// original sender it names (see `relayed`).
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.sources.iter().any(|n| n.contains(&ip))
+        self.sources.iter().any(|n| n.contains(&ip)) || self.is_dispatcher(ip)
+    }
+
+    /// Is `ip` a `--dispatcher`, whose X-Callrec-Source header is believed?
+    pub fn is_dispatcher(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.dispatchers.iter().any(|n| n.contains(&ip))
     }
 
     /// Does a peer at `ip` get answers (403, 400 …) when it is refused?
@@ -164,6 +178,7 @@ mod tests {
         TrustArgs {
             trusted_sources: sources.iter().map(|s| parse_net(s).unwrap()).collect(),
             identity_trusted: identity.iter().map(|s| s.parse().unwrap()).collect(),
+            dispatchers: Vec::new(),
             untrusted: Untrusted::Reject,
         }
     }

@@ -17,6 +17,7 @@ pub mod audio;
 pub mod console;
 pub mod files;
 pub mod http;
+pub mod kamailio;
 pub mod net;
 pub mod pairs;
 pub mod proxy;

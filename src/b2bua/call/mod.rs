@@ -22,6 +22,7 @@ mod setup;
 mod teardown;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +91,8 @@ pub struct Call {
     core: Arc<Core>,
     serial: u64,
     dir: Direction,
+    /// The caller's own address, also when a dispatcher relayed the INVITE.
+    caller_origin: IpAddr,
     legs: [Leg; 2],
     /// Where the call stands, with the data only that phase has.
     phase: Phase,
@@ -121,6 +124,7 @@ impl Call {
         core: Arc<Core>,
         serial: u64,
         dir: Direction,
+        caller_origin: IpAddr,
         caller_call_id: String,
         callee_call_id: String,
         back: mpsc::UnboundedSender<RouterMsg>,
@@ -147,6 +151,7 @@ impl Call {
             core,
             serial,
             dir,
+            caller_origin: caller_origin.to_canonical(),
             phase: Phase::new(),
             servers: Vec::new(),
             clients: Vec::new(),
@@ -241,9 +246,16 @@ impl Call {
         }
     }
 
-    /// Where a message from `src` on the `side` leg stands in the header policy.
+    /// Where a message from `src` on the `side` leg stands in the header
+    /// policy. On the caller's leg a dispatcher speaks for the caller whose
+    /// address it named in the INVITE.
     fn origin(&self, side: Side, src: Flow) -> Origin {
-        Origin::new(&self.core.cfg.trust, self.dir, side, src.addr.ip())
+        let ip = if side == Side::Caller && self.core.cfg.trust.is_dispatcher(src.addr.ip()) {
+            self.caller_origin
+        } else {
+            src.addr.ip()
+        };
+        Origin::new(&self.core.cfg.trust, self.dir, side, ip)
     }
 
     fn side_of(&self, msg: &Message) -> Side {

@@ -140,7 +140,7 @@ impl Call {
             uri_of(invite.header("From").unwrap_or_default()),
             invite.uri().unwrap_or_default(),
             // Only a caller whose identity we believe may hold or match an internal-call pair.
-            self.core.cfg.trust.is_identity_trusted(flow.addr.ip()),
+            self.origin(Side::Caller, flow).identity_trusted,
         )
     }
 

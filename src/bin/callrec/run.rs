@@ -192,6 +192,9 @@ pub(crate) struct RunArgs {
     /// Start of the phone links as phones reach them (e.g. http://callrec.example.com:8090); default http://<--phone-listen>.
     #[arg(long, env = "CALLREC_PHONE_BASE_URL")]
     pub(crate) phone_base_url: Option<String>,
+    /// Seconds between reads of the group logouts from the protocol database (changes made through other instances sharing it apply within this time).
+    #[arg(long, env = "CALLREC_MEMBERSHIP_REFRESH", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) membership_refresh: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as "callrec=debug").
     #[arg(long, env = "CALLREC_LOG_LEVEL", default_value = "info")]
     pub(crate) log_level: String,
@@ -375,6 +378,7 @@ impl RunArgs {
                 listen: self.phone_listen,
                 base_url: self.phone_base_url,
             },
+            membership_refresh: Duration::from_secs(self.membership_refresh),
         })
     }
 }

@@ -212,6 +212,8 @@ pub enum Record {
     Hold(crate::hold::HoldChange),
     /// A member's phone link was created, rotated or put on her phones.
     PhoneKey(crate::phone::keys::PhoneKeyChange),
+    /// The transcription queue or the word index changed.
+    Transcript(crate::transcribe::queue::QueueChange),
     /// A set is deleted everywhere: its rows are reduced to the deletion record
     /// and its base name replaced by its set id.
     Reduce {

@@ -193,6 +193,8 @@ CREATE TABLE phone_keys (
     provisioned_login TEXT
 );
 "#,
+    // The transcription queue and the transcripts' word index (see transcribe::queue).
+    crate::transcribe::queue::MIGRATION,
 ];
 
 pub(super) fn open_rw(path: &Path) -> Result<Connection, DbError> {

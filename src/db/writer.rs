@@ -198,7 +198,15 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         Record::Anchor(row) => crate::anchoring::insert(tx, row)?,
         Record::Hold(change) => crate::hold::apply(tx, change)?,
         Record::PhoneKey(change) => crate::phone::keys::apply(tx, change)?,
-        Record::Reduce { base_name, set_id } => crate::redact::reduce(tx, base_name, set_id)?,
+        Record::Reduce { base_name, set_id } => {
+            crate::redact::reduce(tx, base_name, set_id)?;
+            // A transcript holds what was said: its words go with the set.
+            let forget = crate::transcribe::queue::QueueChange::Forget {
+                base_name: base_name.clone(),
+            };
+            crate::transcribe::queue::apply(tx, &forget)?;
+        }
+        Record::Transcript(c) => crate::transcribe::queue::apply(tx, c)?,
         Record::ExpireUnrecorded { before_ms } => crate::redact::expire_unrecorded(tx, *before_ms)?,
     }
     Ok(())

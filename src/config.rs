@@ -65,6 +65,8 @@ pub struct RunConfig {
     pub admin_tls: bool,
     /// The phone listener for the members' recording keys (off unless set).
     pub phone: crate::phone::PhoneSettings,
+    /// Model and CPU budget of the transcripts (profiles with `transcribe`).
+    pub transcribe: crate::transcribe::TranscribeSettings,
 }
 
 /// What media each leg gets, and where SDES keys may travel.

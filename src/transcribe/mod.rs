@@ -12,6 +12,7 @@ mod engine;
 pub mod queue;
 pub mod search;
 pub mod service;
+pub mod start;
 
 pub use engine::{Engine, EngineSettings, Segment, TranscribeError};
 

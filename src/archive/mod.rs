@@ -197,7 +197,18 @@ pub fn export(
             std::fs::copy(&f, &dest).map_err(io("copy", &f))?;
         }
         let copied = out.join(sha.file_name().unwrap_or_default());
-        let after = crate::seal::verify_set(&copied, Some(&out.join("cert.pem")));
+        let mut after = crate::seal::verify_set(&copied, Some(&out.join("cert.pem")));
+        // The transcript travels with the set and must hold as well.
+        let addendum = out.join(format!(
+            "{}.sha256",
+            crate::seal::addendum_base(&r.base_name, crate::transcribe::TRANSCRIPT_KIND)
+        ));
+        if addendum.is_file() {
+            after.extend(crate::seal::verify_set(
+                &addendum,
+                Some(&out.join("cert.pem")),
+            ));
+        }
         if after.is_empty() {
             report.exported.push(r.base_name.clone());
         } else {
@@ -310,7 +321,7 @@ pub async fn purge_everywhere(
             continue;
         }
         let base = r.base_name.clone();
-        let (uploads, checksum, earlier, position) = {
+        let (uploads, checksum, earlier, position, transcript) = {
             let (db, base) = (db.clone(), base.clone());
             blocking(move || {
                 Ok((
@@ -318,10 +329,19 @@ pub async fn purge_everywhere(
                     db.seal_checksum(&base)?,
                     db.deletions_of(&base)?,
                     db.seal_position(&base)?,
+                    crate::transcribe::queue::addendum_checksum(&db, &base)?,
                 ))
             })
             .await?
         };
+        // The transcript goes with the set; its tombstone names it.
+        let addenda: Vec<String> = transcript
+            .into_iter()
+            .map(|sha| {
+                let name = crate::seal::addendum_base(&base, crate::transcribe::TRANSCRIPT_KIND);
+                format!("{sha}  {name}.sha256")
+            })
+            .collect();
         let set_id = position.as_ref().map(|p| p.set_id.clone());
         if let Some(h) = crate::hold::holding(&holds, &r, set_id.as_deref(), &request.plan) {
             let why = format!(
@@ -351,7 +371,7 @@ pub async fn purge_everywhere(
                 .as_ref()
                 .map(|c| format!("purged-{}", c.get(..32).unwrap_or(c)))
         });
-        let tombstone = tombstone_for(request, position, checksum.as_deref());
+        let tombstone = tombstone_for(request, position, checksum.as_deref(), addenda);
         let held: Vec<String> = uploads
             .into_iter()
             .filter(|u| u.state == crate::db::UploadState::Done)

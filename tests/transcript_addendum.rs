@@ -207,3 +207,217 @@ fn local_purge_and_export_take_the_addendum_with_the_set() {
         );
     }
 }
+
+/// A set with its transcript in `data/recordings`, its rows in the database
+/// as the proxy writes them; returns the database and the base name.
+fn recorded_with_transcript(data: &Path) -> (callrec::db::Db, String, Identity) {
+    use callrec::db::Record;
+    use callrec::transcribe::queue::QueueChange;
+    let folder = data.join("recordings");
+    std::fs::create_dir_all(&folder).unwrap();
+    let (identity, base) = sealed_set(data, &folder);
+    add_transcript(&identity, &folder, &base);
+    let sums = std::fs::read(folder.join(format!("{base}.sha256"))).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join(format!("{base}.json"))).unwrap())
+            .unwrap();
+    let position = callrec::seal::position_of(&meta).unwrap().unwrap();
+    let db = callrec::db::Db::open_in(data).unwrap();
+    let t_sums = std::fs::read(folder.join(format!("{base}_transcript.sha256"))).unwrap();
+    db.write_sync(vec![
+        Record::Recording {
+            call_id: "c1".into(),
+            base_name: base.clone(),
+            profile: Some("default".into()),
+            start_ms: 1_000,
+            end_ms: Some(2_000),
+            caller: Some("+49301".into()),
+            callee: Some("200".into()),
+            answered_by: None,
+        },
+        Record::Seal {
+            base_name: base.clone(),
+            at_ms: 2_000,
+            checksum_sha256: sha256_hex(&sums),
+            files: 4,
+            chain: Some(serde_json::to_string(&position).unwrap()),
+        },
+        Record::Transcript(QueueChange::Queued(callrec::transcribe::queue::Job {
+            base_name: base.clone(),
+            folder: data.join("transcribe").join(&base),
+            profile: Some("default".into()),
+            language: "de".into(),
+            targets: vec![],
+            queued_ms: 2_500,
+        })),
+        Record::Transcript(QueueChange::Done {
+            base_name: base.clone(),
+            checksum_sha256: sha256_hex(&t_sums),
+            words: callrec::transcribe::search::words("Ich kaufe Aktien"),
+            at_ms: 3_000,
+        }),
+    ])
+    .unwrap();
+    (db, base, identity)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+fn purge_request(identity: &Identity, staging: &Path) -> callrec::archive::PurgeRequest {
+    callrec::archive::PurgeRequest {
+        older_than: std::time::Duration::from_secs(60),
+        dry_run: false,
+        reason: "retention 1d".into(),
+        profile: None,
+        tombstones: Some(callrec::archive::TombstoneSigner {
+            identity: identity.clone(),
+            staging: staging.to_path_buf(),
+        }),
+        plan: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn purge_deletes_the_transcript_with_the_set_and_its_tombstone_lists_it() {
+    let data = tempfile::tempdir().unwrap();
+    let (db, base, identity) = recorded_with_transcript(data.path());
+    let folder = data.path().join("recordings");
+    let t_sums =
+        sha256_hex(&std::fs::read(folder.join(format!("{base}_transcript.sha256"))).unwrap());
+    let report = callrec::archive::purge_everywhere(
+        &db,
+        &[folder.clone()],
+        &Default::default(),
+        &purge_request(&identity, &data.path().join("tombstones")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.sets(), 1, "{:?}", report.lines("deleted"));
+    let left: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.contains(".deleted."))
+        .collect();
+    assert!(left.is_empty(), "left after the purge: {left:?}");
+    let tomb: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(folder.join(format!("{base}.deleted.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        tomb["deleted"]["addenda"],
+        serde_json::json!([format!("{t_sums}  {base}_transcript.sha256")])
+    );
+    // What was said is gone from the index too.
+    db.flush();
+    assert!(callrec::transcribe::search::sets_with_words(&db, "Aktien")
+        .unwrap()
+        .is_empty());
+    let problems = verify_chain(&folder, None);
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[tokio::test]
+async fn a_held_set_keeps_its_transcript() {
+    let data = tempfile::tempdir().unwrap();
+    let (db, base, identity) = recorded_with_transcript(data.path());
+    db.write_sync(vec![callrec::db::Record::Hold(callrec::hold::HoldChange {
+        hold: callrec::hold::Hold {
+            kind: callrec::hold::HoldKind::Set,
+            value: base.clone(),
+            reason: "case 7".into(),
+            actor: "test".into(),
+            at_ms: 1,
+        },
+        add: true,
+    })])
+    .unwrap();
+    let folder = data.path().join("recordings");
+    let report = callrec::archive::purge_everywhere(
+        &db,
+        &[folder.clone()],
+        &Default::default(),
+        &purge_request(&identity, &data.path().join("tombstones")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.sets(), 0);
+    assert_eq!(report.held.len(), 1);
+    assert!(folder.join(format!("{base}_transcript.txt")).is_file());
+    assert_eq!(
+        callrec::transcribe::search::sets_with_words(&db, "Aktien")
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn recordings_search_finds_sets_by_the_words_said() {
+    let data = tempfile::tempdir().unwrap();
+    let (db, base, _) = recorded_with_transcript(data.path());
+    drop(db);
+    let dir = data.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_callrec"))
+            .args(args)
+            .env_remove("CALLREC_DATA_DIR")
+            .env_remove("CALLREC_CONFIG")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&[
+        "recordings",
+        "search",
+        "--text",
+        "aktien",
+        "--data-dir",
+        dir,
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&base), "{text}");
+    let (code, text) = run(&[
+        "recordings",
+        "search",
+        "--text",
+        "Anleihen",
+        "--data-dir",
+        dir,
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains(&base), "{text}");
+    // Words and number together: both must hold.
+    let (_, text) = run(&[
+        "recordings",
+        "search",
+        "--number",
+        "200",
+        "--text",
+        "Aktien kaufe",
+        "--data-dir",
+        dir,
+    ]);
+    assert!(text.contains(&base), "{text}");
+    let (_, text) = run(&[
+        "recordings",
+        "search",
+        "--number",
+        "201",
+        "--text",
+        "Aktien",
+        "--data-dir",
+        dir,
+    ]);
+    assert!(!text.contains(&base), "{text}");
+    // Neither a number nor words: a usage error.
+    let (code, _) = run(&["recordings", "search", "--data-dir", dir]);
+    assert_eq!(code, Some(2));
+}

@@ -30,6 +30,7 @@ needs=(
     "baresip                     baresip-core"     # SRTP (SDES) peer for the SRTP call tests
     "/usr/bin/chromium           chromium"         # web console tests in a real browser
     "npm                         npm"              # installs playwright-core for those tests
+    "/usr/lib/postgresql         postgresql"       # the protocol database tests on PostgreSQL (own cluster, below)
 )
 
 # What building callrec and running the binary need from the system (not the
@@ -125,6 +126,15 @@ for n in 2 3; do
             echo "test.sh: cannot add 127.0.0.$n as lo:$n (the baresip tests need it)" >&2
     fi
 done
+
+# --- PostgreSQL ---------------------------------------------------------------
+# The database tests run on SQLite and on PostgreSQL: a cluster of the tests'
+# own on loopback (deploy/test-postgres.sh), stopped by its pid when this
+# script exits, however it exits.
+# shellcheck source=deploy/test-postgres.sh
+. deploy/test-postgres.sh
+pg_test_start
+trap pg_test_stop EXIT
 
 # --- lint -------------------------------------------------------------------
 # Formatting and clippy gate every run, before the (long) tests: a finding fails

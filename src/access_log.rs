@@ -3,9 +3,7 @@
 //! database's `access_log` table (written by the database's single writer),
 //! and `callrec audit` lists them for the people who answer to auditors.
 
-use rusqlite::{params, Connection};
-
-use crate::db::{Db, DbError, Record};
+use crate::db::{Conn, Db, DbError, Record, SqlError};
 
 /// What was done with the recordings; stored as a stable lowercase word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -159,10 +157,10 @@ pub fn os_user() -> String {
 }
 
 /// Inserts one entry; called by the database's writer thread.
-pub(crate) fn insert(conn: &Connection, e: &AccessEntry) -> rusqlite::Result<()> {
+pub(crate) fn insert(conn: &Conn, e: &AccessEntry) -> Result<(), SqlError> {
     conn.execute(
         "INSERT INTO access_log (at_ms, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![e.at_ms, e.actor, e.action.as_str(), e.subject, e.detail],
+        &[&e.at_ms, &e.actor, &e.action.as_str(), &e.subject, &e.detail],
     )?;
     Ok(())
 }
@@ -173,31 +171,37 @@ pub fn list(
     since_ms: Option<i64>,
     actor: Option<&str>,
 ) -> Result<Vec<AccessEntry>, DbError> {
+    // Two statements rather than "?2 IS NULL OR actor = ?2": PostgreSQL
+    // cannot type a parameter that is only compared with NULL.
+    let since = since_ms.unwrap_or(i64::MIN);
     db.read(|conn| {
-        let mut stmt = conn.prepare(
-            "SELECT id, at_ms, actor, action, subject, detail FROM access_log \
-             WHERE at_ms >= ?1 AND (?2 IS NULL OR actor = ?2) ORDER BY at_ms, id",
-        )?;
-        let rows = stmt
-            .query_map(params![since_ms.unwrap_or(i64::MIN), actor], |r| {
+        let rows = match actor {
+            Some(a) => conn.query(
+                "SELECT id, at_ms, actor, action, subject, detail FROM access_log \
+                 WHERE at_ms >= ?1 AND actor = ?2 ORDER BY at_ms, id",
+                &[&since, &a],
+            )?,
+            None => conn.query(
+                "SELECT id, at_ms, actor, action, subject, detail FROM access_log \
+                 WHERE at_ms >= ?1 ORDER BY at_ms, id",
+                &[&since],
+            )?,
+        };
+        rows.iter()
+            .map(|r| {
                 let action: String = r.get(3)?;
                 Ok(AccessEntry {
                     id: r.get(0)?,
                     at_ms: r.get(1)?,
                     actor: r.get(2)?,
-                    action: action.parse().map_err(|e: String| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            3,
-                            rusqlite::types::Type::Text,
-                            e.into(),
-                        )
-                    })?,
+                    action: action
+                        .parse()
+                        .map_err(|detail| SqlError::Column { column: 3, detail })?,
                     subject: r.get(4)?,
                     detail: r.get(5)?,
                 })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            })
+            .collect()
     })
 }
 
@@ -207,8 +211,15 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_filter() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_in(dir.path()).unwrap();
+        for engine in crate::db::scratch::ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let scratch = crate::db::scratch::ScratchDb::new(engine, dir.path());
+            round_trip(&scratch.open());
+        }
+    }
+
+    fn round_trip(db: &Db) {
+        let db = db.clone();
         let mut a = AccessEntry::now("alice", AccessAction::Search, "+4930123", None);
         a.at_ms = 1_000;
         record_sync(&db, a).unwrap();

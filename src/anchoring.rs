@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::params;
-
-use crate::db::{Db, Record};
+use crate::db::{Conn, Db, Record, SqlError};
 use crate::seal::timestamp;
 use crate::storage::{open_target, Secrets, UploadSet};
 
@@ -41,10 +39,11 @@ pub struct AnchorRow {
 }
 
 /// Inserts an anchor row; called by the database's writer thread.
-pub(crate) fn insert(conn: &rusqlite::Connection, a: &AnchorRow) -> rusqlite::Result<()> {
+pub(crate) fn insert(conn: &Conn, a: &AnchorRow) -> Result<(), SqlError> {
     conn.execute(
-        "INSERT OR REPLACE INTO anchors (profile, seq, sha256, at_ms, reply) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![a.profile, a.seq as i64, a.sha256, a.at_ms, a.reply],
+        "INSERT INTO anchors (profile, seq, sha256, at_ms, reply) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (profile, seq) DO UPDATE SET sha256 = excluded.sha256, at_ms = excluded.at_ms, reply = excluded.reply",
+        &[&a.profile, &(a.seq as i64), &a.sha256, &a.at_ms, &a.reply],
     )?;
     Ok(())
 }
@@ -116,15 +115,23 @@ pub async fn anchor_heads(
     let mut done = Vec::new();
     for (profile, head) in heads {
         let Some(seq) = head.link.seq else { continue };
-        let stamped = db
-            .read(|c| {
-                c.query_row(
-                    "SELECT COUNT(*) FROM anchors WHERE profile = ?1 AND seq = ?2",
-                    params![profile, seq as i64],
-                    |r| r.get::<_, i64>(0),
-                )
+        // Read on a blocking thread: the database may be a remote server.
+        let stamped = {
+            let (db, profile) = (db.clone(), profile.clone());
+            tokio::task::spawn_blocking(move || {
+                db.read(|c| {
+                    c.query_one(
+                        "SELECT COUNT(*) FROM anchors WHERE profile = ?1 AND seq = ?2",
+                        &[&profile, &(seq as i64)],
+                    )?
+                    .get::<i64>(0)
+                })
             })
-            .unwrap_or(0);
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+        };
         if stamped > 0 {
             continue;
         }

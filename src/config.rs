@@ -19,6 +19,8 @@ pub struct RunConfig {
     pub rtp_ports: (u16, u16),
     /// Folder for the instance's state.
     pub data_dir: PathBuf,
+    /// The protocol database (the SQLite file in `data_dir`, or PostgreSQL).
+    pub database: crate::db::Location,
     /// A call whose media is silent this long in both directions is ended.
     pub rtp_timeout: Duration,
     /// Whether media from a source the SDP did not name may be learned (NAT).

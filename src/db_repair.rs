@@ -87,7 +87,11 @@ pub(crate) fn corrupt_message(path: &Path, findings: &[String]) -> String {
 /// A damaged file is `Corrupt`, whatever step found it; other failures stay as they are.
 pub(crate) fn classify(e: DbError) -> DbError {
     match e {
-        DbError::Open { path, source, .. } if is_damage(&source) => DbError::Corrupt {
+        DbError::Open {
+            path,
+            source: crate::db::SqlError::Sqlite(source),
+            ..
+        } if is_damage(&source) => DbError::Corrupt {
             path,
             findings: vec![source.to_string()],
         },
@@ -158,7 +162,7 @@ pub fn damage_on_open(conn: &Connection, path: &Path) -> Result<Vec<String>, DbE
             return Err(DbError::Open {
                 path: path.to_path_buf(),
                 op: "check",
-                source,
+                source: source.into(),
             })
         }
     }
@@ -191,7 +195,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, RepairError> {
             return Err(DbError::Open {
                 path,
                 op: "check",
-                source,
+                source: source.into(),
             }
             .into())
         }
@@ -464,8 +468,9 @@ pub fn recover(data_dir: &Path) -> Result<RecoverReport, RepairError> {
         source,
     };
     let tables = {
-        let mut new = Connection::open(&fresh).map_err(fresh_err)?;
-        crate::db::migrate(&mut new, &fresh)?;
+        let new = crate::db::Conn::sqlite(Connection::open(&fresh).map_err(fresh_err)?);
+        crate::db::migrate(&new, &fresh)?;
+        let mut new = new.into_sqlite().expect("an SQLite connection");
         // Read from a scratch copy: SQLite reads more of a damaged file through a
         // read-write connection than a read-only one, and the kept file stays
         // exactly as it was found. Whatever fails to open is nothing to copy.

@@ -3,9 +3,7 @@
 //! set id) or one party's number (every set where it is caller, callee or the
 //! one who answered); retention and `purge` skip held sets and log the skip.
 
-use rusqlite::params;
-
-use crate::db::{Db, DbError, RecordingRow};
+use crate::db::{Conn, Db, DbError, RecordingRow, SqlError};
 use crate::policy::NumberPlan;
 
 /// What a hold names.
@@ -62,17 +60,18 @@ pub fn stored_value(kind: HoldKind, value: &str, plan: &NumberPlan) -> String {
 }
 
 /// Places or lifts a hold; called by the database's writer thread.
-pub(crate) fn apply(conn: &rusqlite::Connection, c: &HoldChange) -> rusqlite::Result<()> {
+pub(crate) fn apply(conn: &Conn, c: &HoldChange) -> Result<(), SqlError> {
     let h = &c.hold;
     if c.add {
         conn.execute(
-            "INSERT OR REPLACE INTO holds (kind, value, reason, actor, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![h.kind.as_str(), h.value, h.reason, h.actor, h.at_ms],
+            "INSERT INTO holds (kind, value, reason, actor, at_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (kind, value) DO UPDATE SET reason = excluded.reason, actor = excluded.actor, at_ms = excluded.at_ms",
+            &[&h.kind.as_str(), &h.value, &h.reason, &h.actor, &h.at_ms],
         )?;
     } else {
         conn.execute(
             "DELETE FROM holds WHERE kind = ?1 AND value = ?2",
-            params![h.kind.as_str(), h.value],
+            &[&h.kind.as_str(), &h.value],
         )?;
     }
     Ok(())
@@ -81,25 +80,26 @@ pub(crate) fn apply(conn: &rusqlite::Connection, c: &HoldChange) -> rusqlite::Re
 /// Every active hold, oldest first.
 pub fn list(db: &Db) -> Result<Vec<Hold>, DbError> {
     db.read(|c| {
-        let mut stmt =
-            c.prepare("SELECT kind, value, reason, actor, at_ms FROM holds ORDER BY at_ms, value")?;
-        let rows = stmt
-            .query_map([], |r| {
-                let kind: String = r.get(0)?;
-                Ok(Hold {
-                    kind: if kind == "set" {
-                        HoldKind::Set
-                    } else {
-                        HoldKind::Number
-                    },
-                    value: r.get(1)?,
-                    reason: r.get(2)?,
-                    actor: r.get(3)?,
-                    at_ms: r.get(4)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        c.query(
+            "SELECT kind, value, reason, actor, at_ms FROM holds ORDER BY at_ms, value",
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            let kind: String = r.get(0)?;
+            Ok(Hold {
+                kind: if kind == "set" {
+                    HoldKind::Set
+                } else {
+                    HoldKind::Number
+                },
+                value: r.get(1)?,
+                reason: r.get(2)?,
+                actor: r.get(3)?,
+                at_ms: r.get(4)?,
+            })
+        })
+        .collect()
     })
 }
 

@@ -74,7 +74,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let mut sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
     let work = cfg.data_dir.join("work");
     crate::recovery::adopt_sealed_sets(&mut sealer, &work);
-    let db = Db::open_in(&cfg.data_dir)?;
+    let db = Db::open_at(&cfg.database)?;
     let (profile_targets, all_targets, secrets) = resolve_targets(&cfg.policy, &cfg.data_dir)?;
     let notifier = notifier(&cfg)?;
     let failures =

@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use rusqlite::params;
-
 use crate::db::{Db, DbError};
 use crate::recorder::failure::{FailureReason, FailureReporter, RecordingFailure};
 
@@ -94,7 +92,7 @@ struct Candidate {
     profile: Option<String>,
     end: Option<(String, i64)>,
     sealed: bool,
-    reported: Option<String>,
+    reported: Vec<String>,
 }
 
 /// Reconciles the calls decided in `p`'s window; new differences are
@@ -104,17 +102,19 @@ pub fn reconcile(
     reporter: &FailureReporter,
     p: &Params,
 ) -> Result<Reconciliation, DbError> {
-    let candidates = db.read(|c| {
-        let mut stmt = c.prepare(
+    let window: [&dyn crate::db::ToValue; 2] = [&p.since_ms, &p.now_ms];
+    let mut candidates = db.read(|c| {
+        c.query(
             "SELECT d.call_id, MIN(d.at_ms), MAX(d.profile), \
                (SELECT e.detail FROM calls e WHERE e.call_id = d.call_id AND e.event = 'end' ORDER BY e.id DESC LIMIT 1), \
                (SELECT e.at_ms FROM calls e WHERE e.call_id = d.call_id AND e.event = 'end' ORDER BY e.id DESC LIMIT 1), \
-               EXISTS (SELECT 1 FROM recordings r JOIN seals s ON s.base_name = r.base_name WHERE r.call_id = d.call_id), \
-               (SELECT group_concat(DISTINCT f.reason) FROM failures f WHERE f.call_id = d.call_id) \
+               EXISTS (SELECT 1 FROM recordings r JOIN seals s ON s.base_name = r.base_name WHERE r.call_id = d.call_id) \
              FROM decisions d WHERE d.recorded = 1 AND d.at_ms BETWEEN ?1 AND ?2 \
              GROUP BY d.call_id ORDER BY MIN(d.at_ms)",
-        )?;
-        let rows = stmt.query_map(params![p.since_ms, p.now_ms], |r| {
+            &window,
+        )?
+        .iter()
+        .map(|r| {
             let detail: Option<String> = r.get(3)?;
             let end_ms: Option<i64> = r.get(4)?;
             Ok(Candidate {
@@ -123,11 +123,30 @@ pub fn reconcile(
                 profile: r.get(2)?,
                 end: detail.zip(end_ms),
                 sealed: r.get(5)?,
-                reported: r.get(6)?,
+                reported: Vec::new(),
             })
-        })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>, crate::db::SqlError>>()
     })?;
+    // The reasons already reported per call, collected here: the engines
+    // spell a distinct string aggregate differently.
+    let reported: Vec<(String, String)> = db.read(|c| {
+        c.query(
+            "SELECT DISTINCT f.call_id, f.reason FROM failures f JOIN decisions d ON d.call_id = f.call_id \
+             WHERE d.recorded = 1 AND d.at_ms BETWEEN ?1 AND ?2 ORDER BY f.call_id, f.reason",
+            &window,
+        )?
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect()
+    })?;
+    for c in &mut candidates {
+        c.reported = reported
+            .iter()
+            .filter(|(id, _)| *id == c.call_id)
+            .map(|(_, reason)| reason.clone())
+            .collect();
+    }
     let settle = p.settle.as_millis() as i64;
     let mut out = Reconciliation::default();
     for c in candidates {
@@ -143,10 +162,7 @@ pub fn reconcile(
             out.sealed += 1;
             continue;
         }
-        let reported: Vec<String> = c
-            .reported
-            .map(|r| r.split(',').map(str::to_string).collect())
-            .unwrap_or_default();
+        let reported = c.reported;
         let end = c.end.map(|(d, _)| d);
         let new_failure = reported.is_empty().then(|| {
             let f = RecordingFailure::now(
@@ -176,11 +192,13 @@ pub fn reconcile(
         });
     }
     out.failures = db.read(|c| {
-        let mut stmt = c.prepare(
+        c.query(
             "SELECT call_id, base_name, reason, detail, at_ms FROM failures \
              WHERE at_ms BETWEEN ?1 AND ?2 ORDER BY at_ms, id",
-        )?;
-        let rows = stmt.query_map(params![p.since_ms, p.now_ms], |r| {
+            &window,
+        )?
+        .iter()
+        .map(|r| {
             Ok(FailureRow {
                 call_id: r.get(0)?,
                 base_name: r.get(1)?,
@@ -188,8 +206,8 @@ pub fn reconcile(
                 detail: r.get(3)?,
                 at_ms: r.get(4)?,
             })
-        })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .collect()
     })?;
     Ok(out)
 }
@@ -312,8 +330,14 @@ mod tests {
 
     #[test]
     fn answered_calls_without_a_set_are_reported_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_in(dir.path()).unwrap();
+        for engine in crate::db::scratch::ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            reported_once(&crate::db::scratch::ScratchDb::new(engine, dir.path()).open());
+        }
+    }
+
+    fn reported_once(db: &Db) {
+        let db = db.clone();
         // sealed: has a recording and a seal; lost: answered, no set;
         // busy: not answered; failed: start_failed reported; running: no end yet.
         for (c, t) in [

@@ -6,39 +6,35 @@
 //! were not recorded (and those calls' events) are kept only for a configured
 //! period.
 
-use rusqlite::{params, OptionalExtension};
+use crate::db::{Conn, SqlError};
 
 /// Reduces the rows of set `base_name` and replaces its name by `set_id`;
 /// called by the database's writer thread.
-pub(crate) fn reduce(
-    conn: &rusqlite::Connection,
-    base_name: &str,
-    set_id: &str,
-) -> rusqlite::Result<()> {
+pub(crate) fn reduce(conn: &Conn, base_name: &str, set_id: &str) -> Result<(), SqlError> {
     let call_id: Option<String> = conn
-        .query_row(
+        .query_opt(
             "SELECT call_id FROM recordings WHERE base_name = ?1",
-            [base_name],
-            |r| r.get(0),
-        )
-        .optional()?;
+            &[&base_name],
+        )?
+        .map(|r| r.get(0))
+        .transpose()?;
     if let Some(cid) = &call_id {
         conn.execute(
             "UPDATE calls SET caller = NULL, callee = NULL, detail = NULL, call_id = ?2 WHERE call_id = ?1",
-            params![cid, set_id],
+            &[cid, &set_id],
         )?;
         conn.execute(
             "UPDATE decisions SET reason = 'purged', call_id = ?2 WHERE call_id = ?1",
-            params![cid, set_id],
+            &[cid, &set_id],
         )?;
         conn.execute(
             "UPDATE failures SET detail = 'purged', call_id = ?2 WHERE call_id = ?1",
-            params![cid, set_id],
+            &[cid, &set_id],
         )?;
     }
     conn.execute(
         "UPDATE recordings SET caller = NULL, callee = NULL, answered_by = NULL, call_id = ?2, base_name = ?2 WHERE base_name = ?1",
-        params![base_name, set_id],
+        &[&base_name, &set_id],
     )?;
     for table in [
         "seals",
@@ -49,16 +45,16 @@ pub(crate) fn reduce(
     ] {
         conn.execute(
             &format!("UPDATE {table} SET base_name = ?2 WHERE base_name = ?1"),
-            params![base_name, set_id],
+            &[&base_name, &set_id],
         )?;
     }
     conn.execute(
         "UPDATE access_log SET subject = ?2 WHERE subject = ?1",
-        params![base_name, set_id],
+        &[&base_name, &set_id],
     )?;
     conn.execute(
-        "UPDATE access_log SET detail = replace(detail, ?1, ?2) WHERE instr(detail, ?1) > 0",
-        params![base_name, set_id],
+        "UPDATE access_log SET detail = replace(detail, ?1, ?2) WHERE detail <> replace(detail, ?1, '')",
+        &[&base_name, &set_id],
     )?;
     Ok(())
 }
@@ -66,19 +62,16 @@ pub(crate) fn reduce(
 /// Deletes decision rows of calls that were not recorded, and the events of
 /// calls that have no recording, older than `before_ms`; called by the
 /// database's writer thread.
-pub(crate) fn expire_unrecorded(
-    conn: &rusqlite::Connection,
-    before_ms: i64,
-) -> rusqlite::Result<()> {
+pub(crate) fn expire_unrecorded(conn: &Conn, before_ms: i64) -> Result<(), SqlError> {
     let calls = conn.execute(
         "DELETE FROM calls WHERE at_ms < ?1 AND call_id IN \
          (SELECT call_id FROM decisions WHERE recorded = 0 AND at_ms < ?1) \
          AND call_id NOT IN (SELECT call_id FROM recordings)",
-        [before_ms],
+        &[&before_ms],
     )?;
     let decisions = conn.execute(
         "DELETE FROM decisions WHERE recorded = 0 AND at_ms < ?1",
-        [before_ms],
+        &[&before_ms],
     )?;
     if calls + decisions > 0 {
         tracing::info!(

@@ -556,9 +556,13 @@ fn rows_of_unrecorded_calls_go_after_their_period() {
     db.write_sync(records).unwrap();
     let left = |table: &str| -> Vec<String> {
         db.read(|c| {
-            c.prepare(&format!("SELECT call_id FROM {table} ORDER BY call_id"))?
-                .query_map([], |r| r.get(0))?
-                .collect()
+            c.query(
+                &format!("SELECT call_id FROM {table} ORDER BY call_id"),
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
         })
         .unwrap()
     };

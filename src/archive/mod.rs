@@ -58,6 +58,9 @@ pub enum ArchiveError {
     /// A duration like `5y` could not be read.
     #[error(transparent)]
     Age(#[from] crate::policy::AgeError),
+    /// Another instance (or `callrec purge`) sharing the database is purging now.
+    #[error("another callrec instance or `callrec purge` sharing this protocol database is purging now; nothing was deleted, try again when it is done")]
+    Busy,
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ArchiveError + 'a {
@@ -306,6 +309,15 @@ pub async fn purge_everywhere(
     secrets: &Secrets,
     request: &PurgeRequest,
 ) -> Result<PurgeReport, ArchiveError> {
+    // Instances sharing the database never purge at once: the lock is held
+    // until this purge returns (a dry run deletes nothing and needs none).
+    let _lock = if request.dry_run {
+        None
+    } else {
+        let db = db.clone();
+        let lock = blocking(move || Ok(db.try_lock(crate::db::LockName::Purge)?)).await?;
+        Some(lock.ok_or(ArchiveError::Busy)?)
+    };
     let cutoff = crate::db::now_ms() - request.older_than.as_millis() as i64;
     let mut report = PurgeReport::default();
     let (expired, holds) = {
@@ -560,7 +572,10 @@ pub async fn retention_daily(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = purge_profiles(&db, &roots, &secrets, &policy, tombstones.as_ref()).await {
+        let done = purge_profiles(&db, &roots, &secrets, &policy, tombstones.as_ref()).await;
+        if let Err(ArchiveError::Busy) = done {
+            tracing::info!("retention: another instance is purging the shared database now; this one purges again tomorrow");
+        } else if let Err(e) = done {
             tracing::error!(error = %e, "retention: daily purge failed; it runs again tomorrow");
             db.send(Record::Error {
                 at_ms: crate::db::now_ms(),

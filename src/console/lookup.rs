@@ -15,13 +15,12 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
 /// `incoming` or `outgoing`, from the call's recorded end.
 pub(super) fn direction_of(db: &crate::db::Db, call_id: &str) -> Result<Option<String>, String> {
     db.read(|c| {
-        use rusqlite::OptionalExtension;
-        c.query_row(
+        c.query_opt(
             "SELECT direction FROM calls WHERE call_id = ?1 AND direction IS NOT NULL ORDER BY id LIMIT 1",
-            [call_id],
-            |r| r.get(0),
-        )
-        .optional()
+            &[&call_id],
+        )?
+        .map(|r| r.get(0))
+        .transpose()
     })
     .map_err(|e| e.to_string())
 }

@@ -51,11 +51,10 @@ pub async fn operations(State(c): State<Arc<Console>>, me: Me) -> Result<Respons
         let failures: Vec<(i64, String, Option<String>, String, String)> = c2
             .db
             .read(|c| {
-                let mut st = c.prepare("SELECT at_ms, call_id, base_name, reason, detail FROM failures ORDER BY id DESC LIMIT 100")?;
-                let rows = st
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
+                c.query("SELECT at_ms, call_id, base_name, reason, detail FROM failures ORDER BY id DESC LIMIT 100", &[])?
+                    .iter()
+                    .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                    .collect()
             })
             .map_err(|e| e.to_string())?;
         let pem = std::fs::read_to_string(&c2.cert_path).unwrap_or_default();

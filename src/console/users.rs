@@ -3,13 +3,9 @@
 //! `callrec users` command (its own connection: the running proxy only reads
 //! this table), read by the console at every login and request.
 
-use std::path::Path;
-use std::time::Duration;
-
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
-use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::db::{now_ms, Db, DbError};
+use crate::db::{now_ms, Conn, Db, DbError, Location, SqlError};
 
 /// Fewest characters a console password may have.
 pub const MIN_PASSWORD_CHARS: usize = 12;
@@ -84,10 +80,10 @@ pub enum UserError {
     /// A write failed.
     #[error("protocol database {path}: {source}")]
     Sql {
-        /// The database file.
+        /// The database file (or URL without password).
         path: String,
-        /// The SQLite error.
-        source: rusqlite::Error,
+        /// The engine's error.
+        source: SqlError,
     },
 }
 
@@ -153,34 +149,29 @@ pub fn read_password(prompt: &str) -> Result<String, UserError> {
     Ok(line)
 }
 
-/// A write connection to the database at `path` (migrated by opening it as [`Db`] first).
-fn open_for_write(path: &Path) -> Result<Connection, UserError> {
-    drop(Db::open(path)?);
-    let conn = Connection::open(path).map_err(|source| UserError::Sql {
-        path: path.display().to_string(),
-        source,
-    })?;
-    // The running proxy writes the same file; wait for its transactions.
-    let _ = conn.busy_timeout(Duration::from_secs(10));
-    Ok(conn)
+/// A write connection to the database at `db` (migrated by opening it as
+/// [`Db`] first; SQLite's waits up to 10 s for the running proxy's writes).
+fn open_for_write(db: &Location) -> Result<Conn, UserError> {
+    drop(Db::open_at(db)?);
+    db.connect().map_err(sql(db))
 }
 
-fn sql(path: &Path) -> impl FnOnce(rusqlite::Error) -> UserError + '_ {
+fn sql(db: &Location) -> impl FnOnce(SqlError) -> UserError + '_ {
     move |source| UserError::Sql {
-        path: path.display().to_string(),
+        path: db.shown(),
         source,
     }
 }
 
 /// Adds a user; an existing one is left as it is.
-pub fn add(db_path: &Path, name: &str, role: Role, password: &str) -> Result<(), UserError> {
+pub fn add(db_path: &Location, name: &str, role: Role, password: &str) -> Result<(), UserError> {
     check_name(name)?;
     let hash = hash_password(password)?;
     let conn = open_for_write(db_path)?;
     let n = conn
         .execute(
-            "INSERT OR IGNORE INTO console_users (name, role, hash, created_ms, changed_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![name, role.as_str(), hash, now_ms()],
+            "INSERT INTO console_users (name, role, hash, created_ms, changed_ms) VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT DO NOTHING",
+            &[&name, &role.as_str(), &hash, &now_ms()],
         )
         .map_err(sql(db_path))?;
     if n == 0 {
@@ -190,13 +181,13 @@ pub fn add(db_path: &Path, name: &str, role: Role, password: &str) -> Result<(),
 }
 
 /// Sets a new password; the user's sessions end at their next request.
-pub fn passwd(db_path: &Path, name: &str, password: &str) -> Result<(), UserError> {
+pub fn passwd(db_path: &Location, name: &str, password: &str) -> Result<(), UserError> {
     let hash = hash_password(password)?;
     let conn = open_for_write(db_path)?;
     let n = conn
         .execute(
             "UPDATE console_users SET hash = ?2, changed_ms = ?3 WHERE name = ?1",
-            params![name, hash, now_ms()],
+            &[&name, &hash, &now_ms()],
         )
         .map_err(sql(db_path))?;
     if n == 0 {
@@ -206,10 +197,10 @@ pub fn passwd(db_path: &Path, name: &str, password: &str) -> Result<(), UserErro
 }
 
 /// Removes a user; her sessions end at their next request.
-pub fn remove(db_path: &Path, name: &str) -> Result<(), UserError> {
+pub fn remove(db_path: &Location, name: &str) -> Result<(), UserError> {
     let conn = open_for_write(db_path)?;
     let n = conn
-        .execute("DELETE FROM console_users WHERE name = ?1", params![name])
+        .execute("DELETE FROM console_users WHERE name = ?1", &[&name])
         .map_err(sql(db_path))?;
     if n == 0 {
         return Err(UserError::Missing(name.to_string()));
@@ -220,23 +211,22 @@ pub fn remove(db_path: &Path, name: &str) -> Result<(), UserError> {
 /// Every user as (name, role), by name.
 pub fn list(db: &Db) -> Result<Vec<(String, String)>, UserError> {
     Ok(db.read(|c| {
-        let mut st = c.prepare("SELECT name, role FROM console_users ORDER BY name")?;
-        let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        c.query("SELECT name, role FROM console_users ORDER BY name", &[])?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
     })?)
 }
 
 /// One user, if she exists.
 pub fn find(db: &Db, name: &str) -> Result<Option<User>, UserError> {
     let row: Option<(String, String, String)> = db.read(|c| {
-        c.query_row(
+        c.query_opt(
             "SELECT name, role, hash FROM console_users WHERE name = ?1",
-            [name],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()
+            &[&name],
+        )?
+        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .transpose()
     })?;
     Ok(row.and_then(|(name, role, hash)| {
         Some(User {
@@ -250,9 +240,8 @@ pub fn find(db: &Db, name: &str) -> Result<Option<User>, UserError> {
 /// Whether any user exists: the console is off until one does.
 pub fn any(db: &Db) -> Result<bool, UserError> {
     Ok(db.read(|c| {
-        c.query_row("SELECT EXISTS (SELECT 1 FROM console_users)", [], |r| {
-            r.get(0)
-        })
+        c.query_one("SELECT EXISTS (SELECT 1 FROM console_users)", &[])?
+            .get(0)
     })?)
 }
 
@@ -274,27 +263,33 @@ mod tests {
 
     #[test]
     fn users_are_added_changed_and_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("callrec.sqlite");
-        add(&path, "ann", Role::Auditor, "first password").unwrap();
+        for engine in crate::db::scratch::ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let scratch = crate::db::scratch::ScratchDb::new(engine, dir.path());
+            users_on(&scratch.location);
+        }
+    }
+
+    fn users_on(path: &Location) {
+        add(path, "ann", Role::Auditor, "first password").unwrap();
         assert!(matches!(
-            add(&path, "ann", Role::Admin, "second password"),
+            add(path, "ann", Role::Admin, "second password"),
             Err(UserError::Exists(_))
         ));
         assert!(matches!(
-            add(&path, "../x", Role::Admin, "second password"),
+            add(path, "../x", Role::Admin, "second password"),
             Err(UserError::Name(_))
         ));
-        let db = Db::open(&path).unwrap();
+        let db = Db::open_at(path).unwrap();
         let u = find(&db, "ann").unwrap().unwrap();
         assert_eq!(u.role, Role::Auditor);
         assert!(password_matches("first password", &u.hash));
-        passwd(&path, "ann", "second password").unwrap();
+        passwd(path, "ann", "second password").unwrap();
         let u = find(&db, "ann").unwrap().unwrap();
         assert!(password_matches("second password", &u.hash));
-        remove(&path, "ann").unwrap();
+        remove(path, "ann").unwrap();
         assert!(find(&db, "ann").unwrap().is_none());
         assert!(!any(&db).unwrap());
-        assert!(matches!(remove(&path, "ann"), Err(UserError::Missing(_))));
+        assert!(matches!(remove(path, "ann"), Err(UserError::Missing(_))));
     }
 }

@@ -1,11 +1,12 @@
 //! Reads: the row types the commands and the admin API show, a small pool of
-//! read-only connections (WAL lets them run beside the writer), and the queries.
+//! connections for reads (WAL lets SQLite's run beside the writer), and the queries.
 
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::OpenFlags;
 
-use super::{Db, DbError, UploadState};
+use super::sql::{Conn, Row, SqlError, ToValue};
+use super::{Db, DbError, Location, UploadState};
 
 /// A recording, as `callrec recordings search` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -84,15 +85,15 @@ pub struct AttemptRow {
 /// Most idle read-only connections kept.
 pub(super) const IDLE_READERS: usize = 4;
 
-/// A read-only connection borrowed from the pool; goes back on drop.
+/// A connection borrowed from the pool; goes back on drop.
 pub(super) struct Reader<'a> {
-    conn: Option<Connection>,
-    pool: &'a std::sync::Mutex<Vec<Connection>>,
+    conn: Option<Conn>,
+    pool: &'a std::sync::Mutex<Vec<Conn>>,
 }
 
 impl std::ops::Deref for Reader<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
         self.conn.as_ref().expect("reader used after drop")
     }
 }
@@ -116,15 +117,22 @@ impl Db {
                 pool: &self.readers,
             });
         }
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| DbError::Query {
+        let err = |source| DbError::Query {
             path: self.path.clone(),
             source,
-        })?;
-        let _ = conn.busy_timeout(Duration::from_secs(10));
+        };
+        let conn = match &self.location {
+            Location::Sqlite(path) => {
+                let c = rusqlite::Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| err(e.into()))?;
+                let _ = c.busy_timeout(Duration::from_secs(10));
+                Conn::sqlite(c)
+            }
+            other => other.connect().map_err(err)?,
+        };
         Ok(Reader {
             conn: Some(conn),
             pool: &self.readers,
@@ -135,30 +143,26 @@ impl Db {
     fn rows<T>(
         &self,
         sql: &str,
-        params: impl rusqlite::Params,
-        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        params: &[&dyn ToValue],
+        map: impl FnMut(&Row) -> Result<T, SqlError>,
     ) -> Result<Vec<T>, DbError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(sql)?;
-            let rows = stmt.query_map(params, map)?.collect();
-            rows
-        })
+        self.read(|c| c.query(sql, params)?.iter().map(map).collect())
     }
 
     /// Runs `sql` on a pooled connection; `None` when it yields no row.
     fn row<T>(
         &self,
         sql: &str,
-        params: impl rusqlite::Params,
-        map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+        params: &[&dyn ToValue],
+        map: impl FnOnce(&Row) -> Result<T, SqlError>,
     ) -> Result<Option<T>, DbError> {
-        self.read(|c| c.query_row(sql, params, map).optional())
+        self.read(|c| c.query_opt(sql, params)?.as_ref().map(map).transpose())
     }
 
     fn query_uploads(
         &self,
         filter: &str,
-        params: impl rusqlite::Params,
+        params: &[&dyn ToValue],
     ) -> Result<Vec<UploadRow>, DbError> {
         let sql = format!(
             "SELECT base_name, target, state, attempts, last_error, queued_ms, done_ms, next_ms FROM uploads {filter} ORDER BY queued_ms, base_name, target"
@@ -179,24 +183,24 @@ impl Db {
 
     /// Every upload (set × target) with its state, oldest first (`callrec uploads status`).
     pub fn uploads(&self) -> Result<Vec<UploadRow>, DbError> {
-        self.query_uploads("", [])
+        self.query_uploads("", &[])
     }
 
     /// Every upload row of one set, whatever its state.
     pub fn uploads_of(&self, base_name: &str) -> Result<Vec<UploadRow>, DbError> {
-        self.query_uploads("WHERE base_name = ?1", [base_name])
+        self.query_uploads("WHERE base_name = ?1", &[&base_name])
     }
 
     /// Uploads not yet confirmed, oldest first: the upload queue.
     pub fn pending_uploads(&self) -> Result<Vec<UploadRow>, DbError> {
-        self.query_uploads("WHERE state = ?1", [UploadState::Pending])
+        self.query_uploads("WHERE state = ?1", &[&UploadState::Pending])
     }
 
     /// Per target: upload attempts and failed attempts so far.
     pub fn attempt_counts(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
         self.rows(
-            "SELECT target, COUNT(*), COALESCE(SUM(ok = 0), 0) FROM upload_attempts GROUP BY target ORDER BY target",
-            [],
+            "SELECT target, COUNT(*), CAST(COALESCE(SUM(CASE WHEN ok = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) FROM upload_attempts GROUP BY target ORDER BY target",
+            &[],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
     }
@@ -205,7 +209,7 @@ impl Db {
     pub fn recordings(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RecordingRow>, DbError> {
         self.rows(
             &format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE start_ms BETWEEN ?1 AND ?2 ORDER BY start_ms, id"),
-            [from_ms, to_ms],
+            &[&from_ms, &to_ms],
             recording_row,
         )
     }
@@ -214,7 +218,7 @@ impl Db {
     pub fn recording(&self, base_name: &str) -> Result<Option<RecordingRow>, DbError> {
         self.row(
             &format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE base_name = ?1 ORDER BY id DESC LIMIT 1"),
-            [base_name],
+            &[&base_name],
             recording_row,
         )
     }
@@ -223,7 +227,7 @@ impl Db {
     pub fn has_recording(&self, base_name: &str) -> Result<bool, DbError> {
         let found = self.row(
             "SELECT 1 FROM recordings WHERE base_name = ?1 LIMIT 1",
-            [base_name],
+            &[&base_name],
             |_| Ok(()),
         )?;
         Ok(found.is_some())
@@ -233,7 +237,7 @@ impl Db {
     pub fn attempts(&self, base_name: &str) -> Result<Vec<AttemptRow>, DbError> {
         self.rows(
             "SELECT base_name, target, started_ms, ok, error FROM upload_attempts WHERE base_name = ?1 ORDER BY id",
-            [base_name],
+            &[&base_name],
             |r| {
                 Ok(AttemptRow {
                     base_name: r.get(0)?,
@@ -250,7 +254,7 @@ impl Db {
     pub fn deletions_of(&self, base_name: &str) -> Result<Vec<DeletionRow>, DbError> {
         self.rows(
             "SELECT base_name, target, at_ms, reason, checksum_sha256 FROM deletions WHERE base_name = ?1 ORDER BY id",
-            [base_name],
+            &[&base_name],
             |r| {
                 Ok(DeletionRow {
                     base_name: r.get(0)?,
@@ -267,7 +271,7 @@ impl Db {
     pub fn seal_checksum(&self, base_name: &str) -> Result<Option<String>, DbError> {
         self.row(
             "SELECT checksum_sha256 FROM seals WHERE base_name = ?1",
-            [base_name],
+            &[&base_name],
             |r| r.get(0),
         )
     }
@@ -280,7 +284,7 @@ impl Db {
     ) -> Result<Option<crate::seal::ChainPosition>, DbError> {
         let text: Option<Option<String>> = self.row(
             "SELECT chain FROM seals WHERE base_name = ?1",
-            [base_name],
+            &[&base_name],
             |r| r.get(0),
         )?;
         Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
@@ -305,17 +309,17 @@ impl Db {
         if !TABLES.contains(&table) {
             return Err(DbError::Query {
                 path: self.path.clone(),
-                source: rusqlite::Error::InvalidParameterName(table.to_string()),
+                source: SqlError::Other(format!("no table {table:?} in the schema")),
             });
         }
-        self.read(|c| c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)))
+        self.read(|c| {
+            c.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?
+                .get(0)
+        })
     }
 
-    /// Runs a read-only query on a pooled connection (for modules with their own SQL).
-    pub fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, DbError> {
+    /// Runs reads on a pooled connection (for modules with their own SQL).
+    pub fn read<T>(&self, f: impl FnOnce(&Conn) -> Result<T, SqlError>) -> Result<T, DbError> {
         let conn = self.reader()?;
         f(&conn).map_err(|source| DbError::Query {
             path: self.path.clone(),
@@ -328,7 +332,7 @@ impl Db {
 const RECORDING_COLUMNS: &str =
     "call_id, base_name, profile, start_ms, end_ms, caller, callee, recovered, answered_by";
 
-fn recording_row(r: &Row<'_>) -> rusqlite::Result<RecordingRow> {
+fn recording_row(r: &Row) -> Result<RecordingRow, SqlError> {
     Ok(RecordingRow {
         call_id: r.get(0)?,
         base_name: r.get(1)?,
@@ -337,7 +341,7 @@ fn recording_row(r: &Row<'_>) -> rusqlite::Result<RecordingRow> {
         end_ms: r.get(4)?,
         caller: r.get(5)?,
         callee: r.get(6)?,
-        recovered: r.get::<_, i64>(7)? != 0,
+        recovered: r.get::<i64>(7)? != 0,
         answered_by: r.get(8)?,
     })
 }

@@ -1,7 +1,7 @@
 //! What callers write: one [`Record`] per fact, queued to the writer thread;
 //! and the state of an upload, stored as its name.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use super::sql::{FromValue, ToValue, Value};
 
 /// Where the upload of one set to one target stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,18 +46,17 @@ impl std::fmt::Display for UploadState {
     }
 }
 
-impl ToSql for UploadState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
+impl ToValue for UploadState {
+    fn to_value(&self) -> Value {
+        Value::Text(self.as_str().to_string())
     }
 }
 
-impl FromSql for UploadState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let name = value.as_str()?;
-        // An unknown name is a damaged or newer file: say which value, do not guess.
-        UploadState::parse(name)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown upload state {name:?}").into()))
+impl FromValue for UploadState {
+    fn from_value(v: &Value) -> Result<Self, String> {
+        let name = String::from_value(v)?;
+        // An unknown name is a damaged or newer database: say which value, do not guess.
+        UploadState::parse(&name).ok_or_else(|| format!("unknown upload state {name:?}"))
     }
 }
 

@@ -1,12 +1,17 @@
-//! The schema: the migration list and the code that opens a file read-write and
+//! The schema: the migration list and the code that opens a database and
 //! brings it up to date. A new table or column is one new entry at the END of
-//! [`MIGRATIONS`]; an entry, once released, is never edited.
+//! [`MIGRATIONS`]; an entry, once released, is never edited. One list serves
+//! both engines: write portable DDL, with `{id}` for an auto-increment row id
+//! and `{blob}` for bytes; INTEGER columns hold i64 (BIGINT on PostgreSQL).
+//! The version is SQLite's `user_version` in a file, and the one row of the
+//! table `callrec_schema` on PostgreSQL.
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
 
+use super::sql::{Conn, Engine, SqlError};
 use super::DbError;
 
 /// File name of the database below the data directory.
@@ -16,7 +21,7 @@ pub const DB_FILE_NAME: &str = "callrec.sqlite";
 pub const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE calls (
-    id INTEGER PRIMARY KEY,
+    id {id},
     call_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     event TEXT NOT NULL,
@@ -27,7 +32,7 @@ CREATE TABLE calls (
 );
 CREATE INDEX calls_call_id ON calls(call_id);
 CREATE TABLE decisions (
-    id INTEGER PRIMARY KEY,
+    id {id},
     call_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     recorded INTEGER NOT NULL,
@@ -36,7 +41,7 @@ CREATE TABLE decisions (
 );
 CREATE INDEX decisions_call_id ON decisions(call_id);
 CREATE TABLE recordings (
-    id INTEGER PRIMARY KEY,
+    id {id},
     call_id TEXT NOT NULL,
     base_name TEXT NOT NULL,
     profile TEXT,
@@ -49,14 +54,14 @@ CREATE INDEX recordings_base_name ON recordings(base_name);
 CREATE INDEX recordings_caller ON recordings(caller, start_ms);
 CREATE INDEX recordings_callee ON recordings(callee, start_ms);
 CREATE TABLE seals (
-    id INTEGER PRIMARY KEY,
+    id {id},
     base_name TEXT NOT NULL UNIQUE,
     at_ms INTEGER NOT NULL,
     checksum_sha256 TEXT NOT NULL,
     files INTEGER NOT NULL
 );
 CREATE TABLE uploads (
-    id INTEGER PRIMARY KEY,
+    id {id},
     base_name TEXT NOT NULL,
     target TEXT NOT NULL,
     queued_ms INTEGER NOT NULL,
@@ -67,7 +72,7 @@ CREATE TABLE uploads (
     UNIQUE(base_name, target)
 );
 CREATE TABLE upload_attempts (
-    id INTEGER PRIMARY KEY,
+    id {id},
     base_name TEXT NOT NULL,
     target TEXT NOT NULL,
     started_ms INTEGER NOT NULL,
@@ -79,7 +84,7 @@ CREATE TABLE upload_attempts (
 );
 CREATE INDEX upload_attempts_set ON upload_attempts(base_name, target);
 CREATE TABLE errors (
-    id INTEGER PRIMARY KEY,
+    id {id},
     at_ms INTEGER NOT NULL,
     component TEXT NOT NULL,
     message TEXT NOT NULL
@@ -94,7 +99,7 @@ CREATE TABLE group_logouts (
 "#,
     r#"
 CREATE TABLE deletions (
-    id INTEGER PRIMARY KEY,
+    id {id},
     base_name TEXT NOT NULL,
     target TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
@@ -109,7 +114,7 @@ CREATE INDEX uploads_state ON uploads(state, base_name);
 "#,
     r#"
 CREATE TABLE failures (
-    id INTEGER PRIMARY KEY,
+    id {id},
     call_id TEXT NOT NULL,
     base_name TEXT,
     reason TEXT NOT NULL,
@@ -131,7 +136,7 @@ ALTER TABLE recordings ADD COLUMN answered_by TEXT;
     // Who searched, exported, played back or held which recordings (see access_log).
     r#"
 CREATE TABLE access_log (
-    id INTEGER PRIMARY KEY,
+    id {id},
     at_ms INTEGER NOT NULL,
     actor TEXT NOT NULL,
     action TEXT NOT NULL,
@@ -161,7 +166,7 @@ CREATE TABLE anchors (
     seq INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
-    reply BLOB NOT NULL,
+    reply {blob} NOT NULL,
     PRIMARY KEY (profile, seq)
 );
 "#,
@@ -184,7 +189,7 @@ DROP TABLE group_logouts;
     // The personal phone links (see phone::keys): one random token per directory member.
     r#"
 CREATE TABLE phone_keys (
-    user_id INTEGER PRIMARY KEY,
+    user_id {id},
     token TEXT NOT NULL,
     token_sha256 TEXT NOT NULL UNIQUE,
     created_ms INTEGER NOT NULL,
@@ -197,51 +202,120 @@ CREATE TABLE phone_keys (
     crate::transcribe::queue::MIGRATION,
 ];
 
-pub(super) fn open_rw(path: &Path) -> Result<Connection, DbError> {
-    let err = |op| {
-        move |source| DbError::Open {
-            path: path.to_path_buf(),
-            op,
-            source,
-        }
-    };
-    let conn = Connection::open(path).map_err(err("open"))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(err("set busy timeout"))?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(err("enable WAL"))?;
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(err("set synchronous"))?;
+/// The migration `sql` as `engine` runs it: the tokens replaced, and on
+/// PostgreSQL INTEGER widened to BIGINT (SQLite's INTEGER is 64-bit already).
+pub fn render(sql: &str, engine: Engine) -> String {
+    match engine {
+        Engine::Sqlite => sql
+            .replace("{id}", "INTEGER PRIMARY KEY")
+            .replace("{blob}", "BLOB"),
+        Engine::Postgres => sql
+            .replace("INTEGER", "BIGINT")
+            .replace(
+                "{id}",
+                "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+            )
+            .replace("{blob}", "BYTEA"),
+    }
+}
+
+/// Opens an SQLite file read-write in WAL mode.
+pub(super) fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(conn)
 }
 
-/// Brings the schema of `conn` up to date (see [`MIGRATIONS`]).
-pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
+/// Key of the advisory lock that lets one instance at a time migrate a
+/// shared PostgreSQL database.
+const MIGRATION_LOCK: i64 = 0x6361_6c6c_7265_6301;
+
+/// The schema version stored in the database.
+pub fn version(conn: &Conn) -> Result<i64, SqlError> {
+    match conn.as_sqlite() {
+        Some(c) => Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?),
+        None => {
+            conn.batch("CREATE TABLE IF NOT EXISTS callrec_schema (version BIGINT NOT NULL)")?;
+            let v = conn.query_opt("SELECT version FROM callrec_schema", &[])?;
+            Ok(v.map(|r| r.get(0)).transpose()?.unwrap_or(0))
+        }
+    }
+}
+
+fn store_version(conn: &Conn, v: i64) -> Result<(), SqlError> {
+    match conn.as_sqlite() {
+        Some(c) => Ok(c.pragma_update(None, "user_version", v)?),
+        None => {
+            conn.execute("DELETE FROM callrec_schema", &[])?;
+            conn.execute("INSERT INTO callrec_schema (version) VALUES (?1)", &[&v])?;
+            Ok(())
+        }
+    }
+}
+
+/// Brings the schema of `conn` up to date (see [`MIGRATIONS`]); `shown`
+/// names the database in errors.
+pub(crate) fn migrate(conn: &Conn, shown: &Path) -> Result<(), DbError> {
     let err = |op| {
         move |source| DbError::Open {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             op,
             source,
         }
     };
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(err("read schema version"))?;
+    if conn.engine() == Engine::Postgres {
+        // Several instances may start at once: one migrates, the others wait
+        // for its commit and then find the schema current.
+        conn.batch("BEGIN").map_err(err("begin migration"))?;
+        let r = migrate_pg(conn, shown);
+        let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let done = conn.batch(end).map_err(err("commit migration"));
+        return r.and(done);
+    }
+    let version = version(conn).map_err(err("read schema version"))?;
+    check_known(version, shown)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        conn.write_transaction(|c| {
+            c.batch(&render(sql, Engine::Sqlite))?;
+            store_version(c, (i + 1) as i64)
+        })
+        .map_err(err("migrate"))?;
+        tracing::info!(database = %shown.display(), version = i + 1, "protocol database migrated");
+    }
+    Ok(())
+}
+
+fn check_known(version: i64, shown: &Path) -> Result<(), DbError> {
     let known = MIGRATIONS.len() as i64;
     if version > known {
         return Err(DbError::TooNew {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             found: version,
             known,
         });
     }
+    Ok(())
+}
+
+fn migrate_pg(conn: &Conn, shown: &Path) -> Result<(), DbError> {
+    let err = |op| {
+        move |source| DbError::Open {
+            path: shown.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    conn.query("SELECT pg_advisory_xact_lock(?1)", &[&MIGRATION_LOCK])
+        .map_err(err("lock for migration"))?;
+    let version = version(conn).map_err(err("read schema version"))?;
+    check_known(version, shown)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction().map_err(err("begin migration"))?;
-        tx.execute_batch(sql).map_err(err("migrate"))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
-            .map_err(err("store schema version"))?;
-        tx.commit().map_err(err("commit migration"))?;
-        tracing::info!(path = %path.display(), version = i + 1, "protocol database migrated");
+        conn.batch(&render(sql, Engine::Postgres))
+            .map_err(err("migrate"))?;
+        store_version(conn, (i + 1) as i64).map_err(err("store schema version"))?;
+        tracing::info!(database = %shown.display(), version = i + 1, "protocol database migrated");
     }
     Ok(())
 }

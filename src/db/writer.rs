@@ -1,12 +1,13 @@
 //! The writer thread: takes [`Record`]s from a channel and inserts them in
-//! batches, one transaction per batch; synchronous groups get a savepoint each
-//! and hear whether they were committed.
+//! batches, one transaction per batch; each record (and each synchronous
+//! group) gets a savepoint, so one failing record loses only itself, and
+//! synchronous writers hear whether theirs were committed.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection};
+use super::sql::{Conn, SqlError};
 
 use super::{Record, UploadState};
 
@@ -43,7 +44,7 @@ impl std::fmt::Debug for Msg {
     }
 }
 
-fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
+fn write(tx: &Conn, r: &Record) -> Result<(), SqlError> {
     match r {
         Record::Call {
             call_id,
@@ -56,7 +57,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         } => {
             tx.execute(
                 "INSERT INTO calls (call_id, at_ms, event, direction, caller, callee, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![call_id, at_ms, event, direction, caller, callee, detail],
+                &[&call_id, &at_ms, &event, &direction, &caller, &callee, &detail],
             )?;
         }
         Record::Failure {
@@ -68,7 +69,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         } => {
             tx.execute(
                 "INSERT INTO failures (call_id, base_name, reason, detail, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![call_id, base_name, reason, detail, at_ms],
+                &[&call_id, &base_name, &reason, &detail, &at_ms],
             )?;
         }
         Record::Decision {
@@ -80,7 +81,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         } => {
             tx.execute(
                 "INSERT INTO decisions (call_id, at_ms, recorded, profile, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![call_id, at_ms, recorded, profile, reason],
+                &[&call_id, &at_ms, &recorded, &profile, &reason],
             )?;
         }
         Record::Recording {
@@ -95,13 +96,13 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         } => {
             tx.execute(
                 "INSERT INTO recordings (call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![call_id, base_name, profile, start_ms, end_ms, caller, callee, answered_by],
+                &[&call_id, &base_name, &profile, &start_ms, &end_ms, &caller, &callee, &answered_by],
             )?;
         }
         Record::RecordingRecovered { base_name } => {
             tx.execute(
                 "UPDATE recordings SET recovered = 1 WHERE base_name = ?1",
-                params![base_name],
+                &[&base_name],
             )?;
         }
         Record::Seal {
@@ -112,8 +113,9 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             chain,
         } => {
             tx.execute(
-                "INSERT OR REPLACE INTO seals (base_name, at_ms, checksum_sha256, files, chain) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![base_name, at_ms, checksum_sha256, files, chain],
+                "INSERT INTO seals (base_name, at_ms, checksum_sha256, files, chain) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (base_name) DO UPDATE SET at_ms = excluded.at_ms, checksum_sha256 = excluded.checksum_sha256, files = excluded.files, chain = excluded.chain",
+                &[&base_name, &at_ms, &checksum_sha256, &files, &chain],
             )?;
         }
         Record::UploadQueued {
@@ -124,8 +126,8 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             // Queuing again (e.g. a set re-created under the same name) makes it pending again.
             tx.execute(
                 "INSERT INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT(base_name, target) DO UPDATE SET state = ?4, next_ms = NULL, done_ms = NULL WHERE state != ?4",
-                params![base_name, target, at_ms, UploadState::Pending],
+                 ON CONFLICT(base_name, target) DO UPDATE SET state = ?4, next_ms = NULL, done_ms = NULL WHERE uploads.state <> ?4",
+                &[&base_name, &target, &at_ms, &UploadState::Pending],
             )?;
         }
         Record::UploadAttempt {
@@ -140,11 +142,11 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         } => {
             tx.execute(
                 "INSERT INTO upload_attempts (base_name, target, started_ms, ended_ms, ok, files, bytes, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![base_name, target, started_ms, ended_ms, error.is_none(), files, *bytes as i64, error],
+                &[&base_name, &target, &started_ms, &ended_ms, &error.is_none(), &files, &(*bytes as i64), &error],
             )?;
             tx.execute(
-                "INSERT OR IGNORE INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, ?4)",
-                params![base_name, target, started_ms, UploadState::Pending],
+                "INSERT INTO uploads (base_name, target, queued_ms, state) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                &[&base_name, &target, &started_ms, &UploadState::Pending],
             )?;
             let state = if error.is_none() {
                 UploadState::Done
@@ -154,7 +156,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
             let done_ms = error.is_none().then_some(*ended_ms);
             tx.execute(
                 "UPDATE uploads SET attempts = attempts + 1, state = ?3, last_error = ?4, done_ms = ?5, next_ms = ?6 WHERE base_name = ?1 AND target = ?2",
-                params![base_name, target, state, error, done_ms, next_ms],
+                &[&base_name, &target, &state, &error, &done_ms, &next_ms],
             )?;
         }
         Record::UploadLost {
@@ -164,7 +166,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         } => {
             tx.execute(
                 "UPDATE uploads SET state = ?4, last_error = ?3, next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = ?5",
-                params![base_name, target, reason, UploadState::Lost, UploadState::Pending],
+                &[&base_name, &target, &reason, &UploadState::Lost, &UploadState::Pending],
             )?;
         }
         Record::Error {
@@ -174,7 +176,7 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         } => {
             tx.execute(
                 "INSERT INTO errors (at_ms, component, message) VALUES (?1, ?2, ?3)",
-                params![at_ms, component, message],
+                &[&at_ms, &component, &message],
             )?;
         }
         Record::Deletion {
@@ -186,12 +188,12 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         } => {
             tx.execute(
                 "INSERT INTO deletions (base_name, target, at_ms, reason, checksum_sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![base_name, target, at_ms, reason, checksum_sha256],
+                &[&base_name, &target, &at_ms, &reason, &checksum_sha256],
             )?;
             // The target no longer holds the set.
             tx.execute(
                 "UPDATE uploads SET state = ?3, next_ms = NULL WHERE base_name = ?1 AND target = ?2 AND state = ?4",
-                params![base_name, target, UploadState::Deleted, UploadState::Done],
+                &[&base_name, &target, &UploadState::Deleted, &UploadState::Done],
             )?;
         }
         Record::Access(entry) => crate::access_log::insert(tx, entry)?,
@@ -212,7 +214,44 @@ fn write(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub(super) fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
+/// Writes one batch in one transaction; the replies to its synchronous
+/// groups, sent by the caller once the commit's fate is known.
+fn run_batch(
+    conn: &Conn,
+    batch: &[Msg],
+    path: &std::path::Path,
+) -> (Result<(), SqlError>, Vec<(SyncReply, Result<(), String>)>) {
+    let mut replies = Vec::new();
+    let result = conn.batch("BEGIN").and_then(|()| {
+        for m in batch {
+            match m {
+                Msg::Write(r) => {
+                    if let Err(e) = conn.savepoint(|c| write(c, r)) {
+                        tracing::error!(path = %path.display(), record = ?r, error = %e, "protocol database: record not written");
+                    }
+                }
+                Msg::WriteSync(records, reply) => {
+                    // All of them or none.
+                    let outcome = conn.savepoint(|c| records.iter().try_for_each(|r| write(c, r)));
+                    replies.push((reply.clone(), outcome.map_err(|e| e.to_string())));
+                }
+                Msg::Flush(_) => {}
+            }
+        }
+        conn.batch("COMMIT")
+    });
+    if result.is_err() {
+        let _ = conn.batch("ROLLBACK");
+    }
+    (result, replies)
+}
+
+pub(super) fn writer_loop(
+    mut conn: Conn,
+    rx: mpsc::Receiver<Msg>,
+    path: PathBuf,
+    location: super::Location,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -221,36 +260,20 @@ pub(super) fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: P
                 Err(_) => break,
             }
         }
-        let mut flushes = Vec::new();
-        // Replies to synchronous writes, sent once the batch's fate is known.
-        let mut replies: Vec<(SyncReply, Result<(), String>)> = Vec::new();
-        let result = (|| -> rusqlite::Result<()> {
-            let mut tx = conn.transaction()?;
-            for m in &batch {
-                match m {
-                    Msg::Write(r) => {
-                        if let Err(e) = write(&tx, r) {
-                            tracing::error!(path = %path.display(), record = ?r, error = %e, "protocol database: record not written");
-                        }
-                    }
-                    Msg::WriteSync(records, reply) => {
-                        // All of them or none: a savepoint per synchronous group.
-                        let outcome = (|| -> rusqlite::Result<()> {
-                            let sp = tx.savepoint()?;
-                            for r in records {
-                                write(&sp, r)?;
-                            }
-                            sp.commit()
-                        })();
-                        replies.push((reply.clone(), outcome.map_err(|e| e.to_string())));
-                    }
-                    Msg::Flush(done) => flushes.push(done.clone()),
+        let (mut result, mut replies) = run_batch(&conn, &batch, &path);
+        if result.is_err() && conn.is_broken() {
+            // The server went away (restart, network): one new connection,
+            // and the batch once more, so that no record is lost to it.
+            match location.connect() {
+                Ok(c) => {
+                    tracing::warn!(path = %path.display(), "protocol database: reconnected after the connection broke");
+                    conn = c;
+                    (result, replies) = run_batch(&conn, &batch, &path);
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "protocol database: cannot reconnect")
                 }
             }
-            tx.commit()
-        })();
-        if let Err(e) = &result {
-            tracing::error!(path = %path.display(), error = %e, records = batch.len(), "protocol database: batch not committed; check disk space and the file");
         }
         match &result {
             Ok(()) => {
@@ -259,6 +282,7 @@ pub(super) fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: P
                 }
             }
             Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, records = batch.len(), "protocol database: batch not committed; check disk space and the database");
                 // Nothing of the batch is committed: every synchronous writer hears so.
                 for m in &batch {
                     if let Msg::WriteSync(_, reply) = m {
@@ -267,8 +291,10 @@ pub(super) fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: P
                 }
             }
         }
-        for f in flushes {
-            let _ = f.send(());
+        for m in &batch {
+            if let Msg::Flush(done) = m {
+                let _ = done.send(());
+            }
         }
     }
 }

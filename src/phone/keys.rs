@@ -6,10 +6,9 @@
 //! index search reveals nothing about the token through its timing.
 
 use rand::RngCore;
-use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::db::{now_ms, Db, DbError, Record};
+use crate::db::{now_ms, Conn, Db, DbError, Record, SqlError};
 use crate::policy::UserId;
 
 /// What went wrong reading or writing the tokens.
@@ -79,20 +78,20 @@ pub enum PhoneKeyChange {
 }
 
 /// Applies a change; called by the database's writer thread.
-pub(crate) fn apply(conn: &rusqlite::Connection, c: &PhoneKeyChange) -> rusqlite::Result<()> {
+pub(crate) fn apply(conn: &Conn, c: &PhoneKeyChange) -> Result<(), SqlError> {
     match c {
         PhoneKeyChange::Create { user, token, at_ms } => conn.execute(
-            "INSERT OR IGNORE INTO phone_keys (user_id, token, token_sha256, created_ms, rotated_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![*user as i64, token, digest(token), at_ms],
+            "INSERT INTO phone_keys (user_id, token, token_sha256, created_ms, rotated_ms) VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT DO NOTHING",
+            &[&(*user as i64), token, &digest(token), at_ms],
         ),
         PhoneKeyChange::Rotate { user, token, at_ms } => conn.execute(
             "INSERT INTO phone_keys (user_id, token, token_sha256, created_ms, rotated_ms) VALUES (?1, ?2, ?3, ?4, ?4) \
              ON CONFLICT (user_id) DO UPDATE SET token = ?2, token_sha256 = ?3, rotated_ms = ?4",
-            params![*user as i64, token, digest(token), at_ms],
+            &[&(*user as i64), token, &digest(token), at_ms],
         ),
         PhoneKeyChange::Provisioned { user, login } => conn.execute(
             "UPDATE phone_keys SET provisioned_login = ?2 WHERE user_id = ?1",
-            params![*user as i64, login],
+            &[&(*user as i64), login],
         ),
     }?;
     Ok(())
@@ -135,11 +134,13 @@ pub fn ensure(db: &Db, users: &[UserId]) -> Result<Vec<(UserId, String)>, PhoneK
 /// Every stored (member, token), by member.
 fn all(db: &Db) -> Result<Vec<(UserId, String)>, PhoneKeyError> {
     Ok(db.read(|c| {
-        let mut st = c.prepare("SELECT user_id, token FROM phone_keys ORDER BY user_id")?;
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as UserId, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        c.query(
+            "SELECT user_id, token FROM phone_keys ORDER BY user_id",
+            &[],
+        )?
+        .iter()
+        .map(|r| Ok((r.get::<i64>(0)? as UserId, r.get(1)?)))
+        .collect()
     })?)
 }
 
@@ -148,12 +149,12 @@ pub fn member_of(db: &Db, token: &str) -> Result<Option<UserId>, PhoneKeyError> 
     let d = digest(token);
     Ok(db
         .read(|c| {
-            c.query_row(
+            c.query_opt(
                 "SELECT user_id FROM phone_keys WHERE token_sha256 = ?1",
-                [d],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
+                &[&d],
+            )?
+            .map(|r| r.get::<i64>(0))
+            .transpose()
         })?
         .map(|u| u as UserId))
 }
@@ -175,13 +176,13 @@ pub fn rotate(db: &Db, user: UserId) -> Result<String, PhoneKeyError> {
 /// Members whose link callrec put on their phones, with the login it used.
 pub fn provisioned(db: &Db) -> Result<Vec<(UserId, String)>, PhoneKeyError> {
     Ok(db.read(|c| {
-        let mut st = c.prepare(
+        c.query(
             "SELECT user_id, provisioned_login FROM phone_keys WHERE provisioned_login IS NOT NULL ORDER BY user_id",
-        )?;
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as UserId, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            &[],
+        )?
+        .iter()
+        .map(|r| Ok((r.get::<i64>(0)? as UserId, r.get(1)?)))
+        .collect()
     })?)
 }
 
@@ -202,8 +203,14 @@ mod tests {
 
     #[test]
     fn tokens_are_created_once_found_by_value_and_rotated() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_in(dir.path()).unwrap();
+        for engine in crate::db::scratch::ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            tokens_on(&crate::db::scratch::ScratchDb::new(engine, dir.path()).open());
+        }
+    }
+
+    fn tokens_on(db: &Db) {
+        let db = db.clone();
         let first = ensure(&db, &[1, 2]).unwrap();
         assert_eq!(first.len(), 2);
         assert_ne!(first[0].1, first[1].1);

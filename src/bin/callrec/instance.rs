@@ -1,7 +1,7 @@
 //! Offline commands on the instance's state: where it lives (`StateArgs`),
 //! console users, the protocol database check/recovery, OneDrive sign-in.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -36,20 +36,19 @@ pub(crate) enum UsersAction {
 
 pub(crate) fn users(action: UsersAction) -> anyhow::Result<()> {
     use callrec::console::users;
-    let db_file = |s: &StateArgs| s.data_dir.join(callrec::db::DB_FILE_NAME);
     match action {
         UsersAction::Add { name, role, state } => {
             let pw = users::read_password(&format!("Password for {name}: "))?;
-            users::add(&db_file(&state), &name, role, &pw)?;
+            users::add(&state.location()?, &name, role, &pw)?;
             println!("user {name} added with role {role}");
         }
         UsersAction::Passwd { name, state } => {
             let pw = users::read_password(&format!("New password for {name}: "))?;
-            users::passwd(&db_file(&state), &name, &pw)?;
+            users::passwd(&state.location()?, &name, &pw)?;
             println!("password of {name} changed");
         }
         UsersAction::Remove { name, state } => {
-            users::remove(&db_file(&state), &name)?;
+            users::remove(&state.location()?, &name)?;
             println!("user {name} removed");
         }
         UsersAction::List(state) => {
@@ -63,15 +62,52 @@ pub(crate) fn users(action: UsersAction) -> anyhow::Result<()> {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum DbAction {
-    /// SQLite's full integrity check: exit status 0 when sound, 1 when damaged (with the findings).
+    /// SQLite's full integrity check: exit status 0 when sound, 1 when damaged (with the findings); on PostgreSQL: connect and compare the schema version.
     Check(StateArgs),
-    /// With callrec stopped: copy what is readable into a fresh file, keep the damaged one beside it, rebuild the upload queue from the spool.
+    /// With callrec stopped: copy what is readable into a fresh file, keep the damaged one beside it, rebuild the upload queue from the spool (SQLite only).
     Recover(StateArgs),
+    /// Copy the data directory's SQLite database, every table and row, into an empty PostgreSQL database.
+    Migrate {
+        /// The PostgreSQL database (postgres://user@host:port/db, no password in it).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 /// Returns whether the database is sound (check) or was recovered.
 pub(crate) fn db_command(action: DbAction) -> anyhow::Result<bool> {
     match action {
+        DbAction::Check(s) if s.database.database.is_some() => {
+            let location = s.location()?;
+            let conn = location
+                .connect()
+                .with_context(|| format!("cannot connect to {}", location.shown()))?;
+            let found = callrec::db::schema_version(&conn)?;
+            let known = callrec::db::MIGRATIONS.len() as i64;
+            println!(
+                "{}: connected (PostgreSQL); the integrity of its files is the server's own job",
+                location.shown()
+            );
+            println!("schema version {found}, this callrec knows {known}");
+            Ok(found == known)
+        }
+        DbAction::Recover(s) if s.database.database.is_some() => {
+            bail!("db recover works on the SQLite file only; PostgreSQL has its own backups and recovery (pg_dump, point-in-time recovery)")
+        }
+        DbAction::Migrate { to, state } => {
+            let from = state.data_dir.join(callrec::db::DB_FILE_NAME);
+            let target = callrec::db::Location::postgres(&to, state.database.password()?)?;
+            print!("{}", callrec::db::copy_sqlite_into(&from, &target)?);
+            println!(
+                "copied {} into {}; start callrec with --database {}",
+                from.display(),
+                target.shown(),
+                target.shown()
+            );
+            Ok(true)
+        }
         DbAction::Check(s) => {
             let r = callrec::db_repair::check(&s.data_dir)?;
             print!("{r}");
@@ -93,6 +129,39 @@ pub(crate) struct StateArgs {
     /// The config file `run` uses (number plan, file:// targets).
     #[arg(long, env = "CALLREC_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) database: DatabaseArgs,
+}
+
+/// Which protocol database: the SQLite file in the data directory, or PostgreSQL.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DatabaseArgs {
+    /// The protocol database as postgres://user@host:port/db, shared by several instances (default: the SQLite file in the data directory). No password in the URL: see --database-password-file.
+    #[arg(long, env = "CALLREC_DATABASE")]
+    pub(crate) database: Option<String>,
+    /// File whose first line is the PostgreSQL password (else env CALLREC_DATABASE_PASSWORD).
+    #[arg(long, env = "CALLREC_DATABASE_PASSWORD_FILE")]
+    pub(crate) database_password_file: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// The PostgreSQL password, from the file or the environment.
+    pub(crate) fn password(&self) -> anyhow::Result<Option<String>> {
+        if let Some(f) = &self.database_password_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read --database-password-file {}", f.display()))?;
+            return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+        }
+        Ok(std::env::var("CALLREC_DATABASE_PASSWORD").ok())
+    }
+
+    pub(crate) fn location(&self, data_dir: &Path) -> anyhow::Result<callrec::db::Location> {
+        Ok(callrec::db::Location::from_flags(
+            self.database.as_deref(),
+            data_dir,
+            self.password()?,
+        )?)
+    }
 }
 
 impl StateArgs {
@@ -104,14 +173,19 @@ impl StateArgs {
         }
     }
 
+    pub(crate) fn location(&self) -> anyhow::Result<callrec::db::Location> {
+        self.database.location(&self.data_dir)
+    }
+
     pub(crate) fn db(&self) -> anyhow::Result<callrec::db::Db> {
-        if !self.data_dir.join(callrec::db::DB_FILE_NAME).exists() {
+        let location = self.location()?;
+        if location.sqlite_path().is_some_and(|p| !p.exists()) {
             bail!(
-                "no protocol database in {}; give the --data-dir that `callrec run` uses",
+                "no protocol database in {}; give the --data-dir (or --database) that `callrec run` uses",
                 self.data_dir.display()
             );
         }
-        Ok(callrec::db::Db::open_in(&self.data_dir)?)
+        Ok(callrec::db::Db::open_at(&location)?)
     }
 
     /// Local folders holding delivered sets.

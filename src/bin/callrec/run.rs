@@ -34,6 +34,8 @@ pub(crate) struct RunArgs {
     /// Folder for the instance's state: instance id, keystore, database, spool.
     #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data")]
     pub(crate) data_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) database: crate::instance::DatabaseArgs,
     /// Seconds without any RTP in either direction after which a call is hung up on both legs.
     #[arg(long, env = "CALLREC_RTP_TIMEOUT", default_value_t = 60)]
     pub(crate) rtp_timeout: u64,
@@ -345,6 +347,7 @@ impl RunArgs {
             trust: self.trust.build(trunk, pbx),
             media_ip,
             rtp_ports: parse_ports(&self.rtp_ports)?,
+            database: self.database.location(&self.data_dir)?,
             data_dir: self.data_dir,
             rtp_timeout: Duration::from_secs(self.rtp_timeout.max(1)),
             media_learning: self.media_learning,

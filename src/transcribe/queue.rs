@@ -5,9 +5,7 @@
 
 use std::path::PathBuf;
 
-use rusqlite::params;
-
-use crate::db::{Db, DbError};
+use crate::db::{Conn, Db, DbError, SqlError};
 
 /// The tables (one migration, see `db::schema`).
 pub const MIGRATION: &str = r#"
@@ -89,21 +87,14 @@ pub enum QueueChange {
 }
 
 /// Applies a change; called by the database's writer thread.
-pub(crate) fn apply(conn: &rusqlite::Connection, c: &QueueChange) -> rusqlite::Result<()> {
+pub(crate) fn apply(conn: &Conn, c: &QueueChange) -> Result<(), SqlError> {
     match c {
         QueueChange::Queued(j) => {
             let targets = serde_json::to_string(&j.targets).unwrap_or_else(|_| "[]".into());
+            let folder = j.folder.to_string_lossy().into_owned();
             conn.execute(
-                "INSERT INTO transcript_queue (base_name, folder, profile, language, targets, queued_ms, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (base_name) DO NOTHING",
-                params![
-                    j.base_name,
-                    j.folder.to_string_lossy(),
-                    j.profile,
-                    j.language,
-                    targets,
-                    j.queued_ms,
-                    PENDING
-                ],
+                "INSERT INTO transcript_queue (base_name, folder, profile, language, targets, queued_ms, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                &[&j.base_name, &folder, &j.profile, &j.language, &targets, &j.queued_ms, &PENDING],
             )?;
         }
         QueueChange::Done {
@@ -114,17 +105,17 @@ pub(crate) fn apply(conn: &rusqlite::Connection, c: &QueueChange) -> rusqlite::R
         } => {
             conn.execute(
                 "UPDATE transcript_queue SET state = ?2, checksum_sha256 = ?3, done_ms = ?4, detail = NULL WHERE base_name = ?1",
-                params![base_name, DONE, checksum_sha256, at_ms],
+                &[base_name, &DONE, checksum_sha256, at_ms],
             )?;
             conn.execute(
                 "DELETE FROM transcript_words WHERE base_name = ?1",
-                [base_name],
-            )?;
-            let mut stmt = conn.prepare_cached(
-                "INSERT INTO transcript_words (word, base_name) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                &[base_name],
             )?;
             for w in words {
-                stmt.execute(params![w, base_name])?;
+                conn.execute(
+                    "INSERT INTO transcript_words (word, base_name) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    &[w, base_name],
+                )?;
             }
         }
         QueueChange::Failed {
@@ -134,17 +125,17 @@ pub(crate) fn apply(conn: &rusqlite::Connection, c: &QueueChange) -> rusqlite::R
         } => {
             conn.execute(
                 "UPDATE transcript_queue SET state = ?2, detail = ?3, done_ms = ?4 WHERE base_name = ?1",
-                params![base_name, FAILED, detail, at_ms],
+                &[base_name, &FAILED, detail, at_ms],
             )?;
         }
         QueueChange::Forget { base_name } => {
             conn.execute(
                 "DELETE FROM transcript_queue WHERE base_name = ?1",
-                [base_name],
+                &[base_name],
             )?;
             conn.execute(
                 "DELETE FROM transcript_words WHERE base_name = ?1",
-                [base_name],
+                &[base_name],
             )?;
         }
     }
@@ -154,49 +145,48 @@ pub(crate) fn apply(conn: &rusqlite::Connection, c: &QueueChange) -> rusqlite::R
 /// The sets waiting for a transcript, oldest first (what a restart resumes).
 pub fn pending(db: &Db) -> Result<Vec<Job>, DbError> {
     db.read(|c| {
-        let mut stmt = c.prepare(
+        c.query(
             "SELECT base_name, folder, profile, language, targets, queued_ms FROM transcript_queue WHERE state = ?1 ORDER BY queued_ms, base_name",
-        )?;
-        let rows = stmt
-            .query_map([PENDING], |r| {
-                let targets: String = r.get(4)?;
-                Ok(Job {
-                    base_name: r.get(0)?,
-                    folder: PathBuf::from(r.get::<_, String>(1)?),
-                    profile: r.get(2)?,
-                    language: r.get(3)?,
-                    targets: serde_json::from_str(&targets).unwrap_or_default(),
-                    queued_ms: r.get(5)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            &[&PENDING],
+        )?
+        .iter()
+        .map(|r| {
+            let targets: String = r.get(4)?;
+            Ok(Job {
+                base_name: r.get(0)?,
+                folder: PathBuf::from(r.get::<String>(1)?),
+                profile: r.get(2)?,
+                language: r.get(3)?,
+                targets: serde_json::from_str(&targets).unwrap_or_default(),
+                queued_ms: r.get(5)?,
+            })
+        })
+        .collect()
     })
 }
 
 /// Every queue row as (base name, state, detail), for status and tests.
 pub fn rows(db: &Db) -> Result<Vec<(String, String, Option<String>)>, DbError> {
     db.read(|c| {
-        let mut stmt = c.prepare(
+        c.query(
             "SELECT base_name, state, detail FROM transcript_queue ORDER BY queued_ms, base_name",
-        )?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            &[],
+        )?
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .collect()
     })
 }
 
 /// SHA-256 of the transcript addendum's checksum file of `base_name`, when done.
 pub fn addendum_checksum(db: &Db, base_name: &str) -> Result<Option<String>, DbError> {
-    use rusqlite::OptionalExtension;
     db.read(|c| {
-        c.query_row(
+        match c.query_opt(
             "SELECT checksum_sha256 FROM transcript_queue WHERE base_name = ?1 AND state = ?2",
-            params![base_name, DONE],
-            |r| r.get(0),
-        )
-        .optional()
-        .map(Option::flatten)
+            &[&base_name, &DONE],
+        )? {
+            Some(r) => r.get::<Option<String>>(0),
+            None => Ok(None),
+        }
     })
 }

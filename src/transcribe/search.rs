@@ -39,12 +39,15 @@ pub fn sets_with_words(db: &Db, query: &str) -> Result<BTreeSet<String>, DbError
         return Ok(BTreeSet::new());
     }
     db.read(|c| {
-        let mut stmt =
-            c.prepare_cached("SELECT base_name FROM transcript_words WHERE word = ?1")?;
         let mut found: Option<BTreeSet<String>> = None;
         for w in &wanted {
-            let sets: BTreeSet<String> = stmt
-                .query_map([w], |r| r.get(0))?
+            let sets: BTreeSet<String> = c
+                .query(
+                    "SELECT base_name FROM transcript_words WHERE word = ?1",
+                    &[w],
+                )?
+                .iter()
+                .map(|r| r.get(0))
                 .collect::<Result<_, _>>()?;
             let next = match found {
                 None => sets,
@@ -61,6 +64,7 @@ pub fn sets_with_words(db: &Db, query: &str) -> Result<BTreeSet<String>, DbError
 
 #[cfg(test)]
 mod tests {
+    use super::super::queue::{Job, QueueChange};
     use super::*;
 
     #[test]
@@ -75,36 +79,51 @@ mod tests {
 
     #[test]
     fn a_set_matches_only_when_it_has_every_word() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_in(dir.path()).unwrap();
-        for (base, text) in [("a", "Ich kaufe Aktien"), ("b", "Ich verkaufe Anleihen")] {
-            db.write_sync(vec![crate::db::Record::Transcript(
-                super::super::queue::QueueChange::Done {
+        for engine in crate::db::scratch::ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let scratch = crate::db::scratch::ScratchDb::new(engine, dir.path());
+            let db = scratch.open();
+            let change = |c| {
+                db.write_sync(vec![crate::db::Record::Transcript(c)])
+                    .unwrap()
+            };
+            for (base, text) in [("a", "Ich kaufe Aktien"), ("b", "Ich verkaufe Anleihen")] {
+                change(QueueChange::Queued(Job {
+                    base_name: base.into(),
+                    folder: dir.path().join(base),
+                    profile: None,
+                    language: "de".into(),
+                    targets: vec!["file:///x".into()],
+                    queued_ms: 1,
+                }));
+                change(QueueChange::Done {
                     base_name: base.into(),
                     checksum_sha256: "0".repeat(64),
                     words: words(text),
-                    at_ms: 1,
-                },
-            )])
-            .unwrap();
-        }
-        let hits = |q: &str| {
-            sets_with_words(&db, q)
-                .unwrap()
-                .into_iter()
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(hits("aktien"), vec!["a"]);
-        assert_eq!(hits("ICH"), vec!["a", "b"]);
-        assert_eq!(hits("ich Anleihen"), vec!["b"]);
-        assert!(hits("Aktien Anleihen").is_empty());
-        assert!(hits("").is_empty());
-        db.write_sync(vec![crate::db::Record::Transcript(
-            super::super::queue::QueueChange::Forget {
+                    at_ms: 2,
+                });
+            }
+            let hits = |q: &str| {
+                sets_with_words(&db, q)
+                    .unwrap()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(hits("aktien"), vec!["a"]);
+            assert_eq!(hits("ICH"), vec!["a", "b"]);
+            assert_eq!(hits("ich Anleihen"), vec!["b"]);
+            assert!(hits("Aktien Anleihen").is_empty());
+            assert!(hits("").is_empty());
+            assert_eq!(
+                super::super::queue::addendum_checksum(&db, "a").unwrap(),
+                Some("0".repeat(64))
+            );
+            change(QueueChange::Forget {
                 base_name: "a".into(),
-            },
-        )])
-        .unwrap();
-        assert!(hits("aktien").is_empty());
+            });
+            assert!(hits("aktien").is_empty());
+            assert_eq!(super::super::queue::rows(&db).unwrap().len(), 1);
+            assert!(super::super::queue::pending(&db).unwrap().is_empty());
+        }
     }
 }

@@ -289,7 +289,7 @@ async fn purge_deletes_the_transcript_with_the_set_and_its_tombstone_lists_it() 
         sha256_hex(&std::fs::read(folder.join(format!("{base}_transcript.sha256"))).unwrap());
     let report = callrec::archive::purge_everywhere(
         &db,
-        &[folder.clone()],
+        std::slice::from_ref(&folder),
         &Default::default(),
         &purge_request(&identity, &data.path().join("tombstones")),
     )
@@ -337,7 +337,7 @@ async fn a_held_set_keeps_its_transcript() {
     let folder = data.path().join("recordings");
     let report = callrec::archive::purge_everywhere(
         &db,
-        &[folder.clone()],
+        std::slice::from_ref(&folder),
         &Default::default(),
         &purge_request(&identity, &data.path().join("tombstones")),
     )

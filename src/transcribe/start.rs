@@ -83,7 +83,6 @@ pub fn start_for(
         let engine = Engine::load(&EngineSettings {
             model_dir: dir.clone(),
             threads,
-            ..Default::default()
         })
         .map_err(|e| format!("cannot load the speech model from {}: {e}", dir.display()))?;
         Ok(Box::new(engine) as Box<dyn Transcriber>)

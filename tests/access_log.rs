@@ -1,13 +1,14 @@
 //! The access log as an auditor reads it: a search and an export through the
 //! CLI each leave an entry naming the OS user who ran them, the number and (for
 //! the export) the sets handed over; `callrec audit` lists them, filtered by
-//! time and actor, as text and JSON.
+//! time and actor, as text and JSON. On SQLite and on PostgreSQL.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use callrec::db::{Db, Record};
+use callrec::db::scratch::ScratchDb;
+use callrec::db::{Engine, Record};
 use callrec::seal::{Identity, PasswordSource, Sealer};
 use common::*;
 
@@ -21,7 +22,7 @@ fn me() -> String {
 }
 
 /// A data dir with one sealed set of 03012345678 -> 200 and its database row.
-fn data_dir_with_one_set(data: &Path) -> String {
+fn data_dir_with_one_set(data: &Path, db: &ScratchDb) -> String {
     let id = Identity::load_or_create(data, PasswordSource::Value("pw".into())).unwrap();
     std::fs::write(data.join("cert.pem"), id.certificate_pem()).unwrap();
     let mut sealer = Sealer::new(id, data).unwrap();
@@ -37,29 +38,45 @@ fn data_dir_with_one_set(data: &Path) -> String {
             &[PathBuf::from(format!("{base}.wav"))],
         )
         .unwrap();
-    let db = Db::open_in(data).unwrap();
-    db.write_sync(vec![Record::Recording {
-        call_id: "c1".into(),
-        base_name: base.into(),
-        profile: Some("default".into()),
-        start_ms: callrec::db::now_ms() - 60_000,
-        end_ms: Some(callrec::db::now_ms()),
-        caller: Some("03012345678".into()),
-        callee: Some("200".into()),
-        answered_by: None,
-    }])
-    .unwrap();
+    db.open()
+        .write_sync(vec![Record::Recording {
+            call_id: "c1".into(),
+            base_name: base.into(),
+            profile: Some("default".into()),
+            start_ms: callrec::db::now_ms() - 60_000,
+            end_ms: Some(callrec::db::now_ms()),
+            caller: Some("03012345678".into()),
+            callee: Some("200".into()),
+            answered_by: None,
+        }])
+        .unwrap();
     base.to_string()
 }
 
 #[test]
-fn search_and_export_are_logged_and_audit_lists_them() {
+fn search_and_export_are_logged_and_audit_lists_them_on_sqlite() {
+    logged_and_listed(Engine::Sqlite);
+}
+
+#[test]
+fn search_and_export_are_logged_and_audit_lists_them_on_postgres() {
+    logged_and_listed(Engine::Postgres);
+}
+
+fn logged_and_listed(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let base = data_dir_with_one_set(&data);
+    let scratch = ScratchDb::new(engine, &data);
+    let base = data_dir_with_one_set(&data, &scratch);
     let d = data.to_str().unwrap();
+    let flags = scratch.flags();
+    let with_db = |args: &[&str]| -> (i32, String) {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(flags.iter().map(String::as_str));
+        callrec_cli(&all)
+    };
 
-    let (code, out) = callrec_cli(&[
+    let (code, out) = with_db(&[
         "recordings",
         "search",
         "--number",
@@ -70,7 +87,7 @@ fn search_and_export_are_logged_and_audit_lists_them() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&base), "{out}");
     let export_dir = tmp.path().join("client");
-    let (code, out) = callrec_cli(&[
+    let (code, out) = with_db(&[
         "recordings",
         "export",
         "--number",
@@ -82,7 +99,7 @@ fn search_and_export_are_logged_and_audit_lists_them() {
     ]);
     assert_eq!(code, 0, "{out}");
 
-    let (code, out) = callrec_cli(&["audit", "--data-dir", d]);
+    let (code, out) = with_db(&["audit", "--data-dir", d]);
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "one line per access expected:\n{out}");
@@ -97,11 +114,11 @@ fn search_and_export_are_logged_and_audit_lists_them() {
     );
 
     // Filters: another actor, or a time after both, list nothing.
-    let (code, out) = callrec_cli(&["audit", "--actor", "nobody-else", "--data-dir", d]);
+    let (code, out) = with_db(&["audit", "--actor", "nobody-else", "--data-dir", d]);
     assert_eq!((code, out.trim()), (0, ""));
-    let (_, out) = callrec_cli(&["audit", "--since", "2999-01-01", "--data-dir", d]);
+    let (_, out) = with_db(&["audit", "--since", "2999-01-01", "--data-dir", d]);
     assert_eq!(out.trim(), "");
-    let (code, out) = callrec_cli(&["audit", "--actor", &user, "--json", "--data-dir", d]);
+    let (code, out) = with_db(&["audit", "--actor", &user, "--json", "--data-dir", d]);
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("audit --json is JSON");
     assert_eq!(v.as_array().unwrap().len(), 2, "{v}");

@@ -4,16 +4,42 @@
 //! `recordings export` hands over a copy that verifies on its own with the
 //! bundled verify.sh, `uploads status` shows every set delivered, and `purge`
 //! deletes only sets past the retention period and documents each deletion.
+//! Once with the SQLite file in the data directory, once with PostgreSQL.
 
 mod common;
 
+use callrec::db::scratch::ScratchDb;
+use callrec::db::Engine;
 use common::*;
 use std::process::Command;
 use std::time::Duration;
 
 #[test]
-fn search_export_status_and_purge() {
-    let mut proxy = Proxy::start();
+fn search_export_status_and_purge_on_sqlite() {
+    search_export_status_and_purge(Engine::Sqlite);
+}
+
+#[test]
+fn search_export_status_and_purge_on_postgres() {
+    search_export_status_and_purge(Engine::Postgres);
+}
+
+fn search_export_status_and_purge(engine: Engine) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let scratch = ScratchDb::new(engine, data_dir.path());
+    let flags = scratch.flags();
+    let mut builder = Proxy::builder().data_dir(data_dir.path());
+    for f in &flags {
+        builder = builder.arg(f);
+    }
+    let mut proxy = builder.start();
+    let callrec_cli = |args: &[&str]| -> (i32, String) {
+        let mut all: Vec<&str> = args.to_vec();
+        if args[0] != "verify" {
+            all.extend(flags.iter().map(String::as_str));
+        }
+        common::callrec_cli(&all)
+    };
     for caller in ["03012345678", "03012345678", "08955512345"] {
         proxy
             .call(pair("basic"))
@@ -138,9 +164,12 @@ fn search_export_status_and_purge() {
     let (code, out) = callrec_cli(&["verify", "--chain", rec.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.matches("deleted lawfully on").count(), 3, "{out}");
-    let db = rusqlite::Connection::open(proxy.data_dir().join("callrec.sqlite")).unwrap();
-    let n: i64 = db
-        .query_row("SELECT COUNT(*) FROM deletions WHERE reason = 'retention 1s' AND checksum_sha256 IS NOT NULL", [], |r| r.get(0))
+    let n: i64 = scratch
+        .open()
+        .read(|c| {
+            c.query_one("SELECT COUNT(*) FROM deletions WHERE reason = 'retention 1s' AND checksum_sha256 IS NOT NULL", &[])?
+                .get(0)
+        })
         .unwrap();
     assert_eq!(
         n, 3,

@@ -5,6 +5,7 @@
 //! its upload rows become `deleted`; a younger set and other profiles' sets stay;
 //! a dry run deletes nothing; a second purge finds nothing left to do. The
 //! per-profile `retention` key of the config file is read and checked.
+//! The purge runs once on SQLite and once on PostgreSQL.
 
 mod storage_support;
 
@@ -12,7 +13,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use callrec::archive::{purge_everywhere, purge_profiles, PurgeRequest};
-use callrec::db::{now_ms, Db, Record};
+use callrec::db::scratch::{ScratchDb, ENGINES};
+use callrec::db::{now_ms, Engine, Record};
 use callrec::policy::PolicyConfig;
 use callrec::spool::Spool;
 use callrec::storage::Secrets;
@@ -33,6 +35,12 @@ fn all_gone(folder: &Path, m: &MadeSet) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
+    for engine in ENGINES {
+        deleted_and_documented(engine).await;
+    }
+}
+
+async fn deleted_and_documented(engine: Engine) {
     let work = tempfile::tempdir().unwrap();
     let made = make_sets(work.path(), 2);
     let (old, young) = (&made[0], &made[1]);
@@ -41,7 +49,8 @@ async fn expired_sets_are_deleted_from_every_folder_target_and_documented() {
     let b_url = format!("file://{}", b.display());
     let a_folder = a.join("2026/03");
     let data = work.path().join("data");
-    let db = Db::open_in(&data).unwrap();
+    let scratch = ScratchDb::new(engine, &data);
+    let db = scratch.open();
     // What the proxy records for each set: the recording (its start) and the seal.
     let day_ms = 86_400_000;
     for (m, start_ms) in [(old, now_ms() - 10 * day_ms), (young, now_ms() - day_ms)] {

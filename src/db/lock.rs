@@ -45,7 +45,7 @@ enum Held {
     // Never read: kept open, since closing it releases the flock.
     #[allow(dead_code)]
     File(std::fs::File),
-    Session(Conn, i64),
+    Session(Box<Conn>, i64),
 }
 
 impl Drop for ExclusiveLock {
@@ -99,7 +99,7 @@ impl Db {
                     .and_then(|r| r.get(0))
                     .map_err(err)?;
                 Ok(got.then(|| ExclusiveLock {
-                    held: Held::Session(conn, name.key()),
+                    held: Held::Session(Box::new(conn), name.key()),
                 }))
             }
         }

@@ -468,6 +468,37 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_connection_closed_by_the_server_is_replaced_and_nothing_is_lost() {
+        let s = ScratchDb::postgres();
+        let db = s.open();
+        let error = |m: &str| Record::Error {
+            at_ms: 1,
+            component: "t".into(),
+            message: m.into(),
+        };
+        db.write_sync(vec![error("before")]).unwrap();
+        assert_eq!(db.count("errors").unwrap(), 1);
+        // The server ends every session of this database but the killer's own
+        // (the writer's and the idle reader's), as a restart would.
+        let killer = s.location.connect().unwrap();
+        let killed: i64 = killer
+            .query_one(
+                "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+                &[],
+            )
+            .and_then(|r| r.get(0))
+            .unwrap();
+        assert!(
+            killed >= 2,
+            "writer and reader sessions expected, {killed} ended"
+        );
+        db.send(error("queued after"));
+        db.write_sync(vec![error("synchronous after")]).unwrap();
+        assert_eq!(db.count("errors").unwrap(), 3);
+    }
+
+    #[test]
     fn a_file_of_the_previous_version_loses_only_the_unused_group_logouts_table() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE_NAME);

@@ -101,7 +101,9 @@ impl std::ops::Deref for Reader<'_> {
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
         if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.pool.lock()) {
-            if idle.len() < IDLE_READERS {
+            // A connection the server closed (restart, network) is not kept:
+            // the next read opens a new one.
+            if idle.len() < IDLE_READERS && !conn.is_broken() {
                 idle.push(conn);
             }
         }
@@ -146,7 +148,14 @@ impl Db {
         params: &[&dyn ToValue],
         map: impl FnMut(&Row) -> Result<T, SqlError>,
     ) -> Result<Vec<T>, DbError> {
-        self.read(|c| c.query(sql, params)?.iter().map(map).collect())
+        let rows = self.read(|c| c.query(sql, params))?;
+        rows.iter()
+            .map(map)
+            .collect::<Result<_, _>>()
+            .map_err(|source| DbError::Query {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Runs `sql` on a pooled connection; `None` when it yields no row.
@@ -156,7 +165,14 @@ impl Db {
         params: &[&dyn ToValue],
         map: impl FnOnce(&Row) -> Result<T, SqlError>,
     ) -> Result<Option<T>, DbError> {
-        self.read(|c| c.query_opt(sql, params)?.as_ref().map(map).transpose())
+        let row = self.read(|c| c.query_opt(sql, params))?;
+        row.as_ref()
+            .map(map)
+            .transpose()
+            .map_err(|source| DbError::Query {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     fn query_uploads(
@@ -319,9 +335,21 @@ impl Db {
     }
 
     /// Runs reads on a pooled connection (for modules with their own SQL).
-    pub fn read<T>(&self, f: impl FnOnce(&Conn) -> Result<T, SqlError>) -> Result<T, DbError> {
+    ///
+    /// A read on a connection the server has closed (PostgreSQL restarted) is
+    /// run once more on a new connection, so `f` may run twice.
+    pub fn read<T>(&self, f: impl Fn(&Conn) -> Result<T, SqlError>) -> Result<T, DbError> {
         let conn = self.reader()?;
-        f(&conn).map_err(|source| DbError::Query {
+        let mut result = f(&conn);
+        if result.is_err() && conn.is_broken() {
+            drop(conn);
+            // Its idle siblings went with the same server: none is kept.
+            if let Ok(mut idle) = self.readers.lock() {
+                idle.clear();
+            }
+            result = f(&*self.reader()?);
+        }
+        result.map_err(|source| DbError::Query {
             path: self.path.clone(),
             source,
         })

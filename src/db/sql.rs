@@ -372,7 +372,7 @@ pub struct Conn(Inner);
 
 enum Inner {
     Sqlite(rusqlite::Connection),
-    Postgres(RefCell<PgClient>),
+    Postgres(Box<RefCell<PgClient>>),
 }
 
 impl std::fmt::Debug for Conn {
@@ -396,7 +396,7 @@ impl Conn {
     }
 
     pub(super) fn postgres(c: postgres::Client) -> Conn {
-        Conn(Inner::Postgres(RefCell::new(PgClient::new(c))))
+        Conn(Inner::Postgres(Box::new(RefCell::new(PgClient::new(c)))))
     }
 
     /// Which engine this is.

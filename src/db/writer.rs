@@ -214,13 +214,16 @@ fn write(tx: &Conn, r: &Record) -> Result<(), SqlError> {
     Ok(())
 }
 
+/// A synchronous writer and what to tell it.
+type Reply = (SyncReply, Result<(), String>);
+
 /// Writes one batch in one transaction; the replies to its synchronous
 /// groups, sent by the caller once the commit's fate is known.
 fn run_batch(
     conn: &Conn,
     batch: &[Msg],
     path: &std::path::Path,
-) -> (Result<(), SqlError>, Vec<(SyncReply, Result<(), String>)>) {
+) -> (Result<(), SqlError>, Vec<Reply>) {
     let mut replies = Vec::new();
     let result = conn.batch("BEGIN").and_then(|()| {
         for m in batch {

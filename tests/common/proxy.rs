@@ -390,6 +390,9 @@ pub fn callrec_cli(args: &[&str]) -> (i32, String) {
         .env_remove("CALLREC_CONFIG")
         .env_remove("CALLREC_SMTP")
         .env_remove("CALLREC_NOTIFY_EMAIL")
+        .env_remove("CALLREC_DATABASE")
+        .env_remove("CALLREC_DATABASE_PASSWORD_FILE")
+        .env_remove("CALLREC_DATABASE_PASSWORD")
         .output()
         .unwrap();
     (

@@ -1,4 +1,7 @@
-//! Transcripts of sealed sets, made on the box: a background queue (rows in
+//! Transcripts of sealed sets, made on the box (no cloud service). `engine`
+//! turns one party's audio into time-stamped text (resampling, voice activity
+//! detection, the Whisper model behind the cargo feature `transcribe`); around
+//! it, a background queue (rows in
 //! the protocol database, so it survives restarts) hands each sealed set of a
 //! profile with `transcribe = true` to a few low-priority worker threads, which
 //! read each party's channel, run the speech engine, write
@@ -14,7 +17,9 @@ pub mod search;
 pub mod service;
 pub mod start;
 
-pub use engine::{Engine, EngineSettings, Segment, TranscribeError};
+pub use engine::{
+    check_model_dir, Engine, EngineSettings, Segment, SpeechSettings, TranscribeError, MODEL_FILES,
+};
 
 /// Kind of the transcript addendum: its files are `<base>_transcript.*`.
 pub const TRANSCRIPT_KIND: &str = "transcript";

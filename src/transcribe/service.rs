@@ -90,10 +90,12 @@ impl TranscribeService {
         loader: Loader,
         deps: Deps,
     ) -> TranscribeService {
-        let resumed = super::queue::pending(&deps.db).unwrap_or_else(|e| {
+        let mut resumed = super::queue::pending(&deps.db).unwrap_or_else(|e| {
             tracing::error!("transcription: cannot read the queue: {e}");
             Vec::new()
         });
+        // Instances sharing one database each resume only their own sets.
+        resumed.retain(|j| j.folder.starts_with(&deps.staging));
         if !resumed.is_empty() {
             tracing::info!(sets = resumed.len(), "transcription: resuming the queue");
         }

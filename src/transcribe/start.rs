@@ -3,44 +3,23 @@
 //! mail) and leaves recording untouched.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::service::{Deliver, Deps, Loader, TranscribeService, Transcriber};
-use super::{Engine, EngineSettings, TranscribeSettings};
+use super::{check_model_dir, Engine, EngineSettings, TranscribeSettings};
 use crate::config::RunConfig;
 use crate::db::Db;
 use crate::recorder::failure::FailureReporter;
 use crate::seal::Identity;
 use crate::spool::Spool;
 
-/// Files a CTranslate2 Whisper model folder must have (the preprocessor
-/// settings may be missing: Whisper's standard values are used then).
-const MODEL_FILES: [&str; 2] = ["model.bin", "config.json"];
-
-/// Why the model folder cannot be used, in words that say what to do.
-pub fn check_model(dir: Option<&std::path::Path>) -> Result<PathBuf, String> {
+/// The model folder, or why it cannot be used, in words that say what to do.
+pub fn check_model(dir: Option<&Path>) -> Result<PathBuf, String> {
     let dir = dir.ok_or(
         "no speech model: give --transcribe-model DIR (env CALLREC_TRANSCRIBE_MODEL), a CTranslate2 Whisper model folder",
     )?;
-    if !dir.is_dir() {
-        return Err(format!(
-            "speech model folder {} does not exist (--transcribe-model); it must hold {}",
-            dir.display(),
-            MODEL_FILES.join(", ")
-        ));
-    }
-    let missing: Vec<&str> = MODEL_FILES
-        .into_iter()
-        .filter(|f| !dir.join(f).is_file())
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "speech model folder {} lacks {} (--transcribe-model must be a CTranslate2 Whisper model folder)",
-            dir.display(),
-            missing.join(", ")
-        ));
-    }
+    check_model_dir(dir).map_err(|e| e.to_string())?;
     Ok(dir.to_path_buf())
 }
 
@@ -71,8 +50,10 @@ pub fn start_for(
         .and_then(|d| d.file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let defaults = EngineSettings::default();
     let engine = serde_json::json!({
         "threads": settings.threads,
+        "beam_size": defaults.beam_size,
         "nice": settings.nice,
         "jobs": settings.jobs,
     });
@@ -83,6 +64,7 @@ pub fn start_for(
         let engine = Engine::load(&EngineSettings {
             model_dir: dir.clone(),
             threads,
+            ..Default::default()
         })
         .map_err(|e| format!("cannot load the speech model from {}: {e}", dir.display()))?;
         Ok(Box::new(engine) as Box<dyn Transcriber>)

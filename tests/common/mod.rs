@@ -22,6 +22,7 @@ pub mod pairs;
 pub mod proxy;
 pub mod raw;
 pub mod sipp;
+pub mod speech;
 pub mod ua;
 
 // Every helper stays reachable as `common::NAME`, as before the split.

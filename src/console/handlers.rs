@@ -197,7 +197,7 @@ pub async fn search(
     me: Me,
     Query(f): Query<SearchForm>,
 ) -> Result<Response, Refusal> {
-    if f.number.trim().is_empty() {
+    if f.number.trim().is_empty() && f.text.trim().is_empty() {
         return Ok(page(pages::search(&me, &f, None, None)));
     }
     let from = match f.from.trim() {
@@ -218,8 +218,15 @@ pub async fn search(
     };
     let (db, q) = (c.db.clone(), f.clone());
     let hits = blocking(move || -> Result<Vec<Hit>, String> {
-        let rows =
-            crate::archive::search(&db, &plan, &q.number, from, to).map_err(|e| e.to_string())?;
+        let mut rows = match q.number.trim() {
+            "" => db.recordings(from, to).map_err(|e| e.to_string())?,
+            n => crate::archive::search(&db, &plan, n, from, to).map_err(|e| e.to_string())?,
+        };
+        if !q.text.trim().is_empty() {
+            let hits = crate::transcribe::search::sets_with_words(&db, &q.text)
+                .map_err(|e| e.to_string())?;
+            rows.retain(|r| hits.contains(&r.base_name));
+        }
         let profile = q.profile.trim();
         let direction = q.direction.trim();
         let instance = q.instance.trim();
@@ -258,7 +265,8 @@ pub async fn search(
         AccessAction::Search,
         &f.number,
         Some(format!(
-            "from={} to={} profile={} direction={} instance={} results={}",
+            "words={:?} from={} to={} profile={} direction={} instance={} results={}",
+            f.text,
             f.from,
             f.to,
             f.profile,

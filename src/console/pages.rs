@@ -84,6 +84,9 @@ pub struct SearchForm {
     /// A party's number, in any spelling.
     #[serde(default)]
     pub number: String,
+    /// Words the set's transcript must all contain.
+    #[serde(default)]
+    pub text: String,
     /// From this date or time (YYYY-MM-DD or RFC 3339).
     #[serde(default)]
     pub from: String,
@@ -120,7 +123,8 @@ pub fn search(me: &Me, f: &SearchForm, hits: Option<&[Hit]>, error: Option<&str>
         Some(me),
         html! {
             form.search method="get" action="/recordings" role="search" {
-                p { label for="number" { "Number (any spelling)" } input #number name="number" value=(f.number) required; }
+                p { label for="number" { "Number (any spelling)" } input #number name="number" value=(f.number); }
+                p { label for="text" { "Words said (transcript)" } input #text name="text" type="search" value=(f.text); }
                 p { label for="from" { "From" } input #from name="from" type="date" value=(f.from); }
                 p { label for="to" { "To" } input #to name="to" type="date" value=(f.to); }
                 p { label for="profile" { "Profile" } input #profile name="profile" value=(f.profile); }
@@ -139,7 +143,7 @@ pub fn search(me: &Me, f: &SearchForm, hits: Option<&[Hit]>, error: Option<&str>
                 p #count { (hits.len()) " recording(s)" }
                 @if !hits.is_empty() {
                     table.results {
-                        caption { "Recordings of " (f.number) }
+                        caption { "Recordings of " (f.number) @if !f.text.trim().is_empty() { " with the words \"" (f.text) "\"" } }
                         thead { tr { th scope="col" { "Time" } th scope="col" { "Direction" } th scope="col" { "Caller" } th scope="col" { "Callee" } th scope="col" { "Answered by" } th scope="col" { "Duration" } th scope="col" { "Seal" } th scope="col" { "Instance" } th scope="col" { "Stored on" } th scope="col" { "Set" } } }
                         tbody {
                             @for h in hits {

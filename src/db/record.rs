@@ -227,6 +227,8 @@ pub enum Record {
     PhoneKey(crate::phone::keys::PhoneKeyChange),
     /// A member logged out of a group or in again.
     Membership(crate::policy::membership::MembershipChange),
+    /// The transcription queue or the word index changed.
+    Transcript(crate::transcribe::queue::QueueChange),
     /// A set is deleted everywhere: its rows are reduced to the deletion record
     /// and its base name replaced by its set id.
     Reduce {

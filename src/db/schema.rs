@@ -222,6 +222,8 @@ CREATE TABLE logged_out_members (
     PRIMARY KEY (group_id, user_id)
 );
 "#,
+    // The transcription queue and the transcripts' word index (see transcribe::queue).
+    crate::transcribe::queue::MIGRATION,
 ];
 
 /// The migration `sql` as `engine` runs it: the tokens replaced, and on

@@ -217,7 +217,15 @@ fn write(tx: &Conn, r: &Record, me: &str) -> Result<(), SqlError> {
         Record::Hold(change) => crate::hold::apply(tx, change)?,
         Record::PhoneKey(change) => crate::phone::keys::apply(tx, change)?,
         Record::Membership(change) => crate::policy::membership::apply(tx, change)?,
-        Record::Reduce { base_name, set_id } => crate::redact::reduce(tx, base_name, set_id)?,
+        Record::Reduce { base_name, set_id } => {
+            crate::redact::reduce(tx, base_name, set_id)?;
+            // A transcript holds what was said: its words go with the set.
+            let forget = crate::transcribe::queue::QueueChange::Forget {
+                base_name: base_name.clone(),
+            };
+            crate::transcribe::queue::apply(tx, &forget)?;
+        }
+        Record::Transcript(c) => crate::transcribe::queue::apply(tx, c)?,
         Record::ExpireUnrecorded { before_ms } => crate::redact::expire_unrecorded(tx, *before_ms)?,
     }
     Ok(())
@@ -242,7 +250,9 @@ fn run_batch(
         for m in batch {
             match m {
                 Msg::Write(r) => write(conn, r, me)?,
-                Msg::WriteSync(records, _) => records.iter().try_for_each(|r| write(conn, r, me))?,
+                Msg::WriteSync(records, _) => {
+                    records.iter().try_for_each(|r| write(conn, r, me))?
+                }
                 Msg::Flush(_) => {}
             }
         }

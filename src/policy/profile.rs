@@ -47,6 +47,8 @@
 //! announce_outgoing = "/etc/callrec/beep.wav"       # optional
 //! targets = ["archive", "file:///var/lib/callrec/recordings/$Y/$M"]  # names or URLs
 //! language = "de"                 # speech recognition; default de
+//! transcribe = false              # transcribe each sealed set in the background, in
+//!                                 # `language` (needs --transcribe-model); default false
 //! notify_email = "ops@example.com"  # optional
 //! retention = "5y"                # optional: sets older than this are deleted daily
 //!                                 # from every target holding them (5y, 90d, 12h …)
@@ -135,6 +137,8 @@ pub struct Profile {
     /// Put each group member's phone link on her phone as a URL function key
     /// through the PBX's REST API (needs a REST user with admin rights).
     pub provision_phone_keys: bool,
+    /// Transcribe each sealed set in the background, in `language`.
+    pub transcribe: bool,
 }
 
 impl Default for Profile {
@@ -155,6 +159,7 @@ impl Default for Profile {
             record_failure_announcement: None,
             record_without_announcement: false,
             provision_phone_keys: false,
+            transcribe: false,
         }
     }
 }

@@ -36,11 +36,14 @@ pub enum FailureReason {
     RecorderOverload,
     /// A call decided "record" has no sealed set (found by reconciliation).
     NotSealed,
+    /// The set is recorded and sealed, but its transcript could not be made
+    /// (speech model missing, engine error); the audio is not affected.
+    TranscriptionFailed,
 }
 
 impl FailureReason {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [FailureReason; 9] = [
+    pub const ALL: [FailureReason; 10] = [
         FailureReason::StartFailed,
         FailureReason::DiskFull,
         FailureReason::WriteError,
@@ -50,6 +53,7 @@ impl FailureReason {
         FailureReason::RecoveredAfterCrash,
         FailureReason::RecorderOverload,
         FailureReason::NotSealed,
+        FailureReason::TranscriptionFailed,
     ];
 
     /// The name used in the database, the metadata, metrics and mails.
@@ -64,6 +68,7 @@ impl FailureReason {
             FailureReason::RecoveredAfterCrash => "recovered_after_crash",
             FailureReason::RecorderOverload => "recorder_overload",
             FailureReason::NotSealed => "not_sealed",
+            FailureReason::TranscriptionFailed => "transcription_failed",
         }
     }
 
@@ -133,7 +138,7 @@ struct Sinks {
 /// recovery and reconciliation.
 #[derive(Clone, Default)]
 pub struct FailureReporter {
-    counts: Arc<[AtomicU64; 9]>,
+    counts: Arc<[AtomicU64; 10]>,
     sinks: Option<Arc<Sinks>>,
 }
 

@@ -13,6 +13,7 @@
 //!   presence means sealed sets exist.
 //! - `chain.lock`: held locked by the one [`Sealer`] of the instance.
 
+mod addendum;
 mod cert_import;
 mod chain;
 mod chain_check;
@@ -27,6 +28,7 @@ pub mod timestamp;
 mod tombstone;
 mod verify;
 
+pub use addendum::{addendum_base, addendum_names, seal_addendum, ADDENDUM_KEY};
 pub use cert_import::import_certificate;
 pub use chain::{ChainHead, ChainLink, DEFAULT_PROFILE};
 pub use chain_check::ChainNotes;

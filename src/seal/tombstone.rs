@@ -48,6 +48,10 @@ pub struct Tombstone {
     pub retention: Option<String>,
     /// The instance that deleted it (whose key signed this record).
     pub deleted_by: String,
+    /// Addenda deleted with the set (a transcript), as checksum lines:
+    /// `<SHA-256 of the addendum's checksum file>  <its name>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addenda: Vec<String>,
 }
 
 impl Tombstone {

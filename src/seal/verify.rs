@@ -211,6 +211,8 @@ pub fn verify_chain_report_of(
             // A tombstone that does not verify covers nothing.
             Ok(Read::Member(m)) if m.deleted.is_some() && !sound => {}
             Ok(Read::Member(m)) => members.push(*m),
+            // Checked above with its own signature; it names its set by hash.
+            Ok(Read::Addendum) => {}
             Err(p) => problems.push(p),
         }
     }
@@ -267,6 +269,8 @@ enum Read {
     Legacy(Node),
     /// A set with a chain position, or a tombstone.
     Member(Box<Member>),
+    /// An addendum (a transcript) to a set: no link of the chain.
+    Addendum,
 }
 
 /// Reads what the chain check needs from a set's checksum and metadata files.
@@ -280,6 +284,9 @@ fn read_node(sums: &Path) -> Result<Read, Problem> {
         .map_err(|e| Problem::new(&json, format!("cannot read metadata: {e}")))?;
     let meta: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| Problem::new(&json, format!("metadata is not JSON: {e}")))?;
+    if super::addendum::is_addendum(&meta) {
+        return Ok(Read::Addendum);
+    }
     if let Some(t) = Tombstone::from_json(&meta) {
         let t = t.map_err(|e| Problem::new(&json, e))?;
         return Ok(Read::Member(Box::new(Member {

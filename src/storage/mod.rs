@@ -84,7 +84,16 @@ impl UploadSet {
             format!("{base_name}{CHECKSUM_SUFFIX}"),
             format!("{base_name}{CHECKSUM_SUFFIX}{SIGNATURE_SUFFIX}"),
         ];
-        UploadSet::new(base_name, names.into_iter().map(PathBuf::from).collect())
+        let mut files: Vec<PathBuf> = names.into_iter().map(PathBuf::from).collect();
+        // The signature stays last: the transcript addendum's files go before it.
+        let sig = files.pop();
+        files.extend(crate::seal::addendum_names(
+            base_name,
+            crate::transcribe::TRANSCRIPT_KIND,
+            &[crate::transcribe::TRANSCRIPT_TXT_SUFFIX],
+        ));
+        files.extend(sig);
+        UploadSet::new(base_name, files)
     }
 
     /// File names of the set in the order to delete them: the signature first, so

@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod raw;
 pub mod shared_db;
 pub mod sipp;
+pub mod speech;
 pub mod ua;
 
 // Every helper stays reachable as `common::NAME`, as before the split.

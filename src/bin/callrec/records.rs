@@ -207,8 +207,11 @@ pub(crate) enum UploadsAction {
 #[derive(Args, Debug)]
 pub(crate) struct SearchArgs {
     /// Party number (caller or callee), in any spelling.
+    #[arg(long, required_unless_present = "text")]
+    pub(crate) number: Option<String>,
+    /// Words that the set's transcript must all contain (any case), e.g. "Aktien".
     #[arg(long)]
-    pub(crate) number: String,
+    pub(crate) text: Option<String>,
     /// Only recordings that started at or after this time (RFC 3339 or YYYY-MM-DD).
     #[arg(long)]
     pub(crate) from: Option<String>,
@@ -277,15 +280,34 @@ pub(crate) fn search_rows(
             .unwrap_or(i64::MAX);
     let plan = a.state.policy()?.numbers;
     let db = a.state.db()?;
-    let mut rows = callrec::archive::search(&db, &plan, &a.number, from, to)?;
+    let mut rows = match &a.number {
+        Some(n) => callrec::archive::search(&db, &plan, n, from, to)?,
+        None => db.recordings(from, to)?,
+    };
+    if let Some(text) = &a.text {
+        let hits = callrec::transcribe::search::sets_with_words(&db, text)?;
+        rows.retain(|r| hits.contains(&r.base_name));
+    }
     if let Some(i) = &a.instance {
         rows.retain(|r| r.instance.as_deref() == Some(i.as_str()));
     }
     if action == callrec::access_log::AccessAction::Search {
         let range = format!("{} set(s), from {:?} to {:?}", rows.len(), a.from, a.to);
-        log_access(&db, action, &a.number, Some(range))?;
+        log_access(&db, action, &a.subject(), Some(range))?;
     }
     Ok(rows)
+}
+
+impl SearchArgs {
+    /// What was searched for, as the access log and messages name it.
+    pub(crate) fn subject(&self) -> String {
+        let text = self.text.as_ref().map(|t| format!("words {t:?}"));
+        [self.number.clone(), text]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
 }
 
 pub(crate) fn uploads(action: UploadsAction) -> anyhow::Result<()> {
@@ -328,7 +350,7 @@ pub(crate) fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
         RecordingsAction::Export { search, out } => {
             let rows = search_rows(&search, callrec::access_log::AccessAction::Export)?;
             if rows.is_empty() {
-                bail!("no recordings of {} in that time range", search.number);
+                bail!("no recordings of {} in that time range", search.subject());
             }
             let cert_path = search.state.data_dir.join("cert.pem");
             let id = std::fs::read_to_string(&cert_path).with_context(|| {
@@ -342,7 +364,7 @@ pub(crate) fn recordings(action: RecordingsAction) -> anyhow::Result<bool> {
             log_access(
                 &search.state.db()?,
                 callrec::access_log::AccessAction::Export,
-                &search.number,
+                &search.subject(),
                 Some(format!("to {}: {}", out.display(), sets.join(" "))),
             )?;
             // Sets of other instances sharing the database verify against their certificates.

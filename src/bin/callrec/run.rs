@@ -115,6 +115,8 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) keystore: KeystoreArgs,
     #[command(flatten)]
+    pub(crate) transcribe: TranscribeArgs,
+    #[command(flatten)]
     pub(crate) trust: callrec::sip::trust::TrustArgs,
     #[command(flatten)]
     pub(crate) tls: callrec::sip::tls::TlsArgs,
@@ -200,6 +202,37 @@ pub(crate) struct RunArgs {
     pub(crate) log_level: String,
 }
 
+/// Transcripts: the single-profile switch, the model and the CPU budget.
+#[derive(Args, Debug)]
+pub(crate) struct TranscribeArgs {
+    /// Transcribe each sealed set of the single profile in the background, in --language (profiles in --config use `transcribe = true`).
+    #[arg(long, env = "CALLREC_TRANSCRIBE")]
+    pub(crate) transcribe: bool,
+    /// CTranslate2 Whisper model folder (model.bin, config.json, tokenizer.json, vocabulary) for transcripts.
+    #[arg(long, env = "CALLREC_TRANSCRIBE_MODEL")]
+    pub(crate) transcribe_model: Option<PathBuf>,
+    /// Threads the speech engine uses per transcript.
+    #[arg(long, env = "CALLREC_TRANSCRIBE_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) transcribe_threads: u16,
+    /// Nice level of the transcription threads (0 = as the proxy, 19 = lowest).
+    #[arg(long, env = "CALLREC_TRANSCRIBE_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub(crate) transcribe_nice: i32,
+    /// At most this many sets are transcribed at a time.
+    #[arg(long, env = "CALLREC_TRANSCRIBE_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) transcribe_jobs: u16,
+}
+
+impl TranscribeArgs {
+    fn settings(&self) -> callrec::transcribe::TranscribeSettings {
+        callrec::transcribe::TranscribeSettings {
+            model_dir: self.transcribe_model.clone(),
+            threads: usize::from(self.transcribe_threads),
+            nice: self.transcribe_nice,
+            jobs: usize::from(self.transcribe_jobs),
+        }
+    }
+}
+
 pub(crate) fn resolve(
     what: &str,
     s: &str,
@@ -261,6 +294,7 @@ impl RunArgs {
                 record_failure_announcement: self.record_failure_announcement.clone(),
                 record_without_announcement: self.record_without_announcement,
                 provision_phone_keys: false,
+                transcribe: self.transcribe.transcribe,
             });
         }
         if let Some(src) = &self.directory {
@@ -379,6 +413,7 @@ impl RunArgs {
                 base_url: self.phone_base_url,
             },
             membership_refresh: Duration::from_secs(self.membership_refresh),
+            transcribe: self.transcribe.settings(),
         })
     }
 }

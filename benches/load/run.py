@@ -31,6 +31,10 @@ recording is finished, i.e. sealed (.sig) for callrec, WAV closed for the peer):
   - CPU seconds (utime+stime from /proc/PID/stat) of the stack's processes
     (callrec alone; kamailio main+children, rtpengine, rtpengine-recording),
     per recorded call-minute = CPU / (N * hold / 60)
+  - the same from the whole machine's side: /proc/stat user + nice + system +
+    irq + softirq over the run minus the generator's own process CPU
+    (machine_cpu_s_per_call_minute; counts kernel work done for the stack
+    outside its processes, and any other load: loadavg_start/_end beside it)
   - per-thread CPU of callrec (/proc/PID/task/*/stat, by thread name)
   - memory at the plateau (all N calls up) minus idle, per call: VmRSS for
     callrec, PSS (smaps_rollup) summed over the peer's processes
@@ -184,6 +188,15 @@ def machine_ticks():
         v = [int(x) for x in f.readline().split()[1:]]
     idle = v[3] + v[4]
     return sum(v[:8]), idle
+
+
+def machine_cpu_s():
+    """CPU seconds the whole machine has spent working: user + nice + system +
+    irq + softirq from /proc/stat. Counts what the kernel does on the stack's
+    behalf outside its processes (softirq packet delivery, a kernel-path relay)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / TICK
 
 
 def udp_errors():
@@ -683,6 +696,8 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         cpu0 = {k: sum(proc_cpu(p) or 0 for p in v) for k, v in pids.items()}
         threads = ThreadTracker(pids["callrec"][0]) if stack_name == "callrec" else None
         m0 = machine_ticks()
+        mcpu0 = machine_cpu_s()
+        res["loadavg_start"] = open("/proc/loadavg").read().split()[:3]
         udp0 = udp_errors()
         if callgen:
             # one process plays caller and callee; its summary goes to callgen.json
@@ -781,6 +796,8 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         if threads:
             threads.sample()
         m1 = machine_ticks()
+        mcpu1 = machine_cpu_s()
+        res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         udp1 = udp_errors()
         res["udp_in_errors"], res["udp_rcvbuf_errors"] = udp1[0] - udp0[0], udp1[1] - udp0[1]
         # packets dropped at full socket receive buffers, sampled once a second per socket
@@ -807,6 +824,13 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     res["machine_busy_pct"] = round(100.0 * (1 - idle_t / tot_t), 1) if tot_t else None
     res["generator_cpu_s"] = round(sum(sipp_cpu.values()), 2)
     res["generator_core_pct"] = round(100.0 * sum(sipp_cpu.values()) / (t_caller_done - t0), 1)
+    # The stack's CPU as the whole machine saw it: everything the machine did over
+    # the run minus the generator's own processes. Includes kernel work done
+    # outside the stack's processes (softirq), and also any other load on the
+    # machine: read it beside loadavg_start/_end and the per-process figure.
+    mach = mcpu1 - mcpu0 - res["generator_cpu_s"]
+    res["machine_cpu_s_minus_generator"] = round(mach, 2)
+    res["machine_cpu_s_per_call_minute"] = round(mach / call_min, 4) if media else None
     res["mem_idle_kb"] = idle_mem
     res["mem_plateau_kb"] = peak_mem
     res["mem_kb_per_call"] = round((peak_mem - idle_mem) / calls, 1) if peak_mem else None
@@ -885,7 +909,7 @@ def summary(r):
     s = (f"{r['stack']} N={r['calls']} failed={r['failed_calls']} cpu={r['cpu_s_total']}s "
          f"machine={r['machine_busy_pct']}% {r.get('generator', 'sipp')}={gen_core_pct(r)}%core ")
     if r["media"]:
-        s += f"cpu/call-min={r['cpu_s_per_call_minute']} loss={r['loss_pct']}% mem/call={r['mem_kb_per_call']}kB "
+        s += f"cpu/call-min={r['cpu_s_per_call_minute']} (machine {r.get('machine_cpu_s_per_call_minute')}) loss={r['loss_pct']}% mem/call={r['mem_kb_per_call']}kB "
     s += f"setup median={r['setup_ms']['median']}ms"
     return s
 
@@ -968,6 +992,7 @@ def cmd_report(args):
         print("|---|" + "---|" * len(steps))
         line("CPU-s per recorded call-minute", lambda r: r["cpu_s_per_call_minute"], 3)
         line("**ratio callrec/peer, CPU per call-minute**", lambda r: r["cpu_s_per_call_minute"], ratio=True)
+        line("whole machine minus generator, CPU-s per call-minute", lambda r: r.get("machine_cpu_s_per_call_minute"), 3)
         line("failed calls", lambda r: r["failed_calls"])
         line("audio not recorded, % of sent", lambda r: r["loss_pct"], 3)
         line("recorder drops (packets)", lambda r: r["recorder_drops"])
@@ -986,6 +1011,7 @@ def cmd_report(args):
                                                       f"{1000 * r['seal_latency_s']['max']:.0f}")
              if r.get("seal_latency_s") and r["seal_latency_s"]["p95"] is not None else None)
         line("whole machine busy, %", lambda r: r["machine_busy_pct"], 0)
+        line("load average at start", lambda r: (r.get("loadavg_start") or [None])[0])
         line("generator (SIPp both sides, or callgen) CPU, % of one core", gen_core_pct, 0)
         print()
         print("| step | callrec CPU-s by thread | peer CPU-s kamailio / rtpengine / recording |")

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::media::ports::PortPool;
+use tokio::net::UdpSocket;
 
 fn pcma() -> PayloadTypes {
     PayloadTypes::from_formats(&["8".into(), "101".into()])

@@ -324,7 +324,7 @@ class Callrec:
                "--log-level", "warn",
                # one generator is one source address: the per-source INVITE
                # limit (50/s by default) would refuse the ramp of a large load
-               "--invite-rate-per-source", "0"]
+               "--invite-rate-per-source", "0", "--max-calls", "0"]
         self.cmdline = cmd
         self.log = open(os.path.join(self.work, "callrec.log"), "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,

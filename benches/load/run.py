@@ -31,6 +31,10 @@ recording is finished, i.e. sealed (.sig) for callrec, WAV closed for the peer):
   - CPU seconds (utime+stime from /proc/PID/stat) of the stack's processes
     (callrec alone; kamailio main+children, rtpengine, rtpengine-recording),
     per recorded call-minute = CPU / (N * hold / 60)
+  - the same from the whole machine's side: /proc/stat user + nice + system +
+    irq + softirq over the run minus the generator's own process CPU
+    (machine_cpu_s_per_call_minute; counts kernel work done for the stack
+    outside its processes, and any other load: loadavg_start/_end beside it)
   - per-thread CPU of callrec (/proc/PID/task/*/stat, by thread name)
   - memory at the plateau (all N calls up) minus idle, per call: VmRSS for
     callrec, PSS (smaps_rollup) summed over the peer's processes
@@ -71,7 +75,10 @@ AUDIO = os.path.join(REPO, "sip-scenarios", "audio")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-PROXY_IP, PBX_IP, TRUNK_IP = "127.0.1.1", "127.0.1.2", "127.0.1.3"
+# CALLREC_LOAD_NET=127.0.3 moves all three to another loopback /24, so two
+# harnesses can run on one machine without taking each other's ports.
+_NET = os.environ.get("CALLREC_LOAD_NET", "127.0.1")
+PROXY_IP, PBX_IP, TRUNK_IP = f"{_NET}.1", f"{_NET}.2", f"{_NET}.3"
 CALLREC_SIP, KAM_SIP, SIPP_PORT = 5060, 5070, 5060
 ADMIN_PORT, NG_PORT = 8089, 2223
 PROXY_RTP = (40000, 49999)
@@ -83,7 +90,18 @@ def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
+# Nice of the autogroup (session) of every process run.py starts (--autogroup-nice).
+AUTOGROUP_NICE = [0]
+
+
 def raise_limits():
+    # Each process starts its own session, so its own autogroup: on a machine
+    # shared with other work, Linux gives every session an equal share, and a
+    # negative nice lets the measured processes run when they want to (their
+    # CPU is counted from their own accounting either way).
+    if AUTOGROUP_NICE[0]:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(AUTOGROUP_NICE[0]))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
@@ -184,6 +202,15 @@ def machine_ticks():
         v = [int(x) for x in f.readline().split()[1:]]
     idle = v[3] + v[4]
     return sum(v[:8]), idle
+
+
+def machine_cpu_s():
+    """CPU seconds the whole machine has spent working: user + nice + system +
+    irq + softirq from /proc/stat. Counts what the kernel does on the stack's
+    behalf outside its processes (softirq packet delivery, a kernel-path relay)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / TICK
 
 
 def udp_errors():
@@ -294,7 +321,10 @@ class Callrec:
                "--pbx", f"{PBX_IP}:{SIPP_PORT}", "--trunk", f"{TRUNK_IP}:{SIPP_PORT}",
                "--media-ip", PROXY_IP, "--rtp-ports", f"{PROXY_RTP[0]}-{PROXY_RTP[1]}",
                "--data-dir", self.data, "--admin-listen", f"{PROXY_IP}:{ADMIN_PORT}",
-               "--log-level", "warn"]
+               "--log-level", "warn",
+               # one generator is one source address: the per-source INVITE
+               # limit (50/s by default) would refuse the ramp of a large load
+               "--invite-rate-per-source", "0", "--max-calls", "0"]
         self.cmdline = cmd
         self.log = open(os.path.join(self.work, "callrec.log"), "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
@@ -683,6 +713,9 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         cpu0 = {k: sum(proc_cpu(p) or 0 for p in v) for k, v in pids.items()}
         threads = ThreadTracker(pids["callrec"][0]) if stack_name == "callrec" else None
         m0 = machine_ticks()
+        mcpu0 = machine_cpu_s()
+        res["loadavg_start"] = open("/proc/loadavg").read().split()[:3]
+        res["autogroup_nice"] = AUTOGROUP_NICE[0]
         udp0 = udp_errors()
         if callgen:
             # one process plays caller and callee; its summary goes to callgen.json
@@ -745,7 +778,7 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
                                         "--", "sleep", str(args.perf)], capture_output=True)
                         res["perf_data"] = pf
                     # context switches and CPU over 5 s of the plateau, all of the stack's processes
-                    st = subprocess.run(["perf", "stat", "-x", ";", "-e", "context-switches,task-clock", "-p", allp,
+                    st = subprocess.run(["perf", "stat", "-x", ";", "-e", "context-switches,task-clock,raw_syscalls:sys_enter", "-p", allp,
                                          "--", "sleep", "5"], capture_output=True, text=True).stderr
                     pstat = {}
                     for ln in st.splitlines():
@@ -781,6 +814,8 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         if threads:
             threads.sample()
         m1 = machine_ticks()
+        mcpu1 = machine_cpu_s()
+        res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         udp1 = udp_errors()
         res["udp_in_errors"], res["udp_rcvbuf_errors"] = udp1[0] - udp0[0], udp1[1] - udp0[1]
         # packets dropped at full socket receive buffers, sampled once a second per socket
@@ -807,6 +842,13 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     res["machine_busy_pct"] = round(100.0 * (1 - idle_t / tot_t), 1) if tot_t else None
     res["generator_cpu_s"] = round(sum(sipp_cpu.values()), 2)
     res["generator_core_pct"] = round(100.0 * sum(sipp_cpu.values()) / (t_caller_done - t0), 1)
+    # The stack's CPU as the whole machine saw it: everything the machine did over
+    # the run minus the generator's own processes. Includes kernel work done
+    # outside the stack's processes (softirq), and also any other load on the
+    # machine: read it beside loadavg_start/_end and the per-process figure.
+    mach = mcpu1 - mcpu0 - res["generator_cpu_s"]
+    res["machine_cpu_s_minus_generator"] = round(mach, 2)
+    res["machine_cpu_s_per_call_minute"] = round(mach / call_min, 4) if media else None
     res["mem_idle_kb"] = idle_mem
     res["mem_plateau_kb"] = peak_mem
     res["mem_kb_per_call"] = round((peak_mem - idle_mem) / calls, 1) if peak_mem else None
@@ -885,7 +927,7 @@ def summary(r):
     s = (f"{r['stack']} N={r['calls']} failed={r['failed_calls']} cpu={r['cpu_s_total']}s "
          f"machine={r['machine_busy_pct']}% {r.get('generator', 'sipp')}={gen_core_pct(r)}%core ")
     if r["media"]:
-        s += f"cpu/call-min={r['cpu_s_per_call_minute']} loss={r['loss_pct']}% mem/call={r['mem_kb_per_call']}kB "
+        s += f"cpu/call-min={r['cpu_s_per_call_minute']} (machine {r.get('machine_cpu_s_per_call_minute')}) loss={r['loss_pct']}% mem/call={r['mem_kb_per_call']}kB "
     s += f"setup median={r['setup_ms']['median']}ms"
     return s
 
@@ -968,6 +1010,7 @@ def cmd_report(args):
         print("|---|" + "---|" * len(steps))
         line("CPU-s per recorded call-minute", lambda r: r["cpu_s_per_call_minute"], 3)
         line("**ratio callrec/peer, CPU per call-minute**", lambda r: r["cpu_s_per_call_minute"], ratio=True)
+        line("whole machine minus generator, CPU-s per call-minute", lambda r: r.get("machine_cpu_s_per_call_minute"), 3)
         line("failed calls", lambda r: r["failed_calls"])
         line("audio not recorded, % of sent", lambda r: r["loss_pct"], 3)
         line("recorder drops (packets)", lambda r: r["recorder_drops"])
@@ -986,6 +1029,7 @@ def cmd_report(args):
                                                       f"{1000 * r['seal_latency_s']['max']:.0f}")
              if r.get("seal_latency_s") and r["seal_latency_s"]["p95"] is not None else None)
         line("whole machine busy, %", lambda r: r["machine_busy_pct"], 0)
+        line("load average at start", lambda r: (r.get("loadavg_start") or [None])[0])
         line("generator (SIPp both sides, or callgen) CPU, % of one core", gen_core_pct, 0)
         print()
         print("| step | callrec CPU-s by thread | peer CPU-s kamailio / rtpengine / recording |")
@@ -1029,6 +1073,8 @@ def main():
                     help="callgen's send-time resolution in µs (packets due in one tick leave together)")
     ap.add_argument("--callgen-rtp-sockets", choices=("shared", "per-call"), default="shared",
                     help="callgen's RTP sockets: one per party (default) or one per party and call, like SIPp")
+    ap.add_argument("--autogroup-nice", type=int, default=0,
+                    help="nice of the stack's and the generator's autogroups (e.g. -10 on a shared machine)")
     ap.add_argument("--rtpstream", action="store_true",
                     help="RTP from SIPp's rtp_stream (shared SSRC per call) instead of the pcaps")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1054,6 +1100,7 @@ def main():
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=cmd_report)
     args = ap.parse_args()
+    AUTOGROUP_NICE[0] = args.autogroup_nice
     os.makedirs(args.work, exist_ok=True)
     args.fn(args)
 

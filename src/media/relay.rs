@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -27,6 +26,9 @@ use super::sdes::LegKeys;
 use super::srtp::Protection;
 use super::threads::MediaThreads;
 use super::Side;
+use io::RelaySocket;
+
+mod io;
 
 /// How the streams of a call learn their peers' sources, and the process-wide
 /// counter of foreign packets.
@@ -188,7 +190,10 @@ impl Stream {
             let _on_thread = thread.enter();
             let (a, b) = caller.take_sockets()?;
             let (c, d) = callee.take_sockets()?;
-            [[a, b], [c, d]]
+            [
+                [RelaySocket::new(a)?, RelaySocket::new(b)?],
+                [RelaySocket::new(c)?, RelaySocket::new(d)?],
+            ]
         };
         let stats = Arc::new(StreamStats::default());
         stats.last_rx_ms.store(monotonic_ms(), Ordering::Relaxed);
@@ -261,9 +266,6 @@ fn is_rtcp(pkt: &[u8]) -> bool {
     pkt.len() >= 2 && (192..=223).contains(&pkt[1])
 }
 
-/// Largest datagram relayed; RTP over UDP stays far below it.
-const MAX_DATAGRAM: usize = 2048;
-
 /// An announcement being played to the caller: packets left, next send time,
 /// and who waits for the end.
 type Player = Option<(
@@ -319,7 +321,7 @@ async fn run(
     // Keeps both ports reserved until the task ends (after the sockets closed).
     _ports: [PortPair; 2],
     // Index 0 faces the caller, 1 the callee; each [rtp, rtcp].
-    socks: [[UdpSocket; 2]; 2],
+    socks: [[RelaySocket; 2]; 2],
     mut control: mpsc::UnboundedReceiver<Control>,
     stats: Arc<StreamStats>,
     mut tap: Option<Arc<dyn Tap>>,
@@ -331,8 +333,12 @@ async fn run(
     let mut pts = [PayloadTypes::default(); 2];
     // Whether the first foreign packet at each side's ports was logged.
     let mut warned = [false; 2];
-    // One receive buffer per socket, reused for every packet.
-    let mut bufs = Box::new([[[0u8; MAX_DATAGRAM]; 2]; 2]);
+    // Receive buffers per socket, reused for every packet, and the length
+    // and source of what each holds.
+    let mut bufs: Box<[[io::Bufs; 2]; 2]> =
+        Box::new([[[[0u8; io::MAX_DATAGRAM]; io::BATCH]; 2]; 2]);
+    let none = (0, SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut from = [[[none; io::BATCH]; 2]; 2];
     // An announcement being played to the caller: packets left, next send time.
     let mut player: Player = None;
     // Each side's SRTP state, by side index.
@@ -342,11 +348,12 @@ async fn run(
     loop {
         let next_play = player.as_ref().map(|p| p.1);
         let [[b00, b01], [b10, b11]] = &mut *bufs;
+        let [[f00, f01], [f10, f11]] = &mut from;
         let (side, kind, res) = tokio::select! {
-            r = socks[0][0].recv_from(b00) => (0, 0, r),
-            r = socks[1][0].recv_from(b10) => (1, 0, r),
-            r = socks[0][1].recv_from(b01) => (0, 1, r),
-            r = socks[1][1].recv_from(b11) => (1, 1, r),
+            r = socks[0][0].recv_batch(b00, f00) => (0, 0, r),
+            r = socks[1][0].recv_batch(b10, f10) => (1, 0, r),
+            r = socks[0][1].recv_batch(b01, f01) => (0, 1, r),
+            r = socks[1][1].recv_batch(b11, f11) => (1, 1, r),
             _ = tokio::time::sleep_until(next_play.unwrap_or_else(tokio::time::Instant::now)), if next_play.is_some() => {
                 if let Some((queue, next, _)) = player.as_mut() {
                     if let (Some(pkt), Some(dst)) = (queue.pop_front(), latch[0][0].target()) {
@@ -356,7 +363,7 @@ async fn run(
                             Crypto::On { tx, .. } => tx.protect(&pkt, false),
                         };
                         if let Some(out) = out {
-                            let _ = socks[0][0].send_to(&out, dst).await;
+                            let _ = socks[0][0].send_to(&out, dst);
                         }
                     }
                     *next += Duration::from_millis(20);
@@ -374,12 +381,11 @@ async fn run(
                 continue;
             }
         };
-        let (len, src) = match res {
-            Ok(r) => r,
-            // ICMP errors surface as receive errors on Linux; skip them.
+        let n = match res {
+            Ok(n) => n,
+            // ICMP errors surface as receive errors on Linux; pass them over.
             Err(_) => continue,
         };
-        let pkt = &bufs[side][kind][..len];
         let now = Instant::now();
         // The SDP naming this packet's sender may have been sent before the
         // packet arrived; select! does not promise to deliver it first.
@@ -398,82 +404,85 @@ async fn run(
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         }
-        let rtcp = kind == 1 || is_rtcp(pkt);
-        // Authenticated before the latch sees it, so that only packets that
-        // authenticate may fix or use a source.
-        let decrypted;
-        let pkt: &[u8] = match &mut crypto[side] {
-            Crypto::Plain => pkt,
-            Crypto::Pending => continue,
-            Crypto::On { rx, .. } => match rx.unprotect(pkt, rtcp) {
-                Ok(p) => {
-                    decrypted = p;
-                    &decrypted
-                }
-                Err(_) => {
-                    stats.auth_failed[side].fetch_add(1, Ordering::Relaxed);
-                    learning.auth_failed_total.fetch_add(1, Ordering::Relaxed);
-                    if !warned_auth[side] {
-                        warned_auth[side] = true;
-                        warn!(%src, "dropping SRTP from the {}'s side that fails authentication (or is a replay)", Side::from_index(side).name());
+        for (i, &(len, src)) in from[side][kind][..n].iter().enumerate() {
+            let pkt = &bufs[side][kind][i][..len];
+            let rtcp = kind == 1 || is_rtcp(pkt);
+            // Authenticated before the latch sees it, so that only packets that
+            // authenticate may fix or use a source.
+            let decrypted;
+            let pkt: &[u8] = match &mut crypto[side] {
+                Crypto::Plain => pkt,
+                Crypto::Pending => continue,
+                Crypto::On { rx, .. } => match rx.unprotect(pkt, rtcp) {
+                    Ok(p) => {
+                        decrypted = p;
+                        &decrypted
                     }
-                    continue;
+                    Err(_) => {
+                        stats.auth_failed[side].fetch_add(1, Ordering::Relaxed);
+                        learning.auth_failed_total.fetch_add(1, Ordering::Relaxed);
+                        if !warned_auth[side] {
+                            warned_auth[side] = true;
+                            warn!(%src, "dropping SRTP from the {}'s side that fails authentication (or is a replay)", Side::from_index(side).name());
+                        }
+                        continue;
+                    }
+                },
+            };
+            let carries = if kind == 0 {
+                Carries::Rtp(pts[0].union(pts[1]))
+            } else {
+                Carries::Rtcp(latch[side][0].source().map(|s| s.ip()))
+            };
+            let was_fixed = latch[side][kind].source().is_some();
+            if !latch[side][kind].accept(src, pkt, now, learning.mode, carries) {
+                stats.foreign_dropped[side].fetch_add(1, Ordering::Relaxed);
+                learning.foreign_total.fetch_add(1, Ordering::Relaxed);
+                if !warned[side] {
+                    warned[side] = true;
+                    let port = socks[side][kind]
+                        .local_addr()
+                        .map(|a| a.port())
+                        .unwrap_or(0);
+                    warn!(%src, port, "dropping media from a source that is not the {}'s", Side::from_index(side).name());
                 }
-            },
-        };
-        let carries = if kind == 0 {
-            Carries::Rtp(pts[0].union(pts[1]))
-        } else {
-            Carries::Rtcp(latch[side][0].source().map(|s| s.ip()))
-        };
-        let was_fixed = latch[side][kind].source().is_some();
-        if !latch[side][kind].accept(src, pkt, now, learning.mode, carries) {
-            stats.foreign_dropped[side].fetch_add(1, Ordering::Relaxed);
-            learning.foreign_total.fetch_add(1, Ordering::Relaxed);
-            if !warned[side] {
-                warned[side] = true;
-                let port = socks[side][kind]
-                    .local_addr()
-                    .map(|a| a.port())
-                    .unwrap_or(0);
-                warn!(%src, port, "dropping media from a source that is not the {}'s", Side::from_index(side).name());
+                continue;
             }
-            continue;
-        }
-        // Only the parties' media shows the call is alive (RTP timeout).
-        stats.last_rx_ms.store(
-            now.saturating_duration_since(epoch()).as_millis() as u64,
-            Ordering::Relaxed,
-        );
-        if !was_fixed && latch[side][kind].learned() {
-            info!(%src, "learned the {}'s media source (not the address its SDP named)", Side::from_index(side).name());
-        }
-        let other = 1 - side;
-        let Some(dst) = latch[other][kind].target() else {
-            continue;
-        };
-        let encrypted;
-        let out: &[u8] = match &mut crypto[other] {
-            Crypto::Plain => pkt,
-            Crypto::Pending => continue,
-            Crypto::On { tx, .. } => match tx.protect(pkt, rtcp) {
-                Some(p) => {
-                    encrypted = p;
-                    &encrypted
+            // Only the parties' media shows the call is alive (RTP timeout).
+            stats.last_rx_ms.store(
+                now.saturating_duration_since(epoch()).as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            if !was_fixed && latch[side][kind].learned() {
+                info!(%src, "learned the {}'s media source (not the address its SDP named)", Side::from_index(side).name());
+            }
+            let other = 1 - side;
+            let Some(dst) = latch[other][kind].target() else {
+                continue;
+            };
+            let encrypted;
+            let out: &[u8] = match &mut crypto[other] {
+                Crypto::Plain => pkt,
+                Crypto::Pending => continue,
+                Crypto::On { tx, .. } => match tx.protect(pkt, rtcp) {
+                    Some(p) => {
+                        encrypted = p;
+                        &encrypted
+                    }
+                    None => continue,
+                },
+            };
+            if socks[other][kind].send_to(out, dst).is_err() {
+                continue;
+            }
+            if rtcp {
+                stats.rtcp_packets[side].fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.rtp_packets[side].fetch_add(1, Ordering::Relaxed);
+                stats.rtp_bytes[side].fetch_add(pkt.len() as u64, Ordering::Relaxed);
+                if let Some(tap) = &tap {
+                    tap.offer(Side::from_index(side), Bytes::copy_from_slice(pkt), now);
                 }
-                None => continue,
-            },
-        };
-        if socks[other][kind].send_to(out, dst).await.is_err() {
-            continue;
-        }
-        if rtcp {
-            stats.rtcp_packets[side].fetch_add(1, Ordering::Relaxed);
-        } else {
-            stats.rtp_packets[side].fetch_add(1, Ordering::Relaxed);
-            stats.rtp_bytes[side].fetch_add(pkt.len() as u64, Ordering::Relaxed);
-            if let Some(tap) = &tap {
-                tap.offer(Side::from_index(side), Bytes::copy_from_slice(pkt), now);
             }
         }
     }

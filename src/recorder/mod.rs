@@ -18,8 +18,8 @@ mod wav;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -231,6 +231,10 @@ struct Packet {
 /// State shared by the forks and the worker.
 struct ForkShared {
     closed: AtomicBool,
+    /// Packets offered and not yet taken by the lane.
+    queued: AtomicUsize,
+    /// Most packets that may wait (`RecordingSpec::queue_capacity`).
+    capacity: usize,
     queue_dropped: [AtomicU64; 2],
     last_drop_log_ms: AtomicU64,
     /// First refused packet since the worker last looked (ms from `epoch` + 1; 0: none).
@@ -243,31 +247,37 @@ struct ForkShared {
 
 const DROP_LOG_INTERVAL_MS: u64 = 5000;
 
-/// Cheap handle for the relay to offer packets; never blocks.
+/// Cheap handle for the relay to offer packets; never blocks. The queue is
+/// bounded by a counter rather than by a preallocated ring: a bounded channel
+/// would hold room for `queue_capacity` packets (128 kB at the default) for
+/// every call, although it normally carries two packets per lane tick.
 #[derive(Clone)]
 pub struct Fork {
-    tx: SyncSender<Packet>,
+    tx: Sender<Packet>,
     shared: Arc<ForkShared>,
 }
 
 impl Fork {
     /// Offers a whole RTP packet; false when it was dropped (queue full) or the recording has finished.
     pub fn offer(&self, party: Side, packet: Bytes, arrival: Instant) -> bool {
-        if self.shared.closed.load(Ordering::Relaxed) {
+        let s = &self.shared;
+        if s.closed.load(Ordering::Relaxed) {
             return false;
         }
-        match self.tx.try_send(Packet {
+        if s.queued.fetch_add(1, Ordering::Relaxed) >= s.capacity {
+            s.queued.fetch_sub(1, Ordering::Relaxed);
+            self.count_drop(party, arrival);
+            return false;
+        }
+        let sent = self.tx.send(Packet {
             party,
             data: packet,
             arrival,
-        }) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.count_drop(party, arrival);
-                false
-            }
-            Err(TrySendError::Disconnected(_)) => false,
+        });
+        if sent.is_err() {
+            s.queued.fetch_sub(1, Ordering::Relaxed);
         }
+        sent.is_ok()
     }
 
     fn count_drop(&self, party: Side, arrival: Instant) {
@@ -309,9 +319,11 @@ impl Recorder {
     pub fn start(spec: RecordingSpec) -> Result<Recorder, RecorderError> {
         spec.validate()?;
         let pool = pool::Pool::get()?;
-        let (tx, rx) = mpsc::sync_channel(spec.queue_capacity);
+        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(ForkShared {
             closed: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            capacity: spec.queue_capacity,
             queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
             last_drop_log_ms: AtomicU64::new(0),
             overload_from: AtomicU64::new(0),
@@ -445,11 +457,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = RecordingSpec::new(dir.path(), "q", ChannelMode::Stereo);
         spec.queue_capacity = 1;
-        let (tx, _rx) = mpsc::sync_channel(1);
+        let (tx, _rx) = mpsc::channel();
         let fork = Fork {
             tx,
             shared: Arc::new(ForkShared {
                 closed: AtomicBool::new(false),
+                queued: AtomicUsize::new(0),
+                capacity: spec.queue_capacity,
                 queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
                 last_drop_log_ms: AtomicU64::new(0),
                 overload_from: AtomicU64::new(0),

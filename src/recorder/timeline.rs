@@ -174,7 +174,9 @@ impl Timeline {
     pub(crate) fn new() -> Timeline {
         Timeline {
             segments: Vec::with_capacity(2),
-            buf: VecDeque::with_capacity(48000),
+            // Pending samples span the reorder window (200 ms: 1,600 at
+            // 8 kHz); the ring grows for wideband or longer windows.
+            buf: VecDeque::with_capacity(2048),
             base: 0,
             pcm: Vec::with_capacity(1920),
             resampled: Vec::with_capacity(1920),

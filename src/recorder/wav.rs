@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 /// Byte offset where the sample data starts.
 pub const DATA_OFFSET: u64 = 80;
 const JUNK_PAYLOAD: u32 = 28;
+/// Buffered sample bytes that trigger a write: half a second of stereo 8 kHz.
+/// Every running call keeps this buffer, so it stays small; the writes it
+/// saves beyond this size are few against the packets a call costs.
+const FLUSH_AT: usize = 16 * 1024;
 
 /// Sample frames `[from, to)` that could not be written.
 #[derive(Debug)]
@@ -56,7 +60,8 @@ impl WavWriter {
             channels,
             sample_rate,
             data_bytes: 0,
-            buf: Vec::with_capacity(64 * 1024),
+            // Room for one commit chunk beyond the flush mark, so it rarely grows.
+            buf: Vec::with_capacity(FLUSH_AT + 4 * 1024),
             rf64_threshold,
             rf64: false,
             header_interval,
@@ -95,7 +100,7 @@ impl WavWriter {
             self.buf.extend_from_slice(&s.to_le_bytes());
         }
         let mut res = Ok(());
-        if self.buf.len() >= 32 * 1024 {
+        if self.buf.len() >= FLUSH_AT {
             res = self.flush_buf();
         }
         if self.last_header.elapsed() >= self.header_interval {

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::media::ports::PortPool;
 use crate::media::srtp::{MasterKey, Suite};
+use tokio::net::UdpSocket;
 
 /// Keeps every packet offered for recording.
 #[derive(Default)]

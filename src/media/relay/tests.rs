@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::media::ports::PortPool;
+use tokio::net::UdpSocket;
 
 fn pcma() -> PayloadTypes {
     PayloadTypes::from_formats(&["8".into(), "101".into()])
@@ -273,4 +274,33 @@ async fn a_new_address_in_an_sdp_replaces_the_old_source() {
         .await
         .unwrap();
     recv(&new, "to the new address").await;
+}
+
+#[tokio::test]
+async fn a_burst_with_a_stranger_inside_is_relayed_whole_and_in_order() {
+    // The relay takes several queued datagrams per system call: a stranger's
+    // packet in the middle of a burst must be dropped alone, and the party's
+    // packets before and after it all relayed, in order.
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32400, 32410);
+    let p = Peers::new(&pool, Learning::default()).await;
+    let st = &p.s.stats;
+    let pkt = |seq: u8| [0x80u8, 8, 0, seq, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+    // One packet first, so the caller's source is fixed before the burst.
+    p.a.send_to(&pkt(0), p.caller_side()).await.unwrap();
+    assert_eq!(recv(&p.b, "first packet").await.0, pkt(0));
+    for seq in 1..=40u8 {
+        p.a.send_to(&pkt(seq), p.caller_side()).await.unwrap();
+        if seq % 3 == 0 {
+            p.stranger
+                .send_to(&pkt(200), p.caller_side())
+                .await
+                .unwrap();
+        }
+    }
+    for seq in 1..=40u8 {
+        assert_eq!(recv(&p.b, "burst packet").await.0, pkt(seq), "packet {seq}");
+    }
+    settle(|| p.count(&st.foreign_dropped, 0) == 13).await;
+    assert_eq!(p.count(&st.foreign_dropped, 0), 13);
+    assert_eq!(p.count(&st.rtp_packets, 0), 41);
 }

@@ -136,16 +136,40 @@ pub fn speech_spans(audio: &[f32], settings: &SpeechSettings) -> Vec<Range<usize
     spans
 }
 
-/// One flag per 16 ms frame: does earshot hear a voice there?
+/// Frames either side over which the loudness must move for speech (~0.26 s).
+const MOD_HALF: usize = 16;
+/// Speech rises and falls with its syllables; a hold tone or a held chord does
+/// not. Below this spread of loudness (dB) around a frame it is not speech.
+const MIN_MODULATION_DB: f32 = 4.0;
+
+/// One flag per 16 ms frame: does earshot hear a voice there, and does the
+/// loudness around it move like syllables? earshot alone takes a steady tone
+/// for a voice, and Whisper then invents words for the hold tone.
 fn voiced_frames(audio: &[f32], threshold: f32) -> Vec<bool> {
     let mut detector = earshot::Detector::default_boxed();
     let mut frame = [0f32; FRAME];
-    audio
+    let scores: Vec<bool> = audio
         .chunks(FRAME)
         .map(|chunk| {
             frame[..chunk.len()].copy_from_slice(chunk);
             frame[chunk.len()..].fill(0.0);
             detector.predict_f32(&frame) >= threshold
+        })
+        .collect();
+    let db: Vec<f32> = (0..scores.len())
+        .map(|i| 10.0 * (frame_energy(audio, i) / FRAME as f32 + 1e-10).log10())
+        .collect();
+    scores
+        .iter()
+        .enumerate()
+        .map(|(i, &voice)| {
+            if !voice {
+                return false;
+            }
+            let around = &db[i.saturating_sub(MOD_HALF)..(i + MOD_HALF + 1).min(db.len())];
+            let mean = around.iter().sum::<f32>() / around.len() as f32;
+            let var = around.iter().map(|d| (d - mean).powi(2)).sum::<f32>() / around.len() as f32;
+            var.sqrt() >= MIN_MODULATION_DB
         })
         .collect()
 }

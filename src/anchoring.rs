@@ -42,10 +42,21 @@ pub struct AnchorRow {
 pub(crate) fn insert(conn: &Conn, a: &AnchorRow) -> Result<(), SqlError> {
     conn.execute(
         "INSERT INTO anchors (profile, seq, sha256, at_ms, reply) VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (profile, seq) DO UPDATE SET sha256 = excluded.sha256, at_ms = excluded.at_ms, reply = excluded.reply",
+         ON CONFLICT (sha256) DO UPDATE SET at_ms = excluded.at_ms, reply = excluded.reply",
         &[&a.profile, &(a.seq as i64), &a.sha256, &a.at_ms, &a.reply],
     )?;
     Ok(())
+}
+
+/// Whether the chain head whose checksum file hashes to `sha256` has a time
+/// stamp. Asked by the head's hash, not by profile and number: instances that
+/// share one database each keep a chain per profile, and their heads share
+/// numbers.
+pub(crate) fn is_stamped(conn: &Conn, sha256: &str) -> Result<bool, SqlError> {
+    let n: i64 = conn
+        .query_one("SELECT COUNT(*) FROM anchors WHERE sha256 = ?1", &[&sha256])?
+        .get(0)?;
+    Ok(n > 0)
 }
 
 /// The file name of the time stamp of number `seq` of `profile`'s chain.
@@ -117,22 +128,14 @@ pub async fn anchor_heads(
         let Some(seq) = head.link.seq else { continue };
         // Read on a blocking thread: the database may be a remote server.
         let stamped = {
-            let (db, profile) = (db.clone(), profile.clone());
-            tokio::task::spawn_blocking(move || {
-                db.read(|c| {
-                    c.query_one(
-                        "SELECT COUNT(*) FROM anchors WHERE profile = ?1 AND seq = ?2",
-                        &[&profile, &(seq as i64)],
-                    )?
-                    .get::<i64>(0)
-                })
-            })
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0)
+            let (db, sha256) = (db.clone(), head.link.sha256.clone());
+            tokio::task::spawn_blocking(move || db.read(|c| is_stamped(c, &sha256)))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(false)
         };
-        if stamped > 0 {
+        if stamped {
             continue;
         }
         let mut imprint = [0u8; 32];
@@ -258,5 +261,45 @@ pub async fn mail_loop(notifier: crate::notify::Notifier, data_dir: PathBuf, ins
     loop {
         tick.tick().await;
         mail_heads(&notifier, &data_dir, &instance_id).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::scratch::{ScratchDb, ENGINES};
+
+    fn row(profile: &str, seq: u64, sha256: &str) -> AnchorRow {
+        AnchorRow {
+            profile: profile.into(),
+            seq,
+            sha256: sha256.into(),
+            at_ms: 1,
+            reply: vec![1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn a_second_instances_head_at_the_same_number_is_still_stamped() {
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let s = ScratchDb::new(engine, dir.path());
+            let db = s.open();
+            // Instance A's chain "banking" is stamped at number 5.
+            db.write_sync(vec![Record::Anchor(row("banking", 5, "aa"))])
+                .unwrap();
+            // Instance B's chain of the same profile reaches number 5 too: its
+            // head is another set and must get its own stamp.
+            assert!(db.read(|c| is_stamped(c, "aa")).unwrap());
+            assert!(!db.read(|c| is_stamped(c, "bb")).unwrap(), "{engine:?}");
+            db.write_sync(vec![Record::Anchor(row("banking", 5, "bb"))])
+                .unwrap();
+            assert!(db.read(|c| is_stamped(c, "bb")).unwrap());
+            assert_eq!(
+                db.count("anchors").unwrap(),
+                2,
+                "{engine:?}: both stamps kept"
+            );
+        }
     }
 }

@@ -224,6 +224,20 @@ CREATE TABLE logged_out_members (
 "#,
     // The transcription queue and the transcripts' word index (see transcribe::queue).
     crate::transcribe::queue::MIGRATION,
+    // Time stamps of chain heads are keyed by the head's hash: instances sharing
+    // the database each have a chain per profile, with the same numbers.
+    r#"
+CREATE TABLE chain_anchors (
+    sha256 TEXT PRIMARY KEY,
+    profile TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    reply {blob} NOT NULL
+);
+INSERT INTO chain_anchors (sha256, profile, seq, at_ms, reply) SELECT sha256, profile, seq, at_ms, reply FROM anchors;
+DROP TABLE anchors;
+ALTER TABLE chain_anchors RENAME TO anchors;
+"#,
 ];
 
 /// The migration `sql` as `engine` runs it: the tokens replaced, and on

@@ -147,7 +147,7 @@ mod with_engine {
     use std::process::Command;
 
     const CALLER_SAYS: &str = "Guten Tag. Ich möchte tausend Aktien der Deutschen Bank kaufen.";
-    const CALLEE_SAYS: &str = "Gerne. Der Kurs liegt heute bei zwölf Euro.";
+    const CALLEE_SAYS: &str = "Vielen Dank. Auf Wiedersehen.";
 
     /// Writes caller.xml and callee.xml of the scenario `from` (under
     /// sip-scenarios/) into `dir`, with each side's media replaced by
@@ -163,6 +163,12 @@ mod with_engine {
                 .expect("the scenario sends RTP");
             let end = start + xml[start..].find("/>").unwrap() + 2;
             let mut xml = format!("{}{media}{}", &xml[..start], &xml[end..]);
+            if media.contains("play_pcap_audio") {
+                // SIPp plays a pcap from its -mp port, not from the rtp_stream
+                // socket: the SDP must name that port, or the packets arrive
+                // from a port the SDP never offered.
+                xml = xml.replace("[rtpstream_audio_port]", "[media_port]");
+            }
             if side == "caller" {
                 xml = xml.replace(
                     "<pause milliseconds=\"3000\"/>",
@@ -290,16 +296,19 @@ mod with_engine {
         let (sums, text) = transcript_of(proxy, &set);
         let caller = said_by(&text, "caller");
         let callee = said_by(&text, "callee");
+        // Whisper base over telephone audio gets the order's verb and the
+        // stem of "Aktien" every time, not always the whole word (measured:
+        // "Aktien-…", "tausendaktieren"); the README gives the error rate.
         assert!(
-            caller.contains("aktien"),
+            caller.contains("aktie") && caller.contains("kaufen"),
             "caller's words: {caller:?}\n{text}"
         );
         assert!(
-            callee.contains("euro"),
+            callee.contains("wiedersehen"),
             "callee's words: {callee:?}\n{text}"
         );
         assert!(
-            !caller.contains("euro") && !callee.contains("aktien"),
+            !caller.contains("wiedersehen") && !callee.contains("kaufen"),
             "parties mixed up:\n{text}"
         );
         let (code, out) = callrec_cli(&[
@@ -313,7 +322,7 @@ mod with_engine {
             "recordings",
             "search",
             "--text",
-            "Aktien",
+            "kaufen",
             "--data-dir",
             proxy.data_dir().to_str().unwrap(),
         ]);
@@ -332,7 +341,7 @@ mod with_engine {
                 set.to_string_lossy().trim_end_matches(".sha256")
             ));
             let original = std::fs::read(&f).unwrap();
-            let changed = String::from_utf8_lossy(&original).replacen("uro", "URO", 1);
+            let changed = String::from_utf8_lossy(&original).replacen("kaufen", "verkaufen", 1);
             assert_ne!(changed.as_bytes(), &original[..]);
             std::fs::write(&f, changed).unwrap();
             let (code, out) = callrec_cli(&["verify", sums.to_str().unwrap()]);

@@ -168,7 +168,13 @@ fn dump(conn: &callrec::db::Conn, tables: &[String]) -> Vec<(String, Vec<String>
     tables
         .iter()
         .map(|t| {
-            let rows = callrec::db::table_rows(conn, t, "1, 2, 3")
+            // Ordered by up to the first three columns (some tables have two).
+            let width = callrec::db::table_rows(conn, t, "1")
+                .unwrap()
+                .first()
+                .map_or(1, |r| r.len().min(3));
+            let order: Vec<String> = (1..=width).map(|i| i.to_string()).collect();
+            let rows = callrec::db::table_rows(conn, t, &order.join(", "))
                 .unwrap()
                 .into_iter()
                 .map(|r| format!("{r:?}"))

@@ -531,12 +531,25 @@ mod tests {
     fn deletion_takes_the_signature_first() {
         let set = UploadSet::by_name("20260301_101502_in_1_2_ab");
         let names = set.names_for_deletion("t").unwrap();
-        assert_eq!(names.len(), 6);
+        // The set's six files and its transcript addendum's four.
+        assert_eq!(names.len(), 10, "{names:?}");
         assert_eq!(
             names[0],
             "20260301_101502_in_1_2_ab.sha256.SHA256withRSA.sig"
         );
-        assert_eq!(names[1], "20260301_101502_in_1_2_ab.sha256");
+        let at = |n: &str| {
+            names
+                .iter()
+                .position(|x| x == n)
+                .unwrap_or_else(|| panic!("{n} missing: {names:?}"))
+        };
+        // Each checksum file goes after its signature.
+        assert!(at("20260301_101502_in_1_2_ab.sha256") > 0);
+        assert!(
+            at("20260301_101502_in_1_2_ab_transcript.sha256.SHA256withRSA.sig")
+                < at("20260301_101502_in_1_2_ab_transcript.sha256")
+        );
+        assert!(at("20260301_101502_in_1_2_ab_transcript.txt") > 0);
         assert!(names.contains(&"20260301_101502_in_1_2_ab_callee.wav".to_string()));
         assert_eq!(set.start.to_string(), "2026-03-01 10:15:02");
     }

@@ -231,6 +231,28 @@ impl PgClient {
     }
 }
 
+impl PgClient {
+    /// Prepares `sql` (cached) and runs `call` with the client, the statement
+    /// and `vals` as parameters, outside any tokio runtime.
+    fn run<T: Send>(
+        &mut self,
+        sql: &str,
+        vals: &[Value],
+        call: impl FnOnce(
+                &mut postgres::Client,
+                &postgres::Statement,
+                &[&(dyn ToSql + Sync)],
+            ) -> Result<T, postgres::Error>
+            + Send,
+    ) -> Result<T, SqlError> {
+        let st = self.statement(sql)?;
+        let client = self.client.as_mut().expect("client taken");
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        Ok(off_runtime(|| call(client, &st, &refs))?)
+    }
+}
+
 impl Drop for PgClient {
     fn drop(&mut self) {
         // Closing the client runs its own small runtime, which must not start
@@ -435,14 +457,9 @@ impl Conn {
                 ))?;
                 Ok(n as u64)
             }
-            Inner::Postgres(pg) => {
-                let mut pg = pg.borrow_mut();
-                let st = pg.statement(sql)?;
-                let client = pg.client.as_mut().expect("client taken");
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                Ok(off_runtime(|| client.execute(&st, &refs))?)
-            }
+            Inner::Postgres(pg) => pg
+                .borrow_mut()
+                .run(sql, &vals, |client, st, refs| client.execute(st, refs)),
         }
     }
 
@@ -466,15 +483,12 @@ impl Conn {
                 }
                 Ok(out)
             }
-            Inner::Postgres(pg) => {
-                let mut pg = pg.borrow_mut();
-                let st = pg.statement(sql)?;
-                let client = pg.client.as_mut().expect("client taken");
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                let rows = off_runtime(|| client.query(&st, &refs))?;
-                rows.iter().map(pg_row).collect()
-            }
+            Inner::Postgres(pg) => pg
+                .borrow_mut()
+                .run(sql, &vals, |client, st, refs| client.query(st, refs))?
+                .iter()
+                .map(pg_row)
+                .collect(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::checksum::{is_plain_name, sha256_bytes, sha256_file, Entry};
 use super::durable::write_synced;
-use super::sealer::write_signed_checksums;
+use super::sealer::{write_metadata, write_signed_checksums};
 use super::{Identity, SealError, SealedSet, CHECKSUM_SUFFIX};
 
 /// Key of an addendum's metadata naming the set it belongs to; its presence
@@ -53,16 +53,8 @@ pub fn seal_addendum(
         ADDENDUM_KEY.into(),
         serde_json::json!({"base_name": set_base, "checksum_sha256": set_sha256}),
     );
-    let mut json = serde_json::to_vec_pretty(&serde_json::Value::Object(meta))
-        .expect("a JSON object serialises");
-    json.push(b'\n');
-    let json_name = format!("{base}.json");
-    let json_path = folder.join(&json_name);
-    write_synced(&json_path, &json, 0o644)?;
-    let mut entries = vec![Entry {
-        sha256: sha256_bytes(&json),
-        name: json_name,
-    }];
+    let (entry, json_path) = write_metadata(folder, format!("{base}.json"), meta)?;
+    let mut entries = vec![entry];
     let mut files = vec![json_path];
     for (name, bytes) in extra {
         if !is_plain_name(name) || name.contains('/') || !name.starts_with(&base) {

@@ -198,16 +198,8 @@ impl Sealer {
             "chain".into(),
             serde_json::json!({"instance_id": position.instance_id, "profile": profile, "seq": seq}),
         );
-        let mut json = serde_json::to_vec_pretty(&serde_json::Value::Object(meta))
-            .expect("a JSON object serialises");
-        json.push(b'\n');
-        let json_path = folder.join(&json_name);
-        write_synced(&json_path, &json, 0o644)?;
-
-        let mut entries = vec![Entry {
-            sha256: sha256_bytes(&json),
-            name: json_name,
-        }];
+        let (entry, json_path) = write_metadata(folder, json_name, meta)?;
+        let mut entries = vec![entry];
         let mut files = vec![json_path];
         for name in names {
             let path = folder.join(name);
@@ -404,4 +396,23 @@ pub(crate) fn write_signed_checksums(
     write_synced(&sig_path, sig_text.as_bytes(), 0o644)?;
     sync_dir(folder)?;
     Ok((sums_path, sig_path, sha256_bytes(sums.as_bytes())))
+}
+
+/// Writes a set's (or addendum's) metadata file `name` in `folder`, synced;
+/// returns its checksum entry (the first of the checksum file) and its path.
+pub(crate) fn write_metadata(
+    folder: &Path,
+    name: String,
+    meta: serde_json::Map<String, serde_json::Value>,
+) -> Result<(Entry, PathBuf), SealError> {
+    let mut json = serde_json::to_vec_pretty(&serde_json::Value::Object(meta))
+        .expect("a JSON object serialises");
+    json.push(b'\n');
+    let path = folder.join(&name);
+    write_synced(&path, &json, 0o644)?;
+    let entry = Entry {
+        sha256: sha256_bytes(&json),
+        name,
+    };
+    Ok((entry, path))
 }

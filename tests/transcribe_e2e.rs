@@ -147,7 +147,11 @@ mod with_engine {
     use std::process::Command;
 
     const CALLER_SAYS: &str = "Guten Tag. Ich möchte tausend Aktien der Deutschen Bank kaufen.";
-    const CALLEE_SAYS: &str = "Vielen Dank. Auf Wiedersehen.";
+    // Both sentences chosen by measurement: Whisper base is sensitive to
+    // where speech starts in its window (which depends on call timing);
+    // "Vielen Dank. Auf Wiedersehen." came through in 5 of 11 start offsets,
+    // this farewell and the order's key words in 11 of 11.
+    const CALLEE_SAYS: &str = "Einen schönen Tag noch. Auf Wiederhören.";
 
     /// Writes caller.xml and callee.xml of the scenario `from` (under
     /// sip-scenarios/) into `dir`, with each side's media replaced by
@@ -304,11 +308,11 @@ mod with_engine {
             "caller's words: {caller:?}\n{text}"
         );
         assert!(
-            callee.contains("wiedersehen"),
+            callee.contains("wiederhören"),
             "callee's words: {callee:?}\n{text}"
         );
         assert!(
-            !caller.contains("wiedersehen") && !callee.contains("kaufen"),
+            !caller.contains("wiederhören") && !callee.contains("kaufen"),
             "parties mixed up:\n{text}"
         );
         let (code, out) = callrec_cli(&[

@@ -8,7 +8,9 @@
 #   deploy/fuzz.sh 0 10000000           # 10 million executions per target
 #   deploy/fuzz.sh 60 0 sdp rtp         # only these targets
 # Environment: FUZZ_JOBS (parallel fuzz jobs per target, default 1),
-# FUZZ_NICE (nice level, default 0), FUZZ_LOG (summary file, default none).
+# FUZZ_NICE (nice level, default 0), FUZZ_LOG (summary file, default none),
+# FUZZ_PROFILE (release, the default, or dev: builds in a fraction of the
+# time and runs several times slower; test.sh's brief pass uses dev).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -31,8 +33,16 @@ fi
 python3 fuzz/seed.py
 
 nice_cmd=(nice -n "${FUZZ_NICE:-0}")
+case ${FUZZ_PROFILE:-release} in
+release) profile=(--release) ;;
+dev) profile=(--dev) ;;
+*)
+    echo "fuzz.sh: FUZZ_PROFILE is release or dev, not '$FUZZ_PROFILE'" >&2
+    exit 2
+    ;;
+esac
 # One build for all targets (the callrec library with only the fuzzing entry points added).
-"${nice_cmd[@]}" cargo +nightly fuzz build
+"${nice_cmd[@]}" cargo +nightly fuzz build "${profile[@]}"
 
 status=0
 for t in "${targets[@]}"; do
@@ -45,7 +55,7 @@ for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
     log=$(mktemp)
     started=$(date -u +%Y-%m-%dT%H:%MZ)
-    if "${nice_cmd[@]}" cargo +nightly fuzz run "$t" "fuzz/corpus/$t" \
+    if "${nice_cmd[@]}" cargo +nightly fuzz run "${profile[@]}" "$t" "fuzz/corpus/$t" \
         -- "${args[@]}" -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1; then
         result=ok
     else

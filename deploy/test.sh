@@ -9,6 +9,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# Each stage says how far into the run it starts, so a slow stage shows.
+stage() { printf 'test.sh: [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 # --- packages ---------------------------------------------------------------
 # One line per need: "command-or-path-that-proves-it  debian-package".
@@ -171,9 +173,9 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
-echo "test.sh: cargo fmt --check"
+stage "cargo fmt --check"
 cargo fmt --check
-echo "test.sh: cargo clippy --all-targets -- -D warnings (without and with the speech engine)"
+stage "cargo clippy --all-targets -- -D warnings (without and with the speech engine)"
 cargo clippy --quiet --all-targets -- -D warnings
 cargo clippy --quiet --all-targets --features transcribe -- -D warnings
 
@@ -203,22 +205,27 @@ echo "test.sh: $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//'), $(cargo --versio
 # proxy's build: a full run (no filter) checks, builds and tests it too (seconds).
 if (($# == 0)); then
     callgen=(--manifest-path benches/load/callgen/Cargo.toml)
-    echo "test.sh: benches/load/callgen: fmt, clippy, test"
+    stage "benches/load/callgen: fmt, clippy, test"
     cargo fmt --check "${callgen[@]}"
     cargo clippy --quiet --all-targets "${callgen[@]}" -- -D warnings
     cargo test --quiet "${callgen[@]}"
 fi
 # A full run (no filter) also fuzzes each target briefly when the nightly
 # toolchain cargo-fuzz needs is there (CALLREC_FUZZ_SECONDS per target, 0 = skip);
-# a crash fails the run. Longer runs: deploy/fuzz.sh, see SECURITY.md.
+# a crash fails the run. Built in the dev profile: a release build of the
+# fuzz targets took 11 of a fresh clone's 52 minutes. Longer runs:
+# deploy/fuzz.sh (release), see SECURITY.md.
 fuzz_seconds=${CALLREC_FUZZ_SECONDS:-30}
 status=0
 if (($# == 0)) && ((fuzz_seconds > 0)) && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     # Fuzz first, so that the run closes with cargo test's summary.
-    ./deploy/fuzz.sh "$fuzz_seconds" || status=$?
+    stage "fuzzing each target for $fuzz_seconds s"
+    FUZZ_PROFILE=dev ./deploy/fuzz.sh "$fuzz_seconds" || status=$?
 fi
 # The tests run with the speech engine built in (feature `transcribe`; its C++
 # part compiles once per target folder).
+stage "cargo test"
 cargo test --no-fail-fast --features transcribe --lib --bins --tests --examples "$@" || status=$?
 check_tmp || status=1
+stage "done"
 exit $status

@@ -121,11 +121,13 @@ fn callgen_srtp_calls_pass_and_the_recordings_hold_the_decrypted_tone() {
     assert_eq!(j["calls_ok"], 3, "{j}");
     assert_eq!(j["calls_failed"], 0, "{j}");
     assert_eq!(j["srtp_auth_failed"], 0, "{j}");
-    // 3 s hold: 2.5 s of audio, 125 packets per party and call.
-    assert_eq!(j["media_caller"]["ok"], 3, "{j}");
-    assert_eq!(j["media_caller"]["received"], 375, "{j}");
-    assert_eq!(j["media_callee"]["ok"], 3, "{j}");
-    assert_eq!(j["media_callee"]["received"], 375, "{j}");
+    // 3 s hold: 2.5 s of audio, 125 packets per party and call; a stream is
+    // ok with at least 99 % of them (a packet at the edge of a call may be
+    // lost on a busy machine), of which at least 95 % carry the tone.
+    for party in ["media_caller", "media_callee"] {
+        assert_eq!(j[party]["ok"], 3, "{j}");
+        assert!(j[party]["received"].as_u64().unwrap() >= 372, "{j}");
+    }
     assert_eq!(j["tone_frames"], j["packets_received"], "{j}");
 
     let m = proxy.metrics();

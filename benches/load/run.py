@@ -1130,7 +1130,8 @@ def main():
     p.set_defaults(fn=cmd_report)
     args = ap.parse_args()
     AUTOGROUP_NICE[0] = args.autogroup_nice
-    os.makedirs(args.work, exist_ok=True)
+    if args.cmd != "report":  # report only reads result files
+        os.makedirs(args.work, exist_ok=True)
     args.fn(args)
 
 

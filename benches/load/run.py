@@ -22,7 +22,10 @@ proxy for that long at the plateau of a load run; callrec only; with
 --generator sipp|callgen (who places and answers the calls: SIPp caller + callee,
 the default, or benches/load/callgen, one process of our own for both sides, with
 --callgen-bin PATH, --callgen-threads N; its JSON summary is kept in the result),
---keep (keep recordings), --rtpstream (RTP from SIPp's rtp_stream as in
+--trunk-media rtp|srtp (srtp: SRTP with SDES keys on the trunk leg, callgen's
+caller offering a fresh key per call and callrec terminating it, the PBX leg
+plain RTP; callrec with --generator callgen only; the result's trunk_media
+says which), --keep (keep recordings), --rtpstream (RTP from SIPp's rtp_stream as in
 sip-scenarios/, where caller and callee of a call share one SSRC; loss is
 then counted against what the stack received, not what SIPp sent).
 
@@ -311,8 +314,9 @@ def pct(values, p):
 class Callrec:
     name = "callrec"
 
-    def __init__(self, work, binary):
+    def __init__(self, work, binary, trunk_media="rtp"):
         self.work, self.binary, self.proc = work, binary, None
+        self.trunk_media = trunk_media
         self.data = os.path.join(work, "data")
         self.rec_dir = os.path.join(self.data, "recordings")
 
@@ -325,6 +329,10 @@ class Callrec:
                # one generator is one source address: the per-source INVITE
                # limit (50/s by default) would refuse the ramp of a large load
                "--invite-rate-per-source", "0", "--max-calls", "0"]
+        if self.trunk_media == "srtp":
+            # SRTP terminated on the trunk leg, plain RTP to the PBX; the
+            # generator's SIP is UDP, so SDES keys must be allowed over it
+            cmd += ["--trunk-media", "srtp", "--pbx-media", "rtp", "--allow-sdes-over-udp"]
         self.cmdline = cmd
         self.log = open(os.path.join(self.work, "callrec.log"), "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
@@ -647,7 +655,7 @@ def callgen_cmd(args, work, stack_port, calls, rate, hold, audio_s):
             "--caller-audio", os.path.join(AUDIO, "caller-440.al"),
             "--callee-audio", os.path.join(AUDIO, "callee-1000.al"),
             "--threads", str(args.callgen_threads), "--rtp-sockets", args.callgen_rtp_sockets,
-            "--tick-us", str(args.callgen_tick_us),
+            "--tick-us", str(args.callgen_tick_us), "--caller-media", args.trunk_media,
             "--json", os.path.join(work, "callgen.json")]
 
 
@@ -685,18 +693,23 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     callgen = args.generator == "callgen"
     if rtpstream and callgen:
         raise SystemExit("--rtpstream is a SIPp mode; callgen always sends its own tone per party")
+    if args.trunk_media == "srtp" and not (callgen and stack_name == "callrec" and media):
+        raise SystemExit("--trunk-media srtp: callrec with --generator callgen and media only")
     if media and not rtpstream and not callgen:
         make_pcaps(work, audio_s)
     if rtpstream:  # the scenarios name audio/*.al relative to SIPp's working directory
         os.symlink(AUDIO, os.path.join(work, "audio"))
     sipp_cwd = work
-    stack = Callrec(work, args.callrec) if stack_name == "callrec" else Peer(work)
+    stack = Callrec(work, args.callrec, args.trunk_media) if stack_name == "callrec" else Peer(work)
     if media and args.rtpstream:
         tag += "-rtpstream"
     if callgen:
         tag += "-callgen" + ("-percall" if args.callgen_rtp_sockets == "per-call" else "")
         tag += f"-tick{args.callgen_tick_us}us" if args.callgen_tick_us != 1000 else ""
-    res = {"stack": stack_name, "kind": tag, "generator": args.generator, "rtp_source": ("rtp_stream" if args.rtpstream else "pcap") if media else None, "calls": calls, "hold_s": hold, "rate_cps": rate,
+    if args.trunk_media == "srtp":
+        tag += "-srtp"
+    res = {"stack": stack_name, "kind": tag, "generator": args.generator,
+           "trunk_media": args.trunk_media, "pbx_media": "rtp", "rtp_source": ("rtp_stream" if args.rtpstream else "pcap") if media else None, "calls": calls, "hold_s": hold, "rate_cps": rate,
            "media": media, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": machine_info(), "work": work}
     log(f"{stack_name}: {calls} calls, hold {hold} s, {rate} cps, media={media}; work {work}")
@@ -1041,6 +1054,19 @@ def cmd_report(args):
                 ta += f", exited threads {a['callrec_threads_unattributed_s']}"
             tb = " / ".join(str(b["cpu_s"].get(k)) for k in ("kamailio", "rtpengine", "rtpengine-recording")) if b else "–"
             print(f"| {n} | {ta or '–'} (total {a['cpu_s_total'] if a else '–'}) | {tb} (total {b['cpu_s_total'] if b else '–'}) |")
+    media_rows = sorted([r for r in rows if r["stack"] == "callrec" and r.get("generator") == "callgen"
+                         and r["kind"].startswith("series") and r["media"]],
+                        key=lambda r: (r["calls"], r.get("trunk_media", "rtp")))
+    if media_rows:
+        print()
+        print("| calls | trunk media | CPU-s per recorded call-minute | machine minus generator | "
+              "audio not recorded, % | failed calls | callgen SRTP auth failures | callgen CPU, % of one core |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in media_rows:
+            cg = r.get("callgen") or {}
+            print(f"| {r['calls']} | {r.get('trunk_media', 'rtp')} | {fmt(r['cpu_s_per_call_minute'], 4)} | "
+                  f"{fmt(r.get('machine_cpu_s_per_call_minute'), 4)} | {fmt(r['loss_pct'], 4)} | "
+                  f"{r['failed_calls']} | {fmt(cg.get('srtp_auth_failed'))} | {fmt(gen_core_pct(r), 1)} |")
     cps = sorted([r for r in rows if r["kind"].startswith("cps")], key=lambda r: (r["stack"], r["rate_cps"]))
     if cps:
         print()
@@ -1075,6 +1101,9 @@ def main():
                     help="callgen's RTP sockets: one per party (default) or one per party and call, like SIPp")
     ap.add_argument("--autogroup-nice", type=int, default=0,
                     help="nice of the stack's and the generator's autogroups (e.g. -10 on a shared machine)")
+    ap.add_argument("--trunk-media", choices=("rtp", "srtp"), default="rtp",
+                    help="media on the trunk leg: plain RTP, or SRTP (SDES) offered by callgen's caller "
+                         "and terminated by callrec (callrec with --generator callgen only)")
     ap.add_argument("--rtpstream", action="store_true",
                     help="RTP from SIPp's rtp_stream (shared SSRC per call) instead of the pcaps")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1101,7 +1130,8 @@ def main():
     p.set_defaults(fn=cmd_report)
     args = ap.parse_args()
     AUTOGROUP_NICE[0] = args.autogroup_nice
-    os.makedirs(args.work, exist_ok=True)
+    if args.cmd != "report":  # report only reads result files
+        os.makedirs(args.work, exist_ok=True)
     args.fn(args)
 
 

@@ -4,10 +4,12 @@
 //! sends a tone per party (PCMA, 20 ms) and checks what arrives at the other
 //! end. Prints one JSON summary (stdout, or --json FILE). See BENCHMARKS.md.
 
+mod batch;
 mod calls;
 mod media;
 mod report;
 mod sip;
+mod srtp;
 mod tone;
 
 use std::net::{SocketAddrV4, UdpSocket};
@@ -29,6 +31,11 @@ const USAGE: &str = "callgen --calls N --rate CPS --hold SECONDS [options]
   --threads T             media threads (default 1)
   --tick-us U             send-time resolution in µs, a divisor of 20000 (default 1000): the
                           packets due in one tick leave together in one sendmmsg
+  --caller-media rtp|srtp the caller's (trunk side's) media: plain RTP (default), or SRTP
+                          with an SDES key per call (AES_CM_128_HMAC_SHA1_80); the callee
+                          stays on plain RTP
+  --srtp-corrupt-key      test switch: the caller protects and checks with keys one bit off
+                          the ones in the SDP (every packet fails authentication)
   --service NUMBER --number NUMBER   called / calling user (default 200 / 03012345678)
   --json FILE             write the summary there instead of stdout";
 
@@ -57,6 +64,8 @@ fn parse_args() -> Result<Args, String> {
             per_call_sockets: false,
             service: "200".into(),
             number: "03012345678".into(),
+            srtp: false,
+            srtp_corrupt_key: false,
         },
         audio_files: [
             format!("{repo_audio}caller-440.al"),
@@ -73,6 +82,10 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.into());
+        }
+        if flag == "--srtp-corrupt-key" {
+            a.plan.srtp_corrupt_key = true;
+            continue;
         }
         let v = it
             .next()
@@ -101,6 +114,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--threads" => a.threads = v.parse().map_err(|e| bad(&e))?,
             "--tick-us" => a.tick_us = v.parse().map_err(|e| bad(&e))?,
+            "--caller-media" => {
+                a.plan.srtp = match v.as_str() {
+                    "rtp" => false,
+                    "srtp" => true,
+                    _ => return Err(bad(&"expected rtp or srtp")),
+                }
+            }
             "--service" => a.plan.service = v,
             "--number" => a.plan.number = v,
             "--json" => a.json = Some(v),
@@ -189,6 +209,7 @@ fn run(args: Args) -> std::io::Result<bool> {
     }
     let plan = args.plan;
     let (calls_n, rate, hold) = (plan.calls, plan.rate, plan.hold);
+    let caller_media = if plan.srtp { "srtp" } else { "rtp" };
     let deadline =
         hold + Duration::from_secs_f64(f64::from(calls_n) / rate) + Duration::from_secs(90);
     let sip = calls::Sip::new(plan, senders.clone(), shared_ports)?;
@@ -219,6 +240,7 @@ fn run(args: Args) -> std::io::Result<bool> {
         wall,
         (user, sys),
         max_lag,
+        caller_media,
     );
     let ok = report::passed(&summary);
     match &args.json {

@@ -5,12 +5,16 @@
 //! `recvmmsg`, so with shared lanes the system-call count does not grow with
 //! the number of calls. Received packets are matched to their stream by
 //! source address (or by SSRC when several streams share the source) and
-//! checked: count, sequence gaps, reordering, and the tone (Goertzel).
+//! checked: count, sequence gaps, reordering, and the tone (Goertzel). A
+//! stream with SRTP protects each packet into the send batch's own buffer and
+//! authenticates and decrypts each arrival before the same checks.
 
+use crate::batch::{RecvScratch, SendScratch, RECV_BATCH};
+use crate::srtp::{CallCrypto, OVERHEAD};
 use crate::tone::{Alaw, Goertzel};
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
@@ -19,8 +23,8 @@ use std::time::{Duration, Instant};
 const PERIOD_US: u64 = 20_000;
 const PAYLOAD: usize = 160;
 const PKT: usize = 12 + PAYLOAD;
-const RECV_BATCH: usize = 64;
-const RECV_BUF: usize = 512;
+/// Room for a packet with its SRTP authentication tag.
+pub const PKT_MAX: usize = PKT + OVERHEAD;
 
 /// Which party a stream belongs to: index 0 caller (trunk side), 1 callee (PBX side).
 pub type Party = usize;
@@ -43,6 +47,8 @@ pub enum Cmd {
         ssrc: u32,
         /// The SSRC the other party sends, when known: tells streams apart that share a source.
         expect_ssrc: Option<u32>,
+        /// SRTP contexts, when this party's media is protected.
+        crypto: Option<Box<CallCrypto>>,
     },
     /// Start sending at `at`, `packets` packets 20 ms apart.
     Start {
@@ -69,6 +75,8 @@ pub struct StreamStats {
     /// Packets older than the highest received (reordered or duplicated).
     pub late: u64,
     pub tone_frames: u64,
+    /// SRTP packets that failed authentication (not counted as received).
+    pub auth_failed: u64,
 }
 
 struct Stream {
@@ -80,6 +88,7 @@ struct Stream {
     first_seq: Option<u16>,
     last_seq: u16,
     span: u64,
+    crypto: Option<Box<CallCrypto>>,
     stats: StreamStats,
 }
 
@@ -219,6 +228,7 @@ impl Engine {
                 remote,
                 ssrc,
                 expect_ssrc,
+                crypto,
             } => {
                 let lane = match lane {
                     LaneRef::Shared(p) => self.shared[p].expect("shared lane of that party"),
@@ -234,6 +244,7 @@ impl Engine {
                     first_seq: None,
                     last_seq: 0,
                     span: 0,
+                    crypto,
                     stats: StreamStats {
                         party,
                         ..Default::default()
@@ -397,12 +408,25 @@ impl Engine {
                     if let Some(f) = frames.get(off..off + PAYLOAD) {
                         pkt[12..].copy_from_slice(f);
                     }
-                    tx.push(pkt, sockaddr(s.remote));
-                    s.stats.sent += 1;
+                    let out = tx.next();
+                    let len = match &mut s.crypto {
+                        Some(c) => c.protect(&pkt, out),
+                        None => {
+                            out[..PKT].copy_from_slice(&pkt);
+                            Some(PKT)
+                        }
+                    };
+                    match len {
+                        Some(len) => {
+                            tx.commit(len, sockaddr(s.remote), idx);
+                            s.stats.sent += 1;
+                        }
+                        None => s.stats.send_errors += 1,
+                    }
                 }
                 let failed = tx.send(self.lanes[lane].sock.as_raw_fd());
                 for k in failed {
-                    let idx = chunk[k].1;
+                    let idx = tx.owners[k];
                     self.streams[idx].stats.sent -= 1;
                     self.streams[idx].stats.send_errors += 1;
                 }
@@ -437,6 +461,20 @@ impl Engine {
                 None => return,
             },
         };
+        let plain;
+        let pkt = match &mut self.streams[idx].crypto {
+            Some(c) => match c.unprotect(pkt) {
+                Some(p) => {
+                    plain = p;
+                    &plain[..]
+                }
+                None => {
+                    self.streams[idx].stats.auth_failed += 1;
+                    return;
+                }
+            },
+            None => pkt,
+        };
         let hdr = 12 + 4 * usize::from(pkt[0] & 0x0f);
         let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
         let payload = pkt.get(hdr..).unwrap_or(&[]);
@@ -468,127 +506,5 @@ impl Engine {
             }
         }
         s.stats.missing = s.span.saturating_sub(s.stats.received - s.stats.late);
-    }
-}
-
-/// Reused buffers for one `sendmmsg` batch.
-#[derive(Default)]
-struct SendScratch {
-    pkts: Vec<[u8; PKT]>,
-    addrs: Vec<libc::sockaddr_in>,
-}
-
-impl SendScratch {
-    fn clear(&mut self) {
-        self.pkts.clear();
-        self.addrs.clear();
-    }
-
-    fn push(&mut self, pkt: [u8; PKT], to: libc::sockaddr_in) {
-        self.pkts.push(pkt);
-        self.addrs.push(to);
-    }
-
-    /// Sends the batch; returns the indexes of packets the kernel refused
-    /// (full buffer, or an ICMP error left by a port that has closed).
-    fn send(&mut self, fd: RawFd) -> Vec<usize> {
-        let n = self.pkts.len();
-        let mut iov: Vec<libc::iovec> = self
-            .pkts
-            .iter_mut()
-            .map(|p| libc::iovec {
-                iov_base: p.as_mut_ptr() as *mut libc::c_void,
-                iov_len: PKT,
-            })
-            .collect();
-        // SAFETY: mmsghdr is plain data; the pointers set below stay valid for the call.
-        let mut hdrs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-        for (k, h) in hdrs.iter_mut().enumerate() {
-            h.msg_hdr.msg_name = &mut self.addrs[k] as *mut _ as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut iov[k];
-            h.msg_hdr.msg_iovlen = 1;
-        }
-        let mut failed = Vec::new();
-        let mut at = 0;
-        while at < n {
-            // SAFETY: hdrs[at..] are valid mmsghdr entries pointing into live buffers.
-            let r =
-                unsafe { libc::sendmmsg(fd, hdrs[at..].as_mut_ptr(), (n - at) as libc::c_uint, 0) };
-            if r <= 0 {
-                // The first message failed: count it and go on with the rest.
-                failed.push(at);
-                at += 1;
-            } else {
-                at += r as usize;
-            }
-        }
-        failed
-    }
-}
-
-/// Reused buffers for `recvmmsg`.
-struct RecvScratch {
-    bufs: Vec<[u8; RECV_BUF]>,
-    addrs: Vec<libc::sockaddr_in>,
-    iov: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-impl RecvScratch {
-    fn new() -> RecvScratch {
-        // SAFETY (both zeroed() calls): plain data, zero is valid; pointers are set before each call.
-        RecvScratch {
-            bufs: vec![[0u8; RECV_BUF]; RECV_BATCH],
-            addrs: (0..RECV_BATCH)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
-            iov: (0..RECV_BATCH)
-                .map(|_| libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                })
-                .collect(),
-            hdrs: (0..RECV_BATCH)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
-        }
-    }
-
-    fn recv(&mut self, fd: RawFd) -> usize {
-        for k in 0..RECV_BATCH {
-            self.iov[k] = libc::iovec {
-                iov_base: self.bufs[k].as_mut_ptr() as *mut libc::c_void,
-                iov_len: RECV_BUF,
-            };
-            let h = &mut self.hdrs[k].msg_hdr;
-            h.msg_name = &mut self.addrs[k] as *mut _ as *mut libc::c_void;
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut self.iov[k];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-        }
-        // SAFETY: RECV_BATCH valid headers pointing into our own buffers.
-        let r = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                RECV_BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        r.max(0) as usize
-    }
-
-    fn get(&self, k: usize) -> (SocketAddrV4, &[u8]) {
-        let a = &self.addrs[k];
-        let src = SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-            u16::from_be(a.sin_port),
-        );
-        let len = (self.hdrs[k].msg_len as usize).min(RECV_BUF);
-        (src, &self.bufs[k][..len])
     }
 }

@@ -84,6 +84,7 @@ pub fn build(
     wall: f64,
     (user, sys): (f64, f64),
     max_lag_ms: u64,
+    caller_media: &str,
 ) -> J {
     let sum = |f: fn(&StreamStats) -> u64| streams.iter().map(f).sum::<u64>();
     let sent = sum(|s| s.sent);
@@ -115,6 +116,10 @@ pub fn build(
                 "received",
                 int(mine.iter().map(|s| s.received).sum::<u64>() as i64),
             ),
+            (
+                "srtp_auth_failed",
+                int(mine.iter().map(|s| s.auth_failed).sum::<u64>() as i64),
+            ),
         ])
     };
     let plateau = match (out.plateau, out.rusage_at_plateau, out.rusage_plateau_end) {
@@ -142,6 +147,8 @@ pub fn build(
     };
     obj(vec![
         ("generator", J::Str("callgen".into())),
+        // The trunk side's media: "srtp" or "rtp"; the callee's is always RTP.
+        ("caller_media", J::Str(caller_media.into())),
         ("calls_attempted", int(calls)),
         ("calls_ok", int(out.ok)),
         ("calls_failed", int(failed)),
@@ -167,6 +174,8 @@ pub fn build(
         ("missing", int(sum(|s| s.missing) as i64)),
         ("late", int(sum(|s| s.late) as i64)),
         ("tone_frames", int(sum(|s| s.tone_frames) as i64)),
+        // Packets that failed SRTP authentication: lost as far as the audio goes.
+        ("srtp_auth_failed", int(sum(|s| s.auth_failed) as i64)),
         (
             "tone_frame_pct",
             J::Num(if received > 0 {

@@ -110,12 +110,19 @@ fn uri_of(v: &str) -> &str {
     }
 }
 
-/// The SDP each party offers or answers: PCMA 20 ms (plus telephone-event), as the SIPp scenarios.
-pub fn sdp(ip: Ipv4Addr, port: u16, session: u64, who: &str) -> String {
+/// The SDP each party offers or answers: PCMA 20 ms (plus telephone-event), as
+/// the SIPp scenarios; with `crypto` (an `a=crypto` line) SRTP, RTP/SAVP.
+pub fn sdp(ip: Ipv4Addr, port: u16, session: u64, who: &str, crypto: Option<&str>) -> String {
+    let proto = if crypto.is_some() {
+        "RTP/SAVP"
+    } else {
+        "RTP/AVP"
+    };
+    let crypto = crypto.unwrap_or("");
     format!(
         "v=0\r\no=- {session} 1 IN IP4 {ip}\r\ns=callgen {who}\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
-         a=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
+         m=audio {port} {proto} 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+         a=fmtp:101 0-15\r\na=ptime:20\r\n{crypto}a=sendrecv\r\n"
     )
 }
 
@@ -190,7 +197,7 @@ mod tests {
 
     #[test]
     fn request_round_trip_with_sdp() {
-        let body = sdp(Ipv4Addr::new(127, 0, 1, 3), 40002, 7, "caller");
+        let body = sdp(Ipv4Addr::new(127, 0, 1, 3), 40002, 7, "caller", None);
         let req = request(
             "INVITE",
             "sip:200@127.0.1.1:5060",

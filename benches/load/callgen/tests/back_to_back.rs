@@ -61,3 +61,22 @@ fn a_tone_that_is_not_sent_fails_the_check() {
         "{json}"
     );
 }
+
+#[test]
+fn an_srtp_offer_answered_without_a_key_fails_the_calls() {
+    // callgen's own callee answers plain RTP/AVP, no a=crypto: the caller
+    // cannot protect its media, so each call is ended and counted as failed.
+    let (code, json) = run(&["--caller-media", "srtp"], 15063);
+    assert_eq!(code, Some(1), "{json}");
+    assert_eq!(field(&json, "caller_media"), "\"srtp\"");
+    assert_eq!(field(&json, "calls_ok"), "0");
+    assert!(
+        json.contains("\"failures\": {\"answer_without_crypto\": 3}"),
+        "{json}"
+    );
+    // The caller opened no media; the callee, which knows nothing of it, did.
+    assert!(
+        json.contains("\"media_caller\": {\"streams\": 0,"),
+        "{json}"
+    );
+}

@@ -5,6 +5,7 @@
 use super::{bind, cpu_now, CState, Callee, Sip, Timer, CALLEE, CALLER, SSRC_BASE, T1};
 use crate::media::{Cmd, LaneRef};
 use crate::sip::{self, Msg};
+use crate::srtp::{self, CallCrypto};
 use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -23,7 +24,9 @@ impl Sip {
                 self.callers[ki].state = CState::Done;
                 self.active -= 1;
                 if m.status < 300 {
-                    self.out.ok += 1;
+                    if self.callers[ki].ok_on_bye {
+                        self.out.ok += 1;
+                    }
                 } else {
                     self.fail(&format!("bye_{}", m.status));
                 }
@@ -98,6 +101,22 @@ impl Sip {
                     .push((now - self.callers[ki].started).as_secs_f64() * 1000.0);
                 let first = self.out.answered.map_or(now, |(f, _)| f);
                 self.out.answered = Some((first, now));
+                let crypto = match self.caller_crypto(ki, m.body) {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        // Answered, but not with media we can use: the call is
+                        // ended at once and counted as failed.
+                        self.fail(reason);
+                        let c = &mut self.callers[ki];
+                        c.state = CState::Confirmed;
+                        c.ok_on_bye = false;
+                        c.ack = ack;
+                        c.bye = bye;
+                        self.active += 1;
+                        self.timers.push(Reverse((now, Timer::SendBye(k))));
+                        return;
+                    }
+                };
                 let c = &mut self.callers[ki];
                 c.state = CState::Confirmed;
                 c.ack = ack;
@@ -114,6 +133,7 @@ impl Sip {
                     remote,
                     ssrc: SSRC_BASE[CALLER] + k,
                     expect_ssrc: Some(SSRC_BASE[CALLEE] + k),
+                    crypto,
                 });
                 let _ = tx.send(Cmd::Start {
                     call: k,
@@ -146,6 +166,26 @@ impl Sip {
                 }
             }
         }
+    }
+
+    /// The caller's crypto contexts for an answer, when it offered SRTP:
+    /// built once here, then used for every packet of the call.
+    fn caller_crypto(
+        &self,
+        ki: usize,
+        answer: &str,
+    ) -> Result<Option<Box<CallCrypto>>, &'static str> {
+        let Some(mut send) = self.callers[ki].key else {
+            return Ok(None);
+        };
+        let mut recv = srtp::answer_key(answer).ok_or("answer_without_crypto")?;
+        if self.plan.srtp_corrupt_key {
+            send[0] ^= 1;
+            recv[0] ^= 1;
+        }
+        CallCrypto::new(&send, &recv)
+            .map(|c| Some(Box::new(c)))
+            .map_err(|_| "bad_crypto_key")
     }
 
     pub(super) fn callee_invite(&mut self, m: &Msg<'_>, from: SocketAddr) {
@@ -191,7 +231,7 @@ impl Sip {
         let tag = format!("cge{idx}");
         let contact = format!("Contact: <sip:callee@{me};transport=udp>\r\n");
         let ringing = sip::response(m, 180, "Ringing", Some(&tag), &contact, "");
-        let body = sip::sdp(*me.ip(), port, u64::from(idx), "callee");
+        let body = sip::sdp(*me.ip(), port, u64::from(idx), "callee", None);
         let ok = sip::response(m, 200, "OK", Some(&tag), &contact, &body);
         self.send(CALLEE, &ringing, from);
         self.send(CALLEE, &ok, from);
@@ -206,6 +246,7 @@ impl Sip {
                 SSRC_BASE[CALLEE] + idx
             },
             expect_ssrc: paired.then_some(SSRC_BASE[CALLER] + j),
+            crypto: None,
         });
         let now = Instant::now();
         self.callee_ids.insert(m.call_id.to_string(), idx);

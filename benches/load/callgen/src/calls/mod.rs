@@ -35,6 +35,11 @@ pub struct Plan {
     pub per_call_sockets: bool,
     pub service: String,
     pub number: String,
+    /// The caller offers SRTP (the callee side stays plain RTP).
+    pub srtp: bool,
+    /// A test switch: the caller protects and checks with keys one bit off
+    /// the ones in the SDP, so every packet fails authentication.
+    pub srtp_corrupt_key: bool,
 }
 
 #[derive(Default, Debug)]
@@ -66,6 +71,10 @@ struct Caller {
     state: CState,
     thread: usize,
     own: Option<UdpSocket>,
+    /// The SRTP key offered for what the caller sends.
+    key: Option<crate::srtp::Key>,
+    /// Whether the BYE's 200 counts the call as ok (not when it already failed).
+    ok_on_bye: bool,
     invite: String,
     ack: String,
     bye: String,
@@ -267,7 +276,12 @@ impl Sip {
         let to = format!("<sip:{svc}@{proxy}>");
         let via = format!("SIP/2.0/UDP {me};branch=z9hG4bK-cg{}-{k}-i", self.run_id);
         let contact = format!("Contact: <sip:{num}@{me};transport=udp>\r\n");
-        let body = sip::sdp(*me.ip(), port, u64::from(k), "caller");
+        let key = match self.plan.srtp {
+            true => Some(crate::srtp::fresh_key()?),
+            false => None,
+        };
+        let crypto = key.as_ref().map(crate::srtp::crypto_line);
+        let body = sip::sdp(*me.ip(), port, u64::from(k), "caller", crypto.as_deref());
         let invite = sip::request(
             "INVITE",
             &format!("sip:{svc}@{proxy}"),
@@ -285,6 +299,8 @@ impl Sip {
             state: CState::Inviting,
             thread,
             own,
+            key,
+            ok_on_bye: true,
             invite,
             ack: String::new(),
             bye: String::new(),

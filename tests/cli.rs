@@ -88,6 +88,11 @@ fn bad_flags_are_usage_errors() {
     .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("LO-HI"), "{}", text(&o));
+    // An empty data folder would put the state into whatever the working
+    // directory is.
+    let o = callrec(&["cert", "--data-dir", ""]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("must not be empty"), "{}", text(&o));
 }
 
 #[test]

@@ -278,3 +278,25 @@ fn sealed_sets_now(proxy: &Proxy) -> Vec<PathBuf> {
         })
         .unwrap_or_default()
 }
+
+#[test]
+fn a_data_dir_given_relative_to_the_working_directory_records_and_seals() {
+    // `--data-dir data` as an operator types it: every file of the set must
+    // land below it and verify, as with an absolute path.
+    let proxy = Proxy::builder().relative_data_dir().start();
+    proxy.call(pair("basic")).run().assert_success();
+    let set = sealed_sets(&proxy, 1).remove(0);
+    let base = set
+        .to_string_lossy()
+        .trim_end_matches(".sha256")
+        .to_string();
+    let (_, ch) = read_wav(Path::new(&format!("{base}.wav")));
+    assert_tone("left (caller)", &ch[0], 8000.0, 440.0, 1000.0);
+    let (code, out) = callrec_cli(&["verify", set.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{}", proxy.log_tail(40));
+    assert!(
+        !proxy.log().contains("No such file"),
+        "{}",
+        proxy.log_tail(40)
+    );
+}

@@ -99,8 +99,8 @@ impl Sealer {
     ///
     /// `metadata` must be a JSON object; "previous" is set (null for the first
     /// set) and "instance_id" is added when absent. `audio_files` are the audio
-    /// files followed by the transcript, if any, each inside `folder` (relative
-    /// paths are taken relative to `folder`); the checksum file lists the
+    /// files followed by the transcript, if any, each inside `folder` (a path
+    /// that starts with `folder` as given, or a bare file name); the checksum file lists the
     /// metadata first, then these in the given order.
     ///
     /// A crash after the signature is written but before the chain head is
@@ -134,14 +134,16 @@ impl Sealer {
         // Names relative to the folder, checked before anything is written.
         let mut names = Vec::with_capacity(audio_files.len());
         for file in audio_files {
-            let rel = if file.is_absolute() {
-                file.strip_prefix(folder).map_err(|_| {
-                    invalid(format!(
-                        "{} is not inside {}",
-                        file.display(),
-                        folder.display()
-                    ))
-                })?
+            // A path that starts with the folder is inside it, whether both
+            // are absolute or both relative to the working directory.
+            let rel = if let Ok(inside) = file.strip_prefix(folder) {
+                inside
+            } else if file.is_absolute() {
+                return Err(invalid(format!(
+                    "{} is not inside {}",
+                    file.display(),
+                    folder.display()
+                )));
             } else {
                 file.as_path()
             };

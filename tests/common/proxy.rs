@@ -20,6 +20,7 @@ pub struct ProxyBuilder {
     rtp_span: Option<u16>,
     ready_timeout: Option<Duration>,
     data_dir: Option<PathBuf>,
+    relative_data_dir: bool,
     pbx: Option<SocketAddr>,
     trunk: Option<(SocketAddr, String)>,
 }
@@ -59,6 +60,13 @@ impl ProxyBuilder {
     /// instead of a fresh one.
     pub fn data_dir(mut self, dir: &Path) -> ProxyBuilder {
         self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Starts it in its test folder with `--data-dir data`, a path relative
+    /// to its working directory, as an operator might write it.
+    pub fn relative_data_dir(mut self) -> ProxyBuilder {
+        self.relative_data_dir = true;
         self
     }
 
@@ -103,7 +111,11 @@ impl ProxyBuilder {
             "--rtp-ports".into(),
             format!("{}-{}", rtp.0, rtp.1),
             "--data-dir".into(),
-            data_dir.display().to_string(),
+            if self.relative_data_dir {
+                "data".into()
+            } else {
+                data_dir.display().to_string()
+            },
             "--admin-listen".into(),
             admin.to_string(),
             "--log-level".into(),
@@ -115,6 +127,13 @@ impl ProxyBuilder {
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callrec").to_string());
         let command = format!("{bin} {}", args.join(" "));
         let mut cmd = Command::new(&bin);
+        if self.relative_data_dir {
+            assert!(
+                self.data_dir.is_none(),
+                "a relative data dir is the test folder's"
+            );
+            cmd.current_dir(dir.path());
+        }
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))

@@ -31,7 +31,7 @@ impl KeystoreArgs {
 #[derive(Args, Debug)]
 pub(crate) struct CertArgs {
     /// Folder for the instance's state (as for `run`).
-    #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data")]
+    #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data", value_parser = crate::data_dir_path)]
     pub(crate) data_dir: PathBuf,
     /// Print a PKCS#10 certificate signing request instead of the certificate.
     #[arg(long)]

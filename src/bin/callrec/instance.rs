@@ -176,7 +176,7 @@ pub(crate) fn spool(action: SpoolAction) -> anyhow::Result<bool> {
 #[derive(Args, Debug)]
 pub(crate) struct StateArgs {
     /// Folder for the instance's state (as for `run`).
-    #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data")]
+    #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data", value_parser = crate::data_dir_path)]
     pub(crate) data_dir: PathBuf,
     /// The config file `run` uses (number plan, file:// targets).
     #[arg(long, env = "CALLREC_CONFIG")]

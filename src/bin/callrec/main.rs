@@ -16,6 +16,15 @@ use records::*;
 use run::*;
 
 /// SIP call-recording proxy: records calls between a trunk and a PBX and seals the recordings.
+/// The data folder as an absolute path: every path below it (work folder,
+/// recordings, spool) is then absolute, whatever the working directory.
+pub(crate) fn data_dir_path(value: &str) -> Result<std::path::PathBuf, String> {
+    if value.is_empty() {
+        return Err("the data folder must not be empty".into());
+    }
+    std::path::absolute(value).map_err(|e| format!("cannot make {value} an absolute path: {e}"))
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "callrec", version, about, long_about = None)]
 struct Cli {

@@ -32,7 +32,7 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "CALLREC_RTP_PORTS", default_value = "20000-29999")]
     pub(crate) rtp_ports: String,
     /// Folder for the instance's state: instance id, keystore, database, spool.
-    #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data")]
+    #[arg(long, env = "CALLREC_DATA_DIR", default_value = "./callrec-data", value_parser = crate::data_dir_path)]
     pub(crate) data_dir: PathBuf,
     /// This instance's name (default: the host name): written into every set it seals and its database rows; keep it stable across restarts and unique among instances sharing a database.
     #[arg(long, env = "CALLREC_INSTANCE_NAME", default_value_t = callrec::instance::default_name())]

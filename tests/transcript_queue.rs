@@ -3,165 +3,22 @@
 //! engine: each party transcribed on its own channel, the addendum sealed and
 //! handed on with the set's targets, the queue row and word index, the
 //! workers' lowered priority, a queue that survives a restart, the failure
-//! report when the engine cannot load, and no trace for other profiles.
+//! report when the engine cannot load, and no trace for other profiles; and
+//! the crash window: a set staged but whose queue row never reached the
+//! database (a real `kill -9`), a garbage job file, a transcript sealed
+//! before the stop, a staging cut short, a set purged while it waited.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod transcript_support;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use callrec::db::{Db, Record};
+use callrec::db::Record;
 use callrec::recorder::failure::{FailureReason, FailureReporter};
-use callrec::seal::{Identity, PasswordSource, SealedSet, Sealer};
-use callrec::transcribe::queue::QueueChange;
-use callrec::transcribe::service::{Deliver, Deps, Loader, TranscribeService, Transcriber};
-use callrec::transcribe::{Segment, TranscribeError, TranscribeSettings};
-
-/// Says a fixed sentence per channel: what the caller's and the callee's
-/// channel hold differs by sign, so a mixed-up channel shows in the text.
-struct ByChannel;
-
-impl Transcriber for ByChannel {
-    fn transcribe(
-        &self,
-        samples: &[i16],
-        rate: u32,
-        language: &str,
-    ) -> Result<Vec<Segment>, TranscribeError> {
-        assert_eq!(rate, 8000);
-        assert_eq!(language, "de");
-        let sum: i64 = samples.iter().map(|&s| i64::from(s)).sum();
-        let text = if sum > 0 {
-            "Ich kaufe 1.000 Aktien"
-        } else {
-            "Gerne, zum Kurs von zwölf Euro"
-        };
-        Ok(vec![Segment {
-            start_ms: if sum > 0 { 0 } else { 1200 },
-            end_ms: 2000,
-            text: text.into(),
-        }])
-    }
-}
-
-struct Setup {
-    _dir: Option<tempfile::TempDir>,
-    data: PathBuf,
-    out: PathBuf,
-    db: Db,
-    identity: Identity,
-    /// `None` where another process seals in the same data folder (it takes the chain lock).
-    sealer: Option<Sealer>,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = setup_in(dir.path(), true);
-    s._dir = Some(dir);
-    s
-}
-
-/// The data folder `data` and the target folder `target` below `root`.
-fn setup_in(root: &Path, seals: bool) -> Setup {
-    let data = root.join("data");
-    let out = root.join("target");
-    std::fs::create_dir_all(data.join("work")).unwrap();
-    std::fs::create_dir_all(&out).unwrap();
-    let identity = Identity::load_or_create(&data, PasswordSource::Value("pw".into())).unwrap();
-    let sealer = seals.then(|| Sealer::new(identity.clone(), &data).unwrap());
-    let db = Db::open_in(&data).unwrap();
-    Setup {
-        _dir: None,
-        data,
-        out,
-        db,
-        identity,
-        sealer,
-    }
-}
-
-/// Seals a stereo set of `profile`: left (caller) positive, right (callee) negative.
-fn seal_stereo(s: &mut Setup, base: &str, profile: &str) -> SealedSet {
-    let work = s.data.join("work");
-    let wav = work.join(format!("{base}.wav"));
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
-    for _ in 0..8000 {
-        w.write_sample(1000i16).unwrap();
-        w.write_sample(-1000i16).unwrap();
-    }
-    w.finalize().unwrap();
-    let meta = serde_json::json!({
-        "profile": profile,
-        "call_ids": {"caller_leg": "call-1", "callee_leg": "call-1b"},
-        "audio": {"channel_layout": "stereo", "files": [format!("{base}.wav")], "sample_rate": 8000},
-    });
-    let sealer = s.sealer.as_mut().expect("this setup seals");
-    sealer.seal(&work, base, meta, &[wav]).unwrap()
-}
-
-/// Copies a set's files into `out` (what the spool and a file target do).
-fn copy_into(set: &SealedSet, out: &Path) {
-    for f in &set.files {
-        std::fs::copy(f, out.join(f.file_name().unwrap())).unwrap();
-    }
-}
-
-type Delivered = Arc<Mutex<Vec<(String, Vec<String>)>>>;
-
-fn start(s: &Setup, loader: Loader, failures: FailureReporter) -> (TranscribeService, Delivered) {
-    let delivered: Delivered = Arc::default();
-    let (d, out) = (delivered.clone(), s.out.clone());
-    let deliver: Deliver = Arc::new(move |set, targets| {
-        copy_into(set, &out);
-        d.lock()
-            .unwrap()
-            .push((set.base_name.clone(), targets.to_vec()));
-        Ok(())
-    });
-    let settings = TranscribeSettings {
-        model_dir: None,
-        threads: 1,
-        nice: 10,
-        jobs: 1,
-    };
-    let languages = HashMap::from([("sales".to_string(), "de".to_string())]);
-    let service = TranscribeService::start(
-        &settings,
-        languages,
-        loader,
-        Deps {
-            db: s.db.clone(),
-            identity: s.identity.clone(),
-            failures,
-            deliver,
-            staging: s.data.join("transcribe"),
-            roots: vec![s.out.clone()],
-            model: "test-model".into(),
-            engine: serde_json::json!({"threads": 1}),
-        },
-    );
-    (service, delivered)
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn rows(db: &Db) -> Vec<(String, String, Option<String>)> {
-    db.flush();
-    callrec::transcribe::queue::rows(db).unwrap()
-}
+use callrec::transcribe::service::{Loader, Transcriber};
+use transcript_support::*;
 
 #[test]
 fn each_party_is_transcribed_sealed_and_handed_on_at_low_priority() {
@@ -398,43 +255,6 @@ fn a_set_staged_just_before_a_kill_9_is_transcribed_at_the_next_start() {
     assert_eq!(hits.into_iter().collect::<Vec<_>>(), vec![base.clone()]);
 }
 
-/// Stages `set` as the sealing thread does, then drops its queue row: the
-/// state a process leaves that ends before the row is committed (the kill
-/// test above makes that state for real).
-fn staged_without_row(s: &Setup, set: &SealedSet) -> PathBuf {
-    let idle: Loader = Arc::new(|| Err("not yet".to_string()));
-    let (service, _) = start(s, idle, FailureReporter::new());
-    service.on_sealed(set, &["file:///archive".to_string()]);
-    drop(service);
-    s.db.send(Record::Transcript(QueueChange::Forget {
-        base_name: set.base_name.clone(),
-    }));
-    assert!(rows(&s.db).is_empty());
-    s.data.join("transcribe").join(&set.base_name)
-}
-
-/// Counts its calls; a transcript must not be made twice.
-struct Counting(Arc<AtomicUsize>);
-
-impl Transcriber for Counting {
-    fn transcribe(&self, s: &[i16], r: u32, l: &str) -> Result<Vec<Segment>, TranscribeError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        ByChannel.transcribe(s, r, l)
-    }
-}
-
-/// (base name, reason, detail) of the failures kept in the database.
-fn failure_rows(data: &Path) -> Vec<(Option<String>, String, String)> {
-    let c = rusqlite::Connection::open(data.join("callrec.sqlite")).unwrap();
-    let mut st = c
-        .prepare("SELECT base_name, reason, detail FROM failures ORDER BY at_ms")
-        .unwrap();
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
 #[test]
 fn a_staging_folder_with_a_garbage_job_file_is_reported_and_left_in_place() {
     let mut s = setup();
@@ -562,6 +382,76 @@ fn a_staging_cut_short_before_the_signature_is_made_whole_from_the_recordings() 
     assert!(failures.counts().iter().all(|(_, n)| *n == 0));
     let problems = callrec::seal::verify_chain(&s.out, Some(&s.data.join("cert.pem")));
     assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn a_set_purged_while_it_waited_is_not_transcribed_and_its_links_go() {
+    let mut s = setup();
+    let base = "20260301_191502_in_49301_200_ab99";
+    let set = seal_stereo(&mut s, base, "sales");
+    copy_into(&set, &s.out);
+    let staged = staged_without_row(&s, &set);
+    // The rows the proxy writes for it, long ago; then retention purges it everywhere.
+    s.db.write_sync(vec![
+        Record::Recording {
+            call_id: "call-1".into(),
+            base_name: base.into(),
+            profile: Some("sales".into()),
+            start_ms: 1_000,
+            end_ms: Some(2_000),
+            caller: Some("+49301".into()),
+            callee: Some("200".into()),
+            answered_by: None,
+        },
+        Record::Seal {
+            base_name: base.into(),
+            at_ms: 2_000,
+            checksum_sha256: set.checksum_sha256.clone(),
+            files: set.files.len() as u32,
+            chain: set.chain_json(),
+        },
+    ])
+    .unwrap();
+    let request = callrec::archive::PurgeRequest {
+        older_than: Duration::from_secs(60),
+        dry_run: false,
+        reason: "retention 1d".into(),
+        profile: None,
+        tombstones: Some(callrec::archive::TombstoneSigner {
+            identity: s.identity.clone(),
+            staging: s.data.join("tombstones"),
+        }),
+        plan: Default::default(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let report = rt
+        .block_on(callrec::archive::purge_everywhere(
+            &s.db,
+            std::slice::from_ref(&s.out),
+            &Default::default(),
+            &request,
+        ))
+        .unwrap();
+    assert_eq!(report.sets(), 1, "{:?}", report.lines("deleted"));
+    assert!(!s.out.join(format!("{base}.wav")).exists());
+    s.db.flush();
+    assert!(
+        staged.join(format!("{base}.wav")).is_file(),
+        "the links outlived the purge"
+    );
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let good: Loader = Arc::new(move || Ok(Box::new(Counting(c.clone())) as Box<dyn Transcriber>));
+    let (_service, delivered) = start(&s, good, FailureReporter::new());
+    assert!(
+        !staged.exists(),
+        "the purged set's staging links are deleted at start"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(delivered.lock().unwrap().is_empty());
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(rows(&s.db).is_empty());
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! carries a job file next to its links, written before its queue row is sent.
 //! A process that dies after staging but before the database writer commits
 //! the row leaves a folder without a row; the next start queues it again from
-//! that job file. A transcript sealed into a staging folder before such an
-//! end is handed on as it is instead of being made a second time.
+//! that job file, unless the set was purged meanwhile (then its links go). A
+//! transcript sealed into a staging folder before such an end is handed on
+//! as it is instead of being made a second time.
 
 use std::path::{Path, PathBuf};
 
@@ -104,6 +105,14 @@ pub(super) fn unqueued(db: &Db, staging: &Path) -> Unqueued {
                 continue;
             }
         }
+        if purged(db, &folder, &name) {
+            // Purged everywhere while it waited: its links must not outlive it.
+            tracing::warn!(set = %name, "transcription: the set was purged; its staging links are deleted, not transcribed");
+            if let Err(e) = std::fs::remove_dir_all(&folder) {
+                tracing::error!(folder = %folder.display(), "transcription: cannot delete the staging links of a purged set: {e}");
+            }
+            continue;
+        }
         match read_job(&folder) {
             Ok(job) => found.jobs.push(job),
             Err(e) => found.unreadable.push((folder, e)),
@@ -114,6 +123,37 @@ pub(super) fn unqueued(db: &Db, staging: &Path) -> Unqueued {
         .sort_by(|a, b| (a.queued_ms, &a.base_name).cmp(&(b.queued_ms, &b.base_name)));
     found.unreadable.sort();
     found
+}
+
+/// Whether the set staged in `folder` was purged: a purge replaces the base
+/// name in the database's rows by the set's id (from the set's metadata).
+fn purged(db: &Db, folder: &Path, base: &str) -> bool {
+    let Some(set_id) = std::fs::read(folder.join(format!("{base}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|m| crate::seal::position_of(&m).and_then(Result::ok))
+        .map(|p| p.set_id)
+    else {
+        return false;
+    };
+    reduced(db, &set_id).unwrap_or_else(|e| {
+        tracing::error!(set = %base, "transcription: cannot read the database: {e}");
+        false
+    })
+}
+
+/// Whether rows of a purged set carry `set_id` in place of its base name.
+fn reduced(db: &Db, set_id: &str) -> Result<bool, crate::db::DbError> {
+    db.read(|c| {
+        Ok(!c
+            .query(
+                "SELECT base_name FROM seals WHERE base_name = ?1 \
+                 UNION ALL SELECT base_name FROM recordings WHERE base_name = ?1 \
+                 UNION ALL SELECT base_name FROM deletions WHERE base_name = ?1",
+                &[&set_id],
+            )?
+            .is_empty())
+    })
 }
 
 /// The transcript addendum of `base` already sealed in `folder` and intact
@@ -195,5 +235,32 @@ mod tests {
         let c = dir.path().join("20260301_101504_in_1_2_ef");
         std::fs::create_dir_all(&c).unwrap();
         assert!(read_job(&c).unwrap_err().starts_with("cannot read"));
+    }
+
+    #[test]
+    fn a_purged_set_is_known_by_its_id_on_each_engine() {
+        for engine in crate::db::scratch::ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let scratch = crate::db::scratch::ScratchDb::new(engine, dir.path());
+            let db = scratch.open();
+            let seal = |base: &str| crate::db::Record::Seal {
+                base_name: base.into(),
+                at_ms: 1,
+                checksum_sha256: "0".repeat(64),
+                files: 4,
+                chain: None,
+            };
+            db.write_sync(vec![
+                seal("20260301_101502_in_1_2_ab"),
+                seal("20260301_101503_in_1_2_cd"),
+                crate::db::Record::Reduce {
+                    base_name: "20260301_101502_in_1_2_ab".into(),
+                    set_id: "5e7a".into(),
+                },
+            ])
+            .unwrap();
+            assert!(reduced(&db, "5e7a").unwrap());
+            assert!(!reduced(&db, "6f8b").unwrap());
+        }
     }
 }

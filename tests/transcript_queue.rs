@@ -480,10 +480,13 @@ fn a_tampered_set_is_not_transcribed() {
     let row = rows(&s.db).remove(0);
     assert!(row.2.unwrap().contains("does not verify"));
     assert!(delivered.lock().unwrap().is_empty());
-    assert!(failures
-        .counts()
-        .iter()
-        .any(|(r, n)| *r == FailureReason::TranscriptionFailed && *n == 1));
+    // The worker writes the row before it reports: the report may come a moment later.
+    wait_for("the failure report", || {
+        failures
+            .counts()
+            .iter()
+            .any(|(r, n)| *r == FailureReason::TranscriptionFailed && *n == 1)
+    });
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod engine;
 pub mod queue;
 pub mod search;
 pub mod service;
+mod staged;
 pub mod start;
 
 pub use engine::{

@@ -165,6 +165,17 @@ pub fn pending(db: &Db) -> Result<Vec<Job>, DbError> {
     })
 }
 
+/// Whether the queue has a row for `base_name`, in any state.
+pub fn has_row(db: &Db, base_name: &str) -> Result<bool, DbError> {
+    db.read(|c| {
+        Ok(c.query_opt(
+            "SELECT base_name FROM transcript_queue WHERE base_name = ?1",
+            &[&base_name],
+        )?
+        .is_some())
+    })
+}
+
 /// Every queue row as (base name, state, detail), for status and tests.
 pub fn rows(db: &Db) -> Result<Vec<(String, String, Option<String>)>, DbError> {
     db.read(|c| {

@@ -122,6 +122,8 @@ mod tests {
                 base_name: "a".into(),
             });
             assert!(hits("aktien").is_empty());
+            assert!(!super::super::queue::has_row(&db, "a").unwrap());
+            assert!(super::super::queue::has_row(&db, "b").unwrap());
             assert_eq!(super::super::queue::rows(&db).unwrap().len(), 1);
             assert!(super::super::queue::pending(&db).unwrap().is_empty());
         }

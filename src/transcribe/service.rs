@@ -1,8 +1,10 @@
 //! The transcription workers: a queue of sealed sets (kept in the database,
 //! resumed at start) and at most N worker threads at a lowered priority, each
 //! with its own engine. The sealing thread only links the set's files into a
-//! staging folder and queues a row ([`TranscribeService::on_sealed`]); the
-//! audio is sealed and spooled without waiting for any of this.
+//! staging folder with a job file and queues a row
+//! ([`TranscribeService::on_sealed`]); the audio is sealed and spooled without
+//! waiting for any of this. A start resumes the rows and the staged sets
+//! whose row was lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use super::queue::{Job, QueueChange};
 use super::{Segment, TranscribeError, TranscribeSettings, TRANSCRIPT_KIND, TRANSCRIPT_TXT_SUFFIX};
 use crate::db::{Db, Record};
 use crate::recorder::failure::{FailureReason, FailureReporter, RecordingFailure};
-use crate::seal::{Identity, SealedSet, CHECKSUM_SUFFIX};
+use crate::seal::{Identity, SealedSet, CHECKSUM_SUFFIX, SIGNATURE_SUFFIX};
 
 /// What turns one party's samples into segments (the engine; tests give their own).
 pub trait Transcriber {
@@ -99,6 +101,14 @@ impl TranscribeService {
         if !resumed.is_empty() {
             tracing::info!(sets = resumed.len(), "transcription: resuming the queue");
         }
+        // Staged, but the process ended before the queue row was committed.
+        let unqueued = super::staged::unqueued(&deps.db, &deps.staging);
+        for job in &unqueued.jobs {
+            tracing::warn!(set = %job.base_name, "transcription: staged before the last stop but not in the queue; queued again");
+            deps.db
+                .send(Record::Transcript(QueueChange::Queued(job.clone())));
+        }
+        resumed.extend(unqueued.jobs);
         let inner = Arc::new(Inner {
             queue: Mutex::new(resumed.into()),
             wake: Condvar::new(),
@@ -108,6 +118,19 @@ impl TranscribeService {
             failed: AtomicU64::new(0),
             deps,
         });
+        for (folder, e) in unqueued.unreadable {
+            // Left in place: callrec cannot tell what it is; the set's own
+            // files are in the recordings and at its targets, not only here.
+            let base = folder.file_name().map(|n| n.to_string_lossy().into_owned());
+            inner.report(
+                base.as_deref(),
+                None,
+                format!(
+                    "a set staged for transcription in {} cannot be queued again: {e}; it is not transcribed; the folder holds only links and is left for inspection (delete it once checked)",
+                    folder.display()
+                ),
+            );
+        }
         for i in 0..settings.jobs.max(1) {
             let (inner, loader, nice) = (inner.clone(), loader.clone(), settings.nice);
             let spawned = std::thread::Builder::new()
@@ -130,8 +153,18 @@ impl TranscribeService {
         let Some(language) = self.languages.get(&profile) else {
             return;
         };
-        let folder = self.inner.deps.staging.join(&set.base_name);
-        if let Err(e) = link_files(&set.files, &folder) {
+        let job = Job {
+            base_name: set.base_name.clone(),
+            folder: self.inner.deps.staging.join(&set.base_name),
+            profile: Some(profile),
+            language: language.clone(),
+            targets: targets.to_vec(),
+            queued_ms: crate::db::now_ms(),
+        };
+        let folder = &job.folder;
+        // The job file first: a folder with links always says what to do with them.
+        let staged = super::staged::write_job(&job).and_then(|()| link_files(&set.files, folder));
+        if let Err(e) = staged {
             self.inner.report(
                 Some(&set.base_name),
                 None,
@@ -142,14 +175,6 @@ impl TranscribeService {
             );
             return;
         }
-        let job = Job {
-            base_name: set.base_name.clone(),
-            folder,
-            profile: Some(profile),
-            language: language.clone(),
-            targets: targets.to_vec(),
-            queued_ms: crate::db::now_ms(),
-        };
         self.inner
             .deps
             .db
@@ -275,7 +300,12 @@ fn transcribe_set(
     let deps = &inner.deps;
     let base = &job.base_name;
     let sums = job.folder.join(format!("{base}{CHECKSUM_SUFFIX}"));
-    if !sums.is_file() {
+    // The signature is linked last: without it the staging was cut short.
+    if !job
+        .folder
+        .join(format!("{base}{CHECKSUM_SUFFIX}{SIGNATURE_SUFFIX}"))
+        .is_file()
+    {
         restage(base, &deps.roots, &job.folder).map_err(|e| (None, e))?;
     }
     // Only what verifies is transcribed and signed: a transcript vouches for the audio it names.
@@ -285,6 +315,12 @@ fn transcribe_set(
             None,
             format!("the set does not verify, not transcribed: {p}"),
         ));
+    }
+    if let Some((addendum, text)) = super::staged::sealed_transcript(&job.folder, base) {
+        tracing::info!(
+            "transcript sealed before the last stop; handed on as it is, not made twice"
+        );
+        return hand_on(deps, job, addendum, &text).map_err(|e| (None, e));
     }
     let json = job.folder.join(format!("{base}.json"));
     let meta: serde_json::Value = std::fs::read(&json)
@@ -323,12 +359,18 @@ fn transcribe_set(
         &[(txt_name, transcript.to_text().into_bytes())],
     )
     .map_err(|e| fail(format!("cannot seal the transcript: {e}")))?;
+    hand_on(deps, job, addendum, &transcript.all_text()).map_err(fail)
+}
+
+/// Hands a sealed transcript addendum to the spool and marks the job done,
+/// with the transcript's words for the index.
+fn hand_on(deps: &Deps, job: &Job, addendum: SealedSet, text: &str) -> Result<SealedSet, String> {
     (deps.deliver)(&addendum, &job.targets)
-        .map_err(|e| fail(format!("cannot spool the transcript: {e}")))?;
+        .map_err(|e| format!("cannot spool the transcript: {e}"))?;
     deps.db.send(Record::Transcript(QueueChange::Done {
-        base_name: base.clone(),
+        base_name: job.base_name.clone(),
         checksum_sha256: addendum.checksum_sha256.clone(),
-        words: super::search::words(&transcript.all_text()),
+        words: super::search::words(text),
         at_ms: crate::db::now_ms(),
     }));
     Ok(addendum)

@@ -101,6 +101,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         secrets.clone(),
         cfg.policy.clone(),
         Some(tombstones),
+        Some(cfg.data_dir.join(crate::transcribe::STAGING_FOLDER)),
     ));
     let _unrecorded = tokio::spawn(crate::redact::expire_unrecorded_daily(
         db.clone(),

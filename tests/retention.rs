@@ -91,6 +91,7 @@ async fn deleted_and_documented(engine: Engine) {
         profile: None,
         tombstones: None,
         plan: Default::default(),
+        transcript_staging: None,
     };
     let secrets = Secrets::new();
 
@@ -114,7 +115,7 @@ async fn deleted_and_documented(engine: Engine) {
     // Another profile's period does not touch sales' sets.
     let mut policy = PolicyConfig::default();
     policy.retention.insert("support".into(), "1d".into());
-    let reports = purge_profiles(&db, &[], &secrets, &policy, None)
+    let reports = purge_profiles(&db, &[], &secrets, &policy, None, None)
         .await
         .unwrap();
     assert_eq!(reports.len(), 1);
@@ -124,7 +125,7 @@ async fn deleted_and_documented(engine: Engine) {
     // Sales' own period deletes the old set everywhere, and only that set.
     let mut policy = PolicyConfig::default();
     policy.retention.insert("sales".into(), "7d".into());
-    let reports = purge_profiles(&db, &[], &secrets, &policy, None)
+    let reports = purge_profiles(&db, &[], &secrets, &policy, None, None)
         .await
         .unwrap();
     let report = &reports[0].1;
@@ -169,7 +170,7 @@ async fn deleted_and_documented(engine: Engine) {
     );
 
     // Nothing left to do the next day: no new rows, nothing reported missing.
-    let reports = purge_profiles(&db, &[], &secrets, &policy, None)
+    let reports = purge_profiles(&db, &[], &secrets, &policy, None, None)
         .await
         .unwrap();
     let again = &reports[0].1;

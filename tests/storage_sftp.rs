@@ -466,6 +466,7 @@ async fn retention_deletes_expired_sets_on_the_server_and_documents_each() {
             staging: data.join("tombstones"),
         }),
         plan: Default::default(),
+        transcript_staging: None,
     };
 
     // A wrong password: nothing is deleted or documented as deleted; the failure is reported.

@@ -277,6 +277,7 @@ fn purge_request(identity: &Identity, staging: &Path) -> callrec::archive::Purge
             staging: staging.to_path_buf(),
         }),
         plan: Default::default(),
+        transcript_staging: None,
     }
 }
 

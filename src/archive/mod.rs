@@ -322,6 +322,10 @@ pub struct PurgeRequest {
     pub tombstones: Option<TombstoneSigner>,
     /// The dialling plan, to match legal holds on numbers in any spelling.
     pub plan: NumberPlan,
+    /// The transcription queue's staging folder (`<data dir>/transcribe`):
+    /// a purged set's links there go with it, so no copy of its audio
+    /// outlives the purge while it waits for a transcript.
+    pub transcript_staging: Option<PathBuf>,
 }
 
 /// Runs blocking database or file work off the async runtime's worker threads.
@@ -411,6 +415,22 @@ pub async fn purge_everywhere(
             }
             report.held.push((base.clone(), why));
             continue;
+        }
+        if let (Some(staging), false) = (&request.transcript_staging, request.dry_run) {
+            let links = staging.join(&base);
+            if links.is_dir() {
+                let done =
+                    blocking(move || std::fs::remove_dir_all(&links).map_err(io("delete", &links)))
+                        .await;
+                if let Err(e) = done {
+                    tracing::error!(set = %base, "retention: {e}; the links go at the next purge or start");
+                    report.failed.push((
+                        base.clone(),
+                        "transcription staging".into(),
+                        e.to_string(),
+                    ));
+                }
+            }
         }
         // What names the set once its rows are reduced.
         let reduced_id = set_id.clone().or_else(|| {
@@ -566,6 +586,7 @@ pub async fn purge_profiles(
     secrets: &Secrets,
     policy: &PolicyConfig,
     tombstones: Option<&TombstoneSigner>,
+    transcript_staging: Option<&Path>,
 ) -> Result<Vec<(String, PurgeReport)>, ArchiveError> {
     let mut out = Vec::new();
     for (profile, period) in &policy.retention {
@@ -576,6 +597,7 @@ pub async fn purge_profiles(
             profile: Some(profile.clone()),
             tombstones: tombstones.cloned(),
             plan: policy.numbers.clone(),
+            transcript_staging: transcript_staging.map(Path::to_path_buf),
         };
         let report = purge_everywhere(db, roots, secrets, &request).await?;
         if !report.deleted.is_empty() || !report.failed.is_empty() {
@@ -599,6 +621,7 @@ pub async fn retention_daily(
     secrets: Secrets,
     policy: PolicyConfig,
     tombstones: Option<TombstoneSigner>,
+    transcript_staging: Option<PathBuf>,
 ) {
     if policy.retention.is_empty() {
         return;
@@ -607,7 +630,15 @@ pub async fn retention_daily(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let done = purge_profiles(&db, &roots, &secrets, &policy, tombstones.as_ref()).await;
+        let done = purge_profiles(
+            &db,
+            &roots,
+            &secrets,
+            &policy,
+            tombstones.as_ref(),
+            transcript_staging.as_deref(),
+        )
+        .await;
         if let Err(ArchiveError::Busy) = done {
             tracing::info!("retention: another instance is purging the shared database now; this one purges again tomorrow");
         } else if let Err(e) = done {

@@ -24,6 +24,8 @@ pub use engine::{
 
 /// Kind of the transcript addendum: its files are `<base>_transcript.*`.
 pub const TRANSCRIPT_KIND: &str = "transcript";
+/// Folder below the data dir where each queued set waits as links to its files.
+pub const STAGING_FOLDER: &str = "transcribe";
 /// Suffix of the readable transcript after the addendum's base name.
 pub const TRANSCRIPT_TXT_SUFFIX: &str = ".txt";
 

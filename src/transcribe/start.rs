@@ -89,7 +89,7 @@ pub fn start_for(
             identity,
             failures,
             deliver,
-            staging: cfg.data_dir.join("transcribe"),
+            staging: cfg.data_dir.join(super::STAGING_FOLDER),
             roots,
             model,
             engine,

@@ -422,6 +422,7 @@ pub(crate) fn purge(a: PurgeArgs) -> anyhow::Result<bool> {
         profile: None,
         tombstones,
         plan: policy.numbers.clone(),
+        transcript_staging: Some(a.state.data_dir.join(callrec::transcribe::STAGING_FOLDER)),
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = rt.block_on(callrec::archive::purge_everywhere(

@@ -9,6 +9,11 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# Test binaries with line tables only (backtraces keep file and line): with
+# full debug info the ~90 test binaries, each linking the speech engine, fill
+# about 30 GB and take longer to link. A developer's own setting wins.
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+export CARGO_PROFILE_TEST_DEBUG="${CARGO_PROFILE_TEST_DEBUG:-line-tables-only}"
 # Each stage says how far into the run it starts, so a slow stage shows.
 stage() { printf 'test.sh: [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 

@@ -50,6 +50,7 @@ fn speech(dir: &std::path::Path, text: &str) -> Vec<i16> {
         .expect("espeak-ng")
         .success()
         && Command::new("sox")
+            .arg("-D") // no random dither: the same speech every run
             .arg(&raw)
             .args(["-b", "16", "-c", "1", "-r", "8000"])
             .arg(&wav)

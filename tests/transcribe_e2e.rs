@@ -195,6 +195,7 @@ mod with_engine {
         german_speech_wav(&wav, text, 8000);
         let al = dir.join(format!("{name}.al"));
         let st = Command::new("sox")
+            .arg("-D")
             .arg(&wav)
             .args([
                 "-t", "raw", "-e", "a-law", "-b", "8", "-r", "8000", "-c", "1",
@@ -308,11 +309,12 @@ mod with_engine {
             "caller's words: {caller:?}\n{text}"
         );
         assert!(
-            callee.contains("wiederhören"),
+            // Over G.722 the verb came out once as "Wiederhöhren": its stem.
+            callee.contains("schönen tag") && callee.contains("wiederh"),
             "callee's words: {callee:?}\n{text}"
         );
         assert!(
-            !caller.contains("wiederhören") && !callee.contains("kaufen"),
+            !caller.contains("wiederh") && !callee.contains("kaufen"),
             "parties mixed up:\n{text}"
         );
         let (code, out) = callrec_cli(&[

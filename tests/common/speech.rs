@@ -28,7 +28,11 @@ pub fn german_speech_wav(path: &Path, text: &str, rate: u32) {
         .status()
         .expect("espeak-ng must be installed (deploy/test.sh installs it)");
     assert!(st.success(), "espeak-ng failed on {text:?}");
+    // No dither (-D): sox's default dither is random, and Whisper's output
+    // changes with it (a test once lost "Aktien" to it); the same text must
+    // give the same samples every run.
     let st = Command::new("sox")
+        .arg("-D")
         .arg(&raw)
         .args(["-b", "16", "-c", "1", "-r"])
         .arg(rate.to_string())

@@ -14,6 +14,13 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Waits for the first complete (signed) set in the proxy's recordings folder.
+/// A set's path without the checksum suffix: the stem of all its files.
+fn base_of(set: &Path) -> String {
+    set.to_string_lossy()
+        .trim_end_matches(".sha256")
+        .to_string()
+}
+
 fn sealed_sets(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
     let dir = proxy.data_dir().join("recordings");
     let mut found = Vec::new();
@@ -90,10 +97,7 @@ fn stereo_recording_has_each_party_on_its_channel_and_verifies() {
     let out = proxy.call(pair("basic")).run();
     out.assert_success();
     let set = sealed_sets(&proxy, 1).remove(0);
-    let base = set
-        .to_string_lossy()
-        .trim_end_matches(".sha256")
-        .to_string();
+    let base = base_of(&set);
     let wav = PathBuf::from(format!("{base}.wav"));
     let (spec, ch) = read_wav(&wav);
     assert_eq!(spec.channels, 2, "stereo file expected");
@@ -194,10 +198,7 @@ fn separate_mode_writes_one_mono_file_per_party() {
     let proxy = Proxy::builder().arg("--channels").arg("separate").start();
     proxy.call(pair("basic")).run().assert_success();
     let set = sealed_sets(&proxy, 1).remove(0);
-    let base = set
-        .to_string_lossy()
-        .trim_end_matches(".sha256")
-        .to_string();
+    let base = base_of(&set);
     for (file, want, other) in [("caller", 440.0, 1000.0), ("callee", 1000.0, 440.0)] {
         let (spec, ch) = read_wav(Path::new(&format!("{base}_{file}.wav")));
         assert_eq!(spec.channels, 1, "{file}: mono file expected");
@@ -286,10 +287,7 @@ fn a_data_dir_given_relative_to_the_working_directory_records_and_seals() {
     let proxy = Proxy::builder().relative_data_dir().start();
     proxy.call(pair("basic")).run().assert_success();
     let set = sealed_sets(&proxy, 1).remove(0);
-    let base = set
-        .to_string_lossy()
-        .trim_end_matches(".sha256")
-        .to_string();
+    let base = base_of(&set);
     let (_, ch) = read_wav(Path::new(&format!("{base}.wav")));
     assert_tone("left (caller)", &ch[0], 8000.0, 440.0, 1000.0);
     let (code, out) = callrec_cli(&["verify", set.to_str().unwrap()]);

@@ -39,6 +39,8 @@ needs=(
     "npm                         npm"              # installs playwright-core for those tests
     "/usr/lib/postgresql         postgresql"       # the protocol database tests on PostgreSQL (own cluster, below)
     "espeak-ng                   espeak-ng"        # German speech for the transcription tests
+    "clang                       clang"            # the kernel relay's tc program (feature kernel-relay), built for the tests
+    "/usr/include/bpf/bpf_helpers.h libbpf-dev"    # its BPF helper headers
 )
 
 # What building callrec and running the binary need from the system (not the
@@ -233,10 +235,12 @@ if (($# == 0)) && ((fuzz_seconds > 0)) && rustup toolchain list 2>/dev/null | gr
     FUZZ_PROFILE=dev ./deploy/fuzz.sh "$fuzz_seconds" || status=$?
 fi
 # The tests run with the speech engine built in (feature `transcribe`; its C++
-# part compiles once per target folder).
-stage "cargo test --features transcribe (built with clippy's lints, -D warnings)"
-if "${with_clippy[@]}" cargo test --quiet --no-run --features transcribe --all-targets; then
-    "${with_clippy[@]}" cargo test --no-fail-fast --features transcribe \
+# part compiles once per target folder) and with the kernel relay (feature
+# `kernel-relay`; its tests load a tc program, which needs root).
+features=transcribe,kernel-relay
+stage "cargo test --features $features (built with clippy's lints, -D warnings)"
+if "${with_clippy[@]}" cargo test --quiet --no-run --features $features --all-targets; then
+    "${with_clippy[@]}" cargo test --no-fail-fast --features $features \
         --lib --bins --tests --examples "$@" || status=$?
 else
     echo "test.sh: the build with the speech engine failed or clippy found something (above)" >&2

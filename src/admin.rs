@@ -473,6 +473,18 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
         "# HELP callrec_recordings_recovered_total Recordings left by a crash and finished at start-up.\n# TYPE callrec_recordings_recovered_total counter\ncallrec_recordings_recovered_total {}",
         st.recordings_recovered.load(Ordering::Relaxed)
     );
+    #[cfg(feature = "kernel-relay")]
+    if let Some(k) = crate::media::kernel::get() {
+        // Bpf map reads: a few system calls, off the async workers.
+        let ([relayed, ring_full], flows) =
+            tokio::task::spawn_blocking(move || (k.totals(), k.flow_count()))
+                .await
+                .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP callrec_kernel_relayed_packets_total RTP packets relayed (and copied to the recorder) by the kernel path.\n# TYPE callrec_kernel_relayed_packets_total counter\ncallrec_kernel_relayed_packets_total {relayed}\n# HELP callrec_kernel_left_to_userspace_total Packets of kernel flows left to the userspace relay (which relayed and recorded them) because the recorder ring was full.\n# TYPE callrec_kernel_left_to_userspace_total counter\ncallrec_kernel_left_to_userspace_total {ring_full}\n# HELP callrec_kernel_flows Directions of streams the kernel relays now.\n# TYPE callrec_kernel_flows gauge\ncallrec_kernel_flows {flows}"
+        );
+    }
     if let Some(planner) = &core.planner {
         // Decisions use the last good snapshot however old it is: these show when
         // the PBX has not answered for a while and group changes are not seen.

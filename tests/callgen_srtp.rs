@@ -10,27 +10,8 @@
 
 mod common;
 
-use common::audio::*;
+use common::callgen::*;
 use common::*;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
-
-/// Builds callgen (its own crate and target folder) and returns the binary.
-fn callgen_bin() -> PathBuf {
-    let dir = repo_dir().join("benches/load/callgen");
-    let target = dir.join("target");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "--quiet", "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("cargo runs");
-    assert!(st.success(), "building callgen failed");
-    target.join("debug/callgen")
-}
 
 fn srtp_proxy() -> Proxy {
     Proxy::builder()
@@ -42,80 +23,10 @@ fn srtp_proxy() -> Proxy {
         .start()
 }
 
-/// Runs `calls` calls of 3 s through the proxy; the exit code and the JSON summary.
-fn run_callgen(proxy: &Proxy, calls: u32, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let out = Command::new(callgen_bin())
-        .args(["--calls", &calls.to_string(), "--rate", "5", "--hold", "3"])
-        .args(["--proxy", &proxy.sip_addr().to_string()])
-        .args(["--caller", &proxy.trunk_addr().to_string()])
-        .args(["--callee", &proxy.pbx_addr().to_string()])
-        .args(["--caller-media", "srtp"])
-        .args(extra)
-        .output()
-        .expect("callgen runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "callgen's summary ({e}): {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), json)
-}
-
-/// The base paths of the sealed sets, once `n` are there.
-fn sealed_sets(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
-    let dir = proxy.data_dir().join("recordings");
-    let sig = ".sha256.SHA256withRSA.sig";
-    let mut found = Vec::new();
-    let done = wait_until(Duration::from_secs(30), || {
-        found = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.path().to_string_lossy().into_owned())
-                    .filter_map(|p| p.strip_suffix(sig).map(PathBuf::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        found.len() >= n
-    });
-    assert!(
-        done,
-        "{} of {n} sets sealed\n{}",
-        found.len(),
-        proxy.log_tail(60)
-    );
-    found
-}
-
-/// How far each tone stands above a frequency nobody sent (dB), per channel
-/// of the WAV's middle second.
-fn tone_levels(wav: &Path, freqs: &[f64]) -> Vec<Vec<f64>> {
-    let mut r = hound::WavReader::open(wav).unwrap();
-    let (n, rate) = (r.spec().channels as usize, f64::from(r.spec().sample_rate));
-    let s: Vec<f64> = r.samples::<i16>().map(|s| f64::from(s.unwrap())).collect();
-    (0..n)
-        .map(|ch| {
-            let x: Vec<f64> = s.iter().skip(ch).step_by(n).copied().collect();
-            assert!(x.len() > rate as usize * 2, "{wav:?}: too short");
-            let mid = x.len() / 2;
-            let sec = &x[mid - rate as usize / 2..mid + rate as usize / 2];
-            freqs
-                .iter()
-                .map(|&f| level_db(sec, rate, f) - level_db(sec, rate, 1700.0))
-                .collect()
-        })
-        .collect()
-}
-
-fn meta(base: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(base.with_extension("json")).unwrap()).unwrap()
-}
-
 #[test]
 fn callgen_srtp_calls_pass_and_the_recordings_hold_the_decrypted_tone() {
     let proxy = srtp_proxy();
-    let (code, j) = run_callgen(&proxy, 3, &[]);
+    let (code, j) = run_callgen(&proxy, 3, 3, &["--caller-media", "srtp"]);
     assert_eq!(code, Some(0), "{j}\n{}", proxy.log_tail(60));
     assert_eq!(j["caller_media"], "srtp", "{j}");
     assert_eq!(j["calls_ok"], 3, "{j}");
@@ -158,7 +69,12 @@ fn callgen_srtp_calls_pass_and_the_recordings_hold_the_decrypted_tone() {
 #[test]
 fn callgen_with_wrong_srtp_keys_counts_authentication_failures() {
     let mut proxy = srtp_proxy();
-    let (code, j) = run_callgen(&proxy, 2, &["--srtp-corrupt-key"]);
+    let (code, j) = run_callgen(
+        &proxy,
+        2,
+        3,
+        &["--caller-media", "srtp", "--srtp-corrupt-key"],
+    );
     // The media check fails (exit 1), the generator itself does not (3, or a signal).
     assert_eq!(code, Some(1), "{j}");
     assert_eq!(j["calls_ok"], 2, "the signalling is unaffected: {j}");

@@ -209,7 +209,14 @@ fn assert_attack_failed(proxy: &Proxy, out: &CallOutcome, sent: u64, received: u
 
 /// A recorded call of `pair`, attacked from `attack_after` (None: from before the call).
 fn attacked_call(pair: Pair, attack_after: Option<Duration>) {
-    let proxy = Proxy::builder().rtp_ports(RANGE).start();
+    attacked_call_through(
+        Proxy::builder().rtp_ports(RANGE).start(),
+        pair,
+        attack_after,
+    );
+}
+
+fn attacked_call_through(proxy: Proxy, pair: Pair, attack_after: Option<Duration>) -> Proxy {
     let run = proxy.call(pair);
     let mut attacker = None;
     if attack_after.is_none() {
@@ -224,6 +231,24 @@ fn attacked_call(pair: Pair, attack_after: Option<Duration>) {
     let out = call.join().expect("call thread");
     let (sent, received) = attacker.expect("attacker started").stop();
     assert_attack_failed(&proxy, &out, sent, received);
+    proxy
+}
+
+/// The same spray while the kernel relays the parties' RTP (`--kernel-relay`):
+/// a stranger's packets never match a kernel flow, so they meet the same
+/// rules in userspace, and the parties' media must really have gone
+/// through the kernel for this to show anything.
+#[cfg(feature = "kernel-relay")]
+#[test]
+fn rtp_sprayed_while_the_kernel_relays_the_call_is_neither_relayed_nor_recorded() {
+    let proxy = Proxy::builder()
+        .rtp_ports(RANGE)
+        .arg("--kernel-relay")
+        .arg("lo")
+        .start();
+    let proxy = attacked_call_through(proxy, pair("basic"), Some(Duration::from_millis(500)));
+    let kernel = metric(&proxy.metrics(), "callrec_kernel_relayed_packets_total").unwrap_or(0.0);
+    assert!(kernel >= 100.0, "the kernel relayed {kernel} packets");
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! offer/answer exchanges.
 
 pub mod announce;
+#[cfg(feature = "kernel-relay")]
+pub mod kernel;
 pub mod latch;
 pub mod ports;
 pub mod recordable;
@@ -47,6 +49,7 @@ impl Retired {
     /// Keeps the counts of a stream that is being dropped (its ports are freed).
     fn add(&mut self, stream: Option<Stream>) {
         let Some(s) = stream else { return };
+        s.sync_kernel_counts();
         for i in 0..2 {
             self.rtp[i] += s.stats.rtp_packets[i].load(Ordering::Relaxed);
             self.rtcp[i] += s.stats.rtcp_packets[i].load(Ordering::Relaxed);
@@ -226,7 +229,10 @@ impl Session {
     /// RTP packets relayed that `side` sent.
     pub fn rtp_packets(&self, side: Side) -> u64 {
         self.live()
-            .map(|s| s.stats.rtp_packets[side.index()].load(Ordering::Relaxed))
+            .map(|s| {
+                s.sync_kernel_counts();
+                s.stats.rtp_packets[side.index()].load(Ordering::Relaxed)
+            })
             .sum::<u64>()
             + self.retired.rtp[side.index()]
     }

@@ -27,8 +27,14 @@ use super::srtp::Protection;
 use super::threads::MediaThreads;
 use super::Side;
 use io::RelaySocket;
+use offload::{Direction, Offload};
 
 mod io;
+mod offload;
+
+/// How often the counters of kernel-relayed flows are added to the stream's
+/// (the RTP timeout reads them; it counts in tens of seconds).
+const KERNEL_SYNC: Duration = Duration::from_secs(1);
 
 /// How the streams of a call learn their peers' sources, and the process-wide
 /// counter of foreign packets.
@@ -168,10 +174,20 @@ pub struct Stream {
     pub stats: Arc<StreamStats>,
     control: mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<()>,
+    offload: Offload,
+}
+
+impl std::fmt::Debug for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Offload")
+    }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        // Before the task goes: the kernel stops relaying at once and its
+        // last counts are in `stats` when this returns.
+        self.offload.finish();
         self.task.abort();
     }
 }
@@ -202,6 +218,7 @@ impl Stream {
         let (tx, rx) = mpsc::unbounded_channel();
         let caller_port = caller.port;
         let callee_port = callee.port;
+        let offload = Offload::new(&stats);
         let task = thread.spawn(run(
             [caller, callee],
             sockets,
@@ -209,6 +226,7 @@ impl Stream {
             stats.clone(),
             tap,
             learning,
+            offload.clone(),
         ));
         Ok(Stream {
             caller_port,
@@ -216,6 +234,7 @@ impl Stream {
             stats,
             control: tx,
             task,
+            offload,
         })
     }
 
@@ -252,6 +271,12 @@ impl Stream {
         rx
     }
 
+    /// Brings `stats` up to date with what the kernel relayed for this
+    /// stream (`--kernel-relay`); without kernel flows it does nothing.
+    pub fn sync_kernel_counts(&self) {
+        self.offload.sync();
+    }
+
     /// Local RTP port facing `side`.
     pub fn port_facing(&self, side: Side) -> u16 {
         match side {
@@ -273,6 +298,28 @@ type Player = Option<(
     tokio::time::Instant,
     tokio::sync::oneshot::Sender<()>,
 )>;
+
+/// The directions the kernel may relay: plain RTP on both sides, the
+/// sender's source fixed, and the other party's destination known.
+fn kernel_directions(
+    latch: &[[Latch; 2]; 2],
+    crypto: &[Crypto; 2],
+    local: &[Option<SocketAddr>; 2],
+) -> [Option<Direction>; 2] {
+    if !crypto.iter().all(|c| matches!(c, Crypto::Plain)) {
+        return [None, None];
+    }
+    [0, 1].map(|s| {
+        let o = 1 - s;
+        Some(Direction {
+            side: Side::from_index(s),
+            from: latch[s][0].source()?,
+            arrives_at: local[s]?,
+            leaves_from: local[o]?,
+            target: latch[o][0].target()?,
+        })
+    })
+}
 
 /// Applies one change from the call to the stream's state.
 fn apply(
@@ -326,6 +373,7 @@ async fn run(
     stats: Arc<StreamStats>,
     mut tap: Option<Arc<dyn Tap>>,
     learning: Learning,
+    mut offload: Offload,
 ) {
     // Index [side][kind] like the sockets.
     let mut latch: [[Latch; 2]; 2] = Default::default();
@@ -345,7 +393,17 @@ async fn run(
     let mut crypto = [Crypto::Plain, Crypto::Plain];
     // Whether the first packet failing authentication from each side was logged.
     let mut warned_auth = [false; 2];
+    // The RTP sockets' own addresses, by side: where the kernel path matches
+    // and what it writes as the source.
+    let local = [socks[0][0].local_addr().ok(), socks[1][0].local_addr().ok()];
+    // Whether what the kernel may relay has to be looked at again.
+    let mut replan = false;
+    let mut next_sync = tokio::time::Instant::now() + KERNEL_SYNC;
     loop {
+        if replan {
+            replan = false;
+            offload.plan(kernel_directions(&latch, &crypto, &local), &tap);
+        }
         let next_play = player.as_ref().map(|p| p.1);
         let [[b00, b01], [b10, b11]] = &mut *bufs;
         let [[f00, f01], [f10, f11]] = &mut from;
@@ -378,6 +436,12 @@ async fn run(
             c = control.recv() => {
                 let Some(c) = c else { return };
                 apply(c, &mut latch, &mut pts, &mut tap, &mut player, &mut crypto, learning.window);
+                replan = offload.available();
+                continue;
+            }
+            _ = tokio::time::sleep_until(next_sync), if offload.active() => {
+                offload.sync();
+                next_sync = tokio::time::Instant::now() + KERNEL_SYNC;
                 continue;
             }
         };
@@ -391,15 +455,18 @@ async fn run(
         // packet arrived; select! does not promise to deliver it first.
         loop {
             match control.try_recv() {
-                Ok(c) => apply(
-                    c,
-                    &mut latch,
-                    &mut pts,
-                    &mut tap,
-                    &mut player,
-                    &mut crypto,
-                    learning.window,
-                ),
+                Ok(c) => {
+                    apply(
+                        c,
+                        &mut latch,
+                        &mut pts,
+                        &mut tap,
+                        &mut player,
+                        &mut crypto,
+                        learning.window,
+                    );
+                    replan = offload.available();
+                }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
@@ -453,6 +520,9 @@ async fn run(
                 now.saturating_duration_since(epoch()).as_millis() as u64,
                 Ordering::Relaxed,
             );
+            if !was_fixed && kind == 0 {
+                replan = offload.available();
+            }
             if !was_fixed && latch[side][kind].learned() {
                 info!(%src, "learned the {}'s media source (not the address its SDP named)", Side::from_index(side).name());
             }

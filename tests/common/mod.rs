@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod audio;
+pub mod callgen;
 pub mod console;
 pub mod files;
 pub mod http;

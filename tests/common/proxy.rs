@@ -23,6 +23,7 @@ pub struct ProxyBuilder {
     relative_data_dir: bool,
     pbx: Option<SocketAddr>,
     trunk: Option<(SocketAddr, String)>,
+    ip: Option<std::net::Ipv4Addr>,
 }
 
 impl ProxyBuilder {
@@ -47,6 +48,13 @@ impl ProxyBuilder {
     /// A trunk at `addr` given to `--trunk` as `spec` (e.g. "tls://localhost:5061").
     pub fn trunk(mut self, addr: SocketAddr, spec: &str) -> ProxyBuilder {
         self.trunk = Some((addr, spec.into()));
+        self
+    }
+
+    /// SIP and media on `ip` instead of 127.0.0.1 (an address the test gave
+    /// an interface of its own); the admin API stays on 127.0.0.1.
+    pub fn on_ip(mut self, ip: std::net::Ipv4Addr) -> ProxyBuilder {
+        self.ip = Some(ip);
         self
     }
 
@@ -83,7 +91,8 @@ impl ProxyBuilder {
     /// UDP port is bound). Panics with the log if it exits or never answers.
     pub fn start(self) -> Proxy {
         let dir = TestDir::new("proxy");
-        let sip = SocketAddr::from((PROXY_IP, free_port()));
+        let ip = self.ip.unwrap_or(PROXY_IP);
+        let sip = SocketAddr::from((ip, free_port()));
         let pbx = self
             .pbx
             .unwrap_or_else(|| SocketAddr::from((PBX_IP, free_port())));
@@ -107,7 +116,7 @@ impl ProxyBuilder {
             "--trunk".into(),
             trunk_spec,
             "--media-ip".into(),
-            PROXY_IP.to_string(),
+            ip.to_string(),
             "--rtp-ports".into(),
             format!("{}-{}", rtp.0, rtp.1),
             "--data-dir".into(),

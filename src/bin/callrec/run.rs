@@ -51,6 +51,13 @@ pub(crate) struct RunArgs {
     /// What the trunk leg gets: rtp, srtp (SDES keys) or same (what the other leg offered).
     #[arg(long, env = "CALLREC_TRUNK_MEDIA", default_value = "same")]
     pub(crate) trunk_media: callrec::media::sdes::LegMedia,
+    /// Relay plain RTP in the kernel, at ingress of these interfaces (those the media arrives on, e.g. eth0 or lo; repeatable). Needs a build with the `kernel-relay` feature, Linux 6.6 or later and CAP_BPF with CAP_NET_ADMIN (or root).
+    #[arg(
+        long = "kernel-relay",
+        env = "CALLREC_KERNEL_RELAY",
+        value_delimiter = ','
+    )]
+    pub(crate) kernel_relay: Vec<String>,
     /// Exchange SDES keys also on legs whose SIP is not carried over TLS (the keys are then readable on the wire).
     #[arg(long, env = "CALLREC_ALLOW_SDES_OVER_UDP")]
     pub(crate) allow_sdes_over_udp: bool,
@@ -421,6 +428,17 @@ impl RunArgs {
 /// The admin API's token from `--admin-token-file` or env CALLREC_ADMIN_TOKEN
 /// (None: generated into the data dir). An empty token would let anyone in
 /// who sends an empty one, so it stops the start instead.
+#[cfg(feature = "kernel-relay")]
+fn start_kernel_relay(ifaces: &[String]) -> anyhow::Result<()> {
+    callrec::media::kernel::start(ifaces)?;
+    Ok(())
+}
+
+#[cfg(not(feature = "kernel-relay"))]
+fn start_kernel_relay(_: &[String]) -> anyhow::Result<()> {
+    bail!("--kernel-relay: this callrec was built without the kernel relay; build it with `cargo build --release --features kernel-relay` (needs clang and libbpf's headers)")
+}
+
 pub(crate) fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
     let (token, origin) = match file {
         Some(f) => (
@@ -452,7 +470,11 @@ pub(crate) fn init_logging(level: &str) {
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level);
+    let kernel_relay = args.kernel_relay.clone();
     let cfg = args.into_config()?;
+    if !kernel_relay.is_empty() {
+        start_kernel_relay(&kernel_relay)?;
+    }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {}; check permissions",

@@ -25,7 +25,9 @@ the default, or benches/load/callgen, one process of our own for both sides, wit
 --trunk-media rtp|srtp (srtp: SRTP with SDES keys on the trunk leg, callgen's
 caller offering a fresh key per call and callrec terminating it, the PBX leg
 plain RTP; callrec with --generator callgen only; the result's trunk_media
-says which), --keep (keep recordings), --rtpstream (RTP from SIPp's rtp_stream as in
+says which), --kernel-relay IFACE (callrec relays plain RTP in the kernel at
+ingress of IFACE, lo for these runs; a build with --features kernel-relay;
+the result's kernel_relay says which), --keep (keep recordings), --rtpstream (RTP from SIPp's rtp_stream as in
 sip-scenarios/, where caller and callee of a call share one SSRC; loss is
 then counted against what the stack received, not what SIPp sent).
 
@@ -314,9 +316,10 @@ def pct(values, p):
 class Callrec:
     name = "callrec"
 
-    def __init__(self, work, binary, trunk_media="rtp"):
+    def __init__(self, work, binary, trunk_media="rtp", kernel_relay=None):
         self.work, self.binary, self.proc = work, binary, None
         self.trunk_media = trunk_media
+        self.kernel_relay = kernel_relay
         self.data = os.path.join(work, "data")
         self.rec_dir = os.path.join(self.data, "recordings")
 
@@ -333,6 +336,9 @@ class Callrec:
             # SRTP terminated on the trunk leg, plain RTP to the PBX; the
             # generator's SIP is UDP, so SDES keys must be allowed over it
             cmd += ["--trunk-media", "srtp", "--pbx-media", "rtp", "--allow-sdes-over-udp"]
+        if self.kernel_relay:
+            # plain RTP relayed by the tc program (a build with --features kernel-relay)
+            cmd += ["--kernel-relay", self.kernel_relay]
         self.cmdline = cmd
         self.log = open(os.path.join(self.work, "callrec.log"), "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
@@ -700,7 +706,7 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     if rtpstream:  # the scenarios name audio/*.al relative to SIPp's working directory
         os.symlink(AUDIO, os.path.join(work, "audio"))
     sipp_cwd = work
-    stack = Callrec(work, args.callrec, args.trunk_media) if stack_name == "callrec" else Peer(work)
+    stack = Callrec(work, args.callrec, args.trunk_media, args.kernel_relay) if stack_name == "callrec" else Peer(work)
     if media and args.rtpstream:
         tag += "-rtpstream"
     if callgen:
@@ -708,8 +714,10 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         tag += f"-tick{args.callgen_tick_us}us" if args.callgen_tick_us != 1000 else ""
     if args.trunk_media == "srtp":
         tag += "-srtp"
+    if args.kernel_relay and stack_name == "callrec":
+        tag += "-kernel"
     res = {"stack": stack_name, "kind": tag, "generator": args.generator,
-           "trunk_media": args.trunk_media, "pbx_media": "rtp", "rtp_source": ("rtp_stream" if args.rtpstream else "pcap") if media else None, "calls": calls, "hold_s": hold, "rate_cps": rate,
+           "trunk_media": args.trunk_media, "kernel_relay": args.kernel_relay if stack_name == "callrec" else None, "pbx_media": "rtp", "rtp_source": ("rtp_stream" if args.rtpstream else "pcap") if media else None, "calls": calls, "hold_s": hold, "rate_cps": rate,
            "media": media, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": machine_info(), "work": work}
     log(f"{stack_name}: {calls} calls, hold {hold} s, {rate} cps, media={media}; work {work}")
@@ -1101,6 +1109,8 @@ def main():
                     help="callgen's RTP sockets: one per party (default) or one per party and call, like SIPp")
     ap.add_argument("--autogroup-nice", type=int, default=0,
                     help="nice of the stack's and the generator's autogroups (e.g. -10 on a shared machine)")
+    ap.add_argument("--kernel-relay", metavar="IFACE", default=None,
+                    help="callrec relays plain RTP in the kernel at ingress of IFACE (lo here); needs a build with --features kernel-relay")
     ap.add_argument("--trunk-media", choices=("rtp", "srtp"), default="rtp",
                     help="media on the trunk leg: plain RTP, or SRTP (SDES) offered by callgen's caller "
                          "and terminated by callrec (callrec with --generator callgen only)")

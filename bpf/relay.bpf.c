@@ -16,6 +16,7 @@
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
@@ -54,9 +55,12 @@ struct flow {
 	__u8 record;
 	__u8 side;
 	__u8 pad[2];
-	// 0: the new destination is this host's own; else the interface to
-	// send it out of (the kernel resolves the next hop and its address).
+	// 0: the new destination is this host's own (delivered, only when the
+	// packet came in on lo: anywhere else our own source address would be
+	// a martian); else the interface to send it out of, to a neighbour on
+	// that link (the kernel resolves its address).
 	__u32 out_ifindex;
+	__u32 pad2;
 	__u64 stream;
 	__u64 packets;
 	__u64 bytes;
@@ -104,6 +108,25 @@ struct {
 // interface (another callrec, a firewall), then up the stack as usual.
 #define NOT_OURS TC_ACT_UNSPEC
 
+_Static_assert(sizeof(struct flow_key) == 12, "the relay's FlowKey");
+_Static_assert(sizeof(struct flow) == 56, "the relay's FlowValue");
+
+#define LOOPBACK_IFINDEX 1
+
+// Whether an IPv4 header (20 bytes, no options) carries a correct checksum:
+// the userspace path never sees a packet the IP layer would drop.
+static __always_inline int ip_checksum_ok(struct iphdr *ip)
+{
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum == 0xffff;
+}
+
 static __always_inline void count(__u32 i)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &i);
@@ -123,6 +146,11 @@ int relay(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
 	    (ip->frag_off & bpf_htons(0x3fff)))
 		return NOT_OURS;
+	// Addressed to this host, lengths that agree with the frame (no
+	// trailing bytes, nothing merged), a valid IP checksum.
+	if (skb->pkt_type != PACKET_HOST || bpf_ntohs(ip->tot_len) != skb->len - ETH_HLEN ||
+	    !ip_checksum_ok(ip))
+		return NOT_OURS;
 	struct udphdr *udp = (void *)(ip + 1);
 	__u8 *rtp = (void *)(udp + 1);
 	if ((void *)(rtp + 2) > end)
@@ -140,9 +168,11 @@ int relay(struct __sk_buff *skb)
 	if ((rtp[0] & 0xc0) != 0x80 || (rtp[1] >= 192 && rtp[1] <= 223))
 		return NOT_OURS;
 	__u32 len = bpf_ntohs(udp->len);
-	if (len < 8 + 12 || len - 8 > MAX_RECORDED)
+	if (len != bpf_ntohs(ip->tot_len) - 20 || len < 8 + 12 || len - 8 > MAX_RECORDED)
 		return NOT_OURS;
 	len -= 8;
+	if (!f->out_ifindex && skb->ingress_ifindex != LOOPBACK_IFINDEX)
+		return NOT_OURS;
 
 	__u64 now = bpf_ktime_get_ns();
 	if (f->record) {

@@ -475,7 +475,7 @@ async fn metrics(State(s): State<Arc<Admin>>) -> String {
     );
     #[cfg(feature = "kernel-relay")]
     if let Some(k) = crate::media::kernel::get() {
-        // Bpf map reads: a few system calls, off the async workers.
+        // Map reads: a few system calls, off the async workers.
         let ([relayed, ring_full], flows) =
             tokio::task::spawn_blocking(move || (k.totals(), k.flow_count()))
                 .await

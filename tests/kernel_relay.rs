@@ -76,6 +76,31 @@ fn calls_relayed_in_the_kernel_reach_both_parties_and_every_packet_is_recorded()
 }
 
 #[test]
+fn audio_up_to_the_hangup_is_in_the_recording_as_counted() {
+    // Both parties talk until the caller's BYE: the kernel's last copies
+    // must reach the recording before it is closed, and the calls'
+    // counters must include the kernel's last packets.
+    let proxy = kernel_proxy();
+    let (code, j) = run_callgen(&proxy, 4, 3, &["--audio-seconds", "3"]);
+    assert_eq!(j["calls_ok"], 4, "{j}\n{}", proxy.log_tail(40));
+    let _ = code; // the last packets may cross the BYE: callgen may count them short
+    let counted = metric(&proxy.metrics(), "callrec_rtp_packets_total").unwrap_or(0.0) as u64;
+    let mut recorded = 0;
+    for base in sealed_sets(&proxy, 4) {
+        let md = meta(&base);
+        for party in ["caller", "callee"] {
+            recorded += md["media"][party]["packets"].as_u64().unwrap_or(0);
+        }
+    }
+    let sent = j["packets_sent"].as_u64().unwrap();
+    assert!(
+        counted * 100 >= sent * 99,
+        "counted {counted} of {sent} sent"
+    );
+    assert_eq!(recorded, counted, "packets recorded vs relayed\n{j}");
+}
+
+#[test]
 fn a_proxy_killed_mid_call_leaves_nothing_relaying_in_the_kernel() {
     let mut proxy = kernel_proxy();
     // One call of 8 s (7.5 s of audio per party); the proxy dies after ~3 s.
@@ -119,14 +144,14 @@ fn a_proxy_killed_mid_call_leaves_nothing_relaying_in_the_kernel() {
 }
 
 /// A network namespace holding both parties, joined to this host by a veth
-/// pair: 10.213.77.1 on the host's end, 10.213.77.2 (PBX) and .3 (trunk) in
-/// the namespace. Everything is removed on drop.
+/// pair: 10.213.N.1 on the host's end, 10.213.N.2 (PBX) and .3 (trunk) in
+/// the namespace, N and the names from the process id so that two runs on
+/// one machine do not meet. Everything is removed on drop.
 struct PartiesNetns {
     name: String,
     host_if: String,
+    net: u8,
 }
-
-const NETNS_HOST: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 213, 77, 1);
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip runs");
@@ -143,6 +168,7 @@ impl PartiesNetns {
         let ns = PartiesNetns {
             name: format!("callrec-kr-{id}"),
             host_if: format!("crk{id}h"),
+            net: (id % 250) as u8 + 1,
         };
         let peer = format!("crk{id}p");
         ip(&["netns", "add", &ns.name]);
@@ -158,14 +184,25 @@ impl PartiesNetns {
             "netns",
             &ns.name,
         ]);
-        ip(&["addr", "add", "10.213.77.1/24", "dev", &ns.host_if]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.addr(1)),
+            "dev",
+            &ns.host_if,
+        ]);
         ip(&["link", "set", &ns.host_if, "up"]);
-        for a in ["10.213.77.2/24", "10.213.77.3/24"] {
-            ip(&["-n", &ns.name, "addr", "add", a, "dev", &peer]);
+        for host in [2, 3] {
+            let a = format!("{}/24", ns.addr(host));
+            ip(&["-n", &ns.name, "addr", "add", &a, "dev", &peer]);
         }
         ip(&["-n", &ns.name, "link", "set", &peer, "up"]);
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         ns
+    }
+
+    fn addr(&self, host: u8) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 213, self.net, host)
     }
 }
 
@@ -185,10 +222,10 @@ fn media_for_another_host_leaves_through_the_media_interface_from_the_kernel() {
     // The parties are another host here: what the kernel relays must be
     // sent out of the veth with the next hop resolved, not delivered locally.
     let ns = PartiesNetns::new();
-    let pbx = std::net::SocketAddr::from(([10, 213, 77, 2], 5060));
-    let trunk = std::net::SocketAddr::from(([10, 213, 77, 3], 5060));
+    let pbx = std::net::SocketAddr::from((ns.addr(2), 5060));
+    let trunk = std::net::SocketAddr::from((ns.addr(3), 5060));
     let proxy = Proxy::builder()
-        .on_ip(NETNS_HOST)
+        .on_ip(ns.addr(1))
         .pbx(pbx)
         .trunk(trunk, &trunk.to_string())
         .arg("--kernel-relay")
@@ -222,9 +259,16 @@ fn media_for_another_host_leaves_through_the_media_interface_from_the_kernel() {
         "the kernel relayed {kernel} of {sent} packets\n{}",
         proxy.log_tail(40)
     );
+    let counted = metric(&proxy.metrics(), "callrec_rtp_packets_total").unwrap_or(0.0) as u64;
+    let mut recorded = 0;
     for base in sealed_sets(&proxy, 2) {
+        let md = meta(&base);
+        for party in ["caller", "callee"] {
+            recorded += md["media"][party]["packets"].as_u64().unwrap_or(0);
+        }
         let lv = tone_levels(&base.with_extension("wav"), &[440.0, 1000.0]);
         assert!(lv.iter().any(|c| c[0] >= 30.0), "440 Hz: {lv:?}");
         assert!(lv.iter().any(|c| c[1] >= 30.0), "1 kHz: {lv:?}");
     }
+    assert_eq!(recorded, counted, "packets recorded vs relayed");
 }

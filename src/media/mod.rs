@@ -49,7 +49,7 @@ impl Retired {
     /// Keeps the counts of a stream that is being dropped (its ports are freed).
     fn add(&mut self, stream: Option<Stream>) {
         let Some(s) = stream else { return };
-        s.sync_kernel_counts();
+        s.finish_kernel_relay();
         for i in 0..2 {
             self.rtp[i] += s.stats.rtp_packets[i].load(Ordering::Relaxed);
             self.rtcp[i] += s.stats.rtcp_packets[i].load(Ordering::Relaxed);
@@ -224,6 +224,15 @@ impl Session {
     /// True when the latest SDP of either side puts every stream on hold both ways.
     pub fn on_hold(&self) -> bool {
         self.last.iter().flatten().any(|s| s.all_inactive())
+    }
+
+    /// Takes every stream's flows back from the kernel (`--kernel-relay`):
+    /// the counters are final and the recorder has every copy once this
+    /// returns. For the end of a call, before its counters are read.
+    pub fn finish_kernel_relay(&self) {
+        for s in self.live() {
+            s.finish_kernel_relay();
+        }
     }
 
     /// RTP packets relayed that `side` sent.

@@ -277,12 +277,29 @@ impl Stream {
         self.offload.sync();
     }
 
+    /// Takes this stream's flows back from the kernel for good: its last
+    /// counts are in `stats` and its last copies in the recorder when this
+    /// returns; the userspace relay carries whatever comes after. Call it
+    /// before reading the final counters and closing the recording.
+    pub fn finish_kernel_relay(&self) {
+        self.offload.finish();
+    }
+
     /// Local RTP port facing `side`.
     pub fn port_facing(&self, side: Side) -> u16 {
         match side {
             Side::Caller => self.caller_port,
             Side::Callee => self.callee_port,
         }
+    }
+}
+
+/// Takes a stream's flows back from the kernel when dropped.
+struct FinishOnDrop(Offload);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
     }
 }
 
@@ -375,6 +392,9 @@ async fn run(
     learning: Learning,
     mut offload: Offload,
 ) {
+    // However the task ends (the call's handle drops it, or it panics),
+    // the kernel stops relaying for it.
+    let _kernel = FinishOnDrop(offload.clone());
     // Index [side][kind] like the sockets.
     let mut latch: [[Latch; 2]; 2] = Default::default();
     // Payload types each side's SDP listed for this stream.

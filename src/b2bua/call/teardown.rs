@@ -244,6 +244,10 @@ impl Call {
                     return;
                 }
             };
+        // The kernel's last counts and copies first (`--kernel-relay`).
+        if let Some(m) = &media {
+            m.finish_kernel_relay();
+        }
         let foreign = [Side::Caller, Side::Callee]
             .map(|s| media.as_ref().map_or(0, |m| m.foreign_dropped(s)));
         let srtp_auth_failed =

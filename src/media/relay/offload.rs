@@ -154,9 +154,9 @@ mod kernel_side {
                 return;
             }
             // The feed must know the tap before the first copy can arrive.
-            if tap.is_some() || self.tapped {
-                self.relay.set_tap(self.stream, tap.clone());
-                self.tapped = tap.is_some();
+            if let Some(t) = tap {
+                self.relay.set_tap(self.stream, t.clone());
+                self.tapped = true;
             }
             for (i, want) in wanted.iter().enumerate() {
                 let spec = want.and_then(|d| {
@@ -181,11 +181,18 @@ mod kernel_side {
                 }
                 if let Some(spec) = spec {
                     match self.relay.install(self.stream, &spec) {
-                        Ok(()) => self.flows[i] = Some((spec, FlowCounters::default())),
-                        // The userspace relay goes on carrying it.
+                        Ok(true) => self.flows[i] = Some((spec, FlowCounters::default())),
+                        // Not deliverable from the kernel (a routed target): userspace.
+                        Ok(false) => {}
                         Err(e) => warn!(error = %e, "cannot hand a media flow to the kernel"),
                     }
                 }
+            }
+            // Recording stopped: the old flows (which copied) are gone, so
+            // what is still in the ring for the tap goes to it first.
+            if tap.is_none() && self.tapped {
+                self.tapped = false;
+                self.relay.clear_tap(self.stream);
             }
         }
 
@@ -216,6 +223,8 @@ mod kernel_side {
     }
 
     impl Inner {
+        /// Takes the flows back (their last counts into the stream's
+        /// counters) and delivers the ring's copies before dropping the tap.
         pub(super) fn finish(&mut self) {
             self.finished = true;
             for f in self.flows.iter_mut() {
@@ -227,7 +236,7 @@ mod kernel_side {
             }
             if self.tapped {
                 self.tapped = false;
-                self.relay.set_tap(self.stream, None);
+                self.relay.clear_tap(self.stream);
             }
         }
     }

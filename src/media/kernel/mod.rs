@@ -11,19 +11,21 @@
 //! program behind relaying to stale flows.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::Ebpf;
-use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::relay::Tap;
 use super::Side;
+
+mod egress;
+mod feed;
 
 /// The program, compiled by build.rs from `bpf/relay.bpf.c`.
 // Aligned: the ELF parser reads its headers in place.
@@ -80,17 +82,20 @@ struct FlowValue {
     side: u8,
     pad: [u8; 2],
     out_ifindex: u32,
+    pad2: u32,
     stream: u64,
     packets: u64,
     bytes: u64,
     last_ns: u64,
 }
 
-// SAFETY: plain C structs without padding the kernel could leave uninitialised
-// (every gap is an explicit field), matching `bpf/relay.bpf.c`.
+// SAFETY: plain C structs without implicit padding (every gap is a field;
+// the sizes are asserted below), matching `bpf/relay.bpf.c`.
 unsafe impl aya::Pod for FlowKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowValue {}
+const _: () =
+    assert!(std::mem::size_of::<FlowKey>() == 12 && std::mem::size_of::<FlowValue>() == 56);
 
 /// One direction of a stream handed to the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +140,12 @@ pub struct FlowCounters {
 pub struct KernelRelay {
     flows: Mutex<BpfHashMap<MapData, FlowKey, FlowValue>>,
     counters: Mutex<PerCpuArray<MapData, u64>>,
+    /// Flows installed now, kept beside the map so that reading it costs
+    /// no walk over the map under the lock the media threads take.
+    flow_count: AtomicU64,
     taps: Mutex<HashMap<u64, Arc<dyn Tap>>>,
+    ring: Mutex<RingBuf<MapData>>,
+    egress: egress::Cache,
     next_stream: AtomicU64,
     // Keeps the program and its TCX links (detached when this drops, or
     // by the kernel when the process ends).
@@ -196,7 +206,10 @@ pub fn start(ifaces: &[String]) -> Result<&'static KernelRelay, KernelRelayError
     let relay = KernelRelay {
         flows: Mutex::new(flows),
         counters: Mutex::new(counters),
+        flow_count: AtomicU64::new(0),
         taps: Mutex::new(HashMap::new()),
+        ring: Mutex::new(ring),
+        egress: egress::Cache::default(),
         next_stream: AtomicU64::new(1),
         _ebpf: Mutex::new(ebpf),
     };
@@ -206,7 +219,10 @@ pub fn start(ifaces: &[String]) -> Result<&'static KernelRelay, KernelRelayError
     let relay = KERNEL.get().expect("just set");
     std::thread::Builder::new()
         .name("callrec-kfeed".into())
-        .spawn(move || feed(relay, ring))
+        .spawn(move || loop {
+            std::thread::sleep(FEED_INTERVAL);
+            relay.drain();
+        })
         .map_err(|e| KernelRelayError::Load(format!("cannot start the recorder feed: {e}")))?;
     Ok(relay)
 }
@@ -227,54 +243,6 @@ fn tcx_supported() -> bool {
     aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
 }
 
-/// Where a packet for `target` leaves when sent from `local`: 0 when `target`
-/// is one of this host's own addresses (delivered here), else the interface
-/// that holds `local`, the relay socket's address. None when no interface
-/// holds `local`.
-fn egress(target: Ipv4Addr, local: Ipv4Addr) -> Option<u32> {
-    if target.is_loopback() {
-        return Some(0);
-    }
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list freed below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return None;
-    }
-    let (mut target_is_ours, mut local_if) = (false, None);
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        // SAFETY: a non-null ifa_addr points to a sockaddr of the family it names.
-        if ifa.ifa_addr.is_null()
-            || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET
-        {
-            continue;
-        }
-        // SAFETY: the family says it is a sockaddr_in.
-        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-        if ip == target {
-            target_is_ours = true;
-        }
-        if ip == local {
-            // SAFETY: ifa_name is a NUL-terminated interface name.
-            let index = unsafe { libc::if_nametoindex(ifa.ifa_name) };
-            if index != 0 {
-                local_if = Some(index);
-            }
-        }
-    }
-    // SAFETY: `list` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(list) };
-    if target_is_ours {
-        Some(0)
-    } else {
-        local_if
-    }
-}
-
 /// Monotonic nanoseconds, the clock of the program's timestamps.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -286,63 +254,35 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The recorder feed: hands each copied packet to its stream's tap.
-fn feed(relay: &'static KernelRelay, mut ring: RingBuf<MapData>) {
-    // Offsets in the program's `struct recorded`.
-    const HEADER: usize = 24;
-    loop {
-        std::thread::sleep(FEED_INTERVAL);
-        let (now, now_ns) = (Instant::now(), monotonic_ns());
-        let taps = relay.taps.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(item) = ring.next() {
-            if item.len() < HEADER {
-                continue;
-            }
-            let stream = u64::from_ne_bytes(item[0..8].try_into().expect("8 bytes"));
-            let arrival_ns = u64::from_ne_bytes(item[8..16].try_into().expect("8 bytes"));
-            let len = u32::from_ne_bytes(item[16..20].try_into().expect("4 bytes")) as usize;
-            let side = if item[20] == 0 {
-                Side::Caller
-            } else {
-                Side::Callee
-            };
-            let Some(packet) = item.get(HEADER..HEADER + len) else {
-                continue;
-            };
-            // A stream that has ended since is no longer listed: nothing to record.
-            if let Some(tap) = taps.get(&stream) {
-                let arrival = now
-                    .checked_sub(Duration::from_nanos(now_ns.saturating_sub(arrival_ns)))
-                    .unwrap_or(now);
-                tap.offer(side, Bytes::copy_from_slice(packet), arrival);
-            }
-        }
-    }
-}
-
 impl KernelRelay {
     /// A new stream's id for the recorder feed.
     pub fn new_stream(&self) -> u64 {
         self.next_stream.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sets (or clears) where a stream's kernel-relayed packets are recorded.
-    pub fn set_tap(&self, stream: u64, tap: Option<Arc<dyn Tap>>) {
+    /// Sets where a stream's kernel-relayed packets are recorded.
+    pub fn set_tap(&self, stream: u64, tap: Arc<dyn Tap>) {
         let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
-        match tap {
-            Some(t) => taps.insert(stream, t),
-            None => taps.remove(&stream),
-        };
+        taps.insert(stream, tap);
     }
 
-    /// Hands a flow to the kernel, with fresh counters.
-    pub fn install(&self, stream: u64, spec: &FlowSpec) -> Result<(), String> {
-        let out_ifindex = egress(*spec.target.ip(), *spec.leaves_from.ip()).ok_or_else(|| {
-            format!(
-                "no interface holds {} (the relay socket's address)",
-                spec.leaves_from.ip()
-            )
-        })?;
+    /// Stops recording a stream's kernel-relayed packets; call it after its
+    /// flows are gone: what the ring still holds for it is delivered first.
+    pub fn clear_tap(&self, stream: u64) {
+        self.drain();
+        let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
+        taps.remove(&stream);
+    }
+
+    /// Hands a flow to the kernel, with fresh counters. Ok(false): the
+    /// kernel cannot take this one (see `egress`); it stays in userspace.
+    pub fn install(&self, stream: u64, spec: &FlowSpec) -> Result<bool, String> {
+        let Some(out_ifindex) = self
+            .egress
+            .out_ifindex(*spec.target.ip(), *spec.leaves_from.ip())
+        else {
+            return Ok(false);
+        };
         let value = FlowValue {
             new_src_ip: u32::from(*spec.leaves_from.ip()).to_be(),
             new_dst_ip: u32::from(*spec.target.ip()).to_be(),
@@ -352,6 +292,7 @@ impl KernelRelay {
             side: spec.side.index() as u8,
             pad: [0; 2],
             out_ifindex,
+            pad2: 0,
             stream,
             packets: 0,
             bytes: 0,
@@ -360,7 +301,9 @@ impl KernelRelay {
         let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
         flows
             .insert(spec.key(), value, 0)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.flow_count.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// What the kernel relayed for a flow so far (None: not installed).
@@ -377,16 +320,23 @@ impl KernelRelay {
     pub fn remove(&self, spec: &FlowSpec) -> Option<FlowCounters> {
         let last = self.counters(spec);
         let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = flows.remove(&spec.key()) {
-            if last.is_some() {
-                warn!(error = %e, "cannot remove a kernel relay flow");
+        match flows.remove(&spec.key()) {
+            Ok(()) => {
+                self.flow_count.fetch_sub(1, Ordering::Relaxed);
             }
+            Err(e) => warn!(error = %e, "cannot remove a kernel relay flow"),
         }
         last
     }
 
     /// Flows installed now (all streams).
-    pub fn flow_count(&self) -> usize {
+    pub fn flow_count(&self) -> u64 {
+        self.flow_count.load(Ordering::Relaxed)
+    }
+
+    /// Flows in the kernel's table now, walked key by key (for tests and
+    /// checks, not for metrics: it holds the table's lock for the walk).
+    pub fn flows_in_kernel(&self) -> usize {
         let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
         flows.keys().filter(|k| k.is_ok()).count()
     }

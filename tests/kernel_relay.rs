@@ -85,13 +85,10 @@ fn audio_up_to_the_hangup_is_in_the_recording_as_counted() {
     assert_eq!(j["calls_ok"], 4, "{j}\n{}", proxy.log_tail(40));
     let _ = code; // the last packets may cross the BYE: callgen may count them short
     let counted = metric(&proxy.metrics(), "callrec_rtp_packets_total").unwrap_or(0.0) as u64;
-    let mut recorded = 0;
-    for base in sealed_sets(&proxy, 4) {
-        let md = meta(&base);
-        for party in ["caller", "callee"] {
-            recorded += md["media"][party]["packets"].as_u64().unwrap_or(0);
-        }
-    }
+    let recorded: u64 = sealed_sets(&proxy, 4)
+        .iter()
+        .map(|b| recorded_packets(b))
+        .sum();
     let sent = j["packets_sent"].as_u64().unwrap();
     assert!(
         counted * 100 >= sent * 99,
@@ -126,13 +123,7 @@ fn a_proxy_killed_mid_call_leaves_nothing_relaying_in_the_kernel() {
     std::thread::sleep(Duration::from_secs(2));
     proxy.kill_hard();
     let out = gen.wait_with_output().expect("callgen ends");
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "callgen's summary ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let j = summary(&out);
     // A program left attached with its flows would go on delivering the
     // caller's tone to the callee for the rest of the call.
     let per_party = j["packets_per_party"].as_u64().unwrap();
@@ -239,14 +230,7 @@ fn media_for_another_host_leaves_through_the_media_interface_from_the_kernel() {
         .args(["--caller", &trunk.to_string(), "--callee", &pbx.to_string()])
         .output()
         .expect("callgen runs in the namespace");
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "callgen's summary ({e}): {}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            proxy.log_tail(40)
-        )
-    });
+    let j = summary(&out);
     assert_eq!(out.status.code(), Some(0), "{j}\n{}", proxy.log_tail(40));
     assert_eq!(j["calls_ok"], 2, "{j}");
     let sent = j["packets_sent"].as_u64().unwrap();
@@ -262,10 +246,7 @@ fn media_for_another_host_leaves_through_the_media_interface_from_the_kernel() {
     let counted = metric(&proxy.metrics(), "callrec_rtp_packets_total").unwrap_or(0.0) as u64;
     let mut recorded = 0;
     for base in sealed_sets(&proxy, 2) {
-        let md = meta(&base);
-        for party in ["caller", "callee"] {
-            recorded += md["media"][party]["packets"].as_u64().unwrap_or(0);
-        }
+        recorded += recorded_packets(&base);
         let lv = tone_levels(&base.with_extension("wav"), &[440.0, 1000.0]);
         assert!(lv.iter().any(|c| c[0] >= 30.0), "440 Hz: {lv:?}");
         assert!(lv.iter().any(|c| c[1] >= 30.0), "1 kHz: {lv:?}");

@@ -41,14 +41,18 @@ pub fn run_callgen(
         .args(extra)
         .output()
         .expect("callgen runs");
+    (out.status.code(), summary(&out))
+}
+
+/// callgen's JSON summary from its output; panics with what it printed.
+pub fn summary(out: &std::process::Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(&text).unwrap_or_else(|e| {
+    serde_json::from_str(&text).unwrap_or_else(|e| {
         panic!(
             "callgen's summary ({e}): {text}\n{}",
             String::from_utf8_lossy(&out.stderr)
         )
-    });
-    (out.status.code(), json)
+    })
 }
 
 /// The base paths of the sealed sets, once `n` are there.
@@ -94,6 +98,15 @@ pub fn tone_levels(wav: &Path, freqs: &[f64]) -> Vec<Vec<f64>> {
                 .collect()
         })
         .collect()
+}
+
+/// RTP packets a set's recording holds, both parties together.
+pub fn recorded_packets(base: &Path) -> u64 {
+    let md = meta(base);
+    ["caller", "callee"]
+        .iter()
+        .map(|p| md["media"][p]["packets"].as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// A set's metadata.

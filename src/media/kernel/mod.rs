@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 use tracing::{info, warn};
 
@@ -178,10 +179,14 @@ pub fn start(ifaces: &[String]) -> Result<&'static KernelRelay, KernelRelayError
         .load()
         .map_err(|e| KernelRelayError::Load(format!("{e:?}")))?;
     for iface in ifaces {
-        // A TCX link (no qdisc needed); `tcx_supported` has ruled out the
-        // netlink filter `attach` falls back to, which would outlive a crash.
+        // A TCX link (no qdisc needed), never a netlink filter, which would
+        // outlive a crash and go on relaying.
         program
-            .attach(iface, TcAttachType::Ingress)
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
             .map_err(|e| KernelRelayError::Attach {
                 iface: iface.clone(),
                 reason: e.to_string(),

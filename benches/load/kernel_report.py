@@ -16,20 +16,30 @@ import glob
 import json
 import os
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def stamp(r):
+    return time.mktime(time.strptime(r["started"], "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def main():
     files = sys.argv[1:] or sorted(glob.glob(os.path.join(HERE, "results", "kernel", "*.json")))
     runs = [json.load(open(f)) | {"file": os.path.basename(f)} for f in files]
-    direct = {r["calls"]: r for r in runs if r["stack"].startswith("none")}
-    print("| calls | relay | callrec process CPU-s / call-min | generator CPU-s (direct run) | stack CPU-s / call-min | audio not recorded % | failed | machine /proc/stat per call-min (not used) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    runs.sort(key=lambda r: r["started"])
+    directs = [r for r in runs if r["stack"].startswith("none")]
+    print("| started (UTC) | calls | relay | callrec process CPU-s / call-min | generator CPU-s (direct run) | stack CPU-s / call-min | audio not recorded % | failed | machine /proc/stat per call-min (not used) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in runs:
         if r["stack"] != "callrec":
             continue
-        n, d = r["calls"], direct.get(r["calls"])
+        n = r["calls"]
+        # the generator's baseline from the same stretch of time: the
+        # direct run at this load nearest to this run
+        same = [x for x in directs if x["calls"] == n]
+        d = min(same, key=lambda x: abs(stamp(x) - stamp(r)), default=None)
         call_min = n * r["hold_s"] / 60
         own = r["cpu_s"]["callrec"]
         gen = r["generator_cpu_s"]
@@ -40,7 +50,7 @@ def main():
         else:
             gen_s, stack_s = f"{gen:.1f} (–)", "–"
         relay = "kernel" if r.get("kernel_relay") else "userspace"
-        print(f"| {n} | {relay} | {r['cpu_s_per_call_minute']:.4f} | {gen_s} | {stack_s} | "
+        print(f"| {r['started'][11:16]} | {n} | {relay} | {r['cpu_s_per_call_minute']:.4f} | {gen_s} | {stack_s} | "
               f"{r['loss_pct']} | {r['failed_calls']} | {r.get('machine_cpu_s_per_call_minute')} |")
 
 

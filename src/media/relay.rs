@@ -177,12 +177,6 @@ pub struct Stream {
     offload: Offload,
 }
 
-impl std::fmt::Debug for Offload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Offload")
-    }
-}
-
 impl Drop for Stream {
     fn drop(&mut self) {
         // Before the task goes: the kernel stops relaying at once and its

@@ -31,6 +31,12 @@ pub(super) struct Offload {
     inner: Option<Arc<std::sync::Mutex<kernel_side::Inner>>>,
 }
 
+impl std::fmt::Debug for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Offload")
+    }
+}
+
 impl Offload {
     pub(super) fn new(stats: &Arc<StreamStats>) -> Offload {
         #[cfg(not(feature = "kernel-relay"))]

@@ -12,6 +12,7 @@ pub mod relay;
 pub mod sdes;
 pub mod sdp;
 pub mod srtp;
+pub mod tap;
 pub mod threads;
 
 use std::net::IpAddr;

@@ -61,11 +61,7 @@ impl Default for Learning {
     }
 }
 
-/// Receives a copy of every RTP packet for recording; must never block.
-pub trait Tap: Send + Sync {
-    /// Offers one RTP packet (whole, header included) that `from` sent.
-    fn offer(&self, from: Side, packet: Bytes, arrival: Instant);
-}
+pub use super::tap::Tap;
 
 /// Per-stream counters, readable while the stream runs.
 #[derive(Debug, Default)]

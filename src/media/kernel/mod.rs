@@ -22,7 +22,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 use tracing::{info, warn};
 
-use super::relay::Tap;
+use super::tap::Tap;
 use super::Side;
 
 mod egress;

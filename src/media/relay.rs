@@ -261,12 +261,6 @@ impl Stream {
         rx
     }
 
-    /// Brings `stats` up to date with what the kernel relayed for this
-    /// stream (`--kernel-relay`); without kernel flows it does nothing.
-    pub fn sync_kernel_counts(&self) {
-        self.offload.sync();
-    }
-
     /// Takes this stream's flows back from the kernel for good: its last
     /// counts are in `stats` and its last copies in the recorder when this
     /// returns; the userspace relay carries whatever comes after. Call it

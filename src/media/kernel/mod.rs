@@ -339,13 +339,6 @@ impl KernelRelay {
         self.flow_count.load(Ordering::Relaxed)
     }
 
-    /// Flows in the kernel's table now, walked key by key (for tests and
-    /// checks, not for metrics: it holds the table's lock for the walk).
-    pub fn flows_in_kernel(&self) -> usize {
-        let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        flows.keys().filter(|k| k.is_ok()).count()
-    }
-
     /// Packets the program relayed, and packets it left to userspace because
     /// the recorder ring was full.
     pub fn totals(&self) -> [u64; 2] {

@@ -101,11 +101,7 @@ fn audio_up_to_the_hangup_is_in_the_recording_as_counted() {
 fn a_proxy_killed_mid_call_leaves_nothing_relaying_in_the_kernel() {
     let mut proxy = kernel_proxy();
     // One call of 8 s (7.5 s of audio per party); the proxy dies after ~3 s.
-    let gen = Command::new(callgen_bin())
-        .args(["--calls", "1", "--rate", "5", "--hold", "8"])
-        .args(["--proxy", &proxy.sip_addr().to_string()])
-        .args(["--caller", &proxy.trunk_addr().to_string()])
-        .args(["--callee", &proxy.pbx_addr().to_string()])
+    let gen = callgen_command(&proxy, 1, 8)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -37,17 +37,6 @@ fn refused_unrecordable(proxy: &Proxy) -> f64 {
     metric(&proxy.metrics(), "callrec_calls_refused_unrecordable_total").unwrap_or(-1.0)
 }
 
-/// The signature files in the proxy's recordings folder right now.
-fn sealed_sets_now(proxy: &Proxy) -> Vec<PathBuf> {
-    std::fs::read_dir(proxy.data_dir().join("recordings"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.to_string_lossy().ends_with(".sha256.SHA256withRSA.sig"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Waits until every call has ended and every recording has been handed on,
 /// then returns how many recordings were finished since start.
 fn recordings_after_calls(proxy: &Proxy) -> f64 {
@@ -65,7 +54,7 @@ fn sealed_wavs(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
     let mut found = Vec::new();
     assert!(
         wait_until(Duration::from_secs(20), || {
-            found = sealed_sets_now(proxy);
+            found = proxy.sealed_sets_now();
             found.len() >= n
         }),
         "no sealed set\n{}",
@@ -102,7 +91,7 @@ fn assert_connected_unrecorded(proxy: &Proxy, reason: &str) {
         "a {reason} call was recorded\n{}",
         proxy.log_tail(30)
     );
-    assert!(sealed_sets_now(proxy).is_empty(), "a set was sealed");
+    assert!(proxy.sealed_sets_now().is_empty(), "a set was sealed");
     assert_eq!(failures(proxy, reason), 1.0);
 }
 

@@ -25,7 +25,7 @@ fn sealed_sets(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
     let dir = proxy.data_dir().join("recordings");
     let mut found = Vec::new();
     let ok = wait_until(Duration::from_secs(20), || {
-        found = sealed_sets_now(proxy);
+        found = proxy.sealed_sets_now();
         found.len() >= n
     });
     assert!(
@@ -262,22 +262,11 @@ fn a_call_whose_recording_cannot_start_still_connects() {
         .find(|l| l.contains("cannot start recording"))
         .unwrap_or_else(|| panic!("no error logged\n{}", proxy.log_tail(30)));
     assert!(line.contains(&*work.to_string_lossy()), "{line}");
-    assert!(sealed_sets_now(&proxy).is_empty(), "a set appeared");
+    assert!(proxy.sealed_sets_now().is_empty(), "a set appeared");
 
     std::fs::remove_file(&work).unwrap();
     proxy.call(pair("basic")).run().assert_success();
     assert_eq!(sealed_sets(&proxy, 1).len(), 1);
-}
-
-/// The signature files in the proxy's recordings folder right now.
-fn sealed_sets_now(proxy: &Proxy) -> Vec<PathBuf> {
-    std::fs::read_dir(proxy.data_dir().join("recordings"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.to_string_lossy().ends_with(".sha256.SHA256withRSA.sig"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! tests look at afterwards (sealed sets, their metadata, the tones in a WAV).
 
 use super::audio::level_db;
-use super::{repo_dir, wait_until, Proxy};
+use super::{repo_dir, wait_until, Proxy, SET_SIGNATURE_SUFFIX};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -32,16 +32,23 @@ pub fn run_callgen(
     hold: u32,
     extra: &[&str],
 ) -> (Option<i32>, serde_json::Value) {
-    let out = Command::new(callgen_bin())
-        .args(["--calls", &calls.to_string(), "--rate", "5"])
-        .args(["--hold", &hold.to_string()])
-        .args(["--proxy", &proxy.sip_addr().to_string()])
-        .args(["--caller", &proxy.trunk_addr().to_string()])
-        .args(["--callee", &proxy.pbx_addr().to_string()])
+    let out = callgen_command(proxy, calls, hold)
         .args(extra)
         .output()
         .expect("callgen runs");
     (out.status.code(), summary(&out))
+}
+
+/// callgen set up for `calls` calls of `hold` seconds through the proxy,
+/// 5 per second, caller on its trunk address and callee on its PBX address.
+pub fn callgen_command(proxy: &Proxy, calls: u32, hold: u32) -> Command {
+    let mut cmd = Command::new(callgen_bin());
+    cmd.args(["--calls", &calls.to_string(), "--rate", "5"])
+        .args(["--hold", &hold.to_string()])
+        .args(["--proxy", &proxy.sip_addr().to_string()])
+        .args(["--caller", &proxy.trunk_addr().to_string()])
+        .args(["--callee", &proxy.pbx_addr().to_string()]);
+    cmd
 }
 
 /// callgen's JSON summary from its output; panics with what it printed.
@@ -57,18 +64,9 @@ pub fn summary(out: &std::process::Output) -> serde_json::Value {
 
 /// The base paths of the sealed sets, once `n` are there.
 pub fn sealed_sets(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
-    let dir = proxy.data_dir().join("recordings");
-    let sig = ".sha256.SHA256withRSA.sig";
     let mut found = Vec::new();
     let done = wait_until(Duration::from_secs(30), || {
-        found = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.path().to_string_lossy().into_owned())
-                    .filter_map(|p| p.strip_suffix(sig).map(PathBuf::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        found = proxy.sealed_sets_now();
         found.len() >= n
     });
     assert!(
@@ -78,6 +76,9 @@ pub fn sealed_sets(proxy: &Proxy, n: usize) -> Vec<PathBuf> {
         proxy.log_tail(60)
     );
     found
+        .iter()
+        .map(|sig| PathBuf::from(sig.to_string_lossy().trim_end_matches(SET_SIGNATURE_SUFFIX)))
+        .collect()
 }
 
 /// How far each tone stands above a frequency nobody sent (dB), per channel

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// How a set's signature file ends: `<base>.sha256.SHA256withRSA.sig`.
+pub const SET_SIGNATURE_SUFFIX: &str = ".sha256.SHA256withRSA.sig";
+
 /// Options for starting the proxy; `Proxy::start()` uses the defaults.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyBuilder {
@@ -294,6 +297,18 @@ impl Proxy {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The signature files of the sets in its recordings folder right now
+    /// (a set is complete once its signature is there).
+    pub fn sealed_sets_now(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.data_dir.join("recordings"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.to_string_lossy().ends_with(SET_SIGNATURE_SUFFIX))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn command(&self) -> &str {

@@ -400,13 +400,15 @@ async fn run(
     // The RTP sockets' own addresses, by side: where the kernel path matches
     // and what it writes as the source.
     let local = [socks[0][0].local_addr().ok(), socks[1][0].local_addr().ok()];
-    // Whether what the kernel may relay has to be looked at again.
+    // Whether what the kernel may relay has to be looked at again, and
+    // whether it relays anything for this stream now.
     let mut replan = false;
+    let mut in_kernel = false;
     let mut next_sync = tokio::time::Instant::now() + KERNEL_SYNC;
     loop {
         if replan {
             replan = false;
-            offload.plan(kernel_directions(&latch, &crypto, &local), &tap);
+            in_kernel = offload.plan(kernel_directions(&latch, &crypto, &local), &tap);
         }
         let next_play = player.as_ref().map(|p| p.1);
         let [[b00, b01], [b10, b11]] = &mut *bufs;
@@ -443,7 +445,7 @@ async fn run(
                 replan = offload.available();
                 continue;
             }
-            _ = tokio::time::sleep_until(next_sync), if offload.active() => {
+            _ = tokio::time::sleep_until(next_sync), if in_kernel => {
                 offload.sync();
                 next_sync = tokio::time::Instant::now() + KERNEL_SYNC;
                 continue;

@@ -60,23 +60,23 @@ impl Offload {
         false
     }
 
-    /// Whether any flow is in the kernel now (its counters need syncing).
-    pub(super) fn active(&self) -> bool {
-        #[cfg(feature = "kernel-relay")]
-        return self.inner.as_ref().is_some_and(|i| lock(i).active());
-        #[cfg(not(feature = "kernel-relay"))]
-        false
-    }
-
     /// Makes the kernel relay exactly `wanted` (None: that direction stays in
-    /// userspace), recording into `tap` if there is one.
-    pub(super) fn plan(&mut self, wanted: [Option<Direction>; 2], tap: &Option<Arc<dyn Tap>>) {
+    /// userspace), recording into `tap` if there is one. Returns whether any
+    /// flow is in the kernel now (its counters then need syncing), so that
+    /// the task keeps that answer instead of asking for it per packet.
+    pub(super) fn plan(
+        &mut self,
+        wanted: [Option<Direction>; 2],
+        tap: &Option<Arc<dyn Tap>>,
+    ) -> bool {
         #[cfg(feature = "kernel-relay")]
         if let Some(i) = &self.inner {
-            lock(i).plan(wanted, tap);
+            let mut inner = lock(i);
+            inner.plan(wanted, tap);
+            return inner.active();
         }
-        #[cfg(not(feature = "kernel-relay"))]
         let _ = (wanted, tap);
+        false
     }
 
     /// Adds what the kernel relayed since the last call to the stream's counters.

@@ -33,3 +33,21 @@ pub fn level_db(x: &[f64], rate: f64, freq: f64) -> f64 {
     let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
     10.0 * (p.max(1e-9) / x.len() as f64).log10()
 }
+
+/// Mean power of `freq` over 100 ms blocks of `x`, as a level in dB.
+///
+/// One Goertzel bin over white noise (an encrypted payload read as audio)
+/// is exponentially distributed: two such bins differ by 10 dB about one
+/// time in eleven. Averaged over many blocks they agree to within a dB or
+/// two, so a threshold on the difference tells a tone from noise every time.
+pub fn mean_level_db(x: &[f64], rate: f64, freq: f64) -> f64 {
+    let block = (rate / 10.0) as usize;
+    let blocks: Vec<&[f64]> = x.chunks_exact(block).collect();
+    assert!(!blocks.is_empty(), "fewer than 100 ms of samples");
+    let mean = blocks
+        .iter()
+        .map(|b| 10f64.powf(level_db(b, rate, freq) / 10.0))
+        .sum::<f64>()
+        / blocks.len() as f64;
+    10.0 * mean.log10()
+}

@@ -388,8 +388,17 @@ impl Timeline {
         }
         let skip = (base - pos_start).max(0) as usize;
         let off = (pos_start + skip as i64 - base) as usize;
-        for (slot, &s) in self.buf.range_mut(off..need).zip(&src[skip..]) {
-            *slot = s;
+        let src = &src[skip..];
+        let src = &src[..src.len().min(need - off)];
+        // The ring's two halves as slices: whole copies, not an index per sample.
+        let (front, back) = self.buf.as_mut_slices();
+        if off < front.len() {
+            let in_front = src.len().min(front.len() - off);
+            front[off..off + in_front].copy_from_slice(&src[..in_front]);
+            back[..src.len() - in_front].copy_from_slice(&src[in_front..]);
+        } else {
+            let at = off - front.len();
+            back[at..at + src.len()].copy_from_slice(src);
         }
         self.placed_end = self.placed_end.max(pos_end);
     }
@@ -397,9 +406,11 @@ impl Timeline {
     /// Moves the next `out.len()` samples (silence where nothing was placed) out of the timeline.
     pub(crate) fn drain_into(&mut self, out: &mut [i16]) {
         let n = out.len().min(self.buf.len());
-        for (o, s) in out.iter_mut().zip(self.buf.drain(..n)) {
-            *o = s;
-        }
+        let (front, back) = self.buf.as_slices();
+        let in_front = n.min(front.len());
+        out[..in_front].copy_from_slice(&front[..in_front]);
+        out[in_front..n].copy_from_slice(&back[..n - in_front]);
+        self.buf.drain(..n);
         out[n..].fill(0);
         self.base += out.len() as i64;
     }

@@ -96,9 +96,30 @@ impl WavWriter {
     /// On a failed write the samples that did not reach the file are skipped
     /// (see the module comment) and named in the error; later writes go on.
     pub fn write_samples(&mut self, samples: &[i16]) -> Result<(), WriteLoss> {
-        for &s in samples {
-            self.buf.extend_from_slice(&s.to_le_bytes());
+        let start = self.buf.len();
+        self.buf.resize(start + 2 * samples.len(), 0);
+        for (b, s) in self.buf[start..].chunks_exact_mut(2).zip(samples) {
+            b.copy_from_slice(&s.to_le_bytes());
         }
+        self.appended()
+    }
+
+    /// Appends two channels interleaved (left, right, left, …), as
+    /// `write_samples` would the interleaved samples; `left` and `right`
+    /// have the same length.
+    pub fn write_stereo(&mut self, left: &[i16], right: &[i16]) -> Result<(), WriteLoss> {
+        debug_assert_eq!(left.len(), right.len());
+        let start = self.buf.len();
+        self.buf.resize(start + 4 * left.len().min(right.len()), 0);
+        for ((b, l), r) in self.buf[start..].chunks_exact_mut(4).zip(left).zip(right) {
+            b[..2].copy_from_slice(&l.to_le_bytes());
+            b[2..].copy_from_slice(&r.to_le_bytes());
+        }
+        self.appended()
+    }
+
+    /// After samples were buffered: writes when enough are, and the header when due.
+    fn appended(&mut self) -> Result<(), WriteLoss> {
         let mut res = Ok(());
         if self.buf.len() >= FLUSH_AT {
             res = self.flush_buf();
@@ -294,6 +315,25 @@ mod tests {
         assert_eq!(r.spec().sample_rate, 16000);
         let back: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
         assert_eq!(back, samples);
+    }
+
+    #[test]
+    fn stereo_writes_read_back_as_their_own_channels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.wav");
+        let mut w = WavWriter::create(&path, 2, 8000, u64::MAX, Duration::from_secs(3600)).unwrap();
+        let left: Vec<i16> = (0..20_000).map(|i| (i * 3 - 30_000) as i16).collect();
+        let right: Vec<i16> = (0..20_000).map(|i| (20_000 - i * 5) as i16).collect();
+        // In pieces of odd sizes, across several buffer flushes.
+        for (l, r) in left.chunks(777).zip(right.chunks(777)) {
+            w.write_stereo(l, r).unwrap();
+        }
+        w.finalize().unwrap();
+        let mut r = hound::WavReader::open(&path).unwrap();
+        let back: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+        let (bl, br): (Vec<i16>, Vec<i16>) = back.chunks(2).map(|f| (f[0], f[1])).unzip();
+        assert_eq!(bl, left);
+        assert_eq!(br, right);
     }
 
     #[test]

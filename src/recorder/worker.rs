@@ -54,7 +54,6 @@ pub(crate) struct Worker {
     written: i64,
     now_pos: i64,
     chunk: [Vec<i16>; 2],
-    interleaved: Vec<i16>,
     error: Option<RecorderError>,
     shared: Arc<ForkShared>,
     malformed: [u64; 2],
@@ -116,7 +115,6 @@ impl Worker {
             written: 0,
             now_pos: 0,
             chunk: [vec![0; COMMIT_CHUNK], vec![0; COMMIT_CHUNK]],
-            interleaved: Vec::with_capacity(2 * COMMIT_CHUNK),
             error: None,
             shared,
             malformed: [0; 2],
@@ -292,12 +290,7 @@ impl Worker {
                 ChannelMode::Caller => self.writers[0].write_samples(&self.chunk[0][..n]),
                 ChannelMode::Callee => self.writers[0].write_samples(&self.chunk[1][..n]),
                 ChannelMode::Stereo => {
-                    self.interleaved.clear();
-                    for (&l, &r) in self.chunk[0][..n].iter().zip(&self.chunk[1][..n]) {
-                        self.interleaved.push(l);
-                        self.interleaved.push(r);
-                    }
-                    self.writers[0].write_samples(&self.interleaved)
+                    self.writers[0].write_stereo(&self.chunk[0][..n], &self.chunk[1][..n])
                 }
                 ChannelMode::Separate => {
                     if let Err(loss) = self.writers[1].write_samples(&self.chunk[1][..n]) {

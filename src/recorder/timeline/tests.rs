@@ -264,3 +264,31 @@ fn stall_within_the_window_keeps_every_packet_in_place() {
         assert_eq!(v, want, "packet {k} in place");
     }
 }
+
+#[test]
+fn packets_stay_in_place_when_the_buffer_wraps_around() {
+    // Drained a little at a time while packets keep arriving, the buffer's
+    // storage wraps around; every packet must still land at its own place.
+    let mut t = Timeline::new();
+    let mut out = Vec::new();
+    for k in 0..400u16 {
+        let value = 100 + k as i16;
+        let arrival = 160 * (k as i64 + 1);
+        push(&mut t, k, 160 * k as u32, 7, &frame(value), arrival);
+        // Keep about three packets buffered: drain 130 or 190 samples in turn.
+        if k >= 3 {
+            out.extend(drain_all(&mut t, if k % 2 == 0 { 130 } else { 190 }));
+        }
+    }
+    out.extend(drain_all(&mut t, 160 * 400 - out.len()));
+    assert_eq!(out.len(), 160 * 400);
+    for k in 0..400usize {
+        let want = crate::audio::ALAW_TO_LINEAR[frame(100 + k as i16)[0] as usize];
+        let got = &out[160 * k..160 * (k + 1)];
+        assert!(
+            got.iter().all(|&s| s == want),
+            "packet {k}: {:?}",
+            &got[..4]
+        );
+    }
+}

@@ -290,3 +290,55 @@ fn keys_are_appended_kept_rotated_in_place_and_removed() {
         assert!(!log.contains(&token), "token in the log:\n{log}");
     }
 }
+
+#[test]
+fn a_key_placed_just_before_a_kill_is_removed_after_the_restart() {
+    // callrec is killed after the PBX stored anna's key and before the phone
+    // reload was answered. After the restart anna is in no provisioned group:
+    // her key must still go, although callrec never saw the PBX confirm it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pbx = Arc::new(Pbx::default());
+    for (login, id) in [("anna", 1), ("ben", 2), ("clara", 3), ("david", 4)] {
+        pbx.keys.seed(login, id, 2);
+    }
+    *pbx.keys.hold_reload_of.lock().unwrap() = Some("fks-anna".into());
+    let (pbx_addr, _server) = rt.block_on(starface_fake::serve(
+        pbx.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+    ));
+    let dir = TestDir::new("phone-provision-kill");
+    let data = dir.join("data");
+    let phone = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut proxy = start(&data, &config(dir.path(), pbx_addr, "Sales"), phone);
+    assert!(
+        wait_until(Duration::from_secs(20), || url_keys(
+            &pbx.keys.keys_of("anna")
+        )
+        .len()
+            == 1),
+        "anna's key not placed: {:?}\n{}",
+        pbx.keys.sets.lock().unwrap(),
+        proxy.log()
+    );
+    // callrec now waits for the reload of anna's phones: killed there.
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.kill_hard();
+    *pbx.keys.hold_reload_of.lock().unwrap() = None;
+
+    let proxy = start(&data, &config(dir.path(), pbx_addr, "Support"), phone);
+    assert!(
+        wait_until(Duration::from_secs(30), || url_keys(
+            &pbx.keys.keys_of("anna")
+        )
+        .is_empty()
+            && url_keys(&pbx.keys.keys_of("david")).len() == 1),
+        "the key placed before the kill is still on anna's phone: {:?}\n{}",
+        pbx.keys.keys_of("anna"),
+        proxy.log()
+    );
+    assert_eq!(
+        pbx.keys.keys_of("anna"),
+        own("anna", 1, 2),
+        "anna's own keys changed"
+    );
+}

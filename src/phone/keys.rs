@@ -186,7 +186,8 @@ pub fn provisioned(db: &Db) -> Result<Vec<(UserId, String)>, PhoneKeyError> {
     })?)
 }
 
-/// Records that the member's link is on her phones under `login` (`None`: taken off).
+/// Records that the member's link is, or is about to be, on her phones under
+/// `login` (`None`: taken off), so that it is removed when she leaves.
 pub fn set_provisioned(db: &Db, user: UserId, login: Option<&str>) -> Result<(), PhoneKeyError> {
     write(
         db,

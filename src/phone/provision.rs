@@ -114,12 +114,14 @@ impl Provisioner {
         .expect("phone key lookup panicked")?;
         for (uid, token) in tokens {
             let Some(user) = dir.user(uid) else { continue };
+            // Noted before the PBX is asked: a stop between the two then
+            // leaves a key callrec knows to remove, never one it forgot.
+            if !placed.iter().any(|(u, l)| *u == uid && *l == user.login) {
+                self.mark(uid, Some(user.login.clone())).await?;
+            }
             let url = link(&self.base, &token, "toggle");
-            match self.place(&user.login, uid, &url).await {
-                Ok(()) => self.mark(uid, Some(user.login.clone())).await?,
-                Err(e) => {
-                    tracing::warn!(member = %user.login, error = %keys::redact(&e.to_string()), "phone key not provisioned; retried at the next refresh")
-                }
+            if let Err(e) = self.place(&user.login, uid, &url).await {
+                tracing::warn!(member = %user.login, error = %keys::redact(&e.to_string()), "phone key not provisioned; retried at the next refresh")
             }
         }
         for (uid, login) in placed.into_iter().filter(|(u, _)| !wanted.contains(u)) {

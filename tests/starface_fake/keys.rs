@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -41,6 +42,9 @@ pub struct Keys {
     pub changes: Mutex<Vec<String>>,
     /// Requests outside the spec's shapes.
     pub violations: Mutex<Vec<String>>,
+    /// A key set whose reload request is not answered while it is named here
+    /// (a client stopped in the middle of its work can be caught there).
+    pub hold_reload_of: Mutex<Option<String>>,
     next_id: AtomicU32,
 }
 
@@ -288,6 +292,9 @@ async fn reload(
     UrlPath(set): UrlPath<String>,
 ) -> Response {
     let keys = &pbx.keys;
+    while keys.hold_reload_of.lock().unwrap().as_deref() == Some(set.as_str()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let phone = q.get("phone").cloned().unwrap_or_default();
     let what = format!("PUT /functionkeysets/{set}/phone");
     with_set(&pbx, (&h, &q, &what), &set, |s| {

@@ -18,9 +18,9 @@ mod wav;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -231,8 +231,10 @@ struct Packet {
 /// State shared by the forks and the worker.
 struct ForkShared {
     closed: AtomicBool,
-    /// Packets offered and not yet taken by the lane.
-    queued: AtomicUsize,
+    /// Packets offered and not yet taken by the lane. The relay appends under
+    /// a short lock; the lane swaps the whole batch out once per tick, so a
+    /// packet costs one push, not a channel's per-message handshake.
+    queue: Mutex<Vec<Packet>>,
     /// Most packets that may wait (`RecordingSpec::queue_capacity`).
     capacity: usize,
     queue_dropped: [AtomicU64; 2],
@@ -247,13 +249,12 @@ struct ForkShared {
 
 const DROP_LOG_INTERVAL_MS: u64 = 5000;
 
-/// Cheap handle for the relay to offer packets; never blocks. The queue is
-/// bounded by a counter rather than by a preallocated ring: a bounded channel
-/// would hold room for `queue_capacity` packets (128 kB at the default) for
-/// every call, although it normally carries two packets per lane tick.
+/// Cheap handle for the relay to offer packets; never blocks (the lock is
+/// held only for a push or the lane's swap). The queue grows to what waits
+/// between two ticks, bounded by `queue_capacity`, rather than holding room
+/// for all of it (128 kB at the default) for every call.
 #[derive(Clone)]
 pub struct Fork {
-    tx: Sender<Packet>,
     shared: Arc<ForkShared>,
 }
 
@@ -264,20 +265,18 @@ impl Fork {
         if s.closed.load(Ordering::Relaxed) {
             return false;
         }
-        if s.queued.fetch_add(1, Ordering::Relaxed) >= s.capacity {
-            s.queued.fetch_sub(1, Ordering::Relaxed);
+        let mut queue = s.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.len() >= s.capacity {
+            drop(queue);
             self.count_drop(party, arrival);
             return false;
         }
-        let sent = self.tx.send(Packet {
+        queue.push(Packet {
             party,
             data: packet,
             arrival,
         });
-        if sent.is_err() {
-            s.queued.fetch_sub(1, Ordering::Relaxed);
-        }
-        sent.is_ok()
+        true
     }
 
     fn count_drop(&self, party: Side, arrival: Instant) {
@@ -319,10 +318,9 @@ impl Recorder {
     pub fn start(spec: RecordingSpec) -> Result<Recorder, RecorderError> {
         spec.validate()?;
         let pool = pool::Pool::get()?;
-        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(ForkShared {
             closed: AtomicBool::new(false),
-            queued: AtomicUsize::new(0),
+            queue: Mutex::new(Vec::new()),
             capacity: spec.queue_capacity,
             queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
             last_drop_log_ms: AtomicU64::new(0),
@@ -332,10 +330,10 @@ impl Recorder {
             base_name: spec.base_name.clone(),
         });
         let worker = worker::Worker::new(&spec, Arc::clone(&shared))?;
-        let (id, lane) = pool.assign(worker, rx)?;
+        let (id, lane) = pool.assign(worker)?;
         tracing::debug!(recording = %spec.base_name, channels = %spec.channels, "recorder started");
         Ok(Recorder {
-            fork: Fork { tx, shared },
+            fork: Fork { shared },
             id,
             lane,
             finished: false,
@@ -457,12 +455,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = RecordingSpec::new(dir.path(), "q", ChannelMode::Stereo);
         spec.queue_capacity = 1;
-        let (tx, _rx) = mpsc::channel();
         let fork = Fork {
-            tx,
             shared: Arc::new(ForkShared {
                 closed: AtomicBool::new(false),
-                queued: AtomicUsize::new(0),
+                queue: Mutex::new(Vec::new()),
                 capacity: spec.queue_capacity,
                 queue_dropped: [AtomicU64::new(0), AtomicU64::new(0)],
                 last_drop_log_ms: AtomicU64::new(0),

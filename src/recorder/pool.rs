@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::worker::{Watch, Worker};
-use super::{Packet, PayloadMap, RecorderError, Side};
+use super::{PayloadMap, RecorderError, Side};
 
 /// How often a lane takes the queued packets of its recordings.
 pub(crate) const TICK: Duration = Duration::from_millis(20);
@@ -28,11 +28,7 @@ pub(crate) type Finished = Result<Worker, RecorderError>;
 /// What a recording's owner asks of its lane.
 pub(crate) enum Command {
     /// Serve a new recording.
-    Start {
-        id: u64,
-        worker: Box<Worker>,
-        packets: Receiver<Packet>,
-    },
+    Start { id: u64, worker: Box<Worker> },
     /// Codec table of one party (at start, after a re-INVITE).
     PayloadMap(u64, Side, Box<PayloadMap>),
     /// Who is told about the recording's failures.
@@ -86,17 +82,12 @@ impl Pool {
     }
 
     /// Hands a recording to the next lane; returns its id and the lane's sender.
-    pub(crate) fn assign(
-        &self,
-        worker: Worker,
-        packets: Receiver<Packet>,
-    ) -> Result<(u64, Sender<Command>), RecorderError> {
+    pub(crate) fn assign(&self, worker: Worker) -> Result<(u64, Sender<Command>), RecorderError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let lane = &self.lanes[self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
         lane.send(Command::Start {
             id,
             worker: Box::new(worker),
-            packets,
         })
         .map_err(|_| RecorderError::WorkerPanicked)?;
         Ok((id, lane.clone()))
@@ -106,7 +97,6 @@ impl Pool {
 /// One recording as its lane holds it.
 struct Entry {
     worker: Box<Worker>,
-    packets: Receiver<Packet>,
 }
 
 /// One recorder thread and the recordings it serves.
@@ -156,23 +146,19 @@ impl Lane {
     fn tick(&mut self) {
         let mut failed = Vec::new();
         for (&id, e) in self.recordings.iter_mut() {
-            if guarded(id, || e.worker.take_queued(&e.packets)).is_err() {
+            if guarded(id, || e.worker.take_queued()).is_err() {
                 failed.push(id);
             }
         }
         for id in failed {
-            self.recordings.remove(&id);
+            self.abandon(id);
         }
     }
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Start {
-                id,
-                worker,
-                packets,
-            } => {
-                self.recordings.insert(id, Entry { worker, packets });
+            Command::Start { id, worker } => {
+                self.recordings.insert(id, Entry { worker });
             }
             Command::Watch(id, watch) => {
                 if let Some(e) = self.recordings.get_mut(&id) {
@@ -183,11 +169,11 @@ impl Lane {
                 if let Some(e) = self.recordings.get_mut(&id) {
                     // Packets queued before the change were sent under the old table.
                     let res = guarded(id, || {
-                        e.worker.take_queued(&e.packets);
+                        e.worker.take_queued();
                         e.worker.set_payload_map(party, *map);
                     });
                     if res.is_err() {
-                        self.recordings.remove(&id);
+                        self.abandon(id);
                     }
                 }
             }
@@ -200,7 +186,7 @@ impl Lane {
                     return;
                 };
                 let placed = guarded(id, || {
-                    e.worker.take_queued(&e.packets);
+                    e.worker.take_queued();
                     e.worker.run_to(end);
                 });
                 match (placed, reply) {
@@ -220,6 +206,15 @@ impl Lane {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Lane {
+    /// Drops a recording whose step panicked; its forks take nothing more.
+    fn abandon(&mut self, id: u64) {
+        if let Some(e) = self.recordings.remove(&id) {
+            e.worker.close_queue();
         }
     }
 }

@@ -5,8 +5,7 @@
 //! (overload) becomes a gap of the recording, reported once per reason.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::failure::{FailureReason, FailureReporter, RecordingFailure};
@@ -22,6 +21,9 @@ use super::{
 /// 160 per party at 8 kHz, so this is rarely reached, and it sizes two
 /// buffers every recording keeps.
 const COMMIT_CHUNK: usize = 1024;
+/// Packets of room the lane keeps for taking a recording's queue (a tick
+/// normally finds two or three).
+const BATCH_KEPT: usize = 16;
 /// Rate used for the header when no audio ever arrived.
 const DEFAULT_RATE: u32 = 8000;
 /// Space kept free beside each recording until it is finished, so that the
@@ -56,6 +58,8 @@ pub(crate) struct Worker {
     chunk: [Vec<i16>; 2],
     error: Option<RecorderError>,
     shared: Arc<ForkShared>,
+    /// The queue's packets while the lane places them (reused every tick).
+    batch: Vec<Packet>,
     malformed: [u64; 2],
     gaps: Gaps,
     watch: Option<Watch>,
@@ -117,6 +121,7 @@ impl Worker {
             chunk: [vec![0; COMMIT_CHUNK], vec![0; COMMIT_CHUNK]],
             error: None,
             shared,
+            batch: Vec::new(),
             malformed: [0; 2],
             gaps: Gaps::default(),
             watch: None,
@@ -200,12 +205,39 @@ impl Worker {
     }
 
     /// Places every packet waiting in the recording's queue.
-    pub(crate) fn take_queued(&mut self, packets: &Receiver<Packet>) {
-        while let Ok(p) = packets.try_recv() {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            self.on_packet(&p);
+    pub(crate) fn take_queued(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        std::mem::swap(
+            &mut *self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            &mut batch,
+        );
+        for p in &batch {
+            self.on_packet(p);
         }
+        batch.clear();
+        // After a burst, the room it needed is given back.
+        if batch.capacity() > BATCH_KEPT {
+            batch.shrink_to(BATCH_KEPT);
+        }
+        self.batch = batch;
         self.take_overload();
+    }
+
+    /// Refuses further packets and frees those waiting (the recording was abandoned).
+    pub(crate) fn close_queue(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        let waiting = std::mem::take(
+            &mut *self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        drop(waiting);
     }
 
     /// Sets the payload-type table one party sends with.

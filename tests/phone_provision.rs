@@ -76,17 +76,24 @@ fn path_of(key: &Value, phone: SocketAddr) -> String {
         .to_string()
 }
 
-#[test]
-fn keys_are_appended_kept_rotated_in_place_and_removed() {
+/// The fake PBX on loopback, served by the returned runtime: users anna,
+/// ben, clara and david (accounts 1–4), each with two keys of her own.
+fn seeded_pbx() -> (tokio::runtime::Runtime, Arc<Pbx>, SocketAddr) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pbx = Arc::new(Pbx::default());
     for (login, id) in [("anna", 1), ("ben", 2), ("clara", 3), ("david", 4)] {
         pbx.keys.seed(login, id, 2);
     }
-    let (pbx_addr, _server) = rt.block_on(starface_fake::serve(
+    let (addr, _server) = rt.block_on(starface_fake::serve(
         pbx.clone(),
         "127.0.0.1:0".parse().unwrap(),
     ));
+    (rt, pbx, addr)
+}
+
+#[test]
+fn keys_are_appended_kept_rotated_in_place_and_removed() {
+    let (_rt, pbx, pbx_addr) = seeded_pbx();
     let dir = TestDir::new("phone-provision");
     let data = dir.join("data");
     let phone = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -296,16 +303,8 @@ fn a_key_placed_just_before_a_kill_is_removed_after_the_restart() {
     // callrec is killed after the PBX stored anna's key and before the phone
     // reload was answered. After the restart anna is in no provisioned group:
     // her key must still go, although callrec never saw the PBX confirm it.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pbx = Arc::new(Pbx::default());
-    for (login, id) in [("anna", 1), ("ben", 2), ("clara", 3), ("david", 4)] {
-        pbx.keys.seed(login, id, 2);
-    }
+    let (_rt, pbx, pbx_addr) = seeded_pbx();
     *pbx.keys.hold_reload_of.lock().unwrap() = Some("fks-anna".into());
-    let (pbx_addr, _server) = rt.block_on(starface_fake::serve(
-        pbx.clone(),
-        "127.0.0.1:0".parse().unwrap(),
-    ));
     let dir = TestDir::new("phone-provision-kill");
     let data = dir.join("data");
     let phone = SocketAddr::from(([127, 0, 0, 1], free_port()));

@@ -155,6 +155,13 @@ impl Lane {
         }
     }
 
+    /// Drops a recording whose step panicked; its forks take nothing more.
+    fn abandon(&mut self, id: u64) {
+        if let Some(e) = self.recordings.remove(&id) {
+            e.worker.close_queue();
+        }
+    }
+
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Start { id, worker } => {
@@ -206,15 +213,6 @@ impl Lane {
                     }
                 }
             }
-        }
-    }
-}
-
-impl Lane {
-    /// Drops a recording whose step panicked; its forks take nothing more.
-    fn abandon(&mut self, id: u64) {
-        if let Some(e) = self.recordings.remove(&id) {
-            e.worker.close_queue();
         }
     }
 }

@@ -20,7 +20,7 @@ mod worker;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -247,6 +247,14 @@ struct ForkShared {
     base_name: String,
 }
 
+impl ForkShared {
+    /// The queue, locked; a panic elsewhere while it was held leaves a
+    /// plain list of packets, still fine to use.
+    fn queue(&self) -> MutexGuard<'_, Vec<Packet>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 const DROP_LOG_INTERVAL_MS: u64 = 5000;
 
 /// Cheap handle for the relay to offer packets; never blocks (the lock is
@@ -265,7 +273,7 @@ impl Fork {
         if s.closed.load(Ordering::Relaxed) {
             return false;
         }
-        let mut queue = s.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut queue = s.queue();
         if queue.len() >= s.capacity {
             drop(queue);
             self.count_drop(party, arrival);

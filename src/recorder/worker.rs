@@ -5,7 +5,7 @@
 //! (overload) becomes a gap of the recording, reported once per reason.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::failure::{FailureReason, FailureReporter, RecordingFailure};
@@ -207,14 +207,7 @@ impl Worker {
     /// Places every packet waiting in the recording's queue.
     pub(crate) fn take_queued(&mut self) {
         let mut batch = std::mem::take(&mut self.batch);
-        std::mem::swap(
-            &mut *self
-                .shared
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-            &mut batch,
-        );
+        std::mem::swap(&mut *self.shared.queue(), &mut batch);
         for p in &batch {
             self.on_packet(p);
         }
@@ -230,14 +223,7 @@ impl Worker {
     /// Refuses further packets and frees those waiting (the recording was abandoned).
     pub(crate) fn close_queue(&self) {
         self.shared.closed.store(true, Ordering::Relaxed);
-        let waiting = std::mem::take(
-            &mut *self
-                .shared
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        drop(waiting);
+        *self.shared.queue() = Vec::new();
     }
 
     /// Sets the payload-type table one party sends with.

@@ -21,17 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn sealed_set(proxy: &Proxy) -> PathBuf {
-    let dir = proxy.data_dir().join("recordings");
     let mut found = Vec::new();
     assert!(
         wait_until(Duration::from_secs(30), || {
-            found = std::fs::read_dir(&dir)
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.to_string_lossy().ends_with(".sha256.SHA256withRSA.sig"))
-                        .collect()
-                })
-                .unwrap_or_default();
+            found = proxy.sealed_sets_now();
             !found.is_empty()
         }),
         "no sealed set\n{}",
@@ -40,7 +33,7 @@ fn sealed_set(proxy: &Proxy) -> PathBuf {
     PathBuf::from(
         found[0]
             .to_string_lossy()
-            .trim_end_matches(".sha256.SHA256withRSA.sig"),
+            .trim_end_matches(SET_SIGNATURE_SUFFIX),
     )
 }
 

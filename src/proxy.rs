@@ -13,6 +13,7 @@ use crate::config::RunConfig;
 use crate::db::{Db, Record};
 use crate::media::ports::PortPool;
 use crate::seal::service::SealService;
+use crate::seal::SealedSet;
 use crate::sip::Transport;
 use crate::spool::{Spool, SpoolConfig};
 
@@ -181,38 +182,52 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         let default_target = default_target(&cfg.data_dir);
         SealService::start(
             sealer,
-            Box::new(move |set, targets| {
-                sealed.fetch_add(1, Ordering::Relaxed);
-                if crash_after_seal {
-                    tracing::warn!(set = %set.base_name, "CALLREC_TEST_CRASH_AFTER_SEAL: dying before the set is spooled");
-                    // SAFETY: raising a signal on our own process has no memory effects.
-                    unsafe { libc::raise(libc::SIGKILL) };
-                }
-                db.send(Record::Seal {
-                    base_name: set.base_name.clone(),
-                    at_ms: crate::db::now_ms(),
-                    checksum_sha256: set.checksum_sha256.clone(),
-                    files: set.files.len() as u32,
-                    chain: set.chain_json(),
-                });
-                let targets = if targets.is_empty() {
-                    vec![default_target.clone()]
-                } else {
-                    targets
-                };
-                // Links only, before the spool takes the files; the transcript comes later.
-                if let Some(t) = &transcripts {
-                    t.on_sealed(&set, &targets);
-                }
-                match spool.enqueue(&set, &targets) {
-                    Ok(dir) => {
-                        crate::recorder::journal::Journal::remove(&set.folder, &set.base_name);
-                        tracing::info!(set = %set.base_name, "sealed set spooled in {} for {} target(s)", dir.display(), targets.len())
+            Box::new(move |group: Vec<(SealedSet, Vec<String>)>| {
+                let mut sets = Vec::with_capacity(group.len());
+                for (set, targets) in group {
+                    sealed.fetch_add(1, Ordering::Relaxed);
+                    if crash_after_seal {
+                        tracing::warn!(set = %set.base_name, "CALLREC_TEST_CRASH_AFTER_SEAL: dying before the set is spooled");
+                        // SAFETY: raising a signal on our own process has no memory effects.
+                        unsafe { libc::raise(libc::SIGKILL) };
                     }
-                    Err(e) => {
-                        tracing::error!(set = %set.base_name, "cannot spool sealed set; it stays in {}: {e}", set.folder.display())
+                    db.send(Record::Seal {
+                        base_name: set.base_name.clone(),
+                        at_ms: crate::db::now_ms(),
+                        checksum_sha256: set.checksum_sha256.clone(),
+                        files: set.files.len() as u32,
+                        chain: set.chain_json(),
+                    });
+                    let targets = if targets.is_empty() {
+                        vec![default_target.clone()]
+                    } else {
+                        targets
+                    };
+                    // Links only, before the spool takes the files; the transcript comes later.
+                    if let Some(t) = &transcripts {
+                        t.on_sealed(&set, &targets);
+                    }
+                    sets.push((set, targets));
+                }
+                let group: Vec<(&SealedSet, &[String])> =
+                    sets.iter().map(|(s, t)| (s, t.as_slice())).collect();
+                let mut spooled = Vec::new();
+                for ((set, targets), result) in sets.iter().zip(spool.enqueue_group(&group)) {
+                    match result {
+                        Ok(dir) => {
+                            tracing::info!(set = %set.base_name, "sealed set spooled in {} for {} target(s)", dir.display(), targets.len());
+                            spooled.push(set);
+                        }
+                        Err(e) => {
+                            tracing::error!(set = %set.base_name, "cannot spool sealed set; it stays in {}: {e}", set.folder.display())
+                        }
                     }
                 }
+                crate::recorder::journal::Journal::remove_all(
+                    spooled
+                        .iter()
+                        .map(|s| (s.folder.as_path(), s.base_name.as_str())),
+                );
             }),
         )
     };

@@ -6,8 +6,9 @@
 //!   length), a database row, and goes to the sealing service like any other
 //!   recording; the failure `recovered_after_crash` is reported.
 //! - A set already sealed but not yet in the spool is spooled (after the
-//!   chain head has been moved to it if the crash came before that, see
-//!   [`adopt_sealed_sets`]), so the chain on the targets has no gap.
+//!   chain head has been moved to it, or its signature written, if the crash
+//!   came before that, see [`adopt_sealed_sets`]), so the chain on the
+//!   targets has no gap.
 //! - A WAV without a journal (written by an older version, or a journal
 //!   lost) is repaired if it can be and moved into `work/unrecoverable/` for
 //!   the operator, and reported: without its journal nobody can say whose
@@ -106,16 +107,13 @@ fn scan(work: &Path) -> std::io::Result<Found> {
     Ok(found)
 }
 
-/// Before the sealing service starts: a set sealed in `work` whose chain-head
-/// update the crash prevented becomes the head, so the next set links to it.
+/// Before the sealing service starts: finishes what a crash inside a group
+/// commit left in `work` (see [`Sealer::resume`]): sets whose chain-head
+/// update the crash prevented become the head in chain order, and a set whose
+/// signature was cut off is signed, so the next set links to the last one.
 pub fn adopt_sealed_sets(sealer: &mut Sealer, work: &Path) {
-    let Ok(found) = scan(work) else {
-        return;
-    };
-    for base in &found.sealed {
-        if let Err(e) = sealer.adopt(work, base) {
-            tracing::error!(set = %base, "cannot check the chain head against a set sealed before a crash: {e}");
-        }
+    if let Err(e) = sealer.resume(work) {
+        tracing::error!(work = %work.display(), "cannot finish the sets a crash cut off while sealing: {e}");
     }
 }
 

@@ -380,7 +380,7 @@ fn a_set_whose_head_update_was_cut_off_becomes_the_head() {
         serde_json::from_slice(&std::fs::read(work.join("b.json")).unwrap()).unwrap();
     assert_eq!(meta["previous"]["id"], b_meta["set_id"]);
     // Taking the head is done once only.
-    assert!(!sealer.adopt(&work, "b").unwrap());
+    assert!(sealer.resume(&work).unwrap().is_empty());
     assert_eq!(sealer.head("default").unwrap().base_name, "c");
     verify_chain(&work);
 }
@@ -469,9 +469,11 @@ async fn a_set_cut_off_while_sealing_keeps_its_metadata_and_is_uploaded() {
     let sink_spool = spool.clone();
     let service = SealService::start(
         Sealer::new(id, &data).unwrap(),
-        Box::new(move |set, targets| {
-            sink_spool.enqueue(&set, &targets).unwrap();
-            Journal::remove(&set.folder, &set.base_name);
+        Box::new(move |group| {
+            for (set, targets) in group {
+                sink_spool.enqueue(&set, &targets).unwrap();
+                Journal::remove(&set.folder, &set.base_name);
+            }
         }),
     );
     let failures = callrec::recorder::failure::FailureReporter::new();

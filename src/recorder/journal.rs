@@ -120,16 +120,30 @@ impl Journal {
     /// Removes the journal of set `base_name` in `dir` (the set is sealed and
     /// spooled); a journal already gone is fine.
     pub fn remove(dir: &Path, base_name: &str) {
-        let path = Journal::path(dir, base_name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                if let Ok(d) = std::fs::File::open(dir) {
-                    let _ = d.sync_all();
+        Journal::remove_all([(dir, base_name)]);
+    }
+
+    /// Removes the journals of several sets (folder, base name), then fsyncs
+    /// each folder once.
+    pub fn remove_all<'a>(sets: impl IntoIterator<Item = (&'a Path, &'a str)>) {
+        let mut folders: Vec<&Path> = Vec::new();
+        for (dir, base_name) in sets {
+            let path = Journal::path(dir, base_name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    if !folders.contains(&dir) {
+                        folders.push(dir);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(journal = %path.display(), error = %e, "recording journal not removed; the next start finds its set already spooled")
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(journal = %path.display(), error = %e, "recording journal not removed; the next start finds its set already spooled")
+        }
+        for dir in folders {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
             }
         }
     }

@@ -54,6 +54,10 @@ pub enum SealError {
     /// The caller passed something the seal cannot accept.
     #[error("cannot seal {base_name}: {detail}")]
     InvalidInput { base_name: String, detail: String },
+    /// An earlier set of the same chain in the same group failed to be signed,
+    /// and this set's metadata already names it as "previous".
+    #[error("cannot seal {base_name}: the set before it in its chain ({previous}) could not be signed; the recording stays in its folder and is sealed again at the next start")]
+    PreviousUnsigned { base_name: String, previous: String },
     /// The set was already sealed; sealing again would fork the chain.
     #[error("set {path} is already sealed (its signature exists); remove it deliberately before sealing again")]
     AlreadySealed { path: PathBuf },

@@ -14,14 +14,18 @@
 //! - `chain.lock`: held locked by the one [`Sealer`] of the instance.
 
 mod addendum;
+mod batch;
 mod cert_import;
 mod chain;
 mod chain_check;
 mod checksum;
+#[cfg(test)]
+mod crash_tests;
 mod durable;
 mod error;
 mod identity;
 mod legacy_chain;
+mod resume;
 mod sealer;
 pub mod service;
 pub mod timestamp;
@@ -29,11 +33,14 @@ mod tombstone;
 mod verify;
 
 pub use addendum::{addendum_base, addendum_names, seal_addendum, ADDENDUM_KEY};
+pub use batch::SealRequest;
 pub use cert_import::import_certificate;
 pub use chain::{ChainHead, ChainLink, DEFAULT_PROFILE};
 pub use chain_check::ChainNotes;
+pub use durable::syncfs;
 pub use error::SealError;
 pub use identity::{Identity, PasswordSource};
+pub use resume::Resumed;
 pub use sealer::{position_of, sealed_on_disk, SealedSet, Sealer};
 pub use tombstone::{tombstone_base, write_tombstone, ChainPosition, Tombstone, TOMBSTONE_SUFFIX};
 pub use verify::{verify_chain, verify_chain_report, verify_chain_report_of, verify_set, Problem};

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use super::chain::{read_heads, write_heads, ChainHead, ChainHeads, ChainLink, DEFAULT_PROFILE};
-use super::checksum::{is_plain_name, render, sha256_bytes, sha256_file, Entry};
+use super::batch::SealRequest;
+use super::chain::{read_heads, write_heads, ChainHead, ChainHeads, ChainLink};
+use super::checksum::{render, sha256_bytes, Entry};
 use super::durable::{sync_dir, write_synced};
 use super::identity::CHAIN_HEAD_FILE;
 use super::tombstone::ChainPosition;
@@ -22,9 +23,9 @@ const LOCK_FILE: &str = "chain.lock";
 /// `tokio::task::spawn_blocking` or a dedicated thread that owns the Sealer.
 #[derive(Debug)]
 pub struct Sealer {
-    identity: Identity,
+    pub(super) identity: Identity,
     head_path: PathBuf,
-    heads: ChainHeads,
+    pub(super) heads: ChainHeads,
     _lock: File,
 }
 
@@ -95,17 +96,14 @@ impl Sealer {
         self.heads.chains.get(profile)
     }
 
-    /// Writes <base>.json (metadata with "previous" inserted), <base>.sha256, then <base>.sha256.SHA256withRSA.sig (last); fsyncs; advances the chain head.
+    /// Writes <base>.json (metadata with "previous" inserted), <base>.sha256, then <base>.sha256.SHA256withRSA.sig (last); makes them durable; advances the chain head.
     ///
     /// `metadata` must be a JSON object; "previous" is set (null for the first
     /// set) and "instance_id" is added when absent. `audio_files` are the audio
     /// files followed by the transcript, if any, each inside `folder` (a path
     /// that starts with `folder` as given, or a bare file name); the checksum file lists the
-    /// metadata first, then these in the given order.
-    ///
-    /// A crash after the signature is written but before the chain head is
-    /// replaced leaves the head on the set before; the next set then names the
-    /// same previous set, which `verify_chain` reports as a fork.
+    /// metadata first, then these in the given order. A group of one: see
+    /// [`Sealer::seal_group`] for the order of writes and what a crash leaves.
     pub fn seal(
         &mut self,
         folder: &Path,
@@ -113,186 +111,22 @@ impl Sealer {
         metadata: serde_json::Value,
         audio_files: &[PathBuf],
     ) -> Result<SealedSet, SealError> {
-        let invalid = |detail: String| SealError::InvalidInput {
-            base_name: base_name.to_string(),
-            detail,
-        };
-        if !is_plain_name(base_name) || base_name.contains('/') {
-            return Err(invalid("the base name must be a plain file name".into()));
-        }
-        let serde_json::Value::Object(mut meta) = metadata else {
-            return Err(invalid("metadata must be a JSON object".into()));
-        };
-        let json_name = format!("{base_name}.json");
-        let sums_name = format!("{base_name}{CHECKSUM_SUFFIX}");
-        let sig_name = format!("{sums_name}{SIGNATURE_SUFFIX}");
-        let sig_path = folder.join(&sig_name);
-        if sig_path.exists() {
-            return Err(SealError::AlreadySealed { path: sig_path });
-        }
-
-        // Names relative to the folder, checked before anything is written.
-        let mut names = Vec::with_capacity(audio_files.len());
-        for file in audio_files {
-            // A path that starts with the folder is inside it, whether both
-            // are absolute or both relative to the working directory.
-            let rel = if let Ok(inside) = file.strip_prefix(folder) {
-                inside
-            } else if file.is_absolute() {
-                return Err(invalid(format!(
-                    "{} is not inside {}",
-                    file.display(),
-                    folder.display()
-                )));
-            } else {
-                file.as_path()
-            };
-            let inside = rel
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-            let name = rel
-                .to_str()
-                .filter(|n| inside && is_plain_name(n))
-                .ok_or_else(|| invalid(format!("{} is not a usable file name", rel.display())))?;
-            if name == json_name || name == sums_name || name == sig_name || names.contains(&name) {
-                return Err(invalid(format!(
-                    "{name} is listed twice or collides with the set's own files"
-                )));
-            }
-            names.push(name);
-        }
-
-        let profile = meta
-            .get("profile")
-            .and_then(|p| p.as_str())
-            .unwrap_or(DEFAULT_PROFILE)
-            .to_string();
-        let previous = self.head(&profile).map(|h| h.link.clone());
-        let seq = previous.as_ref().and_then(|l| l.seq).unwrap_or(0) + 1;
-        let set_id = new_set_id();
-        meta.insert(
-            "previous".into(),
-            previous
-                .as_ref()
-                .map_or(serde_json::Value::Null, ChainLink::to_json),
-        );
-        meta.entry("instance_id")
-            .or_insert_with(|| self.identity.instance_id().into());
-        let instance_id = meta
-            .get("instance_id")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let position = ChainPosition {
-            set_id: set_id.clone(),
-            instance_id,
-            profile: profile.clone(),
-            seq,
-            previous,
-        };
-        meta.insert("set_id".into(), set_id.clone().into());
-        // The signing certificate and its CA chain travel with the set.
-        meta.insert(
-            "certificates".into(),
-            serde_json::json!(self.identity.chain_pem()),
-        );
-        meta.insert(
-            "chain".into(),
-            serde_json::json!({"instance_id": position.instance_id, "profile": profile, "seq": seq}),
-        );
-        let (entry, json_path) = write_metadata(folder, json_name, meta)?;
-        let mut entries = vec![entry];
-        let mut files = vec![json_path];
-        for name in names {
-            let path = folder.join(name);
-            let sha256 = sha256_file(&path).map_err(SealError::io("hash", &path))?;
-            File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(SealError::io("fsync", &path))?;
-            entries.push(Entry {
-                sha256,
-                name: name.to_string(),
-            });
-            files.push(path);
-        }
-
-        let (sums_path, sig_path, checksum_sha256) =
-            write_signed_checksums(&self.identity, folder, base_name, &entries)?;
-        files.push(sums_path);
-        files.push(sig_path);
-
-        let head = ChainHead {
-            link: ChainLink {
-                id: set_id,
-                sha256: checksum_sha256.clone(),
-                seq: Some(seq),
-                checksum_file: None,
-            },
-            base_name: base_name.to_string(),
-            folder: folder.to_path_buf(),
-        };
-        self.advance(&profile, head)?;
-        tracing::debug!(set = %base_name, folder = %folder.display(), profile = %profile, seq, "sealed");
-        Ok(SealedSet {
+        let request = SealRequest {
             folder: folder.to_path_buf(),
             base_name: base_name.to_string(),
-            files,
-            checksum_sha256,
-            position: Some(position),
-        })
+            metadata,
+            files: audio_files.to_vec(),
+        };
+        self.seal_group(vec![request])
+            .pop()
+            .expect("one result per request")
     }
 
-    /// Makes `head` the head of `profile`'s chain, on disk first.
-    fn advance(&mut self, profile: &str, head: ChainHead) -> Result<(), SealError> {
-        let mut heads = self.heads.clone();
-        heads.chains.insert(profile.to_string(), head);
+    /// Persists `heads` as the chain heads (atomic replace), then keeps them.
+    pub(super) fn replace_heads(&mut self, heads: ChainHeads) -> Result<(), SealError> {
         write_heads(&self.head_path, &heads)?;
         self.heads = heads;
         Ok(())
-    }
-    /// Takes a set sealed in `folder` before a crash as the chain head when the
-    /// crash came between its signature and the head's update (the set names
-    /// the current head as "previous"); otherwise the next set would name the
-    /// same previous set and fork the chain. True when the head moved.
-    pub fn adopt(&mut self, folder: &Path, base_name: &str) -> Result<bool, SealError> {
-        let json_path = folder.join(format!("{base_name}.json"));
-        let bytes = std::fs::read(&json_path).map_err(SealError::io("read", &json_path))?;
-        let meta: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| SealError::InvalidInput {
-                base_name: base_name.to_string(),
-                detail: format!("{}: {e}", json_path.display()),
-            })?;
-        let Some(position) =
-            position_of(&meta)
-                .transpose()
-                .map_err(|detail| SealError::InvalidInput {
-                    base_name: base_name.to_string(),
-                    detail,
-                })?
-        else {
-            return Ok(false); // A set of the older format never becomes a head.
-        };
-        let head = self.head(&position.profile);
-        if head.map(|h| h.base_name.as_str()) == Some(base_name)
-            || position.previous.as_ref() != head.map(|h| &h.link)
-        {
-            return Ok(false);
-        }
-        let sums_path = folder.join(format!("{base_name}{CHECKSUM_SUFFIX}"));
-        let sha256 = sha256_file(&sums_path).map_err(SealError::io("hash", &sums_path))?;
-        let head = ChainHead {
-            link: ChainLink {
-                id: position.set_id.clone(),
-                sha256,
-                seq: Some(position.seq),
-                checksum_file: None,
-            },
-            base_name: base_name.to_string(),
-            folder: folder.to_path_buf(),
-        };
-        self.advance(&position.profile, head)?;
-        tracing::warn!(set = %base_name, "chain head moved to a set sealed just before a crash");
-        Ok(true)
     }
 }
 
@@ -335,7 +169,7 @@ pub fn sealed_on_disk(folder: &Path, base_name: &str) -> Result<SealedSet, SealE
 }
 
 /// A fresh set id: 128 random bits in hex, so ids say nothing about the call.
-fn new_set_id() -> String {
+pub(super) fn new_set_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);
@@ -387,17 +221,22 @@ pub(crate) fn write_signed_checksums(
     let sums_path = folder.join(&sums_name);
     write_synced(&sums_path, sums.as_bytes(), 0o644)?;
     let signature = identity.sign(sums.as_bytes())?;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(signature);
-    let mut sig_text = String::with_capacity(b64.len() + b64.len() / 64 + 1);
-    for chunk in b64.as_bytes().chunks(64) {
-        sig_text.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-        sig_text.push('\n');
-    }
     // The signature is written last: a set without it is incomplete.
     let sig_path = folder.join(format!("{sums_name}{SIGNATURE_SUFFIX}"));
-    write_synced(&sig_path, sig_text.as_bytes(), 0o644)?;
+    write_synced(&sig_path, render_signature(&signature).as_bytes(), 0o644)?;
     sync_dir(folder)?;
     Ok((sums_path, sig_path, sha256_bytes(sums.as_bytes())))
+}
+
+/// A signature file's text: base64 in lines of 64 characters.
+pub(super) fn render_signature(signature: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(signature);
+    let mut text = String::with_capacity(b64.len() + b64.len() / 64 + 1);
+    for chunk in b64.as_bytes().chunks(64) {
+        text.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        text.push('\n');
+    }
+    text
 }
 
 /// Writes a set's (or addendum's) metadata file `name` in `folder`, synced;

@@ -1,13 +1,13 @@
 //! The sealing stage as a service: one thread owns the `Sealer` (and with it
 //! the chain head), takes finished recordings from a channel in the order
-//! calls end, seals them, and hands each sealed set to the next stage. Calls
-//! never wait for it.
+//! calls end, seals what has queued up as one group, and hands each sealed
+//! set to the next stage. Calls never wait for it.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::{SealedSet, Sealer};
+use super::{SealRequest, SealedSet, Sealer};
 
 /// A finished recording waiting to be sealed.
 #[derive(Debug)]
@@ -22,6 +22,49 @@ pub struct SealJob {
     pub files: Vec<PathBuf>,
     /// Where the sealed set goes next (the profile's storage targets), passed to the sink.
     pub targets: Vec<String>,
+}
+
+/// Most sets sealed as one group: bounds the time the first of them waits
+/// for the last one's hashing and signing (about 1 ms per set).
+const MAX_GROUP: usize = 64;
+
+/// Seals `jobs` as one group and hands each sealed set to `sink`.
+fn seal_group(sealer: &mut Sealer, sink: &mut SealedSink, jobs: Vec<SealJob>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let (requests, targets): (Vec<SealRequest>, Vec<(PathBuf, Vec<String>)>) = jobs
+        .into_iter()
+        .map(|j| {
+            let request = SealRequest {
+                folder: j.folder,
+                base_name: j.base_name,
+                metadata: j.metadata,
+                files: j.files,
+            };
+            let folder = request.folder.clone();
+            (request, (folder, j.targets))
+        })
+        .unzip();
+    let names: Vec<String> = requests.iter().map(|r| r.base_name.clone()).collect();
+    let results = sealer.seal_group(requests);
+    let mut sealed = Vec::with_capacity(results.len());
+    for ((result, (folder, targets)), name) in results.into_iter().zip(targets).zip(names) {
+        match result {
+            Ok(set) => {
+                tracing::info!(set = %set.base_name, sha256 = %set.checksum_sha256, "recording sealed");
+                sealed.push((set, targets));
+            }
+            Err(e) => tracing::error!(
+                set = %name,
+                "cannot seal recording in {}: {e}",
+                folder.display()
+            ),
+        }
+    }
+    if !sealed.is_empty() {
+        sink(sealed);
+    }
 }
 
 /// What the sealing thread receives.
@@ -48,8 +91,9 @@ impl SealSender {
     }
 }
 
-/// What happens to a set once it is sealed (the spool, or a test's collector).
-pub type SealedSink = Box<dyn FnMut(SealedSet, Vec<String>) + Send>;
+/// What happens to sets once they are sealed (the spool, or a test's
+/// collector): the sets of one group, each with its targets, in chain order.
+pub type SealedSink = Box<dyn FnMut(Vec<(SealedSet, Vec<String>)>) + Send>;
 
 /// Handle to the sealing thread.
 pub struct SealService {
@@ -66,22 +110,23 @@ impl SealService {
         let thread = std::thread::Builder::new()
             .name("callrec-seal".into())
             .spawn(move || {
-                for msg in rx {
-                    let job = match msg {
-                        Msg::Job(j) => j,
-                        Msg::Stop => break,
-                    };
-                    match sealer.seal(&job.folder, &job.base_name, job.metadata, &job.files) {
-                        Ok(set) => {
-                            tracing::info!(set = %set.base_name, sha256 = %set.checksum_sha256, "recording sealed");
-                            sink(set, job.targets);
+                // Group commit: whatever has queued up while the last group was
+                // being sealed is sealed together (see `Sealer::seal_group`).
+                let mut stopping = false;
+                while !stopping {
+                    let Ok(first) = rx.recv() else { break };
+                    let mut jobs = Vec::new();
+                    let mut next = Some(first);
+                    while let Some(msg) = next.take() {
+                        match msg {
+                            Msg::Job(j) => jobs.push(j),
+                            Msg::Stop => stopping = true,
                         }
-                        Err(e) => tracing::error!(
-                            set = %job.base_name,
-                            "cannot seal recording in {}: {e}",
-                            job.folder.display()
-                        ),
+                        if !stopping && jobs.len() < MAX_GROUP {
+                            next = rx.try_recv().ok();
+                        }
                     }
+                    seal_group(&mut sealer, &mut sink, jobs);
                 }
             })
             .expect("cannot start the sealing thread");

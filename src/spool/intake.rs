@@ -12,14 +12,129 @@ use crate::seal::SealedSet;
 use crate::storage::UploadSet;
 
 impl Spool {
-    /// Takes a sealed set into the spool for `targets` (URLs) and queues its uploads.
-    ///
-    /// The set's files are moved (hard link + remove, or copy + remove across file
-    /// systems); a set already in `spool/<base>/` stays where it is. The set counts
-    /// as queued once its rows are committed to the database, which this waits for.
-    /// Blocks on file-system and database work: call it from the sealing task, not
-    /// the media path.
+    /// Takes a sealed set into the spool for `targets` (URLs) and queues its
+    /// uploads: [`Spool::enqueue_group`] with one set.
     pub fn enqueue(&self, set: &SealedSet, targets: &[String]) -> Result<PathBuf, SpoolError> {
+        self.enqueue_group(&[(set, targets)])
+            .pop()
+            .expect("one result per set")
+    }
+
+    /// Takes sealed sets into the spool, each for its targets (URLs), and
+    /// queues their uploads; one result per set, in order.
+    ///
+    /// Each set's files are moved (hard link + remove, or copy + remove across
+    /// file systems) into a staging folder with the entry marker; one
+    /// file-system barrier makes every staging folder durable, the folders are
+    /// renamed into place (one folder fsync for all), and the rows of all sets
+    /// are committed in one database transaction, which this waits for: from
+    /// then on the sets count as queued. A set already in `spool/<base>/`
+    /// stays where it is. Blocks on file-system and database work: call it
+    /// from the sealing task, not the media path.
+    pub fn enqueue_group(
+        &self,
+        sets: &[(&SealedSet, &[String])],
+    ) -> Vec<Result<PathBuf, SpoolError>> {
+        let spool_dir = &self.inner.config.dir;
+        let mut results: Vec<Option<Result<PathBuf, SpoolError>>> =
+            sets.iter().map(|_| None).collect();
+        // (index, marker, staging folder or None when already in place, originals)
+        let mut staged: Vec<(usize, EntryMarker, Option<PathBuf>, Vec<PathBuf>)> = Vec::new();
+        for (i, (set, targets)) in sets.iter().enumerate() {
+            if sets[..i].iter().any(|(s, _)| s.base_name == set.base_name) {
+                results[i] = Some(Err(SpoolError::AlreadySpooled {
+                    base_name: set.base_name.clone(),
+                }));
+                continue;
+            }
+            match self.stage(set, targets) {
+                Ok(s) => staged.push((i, s.0, s.1, s.2)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if staged.iter().any(|s| s.2.is_some()) {
+            if let Err(e) = crate::seal::syncfs(spool_dir) {
+                for (i, _, staging, _) in staged.drain(..) {
+                    if let Some(st) = staging {
+                        let _ = std::fs::remove_dir_all(&st);
+                    }
+                    let e = std::io::Error::new(e.kind(), e.to_string());
+                    results[i] = Some(Err(io("flush to disk (syncfs)", spool_dir)(e)));
+                }
+            }
+        }
+        let mut entered = Vec::new();
+        for (i, marker, staging, originals) in staged {
+            let dest = spool_dir.join(&marker.base_name);
+            if let Some(st) = &staging {
+                if let Err(e) = std::fs::rename(st, &dest) {
+                    let _ = std::fs::remove_dir_all(st);
+                    results[i] = Some(Err(io("rename", &dest)(e)));
+                    continue;
+                }
+            }
+            entered.push((i, marker, staging.is_some(), originals, dest));
+        }
+        if entered.iter().any(|e| e.2) {
+            sync_dir(spool_dir);
+        }
+        for (_, marker, moved, originals, _) in &entered {
+            if !moved {
+                continue;
+            }
+            for src in originals {
+                if let Err(e) = std::fs::remove_file(src) {
+                    tracing::warn!(set = %marker.base_name, file = %src.display(), error = %e, "spool: original file not removed");
+                }
+            }
+        }
+        let at_ms = now_ms();
+        let records: Vec<Record> = entered
+            .iter()
+            .flat_map(|(_, m, _, _, _)| {
+                m.targets.iter().map(|t| Record::UploadQueued {
+                    base_name: m.base_name.clone(),
+                    target: t.clone(),
+                    at_ms,
+                })
+            })
+            .collect();
+        let committed = if records.is_empty() {
+            Ok(())
+        } else {
+            self.inner.db.write_sync(records)
+        };
+        for (i, marker, _, _, dest) in entered {
+            results[i] = Some(match &committed {
+                Ok(()) => {
+                    for t in &marker.targets {
+                        queue_job(&self.inner, t, &marker.base_name, 0, Instant::now());
+                    }
+                    tracing::info!(set = %marker.base_name, targets = marker.targets.len(), "spool: set queued for upload");
+                    Ok(dest)
+                }
+                // The folder is in place: the next start re-creates its rows
+                // from the entry marker.
+                Err(e) => Err(queue_err(&marker.base_name)(crate::db::DbError::Write {
+                    path: self.inner.db.path().to_path_buf(),
+                    detail: e.to_string(),
+                })),
+            });
+        }
+        self.check_disk();
+        results.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// Checks a set and puts its files and entry marker into a staging folder
+    /// (nothing flushed yet); `None` for the folder when the set is already in
+    /// its spool folder (then only the marker is written, durably). Returns
+    /// the marker, the staging folder and the files to remove once it is in place.
+    #[allow(clippy::type_complexity)]
+    fn stage(
+        &self,
+        set: &SealedSet,
+        targets: &[String],
+    ) -> Result<(EntryMarker, Option<PathBuf>, Vec<PathBuf>), SpoolError> {
         if targets.is_empty() {
             return Err(SpoolError::NoTargets {
                 base_name: set.base_name.clone(),
@@ -59,53 +174,31 @@ impl Spool {
                 });
             }
             write_marker(&dest, &marker)?;
-        } else {
-            if dest.exists() {
-                return Err(SpoolError::AlreadySpooled {
-                    base_name: set.base_name.clone(),
-                });
-            }
-            let staging = spool_dir.join(format!("{INCOMING_PREFIX}{}", set.base_name));
-            let _ = std::fs::remove_dir_all(&staging);
-            std::fs::create_dir_all(&staging).map_err(io("create", &staging))?;
-            for (src, name) in upload.files.iter().zip(&names) {
-                let to = staging.join(name);
-                if std::fs::hard_link(src, &to).is_err() {
-                    std::fs::copy(src, &to).map_err(io("copy into the spool", src))?;
-                    std::fs::File::open(&to)
-                        .and_then(|f| f.sync_all())
-                        .map_err(io("fsync", &to))?;
-                }
-            }
-            write_marker(&staging, &marker)?;
-            std::fs::rename(&staging, &dest).map_err(io("rename", &dest))?;
-            sync_dir(spool_dir);
-            for src in &upload.files {
-                if let Err(e) = std::fs::remove_file(src) {
-                    tracing::warn!(file = %src.display(), error = %e, "spool: original file not removed");
-                }
-            }
+            return Ok((marker, None, Vec::new()));
         }
-        let at_ms = now_ms();
-        let records = marker
-            .targets
-            .iter()
-            .map(|t| Record::UploadQueued {
+        if dest.exists() {
+            return Err(SpoolError::AlreadySpooled {
                 base_name: set.base_name.clone(),
-                target: t.clone(),
-                at_ms,
-            })
-            .collect();
-        self.inner
-            .db
-            .write_sync(records)
-            .map_err(queue_err(&set.base_name))?;
-        for t in &marker.targets {
-            queue_job(&self.inner, t, &set.base_name, 0, Instant::now());
+            });
         }
-        tracing::info!(set = %set.base_name, targets = marker.targets.len(), "spool: set queued for upload");
-        self.check_disk();
-        Ok(dest)
+        let staging = spool_dir.join(format!("{INCOMING_PREFIX}{}", set.base_name));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(io("create", &staging))?;
+        for (src, name) in upload.files.iter().zip(&names) {
+            let to = staging.join(name);
+            if std::fs::hard_link(src, &to).is_err() {
+                std::fs::copy(src, &to).map_err(io("copy into the spool", src))?;
+            }
+        }
+        // The staging folder is invisible until renamed: the marker needs no
+        // temporary name; the group's barrier makes it (and any copy) durable.
+        let json = serde_json::to_vec_pretty(&marker).map_err(|e| SpoolError::Manifest {
+            path: staging.join(MANIFEST),
+            detail: e.to_string(),
+        })?;
+        let path = staging.join(MANIFEST);
+        std::fs::write(&path, json).map_err(io("write", &path))?;
+        Ok((marker, Some(staging), upload.files))
     }
 
     fn check_disk(&self) {

@@ -176,8 +176,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     // Test hook, documented in the README: dies like `kill -9` right after a set
     // is sealed and before it is spooled, the state a crash there leaves.
     let crash_after_seal = std::env::var_os("CALLREC_TEST_CRASH_AFTER_SEAL").is_some();
+    // The work folder's spare files: each call's journal and disk reserve.
+    let spares = Arc::new(crate::recorder::spare::Spares::new(&work));
     let seal = {
-        let (spool, db, sealed) = (spool.clone(), db.clone(), sealed.clone());
+        let (spool, db, sealed, spares) =
+            (spool.clone(), db.clone(), sealed.clone(), spares.clone());
         let transcripts = transcripts.clone();
         let default_target = default_target(&cfg.data_dir);
         SealService::start(
@@ -227,6 +230,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
                     spooled
                         .iter()
                         .map(|s| (s.folder.as_path(), s.base_name.as_str())),
+                    Some(&spares),
                 );
             }),
         )
@@ -262,6 +266,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         instance_id: instance_id.clone(),
         instance_name: cfg.instance_name.clone(),
         seal: seal.sender(),
+        spares,
     };
     // Trusted peers' TCP connections may stay idle (a trunk keeps one open for days).
     // Loaded before anything is bound, so that a bad certificate stops the start.

@@ -81,9 +81,13 @@ fn scan(work: &Path) -> std::io::Result<Found> {
         }
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
-            // A recording's disk reserve and the writability probe: nothing
-            // records yet at start, so any left are a crash's leftovers.
-            if name.ends_with(".reserve") || name.starts_with(".probe-") {
+            // A recording's disk reserve, spare files and the writability
+            // probe: nothing records yet at start, so any left are a crash's
+            // leftovers.
+            if name.ends_with(".reserve")
+                || name.starts_with(".probe-")
+                || name.starts_with(crate::recorder::spare::SPARE_PREFIX)
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
             continue;

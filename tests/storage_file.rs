@@ -91,6 +91,10 @@ impl Outage for FullDisk {
         let first = &made.contents[0].0;
         let folder = self.folder();
         std::fs::create_dir_all(&folder).unwrap();
+        // A leftover of an earlier attempt under the name, so the file cannot
+        // simply be hard-linked there and is written through `.part`, which
+        // leads to a device that is always full.
+        std::fs::write(folder.join(first), b"an earlier attempt").unwrap();
         let part = folder.join(format!(".{first}.part"));
         std::os::unix::fs::symlink("/dev/full", &part).unwrap();
         let (full, p) = (self.full.clone(), part.clone());

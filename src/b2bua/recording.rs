@@ -41,6 +41,8 @@ pub struct RecordingSettings {
     pub seal: SealSender,
     /// The protocol database.
     pub db: Option<crate::db::Db>,
+    /// Spare files of `dir` for each call's journal and disk reserve.
+    pub spares: Arc<crate::recorder::spare::Spares>,
 }
 
 /// What the call knows about itself when its recording starts; kept in the
@@ -189,15 +191,19 @@ impl CallRecording {
             name_part(&intent.callee.number),
             crate::sip::random_token(8)
         );
-        std::fs::create_dir_all(&settings.dir).map_err(|e| {
-            crate::recorder::RecorderError::Create {
-                path: settings.dir.clone(),
-                source: e,
-            }
-        })?;
-        let spec = RecordingSpec::new(&settings.dir, &base_name, settings.channels);
+        // A look first: creating a folder that exists takes its parent's lock.
+        if !settings.dir.is_dir() {
+            std::fs::create_dir_all(&settings.dir).map_err(|e| {
+                crate::recorder::RecorderError::Create {
+                    path: settings.dir.clone(),
+                    source: e,
+                }
+            })?;
+        }
+        let mut spec = RecordingSpec::new(&settings.dir, &base_name, settings.channels);
+        spec.spares = Some(settings.spares.clone());
         let journal = journal_of(settings, intent, &spec, start);
-        journal.write(&settings.dir).map_err(|e| match e {
+        journal.write_using(&settings.spares).map_err(|e| match e {
             JournalError::Io { path, source } => {
                 crate::recorder::RecorderError::Create { path, source }
             }
@@ -209,7 +215,10 @@ impl CallRecording {
             Ok(r) => r,
             Err(e) => {
                 // Nothing was recorded: no set to recover at the next start.
-                Journal::remove(&settings.dir, &base_name);
+                Journal::remove_all(
+                    [(settings.dir.as_path(), base_name.as_str())],
+                    Some(&settings.spares),
+                );
                 return Err(e);
             }
         };

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::metadata::{CallIds, PartyInfo};
+use super::spare::Spares;
 use super::ChannelMode;
 use crate::vocab::Direction;
 
@@ -86,19 +87,47 @@ impl Journal {
     /// Writes the journal durably (temporary file, fsync, rename, folder fsync),
     /// so that a crash right after the start still finds it whole.
     pub fn write(&self, dir: &Path) -> Result<PathBuf, JournalError> {
+        let tmp = dir.join(format!(".{}{JOURNAL_SUFFIX}.tmp", self.base_name));
+        let file = std::fs::File::create(&tmp).map_err(|source| JournalError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        self.write_through(dir, &tmp, file)
+    }
+
+    /// [`Journal::write`] with a spare file of `spares` (whose folder is the
+    /// recording's) as the temporary file: no new inode per call.
+    pub fn write_using(&self, spares: &Spares) -> Result<PathBuf, JournalError> {
+        let (tmp, file) = spares.take().map_err(|source| JournalError::Io {
+            path: spares.dir().to_path_buf(),
+            source,
+        })?;
+        let written = self.write_through(spares.dir(), &tmp, file);
+        if written.is_err() {
+            spares.give_back(&tmp);
+        }
+        written
+    }
+
+    /// Writes into `file` (open at `tmp`, empty), fsyncs, renames it to the
+    /// journal's name, fsyncs the folder.
+    fn write_through(
+        &self,
+        dir: &Path,
+        tmp: &Path,
+        mut file: std::fs::File,
+    ) -> Result<PathBuf, JournalError> {
         use std::io::Write;
         let path = Journal::path(dir, &self.base_name);
         let err = |source| JournalError::Io {
             path: path.clone(),
             source,
         };
-        let tmp = dir.join(format!(".{}{JOURNAL_SUFFIX}.tmp", self.base_name));
         let mut text = serde_json::to_vec_pretty(self).expect("a journal serialises");
         text.push(b'\n');
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&text).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)?;
+        file.write_all(&text).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        std::fs::rename(tmp, &path).map_err(err)?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(err)?;
@@ -120,15 +149,26 @@ impl Journal {
     /// Removes the journal of set `base_name` in `dir` (the set is sealed and
     /// spooled); a journal already gone is fine.
     pub fn remove(dir: &Path, base_name: &str) {
-        Journal::remove_all([(dir, base_name)]);
+        Journal::remove_all([(dir, base_name)], None);
     }
 
     /// Removes the journals of several sets (folder, base name), then fsyncs
-    /// each folder once.
-    pub fn remove_all<'a>(sets: impl IntoIterator<Item = (&'a Path, &'a str)>) {
+    /// each folder once. With `spares` (of the journals' folder), a journal
+    /// becomes an empty spare file instead of being deleted.
+    pub fn remove_all<'a>(
+        sets: impl IntoIterator<Item = (&'a Path, &'a str)>,
+        spares: Option<&Spares>,
+    ) {
         let mut folders: Vec<&Path> = Vec::new();
         for (dir, base_name) in sets {
             let path = Journal::path(dir, base_name);
+            if let Some(spares) = spares.filter(|s| s.dir() == dir && path.exists()) {
+                spares.give_back(&path);
+                if !folders.contains(&dir) {
+                    folders.push(dir);
+                }
+                continue;
+            }
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     if !folders.contains(&dir) {

@@ -13,6 +13,7 @@ pub mod metadata;
 mod pool;
 mod rtp;
 pub mod signal;
+pub mod spare;
 mod timeline;
 mod wav;
 mod worker;
@@ -90,6 +91,8 @@ pub struct RecordingSpec {
     pub drift_threshold: Duration,
     /// Period over which the drift offset is measured (its minimum ignores jitter).
     pub drift_window: Duration,
+    /// Spare files of `dir` for the disk reserve (a new file each time when `None`).
+    pub spares: Option<std::sync::Arc<spare::Spares>>,
 }
 
 impl RecordingSpec {
@@ -111,6 +114,7 @@ impl RecordingSpec {
             jump_threshold: Duration::from_millis(250),
             drift_threshold: Duration::from_millis(10),
             drift_window: Duration::from_secs(5),
+            spares: None,
         }
     }
 

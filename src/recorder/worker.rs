@@ -63,7 +63,54 @@ pub(crate) struct Worker {
     malformed: [u64; 2],
     gaps: Gaps,
     watch: Option<Watch>,
-    reserve: Option<std::path::PathBuf>,
+    reserve: Option<Reserve>,
+}
+
+/// Disk space held for the set's own files (metadata, checksums, signature)
+/// while the audio may fill the disk; freed when the recording ends.
+struct Reserve {
+    path: std::path::PathBuf,
+    spares: Option<std::sync::Arc<super::spare::Spares>>,
+}
+
+impl Reserve {
+    fn make(spec: &RecordingSpec) -> Option<Reserve> {
+        let made = match &spec.spares {
+            Some(spares) => spares.take().and_then(|(path, file)| {
+                super::spare::allocate(&file, SEAL_RESERVE as u64)
+                    .map(|()| path.clone())
+                    .inspect_err(|_| spares.give_back(&path))
+            }),
+            None => {
+                let path = spec.dir.join(format!(".{}.reserve", spec.base_name));
+                std::fs::write(&path, vec![0u8; SEAL_RESERVE])
+                    .map(|()| path.clone())
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&path);
+                    })
+            }
+        };
+        match made {
+            Ok(path) => Some(Reserve {
+                path,
+                spares: spec.spares.clone(),
+            }),
+            Err(e) => {
+                tracing::warn!(set = %spec.base_name, error = %e, "no space reserved for sealing this recording");
+                None
+            }
+        }
+    }
+
+    /// Frees the space (the seal's files go where the reserve was).
+    fn free(self) {
+        match &self.spares {
+            Some(spares) => spares.give_back(&self.path),
+            None => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -88,15 +135,7 @@ impl Worker {
             .map_err(|source| RecorderError::Create { path, source })?;
             writers.push(w);
         }
-        let reserve = spec.dir.join(format!(".{}.reserve", spec.base_name));
-        let reserve = match std::fs::write(&reserve, vec![0u8; SEAL_RESERVE]) {
-            Ok(()) => Some(reserve),
-            Err(e) => {
-                let _ = std::fs::remove_file(&reserve);
-                tracing::warn!(file = %reserve.display(), error = %e, "no space reserved for sealing this recording");
-                None
-            }
-        };
+        let reserve = Reserve::make(spec);
         Ok(Worker {
             mode: spec.channels,
             start: spec.start,
@@ -351,9 +390,8 @@ impl Worker {
             }
         }
         self.take_overload();
-        // The seal's files go where the reserve was.
         if let Some(r) = self.reserve.take() {
-            let _ = std::fs::remove_file(r);
+            r.free();
         }
         if let Some(e) = self.error.take() {
             return Err(e);

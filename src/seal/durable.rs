@@ -56,30 +56,27 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), SealError> {
     Ok(())
 }
 
-/// Makes everything written so far on the file system of each folder durable
-/// (files and folder entries alike) with one `syncfs` per folder: one call
-/// for a whole group of sets instead of an fsync per file and folder. Since
-/// Linux 5.8 `syncfs` reports write-back errors, so a failed disk is seen.
-pub(crate) fn barrier<'a>(folders: impl IntoIterator<Item = &'a Path>) -> Result<(), SealError> {
+/// Makes `files` and the entries of `folders` durable: an fsync of each
+/// file, then one of each folder however many files it holds. (A `syncfs`
+/// would be one call, but it flushes everything on the file system, the
+/// recordings still being written included, and new calls' journal fsyncs
+/// then wait behind it: call set-up took 0.2-0.7 s instead of 4 ms at 400
+/// calls per second.)
+pub(crate) fn barrier<'a>(
+    files: impl IntoIterator<Item = &'a Path>,
+    folders: impl IntoIterator<Item = &'a Path>,
+) -> Result<(), SealError> {
+    for file in files {
+        File::open(file)
+            .and_then(|f| f.sync_all())
+            .map_err(SealError::io("fsync", file))?;
+    }
     let mut done: Vec<&Path> = Vec::new();
     for folder in folders {
-        if done.contains(&folder) {
-            continue;
+        if !done.contains(&folder) {
+            sync_dir(folder)?;
+            done.push(folder);
         }
-        done.push(folder);
-        syncfs(folder).map_err(SealError::io("flush to disk (syncfs)", folder))?;
-    }
-    Ok(())
-}
-
-/// `syncfs(2)` on the file system holding `folder`: everything written there
-/// so far, file data and folder entries, is on disk when it returns.
-pub fn syncfs(folder: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let d = File::open(folder)?;
-    // SAFETY: `d` is an open descriptor for the duration of the call.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -37,7 +37,6 @@ pub use batch::SealRequest;
 pub use cert_import::import_certificate;
 pub use chain::{ChainHead, ChainLink, DEFAULT_PROFILE};
 pub use chain_check::ChainNotes;
-pub use durable::syncfs;
 pub use error::SealError;
 pub use identity::{Identity, PasswordSource};
 pub use resume::Resumed;

@@ -24,9 +24,9 @@ impl Spool {
     /// queues their uploads; one result per set, in order.
     ///
     /// Each set's files are moved (hard link + remove, or copy + remove across
-    /// file systems) into a staging folder with the entry marker; one
-    /// file-system barrier makes every staging folder durable, the folders are
-    /// renamed into place (one folder fsync for all), and the rows of all sets
+    /// file systems) into a staging folder with the entry marker; the markers
+    /// and staging folders are made durable, the folders are renamed into
+    /// place (one folder fsync for all), and the rows of all sets
     /// are committed in one database transaction, which this waits for: from
     /// then on the sets count as queued. A set already in `spool/<base>/`
     /// stays where it is. Blocks on file-system and database work: call it
@@ -52,15 +52,19 @@ impl Spool {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        if staged.iter().any(|s| s.2.is_some()) {
-            if let Err(e) = crate::seal::syncfs(spool_dir) {
-                for (i, _, staging, _) in staged.drain(..) {
-                    if let Some(st) = staging {
-                        let _ = std::fs::remove_dir_all(&st);
-                    }
-                    let e = std::io::Error::new(e.kind(), e.to_string());
-                    results[i] = Some(Err(io("flush to disk (syncfs)", spool_dir)(e)));
+        // The markers and staging folders durable before any is renamed into place.
+        let flushed: std::io::Result<()> = staged.iter().try_for_each(|(_, _, staging, _)| {
+            let Some(st) = staging else { return Ok(()) };
+            std::fs::File::open(st.join(MANIFEST)).and_then(|f| f.sync_all())?;
+            std::fs::File::open(st).and_then(|d| d.sync_all())
+        });
+        if let Err(e) = flushed {
+            for (i, _, staging, _) in staged.drain(..) {
+                if let Some(st) = staging {
+                    let _ = std::fs::remove_dir_all(&st);
                 }
+                let e = std::io::Error::new(e.kind(), e.to_string());
+                results[i] = Some(Err(io("fsync the staging folder", spool_dir)(e)));
             }
         }
         let mut entered = Vec::new();
@@ -188,10 +192,13 @@ impl Spool {
             let to = staging.join(name);
             if std::fs::hard_link(src, &to).is_err() {
                 std::fs::copy(src, &to).map_err(io("copy into the spool", src))?;
+                std::fs::File::open(&to)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("fsync", &to))?;
             }
         }
         // The staging folder is invisible until renamed: the marker needs no
-        // temporary name; the group's barrier makes it (and any copy) durable.
+        // temporary name; it is fsynced with the group's other markers.
         let json = serde_json::to_vec_pretty(&marker).map_err(|e| SpoolError::Manifest {
             path: staging.join(MANIFEST),
             detail: e.to_string(),

@@ -69,14 +69,22 @@ impl FileTarget {
 
     fn put_blocking(&self, set: &UploadSet) -> Result<(), TargetError> {
         let folder = self.folder_for(set);
-        std::fs::create_dir_all(&folder).map_err(|e| self.io_error("create folder", &folder, e))?;
+        if !folder.is_dir() {
+            std::fs::create_dir_all(&folder)
+                .map_err(|e| self.io_error("create folder", &folder, e))?;
+        }
         for src in &set.files {
             let name = file_name_of(&self.url, src)?;
             let dest = folder.join(&name);
+            // A hard link is whole the moment it appears: straight under its name.
+            // When the name is taken (a retry), or links fail, the ways below.
+            if std::fs::hard_link(src, &dest).is_ok() {
+                continue;
+            }
             let tmp = folder.join(format!(".{name}.part"));
-            // A link appears under `.part` first, so a set is never half-visible under
-            // its name either way. Any failure (another filesystem, no hard links,
-            // a leftover `.part`) means: copy.
+            // A link appears under `.part` first and replaces the name by a rename,
+            // so a set is never half-visible under its name either way. Any failure
+            // (another filesystem, no hard links, a leftover `.part`) means: copy.
             if std::fs::hard_link(src, &tmp).is_ok() {
                 if let Err(e) = std::fs::rename(&tmp, &dest) {
                     let _ = std::fs::remove_file(&tmp);

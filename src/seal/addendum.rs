@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::batch::checked_input;
 use super::checksum::{is_plain_name, sha256_bytes, sha256_file, Entry};
 use super::durable::write_synced;
 use super::sealer::{write_metadata, write_signed_checksums};
@@ -40,12 +41,7 @@ pub fn seal_addendum(
         base_name: base.clone(),
         detail,
     };
-    if !is_plain_name(&base) || base.contains('/') {
-        return Err(invalid("the base name must be a plain file name".into()));
-    }
-    let serde_json::Value::Object(mut meta) = metadata else {
-        return Err(invalid("metadata must be a JSON object".into()));
-    };
+    let mut meta = checked_input(&base, metadata)?;
     let set_sums_name = format!("{set_base}{CHECKSUM_SUFFIX}");
     let set_sums = folder.join(&set_sums_name);
     let set_sha256 = sha256_file(&set_sums).map_err(SealError::io("hash", &set_sums))?;

@@ -186,12 +186,7 @@ impl Sealer {
             base_name: base_name.clone(),
             detail,
         };
-        if !is_plain_name(&base_name) || base_name.contains('/') {
-            return Err(invalid("the base name must be a plain file name".into()));
-        }
-        let serde_json::Value::Object(mut meta) = metadata else {
-            return Err(invalid("metadata must be a JSON object".into()));
-        };
+        let mut meta = checked_input(&base_name, metadata)?;
         let json_name = format!("{base_name}.json");
         let sums_name = format!("{base_name}{CHECKSUM_SUFFIX}");
         let sig_name = format!("{sums_name}{SIGNATURE_SUFFIX}");
@@ -323,6 +318,25 @@ impl SealedSet {
         self.position
             .as_ref()
             .map_or(DEFAULT_PROFILE, |p| p.profile.as_str())
+    }
+}
+
+/// A set's (or addendum's) base name and metadata checked: a plain file name,
+/// and a JSON object, which is returned.
+pub(crate) fn checked_input(
+    base_name: &str,
+    metadata: serde_json::Value,
+) -> Result<serde_json::Map<String, serde_json::Value>, SealError> {
+    let invalid = |detail: &str| SealError::InvalidInput {
+        base_name: base_name.to_string(),
+        detail: detail.to_string(),
+    };
+    if !is_plain_name(base_name) || base_name.contains('/') {
+        return Err(invalid("the base name must be a plain file name"));
+    }
+    match metadata {
+        serde_json::Value::Object(meta) => Ok(meta),
+        _ => Err(invalid("metadata must be a JSON object")),
     }
 }
 

@@ -60,8 +60,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), SealError> {
 /// file, then one of each folder however many files it holds. (A `syncfs`
 /// would be one call, but it flushes everything on the file system, the
 /// recordings still being written included, and new calls' journal fsyncs
-/// then wait behind it: call set-up took 0.2-0.7 s instead of 4 ms at 400
-/// calls per second.)
+/// would wait behind that.)
 pub(crate) fn barrier<'a>(
     files: impl IntoIterator<Item = &'a Path>,
     folders: impl IntoIterator<Item = &'a Path>,

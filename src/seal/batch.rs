@@ -85,6 +85,18 @@ impl Sealer {
         let mut heads = self.heads.clone();
         let mut written = Vec::new();
         for (index, request) in requests.into_iter().enumerate() {
+            // A second request for the same set would overwrite the first's
+            // checksum file before the first is signed.
+            if written
+                .iter()
+                .any(|w: &Written| w.folder == request.folder && w.base_name == request.base_name)
+            {
+                results[index] = Some(Err(SealError::InvalidInput {
+                    base_name: request.base_name,
+                    detail: "the set is listed twice in one group".into(),
+                }));
+                continue;
+            }
             match self.write(index, request, &mut heads) {
                 Ok(w) => written.push(w),
                 Err(e) => results[index] = Some(Err(e)),

@@ -182,3 +182,22 @@ fn a_power_cut_at_any_phase_of_a_group_leaves_a_whole_chain() {
         }
     }
 }
+
+#[test]
+fn a_set_listed_twice_in_a_group_is_refused_once_and_the_first_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let work = data.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    for f in ["keystore.p12", "instance-id"] {
+        std::fs::copy(identity_files().join(f), data.join(f)).unwrap();
+    }
+    std::fs::write(work.join("a.wav"), "audio of a").unwrap();
+    let mut s = sealer(&data);
+    let results = s.seal_group(vec![request(&work, "a"), request(&work, "a")]);
+    assert!(results[0].is_ok(), "{results:?}");
+    let refused = results[1].as_ref().unwrap_err().to_string();
+    assert!(refused.contains("twice"), "{refused}");
+    let problems = verify_chain(&work, None);
+    assert!(problems.is_empty(), "{problems:#?}");
+}

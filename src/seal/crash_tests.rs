@@ -33,6 +33,18 @@ fn identity_files() -> &'static Path {
     .path()
 }
 
+/// A fresh data folder with the shared identity, and its `work/`.
+fn data_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let work = data.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    for f in ["keystore.p12", "instance-id"] {
+        std::fs::copy(identity_files().join(f), data.join(f)).unwrap();
+    }
+    (dir, data, work)
+}
+
 fn sealer(data: &Path) -> Sealer {
     let identity = Identity::load_or_create(data, PasswordSource::Value("pw".into())).unwrap();
     Sealer::new(identity, data).unwrap()
@@ -70,13 +82,7 @@ fn signed(work: &Path, base: &str) -> bool {
 /// One scenario: two sets sealed, a group of four cut off after `phase` with
 /// `cut(i)` applied to the i-th pending file, the next start, one set more.
 fn scenario(phase: Phase, pattern: &str, cut: impl Fn(usize) -> Cut) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let work = data.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    for f in ["keystore.p12", "instance-id"] {
-        std::fs::copy(identity_files().join(f), data.join(f)).unwrap();
-    }
+    let (_dir, data, work) = data_dir();
     let bases: Vec<String> = (0..2 + GROUP + 1).map(|i| format!("rec{i}")).collect();
     for b in &bases {
         std::fs::write(work.join(format!("{b}.wav")), format!("audio of {b}")).unwrap();
@@ -185,13 +191,7 @@ fn a_power_cut_at_any_phase_of_a_group_leaves_a_whole_chain() {
 
 #[test]
 fn a_set_listed_twice_in_a_group_is_refused_once_and_the_first_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let work = data.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    for f in ["keystore.p12", "instance-id"] {
-        std::fs::copy(identity_files().join(f), data.join(f)).unwrap();
-    }
+    let (_dir, data, work) = data_dir();
     std::fs::write(work.join("a.wav"), "audio of a").unwrap();
     let mut s = sealer(&data);
     let results = s.seal_group(vec![request(&work, "a"), request(&work, "a")]);

@@ -162,7 +162,7 @@ impl Journal {
         let mut folders: Vec<&Path> = Vec::new();
         for (dir, base_name) in sets {
             let path = Journal::path(dir, base_name);
-            if let Some(spares) = spares.filter(|s| s.dir() == dir && path.exists()) {
+            if let Some(spares) = spares.filter(|s| s.dir() == dir) {
                 spares.give_back(&path);
                 if !folders.contains(&dir) {
                     folders.push(dir);

@@ -14,8 +14,14 @@ cd "$(dirname "$0")/.."
 # about 30 GB and take longer to link. A developer's own setting wins.
 export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
 export CARGO_PROFILE_TEST_DEBUG="${CARGO_PROFILE_TEST_DEBUG:-line-tables-only}"
-# Each stage says how far into the run it starts, so a slow stage shows.
-stage() { printf 'test.sh: [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+# One build per run: incremental state only costs disk (GBs) and time here.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# Each stage says how far into the run it starts and how much disk is free
+# where the build goes, so a slow stage or a filling disk shows.
+stage() {
+    printf 'test.sh: [%dm%02ds] [%s free] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) \
+        "$(df -h --output=avail "${CARGO_TARGET_DIR:-.}" 2>/dev/null | tail -1 | tr -d ' ' || echo '?')" "$*"
+}
 
 # --- packages ---------------------------------------------------------------
 # One line per need: "command-or-path-that-proves-it  debian-package".

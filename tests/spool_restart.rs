@@ -399,3 +399,70 @@ async fn the_next_retry_time_and_attempts_survive_a_restart() {
     let rows = db.uploads().unwrap();
     assert_eq!((rows[0].state.as_str(), rows[0].attempts), ("done", 2));
 }
+
+/// The spool's hidden entries (staging, spare folders).
+fn hidden_in(spool: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = names_in(spool)
+        .into_iter()
+        .filter(|n| n.starts_with('.') && spool.join(n).is_dir())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_folder_carries_the_next_set_and_a_restart_clears_it() {
+    let work = tempfile::tempdir().unwrap();
+    let made = make_sets(work.path(), 3);
+    let data = work.path().join("data");
+    let out = work.path().join("out");
+    let url = format!("file://{}", out.display());
+    let spool_dir = data.join("spool");
+    {
+        let db = Db::open_in(&data).unwrap();
+        let spool = Spool::start(fast_spool(&data), db.clone(), Secrets::new(), None).unwrap();
+        spool
+            .enqueue(&made[0].set, std::slice::from_ref(&url))
+            .unwrap();
+        assert!(spool.wait_empty(Duration::from_secs(20)).await);
+        let spares = hidden_in(&spool_dir);
+        assert_eq!(spares.len(), 1, "the delivered folder is kept: {spares:?}");
+        assert_eq!(
+            names_in(&spool_dir.join(&spares[0])),
+            vec!["spool.json"],
+            "emptied but for its old marker"
+        );
+        for m in &made[1..] {
+            spool.enqueue(&m.set, std::slice::from_ref(&url)).unwrap();
+            assert!(spool.wait_empty(Duration::from_secs(20)).await);
+        }
+        assert_eq!(
+            hidden_in(&spool_dir).len(),
+            1,
+            "one folder carried every set"
+        );
+        // Each set arrives whole and alone: no old set's file, no marker.
+        let mut expected: Vec<String> = made
+            .iter()
+            .flat_map(|m| m.contents.iter().map(|(n, _)| n.clone()))
+            .collect();
+        expected.sort();
+        let mut got = names_in(&out);
+        got.sort();
+        assert_eq!(got, expected);
+        for m in &made {
+            assert_delivered(&out, m);
+        }
+        let marker: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(spool_dir.join(&hidden_in(&spool_dir)[0]).join("spool.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(marker["base_name"], made[2].set.base_name.as_str());
+    }
+    let db = Db::open_in(&data).unwrap();
+    let _spool = Spool::start(fast_spool(&data), db, Secrets::new(), None).unwrap();
+    assert!(
+        hidden_in(&spool_dir).is_empty(),
+        "a restart clears the spare folders"
+    );
+}

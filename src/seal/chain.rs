@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::durable::replace_atomically;
+use super::durable::replace_by_exchange;
 use super::SealError;
 
 /// Profile name used for sets whose metadata names none.
@@ -89,9 +89,9 @@ pub(crate) fn read_heads(path: &Path) -> Result<ChainHeads, SealError> {
     }
 }
 
-/// Persists the chain heads atomically (temporary file, fsync, rename, folder fsync).
+/// Persists the chain heads atomically (temporary file, fsync, name swap, folder fsync).
 pub(crate) fn write_heads(path: &Path, heads: &ChainHeads) -> Result<(), SealError> {
     let mut text = serde_json::to_string_pretty(heads).expect("chain heads serialise");
     text.push('\n');
-    replace_atomically(path, text.as_bytes(), 0o644)
+    replace_by_exchange(path, text.as_bytes(), 0o644)
 }

@@ -187,7 +187,10 @@ impl Spool {
         }
         let staging = spool_dir.join(format!("{INCOMING_PREFIX}{}", set.base_name));
         let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(io("create", &staging))?;
+        self.inner
+            .spares
+            .take_as(&staging)
+            .map_err(io("create", &staging))?;
         for (src, name) in upload.files.iter().zip(&names) {
             let to = staging.join(name);
             if std::fs::hard_link(src, &to).is_err() {
@@ -198,7 +201,8 @@ impl Spool {
             }
         }
         // The staging folder is invisible until renamed: the marker needs no
-        // temporary name; it is fsynced with the group's other markers.
+        // temporary name (it overwrites a spare folder's stale one in place);
+        // it is fsynced with the group's other markers.
         let json = serde_json::to_vec_pretty(&marker).map_err(|e| SpoolError::Manifest {
             path: staging.join(MANIFEST),
             detail: e.to_string(),

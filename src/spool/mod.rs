@@ -29,12 +29,14 @@
 //! pending sets of an instance that is gone for good.
 //!
 //! Files: `intake` (a set enters), `recovery` (start-up), `worker` (uploads and
-//! retries), `cli` (status text and the retry trigger), `adopt` (taking over).
+//! retries), `spare_folder` (delivered folders reused for entering sets), `cli`
+//! (status text and the retry trigger), `adopt` (taking over).
 
 mod adopt;
 mod cli;
 mod intake;
 mod recovery;
+mod spare_folder;
 mod worker;
 
 use std::collections::HashMap;
@@ -53,13 +55,14 @@ pub use adopt::{adopt, AdoptError, AdoptReport};
 pub use cli::{request_retry, status_text};
 pub use recovery::rebuild_queue;
 use recovery::set_folders;
+use spare_folder::SpareFolders;
 use worker::{retry_all, watch_retry_trigger, worker, Worker};
 
 /// Name of the entry marker inside each spooled set's folder (written once, never updated).
 pub const MANIFEST: &str = "spool.json";
 /// Prefix of a set's folder while it enters the spool.
 const INCOMING_PREFIX: &str = ".incoming-";
-/// Prefix of a delivered set's folder while it is being removed.
+/// Prefix of a delivered set's folder while it was removed (before spare folders; cleared at start).
 const DELIVERED_PREFIX: &str = ".delivered-";
 /// File whose presence asks a running spool to retry every waiting upload now.
 pub const RETRY_TRIGGER: &str = ".retry-now";
@@ -196,6 +199,8 @@ struct Inner {
     /// The runtime the spool was started on. Sets are enqueued on the sealing
     /// thread, which has no runtime: a worker started there is spawned through this.
     runtime: tokio::runtime::Handle,
+    /// Delivered sets' folders kept for the next sets to enter through.
+    spares: SpareFolders,
 }
 
 /// Aborts the worker tasks when the last [`Spool`] handle is dropped.
@@ -259,6 +264,7 @@ impl Spool {
         notifier: Option<Notifier>,
     ) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(&config.dir).map_err(io("create", &config.dir))?;
+        let config_dir = config.dir.clone();
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             config,
@@ -270,6 +276,7 @@ impl Spool {
             stop,
             tasks: Mutex::new(Vec::new()),
             runtime: tokio::runtime::Handle::current(),
+            spares: SpareFolders::new(&config_dir),
         });
         let spool = Spool {
             _guard: Arc::new(TaskGuard {

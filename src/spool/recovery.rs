@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::spare_folder::SPARE_PREFIX;
 use super::worker::{queue_job, remove_delivered};
 use super::{
     io, queue_err, report_error, EntryMarker, Spool, SpoolError, DELIVERED_PREFIX, INCOMING_PREFIX,
@@ -24,8 +25,9 @@ impl Spool {
             if !path.is_dir() {
                 continue;
             }
-            if name.starts_with(DELIVERED_PREFIX) {
-                // Every target had confirmed this set; only the removal was interrupted.
+            if name.starts_with(DELIVERED_PREFIX) || name.starts_with(SPARE_PREFIX) {
+                // Every target had confirmed this set and only the removal was
+                // interrupted (older runs), or a spare folder of the last run.
                 let _ = std::fs::remove_dir_all(&path);
             } else if name.starts_with(INCOMING_PREFIX) {
                 // Entering was interrupted before the rename: the originals are still in place.

@@ -11,8 +11,8 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::{
-    backoff, io, lock, queue_err, report_error, sync_dir, Inner, SpoolError, DELIVERED_PREFIX,
-    MANIFEST, RETRY_TRIGGER, TRIGGER_POLL,
+    backoff, io, lock, queue_err, report_error, Inner, SpoolError, MANIFEST, RETRY_TRIGGER,
+    TRIGGER_POLL,
 };
 use crate::db::{now_ms, Record, UploadState};
 use crate::notify::UploadFailure;
@@ -123,17 +123,12 @@ pub(super) fn retry_all(inner: &Arc<Inner>) {
     }
 }
 
-/// Renames a delivered set's folder out of the way and removes it.
+/// Takes a delivered set's folder out of the spool (kept as a spare folder).
+/// No folder fsync: the database already says every target holds the set,
+/// and a folder that reappears after a crash is removed at the next start.
 pub(super) fn remove_delivered(inner: &Inner, base_name: &str) -> Result<(), SpoolError> {
     let folder = inner.config.dir.join(base_name);
-    // Rename first: a crash mid-way leaves no half set that looks pending.
-    let gone = inner
-        .config
-        .dir
-        .join(format!("{DELIVERED_PREFIX}{base_name}"));
-    std::fs::rename(&folder, &gone).map_err(io("rename", &folder))?;
-    sync_dir(&inner.config.dir);
-    std::fs::remove_dir_all(&gone).map_err(io("remove", &gone))
+    inner.spares.retire(&folder).map_err(io("remove", &folder))
 }
 
 /// Commits a confirmed attempt; removes the set from the spool when no upload of it

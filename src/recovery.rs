@@ -61,6 +61,8 @@ pub struct Summary {
     pub spooled: usize,
     /// Files moved into `work/unrecoverable/`.
     pub set_aside: usize,
+    /// Journals of sets that had reached the spool, removed.
+    pub stale_journals: usize,
 }
 
 /// What `work/` holds, by base name.
@@ -140,6 +142,14 @@ impl Recovery {
             }
         }
         for base in found.journals.difference(&found.sealed) {
+            if !found.wavs.contains_key(base) && self.reached_spool(base) {
+                // A power cut undid the journal's removal after its set
+                // had entered the spool: nothing was lost, nothing to report.
+                tracing::info!(set = %base, "removing the journal of a set that had reached the spool before the crash");
+                Journal::remove(&self.work, base);
+                summary.stale_journals += 1;
+                continue;
+            }
             if self.finish(base, seal, spool) {
                 summary.recovered += 1;
             } else {
@@ -162,12 +172,19 @@ impl Recovery {
             tracing::warn!(
                 recovered = summary.recovered,
                 spooled = summary.spooled,
+                stale_journals = summary.stale_journals,
                 set_aside = summary.set_aside,
                 work = %self.work.display(),
                 "recordings left by a crash were handled"
             );
         }
         summary
+    }
+
+    /// Whether set `base` entered the spool: its upload rows are committed
+    /// only once its folder is in place there.
+    fn reached_spool(&self, base: &str) -> bool {
+        self.db.uploads_of(base).is_ok_and(|rows| !rows.is_empty())
     }
 
     /// A set sealed before the crash: into the spool (or, when it reached the

@@ -515,3 +515,79 @@ async fn a_set_cut_off_while_sealing_keeps_its_metadata_and_is_uploaded() {
     assert_eq!(recovered.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(std::fs::read_dir(&work).unwrap().next().is_none());
 }
+
+/// A power cut can undo the removal of a journal whose set had already
+/// reached the spool (the rename that retires it was not on disk yet). The
+/// next start must not report that delivered recording as lost: its journal
+/// is removed quietly, nothing is set aside, no failure is counted.
+#[test]
+fn a_journal_left_behind_by_a_delivered_set_is_not_reported_as_lost() {
+    let keep = TestDir::new("recover-stale-journal");
+    let data = keep.join("data");
+    let work = data.join("work");
+    let recordings = data.join("recordings");
+    let proxy = Proxy::builder().data_dir(&data).start();
+    let call = long_call(&proxy);
+    let sipp_dir = TestDir::new("recover-stale-journal-sipp");
+    let mut callee = call.callee_sipp(sipp_dir.path()).spawn();
+    assert!(
+        callee.wait_ready(Duration::from_secs(10)),
+        "callee sipp not ready"
+    );
+    let caller = call.caller_sipp(sipp_dir.path()).spawn();
+    // Keep a copy of the journal while the call records.
+    let journal_in_work = || {
+        std::fs::read_dir(&work).ok().and_then(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| p.to_string_lossy().ends_with(".journal.json"))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || journal_in_work().is_some()),
+        "no recording started\n{}",
+        proxy.log_tail(40)
+    );
+    let journal = journal_in_work().unwrap();
+    let copy = std::fs::read(&journal).unwrap();
+    let _ = caller.wait_at_most(Duration::from_secs(40));
+    let _ = callee.wait_at_most(Duration::from_secs(5));
+    let sets = wait_sets(&proxy, &recordings, 1);
+    let delivered = wait_until(Duration::from_secs(20), || {
+        metric(&proxy.metrics(), "callrec_spool_sets") == Some(0.0)
+    });
+    assert!(delivered, "set not delivered\n{}", proxy.log_tail(40));
+    drop(proxy);
+
+    // The power cut took back the journal's removal.
+    std::fs::write(&journal, &copy).unwrap();
+    let proxy = Proxy::builder().data_dir(&data).start();
+    let gone = wait_until(Duration::from_secs(10), || !journal.exists());
+    assert!(
+        gone,
+        "the stale journal is still there\n{}",
+        proxy.log_tail(40)
+    );
+    let m = proxy.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "callrec_recording_failures_total{reason=\"recovered_after_crash\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "a delivered recording was reported as lost\n{}",
+        proxy.log_tail(40)
+    );
+    let set_aside = std::fs::read_dir(work.join("unrecoverable"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    assert_eq!(
+        set_aside,
+        0,
+        "something was set aside\n{}",
+        proxy.log_tail(40)
+    );
+    assert_eq!(sets_in(&recordings), sets, "the delivered set is untouched");
+    verify_independently(&sets[0], &data.join("cert.pem"));
+}

@@ -7,10 +7,35 @@
 # ext4 without a journal: for 30 s after the previous run's files are deleted,
 # every new inode is allocated past them, which slowed the next run's call
 # set-up by hundreds of ms.
+# With FRESH_FS=GB every run gets a new ext4 file system of that size, made
+# by mkfs.ext4's defaults (so with a journal, as production ones have), on a
+# loop image under /var/tmp, mounted as the scratch folder: the root file
+# system of these VMs has no journal, and there every new inode is placed
+# past those freed in the last 1-6 minutes by anyone, so a run's cost depended
+# on what the machine deleted before it. Needs root.
 #   benches/load/ab_cps.sh RESULTS_DIR BIN...
 set -u
 out=$1; shift
 cd "$(dirname "$0")/../.."
+scratch=/tmp/callrec-load
+image=/var/tmp/callrec-load.img
+fresh_fs() {
+    [ -n "${FRESH_FS:-}" ] || return 0
+    mountpoint -q "$scratch" && umount "$scratch"
+    rm -f "$image"
+    truncate -s "${FRESH_FS}G" "$image"
+    mkfs.ext4 -q -F "$image"
+    mkdir -p "$scratch"
+    mount -o loop "$image" "$scratch"
+}
+drop_fs() {
+    if [ -n "${FRESH_FS:-}" ]; then
+        umount "$scratch"
+        rm -f "$image"
+    else
+        rm -rf "$scratch"
+    fi
+}
 settle() {
     sync; sleep "${PAUSE:-45}"
     for i in $(seq 1 24); do
@@ -21,13 +46,15 @@ settle() {
 }
 for round in $(seq 1 "${ROUNDS:-2}"); do
     for b in "$@"; do
+        fresh_fs
         settle
         python3 benches/load/run.py --callrec "$b" --results "$out/$(basename "$b")" cps --stack callrec --rates "${RATE:-400}" 2>&1 | grep -- "->"
-        rm -rf /tmp/callrec-load
+        drop_fs
     done
     if { [ "$round" = 1 ] || [ -n "${PEER_EVERY:-}" ]; } && [ -z "${NOPEER:-}" ]; then
+        fresh_fs
         settle
         python3 benches/load/run.py --results "$out/peer" cps --stack peer --rates "${RATE:-400}" 2>&1 | grep -- "->"
-        rm -rf /tmp/callrec-load
+        drop_fs
     fi
 done

@@ -3,16 +3,16 @@
 # each callrec binary given, ROUNDS rounds (default 2) interleaved, the peer
 # stack after each round with PEER_EVERY=1 (only after the first without it;
 # never with NOPEER=1). Before every run: sync, a PAUSE (default 45 s), then
-# up to 120 s more until the load average is below 1.5. The pause matters on
-# ext4 without a journal: for 30 s after the previous run's files are deleted,
-# every new inode is allocated past them, which slowed the next run's call
-# set-up by hundreds of ms.
+# up to 120 s more until the load average is below 1.5.
 # With FRESH_FS=GB every run gets a new ext4 file system of that size, made
 # by mkfs.ext4's defaults (so with a journal, as production ones have), on a
 # loop image under /var/tmp, mounted as the scratch folder: the root file
 # system of these VMs has no journal, and there every new inode is placed
 # past those freed in the last 1-6 minutes by anyone, so a run's cost depended
-# on what the machine deleted before it. Needs root.
+# on what the machine deleted before it: a deleted inode counts as recent
+# for 60 s, or 360 s while its inode-table block is dirty, which the next
+# run's own allocations keep it. FRESH_FS_OPTS is passed to mkfs.ext4
+# ("-O ^has_journal" for a file system like that root one). Needs root.
 #   benches/load/ab_cps.sh RESULTS_DIR BIN...
 set -u
 out=$1; shift
@@ -24,7 +24,8 @@ fresh_fs() {
     mountpoint -q "$scratch" && umount "$scratch"
     rm -f "$image"
     truncate -s "${FRESH_FS}G" "$image"
-    mkfs.ext4 -q -F "$image"
+    # shellcheck disable=SC2086 # options are words
+    mkfs.ext4 -q -F ${FRESH_FS_OPTS:-} "$image"
     mkdir -p "$scratch"
     mount -o loop "$image" "$scratch"
 }

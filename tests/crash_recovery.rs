@@ -101,6 +101,17 @@ fn metadata(sums: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
 }
 
+/// Starts a long call's callee, then its caller, with traces in `dir`.
+fn start_long_call(proxy: &Proxy, dir: &Path) -> (SippProcess, SippProcess) {
+    let call = long_call(proxy);
+    let mut callee = call.callee_sipp(dir).spawn();
+    assert!(
+        callee.wait_ready(Duration::from_secs(10)),
+        "callee sipp not ready"
+    );
+    (call.caller_sipp(dir).spawn(), callee)
+}
+
 fn long_call(proxy: &Proxy) -> CallRun {
     let mut run = proxy.call(pair("basic")).timeout(Duration::from_secs(30));
     run.pair = Pair {
@@ -116,14 +127,8 @@ fn a_recording_cut_off_by_kill_9_is_sealed_uploaded_and_counted_at_the_next_star
     let keep = TestDir::new("recover-kill");
     let data = keep.join("data");
     let mut proxy = Proxy::builder().data_dir(&data).start();
-    let call = long_call(&proxy);
     let sipp_dir = TestDir::new("recover-kill-sipp");
-    let mut callee = call.callee_sipp(sipp_dir.path()).spawn();
-    assert!(
-        callee.wait_ready(Duration::from_secs(10)),
-        "callee sipp not ready"
-    );
-    let caller = call.caller_sipp(sipp_dir.path()).spawn();
+    let (caller, callee) = start_long_call(&proxy, sipp_dir.path());
 
     // The recording starts at the answer: its WAV appears in work/.
     let work = data.join("work");
@@ -527,14 +532,8 @@ fn a_journal_left_behind_by_a_delivered_set_is_not_reported_as_lost() {
     let work = data.join("work");
     let recordings = data.join("recordings");
     let proxy = Proxy::builder().data_dir(&data).start();
-    let call = long_call(&proxy);
     let sipp_dir = TestDir::new("recover-stale-journal-sipp");
-    let mut callee = call.callee_sipp(sipp_dir.path()).spawn();
-    assert!(
-        callee.wait_ready(Duration::from_secs(10)),
-        "callee sipp not ready"
-    );
-    let caller = call.caller_sipp(sipp_dir.path()).spawn();
+    let (caller, callee) = start_long_call(&proxy, sipp_dir.path());
     // Keep a copy of the journal while the call records.
     let journal_in_work = || {
         std::fs::read_dir(&work).ok().and_then(|rd| {

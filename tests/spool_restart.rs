@@ -466,3 +466,31 @@ async fn a_delivered_folder_carries_the_next_set_and_a_restart_clears_it() {
         "a restart clears the spare folders"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_naming_another_set_does_not_queue_the_folder() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let spool_dir = data.join("spool");
+    let folder = spool_dir.join("20260301_101500_in_4930123_200_00a0");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("20260301_101501_in_4930123_200_00a1.wav"),
+        b"audio",
+    )
+    .unwrap();
+    let marker = serde_json::json!({
+        "base_name": "20260301_101501_in_4930123_200_00a1",
+        "checksum_sha256": "00",
+        "files": ["20260301_101501_in_4930123_200_00a1.wav"],
+        "targets": [format!("file://{}/out", work.path().display())],
+        "queued_at": "2026-03-01T10:15:01.000Z"
+    });
+    std::fs::write(folder.join("spool.json"), marker.to_string()).unwrap();
+    let db = Db::open_in(&data).unwrap();
+    let queued = callrec::spool::rebuild_queue(&spool_dir, &db).unwrap();
+    assert!(queued.is_empty(), "queued under the wrong name: {queued:?}");
+    db.flush();
+    assert!(db.pending_uploads().unwrap().is_empty());
+    assert!(folder.is_dir(), "the folder is left for the operator");
+}

@@ -74,18 +74,26 @@ pub(crate) fn read_heads(path: &Path) -> Result<ChainHeads, SealError> {
         path: path.to_path_buf(),
         detail,
     };
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let value: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    // The head's file becomes the temporary file at the next update and is
+    // rewritten in place at the one after (see `write_heads`): a reader that
+    // opened it just before may read it torn, and reads again once.
+    let read = || match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SealError::io("read chain head", path)(e)),
+    };
+    match read().or_else(|_| read()) {
+        Ok(Some(value)) => {
             if value.get("chains").is_none() && value.get("id").is_some() {
                 tracing::info!(path = %path.display(), "chain head of the older single-chain format: each profile starts its own chain with the next set");
                 return Ok(ChainHeads::default());
             }
             serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ChainHeads::default()),
-        Err(e) => Err(SealError::io("read chain head", path)(e)),
+        Ok(None) => Ok(ChainHeads::default()),
+        Err(e) => Err(e),
     }
 }
 

@@ -32,13 +32,18 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), S
     Ok(())
 }
 
-/// Replaces `path` atomically: writes a temporary sibling, fsyncs it, renames it, fsyncs the folder.
-pub(crate) fn replace_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SealError> {
+/// `.<name>.tmp` beside `path`: where its next content is written first.
+fn temp_sibling(path: &Path) -> std::path::PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Replaces `path` atomically: writes a temporary sibling, fsyncs it, renames it, fsyncs the folder.
+pub(crate) fn replace_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SealError> {
+    let tmp = temp_sibling(path);
     write_synced(&tmp, bytes, mode)?;
     std::fs::rename(&tmp, path).map_err(SealError::io("rename into place", path))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
@@ -52,11 +57,7 @@ pub(crate) fn replace_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result
 /// atomic replace's cost. Falls back to a plain rename where the file system
 /// cannot exchange or `path` does not exist yet.
 pub(crate) fn replace_by_exchange(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SealError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let tmp = temp_sibling(path);
     // The old content is overwritten in place only where nothing else links
     // to it (a backup made with hard links keeps its copy).
     #[cfg(unix)]
@@ -66,7 +67,16 @@ pub(crate) fn replace_by_exchange(path: &Path, bytes: &[u8], mode: u32) -> Resul
             std::fs::remove_file(&tmp).map_err(SealError::io("remove", &tmp))?;
         }
     }
-    write_synced(&tmp, bytes, mode)?;
+    if let Err(e) = write_synced(&tmp, bytes, mode) {
+        // Left by another user (a run as root, say): the folder's owner
+        // may still remove it and start a new one.
+        if !matches!(&e, SealError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+        {
+            return Err(e);
+        }
+        std::fs::remove_file(&tmp).map_err(SealError::io("remove", &tmp))?;
+        write_synced(&tmp, bytes, mode)?;
+    }
     if !exchange(&tmp, path) {
         std::fs::rename(&tmp, path).map_err(SealError::io("rename into place", path))?;
     }

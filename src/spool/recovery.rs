@@ -151,9 +151,10 @@ pub(super) fn rows_from_marker(
 ) -> Result<Option<Vec<String>>, SpoolError> {
     let folder = dir.join(base);
     let marker = match read_marker(&folder) {
-        Ok(m) if !m.targets.is_empty() => m,
+        // A marker naming another set is not this folder's.
+        Ok(m) if !m.targets.is_empty() && m.base_name == base => m,
         Ok(_) | Err(_) => {
-            let message = format!("set folder {} has no rows in the uploads table and no usable {MANIFEST}; it is not uploaded: add its rows (state pending) or remove the folder", folder.display());
+            let message = format!("set folder {} has no rows in the uploads table and no usable {MANIFEST} (missing, unreadable, naming no target or another set); it is not uploaded: add its rows (state pending) or remove the folder", folder.display());
             tracing::error!("spool: {message}");
             db.send(Record::Error {
                 at_ms: now_ms(),

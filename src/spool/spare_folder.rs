@@ -42,13 +42,22 @@ impl SpareFolders {
     /// Makes `to` an empty folder (but for a stale marker the caller
     /// overwrites): a spare renamed there, or a new folder.
     pub(super) fn take_as(&self, to: &Path) -> std::io::Result<()> {
-        while let Some(spare) = lock(&self.free).pop() {
+        // Something left at `to` would refuse every spare's rename.
+        if std::fs::symlink_metadata(to).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a staging folder of that name is still there",
+            ));
+        }
+        loop {
+            let Some(spare) = lock(&self.free).pop() else {
+                return std::fs::create_dir(to);
+            };
             if std::fs::rename(&spare, to).is_ok() {
                 return Ok(());
             }
             let _ = std::fs::remove_dir_all(&spare);
         }
-        std::fs::create_dir(to)
     }
 
     /// Takes a delivered set's folder out of view and keeps it as a spare.
@@ -127,6 +136,24 @@ mod tests {
         let other = dir.path().join(".incoming-c");
         spares.take_as(&other).unwrap();
         assert_eq!(std::fs::read_dir(&other).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_leftover_staging_folder_is_refused_and_the_spares_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let spares = SpareFolders::new(dir.path());
+        let set = dir.path().join("set-a");
+        std::fs::create_dir(&set).unwrap();
+        spares.retire(&set).unwrap();
+        let left = dir.path().join(".incoming-b");
+        std::fs::create_dir(&left).unwrap();
+        std::fs::write(left.join("x.wav"), b"old").unwrap();
+        let err = spares.take_as(&left).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(left.join("x.wav")).unwrap(), b"old");
+        assert_eq!(lock(&spares.free).len(), 1, "the spare is still there");
+        spares.take_as(&dir.path().join(".incoming-c")).unwrap();
+        assert!(lock(&spares.free).is_empty());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 """The generator against itself, without a stack: callgen's caller sends its
 INVITE to the callee's own address, so every call costs the generator what it
 costs through a proxy (two streams sent, two received) and nothing relays.
-The machine's CPU over this run (/proc/stat: user, nice, system, irq,
-softirq) is the baseline that a stack's run at the same load is compared
+The machine's busy CPU time over this run (machine_cpu.py: exact idle
+residency where the idle driver has it, /proc/stat otherwise) is the baseline that a stack's run at the same load is compared
 with: (machine CPU with the stack − machine CPU here) is what the stack cost
 the machine, wherever the kernel charged it. On loopback that matters: the
 receive path of a packet runs in the sender's softirq and is charged to the
@@ -18,14 +18,9 @@ import os
 import subprocess
 import time
 
+import machine_cpu
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def machine_cpu_s():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = v
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -44,17 +39,18 @@ def main():
            "--caller-audio", os.path.join(audio, "caller-440.al"),
            "--callee-audio", os.path.join(audio, "callee-1000.al")]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    m0, t0 = machine_cpu_s(), time.time()
+    m0, t0 = machine_cpu.Snapshot(), time.time()
     # the same scheduling as run.py --autogroup-nice -10 gives the generator
     p = subprocess.run(["setsid", "sh", "-c", 'echo -10 > /proc/self/autogroup; exec "$@"', "sh"] + cmd,
                        capture_output=True, text=True)
-    m1, t1 = machine_cpu_s(), time.time()
+    m1, t1 = machine_cpu.Snapshot(), time.time()
+    busy = machine_cpu.busy_s(m0, m1)
     summary = json.loads(p.stdout) if p.stdout.strip().startswith("{") else {}
     call_min = a.calls * a.hold / 60
     res = {"stack": "none (callgen against itself)", "calls": a.calls, "hold_s": a.hold,
            "rate_cps": rate, "started": started, "wall_s": round(t1 - t0, 2),
-           "machine_cpu_s": round(m1 - m0, 3),
-           "machine_cpu_s_per_call_minute": round((m1 - m0) / call_min, 5),
+           "machine_cpu_s": round(busy, 3), "machine_cpu_source": m0.kind,
+           "machine_cpu_s_per_call_minute": round(busy / call_min, 5),
            "generator_cpu_s": summary.get("cpu", {}).get("total_s"),
            "exit": p.returncode, "command": cmd, "callgen": summary}
     out = os.path.join(a.results, time.strftime("%Y%m%d-%H%M%S") + f"-direct-{a.calls}.json")

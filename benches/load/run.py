@@ -36,10 +36,13 @@ recording is finished, i.e. sealed (.sig) for callrec, WAV closed for the peer):
   - CPU seconds (utime+stime from /proc/PID/stat) of the stack's processes
     (callrec alone; kamailio main+children, rtpengine, rtpengine-recording),
     per recorded call-minute = CPU / (N * hold / 60)
-  - the same from the whole machine's side: /proc/stat user + nice + system +
-    irq + softirq over the run minus the generator's own process CPU
+  - the same from the whole machine's side: the machine's busy CPU time over
+    the run minus the generator's own process CPU
     (machine_cpu_s_per_call_minute; counts kernel work done for the stack
-    outside its processes, and any other load: loadavg_start/_end beside it)
+    outside its processes, and any other load: loadavg_start/_end beside it).
+    Busy time comes from the idle driver's residency counters, which are
+    exact; /proc/stat is tick-sampled and on this kind of VM sees well under
+    half of a bursty load (machine_cpu.py; machine_cpu_source says which)
   - per-thread CPU of callrec (/proc/PID/task/*/stat, by thread name)
   - memory at the plateau (all N calls up) minus idle, per call: VmRSS for
     callrec, PSS (smaps_rollup) summed over the peer's processes
@@ -71,6 +74,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+import machine_cpu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -200,22 +205,6 @@ def pss_kb(pid):
     except OSError:
         pass
     return 0
-
-
-def machine_ticks():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]
-    return sum(v[:8]), idle
-
-
-def machine_cpu_s():
-    """CPU seconds the whole machine has spent working: user + nice + system +
-    irq + softirq from /proc/stat. Counts what the kernel does on the stack's
-    behalf outside its processes (softirq packet delivery, a kernel-path relay)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / TICK
 
 
 def udp_errors():
@@ -727,14 +716,18 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         time.sleep(1.0)
         pids = stack.pids()
         idle0 = sum(proc_cpu(p) or 0 for v in pids.values() for p in v)
+        # The machine at rest (the stack idle, this harness, whatever else runs):
+        # subtracted from the run's machine figure as a rate over its wall time.
+        rest0 = machine_cpu.Snapshot()
         time.sleep(3.0)
+        rest_rate = machine_cpu.busy_s(rest0, machine_cpu.Snapshot()) / 3.0
+        res["machine_rest_cpu_pct_of_core"] = round(100.0 * rest_rate, 2)
         idle_cpu = sum(proc_cpu(p) or 0 for v in pids.values() for p in v) - idle0
         res["idle_cpu_pct_of_core"] = round(100.0 * idle_cpu / 3.0, 2)
         idle_mem = stack.mem_kb()
         cpu0 = {k: sum(proc_cpu(p) or 0 for p in v) for k, v in pids.items()}
         threads = ThreadTracker(pids["callrec"][0]) if stack_name == "callrec" else None
-        m0 = machine_ticks()
-        mcpu0 = machine_cpu_s()
+        m0 = machine_cpu.Snapshot()
         res["loadavg_start"] = open("/proc/loadavg").read().split()[:3]
         res["autogroup_nice"] = AUTOGROUP_NICE[0]
         udp0 = udp_errors()
@@ -834,8 +827,7 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         cpu1 = {k: sum(proc_cpu(p) or 0 for p in v) for k, v in pids.items()}
         if threads:
             threads.sample()
-        m1 = machine_ticks()
-        mcpu1 = machine_cpu_s()
+        m1 = machine_cpu.Snapshot()
         res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         udp1 = udp_errors()
         res["udp_in_errors"], res["udp_rcvbuf_errors"] = udp1[0] - udp0[0], udp1[1] - udp0[1]
@@ -859,17 +851,22 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         by = threads.by_name()
         res["callrec_threads_cpu_s"] = {k: round(v, 2) for k, v in sorted(by.items()) if v >= 0.01}
         res["callrec_threads_unattributed_s"] = round(total_cpu - sum(by.values()), 2)
-    tot_t, idle_t = m1[0] - m0[0], m1[1] - m0[1]
-    res["machine_busy_pct"] = round(100.0 * (1 - idle_t / tot_t), 1) if tot_t else None
+    busy = machine_cpu.busy_s(m0, m1)
+    res["machine_cpu_source"] = m0.kind
+    res["machine_busy_pct"] = round(100.0 * busy / (len(os.sched_getaffinity(0)) * (t_done - t0)), 1)
     res["generator_cpu_s"] = round(sum(sipp_cpu.values()), 2)
     res["generator_core_pct"] = round(100.0 * sum(sipp_cpu.values()) / (t_caller_done - t0), 1)
     # The stack's CPU as the whole machine saw it: everything the machine did over
     # the run minus the generator's own processes. Includes kernel work done
     # outside the stack's processes (softirq), and also any other load on the
     # machine: read it beside loadavg_start/_end and the per-process figure.
-    mach = mcpu1 - mcpu0 - res["generator_cpu_s"]
+    mach = busy - res["generator_cpu_s"]
     res["machine_cpu_s_minus_generator"] = round(mach, 2)
     res["machine_cpu_s_per_call_minute"] = round(mach / call_min, 4) if media else None
+    # The same less the machine's rest rate over the run: what the load added.
+    net = mach - rest_rate * (t_done - t0)
+    res["machine_net_cpu_s_minus_generator"] = round(net, 2)
+    res["machine_net_cpu_s_per_call_minute"] = round(net / call_min, 4) if media else None
     res["mem_idle_kb"] = idle_mem
     res["mem_plateau_kb"] = peak_mem
     res["mem_kb_per_call"] = round((peak_mem - idle_mem) / calls, 1) if peak_mem else None
@@ -948,7 +945,7 @@ def summary(r):
     s = (f"{r['stack']} N={r['calls']} failed={r['failed_calls']} cpu={r['cpu_s_total']}s "
          f"machine={r['machine_busy_pct']}% {r.get('generator', 'sipp')}={gen_core_pct(r)}%core ")
     if r["media"]:
-        s += f"cpu/call-min={r['cpu_s_per_call_minute']} (machine {r.get('machine_cpu_s_per_call_minute')}) loss={r['loss_pct']}% mem/call={r['mem_kb_per_call']}kB "
+        s += f"cpu/call-min={r['cpu_s_per_call_minute']} (machine {r.get('machine_cpu_s_per_call_minute')}, net of rest {r.get('machine_net_cpu_s_per_call_minute')}) loss={r['loss_pct']}% mem/call={r['mem_kb_per_call']}kB "
     s += f"setup median={r['setup_ms']['median']}ms"
     return s
 

@@ -83,13 +83,15 @@ fn scan(work: &Path) -> std::io::Result<Found> {
         }
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
-            // A recording's disk reserve, spare files and the writability
-            // probe: nothing records yet at start, so any left are a crash's
-            // leftovers.
-            if name.ends_with(".reserve")
-                || name.starts_with(".probe-")
-                || name.starts_with(crate::recorder::spare::SPARE_PREFIX)
-            {
+            if name.starts_with(crate::recorder::spare::SPARE_PREFIX) {
+                if let Some(base) = journal_in_spare(work, &entry.path()) {
+                    found.journals.insert(base);
+                }
+                continue;
+            }
+            // A recording's disk reserve and the writability probe: nothing
+            // records yet at start, so any left are a crash's leftovers.
+            if name.ends_with(".reserve") || name.starts_with(".probe-") {
                 let _ = std::fs::remove_file(entry.path());
             }
             continue;
@@ -111,6 +113,39 @@ fn scan(work: &Path) -> std::io::Result<Found> {
         }
     }
     Ok(found)
+}
+
+/// A spare file left by the last run: empty, or a disk reserve, or cut off
+/// while a journal was being written into it (nothing was recorded then: the
+/// audio is created only after the journal is durable) is removed; one
+/// holding a whole journal gets the journal's own name, so that recovery
+/// treats it like any other. Returns that journal's set.
+fn journal_in_spare(work: &Path, spare: &Path) -> Option<String> {
+    let journal = std::fs::read(spare)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Journal>(&b).ok());
+    // A base name is one file name; anything else is not a journal of ours.
+    let Some(journal) = journal.filter(|j| {
+        !j.base_name.is_empty()
+            && !j.base_name.contains(['/', '\0'])
+            && !j.base_name.starts_with('.')
+    }) else {
+        let _ = std::fs::remove_file(spare);
+        return None;
+    };
+    let named = Journal::path(work, &journal.base_name);
+    if named.exists() {
+        // Found under its own name too (a run without spares wrote it).
+        let _ = std::fs::remove_file(spare);
+        return None;
+    }
+    match std::fs::rename(spare, &named) {
+        Ok(()) => Some(journal.base_name),
+        Err(e) => {
+            tracing::error!(spare = %spare.display(), "cannot name the recording journal a crash left in a spare file; its set is not recovered now: {e}");
+            None
+        }
+    }
 }
 
 /// Before the sealing service starts: finishes what a crash inside a group
@@ -182,7 +217,9 @@ impl Recovery {
     }
 
     /// Whether set `base` entered the spool: its upload rows are committed
-    /// only once its folder is in place there.
+    /// only once its folder is in place there. (Rows a power cut took are
+    /// back by now: the spool, started first, commits them again from the
+    /// folder's entry marker.)
     fn reached_spool(&self, base: &str) -> bool {
         self.db.uploads_of(base).is_ok_and(|rows| !rows.is_empty())
     }
@@ -475,5 +512,47 @@ fn recording_row(base: &str, m: &serde_json::Value) -> Record {
         caller: text(&m["caller"]["number"]),
         callee: text(&m["callee"]["number"]),
         answered_by: text(&m["callee"]["answered_by"]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spares_left_by_a_crash_are_removed_unless_they_hold_a_whole_journal() {
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        let journal = Journal::sample("20260301_110000_in_1_2_abc");
+        let whole = serde_json::to_vec_pretty(&journal).unwrap();
+        std::fs::write(w.join(".spare-0"), &whole).unwrap();
+        // Cut off while the next call's journal was being written.
+        std::fs::write(w.join(".spare-1"), &whole[..whole.len() / 2]).unwrap();
+        // A disk reserve, and an emptied spare.
+        std::fs::write(w.join(".spare-2"), vec![0u8; 65536]).unwrap();
+        std::fs::write(w.join(".spare-3"), b"").unwrap();
+        // A journal naming a path, not a set.
+        let mut odd = Journal::sample("../elsewhere");
+        odd.files.clear();
+        std::fs::write(w.join(".spare-4"), serde_json::to_vec(&odd).unwrap()).unwrap();
+
+        let found = scan(w).unwrap();
+        assert_eq!(
+            found.journals.iter().collect::<Vec<_>>(),
+            vec![&journal.base_name]
+        );
+        let left: BTreeSet<String> = std::fs::read_dir(w)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            BTreeSet::from([format!("{}.journal.json", journal.base_name)]),
+            "the whole journal under its own name, nothing else"
+        );
+        assert_eq!(
+            Journal::read(&Journal::path(w, &journal.base_name)).unwrap(),
+            journal
+        );
     }
 }

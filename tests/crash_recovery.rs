@@ -534,12 +534,13 @@ fn a_journal_left_behind_by_a_delivered_set_is_not_reported_as_lost() {
     let proxy = Proxy::builder().data_dir(&data).start();
     let sipp_dir = TestDir::new("recover-stale-journal-sipp");
     let (caller, callee) = start_long_call(&proxy, sipp_dir.path());
-    // Keep a copy of the journal while the call records.
+    // Keep a copy of the journal while the call records: written in place
+    // into a spare file, the only one in work/ that holds JSON.
     let journal_in_work = || {
         std::fs::read_dir(&work).ok().and_then(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .find(|p| p.to_string_lossy().ends_with(".journal.json"))
+                .find(|p| std::fs::read(p).is_ok_and(|b| b.starts_with(b"{") && b.len() > 100))
         })
     };
     assert!(
@@ -548,6 +549,15 @@ fn a_journal_left_behind_by_a_delivered_set_is_not_reported_as_lost() {
         proxy.log_tail(40)
     );
     let journal = journal_in_work().unwrap();
+    assert!(
+        journal
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".spare-"),
+        "the journal is written in place into a spare: {}",
+        journal.display()
+    );
     let copy = std::fs::read(&journal).unwrap();
     let _ = caller.wait_at_most(Duration::from_secs(40));
     let _ = callee.wait_at_most(Duration::from_secs(5));
@@ -556,12 +566,17 @@ fn a_journal_left_behind_by_a_delivered_set_is_not_reported_as_lost() {
         metric(&proxy.metrics(), "callrec_spool_sets") == Some(0.0)
     });
     assert!(delivered, "set not delivered\n{}", proxy.log_tail(40));
+    assert_eq!(
+        std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0),
+        0,
+        "the journal is emptied once its set is in the spool"
+    );
     drop(proxy);
 
-    // The power cut took back the journal's removal.
+    // The power cut took back the emptying of the journal.
     std::fs::write(&journal, &copy).unwrap();
     let proxy = Proxy::builder().data_dir(&data).start();
-    let gone = wait_until(Duration::from_secs(10), || !journal.exists());
+    let gone = wait_until(Duration::from_secs(10), || journal_in_work().is_none());
     assert!(
         gone,
         "the stale journal is still there\n{}",

@@ -1,9 +1,18 @@
-//! The recording journal: a small JSON file `<base>.journal.json` written and
-//! fsynced beside a recording's audio files when the recording starts, and
-//! removed once the set is sealed and in the spool. It holds what the set
-//! needs but the audio cannot tell (call ids, parties, profile, direction,
-//! channel layout, start, targets), so that a recording left behind by a
-//! crash can be finished, sealed and uploaded at the next start.
+//! The recording journal: a small JSON file written and fsynced beside a
+//! recording's audio files when the recording starts, and emptied or removed
+//! once the set is sealed and in the spool. It holds what the set needs but
+//! the audio cannot tell (call ids, parties, profile, direction, channel
+//! layout, start, targets), so that a recording left behind by a crash can be
+//! finished, sealed and uploaded at the next start.
+//!
+//! A running call's journal is written in place into a spare file
+//! (`.spare-<n>`, see `spare`) that keeps its name: no rename and no folder
+//! fsync per call (the spare's name is already durable unless the pool had
+//! to create it), and at the end it is only emptied, without an fsync. A
+//! crash may therefore leave a spare holding a journal, or, after a power
+//! cut, the journal of a set that had already reached the spool; recovery
+//! reads both (see `recovery`). `<base>.journal.json` is the name recovery
+//! gives a journal it found, and what a recording without spares writes.
 
 use std::path::{Path, PathBuf};
 
@@ -95,18 +104,45 @@ impl Journal {
         self.write_through(dir, &tmp, file)
     }
 
-    /// [`Journal::write`] with a spare file of `spares` (whose folder is the
-    /// recording's) as the temporary file: no new inode per call.
+    /// Writes the journal durably into a spare file of `spares` (whose folder
+    /// is the recording's), which keeps its name: one fsync, plus one of the
+    /// folder when the pool had to create the file. Returns the spare's path.
     pub fn write_using(&self, spares: &Spares) -> Result<PathBuf, JournalError> {
-        let (tmp, file) = spares.take().map_err(|source| JournalError::Io {
+        let taken = spares.take().map_err(|source| JournalError::Io {
             path: spares.dir().to_path_buf(),
             source,
         })?;
-        let written = self.write_through(spares.dir(), &tmp, file);
-        if written.is_err() {
-            spares.give_back(&tmp);
+        let path = taken.path.clone();
+        let err = |source| JournalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let written = self.write_into(taken.file).map_err(err).and_then(|()| {
+            if taken.created {
+                sync_folder(spares.dir()).map_err(err)
+            } else {
+                Ok(())
+            }
+        });
+        match written {
+            Ok(()) => {
+                spares.hold_journal(&self.base_name, path.clone());
+                Ok(path)
+            }
+            Err(e) => {
+                spares.give_back(&path);
+                Err(e)
+            }
         }
-        written
+    }
+
+    /// Writes the journal as JSON into `file` (empty) and fsyncs it.
+    fn write_into(&self, mut file: std::fs::File) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut text = serde_json::to_vec_pretty(self).expect("a journal serialises");
+        text.push(b'\n');
+        file.write_all(&text)?;
+        file.sync_all()
     }
 
     /// Writes into `file` (open at `tmp`, empty), fsyncs, renames it to the
@@ -115,22 +151,16 @@ impl Journal {
         &self,
         dir: &Path,
         tmp: &Path,
-        mut file: std::fs::File,
+        file: std::fs::File,
     ) -> Result<PathBuf, JournalError> {
-        use std::io::Write;
         let path = Journal::path(dir, &self.base_name);
         let err = |source| JournalError::Io {
             path: path.clone(),
             source,
         };
-        let mut text = serde_json::to_vec_pretty(self).expect("a journal serialises");
-        text.push(b'\n');
-        file.write_all(&text).map_err(err)?;
-        file.sync_all().map_err(err)?;
+        self.write_into(file).map_err(err)?;
         std::fs::rename(tmp, &path).map_err(err)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
+        sync_folder(dir).map_err(err)?;
         Ok(path)
     }
 
@@ -154,7 +184,10 @@ impl Journal {
 
     /// Removes the journals of several sets (folder, base name), then fsyncs
     /// each folder once. With `spares` (of the journals' folder), a journal
-    /// becomes an empty spare file instead of being deleted.
+    /// becomes an empty spare file instead of being deleted; one written in
+    /// place into a spare is only emptied, and nothing is fsynced for it: a
+    /// power cut that brings its content back leaves the journal of a set
+    /// already in the spool, which recovery recognises and drops.
     pub fn remove_all<'a>(
         sets: impl IntoIterator<Item = (&'a Path, &'a str)>,
         spares: Option<&Spares>,
@@ -163,6 +196,10 @@ impl Journal {
         for (dir, base_name) in sets {
             let path = Journal::path(dir, base_name);
             if let Some(spares) = spares.filter(|s| s.dir() == dir) {
+                if let Some(in_place) = spares.release_journal(base_name) {
+                    spares.give_back(&in_place);
+                    continue;
+                }
                 spares.give_back(&path);
                 if !folders.contains(&dir) {
                     folders.push(dir);
@@ -182,23 +219,22 @@ impl Journal {
             }
         }
         for dir in folders {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+            let _ = sync_folder(dir);
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn sync_folder(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}
 
-    #[test]
-    fn journal_round_trips_and_is_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal {
+#[cfg(test)]
+impl Journal {
+    /// A journal of set `base_name`, for tests.
+    pub(crate) fn sample(base_name: &str) -> Journal {
+        Journal {
             version: JOURNAL_VERSION,
-            base_name: "20260301_110000_in_1_2_abc".into(),
+            base_name: base_name.into(),
             call_ids: CallIds {
                 caller_leg: "a@x".into(),
                 callee_leg: "b@y".into(),
@@ -218,17 +254,59 @@ mod tests {
             profile: "p".into(),
             matched_rule: "all".into(),
             channels: ChannelMode::Stereo,
-            files: vec!["20260301_110000_in_1_2_abc.wav".into()],
+            files: vec![format!("{base_name}.wav")],
             start_ms: 1_772_362_800_000,
             announcement: None,
             targets: vec!["file:///x".into()],
             instance_id: "i".into(),
             instance_name: "rec-a".into(),
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_round_trips_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::sample("20260301_110000_in_1_2_abc");
         let path = j.write(dir.path()).unwrap();
         assert_eq!(Journal::read(&path).unwrap(), j);
         Journal::remove(dir.path(), &j.base_name);
         assert!(!path.exists());
         Journal::remove(dir.path(), &j.base_name);
+    }
+
+    #[test]
+    fn a_journal_is_written_in_place_into_a_spare_and_emptied_at_the_end() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spares = Spares::new(dir.path());
+        let first = Journal::sample("20260301_110000_in_1_2_abc");
+        let path = first.write_using(&spares).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(super::super::spare::SPARE_PREFIX),
+            "{name}"
+        );
+        assert_eq!(Journal::read(&path).unwrap(), first);
+        assert!(
+            !Journal::path(dir.path(), &first.base_name).exists(),
+            "no file of the journal's own name"
+        );
+        let inode = std::fs::metadata(&path).unwrap().ino();
+
+        Journal::remove_all([(dir.path(), first.base_name.as_str())], Some(&spares));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "emptied");
+
+        let second = Journal::sample("20260301_110001_in_1_2_def");
+        let again = second.write_using(&spares).unwrap();
+        assert_eq!(again, path, "the next call's journal reuses the spare");
+        assert_eq!(std::fs::metadata(&again).unwrap().ino(), inode);
+        assert_eq!(Journal::read(&again).unwrap(), second);
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 1, "one file served both calls");
     }
 }

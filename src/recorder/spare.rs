@@ -6,9 +6,13 @@
 //! per second it was the largest item in callrec's profile.
 //!
 //! A spare is a file named `.spare-<n>` in the folder, empty while it waits.
-//! Leftovers of an earlier run are removed at start with the other dot-files
-//! of `work/` (see `recovery`).
+//! A call's journal is written into a spare and keeps the spare's name while
+//! the call records (see `journal`): the pool remembers which spare holds
+//! which set's journal. Leftovers of an earlier run are removed at start
+//! with the other dot-files of `work/`, or, when one holds a journal, taken
+//! up by recovery (see `recovery`).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +30,19 @@ pub struct Spares {
     dir: PathBuf,
     free: Mutex<Vec<PathBuf>>,
     next: AtomicU64,
+    /// Spares holding a running set's journal, by the set's base name.
+    journals: Mutex<HashMap<String, PathBuf>>,
+}
+
+/// A spare opened for writing, empty.
+#[derive(Debug)]
+pub struct Taken {
+    /// Its path (`.spare-<n>` in the pool's folder).
+    pub path: PathBuf,
+    /// Open for writing, truncated.
+    pub file: File,
+    /// Created by this take: its name is not yet durable in the folder.
+    pub created: bool,
 }
 
 impl Spares {
@@ -35,6 +52,7 @@ impl Spares {
             dir: dir.into(),
             free: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
+            journals: Mutex::new(HashMap::new()),
         }
     }
 
@@ -44,8 +62,9 @@ impl Spares {
     }
 
     /// Opens a spare for writing, empty: a kept one, or a new file.
-    pub fn take(&self) -> std::io::Result<(PathBuf, File)> {
+    pub fn take(&self) -> std::io::Result<Taken> {
         let kept = self.lock().pop();
+        let created = kept.is_none();
         let path = kept.unwrap_or_else(|| {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             self.dir.join(format!("{SPARE_PREFIX}{n}"))
@@ -55,7 +74,21 @@ impl Spares {
             .create(true)
             .truncate(true)
             .open(&path)?;
-        Ok((path, file))
+        Ok(Taken {
+            path,
+            file,
+            created,
+        })
+    }
+
+    /// Notes that the spare at `path` holds the journal of set `base_name`.
+    pub fn hold_journal(&self, base_name: &str, path: PathBuf) {
+        lock(&self.journals).insert(base_name.to_string(), path);
+    }
+
+    /// The spare holding set `base_name`'s journal, no longer noted as such.
+    pub fn release_journal(&self, base_name: &str) -> Option<PathBuf> {
+        lock(&self.journals).remove(base_name)
     }
 
     /// Takes `path` (a file in this folder: a spare, or a journal done with)
@@ -92,9 +125,13 @@ impl Spares {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        // A panic elsewhere leaves a list of paths, still valid.
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.free)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere leaves paths, still valid.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Allocates `len` bytes for `file` (the disk reserve) without writing them
@@ -127,7 +164,7 @@ mod tests {
         std::fs::write(&journal, "whose call it was").unwrap();
         spares.give_back(&journal);
         assert!(!journal.exists(), "the journal's name is gone");
-        let (path, _f) = spares.take().unwrap();
+        let Taken { path, .. } = spares.take().unwrap();
         assert!(path
             .file_name()
             .unwrap()
@@ -140,14 +177,14 @@ mod tests {
             "no call's data kept"
         );
         use std::os::unix::fs::MetadataExt;
-        let (fresh, _g) = spares.take().unwrap();
+        let fresh = spares.take().unwrap().path;
         assert_ne!(
             fresh, path,
             "a second take while the first is out is another file"
         );
         spares.give_back(&path);
         let ino = std::fs::metadata(&path).unwrap().ino();
-        let (again, _h) = spares.take().unwrap();
+        let again = spares.take().unwrap().path;
         assert_eq!(
             std::fs::metadata(&again).unwrap().ino(),
             ino,
@@ -159,7 +196,7 @@ mod tests {
     fn a_reserve_holds_its_blocks_until_given_back() {
         let dir = tempfile::tempdir().unwrap();
         let spares = Spares::new(dir.path());
-        let (path, f) = spares.take().unwrap();
+        let Taken { path, file: f, .. } = spares.take().unwrap();
         allocate(&f, 64 * 1024).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= 64 * 1024);

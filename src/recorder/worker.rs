@@ -76,11 +76,13 @@ struct Reserve {
 impl Reserve {
     fn make(spec: &RecordingSpec) -> Option<Reserve> {
         let made = match &spec.spares {
-            Some(spares) => spares.take().and_then(|(path, file)| {
-                super::spare::allocate(&file, SEAL_RESERVE as u64)
-                    .map(|()| path.clone())
-                    .inspect_err(|_| spares.give_back(&path))
-            }),
+            Some(spares) => spares
+                .take()
+                .and_then(|super::spare::Taken { path, file, .. }| {
+                    super::spare::allocate(&file, SEAL_RESERVE as u64)
+                        .map(|()| path.clone())
+                        .inspect_err(|_| spares.give_back(&path))
+                }),
             None => {
                 let path = spec.dir.join(format!(".{}.reserve", spec.base_name));
                 std::fs::write(&path, vec![0u8; SEAL_RESERVE])

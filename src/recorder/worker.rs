@@ -17,13 +17,13 @@ use super::{
     RecordingSpec, Side,
 };
 
-/// Samples committed to the files in one go at most: a lane tick commits
-/// 160 per party at 8 kHz, so this is rarely reached, and it sizes two
-/// buffers every recording keeps.
+/// Samples committed to the files in one go at most: a packet commits 160
+/// per party at 8 kHz, so this is rarely reached, and it sizes two buffers
+/// every recording keeps.
 const COMMIT_CHUNK: usize = 1024;
 /// Packets of room the lane keeps for taking a recording's queue (a tick
-/// normally finds two or three).
-const BATCH_KEPT: usize = 16;
+/// normally finds ten: five 20 ms packets per party).
+const BATCH_KEPT: usize = 32;
 /// Rate used for the header when no audio ever arrived.
 const DEFAULT_RATE: u32 = 8000;
 /// Space kept free beside each recording until it is finished, so that the

@@ -183,4 +183,56 @@ mod tests {
         assert_eq!(std::fs::read(&head).unwrap(), b"four");
         assert_eq!(std::fs::read(&backup).unwrap(), b"two");
     }
+
+    /// The temporary head a run as another user (root, say) left behind is
+    /// not writable for the folder's owner: it is removed and written anew.
+    /// Root ignores file modes, so when the tests run as root the update
+    /// itself runs in a copy of this test started as `nobody`.
+    #[test]
+    fn a_temp_head_left_by_another_user_is_replaced() {
+        const CHILD: &str = "CALLREC_TEST_TEMP_HEAD_DIR";
+        if let Ok(dir) = std::env::var(CHILD) {
+            replace_by_exchange(&Path::new(&dir).join("head.json"), b"new", 0o644).unwrap();
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let head = dir.path().join("head.json");
+        std::fs::write(&head, b"old").unwrap();
+        let tmp = temp_sibling(&head);
+        std::fs::write(&tmp, b"left by another user").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            use std::os::unix::process::CommandExt;
+            const NOBODY: u32 = 65534;
+            std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+            std::os::unix::fs::chown(&head, Some(NOBODY), Some(NOBODY)).unwrap();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "seal::durable::tests::a_temp_head_left_by_another_user_is_replaced",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, dir.path())
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && said.contains("1 passed"),
+                "the update as nobody failed:\n{said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            replace_by_exchange(&head, b"new", 0o644).unwrap();
+        }
+        assert_eq!(std::fs::read(&head).unwrap(), b"new");
+        assert_eq!(
+            std::fs::read(&tmp).unwrap(),
+            b"old",
+            "the old head swapped out"
+        );
+    }
 }

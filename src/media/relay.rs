@@ -24,7 +24,7 @@ use super::latch::{Carries, Latch, LearningMode, PayloadTypes, LEARNING_WINDOW};
 use super::ports::PortPair;
 use super::sdes::LegKeys;
 use super::srtp::Protection;
-use super::threads::{MediaThreads, Seat};
+use super::threads::MediaThreads;
 use super::Side;
 use io::RelaySocket;
 use offload::{Direction, Offload};
@@ -190,7 +190,7 @@ impl Stream {
         tap: Option<Arc<dyn Tap>>,
         learning: Learning,
     ) -> std::io::Result<Stream> {
-        let (thread, seat) = MediaThreads::get()?.pick();
+        let thread = MediaThreads::get()?.pick();
         // The sockets register with the epoll of the thread that will serve them.
         let sockets = {
             let _on_thread = thread.enter();
@@ -210,7 +210,7 @@ impl Stream {
         let callee_port = callee.port;
         let offload = Offload::new(&stats);
         let task = thread.spawn(run(
-            (seat, [caller, callee]),
+            [caller, callee],
             sockets,
             rx,
             stats.clone(),
@@ -366,9 +366,8 @@ fn apply(
 }
 
 async fn run(
-    // Until the task ends: the stream counts on its thread, and both ports
-    // stay reserved (after the sockets closed).
-    _held: (Seat, [PortPair; 2]),
+    // Keeps both ports reserved until the task ends (after the sockets closed).
+    _ports: [PortPair; 2],
     // Index 0 faces the caller, 1 the callee; each [rtp, rtcp].
     socks: [[RelaySocket; 2]; 2],
     mut control: mpsc::UnboundedReceiver<Control>,

@@ -7,15 +7,10 @@
 //! waits a short batching interval, so one wake-up serves every packet of
 //! that interval instead of one wake-up per packet (each costs a context
 //! switch and an epoll call; under load, most of a packet's cost).
-//!
-//! A new stream goes to the first thread that carries fewer than
-//! [`FILL`] streams, and to the least loaded one once all carry that many.
-//! A wake-up costs the same however few packets it finds, so a light load
-//! packed onto one thread wakes half as often as one spread over two.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use tokio::runtime::Handle;
 
@@ -26,15 +21,11 @@ const MAX_THREADS: usize = 8;
 /// the jitter a phone's buffer absorbs), and bounds the thread's wake-ups
 /// to about one per interval however many calls it carries.
 const BATCH: std::time::Duration = std::time::Duration::from_micros(1000);
-/// Streams a thread takes before the next one is used: a recorded call's
-/// stream is 100 packets a second each way, so this many keep a thread at
-/// about a fifth of a core with the userspace relay.
-pub const FILL: usize = 256;
 
 /// The media threads of this process.
 pub struct MediaThreads {
     handles: Vec<Handle>,
-    placement: Placement,
+    next: AtomicUsize,
 }
 
 impl MediaThreads {
@@ -65,66 +56,14 @@ impl MediaThreads {
         }
         // Two first callers racing both start threads; the loser's stay idle.
         Ok(THREADS.get_or_init(|| MediaThreads {
-            placement: Placement::new(handles.len(), FILL),
             handles,
+            next: AtomicUsize::new(0),
         }))
     }
 
-    /// The thread the next stream goes to, and its place there (held for as
-    /// long as the stream runs).
-    pub fn pick(&self) -> (&Handle, Seat) {
-        let seat = self.placement.take();
-        (&self.handles[seat.thread], seat)
-    }
-}
-
-/// How many streams each thread carries, and where the next one goes.
-#[derive(Debug)]
-pub struct Placement {
-    carried: Vec<Arc<AtomicUsize>>,
-    fill: usize,
-}
-
-/// A stream's place on a thread; gives it back when dropped.
-#[derive(Debug)]
-pub struct Seat {
-    /// Index of the thread.
-    pub thread: usize,
-    carried: Arc<AtomicUsize>,
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        self.carried.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Placement {
-    /// `threads` threads, each filled to `fill` streams before the next is used.
-    pub fn new(threads: usize, fill: usize) -> Placement {
-        Placement {
-            carried: (0..threads.max(1)).map(|_| Arc::default()).collect(),
-            fill,
-        }
-    }
-
-    /// A seat on the first thread below the fill mark, else on the least
-    /// loaded. Two streams starting at once may both land on a thread at the
-    /// mark; it is a soft bound.
-    pub fn take(&self) -> Seat {
-        let load = |c: &Arc<AtomicUsize>| c.load(Ordering::Relaxed);
-        let thread = self
-            .carried
-            .iter()
-            .position(|c| load(c) < self.fill)
-            .unwrap_or_else(|| {
-                (0..self.carried.len())
-                    .min_by_key(|&i| load(&self.carried[i]))
-                    .unwrap_or(0)
-            });
-        let carried = self.carried[thread].clone();
-        carried.fetch_add(1, Ordering::Relaxed);
-        Seat { thread, carried }
+    /// The thread the next stream goes to (round robin).
+    pub fn pick(&self) -> &Handle {
+        &self.handles[self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len()]
     }
 }
 
@@ -133,31 +72,4 @@ fn start_error(e: &io::Error) -> io::Error {
         e.kind(),
         format!("cannot start the media relay threads: {e} (check the process's thread limit)"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn streams_fill_one_thread_before_the_next_and_spread_once_all_are_full() {
-        let p = Placement::new(2, 3);
-        let mut first: Vec<Seat> = (0..3).map(|_| p.take()).collect();
-        assert!(
-            first.iter().all(|s| s.thread == 0),
-            "a light load stays on one thread"
-        );
-        let fourth = p.take();
-        assert_eq!(fourth.thread, 1, "the next thread once the first is full");
-        first.pop();
-        let refill = p.take();
-        assert_eq!(refill.thread, 0, "a stream that ended makes room");
-        let more: Vec<Seat> = (0..2).map(|_| p.take()).collect();
-        assert!(more.iter().all(|s| s.thread == 1));
-        // Both at the mark (3 and 3): the least loaded takes each next one.
-        let over: Vec<Seat> = (0..4).map(|_| p.take()).collect();
-        let over: Vec<usize> = over.iter().map(|s| s.thread).collect();
-        let on_each = |t| over.iter().filter(|&&x| x == t).count();
-        assert_eq!((on_each(0), on_each(1)), (2, 2), "{over:?}");
-    }
 }

@@ -82,7 +82,7 @@ fn a_running_recording_holds_under_96_kb() {
     let recs: Vec<Recorder> = (0..N)
         .map(|i| running(tmp.path(), &format!("r{i}"), t0, 6))
         .collect();
-    // Let the lanes place what was queued (they take it every 20 ms).
+    // Let the lanes place what was queued (they take it every 100 ms).
     std::thread::sleep(Duration::from_millis(300));
     let per_call = (LIVE.load(Ordering::Relaxed) - before) / N as isize;
     eprintln!("heap per running stereo recording: {} kB", per_call / 1024);

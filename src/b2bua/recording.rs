@@ -215,10 +215,7 @@ impl CallRecording {
             Ok(r) => r,
             Err(e) => {
                 // Nothing was recorded: no set to recover at the next start.
-                Journal::remove_all(
-                    [(settings.dir.as_path(), base_name.as_str())],
-                    Some(&settings.spares),
-                );
+                Journal::discard(&settings.dir, &base_name, &settings.spares);
                 return Err(e);
             }
         };

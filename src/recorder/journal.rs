@@ -7,11 +7,11 @@
 //!
 //! A running call's journal is written in place into a spare file
 //! (`.spare-<n>`, see `spare`) that keeps its name: no rename and no folder
-//! fsync per call (the spare's name is already durable unless the pool had
-//! to create it), and at the end it is only emptied, without an fsync. A
-//! crash may therefore leave a spare holding a journal, or, after a power
-//! cut, the journal of a set that had already reached the spool; recovery
-//! reads both (see `recovery`). `<base>.journal.json` is the name recovery
+//! fsync per call (a spare's name is durable from its creation), and at the
+//! end it is only emptied, without an fsync of its own. A crash may
+//! therefore leave a spare holding a journal, or, after a power cut, the
+//! journal of a set that had already reached the spool; recovery reads both
+//! (see `recovery`). `<base>.journal.json` is the name recovery
 //! gives a journal it found, and what a recording without spares writes.
 
 use std::path::{Path, PathBuf};
@@ -105,8 +105,8 @@ impl Journal {
     }
 
     /// Writes the journal durably into a spare file of `spares` (whose folder
-    /// is the recording's), which keeps its name: one fsync, plus one of the
-    /// folder when the pool had to create the file. Returns the spare's path.
+    /// is the recording's), which keeps its name: one fsync. Returns the
+    /// spare's path.
     pub fn write_using(&self, spares: &Spares) -> Result<PathBuf, JournalError> {
         let taken = spares.take().map_err(|source| JournalError::Io {
             path: spares.dir().to_path_buf(),
@@ -117,14 +117,7 @@ impl Journal {
             path: path.clone(),
             source,
         };
-        let written = self.write_into(taken.file).map_err(err).and_then(|()| {
-            if taken.created {
-                sync_folder(spares.dir()).map_err(err)
-            } else {
-                Ok(())
-            }
-        });
-        match written {
+        match self.write_into(taken.file).map_err(err) {
             Ok(()) => {
                 spares.hold_journal(&self.base_name, path.clone());
                 Ok(path)
@@ -183,9 +176,10 @@ impl Journal {
     }
 
     /// Removes the journals of several sets (folder, base name), then fsyncs
-    /// each folder once. With `spares` (of the journals' folder), a journal
+    /// each folder once (which also makes the removal of the sets' originals
+    /// from it durable). With `spares` (of the journals' folder), a journal
     /// becomes an empty spare file instead of being deleted; one written in
-    /// place into a spare is only emptied, and nothing is fsynced for it: a
+    /// place into a spare is only emptied, without an fsync of the file: a
     /// power cut that brings its content back leaves the journal of a set
     /// already in the spool, which recovery recognises and drops.
     pub fn remove_all<'a>(
@@ -196,11 +190,10 @@ impl Journal {
         for (dir, base_name) in sets {
             let path = Journal::path(dir, base_name);
             if let Some(spares) = spares.filter(|s| s.dir() == dir) {
-                if let Some(in_place) = spares.release_journal(base_name) {
-                    spares.give_back(&in_place);
-                    continue;
+                match spares.release_journal(base_name) {
+                    Some(in_place) => spares.give_back(&in_place),
+                    None => spares.give_back(&path),
                 }
-                spares.give_back(&path);
                 if !folders.contains(&dir) {
                     folders.push(dir);
                 }
@@ -220,6 +213,23 @@ impl Journal {
         }
         for dir in folders {
             let _ = sync_folder(dir);
+        }
+    }
+}
+
+impl Journal {
+    /// Drops the journal of a recording that never started, and makes that
+    /// durable: no audio exists, so a journal a power cut brought back would
+    /// be reported as a recording lost.
+    pub fn discard(dir: &Path, base_name: &str, spares: &Spares) {
+        match spares.release_journal(base_name) {
+            Some(in_place) => {
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&in_place) {
+                    let _ = f.set_len(0).and_then(|()| f.sync_all());
+                }
+                spares.give_back(&in_place);
+            }
+            None => Journal::remove_all([(dir, base_name)], Some(spares)),
         }
     }
 }
@@ -308,5 +318,17 @@ mod tests {
         assert_eq!(Journal::read(&again).unwrap(), second);
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files, 1, "one file served both calls");
+    }
+
+    #[test]
+    fn the_journal_of_a_recording_that_never_started_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let spares = Spares::new(dir.path());
+        let j = Journal::sample("20260301_110000_in_1_2_abc");
+        let path = j.write_using(&spares).unwrap();
+        Journal::discard(dir.path(), &j.base_name, &spares);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert!(spares.release_journal(&j.base_name).is_none());
+        assert_eq!(spares.take().unwrap().path, path, "back in the pool");
     }
 }

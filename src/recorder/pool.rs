@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use super::worker::{Watch, Worker};
 use super::{PayloadMap, RecorderError, Side};
 
-/// How often a lane takes the queued packets of its recordings: well inside
-/// the reorder window, which is what bounds how late a packet may be placed.
+/// How often a lane takes the queued packets of its recordings. Placement
+/// does not depend on it (the arrival instant does, and the reorder window
+/// bounds lateness); it sets how much waits in a queue (100 ms of packets)
+/// and how soon a queue overflow is reported.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// Upper bound on lanes, whatever the core count.
 const MAX_LANES: usize = 8;

@@ -34,15 +34,13 @@ pub struct Spares {
     journals: Mutex<HashMap<String, PathBuf>>,
 }
 
-/// A spare opened for writing, empty.
+/// A spare opened for writing, empty; its name is durable in the folder.
 #[derive(Debug)]
 pub struct Taken {
     /// Its path (`.spare-<n>` in the pool's folder).
     pub path: PathBuf,
     /// Open for writing, truncated.
     pub file: File,
-    /// Created by this take: its name is not yet durable in the folder.
-    pub created: bool,
 }
 
 impl Spares {
@@ -61,7 +59,10 @@ impl Spares {
         &self.dir
     }
 
-    /// Opens a spare for writing, empty: a kept one, or a new file.
+    /// Opens a spare for writing, empty: a kept one, or a new file whose
+    /// name is made durable at once (a folder fsync, paid only while the
+    /// pool grows), so that whatever is written into a spare later, a
+    /// journal say, needs only its own fsync.
     pub fn take(&self) -> std::io::Result<Taken> {
         let kept = self.lock().pop();
         let created = kept.is_none();
@@ -74,11 +75,10 @@ impl Spares {
             .create(true)
             .truncate(true)
             .open(&path)?;
-        Ok(Taken {
-            path,
-            file,
-            created,
-        })
+        if created {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(Taken { path, file })
     }
 
     /// Notes that the spare at `path` holds the journal of set `base_name`.

@@ -10,8 +10,10 @@ again before the tick is barely seen at all.
 The idle driver's residency counters (/sys/devices/system/cpu/cpuN/cpuidle/
 state*/time, microseconds) are exact: a CPU's busy time over an interval is
 the interval minus the time it spent in idle states. A counter only grows
-when its CPU leaves the idle state, so each CPU is read from a thread pinned
-to it: that CPU is running the reader, so no idle period is open. Busy time
+when its CPU leaves the idle state, so the reading thread moves to each CPU
+in turn and reads that CPU's counters there: that CPU is running the
+reader, so no idle period is open. The CPUs counted are those this process
+may run on (all of them unless it was started under taskset or a cpuset). Busy time
 then includes everything the CPU did: every process, interrupts, softirq
 (packet delivery, a kernel-path relay), kernel threads (journal commits,
 writeback), and time the hypervisor took from the guest.
@@ -47,34 +49,47 @@ def source():
 
 
 class Snapshot:
-    """Per CPU: (monotonic seconds, idle seconds) read on that CPU, or the
-    /proc/stat busy seconds where residency is not available."""
+    """Per CPU: (monotonic seconds, idle seconds) read on that CPU, and the
+    /proc/stat busy seconds (the fallback); `t` is when it was taken."""
 
     def __init__(self):
         self.kind = source()
+        self.cpus = {}
         if self.kind == "cpuidle":
-            self.cpus = {}
             allowed = os.sched_getaffinity(0)
             try:
                 for cpu in sorted(allowed):
-                    os.sched_setaffinity(0, {cpu})
-                    # Being scheduled there ends any idle period the CPU was in.
-                    t = time.monotonic()
-                    idle_us = sum(int(open(f).read()) for f in _RESIDENCY[cpu])
+                    try:
+                        os.sched_setaffinity(0, {cpu})
+                        # Being scheduled there ends any idle period the CPU was in.
+                        t = time.monotonic()
+                        idle_us = sum(int(open(f).read()) for f in _RESIDENCY[cpu])
+                    except OSError:
+                        continue  # went offline: left out of both ends (busy_s)
                     self.cpus[cpu] = (t, idle_us / 1e6)
             finally:
                 os.sched_setaffinity(0, allowed)
-        else:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-            self.busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / TICK
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        self.busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / TICK
+        self.t = time.monotonic()
 
 
 def busy_s(a, b):
-    """Busy CPU-seconds of the whole machine between two snapshots."""
+    """Busy CPU-seconds between two snapshots: over the CPUs read at both
+    ends when both used residency (a CPU that went offline or came online in
+    between is not counted), else /proc/stat."""
     if a.kind == "cpuidle" and b.kind == "cpuidle":
-        return sum((b.cpus[c][0] - a.cpus[c][0]) - (b.cpus[c][1] - a.cpus[c][1]) for c in a.cpus)
+        both = a.cpus.keys() & b.cpus.keys()
+        return sum((b.cpus[c][0] - a.cpus[c][0]) - (b.cpus[c][1] - a.cpus[c][1]) for c in both)
     return b.busy - a.busy
+
+
+def cpus_counted(a, b):
+    """How many CPUs busy_s counted (for a busy percentage)."""
+    if a.kind == "cpuidle" and b.kind == "cpuidle":
+        return len(a.cpus.keys() & b.cpus.keys())
+    return os.cpu_count() or 1
 
 
 def busy_cpu_s_of(fn):

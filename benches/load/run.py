@@ -852,8 +852,9 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         res["callrec_threads_cpu_s"] = {k: round(v, 2) for k, v in sorted(by.items()) if v >= 0.01}
         res["callrec_threads_unattributed_s"] = round(total_cpu - sum(by.values()), 2)
     busy = machine_cpu.busy_s(m0, m1)
+    span = m1.t - m0.t  # what the two snapshots enclose, a little more than the run
     res["machine_cpu_source"] = m0.kind
-    res["machine_busy_pct"] = round(100.0 * busy / (len(os.sched_getaffinity(0)) * (t_done - t0)), 1)
+    res["machine_busy_pct"] = round(100.0 * busy / (machine_cpu.cpus_counted(m0, m1) * span), 1)
     res["generator_cpu_s"] = round(sum(sipp_cpu.values()), 2)
     res["generator_core_pct"] = round(100.0 * sum(sipp_cpu.values()) / (t_caller_done - t0), 1)
     # The stack's CPU as the whole machine saw it: everything the machine did over
@@ -864,7 +865,7 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
     res["machine_cpu_s_minus_generator"] = round(mach, 2)
     res["machine_cpu_s_per_call_minute"] = round(mach / call_min, 4) if media else None
     # The same less the machine's rest rate over the run: what the load added.
-    net = mach - rest_rate * (t_done - t0)
+    net = mach - rest_rate * span
     res["machine_net_cpu_s_minus_generator"] = round(net, 2)
     res["machine_net_cpu_s_per_call_minute"] = round(net / call_min, 4) if media else None
     res["mem_idle_kb"] = idle_mem

@@ -215,9 +215,7 @@ impl Journal {
             let _ = sync_folder(dir);
         }
     }
-}
 
-impl Journal {
     /// Drops the journal of a recording that never started, and makes that
     /// durable: no audio exists, so a journal a power cut brought back would
     /// be reported as a recording lost.

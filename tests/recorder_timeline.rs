@@ -694,3 +694,69 @@ fn both_parties_on_hold_without_timestamp_advance_resume_at_wall_clock() {
     assert_eq!(out.caller.timestamp_jumps, 1);
     assert_eq!(out.callee.timestamp_jumps, 1);
 }
+
+#[test]
+fn a_stall_longer_than_the_reorder_window_loses_only_what_it_must_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let t0 = Instant::now();
+    let mut spec = RecordingSpec::new(&dir, "stall", ChannelMode::Stereo);
+    spec.start = t0;
+    spec.queue_capacity = 10_000;
+    let rec = Recorder::start(spec).unwrap();
+    let alaw = |pcm: &[i16]| pcm.iter().map(|&s| encode_alaw(s)).collect::<Vec<u8>>();
+    let mut offers = Vec::new();
+    for (party, freq, ssrc) in [(Side::Caller, 440.0, 1), (Side::Callee, 1000.0, 2)] {
+        offers.extend(clean_stream(
+            Clean {
+                party,
+                freq,
+                from: 0.0,
+                dur: 10.0,
+                pt: 8,
+                ssrc,
+                rate: 8000.0,
+                ts_per_packet: 160,
+            },
+            &alaw,
+        ));
+    }
+    // The caller's network stalls for 400 ms at 3 s: its packets of that time
+    // arrive together when it ends (the reorder window is 200 ms).
+    for o in offers.iter_mut() {
+        if o.party == Side::Caller && o.at > Duration::from_millis(3000) {
+            o.at = o.at.max(Duration::from_millis(3400));
+        }
+    }
+    offers.sort_by_key(|o| o.at);
+    let fork = rec.fork();
+    for o in offers {
+        assert!(fork.offer(o.party, o.data, t0 + o.at));
+    }
+    let out = rec.finish().unwrap();
+    let mut r = hound::WavReader::open(&out.files[0]).unwrap();
+    let s: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    let left: Vec<f64> = s.iter().step_by(2).map(|&v| v as f64).collect();
+    // 10 ms frames of the caller's channel without the tone, over the whole call.
+    let silent_ms = 10
+        * left[80..left.len() - 80]
+            .chunks(80)
+            .filter(|f| rms(f) < TONE_AMP / 4.0)
+            .count() as u64;
+    let counted_ms = out.caller.trimmed_ms + 20 * out.caller.late_dropped;
+    eprintln!(
+        "caller: {silent_ms} ms without the tone; trimmed {} ms, late {} packets",
+        out.caller.trimmed_ms, out.caller.late_dropped
+    );
+    // What the file lacks is what the metadata says is missing (10 ms frames)...
+    assert!(
+        silent_ms.abs_diff(counted_ms) <= 20,
+        "{silent_ms} ms missing, {counted_ms} ms counted"
+    );
+    // ...and no more than the stall beyond the window, with one packet's slack.
+    assert!(counted_ms <= 400 - 200 + 20, "{counted_ms} ms lost");
+    // The callee, whose network did not stall, lost nothing.
+    assert_eq!(out.callee.trimmed_ms + out.callee.late_dropped, 0);
+    let right: Vec<f64> = s.iter().skip(1).step_by(2).map(|&v| v as f64).collect();
+    assert!((dominant(slice(&right, 0.1, 9.9)) - 1000.0).abs() <= 10.0);
+}

@@ -49,7 +49,7 @@ recording is finished, i.e. sealed (.sig) for callrec, WAV closed for the peer):
   - failed calls (SIPp caller and callee), setup time INVITE -> 200 (SIPp rtd 1,
     -trace_rtt: median, p95, max), SIPp's own CPU, whole machine busy %
   - loss: callrec from the metadata (packets, lost, late_dropped,
-    queue_dropped) against the packets SIPp sent; the peer from the shim's
+    queue_dropped, trimmed_ms as 20 ms packets) against the packets SIPp sent; the peer from the shim's
     counters (packets rtpengine handed to the "kernel" vs. delivered to the
     recording daemon) against the packets SIPp sent; for both, zero-filled
     samples in a sample of the WAV files (A-law never decodes to 0, so an
@@ -604,7 +604,8 @@ def parse_time(s):
 
 
 def callrec_metadata(rec_dir):
-    tot = {"sets": 0, "packets": 0, "lost": 0, "late_dropped": 0, "queue_dropped": 0, "duplicates": 0}
+    tot = {"sets": 0, "packets": 0, "lost": 0, "late_dropped": 0, "queue_dropped": 0, "duplicates": 0,
+           "trimmed_ms": 0}
     seal_lat = []
     for f in os.listdir(rec_dir):
         if not f.endswith(".json"):
@@ -617,7 +618,7 @@ def callrec_metadata(rec_dir):
         tot["sets"] += 1
         for party in ("caller", "callee"):
             st = m.get("media", {}).get(party, {})
-            for k in ("packets", "lost", "late_dropped", "queue_dropped", "duplicates"):
+            for k in ("packets", "lost", "late_dropped", "queue_dropped", "duplicates", "trimmed_ms"):
                 tot[k] += int(st.get(k, 0) or 0)
         sig = os.path.join(rec_dir, f[:-5] + ".sha256.SHA256withRSA.sig")
         try:
@@ -900,8 +901,10 @@ def load_run(args, stack_name, calls, hold, rate, media=True, tag="load"):
         if stack_name == "callrec":
             tot, seal = callrec_metadata(stack.rec_dir)
             res["callrec_media"] = tot
-            recorded = tot["packets"] - tot["late_dropped"] - tot["queue_dropped"]
-            res["recorder_drops"] = tot["late_dropped"] + tot["queue_dropped"]
+            # audio trimmed by a timing correction, in 20 ms packets (the load's ptime)
+            trimmed = tot["trimmed_ms"] / 20.0
+            recorded = tot["packets"] - tot["late_dropped"] - tot["queue_dropped"] - trimmed
+            res["recorder_drops"] = tot["late_dropped"] + tot["queue_dropped"] + trimmed
             if rtpstream:  # no exact count of sent packets: gaps and drops of what arrived
                 base = tot["packets"] + tot["lost"]
                 res["loss_pct"] = round(100.0 * (base - recorded) / base, 4) if base else None

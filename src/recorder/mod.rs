@@ -158,6 +158,12 @@ pub struct MediaStats {
     pub lost: u64,
     /// Packets that arrived after their place was written (beyond the reorder window).
     pub late_dropped: u64,
+    /// Milliseconds of received audio not written (rounded up): the part of a
+    /// packet that fell behind the write position, or that a timing correction
+    /// (after a network stall longer than the reorder window, or a sender clock
+    /// running fast) moved onto audio of this party already placed.
+    #[serde(default)]
+    pub trimmed_ms: u64,
     /// Duplicate packets dropped.
     pub duplicates: u64,
     /// Packets dropped because the recorder's queue was full (slow disk).

@@ -52,9 +52,13 @@ struct Segment {
     // Until this arrival position, packets arriving earlier than the anchor
     // predicts move the anchor at once (the first packet may have been delayed).
     settle_until: i64,
-    // How much further the settling may still move the anchor earlier (bounds the audio
-    // a burst after a network stall can overwrite).
+    // How much further the settling may still move the anchor earlier.
     settle_budget: i64,
+    // Audio placed under the current anchor spans `placed_from..placed_to`;
+    // `floor` is where this party's audio placed before the anchor ends.
+    placed_from: i64,
+    placed_to: i64,
+    floor: i64,
 }
 
 enum SeqResult {
@@ -83,6 +87,9 @@ impl Segment {
             win_active: false,
             settle_until: 0,
             settle_budget: 0,
+            placed_from: 0,
+            placed_to: 0,
+            floor: 0,
         }
     }
 
@@ -144,9 +151,21 @@ impl Segment {
         self.anchor_pos + ((ts_ext - self.anchor_ts) * rate as i64).div_euclid(self.clock as i64)
     }
 
-    fn anchor(&mut self, ts_ext: i64, pos: i64, clock: u32, settle_until: i64, budget: i64) {
+    /// Anchors `ts_ext` at `pos`; `floor` is where the party's audio placed so far ends.
+    fn anchor(
+        &mut self,
+        ts_ext: i64,
+        pos: i64,
+        clock: u32,
+        settle_until: i64,
+        budget: i64,
+        floor: i64,
+    ) {
         self.anchor_ts = ts_ext;
         self.anchor_pos = pos;
+        self.floor = floor;
+        self.placed_from = pos;
+        self.placed_to = pos;
         self.clock = clock;
         self.win_active = false;
         self.settle_until = settle_until;
@@ -166,6 +185,9 @@ pub(crate) struct Timeline {
     pub placed_end: i64,
     /// Counters for this party.
     pub stats: MediaStats,
+    /// Samples of received audio not written: behind the write position, or
+    /// onto audio this party had already placed.
+    pub(crate) trimmed_samples: u64,
     lost_retired: u64,
     seen_pts: Vec<(u8, Option<PayloadType>)>,
 }
@@ -183,6 +205,7 @@ impl Timeline {
             resample_scratch: Vec::new(),
             placed_end: 0,
             stats: MediaStats::default(),
+            trimmed_samples: 0,
             lost_retired: 0,
             seen_pts: Vec::new(),
         }
@@ -305,6 +328,7 @@ impl Timeline {
         let dur_out = n_rtp * rate as i64 / clock as i64;
         let arrival_start = arrival_pos - dur_out;
         let base = self.base;
+        let placed_end = self.placed_end;
 
         let seg = &mut self.segments[idx];
         let ts_ext = seg.extend_ts(pkt.timestamp);
@@ -316,6 +340,7 @@ impl Timeline {
                 clock,
                 settle_until,
                 th.settle_budget,
+                placed_end,
             );
         } else if seg.clock != clock {
             seg.anchor(
@@ -324,6 +349,7 @@ impl Timeline {
                 clock,
                 settle_until,
                 th.settle_budget,
+                placed_end,
             );
             self.stats.timestamp_jumps += 1;
         } else {
@@ -339,14 +365,37 @@ impl Timeline {
                     clock,
                     settle_until,
                     th.settle_budget,
+                    placed_end,
                 );
                 self.stats.timestamp_jumps += 1;
             } else if d < -th.drift && arrival_pos < seg.settle_until && seg.settle_budget > 0 {
-                // Arrived earlier than the anchor allows: the anchoring packet was delayed.
-                let shift = (-d).min(seg.settle_budget);
-                seg.anchor_pos -= shift;
-                seg.settle_budget -= shift;
-                self.stats.drift_corrections += 1;
+                // Arrived earlier than the anchor allows: the anchoring packet was
+                // delayed (or a stall delivered a burst). The anchor moves earlier,
+                // and the audio placed since moves with it rather than being written
+                // over; never behind the write position or onto earlier audio.
+                let room = seg.placed_from - base.max(seg.floor);
+                let shift = (-d).min(seg.settle_budget).min(room.max(0));
+                if shift > 0 {
+                    let (from, to) = (
+                        (seg.placed_from - base) as usize,
+                        (seg.placed_to - base) as usize,
+                    );
+                    let shift_n = shift as usize;
+                    for i in from..to {
+                        self.buf[i - shift_n] = self.buf[i];
+                    }
+                    for i in (to.saturating_sub(shift_n)).max(from)..to {
+                        self.buf[i] = 0;
+                    }
+                    if self.placed_end == seg.placed_to {
+                        self.placed_end -= shift;
+                    }
+                    seg.placed_from -= shift;
+                    seg.placed_to -= shift;
+                    seg.anchor_pos -= shift;
+                    seg.settle_budget -= shift;
+                    self.stats.drift_corrections += 1;
+                }
             } else {
                 if !seg.win_active {
                     seg.win_active = true;
@@ -370,6 +419,20 @@ impl Timeline {
             self.stats.late_dropped += 1;
             return;
         }
+        // What falls behind the write position, or (for the newest packet) onto
+        // audio already placed after a correction moved the stream back, is not
+        // written, and counted: the earlier audio stays.
+        let writable = if newest {
+            base.max(self.placed_end)
+        } else {
+            base
+        };
+        let skip = (writable - pos_start).clamp(0, pos_end - pos_start);
+        self.trimmed_samples += skip as u64;
+        if pos_start + skip == pos_end {
+            return;
+        }
+        seg.placed_to = seg.placed_to.max(pos_end);
         let m = (pos_end - pos_start) as usize;
         let src: &[i16] = if m == self.pcm.len() {
             &self.pcm
@@ -386,7 +449,7 @@ impl Timeline {
         if self.buf.len() < need {
             self.buf.resize(need, 0);
         }
-        let skip = (base - pos_start).max(0) as usize;
+        let skip = skip as usize;
         let off = (pos_start + skip as i64 - base) as usize;
         let src = &src[skip..];
         let src = &src[..src.len().min(need - off)];

@@ -407,6 +407,7 @@ impl Worker {
             let i = p.index();
             let mut s = self.timelines[i].stats.clone();
             s.lost = self.timelines[i].lost();
+            s.trimmed_ms = (self.timelines[i].trimmed_samples * 1000).div_ceil(u64::from(rate));
             s.malformed = self.malformed[i];
             s.queue_dropped = self.shared.queue_dropped[i].load(Ordering::Relaxed);
             s

@@ -64,6 +64,7 @@ import array
 import datetime
 import json
 import os
+import shlex
 import re
 import resource
 import shutil
@@ -328,6 +329,9 @@ class Callrec:
         if self.kernel_relay:
             # plain RTP relayed by the tc program (a build with --features kernel-relay)
             cmd += ["--kernel-relay", self.kernel_relay]
+        # e.g. "--user 0" (a rule no call matches: nothing recorded, media not
+        # anchored) to measure the proxy without its recordings
+        cmd += shlex.split(os.environ.get("CALLREC_EXTRA_ARGS", ""))
         self.cmdline = cmd
         self.log = open(os.path.join(self.work, "callrec.log"), "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,

@@ -159,9 +159,10 @@ pub struct MediaStats {
     /// Packets that arrived after their place was written (beyond the reorder window).
     pub late_dropped: u64,
     /// Milliseconds of received audio not written (rounded up): the part of a
-    /// packet that fell behind the write position, or that a timing correction
-    /// (after a network stall longer than the reorder window, or a sender clock
-    /// running fast) moved onto audio of this party already placed.
+    /// packet that fell behind the write position or onto audio of this party
+    /// already placed, after a timing correction (a network stall longer than
+    /// the reorder window, a sender clock running fast, a new stream or a
+    /// timestamp jump); the earlier audio stays.
     #[serde(default)]
     pub trimmed_ms: u64,
     /// Duplicate packets dropped.

@@ -142,6 +142,30 @@ impl Segment {
         ext
     }
 
+    /// Measures the offset between arrival and RTP clock over the drift window
+    /// and corrects a persistent one. A correction backwards (the stream ran
+    /// ahead of the wall clock) cannot keep all its audio: nothing may then be
+    /// placed before what this stream has placed so far.
+    fn track_drift(&mut self, arrival_pos: i64, d: i64, th: &Thresholds, stats: &mut MediaStats) {
+        if !self.win_active {
+            self.win_active = true;
+            self.win_start = arrival_pos;
+            self.win_min = d;
+        } else {
+            self.win_min = self.win_min.min(d);
+        }
+        if arrival_pos - self.win_start >= th.drift_window {
+            if self.win_min.abs() > th.drift {
+                self.anchor_pos += self.win_min;
+                if self.win_min < 0 {
+                    self.floor = self.floor.max(self.placed_to);
+                }
+                stats.drift_corrections += 1;
+            }
+            self.win_active = false;
+        }
+    }
+
     fn lost(&self) -> u64 {
         let expected = (self.high_seq - self.base_seq + 1).max(0) as u64;
         expected.saturating_sub(self.received)
@@ -333,10 +357,14 @@ impl Timeline {
         let seg = &mut self.segments[idx];
         let ts_ext = seg.extend_ts(pkt.timestamp);
         let settle_until = arrival_pos + th.settle;
+        // A new anchor puts the packet where its audio was captured, also when
+        // that began before the recording (the first packets of a call): what
+        // lies before the start is not written; what lies behind the write
+        // position is counted below.
         if seg.clock == 0 {
             seg.anchor(
                 ts_ext,
-                arrival_start.max(base),
+                arrival_start,
                 clock,
                 settle_until,
                 th.settle_budget,
@@ -345,7 +373,7 @@ impl Timeline {
         } else if seg.clock != clock {
             seg.anchor(
                 ts_ext,
-                arrival_start.max(base),
+                arrival_start,
                 clock,
                 settle_until,
                 th.settle_budget,
@@ -361,77 +389,56 @@ impl Timeline {
             if d < -th.jump || (d > th.jump && newest && expected < base) {
                 seg.anchor(
                     ts_ext,
-                    arrival_start.max(base),
+                    arrival_start,
                     clock,
                     settle_until,
                     th.settle_budget,
                     placed_end,
                 );
                 self.stats.timestamp_jumps += 1;
-            } else if d < -th.drift && arrival_pos < seg.settle_until && seg.settle_budget > 0 {
-                // Arrived earlier than the anchor allows: the anchoring packet was
-                // delayed (or a stall delivered a burst). The anchor moves earlier,
-                // and the audio placed since moves with it rather than being written
-                // over; never behind the write position or onto earlier audio.
-                let room = seg.placed_from - base.max(seg.floor);
-                let shift = (-d).min(seg.settle_budget).min(room.max(0));
-                if shift > 0 {
-                    let (from, to) = (
-                        (seg.placed_from - base) as usize,
-                        (seg.placed_to - base) as usize,
-                    );
-                    let shift_n = shift as usize;
-                    for i in from..to {
-                        self.buf[i - shift_n] = self.buf[i];
-                    }
-                    for i in (to.saturating_sub(shift_n)).max(from)..to {
-                        self.buf[i] = 0;
-                    }
-                    if self.placed_end == seg.placed_to {
-                        self.placed_end -= shift;
-                    }
-                    seg.placed_from -= shift;
-                    seg.placed_to -= shift;
-                    seg.anchor_pos -= shift;
-                    seg.settle_budget -= shift;
-                    self.stats.drift_corrections += 1;
-                }
             } else {
-                if !seg.win_active {
-                    seg.win_active = true;
-                    seg.win_start = arrival_pos;
-                    seg.win_min = d;
+                // Arrived earlier than the anchor allows, soon after anchoring: the
+                // anchoring packet was delayed (or a stall delivered a burst). The
+                // anchor moves earlier, and the audio placed since moves with it
+                // rather than being written over; never behind the write position
+                // or onto earlier audio.
+                let settling = d < -th.drift && arrival_pos < seg.settle_until;
+                let room = seg.placed_from - base.max(seg.floor);
+                let shift = if settling {
+                    (-d).min(seg.settle_budget).min(room).max(0)
                 } else {
-                    seg.win_min = seg.win_min.min(d);
-                }
-                if arrival_pos - seg.win_start >= th.drift_window {
-                    if seg.win_min.abs() > th.drift {
-                        seg.anchor_pos += seg.win_min;
-                        self.stats.drift_corrections += 1;
-                    }
-                    seg.win_active = false;
+                    0
+                };
+                if shift > 0 {
+                    self.move_back(idx, shift);
+                } else {
+                    seg.track_drift(arrival_pos, d, th, &mut self.stats);
                 }
             }
         }
+        let seg = &mut self.segments[idx];
         let pos_start = seg.position(ts_ext, rate);
         let pos_end = seg.position(ts_ext + n_rtp, rate);
         if pos_end <= base {
             self.stats.late_dropped += 1;
             return;
         }
-        // What falls behind the write position, or (for the newest packet) onto
-        // audio already placed after a correction moved the stream back, is not
-        // written, and counted: the earlier audio stays.
-        let writable = if newest {
-            base.max(self.placed_end)
-        } else {
-            base
-        };
+        // What falls behind the write position, below the audio placed before
+        // the anchor, or (for the newest packet) onto this stream's audio after
+        // a correction moved it back, is not written, and counted: the earlier
+        // audio stays.
+        let mut writable = base.max(seg.floor);
+        if newest {
+            writable = writable.max(seg.placed_to);
+        }
         let skip = (writable - pos_start).clamp(0, pos_end - pos_start);
-        self.trimmed_samples += skip as u64;
+        // Audio captured before the recording started was never to be in it.
+        let before_start = (-pos_start).clamp(0, skip);
+        self.trimmed_samples += (skip - before_start) as u64;
         if pos_start + skip == pos_end {
             return;
         }
+        seg.placed_from = seg.placed_from.min(pos_start + skip);
         seg.placed_to = seg.placed_to.max(pos_end);
         let m = (pos_end - pos_start) as usize;
         let src: &[i16] = if m == self.pcm.len() {
@@ -464,6 +471,32 @@ impl Timeline {
             back[at..at + src.len()].copy_from_slice(src);
         }
         self.placed_end = self.placed_end.max(pos_end);
+    }
+
+    /// Moves segment `idx`'s anchor `shift` samples earlier, and the audio it
+    /// placed since anchoring with it (the caller checked that the span's new
+    /// place is writable and above the audio placed before the anchor).
+    fn move_back(&mut self, idx: usize, shift: i64) {
+        let seg = &mut self.segments[idx];
+        let (from, to) = (
+            (seg.placed_from - self.base) as usize,
+            (seg.placed_to - self.base) as usize,
+        );
+        let n = shift as usize;
+        for i in from..to {
+            self.buf[i - n] = self.buf[i];
+        }
+        for i in to.saturating_sub(n).max(from)..to {
+            self.buf[i] = 0;
+        }
+        if self.placed_end == seg.placed_to {
+            self.placed_end -= shift;
+        }
+        seg.placed_from -= shift;
+        seg.placed_to -= shift;
+        seg.anchor_pos -= shift;
+        seg.settle_budget -= shift;
+        self.stats.drift_corrections += 1;
     }
 
     /// Moves the next `out.len()` samples (silence where nothing was placed) out of the timeline.

@@ -356,3 +356,95 @@ fn audio_a_stall_keeps_out_of_the_file_is_counted_and_bounded() {
         );
     }
 }
+
+/// Feeds (seq, ts, ssrc, arrival) in the given order; returns the timeline
+/// and how many samples of received audio are not in the output.
+fn feed(order: &[(u16, u32, u32, i64)]) -> (Timeline, i64) {
+    let mut t = Timeline::new();
+    let mut out = Vec::new();
+    let value = |k: u16| -> i16 { 64 + 24 * (k % 300) as i16 };
+    for &(seq, ts, ssrc, arrival) in order {
+        let keep = arrival - 1600 - t.base;
+        if keep > 0 {
+            out.extend(drain_all(&mut t, keep as usize));
+        }
+        push(&mut t, seq, ts, ssrc, &frame(value(seq)), arrival);
+    }
+    let rest = t.buf.len();
+    out.extend(drain_all(&mut t, rest));
+    let mut balance = std::collections::HashMap::new();
+    for &(seq, ..) in order {
+        let v = crate::audio::ALAW_TO_LINEAR[crate::audio::encode_alaw(value(seq)) as usize];
+        *balance.entry(v).or_insert(0i64) += 160;
+    }
+    for s in out {
+        if let Some(b) = balance.get_mut(&s) {
+            *b -= 1;
+        }
+    }
+    (t, balance.values().map(|&b| b.max(0)).sum())
+}
+
+/// 300 ms stall; the burst delivers packet 10 before packet 9, which lands
+/// just before the new anchor: the settling must move it along, not over it.
+#[test]
+fn a_packet_reordered_ahead_of_the_anchor_in_a_burst_is_kept_or_counted() {
+    let mut order: Vec<(u16, u32, u32, i64)> = (0..9u16)
+        .map(|k| (k, 160 * k as u32, 7, 160 * (k as i64 + 1)))
+        .collect();
+    order.push((10, 1600, 7, 4000));
+    order.push((9, 1440, 7, 4000));
+    for k in 11..60u16 {
+        order.push((k, 160 * k as u32, 7, (160 * (k as i64 + 1)).max(4000)));
+    }
+    let (t, missing) = feed(&order);
+    let counted = t.stats.late_dropped as i64 * 160 + t.trimmed_samples as i64;
+    assert_eq!(missing, counted);
+}
+
+/// SSRC change: the old stream's last packet (the newest of its stream)
+/// arrives 40 ms late, after the new stream's second packet; its place is
+/// free and it must land there.
+#[test]
+fn a_late_last_packet_of_the_old_ssrc_still_fills_its_empty_slot() {
+    let mut order: Vec<(u16, u32, u32, i64)> = (0..9u16)
+        .map(|k| (k, 160 * k as u32, 1, 160 * (k as i64 + 1)))
+        .collect();
+    order.push((500, 90_000, 2, 1760));
+    order.push((501, 90_160, 2, 1920));
+    order.push((9, 1440, 1, 1920)); // old SSRC, 40 ms late
+    for j in 2..20u16 {
+        order.push((500 + j, 90_000 + 160 * j as u32, 2, 1760 + 160 * j as i64));
+    }
+    let (t, missing) = feed(&order);
+    assert_eq!(t.trimmed_samples, 0);
+    assert_eq!(missing, 0);
+}
+
+/// The first packet of a call arrives 1 ms after the recording started, so its
+/// audio began 19 ms before: the stream keeps that place (the part before the
+/// start is simply not in the file), and no later correction cuts into it.
+#[test]
+fn a_stream_that_began_just_before_the_recording_keeps_its_place() {
+    let mut t = Timeline::new();
+    let mut out = Vec::new();
+    let value = |k: u16| -> i16 { 64 + 24 * (k % 300) as i16 };
+    for k in 0..400u16 {
+        let arrival = 8 + 160 * k as i64;
+        let keep = arrival - 1600 - t.base;
+        if keep > 0 {
+            out.extend(drain_all(&mut t, keep as usize));
+        }
+        push(&mut t, k, 160 * k as u32, 7, &frame(value(k)), arrival);
+    }
+    let rest = t.buf.len();
+    out.extend(drain_all(&mut t, rest));
+    assert_eq!(t.stats.drift_corrections, 0);
+    assert_eq!(t.trimmed_samples, 0);
+    for k in 1..400usize {
+        let want =
+            crate::audio::ALAW_TO_LINEAR[crate::audio::encode_alaw(value(k as u16)) as usize];
+        let at = 160 * k - 152;
+        assert!(out[at..at + 160].iter().all(|&s| s == want), "packet {k}");
+    }
+}

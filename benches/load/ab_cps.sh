@@ -13,6 +13,8 @@
 # for 60 s, or 360 s while its inode-table block is dirty, which the next
 # run's own allocations keep it. FRESH_FS_OPTS is passed to mkfs.ext4
 # ("-O ^has_journal" for a file system like that root one). Needs root.
+# With FRESH_FS, OUT/jbd2.log gets a line per run: the journal commits
+# (jbd2 transactions) the run caused on that file system.
 #   benches/load/ab_cps.sh RESULTS_DIR BIN...
 set -u
 out=$1; shift
@@ -28,6 +30,24 @@ fresh_fs() {
     mkfs.ext4 -q -F ${FRESH_FS_OPTS:-} "$image"
     mkdir -p "$scratch"
     mount -o loop "$image" "$scratch"
+}
+jbd2_info() {
+    # /proc/fs/jbd2/<loop device>-8/info: "N transactions (M requested), ..."
+    local dev
+    dev=$(losetup -j "$image" 2>/dev/null | cut -d: -f1 | head -1)
+    [ -n "$dev" ] || return 0
+    head -1 "/proc/fs/jbd2/$(basename "$dev")-8/info" 2>/dev/null | cut -d' ' -f1
+}
+measure() {
+    # measure LABEL CMD...: runs CMD, noting the journal commits it caused
+    local label=$1 before after; shift
+    before=$(jbd2_info)
+    "$@"
+    after=$(jbd2_info)
+    if [ -n "$before" ] && [ -n "$after" ]; then
+        mkdir -p "$out"
+        echo "$(date -u +%H:%M:%S) $label jbd2_transactions=$((after - before))" >> "$out/jbd2.log"
+    fi
 }
 drop_fs() {
     if [ -n "${FRESH_FS:-}" ]; then
@@ -49,13 +69,13 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
     for b in "$@"; do
         fresh_fs
         settle
-        python3 benches/load/run.py --callrec "$b" --results "$out/$(basename "$b")" cps --stack callrec --rates "${RATE:-400}" 2>&1 | grep -- "->"
+        measure "$(basename "$b")" python3 benches/load/run.py --callrec "$b" --results "$out/$(basename "$b")" cps --stack callrec --rates "${RATE:-400}" 2>&1 | grep -- "->"
         drop_fs
     done
     if { [ "$round" = 1 ] || [ -n "${PEER_EVERY:-}" ]; } && [ -z "${NOPEER:-}" ]; then
         fresh_fs
         settle
-        python3 benches/load/run.py --results "$out/peer" cps --stack peer --rates "${RATE:-400}" 2>&1 | grep -- "->"
+        measure peer python3 benches/load/run.py --results "$out/peer" cps --stack peer --rates "${RATE:-400}" 2>&1 | grep -- "->"
         drop_fs
     fi
 done

@@ -126,19 +126,41 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), SealError> {
     Ok(())
 }
 
-/// Makes `files` and the entries of `folders` durable: an fsync of each
-/// file, then one of each folder however many files it holds. (A `syncfs`
-/// would be one call, but it flushes everything on the file system, the
-/// recordings still being written included, and new calls' journal fsyncs
-/// would wait behind that.)
+/// Starts writing `file`'s unwritten data out, without waiting. Done for
+/// every file of a group before the first fsync, the group's data goes out
+/// together and its blocks are allocated in one journal transaction, which
+/// the first fsync commits for all; the later fsyncs find little left to do.
+pub(crate) fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for the call's duration; the call
+        // only schedules writeback, and a failure here is caught by the fsync.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+/// Makes `files` and the entries of `folders` durable: the writeback of all
+/// files started, an fsync of each, then one of each folder however many
+/// files it holds. (A `syncfs` would be one call, but it flushes everything
+/// on the file system, the recordings still being written included, and new
+/// calls' journal fsyncs would wait behind that.)
 pub(crate) fn barrier<'a>(
     files: impl IntoIterator<Item = &'a Path>,
     folders: impl IntoIterator<Item = &'a Path>,
 ) -> Result<(), SealError> {
-    for file in files {
-        File::open(file)
-            .and_then(|f| f.sync_all())
-            .map_err(SealError::io("fsync", file))?;
+    let mut open = Vec::new();
+    for path in files {
+        let file = File::open(path).map_err(SealError::io("open", path))?;
+        start_writeback(&file);
+        open.push((path, file));
+    }
+    for (path, file) in open {
+        file.sync_all().map_err(SealError::io("fsync", path))?;
     }
     let mut done: Vec<&Path> = Vec::new();
     for folder in folders {

@@ -21,7 +21,7 @@ mod chain_check;
 mod checksum;
 #[cfg(test)]
 mod crash_tests;
-mod durable;
+pub(crate) mod durable;
 mod error;
 mod identity;
 mod legacy_chain;

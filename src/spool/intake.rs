@@ -52,12 +52,24 @@ impl Spool {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        // The markers and staging folders durable before any is renamed into place.
-        let flushed: std::io::Result<()> = staged.iter().try_for_each(|(_, _, staging, _)| {
-            let Some(st) = staging else { return Ok(()) };
-            std::fs::File::open(st.join(MANIFEST)).and_then(|f| f.sync_all())?;
-            std::fs::File::open(st).and_then(|d| d.sync_all())
-        });
+        // The markers and staging folders durable before any is renamed into
+        // place; all markers' writeback started before the first fsync.
+        let flushed: std::io::Result<()> = (|| {
+            let mut markers = Vec::new();
+            for st in staged
+                .iter()
+                .filter_map(|(_, _, staging, _)| staging.as_ref())
+            {
+                let f = std::fs::File::open(st.join(MANIFEST))?;
+                crate::seal::durable::start_writeback(&f);
+                markers.push((st, f));
+            }
+            for (st, f) in markers {
+                f.sync_all()?;
+                std::fs::File::open(st).and_then(|d| d.sync_all())?;
+            }
+            Ok(())
+        })();
         if let Err(e) = flushed {
             for (i, _, staging, _) in staged.drain(..) {
                 if let Some(st) = staging {

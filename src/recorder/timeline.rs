@@ -416,30 +416,46 @@ impl Timeline {
                 }
             }
         }
+        // Where the party's newer stream (after an SSRC change) began.
+        let newer_from = self
+            .segments
+            .get(idx + 1)
+            .map_or(i64::MAX, |s| s.placed_from);
         let seg = &mut self.segments[idx];
         let pos_start = seg.position(ts_ext, rate);
         let pos_end = seg.position(ts_ext + n_rtp, rate);
+        if pos_end <= 0 {
+            // Wholly before the recording started: never to be in it.
+            return;
+        }
         if pos_end <= base {
             self.stats.late_dropped += 1;
             return;
         }
-        // What falls behind the write position, below the audio placed before
-        // the anchor, or (for the newest packet) onto this stream's audio after
-        // a correction moved it back, is not written, and counted: the earlier
-        // audio stays.
+        // What falls behind the write position (arrived later than the reorder
+        // window), below the audio placed before the anchor, or (for the newest
+        // packet) onto this stream's audio after a correction moved it back, is
+        // not written, and counted: the earlier audio stays.
         let mut writable = base.max(seg.floor);
         if newest {
             writable = writable.max(seg.placed_to);
         }
         let skip = (writable - pos_start).clamp(0, pos_end - pos_start);
+        // A late packet of an older stream filling its own place stops where
+        // the newer stream's audio begins.
+        let end = if pos_start < newer_from {
+            pos_end.min(newer_from).max(pos_start + skip)
+        } else {
+            pos_end
+        };
         // Audio captured before the recording started was never to be in it.
         let before_start = (-pos_start).clamp(0, skip);
-        self.trimmed_samples += (skip - before_start) as u64;
-        if pos_start + skip == pos_end {
+        self.trimmed_samples += (skip - before_start + pos_end - end) as u64;
+        if pos_start + skip == end {
             return;
         }
         seg.placed_from = seg.placed_from.min(pos_start + skip);
-        seg.placed_to = seg.placed_to.max(pos_end);
+        seg.placed_to = seg.placed_to.max(end);
         let m = (pos_end - pos_start) as usize;
         let src: &[i16] = if m == self.pcm.len() {
             &self.pcm
@@ -452,13 +468,13 @@ impl Timeline {
             );
             &self.resampled
         };
-        let need = (pos_end - base) as usize;
+        let need = (end - base) as usize;
         if self.buf.len() < need {
             self.buf.resize(need, 0);
         }
         let skip = skip as usize;
         let off = (pos_start + skip as i64 - base) as usize;
-        let src = &src[skip..];
+        let src = &src[skip..(end - pos_start) as usize];
         let src = &src[..src.len().min(need - off)];
         // The ring's two halves as slices: whole copies, not an index per sample.
         let (front, back) = self.buf.as_mut_slices();
@@ -470,7 +486,7 @@ impl Timeline {
             let at = off - front.len();
             back[at..at + src.len()].copy_from_slice(src);
         }
-        self.placed_end = self.placed_end.max(pos_end);
+        self.placed_end = self.placed_end.max(end);
     }
 
     /// Moves segment `idx`'s anchor `shift` samples earlier, and the audio it

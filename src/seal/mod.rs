@@ -21,7 +21,7 @@ mod chain_check;
 mod checksum;
 #[cfg(test)]
 mod crash_tests;
-pub(crate) mod durable;
+mod durable;
 mod error;
 mod identity;
 mod legacy_chain;
@@ -37,6 +37,7 @@ pub use batch::SealRequest;
 pub use cert_import::import_certificate;
 pub use chain::{ChainHead, ChainLink, DEFAULT_PROFILE};
 pub use chain_check::ChainNotes;
+pub(crate) use durable::start_writeback;
 pub use error::SealError;
 pub use identity::{Identity, PasswordSource};
 pub use resume::Resumed;

@@ -61,7 +61,7 @@ impl Spool {
                 .filter_map(|(_, _, staging, _)| staging.as_ref())
             {
                 let f = std::fs::File::open(st.join(MANIFEST))?;
-                crate::seal::durable::start_writeback(&f);
+                crate::seal::start_writeback(&f);
                 markers.push((st, f));
             }
             for (st, f) in markers {

@@ -448,3 +448,53 @@ fn a_stream_that_began_just_before_the_recording_keeps_its_place() {
         assert!(out[at..at + 160].iter().all(|&s| s == want), "packet {k}");
     }
 }
+
+/// SSRC change where the new stream's first packet overlaps the old stream's
+/// last place by 60 samples (old 9 at 1440..1600, new 500 at 1540..1700). Old
+/// 9 arrives late: it must not write over the new stream's audio uncounted.
+#[test]
+fn a_late_packet_of_the_old_ssrc_does_not_overwrite_the_new_stream_silently() {
+    let mut order: Vec<(u16, u32, u32, i64)> = (0..9u16)
+        .map(|k| (k, 160 * k as u32, 1, 160 * (k as i64 + 1)))
+        .collect();
+    order.push((500, 90_000, 2, 1700));
+    order.push((501, 90_160, 2, 1860));
+    order.push((9, 1440, 1, 1920)); // old SSRC, late
+    for j in 2..20u16 {
+        order.push((500 + j, 90_000 + 160 * j as u32, 2, 1700 + 160 * j as i64));
+    }
+    let (t, missing) = feed(&order);
+    let counted = t.stats.late_dropped as i64 * 160 + t.trimmed_samples as i64;
+    assert_eq!(missing, counted);
+}
+
+/// A first packet stamped at the recording's start (arrival 0: e.g. the
+/// kernel feed's arrival before the start, saturated to 0). Its audio lies
+/// wholly before the start: not in the file, and not counted as lost.
+#[test]
+fn audio_wholly_before_the_start_is_not_counted_late() {
+    let mut t = Timeline::new();
+    push(&mut t, 0, 0, 7, &frame(1000), 0);
+    push(&mut t, 1, 160, 7, &frame(1000), 160);
+    assert_eq!(t.stats.late_dropped, 0);
+    assert_eq!(t.trimmed_samples, 0);
+}
+
+/// A stream comes back after another one (SSRC A, then B, then A again, as
+/// when a call returns from hold music): A's new audio lands after B's, all
+/// of it written.
+#[test]
+fn a_stream_that_returns_after_another_is_written_in_full() {
+    let mut order: Vec<(u16, u32, u32, i64)> = Vec::new();
+    for k in 0..100u16 {
+        let (ssrc, seq) = if (50..75).contains(&k) {
+            (2, 1000 + k)
+        } else {
+            (1, k)
+        };
+        order.push((seq, 160 * k as u32, ssrc, 160 * (k as i64 + 1)));
+    }
+    let (t, missing) = feed(&order);
+    assert_eq!(missing, 0);
+    assert_eq!(t.trimmed_samples + t.stats.late_dropped, 0);
+}

@@ -294,43 +294,20 @@ fn packets_stay_in_place_when_the_buffer_wraps_around() {
 }
 
 /// One stream of 400 packets (8 s), packets 10.. held up by `stall` samples and
-/// delivered at once when it ends, drained as the worker does (everything older
-/// than the reorder window before each packet). Returns the timeline and how
-/// many samples of received audio are not in the output.
+/// delivered at once when it ends (see `feed`).
 fn burst_after_stall(stall: i64) -> (Timeline, i64) {
-    let mut t = Timeline::new();
-    let mut out = Vec::new();
-    let n = 400u16;
-    // A distinct value per packet, so that each packet's audio can be found.
-    let value = |k: u16| -> i16 { 64 + 24 * (k % 300) as i16 };
-    for k in 0..n {
-        let on_time = 160 * (k as i64 + 1);
-        let arrival = if k >= 10 {
-            on_time.max(160 * 11 + stall)
-        } else {
-            on_time
-        };
-        let keep = arrival - 1600 - t.base;
-        if keep > 0 {
-            out.extend(drain_all(&mut t, keep as usize));
-        }
-        push(&mut t, k, 160 * k as u32, 7, &frame(value(k)), arrival);
-    }
-    let rest = t.buf.len();
-    out.extend(drain_all(&mut t, rest));
-    // Packets share sample values (A-law has 128 positive codes): compare, per
-    // value, the samples sent with those in the output.
-    let mut balance = std::collections::HashMap::new();
-    for k in 0..n {
-        let v = crate::audio::ALAW_TO_LINEAR[crate::audio::encode_alaw(value(k)) as usize];
-        *balance.entry(v).or_insert(0i64) += 160;
-    }
-    for s in out {
-        if let Some(b) = balance.get_mut(&s) {
-            *b -= 1;
-        }
-    }
-    (t, balance.values().map(|&b| b.max(0)).sum())
+    let order: Vec<(u16, u32, u32, i64)> = (0..400u16)
+        .map(|k| {
+            let on_time = 160 * (k as i64 + 1);
+            let arrival = if k >= 10 {
+                on_time.max(160 * 11 + stall)
+            } else {
+                on_time
+            };
+            (k, 160 * k as u32, 7, arrival)
+        })
+        .collect();
+    feed(&order)
 }
 
 #[test]
@@ -357,8 +334,12 @@ fn audio_a_stall_keeps_out_of_the_file_is_counted_and_bounded() {
     }
 }
 
-/// Feeds (seq, ts, ssrc, arrival) in the given order; returns the timeline
-/// and how many samples of received audio are not in the output.
+/// Feeds (seq, ts, ssrc, arrival) in the given order, draining as the worker
+/// does (everything older than the reorder window before each packet);
+/// returns the timeline and how many samples of received audio are not in
+/// the output. Each packet carries a value of its own, but A-law has only 128
+/// positive codes, so the count compares, per value, the samples sent with
+/// those found.
 fn feed(order: &[(u16, u32, u32, i64)]) -> (Timeline, i64) {
     let mut t = Timeline::new();
     let mut out = Vec::new();

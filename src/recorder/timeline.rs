@@ -401,9 +401,16 @@ impl Timeline {
                 // anchoring packet was delayed (or a stall delivered a burst). The
                 // anchor moves earlier, and the audio placed since moves with it
                 // rather than being written over; never behind the write position
-                // or onto earlier audio.
+                // or onto earlier audio. At the start (nothing written, no earlier
+                // audio) it may move before position 0: that part was captured
+                // before the recording began.
                 let settling = d < -th.drift && arrival_pos < seg.settle_until;
-                let room = seg.placed_from - base.max(seg.floor);
+                let lowest = if base <= 0 && seg.floor <= 0 {
+                    i64::MIN / 2
+                } else {
+                    base.max(seg.floor)
+                };
+                let room = seg.placed_from - lowest;
                 let shift = if settling {
                     (-d).min(seg.settle_budget).min(room).max(0)
                 } else {
@@ -491,15 +498,19 @@ impl Timeline {
 
     /// Moves segment `idx`'s anchor `shift` samples earlier, and the audio it
     /// placed since anchoring with it (the caller checked that the span's new
-    /// place is writable and above the audio placed before the anchor).
+    /// place is writable and above the audio placed before the anchor, or,
+    /// at the recording's start, that what leaves the file lies before it).
     fn move_back(&mut self, idx: usize, shift: i64) {
         let seg = &mut self.segments[idx];
+        let base = self.base;
         let (from, to) = (
-            (seg.placed_from - self.base) as usize,
-            (seg.placed_to - self.base) as usize,
+            (seg.placed_from.max(base) - base) as usize,
+            (seg.placed_to.max(base) - base) as usize,
         );
         let n = shift as usize;
-        for i in from..to {
+        // Samples moved before the write position can only be before the
+        // recording's start (see the caller): they are left out.
+        for i in from.max(n)..to {
             self.buf[i - n] = self.buf[i];
         }
         for i in to.saturating_sub(n).max(from)..to {

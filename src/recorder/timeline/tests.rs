@@ -479,3 +479,35 @@ fn a_stream_that_returns_after_another_is_written_in_full() {
     assert_eq!(missing, 0);
     assert_eq!(t.trimmed_samples + t.stats.late_dropped, 0);
 }
+
+/// The first packet of a call arrives 15 ms late (jitter), the rest on time:
+/// the settling moves the stream to its place at once, also when that puts
+/// the first packet's start before the recording's; no cut later.
+#[test]
+fn a_delayed_first_packet_is_settled_at_once_even_across_the_start() {
+    let mut order: Vec<(u16, u32, u32, i64)> = Vec::new();
+    for k in 0..400u16 {
+        let arrival = 8 + 160 * k as i64 + if k == 0 { 120 } else { 0 };
+        order.push((k, 160 * k as u32, 7, arrival));
+    }
+    let mut t = Timeline::new();
+    let mut out = Vec::new();
+    let value = |k: u16| -> i16 { 64 + 24 * (k % 300) as i16 };
+    for &(seq, ts, ssrc, arrival) in &order {
+        let keep = arrival - 1600 - t.base;
+        if keep > 0 {
+            out.extend(drain_all(&mut t, keep as usize));
+        }
+        push(&mut t, seq, ts, ssrc, &frame(value(seq)), arrival);
+    }
+    let rest = t.buf.len();
+    out.extend(drain_all(&mut t, rest));
+    assert_eq!(t.trimmed_samples + t.stats.late_dropped, 0);
+    assert_eq!(t.stats.drift_corrections, 1, "the settling only");
+    for k in 1..400usize {
+        let want =
+            crate::audio::ALAW_TO_LINEAR[crate::audio::encode_alaw(value(k as u16)) as usize];
+        let at = 160 * k - 152;
+        assert!(out[at..at + 160].iter().all(|&s| s == want), "packet {k}");
+    }
+}

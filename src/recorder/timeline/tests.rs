@@ -334,16 +334,23 @@ fn audio_a_stall_keeps_out_of_the_file_is_counted_and_bounded() {
     }
 }
 
-/// Feeds (seq, ts, ssrc, arrival) in the given order, draining as the worker
-/// does (everything older than the reorder window before each packet);
-/// returns the timeline and how many samples of received audio are not in
-/// the output. Each packet carries a value of its own, but A-law has only 128
-/// positive codes, so the count compares, per value, the samples sent with
-/// those found.
-fn feed(order: &[(u16, u32, u32, i64)]) -> (Timeline, i64) {
+/// The sample value packet `seq` carries (A-law has only 128 positive codes,
+/// so values repeat every 300 packets).
+fn value(seq: u16) -> i16 {
+    64 + 24 * (seq % 300) as i16
+}
+
+/// What packet `seq`'s samples read back as.
+fn decoded(seq: u16) -> i16 {
+    crate::audio::ALAW_TO_LINEAR[crate::audio::encode_alaw(value(seq)) as usize]
+}
+
+/// Feeds (seq, ts, ssrc, arrival) in the given order, each packet carrying
+/// `value(seq)`, draining as the worker does (everything older than the
+/// reorder window before each packet); returns the timeline and the output.
+fn play(order: &[(u16, u32, u32, i64)]) -> (Timeline, Vec<i16>) {
     let mut t = Timeline::new();
     let mut out = Vec::new();
-    let value = |k: u16| -> i16 { 64 + 24 * (k % 300) as i16 };
     for &(seq, ts, ssrc, arrival) in order {
         let keep = arrival - 1600 - t.base;
         if keep > 0 {
@@ -353,10 +360,16 @@ fn feed(order: &[(u16, u32, u32, i64)]) -> (Timeline, i64) {
     }
     let rest = t.buf.len();
     out.extend(drain_all(&mut t, rest));
+    (t, out)
+}
+
+/// Like `play`; returns how many samples of received audio are not in the
+/// output, comparing per value the samples sent with those found.
+fn feed(order: &[(u16, u32, u32, i64)]) -> (Timeline, i64) {
+    let (t, out) = play(order);
     let mut balance = std::collections::HashMap::new();
     for &(seq, ..) in order {
-        let v = crate::audio::ALAW_TO_LINEAR[crate::audio::encode_alaw(value(seq)) as usize];
-        *balance.entry(v).or_insert(0i64) += 160;
+        *balance.entry(decoded(seq)).or_insert(0i64) += 160;
     }
     for s in out {
         if let Some(b) = balance.get_mut(&s) {
@@ -407,24 +420,14 @@ fn a_late_last_packet_of_the_old_ssrc_still_fills_its_empty_slot() {
 /// start is simply not in the file), and no later correction cuts into it.
 #[test]
 fn a_stream_that_began_just_before_the_recording_keeps_its_place() {
-    let mut t = Timeline::new();
-    let mut out = Vec::new();
-    let value = |k: u16| -> i16 { 64 + 24 * (k % 300) as i16 };
-    for k in 0..400u16 {
-        let arrival = 8 + 160 * k as i64;
-        let keep = arrival - 1600 - t.base;
-        if keep > 0 {
-            out.extend(drain_all(&mut t, keep as usize));
-        }
-        push(&mut t, k, 160 * k as u32, 7, &frame(value(k)), arrival);
-    }
-    let rest = t.buf.len();
-    out.extend(drain_all(&mut t, rest));
+    let order: Vec<(u16, u32, u32, i64)> = (0..400u16)
+        .map(|k| (k, 160 * k as u32, 7, 8 + 160 * k as i64))
+        .collect();
+    let (t, out) = play(&order);
     assert_eq!(t.stats.drift_corrections, 0);
     assert_eq!(t.trimmed_samples, 0);
     for k in 1..400usize {
-        let want =
-            crate::audio::ALAW_TO_LINEAR[crate::audio::encode_alaw(value(k as u16)) as usize];
+        let want = decoded(k as u16);
         let at = 160 * k - 152;
         assert!(out[at..at + 160].iter().all(|&s| s == want), "packet {k}");
     }
@@ -485,29 +488,44 @@ fn a_stream_that_returns_after_another_is_written_in_full() {
 /// the first packet's start before the recording's; no cut later.
 #[test]
 fn a_delayed_first_packet_is_settled_at_once_even_across_the_start() {
-    let mut order: Vec<(u16, u32, u32, i64)> = Vec::new();
-    for k in 0..400u16 {
-        let arrival = 8 + 160 * k as i64 + if k == 0 { 120 } else { 0 };
-        order.push((k, 160 * k as u32, 7, arrival));
-    }
-    let mut t = Timeline::new();
-    let mut out = Vec::new();
-    let value = |k: u16| -> i16 { 64 + 24 * (k % 300) as i16 };
-    for &(seq, ts, ssrc, arrival) in &order {
-        let keep = arrival - 1600 - t.base;
-        if keep > 0 {
-            out.extend(drain_all(&mut t, keep as usize));
-        }
-        push(&mut t, seq, ts, ssrc, &frame(value(seq)), arrival);
-    }
-    let rest = t.buf.len();
-    out.extend(drain_all(&mut t, rest));
+    let order: Vec<(u16, u32, u32, i64)> = (0..400u16)
+        .map(|k| {
+            let arrival = 8 + 160 * k as i64 + if k == 0 { 120 } else { 0 };
+            (k, 160 * k as u32, 7, arrival)
+        })
+        .collect();
+    let (t, out) = play(&order);
     assert_eq!(t.trimmed_samples + t.stats.late_dropped, 0);
     assert_eq!(t.stats.drift_corrections, 1, "the settling only");
     for k in 1..400usize {
-        let want =
-            crate::audio::ALAW_TO_LINEAR[crate::audio::encode_alaw(value(k as u16)) as usize];
+        let want = decoded(k as u16);
         let at = 160 * k - 152;
         assert!(out[at..at + 160].iter().all(|&s| s == want), "packet {k}");
     }
+}
+
+/// After a 300 ms stall the stream runs late until the drift correction
+/// moves it back; packets arrive in swapped pairs throughout, so one that is
+/// not the newest meets the correction: it must not land on the stream's
+/// pending audio uncounted.
+#[test]
+fn a_reordered_packet_after_a_backward_correction_is_kept_or_counted() {
+    let mut order: Vec<(u16, u32, u32, i64)> = (0..400u16)
+        .map(|k| {
+            let on_time = 160 * (k as i64 + 1);
+            let arrival = if k >= 10 {
+                on_time.max(160 * 11 + 2400)
+            } else {
+                on_time
+            };
+            (k, 160 * k as u32, 7, arrival)
+        })
+        .collect();
+    for pair in order[30..].chunks_mut(2) {
+        pair.swap(0, 1);
+    }
+    let (t, missing) = feed(&order);
+    assert!(t.stats.drift_corrections > 0);
+    let counted = t.stats.late_dropped as i64 * 160 + t.trimmed_samples as i64;
+    assert_eq!(missing, counted);
 }

@@ -221,12 +221,7 @@ impl Journal {
     /// be reported as a recording lost.
     pub fn discard(dir: &Path, base_name: &str, spares: &Spares) {
         match spares.release_journal(base_name) {
-            Some(in_place) => {
-                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&in_place) {
-                    let _ = f.set_len(0).and_then(|()| f.sync_all());
-                }
-                spares.give_back(&in_place);
-            }
+            Some(in_place) => spares.give_back_durably(&in_place),
             None => Journal::remove_all([(dir, base_name)], Some(spares)),
         }
     }

@@ -96,11 +96,24 @@ impl Spares {
     /// then emptied. Removed instead when enough spares are kept or it
     /// cannot be renamed.
     pub fn give_back(&self, path: &Path) {
+        self.put_back(path, false);
+    }
+
+    /// Like [`Spares::give_back`], but the emptying is made durable (an
+    /// fsync of the file), for content a power cut must not bring back.
+    pub fn give_back_durably(&self, path: &Path) {
+        self.put_back(path, true);
+    }
+
+    fn put_back(&self, path: &Path, durable: bool) {
         let is_spare = path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with(SPARE_PREFIX));
         if self.lock().len() >= MAX_SPARES {
+            if durable {
+                let _ = empty(path, true);
+            }
             let _ = std::fs::remove_file(path);
             return;
         }
@@ -116,9 +129,9 @@ impl Spares {
             spare
         };
         // Emptied so that no call's data waits in it (and its blocks are free).
-        match OpenOptions::new().write(true).open(&spare) {
-            Ok(f) if f.set_len(0).is_ok() => self.lock().push(spare),
-            _ => {
+        match empty(&spare, durable) {
+            Ok(()) => self.lock().push(spare),
+            Err(_) => {
                 let _ = std::fs::remove_file(&spare);
             }
         }
@@ -127,6 +140,16 @@ impl Spares {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
         lock(&self.free)
     }
+}
+
+/// Empties the file at `path`, and with `durable` fsyncs it.
+fn empty(path: &Path, durable: bool) -> std::io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.set_len(0)?;
+    if durable {
+        f.sync_all()?;
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -76,7 +76,10 @@ impl Spool {
                     let _ = std::fs::remove_dir_all(&st);
                 }
                 let e = std::io::Error::new(e.kind(), e.to_string());
-                results[i] = Some(Err(io("fsync the staging folder", spool_dir)(e)));
+                results[i] = Some(Err(io(
+                    "open and fsync the staging folders and markers in",
+                    spool_dir,
+                )(e)));
             }
         }
         let mut entered = Vec::new();

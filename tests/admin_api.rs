@@ -93,8 +93,13 @@ fn health_turns_503_while_shutting_down() {
     let _ = Command::new("kill")
         .args(["-TERM", &proxy.pid().to_string()])
         .status();
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, body) = http_request(proxy.admin_addr(), "GET", "/health", None).unwrap();
+    // The signal takes effect within moments (longer on a busy machine).
+    let mut health = (0, String::new());
+    wait_until(Duration::from_secs(5), || {
+        health = http_request(proxy.admin_addr(), "GET", "/health", None).unwrap();
+        health.0 == 503
+    });
+    let (code, body) = health;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("shutting down"), "{body}");
     ua.bye();

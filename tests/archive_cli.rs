@@ -95,7 +95,12 @@ fn search_export_status_and_purge(engine: Engine) {
 
     let (code, out) = callrec_cli(&["uploads", "status", "--data-dir", &data]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(out.matches("done").count(), 3, "{out}");
+    // The state as a word of its own: a base name's random part may hold "done".
+    assert_eq!(
+        out.split_whitespace().filter(|w| *w == "done").count(),
+        3,
+        "{out}"
+    );
 
     // Export a client's copy and verify it with only the bundled script.
     let dir = TestDir::new("export");

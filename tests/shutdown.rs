@@ -57,7 +57,13 @@ fn running_call_finishes_new_calls_get_503_and_the_recording_is_sealed() {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-    std::thread::sleep(Duration::from_millis(300));
+    // Draining once the health check says so (at once, or later on a busy machine).
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            http_request(proxy.admin_addr(), "GET", "/health", None).is_ok_and(|(c, _)| c == 503)
+        }),
+        "the proxy did not start draining after SIGTERM"
+    );
 
     // A new call is refused with 503 while the running one goes on.
     let mut other = Ua::new("127.0.0.3", proxy.sip_addr());

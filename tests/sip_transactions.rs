@@ -34,13 +34,16 @@ fn retransmitted_invite_is_absorbed_and_unanswered_invite_is_retransmitted() {
     let proxy = Proxy::start();
     // The PBX side: receives the proxy's INVITE and never answers.
     let pbx = UdpSocket::bind(proxy.pbx_addr()).unwrap();
+    // Listening before the first INVITE, so that each one is timed as it
+    // arrives (not when a late reader gets to it).
+    let collector = std::thread::spawn(move || collect(&pbx, Duration::from_millis(3900)));
     let mut ua = Ua::new("127.0.0.3", proxy.sip_addr());
     ua.invite("03012345678", "200");
     // The caller retransmits its INVITE twice (same branch, as timer A would).
     std::thread::sleep(Duration::from_millis(100));
     ua.invite("03012345678", "200");
     ua.invite("03012345678", "200");
-    let seen = collect(&pbx, Duration::from_millis(3800));
+    let seen = collector.join().unwrap();
     let invites: Vec<&(Duration, String)> = seen
         .iter()
         .filter(|(_, m)| m.starts_with("INVITE "))

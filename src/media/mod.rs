@@ -353,7 +353,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_streams_with_a_port_hold_ports() {
-        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32400, 32439);
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 33000, 33039);
         let mut s = Session::new(
             pool.clone(),
             "127.0.0.1".parse().unwrap(),

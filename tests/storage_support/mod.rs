@@ -112,13 +112,24 @@ pub fn fast_spool(data: &Path) -> callrec::spool::SpoolConfig {
     c
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
+/// A free TCP port on 127.0.0.1 for a server a test starts. Taken below the
+/// kernel's ephemeral range (32768-60999, where client connections get their
+/// ports, so one could take it before the server binds it) and below the
+/// window of `common::free_ports`; never handed out twice in one process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const WINDOW: (u32, u32) = (12000, 20000);
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = WINDOW.1 - WINDOW.0;
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (WINDOW.0 + start.wrapping_add(n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1 between 12000 and 20000");
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.

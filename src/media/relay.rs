@@ -389,7 +389,7 @@ async fn run(
     // and source of what each holds.
     let mut bufs: Box<[[io::Bufs; 2]; 2]> =
         Box::new([[[[0u8; io::MAX_DATAGRAM]; io::BATCH]; 2]; 2]);
-    let none = (0, SocketAddr::from(([0, 0, 0, 0], 0)));
+    let none = (0, SocketAddr::from(([0, 0, 0, 0], 0)), Instant::now());
     let mut from = [[[none; io::BATCH]; 2]; 2];
     // An announcement being played to the caller: packets left, next send time.
     let mut player: Player = None;
@@ -477,7 +477,7 @@ async fn run(
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         }
-        for (i, &(len, src)) in from[side][kind][..n].iter().enumerate() {
+        for (i, &(len, src, arrival)) in from[side][kind][..n].iter().enumerate() {
             let pkt = &bufs[side][kind][i][..len];
             let rtcp = kind == 1 || is_rtcp(pkt);
             // Authenticated before the latch sees it, so that only packets that
@@ -557,7 +557,7 @@ async fn run(
                 stats.rtp_packets[side].fetch_add(1, Ordering::Relaxed);
                 stats.rtp_bytes[side].fetch_add(pkt.len() as u64, Ordering::Relaxed);
                 if let Some(tap) = &tap {
-                    tap.offer(Side::from_index(side), Bytes::copy_from_slice(pkt), now);
+                    tap.offer(Side::from_index(side), Bytes::copy_from_slice(pkt), arrival);
                 }
             }
         }

@@ -4,11 +4,18 @@
 //! without the extra receive that only comes back empty (tokio's own
 //! `recv_from` needs one per packet to learn that). Sends never wait: a
 //! full send buffer drops the datagram, as a congested network would.
+//!
+//! Each datagram comes with the time the kernel received it
+//! (`SO_TIMESTAMPNS`), so that a media thread the machine did not run for a
+//! while hands the recorder the packets' real arrival, not one instant for
+//! the whole backlog: the recorder places audio by arrival, and a backlog
+//! stamped late would be late for its place.
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -21,6 +28,17 @@ pub(super) const MAX_DATAGRAM: usize = 2048;
 /// Receive buffers of one socket.
 pub(super) type Bufs = [[u8; MAX_DATAGRAM]; BATCH];
 
+/// What `recv_batch` says of one datagram: its length, its source and when
+/// the kernel received it.
+pub(super) type Received = (usize, SocketAddr, Instant);
+
+/// A kernel timestamp older than this is taken for a step of the wall clock
+/// (the stamps are wall-clock time), and the packet's arrival for now.
+const MAX_STAMP_AGE: Duration = Duration::from_secs(5);
+
+/// Room for one datagram's ancillary data (one timestamp), aligned for `cmsghdr`.
+type Control = [u64; 8];
+
 /// One UDP socket of a stream, registered with the media thread's epoll.
 pub(super) struct RelaySocket {
     fd: AsyncFd<std::net::UdpSocket>,
@@ -31,6 +49,8 @@ impl RelaySocket {
     pub(super) fn new(socket: tokio::net::UdpSocket) -> io::Result<RelaySocket> {
         let std = socket.into_std()?;
         std.set_nonblocking(true)?;
+        // Without it (never seen on Linux) a packet's arrival is when it is read.
+        let _ = enable_timestamps(std.as_raw_fd());
         // Readable only: sends go straight to the socket and never wait.
         // SAFETY: the UdpSocket owns its descriptor, and the AsyncFd owns the
         // UdpSocket, so the descriptor stays open and the same until it drops.
@@ -39,11 +59,11 @@ impl RelaySocket {
     }
 
     /// Waits for datagrams and receives up to `BATCH` of them into `bufs`;
-    /// `from[i]` is the length and source of `bufs[i]`. Returns how many.
+    /// `from[i]` is the length, source and arrival of `bufs[i]`. Returns how many.
     pub(super) async fn recv_batch(
         &self,
         bufs: &mut Bufs,
-        from: &mut [(usize, SocketAddr); BATCH],
+        from: &mut [Received; BATCH],
     ) -> io::Result<usize> {
         loop {
             let mut ready = self.fd.readable().await?;
@@ -74,15 +94,74 @@ impl RelaySocket {
     }
 }
 
-fn recvmmsg(
-    fd: i32,
-    bufs: &mut Bufs,
-    from: &mut [(usize, SocketAddr); BATCH],
-) -> io::Result<usize> {
+/// Asks the kernel to stamp every datagram the socket receives.
+fn enable_timestamps(fd: i32) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` lives across the call and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The kernel's receive time in a datagram's ancillary data, if there is one.
+fn stamp_of(hdr: &libc::msghdr) -> Option<SystemTime> {
+    // SAFETY: `hdr` is the header recvmmsg filled: its control pointer and
+    // length describe ancillary data the kernel wrote into our buffer, which
+    // the CMSG functions walk without reading past that length.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let data = libc::CMSG_DATA(c);
+                let len = (*c).cmsg_len as usize - (data as usize - c as usize);
+                // A timespec of two 64-bit fields (two 32-bit ones on 32-bit targets).
+                let (sec, nsec) = if len >= 16 {
+                    let t = std::ptr::read_unaligned(data.cast::<[i64; 2]>());
+                    (t[0], t[1])
+                } else if len >= 8 {
+                    let t = std::ptr::read_unaligned(data.cast::<[i32; 2]>());
+                    (i64::from(t[0]), i64::from(t[1]))
+                } else {
+                    return None;
+                };
+                let since_epoch =
+                    Duration::new(u64::try_from(sec).ok()?, u32::try_from(nsec).ok()?);
+                return SystemTime::UNIX_EPOCH.checked_add(since_epoch);
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    None
+}
+
+/// A wall-clock stamp as an instant, against a reading of both clocks
+/// taken together; a stamp from the future or too far back means the wall
+/// clock was stepped, and the reading is used.
+fn arrival(stamp: Option<SystemTime>, now: Instant, wall: SystemTime) -> Instant {
+    stamp
+        .and_then(|s| wall.duration_since(s).ok())
+        .filter(|age| *age <= MAX_STAMP_AGE)
+        .and_then(|age| now.checked_sub(age))
+        .unwrap_or(now)
+}
+
+fn recvmmsg(fd: i32, bufs: &mut Bufs, from: &mut [Received; BATCH]) -> io::Result<usize> {
     // SAFETY: all-zero is a valid value of these plain C structs.
     let mut names: [libc::sockaddr_storage; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
     let mut iov: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut control: [Control; BATCH] = [[0; 8]; BATCH];
     for i in 0..BATCH {
         iov[i] = libc::iovec {
             iov_base: bufs[i].as_mut_ptr().cast(),
@@ -92,6 +171,8 @@ fn recvmmsg(
         msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         msgs[i].msg_hdr.msg_iov = &mut iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_control = control[i].as_mut_ptr().cast();
+        msgs[i].msg_hdr.msg_controllen = size_of::<Control>() as _;
     }
     // SAFETY: every pointer in `msgs` points into the locals and `bufs`
     // above, which outlive the call; the kernel writes at most the lengths given.
@@ -108,11 +189,12 @@ fn recvmmsg(
         return Err(io::Error::last_os_error());
     }
     let n = n as usize;
+    let (now, wall) = (Instant::now(), SystemTime::now());
     for i in 0..n {
         let len = (msgs[i].msg_len as usize).min(MAX_DATAGRAM);
         // A source the relay cannot name is never a party's: dropped as foreign.
         let src = to_socket_addr(&names[i]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        from[i] = (len, src);
+        from[i] = (len, src, arrival(stamp_of(&msgs[i].msg_hdr), now, wall));
     }
     Ok(n)
 }
@@ -138,5 +220,22 @@ fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
             )))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_becomes_the_instant_it_names_unless_the_wall_clock_stepped() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let ms = Duration::from_millis;
+        assert_eq!(arrival(Some(wall - ms(300)), now, wall), now - ms(300));
+        assert_eq!(arrival(None, now, wall), now, "no stamp: read now");
+        // Stepped back after the packet came (its stamp lies ahead), or
+        // forward by more than a socket holds: the reading, not a guess.
+        assert_eq!(arrival(Some(wall + ms(50)), now, wall), now);
+        assert_eq!(arrival(Some(wall - MAX_STAMP_AGE - ms(1)), now, wall), now);
     }
 }

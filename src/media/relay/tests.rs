@@ -305,3 +305,54 @@ async fn a_burst_with_a_stranger_inside_is_relayed_whole_and_in_order() {
     assert_eq!(p.count(&st.foreign_dropped, 0), 13);
     assert_eq!(p.count(&st.rtp_packets, 0), 41);
 }
+
+/// A recorder's tap that stalls the media thread on the first packet it is
+/// offered, as a thread the machine does not run for a while would, and
+/// notes when each packet arrived.
+struct StallingTap {
+    arrivals: std::sync::Mutex<Vec<Instant>>,
+    stall: Duration,
+}
+
+impl Tap for StallingTap {
+    fn offer(&self, _from: Side, _packet: Bytes, arrival: Instant) {
+        let first = {
+            let mut a = self.arrivals.lock().unwrap();
+            a.push(arrival);
+            a.len() == 1
+        };
+        if first {
+            std::thread::sleep(self.stall);
+        }
+    }
+}
+
+#[tokio::test]
+async fn packets_keep_their_arrival_time_through_a_stall_of_the_relay() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32900, 32910);
+    let p = Peers::new(&pool, Learning::default()).await;
+    let tap = Arc::new(StallingTap {
+        arrivals: Default::default(),
+        stall: Duration::from_millis(400),
+    });
+    p.s.set_tap(Some(tap.clone()));
+    let arrived = || tap.arrivals.lock().unwrap().len();
+    let rtp = |seq: u8| [0x80u8, 8, 0, seq, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+    p.a.send_to(&rtp(1), p.caller_side()).await.unwrap();
+    settle(|| arrived() == 1).await;
+    // The media thread now stands still; ten packets arrive 20 ms apart.
+    for seq in 2..12 {
+        p.a.send_to(&rtp(seq), p.caller_side()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    settle(|| arrived() == 11).await;
+    let a = tap.arrivals.lock().unwrap().clone();
+    assert_eq!(a.len(), 11, "every packet reached the tap");
+    // The recorder places audio by arrival: a burst stamped when the thread
+    // got going again would be late for its place and dropped.
+    let spread = a[10].saturating_duration_since(a[1]);
+    assert!(
+        spread >= Duration::from_millis(150),
+        "packets that arrived over ~200 ms during a stall of the relay were stamped {spread:?} apart"
+    );
+}

@@ -189,7 +189,11 @@ fn recvmmsg(fd: i32, bufs: &mut Bufs, from: &mut [Received; BATCH]) -> io::Resul
         return Err(io::Error::last_os_error());
     }
     let n = n as usize;
-    let (now, wall) = (Instant::now(), SystemTime::now());
+    // The wall clock first: a delay between the two readings then makes an
+    // arrival late, never early (the recorder takes early arrivals for a
+    // sender's clock running fast and corrects for them).
+    let wall = SystemTime::now();
+    let now = Instant::now();
     for i in 0..n {
         let len = (msgs[i].msg_len as usize).min(MAX_DATAGRAM);
         // A source the relay cannot name is never a party's: dropped as foreign.

@@ -392,12 +392,13 @@ async fn a_stall_of_the_relay_costs_no_audio_in_the_recording() {
     rec.set_payload_map(Side::Caller, map);
     // Longer than the recorder's reorder window (200 ms).
     let stall = Duration::from_millis(450);
-    p.s.set_tap(Some(Arc::new(StallOnce {
+    let tap = Arc::new(StallOnce {
         fork: rec.fork(),
         at: 50,
         seen: Default::default(),
         stall,
-    })));
+    });
+    p.s.set_tap(Some(tap.clone()));
     // Three seconds of the caller's audio, a packet every 20 ms (the first
     // 100 ms after the recording's start, so that all of its audio is after it).
     let value = encode_alaw(8000);
@@ -411,13 +412,23 @@ async fn a_stall_of_the_relay_costs_no_audio_in_the_recording() {
             .await;
         p.a.send_to(&pkt, p.caller_side()).await.unwrap();
     }
-    tokio::time::sleep(stall).await;
+    // Every packet through the tap before the stream goes (another test may
+    // be stalling the same media thread just now).
+    for _ in 0..300 {
+        if tap.seen.load(Ordering::Relaxed) == 150 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(p);
     let out = rec.finish().unwrap();
     assert_eq!(out.caller.packets, 150, "{:?}", out.caller);
-    assert_eq!(
-        (out.caller.late_dropped, out.caller.trimmed_ms),
-        (0, 0),
+    // This test's own sends may run late on a busy machine (real delay to
+    // the recorder, which may cost a packet or two); the stall's backlog
+    // stamped at one instant cost 250 ms.
+    let left_out_ms = out.caller.late_dropped * 20 + out.caller.trimmed_ms;
+    assert!(
+        left_out_ms <= 40,
         "audio that arrived during the stall was left out: {:?}",
         out.caller
     );
@@ -432,10 +443,9 @@ async fn a_stall_of_the_relay_costs_no_audio_in_the_recording() {
         .step_by(2)
         .map(|s| s.unwrap())
         .collect();
-    let voiced = left.iter().filter(|s| s.unsigned_abs() > 4000).count();
-    assert_eq!(
-        voiced,
-        150 * 160,
-        "the caller's three seconds, every sample"
+    let voiced = left.iter().filter(|s| s.unsigned_abs() > 4000).count() as u64;
+    assert!(
+        voiced + left_out_ms * 8 >= 150 * 160,
+        "the caller's three seconds: {voiced} samples voiced, {left_out_ms} ms counted as left out"
     );
 }

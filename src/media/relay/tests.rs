@@ -308,22 +308,42 @@ async fn a_burst_with_a_stranger_inside_is_relayed_whole_and_in_order() {
     assert_eq!(p.count(&st.rtp_packets, 0), 41);
 }
 
-/// A recorder's tap that stalls the media thread on the first packet it is
-/// offered, as a thread the machine does not run for a while would, and
-/// notes when each packet arrived.
-struct StallingTap {
-    arrivals: std::sync::Mutex<Vec<Instant>>,
+/// A recorder's tap that notes when each packet arrived, hands it on to a
+/// recording if there is one, and stalls the media thread once, at the
+/// `at`-th packet, as a thread the machine does not run for a while would.
+struct StallOnce {
+    fork: Option<crate::recorder::Fork>,
+    at: usize,
     stall: Duration,
+    arrivals: std::sync::Mutex<Vec<Instant>>,
 }
 
-impl Tap for StallingTap {
-    fn offer(&self, _from: Side, _packet: Bytes, arrival: Instant) {
-        let first = {
+impl StallOnce {
+    fn new(fork: Option<crate::recorder::Fork>, at: usize, stall: Duration) -> Arc<StallOnce> {
+        Arc::new(StallOnce {
+            fork,
+            at,
+            stall,
+            arrivals: Default::default(),
+        })
+    }
+
+    fn seen(&self) -> usize {
+        self.arrivals.lock().unwrap().len()
+    }
+}
+
+impl Tap for StallOnce {
+    fn offer(&self, from: Side, packet: Bytes, arrival: Instant) {
+        if let Some(fork) = &self.fork {
+            fork.offer(from, packet, arrival);
+        }
+        let seen = {
             let mut a = self.arrivals.lock().unwrap();
             a.push(arrival);
-            a.len() == 1
+            a.len()
         };
-        if first {
+        if seen == self.at {
             std::thread::sleep(self.stall);
         }
     }
@@ -333,12 +353,9 @@ impl Tap for StallingTap {
 async fn packets_keep_their_arrival_time_through_a_stall_of_the_relay() {
     let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32900, 32910);
     let p = Peers::new(&pool, Learning::default()).await;
-    let tap = Arc::new(StallingTap {
-        arrivals: Default::default(),
-        stall: Duration::from_millis(400),
-    });
+    let tap = StallOnce::new(None, 1, Duration::from_millis(400));
     p.s.set_tap(Some(tap.clone()));
-    let arrived = || tap.arrivals.lock().unwrap().len();
+    let arrived = || tap.seen();
     let rtp = |seq: u8| [0x80u8, 8, 0, seq, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
     p.a.send_to(&rtp(1), p.caller_side()).await.unwrap();
     settle(|| arrived() == 1).await;
@@ -359,24 +376,6 @@ async fn packets_keep_their_arrival_time_through_a_stall_of_the_relay() {
     );
 }
 
-/// Hands every packet to a recording and stalls the media thread once, at
-/// the `at`-th packet, for `stall`.
-struct StallOnce {
-    fork: crate::recorder::Fork,
-    at: usize,
-    seen: std::sync::atomic::AtomicUsize,
-    stall: Duration,
-}
-
-impl Tap for StallOnce {
-    fn offer(&self, from: Side, packet: Bytes, arrival: Instant) {
-        self.fork.offer(from, packet, arrival);
-        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.at {
-            std::thread::sleep(self.stall);
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_stall_of_the_relay_costs_no_audio_in_the_recording() {
     use crate::recorder::{encode_alaw, PayloadMap, Recorder, RecordingSpec};
@@ -392,12 +391,7 @@ async fn a_stall_of_the_relay_costs_no_audio_in_the_recording() {
     rec.set_payload_map(Side::Caller, map);
     // Longer than the recorder's reorder window (200 ms).
     let stall = Duration::from_millis(450);
-    let tap = Arc::new(StallOnce {
-        fork: rec.fork(),
-        at: 50,
-        seen: Default::default(),
-        stall,
-    });
+    let tap = StallOnce::new(Some(rec.fork()), 50, stall);
     p.s.set_tap(Some(tap.clone()));
     // Three seconds of the caller's audio, a packet every 20 ms (the first
     // 100 ms after the recording's start, so that all of its audio is after it).
@@ -415,7 +409,7 @@ async fn a_stall_of_the_relay_costs_no_audio_in_the_recording() {
     // Every packet through the tap before the stream goes (another test may
     // be stalling the same media thread just now).
     for _ in 0..300 {
-        if tap.seen.load(Ordering::Relaxed) == 150 {
+        if tap.seen() == 150 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -13,7 +13,6 @@ pub mod sdes;
 pub mod sdp;
 pub mod srtp;
 pub mod tap;
-pub mod threads;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;

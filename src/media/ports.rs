@@ -118,17 +118,12 @@ impl Drop for PortPair {
 }
 
 impl PortPair {
-    /// Hands the RTP and RTCP sockets to the tokio runtime this runs on (the
-    /// media thread that relays them); the pair keeps the port reserved.
-    pub fn take_sockets(&mut self) -> io::Result<(tokio::net::UdpSocket, tokio::net::UdpSocket)> {
-        let (rtp, rtcp) = self
-            .sockets
+    /// Hands over the RTP and RTCP sockets (to the relay that serves them);
+    /// the pair keeps the port reserved.
+    pub fn take_sockets(&mut self) -> io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+        self.sockets
             .take()
-            .ok_or_else(|| io::Error::other("the port pair's sockets were already taken"))?;
-        Ok((
-            tokio::net::UdpSocket::from_std(rtp)?,
-            tokio::net::UdpSocket::from_std(rtcp)?,
-        ))
+            .ok_or_else(|| io::Error::other("the port pair's sockets were already taken"))
     }
 
     fn in_use_release(&self) {

@@ -1,9 +1,8 @@
 //! A relay socket's system calls. A readable socket is read with one
 //! `recvmmsg` for up to `BATCH` datagrams; when it returns fewer, the queue
-//! is known to be empty and the socket's readiness is cleared at once,
-//! without the extra receive that only comes back empty (tokio's own
-//! `recv_from` needs one per packet to learn that). Sends never wait: a
-//! full send buffer drops the datagram, as a congested network would.
+//! is known to be empty, without the extra receive that only comes back
+//! empty. Sends never wait: a full send buffer drops the datagram, as a
+//! congested network would.
 //!
 //! Each datagram comes with the time the kernel received it
 //! (`SO_TIMESTAMPNS`), so that a media thread the machine did not run for a
@@ -16,9 +15,6 @@ use std::mem::{size_of, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
-
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 /// Datagrams taken from a socket in one system call at most.
 pub(super) const BATCH: usize = 2;
@@ -39,58 +35,47 @@ const MAX_STAMP_AGE: Duration = Duration::from_secs(5);
 /// Room for one datagram's ancillary data (one timestamp), aligned for `cmsghdr`.
 type Control = [u64; 8];
 
-/// One UDP socket of a stream, registered with the media thread's epoll.
+/// One UDP socket of a stream; the media thread's epoll says when it is readable.
 pub(super) struct RelaySocket {
-    fd: AsyncFd<std::net::UdpSocket>,
+    socket: std::net::UdpSocket,
 }
 
 impl RelaySocket {
-    /// Takes over a socket; must be called on the media thread that serves it.
-    pub(super) fn new(socket: tokio::net::UdpSocket) -> io::Result<RelaySocket> {
-        let std = socket.into_std()?;
-        std.set_nonblocking(true)?;
+    /// Takes over a socket, non-blocking and stamping what it receives.
+    pub(super) fn new(socket: std::net::UdpSocket) -> io::Result<RelaySocket> {
+        socket.set_nonblocking(true)?;
         // Without it (never seen on Linux) a packet's arrival is when it is read.
-        let _ = enable_timestamps(std.as_raw_fd());
-        // Readable only: sends go straight to the socket and never wait.
-        // SAFETY: the UdpSocket owns its descriptor, and the AsyncFd owns the
-        // UdpSocket, so the descriptor stays open and the same until it drops.
-        let fd = unsafe { AsyncFd::register_with_interest(std, Interest::READABLE) }?;
-        Ok(RelaySocket { fd })
+        let _ = enable_timestamps(socket.as_raw_fd());
+        Ok(RelaySocket { socket })
     }
 
-    /// Waits for datagrams and receives up to `BATCH` of them into `bufs`;
-    /// `from[i]` is the length, source and arrival of `bufs[i]`. Returns how many.
-    pub(super) async fn recv_batch(
+    /// Receives up to `BATCH` queued datagrams into `bufs` without waiting;
+    /// `from[i]` is the length, source and arrival of `bufs[i]`. Returns
+    /// how many: fewer than `BATCH` (0 included) means the queue is empty.
+    pub(super) fn recv_batch(
         &self,
         bufs: &mut Bufs,
         from: &mut [Received; BATCH],
     ) -> io::Result<usize> {
-        loop {
-            let mut ready = self.fd.readable().await?;
-            match recvmmsg(self.fd.get_ref().as_raw_fd(), bufs, from) {
-                Ok(n) => {
-                    if n < BATCH {
-                        // Fewer than asked for: nothing is left queued. A datagram
-                        // arriving from now on raises a new edge, which this
-                        // clearing cannot hide (tokio compares the event's tick).
-                        ready.clear_ready();
-                    }
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
-                Err(e) => return Err(e),
-            }
+        match recvmmsg(self.socket.as_raw_fd(), bufs, from) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            r => r,
         }
     }
 
     /// Sends one datagram without waiting.
     pub(super) fn send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
-        self.fd.get_ref().send_to(buf, dst)
+        self.socket.send_to(buf, dst)
     }
 
     /// The socket's local address.
     pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.fd.get_ref().local_addr()
+        self.socket.local_addr()
+    }
+
+    /// The descriptor the media thread's epoll watches.
+    pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
     }
 }
 

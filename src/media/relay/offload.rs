@@ -1,9 +1,9 @@
 //! Which directions of one stream the kernel relays (`--kernel-relay`), and
-//! keeping the stream's counters true while it does. The stream's task owns
+//! keeping the stream's counters true while it does. The stream's relay owns
 //! this: it says after every change what it would relay to whom, and the
 //! kernel gets exactly the plain-RTP directions whose source is fixed. A
 //! changed plan takes the old flow back before the new one goes in, and the
-//! task's end takes every flow back. Without the cargo feature, or without
+//! relay's end takes every flow back. Without the cargo feature, or without
 //! the flag, nothing here does anything.
 
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::{StreamStats, Tap};
 use crate::media::Side;
 
-/// What the task would hand to the kernel for packets from `side`.
+/// What the relay would hand to the kernel for packets from `side`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Direction {
     pub side: Side,
@@ -22,7 +22,7 @@ pub(super) struct Direction {
     pub target: SocketAddr,
 }
 
-/// The kernel's share of one stream: the task plans it, the call's handle
+/// The kernel's share of one stream: the relay plans it, the call's handle
 /// (`Stream`) ends it, so that the kernel's last counts are in the stream's
 /// counters by the time the call reads them.
 #[derive(Clone)]
@@ -63,7 +63,7 @@ impl Offload {
     /// Makes the kernel relay exactly `wanted` (None: that direction stays in
     /// userspace), recording into `tap` if there is one. Returns whether any
     /// flow is in the kernel now (its counters then need syncing), so that
-    /// the task keeps that answer instead of asking for it per packet.
+    /// the relay keeps that answer instead of asking for it per packet.
     pub(super) fn plan(
         &mut self,
         wanted: [Option<Direction>; 2],

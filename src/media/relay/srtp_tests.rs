@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::media::ports::PortPool;
-use crate::media::srtp::{MasterKey, Suite};
+use crate::media::srtp::{MasterKey, Protection, Suite};
 use tokio::net::UdpSocket;
 
 /// Keeps every packet offered for recording.

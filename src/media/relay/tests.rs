@@ -443,3 +443,54 @@ async fn a_stall_of_the_relay_costs_no_audio_in_the_recording() {
         "the caller's three seconds: {voiced} samples voiced, {left_out_ms} ms counted as left out"
     );
 }
+
+/// A recorder's tap that fails on the first packet it is offered.
+struct Fails;
+
+impl Tap for Fails {
+    fn offer(&self, _: Side, _: Bytes, _: Instant) {
+        panic!("a tap that fails (test)");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_takes_no_other_stream_down() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 33100, 33140);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One more stream than there are media threads after the failing one:
+    // at least one of them shares its thread.
+    let failing = Peers::new(&pool, Learning::default()).await;
+    failing.s.set_tap(Some(Arc::new(Fails)));
+    let mut others = Vec::new();
+    for _ in 0..threads {
+        others.push(Peers::new(&pool, Learning::default()).await);
+    }
+    let rtp = |seq: u8| [0x80u8, 8, 0, seq, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+    failing
+        .a
+        .send_to(&rtp(1), failing.caller_side())
+        .await
+        .unwrap();
+    // The failing stream relays its packet, then fails in the tap and stops.
+    recv(&failing.b, "the packet before the failure").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for seq in 2..=4 {
+        for p in &others {
+            p.a.send_to(&rtp(seq), p.caller_side()).await.unwrap();
+            assert_eq!(recv(&p.b, "another stream's packet").await.0, rtp(seq));
+            p.b.send_to(&rtp(seq), p.callee_side()).await.unwrap();
+            assert_eq!(recv(&p.a, "another stream's packet back").await.0, rtp(seq));
+        }
+    }
+    // The failed stream relays nothing more, and dropping its handle is harmless.
+    failing
+        .a
+        .send_to(&rtp(5), failing.caller_side())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let late =
+        tokio::time::timeout(Duration::from_millis(200), failing.b.recv_from(&mut buf)).await;
+    assert!(late.is_err(), "a failed stream relayed on");
+    drop(failing);
+}

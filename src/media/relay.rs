@@ -25,7 +25,7 @@ use super::sdes::LegKeys;
 use super::Side;
 use io::RelaySocket;
 use offload::Offload;
-use state::{Drained, Relay};
+use state::Relay;
 use threads::{MediaThread, MediaThreads};
 
 mod io;
@@ -143,12 +143,21 @@ impl Drop for Stream {
 impl Stream {
     /// Starts relaying between the two port pairs on one of the media threads.
     pub fn start(
+        caller: PortPair,
+        callee: PortPair,
+        tap: Option<Arc<dyn Tap>>,
+        learning: Learning,
+    ) -> std::io::Result<Stream> {
+        Stream::start_on(MediaThreads::get()?.pick(), caller, callee, tap, learning)
+    }
+
+    fn start_on(
+        thread: &'static MediaThread,
         mut caller: PortPair,
         mut callee: PortPair,
         tap: Option<Arc<dyn Tap>>,
         learning: Learning,
     ) -> std::io::Result<Stream> {
-        let thread = MediaThreads::get()?.pick();
         let (a, b) = caller.take_sockets()?;
         let (c, d) = callee.take_sockets()?;
         let sockets = [
@@ -170,9 +179,6 @@ impl Stream {
             // The relay's log lines carry the call's span.
             tracing::Span::current(),
         );
-        // Unbounded but small: the call sends one message per SDP it
-        // accepts (itself bounded by its SIP queue), and the thread takes
-        // every message in its next turn.
         let id = thread.start(relay)?;
         Ok(Stream {
             caller_port,

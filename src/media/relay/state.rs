@@ -23,20 +23,6 @@ use crate::media::sdes::LegKeys;
 use crate::media::srtp::Protection;
 use crate::media::Side;
 
-/// Batches read from one socket in one turn of the event loop at most: a
-/// socket with more queued (a flood) is read again in the next turn, after
-/// every other ready socket of the thread had its turn.
-const BATCHES_PER_TURN: usize = 16;
-
-/// Whether a socket's queue was read to its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Drained {
-    /// Nothing left: the next datagram raises a new readiness event.
-    Empty,
-    /// Left for the next turn; no event will say so.
-    More,
-}
-
 /// A side's packet protection as the relay holds it.
 enum Crypto {
     Plain,
@@ -288,30 +274,17 @@ impl Relay {
         }
     }
 
-    /// Reads and relays what the socket facing `side` for `kind` (0 RTP,
-    /// 1 RTCP) holds, a bounded number of batches.
-    pub(super) fn on_readable(&mut self, side: usize, kind: usize) -> Drained {
-        for _ in 0..BATCHES_PER_TURN {
-            let n = {
-                let bufs = &mut self.bufs[side][kind];
-                let from = &mut self.from[side][kind];
-                match self.socks[side][kind].recv_batch(bufs, from) {
-                    Ok(n) => n,
-                    // ICMP errors surface as receive errors on Linux; the
-                    // datagrams behind one are read on the next try.
-                    Err(_) => continue,
-                }
-            };
-            self.relay_batch(side, kind, n);
-            if n < io::BATCH {
-                return Drained::Empty;
-            }
-        }
-        Drained::More
+    /// Receives up to a batch of the datagrams queued at the socket facing
+    /// `side` for `kind` (0 RTP, 1 RTCP), without waiting; `relay` then
+    /// handles them. Fewer than `io::BATCH` means the queue is empty.
+    pub(super) fn receive(&mut self, side: usize, kind: usize) -> std::io::Result<usize> {
+        let bufs = &mut self.bufs[side][kind];
+        let from = &mut self.from[side][kind];
+        self.socks[side][kind].recv_batch(bufs, from)
     }
 
     /// Relays the `n` datagrams just received on the socket [side][kind].
-    fn relay_batch(&mut self, side: usize, kind: usize, n: usize) {
+    pub(super) fn relay(&mut self, side: usize, kind: usize, n: usize) {
         let now = Instant::now();
         let mut replan = false;
         for i in 0..n {

@@ -494,3 +494,87 @@ async fn a_stream_that_fails_takes_no_other_stream_down() {
     assert!(late.is_err(), "a failed stream relayed on");
     drop(failing);
 }
+
+/// A recorder's tap that holds the media thread on every packet it is offered.
+struct Stalls(Duration);
+
+impl Tap for Stalls {
+    fn offer(&self, _: Side, _: Bytes, _: Instant) {
+        std::thread::sleep(self.0);
+    }
+}
+
+#[tokio::test]
+async fn an_sdp_given_before_a_packet_arrives_applies_to_it_while_the_thread_is_busy() {
+    let pool = PortPool::new("127.0.0.1".parse().unwrap(), 33200, 33240);
+    let on_first_thread = || {
+        let thread = MediaThreads::get().unwrap().first();
+        let (caller, callee) = (pool.allocate().unwrap(), pool.allocate().unwrap());
+        Stream::start_on(thread, caller, callee, None, Learning::default()).unwrap()
+    };
+    // Two streams on one media thread; the first holds the thread 300 ms
+    // on each packet it relays.
+    let busy = on_first_thread();
+    let s = on_first_thread();
+    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let (busy_a, busy_b) = (
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    );
+    busy.set_peer(
+        Side::Caller,
+        Some(busy_a.local_addr().unwrap()),
+        None,
+        pcma(),
+    );
+    busy.set_peer(
+        Side::Callee,
+        Some(busy_b.local_addr().unwrap()),
+        None,
+        pcma(),
+    );
+    busy.set_tap(Some(Arc::new(Stalls(Duration::from_millis(300)))));
+    let (old, moved, b) = (
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let stranger = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+    s.set_peer(Side::Caller, Some(old.local_addr().unwrap()), None, pcma());
+    s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pcma());
+    let rtp = |seq: u8| [0x80u8, 8, 0, seq, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first packet holds the thread; meanwhile the busy stream's next
+    // packet and a stranger's at the other stream make both ready for the
+    // thread's next turn, in that order.
+    busy_a
+        .send_to(&rtp(1), addr(busy.caller_port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    busy_a
+        .send_to(&rtp(2), addr(busy.caller_port))
+        .await
+        .unwrap();
+    stranger
+        .send_to(&rtp(1), addr(s.caller_port))
+        .await
+        .unwrap();
+    // In that turn the busy stream's packet holds the thread again; while it
+    // does, the caller of the other stream moves (an SDP) and sends from
+    // its new address.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.set_peer(
+        Side::Caller,
+        Some(moved.local_addr().unwrap()),
+        None,
+        pcma(),
+    );
+    moved.send_to(&rtp(2), addr(s.caller_port)).await.unwrap();
+    assert_eq!(recv(&b, "the moved caller's packet").await.0, rtp(2));
+    assert_eq!(
+        s.stats.foreign_dropped[0].load(Ordering::Relaxed),
+        1,
+        "only the stranger's packet is foreign"
+    );
+}

@@ -157,7 +157,13 @@ impl MediaThread {
         self.queue
             .send(m)
             .map_err(|_| io::Error::other("the media thread has stopped"))?;
-        self.waker.wake()
+        // Once queued the message is the thread's: a failed wake-up (an
+        // eventfd that cannot be written, never seen) must not make the
+        // caller think otherwise, or a started stream would have no handle.
+        if let Err(e) = self.waker.wake() {
+            error!(error = %e, "cannot wake a media thread; it takes the message at its next turn");
+        }
+        Ok(())
     }
 }
 

@@ -336,13 +336,12 @@ impl Streams {
                 break;
             }
             self.timers.pop();
-            let current = self.by_id.get(&id).is_some_and(|s| s.scheduled == Some(t));
-            if current {
-                if let Some(s) = self.by_id.get_mut(&id) {
-                    s.scheduled = None;
-                }
-                self.with(id, |r| r.on_timer(now));
+            // An entry the stream has since moved past is passed over.
+            match self.by_id.get_mut(&id) {
+                Some(s) if s.scheduled == Some(t) => s.scheduled = None,
+                _ => continue,
             }
+            self.with(id, |r| r.on_timer(now));
         }
     }
 

@@ -63,6 +63,9 @@ pub struct Summary {
     pub set_aside: usize,
     /// Journals of sets that had reached the spool, removed.
     pub stale_journals: usize,
+    /// Journals without audio left in place: the database could not say
+    /// whether their sets had been delivered.
+    pub undecided: usize,
 }
 
 /// What `work/` holds, by base name.
@@ -177,13 +180,30 @@ impl Recovery {
             }
         }
         for base in found.journals.difference(&found.sealed) {
-            if !found.wavs.contains_key(base) && self.reached_spool(base) {
-                // A power cut undid the journal's removal after its set
-                // had entered the spool: nothing was lost, nothing to report.
-                tracing::info!(set = %base, "removing the journal of a set that had reached the spool before the crash");
-                Journal::remove(&self.work, base);
-                summary.stale_journals += 1;
-                continue;
+            // A journal without its audio: delivered before the crash, or
+            // a recording whose audio is gone; only the upload rows tell.
+            let delivered = if found.wavs.contains_key(base) {
+                Ok(false)
+            } else {
+                self.reached_spool(base)
+            };
+            match delivered {
+                Ok(true) => {
+                    // A power cut undid the journal's removal after its set
+                    // had entered the spool: nothing was lost, nothing to report.
+                    tracing::info!(set = %base, "removing the journal of a set that had reached the spool before the crash");
+                    Journal::remove(&self.work, base);
+                    summary.stale_journals += 1;
+                    continue;
+                }
+                Err(e) => {
+                    // Reporting a loss nobody can show, or dropping the
+                    // journal of one, would both mislead: it waits.
+                    tracing::error!(set = %base, work = %self.work.display(), "a recording's journal without its audio cannot be judged: the database cannot say whether its set was delivered before the crash ({e}); the journal stays and is judged at the next start once the database answers");
+                    summary.undecided += 1;
+                    continue;
+                }
+                Ok(false) => {}
             }
             if self.finish(base, seal, spool) {
                 summary.recovered += 1;
@@ -209,6 +229,7 @@ impl Recovery {
                 spooled = summary.spooled,
                 stale_journals = summary.stale_journals,
                 set_aside = summary.set_aside,
+                undecided = summary.undecided,
                 work = %self.work.display(),
                 "recordings left by a crash were handled"
             );
@@ -220,8 +241,8 @@ impl Recovery {
     /// only once its folder is in place there. (Rows a power cut took are
     /// back by now: the spool, started first, commits them again from the
     /// folder's entry marker.)
-    fn reached_spool(&self, base: &str) -> bool {
-        self.db.uploads_of(base).is_ok_and(|rows| !rows.is_empty())
+    fn reached_spool(&self, base: &str) -> Result<bool, crate::db::DbError> {
+        Ok(!self.db.uploads_of(base)?.is_empty())
     }
 
     /// A set sealed before the crash: into the spool (or, when it reached the

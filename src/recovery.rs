@@ -9,6 +9,10 @@
 //!   chain head has been moved to it, or its signature written, if the crash
 //!   came before that, see [`adopt_sealed_sets`]), so the chain on the
 //!   targets has no gap.
+//! - A journal without its audio is a set delivered before the crash (a
+//!   power cut brought the journal back: removed quietly) or a recording
+//!   whose audio is gone (reported); while the database cannot tell which,
+//!   it stays and `undecided_after_crash` is reported.
 //! - A WAV without a journal (written by an older version, or a journal
 //!   lost) is repaired if it can be and moved into `work/unrecoverable/` for
 //!   the operator, and reported: without its journal nobody can say whose
@@ -35,6 +39,10 @@ use crate::spool::Spool;
 
 /// Folder below `work/` that takes recordings that cannot be finished.
 pub const UNRECOVERABLE_DIR: &str = "unrecoverable";
+
+/// How often, and how far apart, recovery asks a failing database.
+const DB_TRIES: u32 = 3;
+const DB_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What recovery needs from the proxy.
 pub struct Recovery {
@@ -63,8 +71,9 @@ pub struct Summary {
     pub set_aside: usize,
     /// Journals of sets that had reached the spool, removed.
     pub stale_journals: usize,
-    /// Journals without audio left in place: the database could not say
-    /// whether their sets had been delivered.
+    /// Journals without audio left in place and reported
+    /// (`undecided_after_crash`): the database could not say whether their
+    /// sets had been delivered.
     pub undecided: usize,
 }
 
@@ -198,8 +207,18 @@ impl Recovery {
                 }
                 Err(e) => {
                     // Reporting a loss nobody can show, or dropping the
-                    // journal of one, would both mislead: it waits.
-                    tracing::error!(set = %base, work = %self.work.display(), "a recording's journal without its audio cannot be judged: the database cannot say whether its set was delivered before the crash ({e}); the journal stays and is judged at the next start once the database answers");
+                    // journal of one, would both mislead: it waits, and the
+                    // operator is told that it does.
+                    let call_id = Journal::read(&Journal::path(&self.work, base))
+                        .map(|j| j.call_ids.caller_leg)
+                        .unwrap_or_else(|_| "unknown".into());
+                    self.failures.report(RecordingFailure {
+                        call_id,
+                        set: Some(base.to_string()),
+                        reason: FailureReason::UndecidedAfterCrash,
+                        detail: format!("the journal in {} has no audio, and the database cannot say whether the set was delivered before the crash ({e}); the journal stays and is judged at the next start", self.work.display()),
+                        at_ms: now_ms(),
+                    });
                     summary.undecided += 1;
                     continue;
                 }
@@ -241,8 +260,22 @@ impl Recovery {
     /// only once its folder is in place there. (Rows a power cut took are
     /// back by now: the spool, started first, commits them again from the
     /// folder's entry marker.)
+    ///
+    /// A failing database is asked again a few times (a moment's outage at
+    /// start should not leave a set undecided until the next one).
     fn reached_spool(&self, base: &str) -> Result<bool, crate::db::DbError> {
-        Ok(!self.db.uploads_of(base)?.is_empty())
+        let mut tries = 1;
+        loop {
+            match self.db.uploads_of(base) {
+                Ok(rows) => return Ok(!rows.is_empty()),
+                Err(e) if tries >= DB_TRIES => return Err(e),
+                Err(e) => {
+                    tracing::warn!(set = %base, "cannot read the set's upload rows ({e}); asking again");
+                    tries += 1;
+                    std::thread::sleep(DB_RETRY_AFTER);
+                }
+            }
+        }
     }
 
     /// A set sealed before the crash: into the spool (or, when it reached the

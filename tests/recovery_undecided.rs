@@ -69,36 +69,50 @@ async fn a_journal_without_audio_is_kept_and_not_reported_while_the_database_can
     .unwrap();
     let id = Identity::load_or_create(&data, PasswordSource::Value("pw".into())).unwrap();
     let service = SealService::start(Sealer::new(id, &data).unwrap(), Box::new(|_| {}));
-    // The upload rows become unreadable (a damaged or half-migrated database).
-    rusqlite::Connection::open(data.join(callrec::db::DB_FILE_NAME))
+    // The upload rows become unreadable (a damaged or half-migrated
+    // database); what makes them, kept to mend it later.
+    let sqlite = rusqlite::Connection::open(data.join(callrec::db::DB_FILE_NAME)).unwrap();
+    let schema: Vec<String> = sqlite
+        .prepare("SELECT sql FROM sqlite_master WHERE tbl_name = 'uploads' AND sql IS NOT NULL ORDER BY type DESC")
         .unwrap()
-        .execute_batch("DROP TABLE uploads")
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
         .unwrap();
+    sqlite.execute_batch("DROP TABLE uploads").unwrap();
     assert!(db.uploads_of(base).is_err(), "the sabotage did not take");
 
     let failures = FailureReporter::new();
-    let recovery = Recovery {
-        work: work.clone(),
-        db: db.clone(),
-        failures: failures.clone(),
-        recovered: Arc::new(AtomicU64::new(0)),
-        profile_targets: Default::default(),
-        default_targets: vec![],
+    let recover = || {
+        let recovery = Recovery {
+            work: work.clone(),
+            db: db.clone(),
+            failures: failures.clone(),
+            recovered: Arc::new(AtomicU64::new(0)),
+            profile_targets: Default::default(),
+            default_targets: vec![],
+        };
+        let (sender, sp) = (service.sender(), spool.clone());
+        tokio::task::spawn_blocking(move || recovery.run(&sender, &sp))
     };
-    let (sender, sp) = (service.sender(), spool.clone());
-    let summary = tokio::task::spawn_blocking(move || recovery.run(&sender, &sp))
-        .await
-        .unwrap();
-
-    let reported: u64 = failures
-        .counts()
-        .iter()
-        .filter(|(r, _)| *r == FailureReason::RecoveredAfterCrash)
-        .map(|(_, n)| n)
-        .sum();
+    let summary = recover().await.unwrap();
+    let reported = |reason: FailureReason| -> u64 {
+        failures
+            .counts()
+            .iter()
+            .filter(|(r, _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum()
+    };
     assert_eq!(
-        reported, 0,
+        reported(FailureReason::RecoveredAfterCrash),
+        0,
         "a loss was reported that the database could not confirm"
+    );
+    assert_eq!(
+        reported(FailureReason::UndecidedAfterCrash),
+        1,
+        "the operator was not told that a journal waits"
     );
     assert!(
         journal_path.exists(),
@@ -115,5 +129,25 @@ async fn a_journal_without_audio_is_kept_and_not_reported_while_the_database_can
             ..Summary::default()
         }
     );
+
+    // The next start reads the database again: no rows, so the audio is
+    // gone, and that is a loss to report.
+    for sql in &schema {
+        sqlite.execute_batch(sql).unwrap();
+    }
+    let summary = recover().await.unwrap();
+    assert_eq!(
+        summary,
+        Summary {
+            set_aside: 1,
+            ..Summary::default()
+        }
+    );
+    assert_eq!(reported(FailureReason::RecoveredAfterCrash), 1);
+    assert!(!journal_path.exists());
+    assert!(work
+        .join(callrec::recovery::UNRECOVERABLE_DIR)
+        .join(journal_path.file_name().unwrap())
+        .exists());
     drop(service);
 }

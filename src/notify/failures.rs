@@ -94,6 +94,7 @@ fn advice(reason: FailureReason) -> &'static str {
         FailureReason::EncryptedMedia => "The media was encrypted with keys callrec does not hold.",
         FailureReason::AnnouncementNotPlayed => "The recording announcement could not be played.",
         FailureReason::RecoveredAfterCrash => "callrec stopped during the call; the partial recording was sealed at the next start.",
+        FailureReason::UndecidedAfterCrash => "A recording's journal that a crash left in <data-dir>/work has no audio, and the protocol database could not be read to tell whether its set was delivered before the crash. The journal stays; make the database readable and restart callrec: the set is then either confirmed delivered or reported as recovered_after_crash.",
         FailureReason::RecorderOverload => "The recorder could not keep up and dropped audio; the span is a gap in the set's metadata. Check the machine's load and disk speed.",
         FailureReason::NotSealed => "The call was decided \"record\" but no sealed set exists for it. Look for its files in <data-dir>/work and in the log.",
         FailureReason::TranscriptionFailed => "The recording is sealed and uploaded; only its transcript is missing. Check --transcribe-model (a CTranslate2 Whisper folder with model.bin) and the log; queued sets are transcribed after a restart.",

@@ -32,6 +32,9 @@ pub enum FailureReason {
     AnnouncementNotPlayed,
     /// The proxy died while recording; the set was finished at the next start.
     RecoveredAfterCrash,
+    /// A journal a crash left has no audio, and the database could not say
+    /// at the next start whether its set had been delivered: judged later.
+    UndecidedAfterCrash,
     /// The recorder could not keep up and dropped audio.
     RecorderOverload,
     /// A call decided "record" has no sealed set (found by reconciliation).
@@ -43,7 +46,7 @@ pub enum FailureReason {
 
 impl FailureReason {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [FailureReason; 10] = [
+    pub const ALL: [FailureReason; 11] = [
         FailureReason::StartFailed,
         FailureReason::DiskFull,
         FailureReason::WriteError,
@@ -51,6 +54,7 @@ impl FailureReason {
         FailureReason::EncryptedMedia,
         FailureReason::AnnouncementNotPlayed,
         FailureReason::RecoveredAfterCrash,
+        FailureReason::UndecidedAfterCrash,
         FailureReason::RecorderOverload,
         FailureReason::NotSealed,
         FailureReason::TranscriptionFailed,
@@ -66,6 +70,7 @@ impl FailureReason {
             FailureReason::EncryptedMedia => "encrypted_media",
             FailureReason::AnnouncementNotPlayed => "announcement_not_played",
             FailureReason::RecoveredAfterCrash => "recovered_after_crash",
+            FailureReason::UndecidedAfterCrash => "undecided_after_crash",
             FailureReason::RecorderOverload => "recorder_overload",
             FailureReason::NotSealed => "not_sealed",
             FailureReason::TranscriptionFailed => "transcription_failed",
@@ -138,7 +143,7 @@ struct Sinks {
 /// recovery and reconciliation.
 #[derive(Clone, Default)]
 pub struct FailureReporter {
-    counts: Arc<[AtomicU64; 10]>,
+    counts: Arc<[AtomicU64; 11]>,
     sinks: Option<Arc<Sinks>>,
 }
 

@@ -212,13 +212,8 @@ impl Recovery {
                     let call_id = Journal::read(&Journal::path(&self.work, base))
                         .map(|j| j.call_ids.caller_leg)
                         .unwrap_or_else(|_| "unknown".into());
-                    self.failures.report(RecordingFailure {
-                        call_id,
-                        set: Some(base.to_string()),
-                        reason: FailureReason::UndecidedAfterCrash,
-                        detail: format!("the journal in {} has no audio, and the database cannot say whether the set was delivered before the crash ({e}); the journal stays and is judged at the next start", self.work.display()),
-                        at_ms: now_ms(),
-                    });
+                    let detail = format!("the journal in {} has no audio, and the database cannot say whether the set was delivered before the crash ({e}); the journal stays and is judged at the next start", self.work.display());
+                    self.report(FailureReason::UndecidedAfterCrash, &call_id, base, &detail);
                     summary.undecided += 1;
                     continue;
                 }
@@ -403,7 +398,12 @@ impl Recovery {
             base_name: base.to_string(),
         });
         self.recovered.fetch_add(1, Ordering::Relaxed);
-        self.report(&journal.call_ids.caller_leg, base, &detail);
+        self.report(
+            FailureReason::RecoveredAfterCrash,
+            &journal.call_ids.caller_leg,
+            base,
+            &detail,
+        );
         let targets = if journal.targets.is_empty() {
             self.default_targets.clone()
         } else {
@@ -534,14 +534,14 @@ impl Recovery {
             "a recording left by a crash cannot be finished ({why}); its files are in {} for the operator",
             dest.display()
         );
-        self.report(call_id, base, &detail);
+        self.report(FailureReason::RecoveredAfterCrash, call_id, base, &detail);
     }
 
-    fn report(&self, call_id: &str, base: &str, detail: &str) {
+    fn report(&self, reason: FailureReason, call_id: &str, base: &str, detail: &str) {
         self.failures.report(RecordingFailure {
             call_id: call_id.to_string(),
             set: Some(base.to_string()),
-            reason: FailureReason::RecoveredAfterCrash,
+            reason,
             detail: detail.to_string(),
             at_ms: now_ms(),
         });

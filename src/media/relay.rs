@@ -247,3 +247,5 @@ impl Stream {
 mod srtp_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod turn_tests;

@@ -120,19 +120,26 @@ async fn srtp_caller_plain_callee_records_the_clear_audio_and_drops_forgeries() 
 #[tokio::test]
 async fn an_srtp_side_without_keys_yet_passes_nothing() {
     let pool = PortPool::new("127.0.0.1".parse().unwrap(), 32720, 32730);
-    let s = Stream::start(
-        pool.allocate().unwrap(),
-        pool.allocate().unwrap(),
-        None,
-        Learning::default(),
-    )
-    .unwrap();
+    // Two streams on one media thread: the second, plain on both sides,
+    // tells when the thread is done with what reached the first.
+    let on_first_thread = || {
+        let thread = MediaThreads::get().unwrap().first();
+        let (caller, callee) = (pool.allocate().unwrap(), pool.allocate().unwrap());
+        Stream::start_on(thread, caller, callee, None, Learning::default()).unwrap()
+    };
+    let (s, barrier) = (on_first_thread(), on_first_thread());
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let pts = PayloadTypes::from_formats(&["8".into()]);
     s.set_peer(Side::Caller, Some(a.local_addr().unwrap()), None, pts);
     s.set_peer(Side::Callee, Some(b.local_addr().unwrap()), None, pts);
     s.set_keys(Side::Callee, LegKeys::Pending);
+    let (c, d) = (
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    );
+    barrier.set_peer(Side::Caller, Some(c.local_addr().unwrap()), None, pts);
+    barrier.set_peer(Side::Callee, Some(d.local_addr().unwrap()), None, pts);
     let heard_before = s.stats.last_rx_ms.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(5)).await;
     let plain = rtp(1, 1, 0x20);
@@ -140,16 +147,24 @@ async fn an_srtp_side_without_keys_yet_passes_nothing() {
         .await
         .unwrap();
     // The relay has taken the caller's packet (however long its thread was
-    // busy elsewhere) once it counts the caller as heard; it decides where
-    // the packet goes right after, and loopback delivers during its send.
+    // busy elsewhere) once it counts the caller as heard.
     settle(|| s.stats.last_rx_ms.load(Ordering::Relaxed) != heard_before).await;
     assert_ne!(
         s.stats.last_rx_ms.load(Ordering::Relaxed),
         heard_before,
         "the caller's packet was never taken"
     );
-    // A little room for the few instructions between that count and the send.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The thread finishes with that packet before it reads another socket,
+    // and a send on loopback is delivered before it returns: once the
+    // barrier's packet is through, the first packet went wherever it went.
+    let through = rtp(1, 2, 0x30);
+    c.send_to(
+        &through,
+        SocketAddr::from(([127, 0, 0, 1], barrier.caller_port)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recv(&d, "the barrier stream's packet").await, through);
     assert!(
         !holds_datagram(&b),
         "plain RTP went to a side that negotiated SRTP"

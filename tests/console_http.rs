@@ -191,9 +191,41 @@ fn console_login_roles_range_and_tamper() {
         Some(format!("bytes 100-199/{}", wav.len()).as_str())
     );
     assert_eq!(part.body, wav[100..200]);
+    // A range longer than the file is served as the whole file: a download
+    // in one request that no player made. It is in the access log like a
+    // playback, and the player's requests within minutes add no rows.
+    let all = http(
+        admin,
+        "GET",
+        &format!("/recordings/{id}/audio"),
+        &[("Cookie", &viewer.cookie), ("Range", "bytes=0-99999999999")],
+        "",
+    );
+    assert_eq!(all.status, 206);
+    assert!(
+        all.body == wav,
+        "the long range did not bring the whole file"
+    );
+    let playbacks = || {
+        let (code, audit) = callrec_cli(&["audit", "--data-dir", data.to_str().unwrap()]);
+        assert_eq!(code, 0, "{audit}");
+        audit
+            .lines()
+            .filter(|l| l.contains("console:vera") && l.contains("playback") && l.contains(&id))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let rows = playbacks();
+    assert_eq!(
+        rows.len(),
+        1,
+        "audio fetched by range must leave exactly one row: {rows:?}"
+    );
+    assert!(rows[0].contains("bytes=100-199"), "{rows:?}");
     let whole = get(admin, &viewer, &format!("/recordings/{id}/audio"));
     assert_eq!(whole.status, 200);
     assert_eq!(whole.body, wav);
+    assert_eq!(playbacks().len(), 1, "the same session's playback, one row");
     assert_eq!(
         get(admin, &viewer, &format!("/recordings/{id}/export")).status,
         403

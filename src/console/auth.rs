@@ -22,8 +22,10 @@ pub const MAX_FAILS: usize = 5;
 pub const MAX_FAILS_PER_ADDR: usize = 20;
 /// How long a failed login counts against the user and the address.
 pub const FAIL_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Most keys the throttle tracks; beyond this the oldest are forgotten, so a
-/// flood of invented user names cannot fill the memory.
+/// Most keys the throttle tracks; beyond this the key failed least recently
+/// is forgotten, so a flood of invented user names cannot fill the memory.
+/// The keys of existing accounts are never forgotten for it: the flood
+/// cannot buy an attacker fresh guesses at a real password.
 const MAX_TRACKED: usize = 10_000;
 /// Most sessions at once; the least recently used goes first.
 const MAX_SESSIONS: usize = 10_000;
@@ -63,7 +65,15 @@ pub struct Session {
 pub struct Auth {
     idle: Duration,
     sessions: Mutex<HashMap<String, Session>>,
-    fails: Mutex<HashMap<String, VecDeque<Instant>>>,
+    fails: Mutex<HashMap<String, Fails>>,
+}
+
+/// The recent failures counted against one key.
+#[derive(Default)]
+struct Fails {
+    times: VecDeque<Instant>,
+    /// The key of an existing account: kept however many others fail.
+    account: bool,
 }
 
 impl Auth {
@@ -141,7 +151,7 @@ impl Auth {
         ]
         .iter()
         .filter_map(|(k, max)| {
-            let q = f.get_mut(k)?;
+            let q = &mut f.get_mut(k)?.times;
             while q
                 .front()
                 .is_some_and(|t| now.duration_since(*t) >= FAIL_WINDOW)
@@ -153,30 +163,26 @@ impl Auth {
         .max()
     }
 
-    /// Counts a failed login against the user name and the address.
-    pub fn failed(&self, user: &str, addr: IpAddr) {
-        self.failed_at(user, addr, Instant::now())
+    /// Counts a failed login against the user name and the address;
+    /// `account` says the name is an existing account's.
+    pub fn failed(&self, user: &str, addr: IpAddr, account: bool) {
+        self.failed_at(user, addr, account, Instant::now())
     }
 
-    fn failed_at(&self, user: &str, addr: IpAddr, now: Instant) {
+    fn failed_at(&self, user: &str, addr: IpAddr, account: bool, now: Instant) {
         let mut f = self.fails.lock().expect("fails poisoned");
-        if f.len() >= MAX_TRACKED {
-            f.retain(|_, q| {
-                q.back()
-                    .is_some_and(|t| now.duration_since(*t) < FAIL_WINDOW)
-            });
-        }
-        for (k, max) in [
-            (user_key(user), MAX_FAILS),
-            (addr_key(addr), MAX_FAILS_PER_ADDR),
+        for (k, max, account) in [
+            (user_key(user), MAX_FAILS, account),
+            (addr_key(addr), MAX_FAILS_PER_ADDR, false),
         ] {
             if f.len() >= MAX_TRACKED && !f.contains_key(&k) {
-                continue;
+                make_room(&mut f, now);
             }
-            let q = f.entry(k).or_default();
-            q.push_back(now);
-            if q.len() > max {
-                q.pop_front();
+            let e = f.entry(k).or_default();
+            e.account |= account;
+            e.times.push_back(now);
+            if e.times.len() > max {
+                e.times.pop_front();
             }
         }
     }
@@ -194,8 +200,42 @@ fn user_key(user: &str) -> String {
     format!("user:{}", user.to_lowercase())
 }
 
+/// An IPv4 address counts alone; an IPv6 address by its /64, the block one
+/// site or household is given, so that an attacker cannot step through the
+/// addresses of her own block to guess on.
 fn addr_key(addr: IpAddr) -> String {
-    format!("addr:{addr}")
+    match addr {
+        IpAddr::V4(a) => format!("addr:{a}"),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => format!("addr:{v4}"),
+            None => {
+                let s = a.segments();
+                format!("addr:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Frees one place in a full throttle table: the expired go first; if none
+/// has expired, the key that failed least recently and is no account's.
+fn make_room(f: &mut HashMap<String, Fails>, now: Instant) {
+    f.retain(|_, e| {
+        e.account
+            || e.times
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < FAIL_WINDOW)
+    });
+    if f.len() < MAX_TRACKED {
+        return;
+    }
+    let oldest = f
+        .iter()
+        .filter(|(_, e)| !e.account)
+        .min_by_key(|(_, e)| e.times.back().copied())
+        .map(|(k, _)| k.clone());
+    if let Some(k) = oldest {
+        f.remove(&k);
+    }
 }
 
 /// The value of cookie `name` in a `Cookie` header.
@@ -243,7 +283,7 @@ mod tests {
         for i in 0..MAX_FAILS {
             assert!(a.throttled_at("ann", x, t0).is_none(), "after {i}");
             // Each guess from another address: the user's count still grows.
-            a.failed_at("Ann", if i % 2 == 0 { x } else { y }, t0);
+            a.failed_at("Ann", if i % 2 == 0 { x } else { y }, true, t0);
         }
         assert!(a
             .throttled_at("ann", "127.0.0.9".parse().unwrap(), t0)
@@ -251,7 +291,7 @@ mod tests {
         // Address x guessed 3 times; other names from x are still allowed.
         assert!(a.throttled_at("bob", x, t0).is_none());
         for _ in 0..MAX_FAILS_PER_ADDR {
-            a.failed_at(&random_token(), x, t0);
+            a.failed_at(&random_token(), x, false, t0);
         }
         assert!(
             a.throttled_at("bob", x, t0).is_some(),
@@ -262,6 +302,48 @@ mod tests {
             a.throttled_at("ann", y, t0 + FAIL_WINDOW).is_none(),
             "the window passes"
         );
+    }
+
+    #[test]
+    fn a_flood_of_invented_names_buys_no_guesses_at_an_account() {
+        let a = Auth::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        // Invented names from many addresses fill the table.
+        for i in 0..MAX_TRACKED / 2 {
+            let addr = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            a.failed_at(&format!("nobody{i}"), addr, false, t0);
+        }
+        // Then guesses at a real account from a new address: still counted.
+        let fresh: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..MAX_FAILS {
+            a.failed_at("adam", fresh, true, t0);
+        }
+        assert!(
+            a.throttled_at("adam", "192.0.2.2".parse().unwrap(), t0)
+                .is_some(),
+            "a full table stopped counting guesses at an account"
+        );
+        // The account's count outlives a second flood.
+        for i in 0..1000 {
+            let addr = IpAddr::from([10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            a.failed_at(&format!("again{i}"), addr, false, t0);
+        }
+        assert!(a.throttled_at("adam", fresh, t0).is_some());
+        assert!(a.fails.lock().unwrap().len() <= MAX_TRACKED + 1);
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let a = Auth::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILS_PER_ADDR {
+            let addr: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+            a.failed_at(&random_token(), addr, false, t0);
+        }
+        let same_block: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert!(a.throttled_at("bob", same_block, t0).is_some());
+        let other_block: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(a.throttled_at("bob", other_block, t0).is_none());
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub struct LoginForm {
     csrf: Option<String>,
 }
 
+/// Password checks run at once; a login beyond them is turned away at once
+/// (503, try again). Each check holds its argon2 hash's working memory
+/// (19 MiB with the default parameters), so a flood of logins would
+/// otherwise take the memory and the blocking threads the recordings need.
+pub(super) const PASSWORD_CHECKS_AT_ONCE: usize = 4;
+
 /// An argon2 hash of a random password nobody has: unknown users cost as much
 /// time as known ones, so response times do not tell which names exist.
 fn dummy_hash() -> &'static str {
@@ -115,6 +121,17 @@ pub async fn login(
             Some("Too many failed logins. Wait a few minutes and try again."),
         ));
     }
+    let Ok(_checking) = c.password_checks.try_acquire() else {
+        tracing::warn!(%addr, "console login turned away: {PASSWORD_CHECKS_AT_ONCE} password checks are running already");
+        let mut r = login_page(
+            &c,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("The console is busy checking other logins. Try again in a moment."),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return Ok(r);
+    };
     let (db, n, pw) = (c.db.clone(), name.clone(), f.password);
     let user = blocking(move || {
         let user = users::find(&db, &n).map_err(|e| e.to_string())?;
@@ -123,12 +140,14 @@ pub async fn login(
             .map(|u| u.hash.as_str())
             .unwrap_or(dummy_hash());
         let ok = users::password_matches(&pw, hash);
-        Ok::<_, String>(user.filter(|_| ok))
+        let exists = user.is_some();
+        Ok::<_, String>((user.filter(|_| ok), exists))
     })
     .await?
     .map_err(Refusal::Internal)?;
+    let (user, exists) = user;
     let Some(user) = user else {
-        c.auth.failed(&name, addr);
+        c.auth.failed(&name, addr, exists);
         let message = format!("console login failed: user {name:?} from {addr}");
         tracing::warn!("{message}");
         c.db.send(crate::db::Record::Error {
@@ -349,14 +368,14 @@ pub async fn audio(
     Query(q): Query<AudioQuery>,
     req: Request,
 ) -> Result<Response, Refusal> {
-    // A playback starts with the whole file or `bytes=0-`: verified now, and
-    // logged once; the player's further range requests reuse that result.
-    let start = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|r| r.trim() == "bytes=0-");
-    let found = find(&c, &id, start).await?;
+    // The first request of a session for a set and party verifies the set
+    // afresh and writes the `playback` row, whatever range it asks for (a
+    // player starts with the whole file or `bytes=0-`; a download may ask
+    // for any range, and a too-long range is cut to the whole file); the
+    // player's further requests of the next minutes reuse both.
+    let want = q.party.as_deref().unwrap_or("both");
+    let covered = c.playbacks.covered(&me.session, &id, want);
+    let found = find(&c, &id, !covered).await?;
     let Some(sha) = found.sha else {
         return Err(Refusal::NotFound);
     };
@@ -372,14 +391,24 @@ pub async fn audio(
             .into_response());
     }
     let files = sets::audio_files(&sha, &id);
-    let want = q.party.as_deref().unwrap_or("both");
     let file = files
         .iter()
         .find(|a| a.party == want)
         .or_else(|| files.first().filter(|_| q.party.is_none()))
         .ok_or(Refusal::NotFound)?;
-    if start {
-        access(&c, &me, AccessAction::Playback, &id, Some(want.to_string())).await?;
+    if !covered {
+        let range = req.headers().get(header::RANGE).map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(80)
+                .collect::<String>()
+        });
+        let detail = match range {
+            Some(r) => format!("{want} ({r})"),
+            None => want.to_string(),
+        };
+        access(&c, &me, AccessAction::Playback, &id, Some(detail)).await?;
+        c.playbacks.written(&me.session, &id, want);
     }
     let mut r = tower_http::services::ServeFile::new(&file.path)
         .try_call(req)

@@ -12,6 +12,7 @@ mod onedrive;
 mod ops;
 mod pages;
 mod phone_links;
+mod playback_log;
 mod proxy_login;
 mod sets;
 pub mod users;
@@ -80,6 +81,10 @@ pub(crate) struct Console {
     /// also means "made by this instance".
     cert_path: PathBuf,
     verified: sets::VerifyCache,
+    /// Which sessions' playbacks the access log already names.
+    playbacks: playback_log::PlaybackLog,
+    /// Password checks running now: each holds its hash's working memory.
+    password_checks: tokio::sync::Semaphore,
 }
 
 /// The console's routes, or `None` when there is no protocol database to keep users in.
@@ -102,6 +107,8 @@ pub fn router(core: Arc<Core>, settings: ConsoleSettings) -> Option<Router> {
         cert_path: data_dir.join(crate::seal::CERT_FILE_NAME),
         auth: auth::Auth::new(settings.idle),
         verified: sets::VerifyCache::default(),
+        playbacks: playback_log::PlaybackLog::default(),
+        password_checks: tokio::sync::Semaphore::new(handlers::PASSWORD_CHECKS_AT_ONCE),
         settings,
         db,
         core,

@@ -98,7 +98,7 @@ async fn key(
     let uid = match member {
         Ok(Ok(Some(u))) => u,
         Ok(Ok(None)) => {
-            p.guesses.failed(&who, peer.ip());
+            p.guesses.failed(&who, peer.ip(), false);
             tracing::warn!(addr = %peer.ip(), key = %keys::log_name(&token), "phone key: unknown link refused");
             return not_found();
         }

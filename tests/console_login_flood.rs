@@ -1,0 +1,85 @@
+//! The console's login under a flood, as an attacker would send it: many
+//! password logins at once, each with a matching CSRF cookie and field of
+//! its own making (no page fetched first). Every password check holds its
+//! memory-hard hash's working memory (about 19 MiB); the proxy runs a few
+//! at a time and turns the rest away at once, so the flood cannot take the
+//! memory the recordings need.
+
+mod common;
+
+use common::console::{form, http, users_cli};
+use common::*;
+use std::time::Duration;
+
+const FLOOD: usize = 48;
+
+/// Peak resident memory of `pid` since it started, in KiB (`VmHWM`).
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"))
+}
+
+fn post_login(admin: std::net::SocketAddr, user: &str, password: &str, token: &str) -> u16 {
+    http(
+        admin,
+        "POST",
+        "/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &format!("callrec_login={token}")),
+        ],
+        &form(&[("username", user), ("password", password), ("csrf", token)]),
+    )
+    .status
+}
+
+#[test]
+fn a_login_flood_runs_a_few_password_checks_at_a_time() {
+    let proxy = Proxy::start();
+    let admin = proxy.admin_addr();
+    let (code, out) = users_cli(
+        proxy.data_dir(),
+        &["add", "adam", "--role", "admin"],
+        "admin password 333\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    // One check first: what a single login costs is in the peak already.
+    assert_eq!(post_login(admin, "nobody", "a wrong password", "warm"), 401);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = peak_kib(proxy.pid());
+
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|i| {
+            std::thread::spawn(move || {
+                post_login(
+                    admin,
+                    &format!("guess{i}"),
+                    "a wrong password",
+                    &format!("t{i}"),
+                )
+            })
+        })
+        .collect();
+    let answers: Vec<u16> = flood.into_iter().map(|t| t.join().unwrap()).collect();
+    let grown_mib = (peak_kib(proxy.pid()).saturating_sub(before)) / 1024;
+    let busy = answers.iter().filter(|s| **s == 503).count();
+    assert!(
+        answers.iter().all(|s| *s == 401 || *s == 503),
+        "answers: {answers:?}"
+    );
+    assert!(
+        grown_mib < 160,
+        "{FLOOD} logins at once grew the proxy's memory by {grown_mib} MiB ({busy} turned away)"
+    );
+    assert!(busy > 0, "no login was turned away: {answers:?}");
+    assert!(
+        proxy.log().contains("password checks"),
+        "{}",
+        proxy.log_tail(20)
+    );
+}

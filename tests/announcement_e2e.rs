@@ -55,7 +55,9 @@ fn call_and_listen(ua: &mut Ua, from: &str, to: &str, tone_hz: f64) {
         progress.0
     );
     // Early media: the announcement, from the proxy's port named in the 183.
-    let heard = ua.recv_rtp(Duration::from_millis(1800));
+    let heard = ua.recv_rtp_until(Duration::from_secs(4), |got| {
+        decode(got).len() >= 8000 * 3 / 2
+    });
     let pcm = decode(&heard);
     assert!(
         pcm.len() >= 8000 * 3 / 2,

@@ -36,7 +36,9 @@ fn retransmitted_invite_is_absorbed_and_unanswered_invite_is_retransmitted() {
     let pbx = UdpSocket::bind(proxy.pbx_addr()).unwrap();
     // Listening before the first INVITE, so that each one is timed as it
     // arrives (not when a late reader gets to it).
-    let collector = std::thread::spawn(move || collect(&pbx, Duration::from_millis(3900)));
+    // 4.5 s: the third retransmission (3.5 s after the first INVITE) is in
+    // even when the proxy starts the call late; the fourth (7.5 s) is not.
+    let collector = std::thread::spawn(move || collect(&pbx, Duration::from_millis(4500)));
     let mut ua = Ua::new("127.0.0.3", proxy.sip_addr());
     ua.invite("03012345678", "200");
     // The caller retransmits its INVITE twice (same branch, as timer A would).

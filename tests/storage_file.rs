@@ -218,17 +218,20 @@ async fn same_filesystem_links_and_another_filesystem_copies() {
     let data = work.path().join("data");
     let db = Db::open_in(&data).unwrap();
     let spool = Spool::start(fast_spool(&data), db.clone(), Secrets::new(), None).unwrap();
-    let at = spool.enqueue(&m.set, &urls).unwrap();
+    // The sealed files' inodes, read before the spool takes them: its
+    // worker starts at once and may have delivered and set the spooled
+    // folder aside before this thread reads it.
     let spooled: Vec<(String, u64)> = m
         .contents
         .iter()
         .map(|(name, _)| {
             (
                 name.clone(),
-                std::fs::metadata(at.join(name)).unwrap().ino(),
+                std::fs::metadata(m.set.folder.join(name)).unwrap().ino(),
             )
         })
         .collect();
+    spool.enqueue(&m.set, &urls).unwrap();
     assert!(
         spool.wait_empty(Duration::from_secs(20)).await,
         "spool not emptied: {:?}",

@@ -168,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_port_is_not_handed_out_again_at_once() {
-        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 34100, 34119);
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 35100, 35119);
         let freed = pool.allocate().unwrap();
         let port = freed.port;
         drop(freed);

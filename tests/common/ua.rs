@@ -203,6 +203,25 @@ impl Ua {
         out
     }
 
+    /// RTP received until `enough` holds for what came so far, or `max` has
+    /// passed: a window that ends early when all is there and waits out a
+    /// late packet on a busy machine.
+    pub fn recv_rtp_until(
+        &self,
+        max: Duration,
+        enough: impl Fn(&[(Instant, Vec<u8>)]) -> bool,
+    ) -> Vec<(Instant, Vec<u8>)> {
+        let end = Instant::now() + max;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !enough(&out) && Instant::now() < end {
+            if let Ok(n) = self.media.recv(&mut buf) {
+                out.push((Instant::now(), buf[..n].to_vec()));
+            }
+        }
+        out
+    }
+
     /// Sends `dur` of an A-law sine tone to `to`, paced in real time.
     pub fn send_tone(&self, to: SocketAddr, freq: f64, dur: Duration) {
         let start = Instant::now();

@@ -21,8 +21,9 @@ pub enum AccessAction {
     Hold,
     /// The access log itself was read (subject: the filter).
     Audit,
-    /// An admin changed how recordings are stored, e.g. signed a storage
-    /// target in (subject: the target).
+    /// What is recorded or how it is stored was changed: a member's
+    /// recording switched on or off in a group (subject: the member), a
+    /// storage target signed in (subject: the target).
     Configure,
     /// A member's personal phone link was rotated (subject: the member's login).
     #[serde(rename = "phone-key")]
@@ -107,6 +108,24 @@ impl AccessEntry {
             subject: subject.into(),
             detail,
         }
+    }
+
+    /// A member's recording switched on (`login`) or off in `groups` by
+    /// `actor` through `via`; written after the switch, before the answer.
+    pub fn membership(
+        actor: impl Into<String>,
+        member: &str,
+        groups: &str,
+        login: bool,
+        via: &str,
+    ) -> AccessEntry {
+        let state = if login { "on" } else { "off" };
+        AccessEntry::now(
+            actor,
+            AccessAction::Configure,
+            format!("member {member}"),
+            Some(format!("recording {state} in {groups} ({via})")),
+        )
     }
 
     /// One line for `callrec audit`.

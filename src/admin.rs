@@ -227,19 +227,42 @@ async fn membership(
             )
         }
     };
-    match result {
-        Ok(changed) => {
-            tracing::info!(group = g, user = u, action = %action, changed, "group membership switched");
-            Json(serde_json::json!({
-                "group": g,
-                "user": u,
-                "active": action == "login",
-                "changed": changed,
-            }))
-            .into_response()
+    let changed = match result {
+        Ok(changed) => changed,
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let member = dir.user(u).map_or(u.to_string(), |x| x.login.clone());
+    let group_name = dir.group(g).map_or(g.to_string(), |x| x.name.clone());
+    let logged = match s.core.db.clone() {
+        Some(db) => {
+            let entry = AccessEntry::membership(
+                API_ACTOR,
+                &member,
+                &format!("group {group_name}"),
+                action == "login",
+                "admin API",
+            );
+            tokio::task::spawn_blocking(move || crate::access_log::record_sync(&db, entry))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
         }
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        None => Ok(()),
+    };
+    if let Err(e) = logged {
+        return err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("switched, but the access log could not be written: {e}"),
+        );
     }
+    tracing::info!(group = g, user = u, action = %action, changed, "group membership switched");
+    Json(serde_json::json!({
+        "group": g,
+        "user": u,
+        "active": action == "login",
+        "changed": changed,
+    }))
+    .into_response()
 }
 
 /// 200 when SIP, media and the database work; 503 with what is wrong otherwise.

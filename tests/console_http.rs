@@ -453,6 +453,16 @@ fn console_sessions_expire_and_membership_needs_csrf() {
         "logout not stored: {}",
         membership()
     );
+    // Who switched a member's recording off is in the access log.
+    let (code, audit) = callrec_cli(&["audit", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{audit}");
+    assert!(
+        audit.lines().any(|l| l.contains("console:adam")
+            && l.contains("configure")
+            && l.contains("recording off")
+            && l.contains("Sales")),
+        "the switch is not in the access log:\n{audit}"
+    );
 
     // A new password ends the sessions started with the old one.
     let (code, out) = users_cli(&data, &["passwd", "adam"], "a brand new password\n");

@@ -255,6 +255,13 @@ fn phone_link_switches_membership_and_rotation_kills_the_old_link() {
     // The rotation is in the access log, with the admin and the member, not the token.
     let (code, audit) = callrec_cli(&["audit", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(code, 0, "{audit}");
+    // So is every switch by the member's own link.
+    assert!(
+        audit.lines().any(|l| l.contains("phone:anna")
+            && l.contains("configure")
+            && l.contains("recording off")),
+        "a switch by the phone link is not in the access log:\n{audit}"
+    );
     assert!(
         audit
             .lines()

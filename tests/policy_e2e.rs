@@ -160,6 +160,17 @@ fn profiles_decide_and_unrecorded_calls_are_not_anchored() {
         .unwrap();
     assert_eq!(stored, 1, "the logout is not in the database");
     drop(db);
+    // And who did it is in the access log.
+    let (code, audit) = callrec_cli(&["audit", "--data-dir", proxy.data_dir().to_str().unwrap()]);
+    assert_eq!(code, 0, "{audit}");
+    assert!(
+        audit.lines().any(|l| l.contains("api:admin-token")
+            && l.contains("configure")
+            && l.contains("ben")
+            && l.contains("recording off")
+            && l.contains("Sales")),
+        "the switch is not in the access log:\n{audit}"
+    );
 
     // 8. Logged in again: recorded again.
     let (code, body) = http_request(

@@ -157,6 +157,22 @@ pub async fn membership(
         _ => return Err(Refusal::NotFound),
     };
     r.map_err(|e| Refusal::Internal(e.to_string()))?;
+    let dir = planner.directory().current();
+    let member = dir.user(user).map_or(user.to_string(), |u| u.login.clone());
+    let group_name = dir
+        .group(group)
+        .map_or(group.to_string(), |g| g.name.clone());
+    let entry = crate::access_log::AccessEntry::membership(
+        super::handlers::actor(&me.name),
+        &member,
+        &format!("group {group_name}"),
+        action == "login",
+        "console",
+    );
+    let db = c.db.clone();
+    super::blocking(move || crate::access_log::record_sync(&db, entry))
+        .await?
+        .map_err(|e| Refusal::Internal(e.to_string()))?;
     tracing::info!(user = %me.name, group, member = user, action = %action, "console: group membership switched");
     Ok(Redirect::to("/operations").into_response())
 }

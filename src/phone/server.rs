@@ -138,6 +138,25 @@ async fn key(
         .map(|g| g.name.as_str())
         .collect::<Vec<_>>()
         .join(", ");
+    if let Some(db) = p.core.db.clone() {
+        let entry = crate::access_log::AccessEntry::membership(
+            format!("phone:{}", user.login),
+            &user.login,
+            &format!("groups {names}"),
+            login,
+            "phone link",
+        );
+        match tokio::task::spawn_blocking(move || crate::access_log::record_sync(&db, entry)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return failed(format!(
+                    "switched, but the access log could not be written: {e}"
+                ))
+            }
+            Err(e) => return failed(e.to_string()),
+        }
+    }
     let state = if login { "ON" } else { "OFF" };
     tracing::info!(member = %user.login, user = uid, groups = %names, action = %action, addr = %peer.ip(), key = %keys::log_name(&token), "phone key: recording {state}");
     text(StatusCode::OK, format!("Recording {state}: {names}\n"))

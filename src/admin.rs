@@ -61,26 +61,15 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind admin API on {addr}: {e}"))
     })?;
-    // The peer address throttles console logins per address.
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls {
         Some(ctx) => {
-            use axum::serve::ListenerExt;
             tracing::info!("admin API on https://{addr}");
-            let listener = crate::admin_tls::TlsListener::new(listener, ctx)?.tap_io(|_| ());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, service).await {
-                    tracing::error!("admin API stopped: {e}");
-                }
-            });
+            let listener = crate::admin_tls::TlsListener::new(listener, ctx)?;
+            tokio::spawn(crate::http_serve::serve(listener, app));
         }
         None => {
             tracing::info!("admin API on http://{addr}");
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, service).await {
-                    tracing::error!("admin API stopped: {e}");
-                }
-            });
+            tokio::spawn(crate::http_serve::serve(listener, app));
         }
     }
     Ok(())

@@ -2,7 +2,8 @@
 //! that SIP over TLS uses (`--tls-cert`, `--tls-key`, reloaded on SIGHUP).
 //! Handshakes run in their own tasks with a time limit and a cap on how many
 //! run at once, so a client that connects and says nothing cannot hold up
-//! the others; finished streams are handed to axum as from any listener.
+//! the others; finished streams go to the admin listener's connection loop
+//! (`http_serve`) as from any listener.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

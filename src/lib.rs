@@ -17,6 +17,7 @@ pub mod console;
 pub mod db;
 pub mod db_repair;
 pub mod hold;
+pub mod http_serve;
 pub mod instance;
 pub mod media;
 pub mod notify;

@@ -46,12 +46,7 @@ pub async fn serve(core: Arc<Core>, addr: SocketAddr) -> std::io::Result<()> {
         )
     })?;
     tracing::info!("phone recording keys on http://{addr}");
-    tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service).await {
-            tracing::error!("phone listener stopped: {e}");
-        }
-    });
+    tokio::spawn(crate::http_serve::serve(listener, app));
     Ok(())
 }
 

@@ -231,7 +231,7 @@ pub fn recording(me: &Me, v: &RecordingView) -> Markup {
                         @let src = if *p == "both" { format!("/recordings/{id}/audio") } else { format!("/recordings/{id}/audio?party={p}") };
                         figure {
                             figcaption { @if *p == "both" { "Call audio" } @else { "Voice of the " (p) } }
-                            audio controls preload="metadata" src=(src) data-party=(p) {}
+                            audio controls preload="none" src=(src) data-party=(p) {}
                         }
                     }
                     p { a href={ "/recordings/" (id) "/audio" } download { "Download the audio" } }

@@ -73,7 +73,11 @@ async function playToEnd(page, role) {
   const result = await page.evaluate(async () => {
     const a = document.querySelector("audio");
     a.muted = true;
-    if (a.readyState < 1) await new Promise((ok, fail) => { a.onloadedmetadata = ok; a.onerror = () => fail(new Error("audio error")); });
+    // Nothing is fetched before the person presses play (preload="none").
+    const loading = new Promise((ok, fail) => { a.onloadedmetadata = ok; a.onerror = () => fail(new Error("audio error")); });
+    await a.play();
+    a.pause();
+    if (a.readyState < 1) await loading;
     // Seek into the middle first: the server must answer the range request.
     a.currentTime = a.duration / 2;
     await new Promise((ok) => { a.onseeked = ok; });
@@ -126,6 +130,13 @@ async function refused(page, role, pathname) {
     page = await newPage(context);
     await login(page, "auditor");
     await searchAndOpen(page, "auditor", false);
+    // Opening the recording is no playback: the access log says so only once
+    // the auditor has pressed play.
+    const other = await context.newPage();
+    await other.goto(`${URL}/access-log`);
+    const before = await other.locator("main").innerText();
+    check(!before.split("\n").some((l) => l.includes(`console:${USERS.auditor[0]}`) && l.includes("playback")), "opening a recording writes no playback row");
+    await other.close();
     await playToEnd(page, "auditor");
     const [download] = await Promise.all([page.waitForEvent("download"), page.locator("#export").click()]);
     const zip = path.join(OUT, "export.zip");

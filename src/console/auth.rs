@@ -29,6 +29,9 @@ pub const FAIL_WINDOW: Duration = Duration::from_secs(15 * 60);
 const MAX_TRACKED: usize = 10_000;
 /// Most sessions at once; the least recently used goes first.
 const MAX_SESSIONS: usize = 10_000;
+/// A session ends this long after its login however busy it is: a stolen
+/// cookie, kept alive by requests, serves its thief one working day at most.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 /// 32 random bytes, hex: session ids and CSRF tokens.
 pub fn random_token() -> String {
@@ -59,6 +62,7 @@ pub struct Session {
     /// The token every state-changing form must carry.
     pub csrf: String,
     last_seen: Instant,
+    started: Instant,
 }
 
 /// All sessions and the failed-login record.
@@ -91,7 +95,7 @@ impl Auth {
         let id = random_token();
         let mut s = self.sessions.lock().expect("sessions poisoned");
         let now = Instant::now();
-        s.retain(|_, v| now.duration_since(v.last_seen) < self.idle);
+        s.retain(|_, v| self.live(v, now));
         if s.len() >= MAX_SESSIONS {
             if let Some(oldest) = s
                 .iter()
@@ -108,6 +112,7 @@ impl Auth {
                 hash: hash.to_string(),
                 csrf: random_token(),
                 last_seen: now,
+                started: now,
             },
         );
         id
@@ -122,7 +127,7 @@ impl Auth {
         let mut s = self.sessions.lock().expect("sessions poisoned");
         let live = s
             .get(id)
-            .is_some_and(|v| now.saturating_duration_since(v.last_seen) < self.idle);
+            .is_some_and(|v| self.live(v, now));
         if !live {
             s.remove(id);
             return None;
@@ -130,6 +135,12 @@ impl Auth {
         let v = s.get_mut(id)?;
         v.last_seen = now;
         Some(v.clone())
+    }
+
+    /// Whether `v` is neither idle too long nor older than its lifetime.
+    fn live(&self, v: &Session, now: Instant) -> bool {
+        now.saturating_duration_since(v.last_seen) < self.idle
+            && now.saturating_duration_since(v.started) < MAX_LIFETIME
     }
 
     /// Ends a session.
@@ -261,6 +272,20 @@ pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<u64>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_kept_busy_still_ends_after_its_lifetime() {
+        let a = Auth::new(Duration::from_secs(60));
+        let id = a.start("ann", "h");
+        let t0 = Instant::now();
+        let mut t = t0;
+        // A request every 50 s, never idle: the session still ends.
+        while t < t0 + MAX_LIFETIME - Duration::from_secs(50) {
+            t += Duration::from_secs(50);
+            assert!(a.get_at(&id, t).is_some(), "ended early, at {:?}", t - t0);
+        }
+        assert!(a.get_at(&id, t0 + MAX_LIFETIME).is_none());
+    }
 
     #[test]
     fn idle_sessions_end() {

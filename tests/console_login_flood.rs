@@ -13,17 +13,6 @@ use std::time::Duration;
 
 const FLOOD: usize = 48;
 
-/// Peak resident memory of `pid` since it started, in KiB (`VmHWM`).
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"))
-}
-
 fn post_login(admin: std::net::SocketAddr, user: &str, password: &str, token: &str) -> u16 {
     http(
         admin,
@@ -51,7 +40,7 @@ fn a_login_flood_runs_a_few_password_checks_at_a_time() {
     // One check first: what a single login costs is in the peak already.
     assert_eq!(post_login(admin, "nobody", "a wrong password", "warm"), 401);
     std::thread::sleep(Duration::from_millis(200));
-    let before = peak_kib(proxy.pid());
+    let before = proxy.peak_rss_kib();
 
     let flood: Vec<_> = (0..FLOOD)
         .map(|i| {
@@ -66,7 +55,7 @@ fn a_login_flood_runs_a_few_password_checks_at_a_time() {
         })
         .collect();
     let answers: Vec<u16> = flood.into_iter().map(|t| t.join().unwrap()).collect();
-    let grown_mib = (peak_kib(proxy.pid()).saturating_sub(before)) / 1024;
+    let grown_mib = proxy.peak_rss_kib().saturating_sub(before) / 1024;
     let busy = answers.iter().filter(|s| **s == 503).count();
     assert!(
         answers.iter().all(|s| *s == 401 || *s == 503),

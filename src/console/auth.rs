@@ -125,9 +125,7 @@ impl Auth {
 
     fn get_at(&self, id: &str, now: Instant) -> Option<Session> {
         let mut s = self.sessions.lock().expect("sessions poisoned");
-        let live = s
-            .get(id)
-            .is_some_and(|v| self.live(v, now));
+        let live = s.get(id).is_some_and(|v| self.live(v, now));
         if !live {
             s.remove(id);
             return None;

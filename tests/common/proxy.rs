@@ -382,14 +382,23 @@ impl Proxy {
 
     /// The proxy's resident set size in KiB (`VmRSS` of /proc/PID/status).
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// The largest resident set size the proxy has had, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let path = format!("/proc/{}/status", self.pid());
         let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
+            .unwrap_or_else(|| panic!("no {field} in {path}:\n{status}"))
     }
 
     /// `GET /api/calls/recent`: the finished calls, oldest first.

@@ -192,8 +192,9 @@ fn console_login_roles_range_and_tamper() {
     );
     assert_eq!(part.body, wav[100..200]);
     // A range longer than the file is served as the whole file: a download
-    // in one request that no player made. It is in the access log like a
-    // playback, and the player's requests within minutes add no rows.
+    // in one request that no player made. A session's first audio request,
+    // whatever its range (here 100-199), writes the playback row; its
+    // further requests within minutes add none.
     let all = http(
         admin,
         "GET",

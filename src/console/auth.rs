@@ -22,11 +22,15 @@ pub const MAX_FAILS: usize = 5;
 pub const MAX_FAILS_PER_ADDR: usize = 20;
 /// How long a failed login counts against the user and the address.
 pub const FAIL_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Most keys the throttle tracks; beyond this the key failed least recently
-/// is forgotten, so a flood of invented user names cannot fill the memory.
-/// The keys of existing accounts are never forgotten for it: the flood
-/// cannot buy an attacker fresh guesses at a real password.
-const MAX_TRACKED: usize = 10_000;
+/// Most user names with recent failures the throttle tracks (about 15 MB).
+/// A name is never forgotten before its window has passed, whether an
+/// account has it or not (forgetting only invented names would tell which
+/// names exist); when a flood of invented names has filled the table, a
+/// name not in it is refused like a throttled one until room comes back.
+const MAX_NAMES: usize = 100_000;
+/// Most addresses the throttle tracks; beyond this the address that failed
+/// least recently is forgotten (the per-name count still holds).
+const MAX_ADDRS: usize = 10_000;
 /// Most sessions at once; the least recently used goes first.
 const MAX_SESSIONS: usize = 10_000;
 /// A session ends this long after its login however busy it is: a stolen
@@ -69,15 +73,9 @@ pub struct Session {
 pub struct Auth {
     idle: Duration,
     sessions: Mutex<HashMap<String, Session>>,
-    fails: Mutex<HashMap<String, Fails>>,
-}
-
-/// The recent failures counted against one key.
-#[derive(Default)]
-struct Fails {
-    times: VecDeque<Instant>,
-    /// The key of an existing account: kept however many others fail.
-    account: bool,
+    /// Recent failures per user name, and per address.
+    names: Mutex<HashMap<String, VecDeque<Instant>>>,
+    addrs: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
 impl Auth {
@@ -86,7 +84,8 @@ impl Auth {
         Auth {
             idle,
             sessions: Mutex::default(),
-            fails: Mutex::default(),
+            names: Mutex::default(),
+            addrs: Mutex::default(),
         }
     }
 
@@ -153,54 +152,67 @@ impl Auth {
     }
 
     fn throttled_at(&self, user: &str, addr: IpAddr, now: Instant) -> Option<Duration> {
-        let mut f = self.fails.lock().expect("fails poisoned");
-        [
-            (user_key(user), MAX_FAILS),
-            (addr_key(addr), MAX_FAILS_PER_ADDR),
-        ]
-        .iter()
-        .filter_map(|(k, max)| {
-            let q = &mut f.get_mut(k)?.times;
-            while q
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= FAIL_WINDOW)
-            {
-                q.pop_front();
+        let by_name = {
+            let mut names = self.names.lock().expect("names poisoned");
+            let k = user_key(user);
+            if let Some(q) = names.get_mut(&k) {
+                waiting(q, MAX_FAILS, now)
+            } else if names.len() >= MAX_NAMES {
+                // A full table refuses a name it cannot count.
+                prune(&mut names, now);
+                (names.len() >= MAX_NAMES).then_some(FAIL_WINDOW)
+            } else {
+                None
             }
-            (q.len() >= *max).then(|| FAIL_WINDOW - now.duration_since(q[0]))
-        })
-        .max()
+        };
+        let by_addr = {
+            let mut addrs = self.addrs.lock().expect("addrs poisoned");
+            addrs
+                .get_mut(&addr_key(addr))
+                .and_then(|q| waiting(q, MAX_FAILS_PER_ADDR, now))
+        };
+        by_name.max(by_addr)
     }
 
-    /// Counts a failed login against the user name and the address;
-    /// `account` says the name is an existing account's.
-    pub fn failed(&self, user: &str, addr: IpAddr, account: bool) {
-        self.failed_at(user, addr, account, Instant::now())
+    /// Counts a failed login against the user name and the address.
+    pub fn failed(&self, user: &str, addr: IpAddr) {
+        self.failed_at(user, addr, Instant::now())
     }
 
-    fn failed_at(&self, user: &str, addr: IpAddr, account: bool, now: Instant) {
-        let mut f = self.fails.lock().expect("fails poisoned");
-        for (k, max, account) in [
-            (user_key(user), MAX_FAILS, account),
-            (addr_key(addr), MAX_FAILS_PER_ADDR, false),
-        ] {
-            if f.len() >= MAX_TRACKED && !f.contains_key(&k) {
-                make_room(&mut f, now);
+    fn failed_at(&self, user: &str, addr: IpAddr, now: Instant) {
+        {
+            let mut names = self.names.lock().expect("names poisoned");
+            let k = user_key(user);
+            if names.len() >= MAX_NAMES && !names.contains_key(&k) {
+                prune(&mut names, now);
             }
-            let e = f.entry(k).or_default();
-            e.account |= account;
-            e.times.push_back(now);
-            if e.times.len() > max {
-                e.times.pop_front();
+            // Still full: the name is refused anyway (see `throttled_at`).
+            if names.len() < MAX_NAMES || names.contains_key(&k) {
+                count(names.entry(k).or_default(), MAX_FAILS, now);
             }
         }
+        let mut addrs = self.addrs.lock().expect("addrs poisoned");
+        let k = addr_key(addr);
+        if addrs.len() >= MAX_ADDRS && !addrs.contains_key(&k) {
+            prune(&mut addrs, now);
+            if addrs.len() >= MAX_ADDRS {
+                let oldest = addrs
+                    .iter()
+                    .min_by_key(|(_, q)| q.back().copied())
+                    .map(|(k, _)| k.clone());
+                if let Some(o) = oldest {
+                    addrs.remove(&o);
+                }
+            }
+        }
+        count(addrs.entry(k).or_default(), MAX_FAILS_PER_ADDR, now);
     }
 
     /// A successful login clears the user's record (not the address's).
     pub fn succeeded(&self, user: &str) {
-        self.fails
+        self.names
             .lock()
-            .expect("fails poisoned")
+            .expect("names poisoned")
             .remove(&user_key(user));
     }
 }
@@ -225,26 +237,32 @@ fn addr_key(addr: IpAddr) -> String {
     }
 }
 
-/// Frees one place in a full throttle table: the expired go first; if none
-/// has expired, the key that failed least recently and is no account's.
-fn make_room(f: &mut HashMap<String, Fails>, now: Instant) {
-    f.retain(|_, e| {
-        e.account
-            || e.times
-                .back()
-                .is_some_and(|t| now.duration_since(*t) < FAIL_WINDOW)
+/// How long until a key with failures `q` (at most `max` counted) may try
+/// again; its expired failures are dropped first.
+fn waiting(q: &mut VecDeque<Instant>, max: usize, now: Instant) -> Option<Duration> {
+    while q
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= FAIL_WINDOW)
+    {
+        q.pop_front();
+    }
+    (q.len() >= max).then(|| FAIL_WINDOW - now.duration_since(q[0]))
+}
+
+/// Counts one failure at `now`, keeping the last `max`.
+fn count(q: &mut VecDeque<Instant>, max: usize, now: Instant) {
+    q.push_back(now);
+    if q.len() > max {
+        q.pop_front();
+    }
+}
+
+/// Drops the keys whose last failure is out of the window.
+fn prune(t: &mut HashMap<String, VecDeque<Instant>>, now: Instant) {
+    t.retain(|_, q| {
+        q.back()
+            .is_some_and(|l| now.duration_since(*l) < FAIL_WINDOW)
     });
-    if f.len() < MAX_TRACKED {
-        return;
-    }
-    let oldest = f
-        .iter()
-        .filter(|(_, e)| !e.account)
-        .min_by_key(|(_, e)| e.times.back().copied())
-        .map(|(k, _)| k.clone());
-    if let Some(k) = oldest {
-        f.remove(&k);
-    }
 }
 
 /// The value of cookie `name` in a `Cookie` header.
@@ -306,7 +324,7 @@ mod tests {
         for i in 0..MAX_FAILS {
             assert!(a.throttled_at("ann", x, t0).is_none(), "after {i}");
             // Each guess from another address: the user's count still grows.
-            a.failed_at("Ann", if i % 2 == 0 { x } else { y }, true, t0);
+            a.failed_at("Ann", if i % 2 == 0 { x } else { y }, t0);
         }
         assert!(a
             .throttled_at("ann", "127.0.0.9".parse().unwrap(), t0)
@@ -314,7 +332,7 @@ mod tests {
         // Address x guessed 3 times; other names from x are still allowed.
         assert!(a.throttled_at("bob", x, t0).is_none());
         for _ in 0..MAX_FAILS_PER_ADDR {
-            a.failed_at(&random_token(), x, false, t0);
+            a.failed_at(&random_token(), x, t0);
         }
         assert!(
             a.throttled_at("bob", x, t0).is_some(),
@@ -328,31 +346,48 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_invented_names_buys_no_guesses_at_an_account() {
+    fn a_flood_of_invented_names_buys_no_guesses_and_tells_no_names() {
         let a = Auth::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        // Invented names from many addresses fill the table.
-        for i in 0..MAX_TRACKED / 2 {
-            let addr = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
-            a.failed_at(&format!("nobody{i}"), addr, false, t0);
-        }
-        // Then guesses at a real account from a new address: still counted.
-        let fresh: IpAddr = "192.0.2.1".parse().unwrap();
+        // Five guesses at one name before the flood, whoever has it.
+        let early: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..MAX_FAILS {
-            a.failed_at("adam", fresh, true, t0);
+            a.failed_at("adam", early, t0);
         }
-        assert!(
-            a.throttled_at("adam", "192.0.2.2".parse().unwrap(), t0)
-                .is_some(),
-            "a full table stopped counting guesses at an account"
-        );
-        // The account's count outlives a second flood.
-        for i in 0..1000 {
-            let addr = IpAddr::from([10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
-            a.failed_at(&format!("again{i}"), addr, false, t0);
+        // Invented names from many addresses fill the table.
+        for i in 0..MAX_NAMES {
+            let n = i % 5000;
+            let addr = IpAddr::from([10, 0, (n >> 8) as u8, n as u8]);
+            a.failed_at(&format!("nobody{i}"), addr, t0);
         }
+        let fresh: IpAddr = "192.0.2.2".parse().unwrap();
+        // The name guessed at before is still throttled: the flood did not
+        // buy fresh guesses, and did not tell whether an account has it.
         assert!(a.throttled_at("adam", fresh, t0).is_some());
-        assert!(a.fails.lock().unwrap().len() <= MAX_TRACKED + 1);
+        // A name the full table cannot count is refused, whoever has it.
+        assert!(a.throttled_at("eve", fresh, t0).is_some());
+        assert!(a.names.lock().unwrap().len() <= MAX_NAMES);
+        assert!(a.addrs.lock().unwrap().len() <= MAX_ADDRS);
+        // Once the window has passed, there is room again.
+        let later = t0 + FAIL_WINDOW;
+        assert!(a.throttled_at("eve", fresh, later).is_none());
+    }
+
+    #[test]
+    fn a_full_address_table_forgets_the_address_failed_least_recently() {
+        let a = Auth::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..MAX_ADDRS {
+            let addr = IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
+            a.failed_at("someone", addr, t0);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        let new: IpAddr = "192.0.2.9".parse().unwrap();
+        for i in 0..MAX_FAILS_PER_ADDR {
+            a.failed_at(&format!("n{i}"), new, t1);
+        }
+        assert!(a.throttled_at("bob", new, t1).is_some());
+        assert!(a.addrs.lock().unwrap().len() <= MAX_ADDRS);
     }
 
     #[test]
@@ -361,7 +396,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..MAX_FAILS_PER_ADDR {
             let addr: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
-            a.failed_at(&random_token(), addr, false, t0);
+            a.failed_at(&random_token(), addr, t0);
         }
         let same_block: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
         assert!(a.throttled_at("bob", same_block, t0).is_some());

@@ -121,7 +121,9 @@ pub async fn login(
             Some("Too many failed logins. Wait a few minutes and try again."),
         ));
     }
-    let Ok(_checking) = c.password_checks.try_acquire() else {
+    // The place goes into the blocking check itself: a client that hangs up
+    // ends this request, not the hash, which keeps its place until done.
+    let Ok(checking) = c.password_checks.clone().try_acquire_owned() else {
         tracing::warn!(%addr, "console login turned away: {PASSWORD_CHECKS_AT_ONCE} password checks are running already");
         let mut r = login_page(
             &c,
@@ -134,20 +136,19 @@ pub async fn login(
     };
     let (db, n, pw) = (c.db.clone(), name.clone(), f.password);
     let user = blocking(move || {
+        let _checking = checking;
         let user = users::find(&db, &n).map_err(|e| e.to_string())?;
         let hash = user
             .as_ref()
             .map(|u| u.hash.as_str())
             .unwrap_or(dummy_hash());
         let ok = users::password_matches(&pw, hash);
-        let exists = user.is_some();
-        Ok::<_, String>((user.filter(|_| ok), exists))
+        Ok::<_, String>(user.filter(|_| ok))
     })
     .await?
     .map_err(Refusal::Internal)?;
-    let (user, exists) = user;
     let Some(user) = user else {
-        c.auth.failed(&name, addr, exists);
+        c.auth.failed(&name, addr);
         let message = format!("console login failed: user {name:?} from {addr}");
         tracing::warn!("{message}");
         c.db.send(crate::db::Record::Error {
@@ -374,7 +375,11 @@ pub async fn audio(
     // for any range, and a too-long range is cut to the whole file); the
     // player's further requests of the next minutes reuse both.
     let want = q.party.as_deref().unwrap_or("both");
-    let covered = c.playbacks.covered(&me.session, &id, want);
+    let viewer = super::playback_log::Viewer {
+        user: &me.name,
+        session: &me.session,
+    };
+    let covered = c.playbacks.covered(viewer, &id, want);
     let found = find(&c, &id, !covered).await?;
     let Some(sha) = found.sha else {
         return Err(Refusal::NotFound);
@@ -403,12 +408,15 @@ pub async fn audio(
                 .take(80)
                 .collect::<String>()
         });
+        // The party of the file served (a set of separate files serves the
+        // caller's when no party is asked for).
+        let party = &file.party;
         let detail = match range {
-            Some(r) => format!("{want} ({r})"),
-            None => want.to_string(),
+            Some(r) => format!("{party} ({r})"),
+            None => party.to_string(),
         };
         access(&c, &me, AccessAction::Playback, &id, Some(detail)).await?;
-        c.playbacks.written(&me.session, &id, want);
+        c.playbacks.written(viewer, &id, want);
     }
     let mut r = tower_http::services::ServeFile::new(&file.path)
         .try_call(req)

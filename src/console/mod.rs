@@ -84,7 +84,7 @@ pub(crate) struct Console {
     /// Which sessions' playbacks the access log already names.
     playbacks: playback_log::PlaybackLog,
     /// Password checks running now: each holds its hash's working memory.
-    password_checks: tokio::sync::Semaphore,
+    password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// The console's routes, or `None` when there is no protocol database to keep users in.
@@ -108,7 +108,9 @@ pub fn router(core: Arc<Core>, settings: ConsoleSettings) -> Option<Router> {
         auth: auth::Auth::new(settings.idle),
         verified: sets::VerifyCache::default(),
         playbacks: playback_log::PlaybackLog::default(),
-        password_checks: tokio::sync::Semaphore::new(handlers::PASSWORD_CHECKS_AT_ONCE),
+        password_checks: Arc::new(tokio::sync::Semaphore::new(
+            handlers::PASSWORD_CHECKS_AT_ONCE,
+        )),
         settings,
         db,
         core,

@@ -46,7 +46,7 @@ pub async fn serve(core: Arc<Core>, addr: SocketAddr) -> std::io::Result<()> {
         )
     })?;
     tracing::info!("phone recording keys on http://{addr}");
-    tokio::spawn(crate::http_serve::serve(listener, app));
+    tokio::spawn(crate::http_serve::serve(listener, app, Vec::new()));
     Ok(())
 }
 
@@ -93,7 +93,7 @@ async fn key(
     let uid = match member {
         Ok(Ok(Some(u))) => u,
         Ok(Ok(None)) => {
-            p.guesses.failed(&who, peer.ip(), false);
+            p.guesses.failed(&who, peer.ip());
             tracing::warn!(addr = %peer.ip(), key = %keys::log_name(&token), "phone key: unknown link refused");
             return not_found();
         }
@@ -118,22 +118,25 @@ async fn key(
         tracing::warn!(member = %user.login, user = uid, key = %keys::log_name(&token), "phone key: the member is in no group; nothing switched");
         return text(StatusCode::FORBIDDEN, "Not in a group.\n".into());
     }
+    // Every group switched is in the access log, also when a later one fails.
+    let mut switched = Vec::new();
+    let mut failure = None;
     for g in &groups {
         let r = if login {
             store.login(g.id, uid)
         } else {
             store.logout(g.id, uid)
         };
-        if let Err(e) = r {
-            return failed(e.to_string());
+        match r {
+            Ok(_) => switched.push(g.name.as_str()),
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
         }
     }
-    let names = groups
-        .iter()
-        .map(|g| g.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Some(db) = p.core.db.clone() {
+    let names = switched.join(", ");
+    if let (Some(db), false) = (p.core.db.clone(), switched.is_empty()) {
         let entry = crate::access_log::AccessEntry::membership(
             format!("phone:{}", user.login),
             &user.login,
@@ -151,6 +154,9 @@ async fn key(
             }
             Err(e) => return failed(e.to_string()),
         }
+    }
+    if let Some(e) = failure {
+        return failed(e);
     }
     let state = if login { "ON" } else { "OFF" };
     tracing::info!(member = %user.login, user = uid, groups = %names, action = %action, addr = %peer.ip(), key = %keys::log_name(&token), "phone key: recording {state}");

@@ -61,15 +61,17 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind admin API on {addr}: {e}"))
     })?;
+    // A trusted reverse proxy brings every user's connections.
+    let proxies = app_core.cfg.console.trusted_proxies.clone();
     match tls {
         Some(ctx) => {
             tracing::info!("admin API on https://{addr}");
             let listener = crate::admin_tls::TlsListener::new(listener, ctx)?;
-            tokio::spawn(crate::http_serve::serve(listener, app));
+            tokio::spawn(crate::http_serve::serve(listener, app, proxies));
         }
         None => {
             tracing::info!("admin API on http://{addr}");
-            tokio::spawn(crate::http_serve::serve(listener, app));
+            tokio::spawn(crate::http_serve::serve(listener, app, proxies));
         }
     }
     Ok(())

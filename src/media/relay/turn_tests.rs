@@ -88,6 +88,22 @@ async fn a_flood_at_one_stream_does_not_hold_back_another_on_its_thread() {
         }
         flood_before += 1;
     }
+    // The rest of the flood follows: it was all queued (none lost, else
+    // the order would prove nothing).
+    let mut flood_after = 0;
+    while flood_before + flood_after < usize::from(FLOOD) + 1 {
+        tokio::time::timeout(Duration::from_secs(5), callee.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of the flood's {} packets were relayed",
+                    flood_before + flood_after,
+                    FLOOD + 1
+                )
+            })
+            .unwrap();
+        flood_after += 1;
+    }
     // A turn reads a socket's share (16 batches of 2) and then the other
     // ready sockets; the whole flood first would put all of it ahead.
     assert!(

@@ -34,6 +34,22 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to send a request's body (a form, at most 2 MB).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The block one client is known by: an IPv4 address alone (also when
+/// written IPv4-mapped), an IPv6 address by its /64, the block one site or
+/// household is given, so that a client cannot step through its own block.
+pub fn client_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = a.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// Places held per client address (IPv6 by /64).
 #[derive(Clone, Default)]
 struct Peers(Arc<Mutex<HashMap<IpAddr, usize>>>);
@@ -47,14 +63,7 @@ struct PeerPlace {
 impl Peers {
     /// A place for `ip`, or None when it holds `PER_PEER` already.
     fn take(&self, ip: IpAddr) -> Option<PeerPlace> {
-        let key = match ip {
-            IpAddr::V6(a) if a.to_ipv4_mapped().is_none() => {
-                let s = a.segments();
-                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-            }
-            IpAddr::V6(a) => IpAddr::V4(a.to_ipv4_mapped().expect("checked above")),
-            v4 => v4,
-        };
+        let key = client_block(ip);
         let mut held = self.0.lock().expect("peers poisoned");
         let n = held.entry(key).or_default();
         if *n >= PER_PEER {

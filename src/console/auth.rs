@@ -221,20 +221,9 @@ fn user_key(user: &str) -> String {
     format!("user:{}", user.to_lowercase())
 }
 
-/// An IPv4 address counts alone; an IPv6 address by its /64, the block one
-/// site or household is given, so that an attacker cannot step through the
-/// addresses of her own block to guess on.
+/// An address counts by its client block (an IPv6 address by its /64).
 fn addr_key(addr: IpAddr) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("addr:{a}"),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => format!("addr:{v4}"),
-            None => {
-                let s = a.segments();
-                format!("addr:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-    }
+    format!("addr:{}", crate::http_serve::client_block(addr))
 }
 
 /// How long until a key with failures `q` (at most `max` counted) may try

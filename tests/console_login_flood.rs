@@ -20,16 +20,7 @@ const FLOOD: usize = 48;
 /// connections); the status, or 0 when the connection was closed unanswered.
 fn post_login(admin: SocketAddr, from: [u8; 4], user: &str, password: &str, token: &str) -> u16 {
     let body = form(&[("username", user), ("password", password), ("csrf", token)]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut s = rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        s.bind(SocketAddr::from((from, 0))).unwrap();
-        s.connect(admin).await.unwrap().into_std().unwrap()
-    });
-    s.set_nonblocking(false).unwrap();
+    let mut s = tcp_from(from, admin);
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         s,

@@ -102,31 +102,17 @@ fn silent_connections_beyond_the_cap_hold_no_descriptors() {
     }
 }
 
-/// A connection to `to` from loopback address `from`, as a std stream.
-fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        s.bind(std::net::SocketAddr::from((from, 0))).unwrap();
-        s.connect(to).await.unwrap().into_std().unwrap()
-    })
-}
-
 #[test]
 fn one_address_cannot_take_every_place() {
     let proxy = Proxy::start();
     let silent: Vec<TcpStream> = (0..200)
-        .map(|_| connect_from([127, 0, 0, 5], proxy.admin_addr()))
+        .map(|_| tcp_from([127, 0, 0, 5], proxy.admin_addr()))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     // Another client is answered at once, though 200 connections from one
     // address are open and silent.
     let start = Instant::now();
-    let mut s = connect_from([127, 0, 0, 6], proxy.admin_addr());
-    s.set_nonblocking(false).unwrap();
+    let mut s = tcp_from([127, 0, 0, 6], proxy.admin_addr());
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(b"GET /health HTTP/1.1\r\nHost: callrec\r\nConnection: close\r\n\r\n")
         .unwrap();

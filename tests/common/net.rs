@@ -208,3 +208,20 @@ impl Drop for RtpWatch {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// A TCP connection to `to` from loopback address `from` (std cannot bind
+/// before connecting; tokio's TcpSocket can, on a small private runtime),
+/// as a blocking std stream.
+pub fn tcp_from(from: [u8; 4], to: SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::from((from, 0))).unwrap();
+        s.connect(to).await.unwrap().into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    s
+}

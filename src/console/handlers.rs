@@ -36,8 +36,17 @@ pub(super) async fn access(
     detail: Option<String>,
 ) -> Result<(), Refusal> {
     tracing::info!(user = %me.name, role = %me.role, action = %action, subject, "console access");
+    record(
+        c,
+        AccessEntry::now(actor(&me.name), action, subject, detail),
+    )
+    .await
+}
+
+/// Writes `entry` to the access log and waits for it: an action whose row
+/// cannot be written is answered with an error.
+pub(super) async fn record(c: &Console, entry: AccessEntry) -> Result<(), Refusal> {
     let db = c.db.clone();
-    let entry = AccessEntry::now(actor(&me.name), action, subject, detail);
     blocking(move || crate::access_log::record_sync(&db, entry))
         .await?
         .map_err(internal)

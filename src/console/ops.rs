@@ -169,10 +169,7 @@ pub async fn membership(
         action == "login",
         "console",
     );
-    let db = c.db.clone();
-    super::blocking(move || crate::access_log::record_sync(&db, entry))
-        .await?
-        .map_err(|e| Refusal::Internal(e.to_string()))?;
+    super::handlers::record(&c, entry).await?;
     tracing::info!(user = %me.name, group, member = user, action = %action, "console: group membership switched");
     Ok(Redirect::to("/operations").into_response())
 }
